@@ -6,10 +6,21 @@
 //! filesystem is mounted read-only. The UUID, directory hash seed and every timestamp come from
 //! [`Options`], so the same tree and options give the same bytes.
 
+mod csum;
+mod dir;
+mod geometry;
+mod plan;
+mod write;
+mod xattr;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use berth_fstree::Tree;
+use sha2::{Digest, Sha256};
+
+use crate::geometry::Geometry;
+use crate::plan::{Layout, Plan};
 
 /// Size of a filesystem block.
 pub const BLOCK_SIZE: u64 = 4096;
@@ -27,6 +38,42 @@ pub struct Options {
     pub label: String,
     /// Creation and last-write time recorded in the superblock (seconds since the epoch).
     pub timestamp: u32,
+}
+
+impl Options {
+    /// Options whose UUID and hash seed are derived from `seed` (for example the image name and
+    /// version), so that rebuilding from the same inputs gives the same filesystem.
+    pub fn derived(label: &str, seed: &[u8], timestamp: u32) -> Options {
+        let derive = |what: &[u8]| -> [u8; 16] {
+            let d = Sha256::new()
+                .chain_update(what)
+                .chain_update(seed)
+                .finalize();
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&d[..16]);
+            // An RFC 4122 version-4 shaped UUID, as tools expect.
+            b[6] = (b[6] & 0x0F) | 0x40;
+            b[8] = (b[8] & 0x3F) | 0x80;
+            b
+        };
+        Options {
+            size: None,
+            uuid: derive(b"berth-ext4-uuid\0"),
+            hash_seed: derive(b"berth-ext4-hash-seed\0"),
+            label: label.to_string(),
+            timestamp,
+        }
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.label.len() > 16 {
+            return Err(Error::Invalid(format!(
+                "label {:?} is longer than 16 bytes",
+                self.label
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,20 +105,76 @@ pub struct Report {
 
 /// The smallest filesystem size in bytes that holds `tree` with these options.
 pub fn min_size(tree: &Tree, opts: &Options) -> Result<u64, Error> {
-    let _ = (tree, opts);
-    todo!()
+    opts.check()?;
+    let plan = Plan::new(tree, opts)?;
+    Ok(plan::smallest(&plan)?.geo.blocks * BLOCK_SIZE)
+}
+
+/// Plans the layout for `opts.size` (or the smallest size), failing with [`Error::TooSmall`].
+fn layout_for(plan: &Plan, opts: &Options) -> Result<Layout, Error> {
+    let smallest = plan::smallest(plan)?;
+    let Some(size) = opts.size else {
+        return Ok(smallest);
+    };
+    let needed = smallest.geo.blocks;
+    let blocks = size / BLOCK_SIZE;
+    if blocks < needed {
+        return Err(geometry::too_small(needed, size));
+    }
+    let layout = Geometry::new(blocks, plan.inodes_needed())
+        .map(|geo| Layout::new(plan, geo))
+        .transpose()?
+        .filter(|l| l.end <= l.geo.blocks);
+    // A larger size can still fail when it adds a group whose metadata does not fit.
+    layout.ok_or_else(|| geometry::too_small(needed, size))
 }
 
 /// Writes `tree` as a new file at `path`: into a temporary file beside it, renamed into place
 /// only when complete, so a failure leaves no output behind.
 pub fn write_file(tree: &Tree, path: &Path, opts: &Options) -> Result<Report, Error> {
-    let _ = (tree, path, opts);
-    todo!()
+    opts.check()?;
+    let plan = Plan::new(tree, opts)?;
+    let layout = layout_for(&plan, opts)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".berth-ext4-")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    let size = layout.geo.blocks * BLOCK_SIZE;
+    tmp.as_file().set_len(size).map_err(io)?;
+    let report = write::write(&plan, &layout, opts, tmp.as_file(), path, 0)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(report)
 }
 
 /// Writes `tree` into `file` at byte `offset` (for example a partition of a disk image).
 /// `opts.size` is the size of that byte range and is required.
 pub fn write_at(tree: &Tree, file: &File, offset: u64, opts: &Options) -> Result<Report, Error> {
-    let _ = (tree, file, offset, opts);
-    todo!()
+    opts.check()?;
+    if opts.size.is_none() {
+        return Err(Error::Invalid(
+            "writing into a byte range needs its size".into(),
+        ));
+    }
+    let plan = Plan::new(tree, opts)?;
+    let layout = layout_for(&plan, opts)?;
+    write::write(
+        &plan,
+        &layout,
+        opts,
+        file,
+        Path::new("<byte range>"),
+        offset,
+    )
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,7 @@
 //! Encoding of the boot state into a GPT partition entry's 64-bit attribute field.
 
+use core::fmt;
+
 /// Bits 48–51: priority (0 = never boot).
 const PRIORITY_SHIFT: u32 = 48;
 /// Bits 52–55: tries left.
@@ -27,9 +29,17 @@ pub struct SlotAttrs {
 
 impl SlotAttrs {
     /// Slot A of a fresh image: {priority 1, tries 0, successful}.
-    pub const FRESH_ACTIVE: SlotAttrs = SlotAttrs { priority: 1, tries: 0, successful: true };
+    pub const FRESH_ACTIVE: SlotAttrs = SlotAttrs {
+        priority: 1,
+        tries: 0,
+        successful: true,
+    };
     /// Slot B of a fresh image, and any slot being rewritten: {0, 0, 0}.
-    pub const EMPTY: SlotAttrs = SlotAttrs { priority: 0, tries: 0, successful: false };
+    pub const EMPTY: SlotAttrs = SlotAttrs {
+        priority: 0,
+        tries: 0,
+        successful: false,
+    };
 
     /// Decodes the slot fields from a GPT attribute word.
     pub const fn from_raw(raw: u64) -> SlotAttrs {
@@ -43,8 +53,16 @@ impl SlotAttrs {
     /// Writes these fields into `raw`, keeping every bit outside [`SLOT_BITS_MASK`].
     /// Priority and tries are saturated to 4 bits.
     pub const fn apply_to(self, raw: u64) -> u64 {
-        let p = if self.priority > MAX_NIBBLE { MAX_NIBBLE } else { self.priority } as u64;
-        let t = if self.tries > MAX_NIBBLE { MAX_NIBBLE } else { self.tries } as u64;
+        let p = if self.priority > MAX_NIBBLE {
+            MAX_NIBBLE
+        } else {
+            self.priority
+        } as u64;
+        let t = if self.tries > MAX_NIBBLE {
+            MAX_NIBBLE
+        } else {
+            self.tries
+        } as u64;
         (raw & !SLOT_BITS_MASK)
             | (p << PRIORITY_SHIFT)
             | (t << TRIES_SHIFT)
@@ -57,6 +75,22 @@ impl SlotAttrs {
     }
 }
 
+impl fmt::Display for SlotAttrs {
+    /// `priority 2, tries 3, not successful`: for status output and console messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let successful = if self.successful {
+            "successful"
+        } else {
+            "not successful"
+        };
+        write!(
+            f,
+            "priority {}, tries {}, {successful}",
+            self.priority, self.tries
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,7 +98,11 @@ mod tests {
     #[test]
     fn round_trip_keeps_other_bits() {
         let other = 0x8000_0000_0000_0001u64 | (0xF << 57);
-        let a = SlotAttrs { priority: 2, tries: 3, successful: true };
+        let a = SlotAttrs {
+            priority: 2,
+            tries: 3,
+            successful: true,
+        };
         let raw = a.apply_to(other);
         assert_eq!(SlotAttrs::from_raw(raw), a);
         assert_eq!(raw & !SLOT_BITS_MASK, other & !SLOT_BITS_MASK);

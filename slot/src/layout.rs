@@ -7,16 +7,20 @@ pub const ROOT_TYPE_GUID: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 /// GPT partition type GUID of STATE (Linux filesystem data).
 pub const STATE_TYPE_GUID: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
+/// GPT partition label of the EFI system partition.
 pub const ESP_LABEL: &str = "EFI-SYSTEM";
+/// GPT partition label of the writable STATE partition.
 pub const STATE_LABEL: &str = "STATE";
 
-/// 1-based GPT partition numbers.
+/// 1-based GPT partition number of the EFI system partition.
 pub const ESP_PARTITION: u32 = 1;
+/// 1-based GPT partition number of STATE.
 pub const STATE_PARTITION: u32 = 4;
 
 const MIB: u64 = 1024 * 1024;
-/// Default sizes in bytes; images may override them.
+/// Default size of the EFI system partition in bytes; images may override it.
 pub const DEFAULT_ESP_SIZE: u64 = 256 * MIB;
+/// Default size of each root slot in bytes; images may override it.
 pub const DEFAULT_ROOT_SIZE: u64 = 1024 * MIB;
 /// Every partition starts and ends on this boundary.
 pub const PARTITION_ALIGNMENT: u64 = MIB;
@@ -26,11 +30,14 @@ pub const SECTOR_SIZE: u64 = 512;
 /// One of the two root slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Slot {
+    /// `ROOT-A`, partition 2: the slot a fresh image boots.
     A,
+    /// `ROOT-B`, partition 3: empty in a fresh image.
     B,
 }
 
 impl Slot {
+    /// Both slots, A first (the order ties are broken in).
     pub const ALL: [Slot; 2] = [Slot::A, Slot::B];
 
     /// The partition label: `ROOT-A` or `ROOT-B`.
@@ -57,6 +64,7 @@ impl Slot {
         }
     }
 
+    /// The other slot of the pair.
     pub const fn other(self) -> Slot {
         match self {
             Slot::A => Slot::B,
