@@ -1,1 +1,10 @@
-//! placeholder
+//! The Berth image builder library: everything `berth` does, as functions.
+//!
+//! It owns the disk-level formats that surround the root filesystem (the GPT disk, the FAT32
+//! ESP, the initramfs cpio archive) and, later, image definitions and the build pipeline. The
+//! ext4 writer is its own crate (`berth-ext4`); the A/B contract lives in `berth-slot`.
+
+pub mod cpio;
+pub mod disk;
+pub mod esp;
+pub mod units;

@@ -12,20 +12,14 @@ pub(crate) fn fs_seed(uuid: &[u8; 16]) -> u32 {
 
 /// Per-inode seed: the inode number and generation folded into the filesystem seed.
 pub(crate) fn inode_seed(fs_seed: u32, ino: u32, generation: u32) -> u32 {
-    crc32c(
-        crc32c(fs_seed, &ino.to_le_bytes()),
-        &generation.to_le_bytes(),
-    )
+    crc32c(crc32c(fs_seed, &ino.to_le_bytes()), &generation.to_le_bytes())
 }
 
 /// The directory-index hash (`half_md4`, unsigned-char variant) with its minor hash.
 /// The filesystem records the unsigned variant in `s_flags`, so lookups agree on every arch.
 pub(crate) fn dx_hash(name: &[u8], seed: &[u32; 4]) -> (u32, u32) {
-    let mut buf = if seed.iter().all(|&w| w == 0) {
-        [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476]
-    } else {
-        *seed
-    };
+    let mut buf =
+        if seed.iter().all(|&w| w == 0) { [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476] } else { *seed };
     let mut rest = name;
     while !rest.is_empty() {
         // Each round sees the whole remaining length: it goes into the padding word.
@@ -72,10 +66,7 @@ fn half_md4_transform(buf: &mut [u32; 4], x: &[u32; 8]) {
     let [mut a, mut b, mut c, mut d] = *buf;
     macro_rules! round {
         ($f:ident, $a:ident, $b:ident, $c:ident, $d:ident, $x:expr, $s:expr) => {
-            $a = $a
-                .wrapping_add($f($b, $c, $d))
-                .wrapping_add($x)
-                .rotate_left($s)
+            $a = $a.wrapping_add($f($b, $c, $d)).wrapping_add($x).rotate_left($s)
         };
     }
     round!(f, a, b, c, d, x[0], 3);

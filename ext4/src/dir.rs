@@ -60,11 +60,7 @@ fn leaf_block(entries: &[(&[u8], u32, u8)], seed: u32) -> Vec<u8> {
     let mut b = vec![0u8; BS];
     let mut pos = 0;
     for (i, &(name, ino, ft)) in entries.iter().enumerate() {
-        let rec = if i + 1 == entries.len() {
-            LEAF_SPACE - pos
-        } else {
-            rec_len(name.len())
-        };
+        let rec = if i + 1 == entries.len() { LEAF_SPACE - pos } else { rec_len(name.len()) };
         put_entry(&mut b, pos, ino, rec, name, ft);
         pos += rec;
     }
@@ -97,28 +93,14 @@ fn pack(sizes: &[usize]) -> Vec<usize> {
 
 /// Encodes a directory with inode `ino` whose parent is `parent`. `seed` is the inode's
 /// checksum seed; `hash_seed` the filesystem's directory hash seed.
-pub(crate) fn encode(
-    ino: u32,
-    parent: u32,
-    children: &[DirEntry],
-    seed: u32,
-    hash_seed: &[u32; 4],
-) -> DirBlocks {
+pub(crate) fn encode(ino: u32, parent: u32, children: &[DirEntry], seed: u32, hash_seed: &[u32; 4]) -> DirBlocks {
     let dot: (&[u8], u32, u8) = (b".", ino, FT_DIR);
     let dotdot: (&[u8], u32, u8) = (b"..", parent, FT_DIR);
-    let total: usize = 12
-        + 12
-        + children
-            .iter()
-            .map(|c| rec_len(c.name.len()))
-            .sum::<usize>();
+    let total: usize = 12 + 12 + children.iter().map(|c| rec_len(c.name.len())).sum::<usize>();
     if total <= LEAF_SPACE {
         let mut all = vec![dot, dotdot];
         all.extend(children.iter().map(|c| (c.name, c.ino, c.file_type)));
-        return DirBlocks {
-            blocks: vec![leaf_block(&all, seed)],
-            indexed: false,
-        };
+        return DirBlocks { blocks: vec![leaf_block(&all, seed)], indexed: false };
     }
 
     // Hashed: sort by (hash, minor hash), pack into leaves, index the leaves.
@@ -137,10 +119,7 @@ pub(crate) fn encode(
     let mut leaf_hash = Vec::with_capacity(starts.len());
     for (n, &s) in starts.iter().enumerate() {
         let e = starts.get(n + 1).copied().unwrap_or(hashed.len());
-        let run: Vec<_> = hashed[s..e]
-            .iter()
-            .map(|x| (x.2.name, x.2.ino, x.2.file_type))
-            .collect();
+        let run: Vec<_> = hashed[s..e].iter().map(|x| (x.2.name, x.2.ino, x.2.file_type)).collect();
         leaves.push(leaf_block(&run, seed));
         let h = hashed[s].0;
         let continued = s > 0 && hashed[s - 1].0 == h;
@@ -155,18 +134,11 @@ pub(crate) fn encode(
 
     if leaves.len() <= ROOT_LIMIT {
         // One level: root → leaves at logical blocks 1..
-        let targets: Vec<(u32, u32)> = leaf_hash
-            .iter()
-            .enumerate()
-            .map(|(i, &h)| (h, 1 + i as u32))
-            .collect();
+        let targets: Vec<(u32, u32)> = leaf_hash.iter().enumerate().map(|(i, &h)| (h, 1 + i as u32)).collect();
         fill_index(&mut root, ROOT_COUNT_OFFSET, ROOT_LIMIT, &targets, seed);
         let mut blocks = vec![root];
         blocks.extend(leaves);
-        return DirBlocks {
-            blocks,
-            indexed: true,
-        };
+        return DirBlocks { blocks, indexed: true };
     }
 
     // Two levels: root → nodes (logical 1..=n) → leaves (after the nodes).
@@ -177,11 +149,8 @@ pub(crate) fn encode(
     let mut root_targets = Vec::with_capacity(nodes_n);
     for (k, chunk) in leaf_hash.chunks(NODE_LIMIT).enumerate() {
         let base = k * NODE_LIMIT;
-        let targets: Vec<(u32, u32)> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, &h)| (h, first_leaf + (base + i) as u32))
-            .collect();
+        let targets: Vec<(u32, u32)> =
+            chunk.iter().enumerate().map(|(i, &h)| (h, first_leaf + (base + i) as u32)).collect();
         let mut node = vec![0u8; BS];
         // A fake empty entry spanning the block hides the index from linear readers.
         node[4..6].copy_from_slice(&(BS as u16).to_le_bytes());
@@ -189,20 +158,11 @@ pub(crate) fn encode(
         nodes.push(node);
         root_targets.push((chunk[0], 1 + k as u32));
     }
-    fill_index(
-        &mut root,
-        ROOT_COUNT_OFFSET,
-        ROOT_LIMIT,
-        &root_targets,
-        seed,
-    );
+    fill_index(&mut root, ROOT_COUNT_OFFSET, ROOT_LIMIT, &root_targets, seed);
     let mut blocks = vec![root];
     blocks.extend(nodes);
     blocks.extend(leaves);
-    DirBlocks {
-        blocks,
-        indexed: true,
-    }
+    DirBlocks { blocks, indexed: true }
 }
 
 /// Writes count/limit and the (hash, block) entries at `at`, then the dx tail checksum.
@@ -218,10 +178,7 @@ fn fill_index(b: &mut [u8], at: usize, limit: usize, targets: &[(u32, u32)], see
         b[e + 4..e + 8].copy_from_slice(&block.to_le_bytes());
     }
     let tail = at + limit * 8;
-    let csum = crc32c(
-        crc32c(seed, &b[..at + targets.len() * 8]),
-        &b[tail..tail + 4],
-    );
+    let csum = crc32c(crc32c(seed, &b[..at + targets.len() * 8]), &b[tail..tail + 4]);
     let csum = crc32c(csum, &[0; 4]);
     b[tail + 4..tail + 8].copy_from_slice(&csum.to_le_bytes());
 }

@@ -33,22 +33,12 @@ impl Geometry {
             return None;
         }
         let groups = groups as u32;
-        let ipg = inodes
-            .div_ceil(groups)
-            .max(INODES_PER_BLOCK)
-            .next_multiple_of(INODES_PER_BLOCK);
-        if u64::from(ipg) > BLOCKS_PER_GROUP
-            || u64::from(ipg) * u64::from(groups) > u64::from(u32::MAX)
-        {
+        let ipg = inodes.div_ceil(groups).max(INODES_PER_BLOCK).next_multiple_of(INODES_PER_BLOCK);
+        if u64::from(ipg) > BLOCKS_PER_GROUP || u64::from(ipg) * u64::from(groups) > u64::from(u32::MAX) {
             return None;
         }
         let gdt_blocks = (u64::from(groups) * DESC_SIZE).div_ceil(BLOCK_SIZE);
-        Some(Geometry {
-            blocks,
-            groups,
-            inodes_per_group: ipg,
-            gdt_blocks,
-        })
+        Some(Geometry { blocks, groups, inodes_per_group: ipg, gdt_blocks })
     }
 
     pub fn inodes(&self) -> u32 {
@@ -75,7 +65,7 @@ impl Geometry {
         }
         [3u32, 5, 7].iter().any(|&b| {
             let mut n = g;
-            while n % b == 0 {
+            while n.is_multiple_of(b) {
                 n /= b;
             }
             n == 1
@@ -107,15 +97,9 @@ pub(crate) struct Allocator {
 
 impl Allocator {
     pub fn new(geo: &Geometry) -> Allocator {
-        let reserved = geo
-            .super_groups()
-            .map(|g| (geo.group_first(g), geo.group_first(g) + 1 + geo.gdt_blocks))
-            .collect();
-        Allocator {
-            next: 0,
-            reserved,
-            holes: Vec::new(),
-        }
+        let reserved =
+            geo.super_groups().map(|g| (geo.group_first(g), geo.group_first(g) + 1 + geo.gdt_blocks)).collect();
+        Allocator { next: 0, reserved, holes: Vec::new() }
     }
 
     /// First block after everything allocated so far (and after the reserved area it is in).
@@ -124,21 +108,14 @@ impl Allocator {
     }
 
     fn skip_reserved(&mut self) {
-        while let Some(&(s, e)) = self
-            .reserved
-            .iter()
-            .find(|&&(s, e)| self.next >= s && self.next < e)
-        {
+        while let Some(&(s, e)) = self.reserved.iter().find(|&&(s, e)| self.next >= s && self.next < e) {
             debug_assert!(s <= self.next);
             self.next = e;
         }
     }
 
     fn next_reserved_start(&self) -> Option<u64> {
-        self.reserved
-            .iter()
-            .map(|&(s, _)| s)
-            .find(|&s| s >= self.next)
+        self.reserved.iter().map(|&(s, _)| s).find(|&s| s >= self.next)
     }
 
     /// `n` blocks as few runs as possible, in ascending order.
@@ -147,9 +124,7 @@ impl Allocator {
         let mut left = n;
         while left > 0 {
             self.skip_reserved();
-            let room = self
-                .next_reserved_start()
-                .map_or(u64::MAX, |s| s - self.next);
+            let room = self.next_reserved_start().map_or(u64::MAX, |s| s - self.next);
             let take = left.min(room);
             runs.push((self.next, take));
             self.next += take;
@@ -162,9 +137,7 @@ impl Allocator {
     pub fn alloc_contiguous(&mut self, n: u64) -> u64 {
         loop {
             self.skip_reserved();
-            let room = self
-                .next_reserved_start()
-                .map_or(u64::MAX, |s| s - self.next);
+            let room = self.next_reserved_start().map_or(u64::MAX, |s| s - self.next);
             if room >= n {
                 let start = self.next;
                 self.next += n;
@@ -179,10 +152,7 @@ impl Allocator {
 
 /// Blocks and inodes a filesystem needs, turned into the error callers see.
 pub(crate) fn too_small(needed_blocks: u64, available_bytes: u64) -> Error {
-    Error::TooSmall {
-        needed: needed_blocks * BLOCK_SIZE,
-        available: available_bytes,
-    }
+    Error::TooSmall { needed: needed_blocks * BLOCK_SIZE, available: available_bytes }
 }
 
 #[cfg(test)]

@@ -45,10 +45,7 @@ impl Options {
     /// version), so that rebuilding from the same inputs gives the same filesystem.
     pub fn derived(label: &str, seed: &[u8], timestamp: u32) -> Options {
         let derive = |what: &[u8]| -> [u8; 16] {
-            let d = Sha256::new()
-                .chain_update(what)
-                .chain_update(seed)
-                .finalize();
+            let d = Sha256::new().chain_update(what).chain_update(seed).finalize();
             let mut b = [0u8; 16];
             b.copy_from_slice(&d[..16]);
             // An RFC 4122 version-4 shaped UUID, as tools expect.
@@ -67,10 +64,7 @@ impl Options {
 
     fn check(&self) -> Result<(), Error> {
         if self.label.len() > 16 {
-            return Err(Error::Invalid(format!(
-                "label {:?} is longer than 16 bytes",
-                self.label
-            )));
+            return Err(Error::Invalid(format!("label {:?} is longer than 16 bytes", self.label)));
         }
         Ok(())
     }
@@ -139,14 +133,8 @@ pub fn write_file(tree: &Tree, path: &Path, opts: &Options) -> Result<Report, Er
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".berth-ext4-")
-        .tempfile_in(dir)
-        .map_err(io)?;
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let tmp = tempfile::Builder::new().prefix(".berth-ext4-").tempfile_in(dir).map_err(io)?;
     let size = layout.geo.blocks * BLOCK_SIZE;
     tmp.as_file().set_len(size).map_err(io)?;
     let report = write::write(&plan, &layout, opts, tmp.as_file(), path, 0)?;
@@ -160,20 +148,11 @@ pub fn write_file(tree: &Tree, path: &Path, opts: &Options) -> Result<Report, Er
 pub fn write_at(tree: &Tree, file: &File, offset: u64, opts: &Options) -> Result<Report, Error> {
     opts.check()?;
     if opts.size.is_none() {
-        return Err(Error::Invalid(
-            "writing into a byte range needs its size".into(),
-        ));
+        return Err(Error::Invalid("writing into a byte range needs its size".into()));
     }
     let plan = Plan::new(tree, opts)?;
     let layout = layout_for(&plan, opts)?;
-    write::write(
-        &plan,
-        &layout,
-        opts,
-        file,
-        Path::new("<byte range>"),
-        offset,
-    )
+    write::write(&plan, &layout, opts, file, Path::new("<byte range>"), offset)
 }
 
 #[cfg(test)]

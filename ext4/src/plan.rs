@@ -120,13 +120,8 @@ fn dir_links(subdirs: usize) -> u16 {
 impl<'t> Plan<'t> {
     pub fn new(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Error> {
         let fs_seed = fs_seed(&opts.uuid);
-        let hash_seed: [u32; 4] = std::array::from_fn(|i| {
-            u32::from_le_bytes(
-                opts.hash_seed[i * 4..i * 4 + 4]
-                    .try_into()
-                    .unwrap_or([0; 4]),
-            )
-        });
+        let hash_seed: [u32; 4] =
+            std::array::from_fn(|i| u32::from_le_bytes(opts.hash_seed[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4])));
 
         // Inode numbers in walk order (depth first, sorted), so a directory's files sit together.
         let walk = tree.walk();
@@ -152,9 +147,7 @@ impl<'t> Plan<'t> {
             }
             let _ = node;
         }
-        let has_lost_found = tree
-            .lookup("lost+found")
-            .is_some_and(|id| tree.node(id).kind.is_dir());
+        let has_lost_found = tree.lookup("lost+found").is_some_and(|id| tree.node(id).kind.is_dir());
         let names = tree.name_counts();
 
         let mut xattr_blocks: Vec<XattrBlock> = Vec::new();
@@ -171,31 +164,16 @@ impl<'t> Plan<'t> {
                 NodeKind::Dir(_) => {
                     let mut children: Vec<DirEntry> = tree
                         .entries(id)
-                        .map(|(name, c)| DirEntry {
-                            name,
-                            ino: ino_of[c],
-                            file_type: file_type(&tree.node(c).kind),
-                        })
+                        .map(|(name, c)| DirEntry { name, ino: ino_of[c], file_type: file_type(&tree.node(c).kind) })
                         .collect();
                     if id == ROOT && !has_lost_found {
-                        children.push(DirEntry {
-                            name: b"lost+found",
-                            ino: LOST_FOUND_INO,
-                            file_type: dir::FT_DIR,
-                        });
+                        children.push(DirEntry { name: b"lost+found", ino: LOST_FOUND_INO, file_type: dir::FT_DIR });
                     }
-                    let subdirs = children
-                        .iter()
-                        .filter(|c| c.file_type == dir::FT_DIR)
-                        .count();
+                    let subdirs = children.iter().filter(|c| c.file_type == dir::FT_DIR).count();
                     let enc = dir::encode(ino, ino_of[parent_of[id]], &children, seed, &hash_seed);
                     indexed = enc.indexed;
                     let size = enc.blocks.len() as u64 * BLOCK_SIZE;
-                    (
-                        Body::Blocks(enc.blocks),
-                        size,
-                        u32::from(dir_links(subdirs)),
-                    )
+                    (Body::Blocks(enc.blocks), size, u32::from(dir_links(subdirs)))
                 }
                 NodeKind::Symlink(target) => {
                     if target.is_empty() || target.len() >= BLOCK_SIZE as usize {
@@ -222,10 +200,7 @@ impl<'t> Plan<'t> {
                 NodeKind::Fifo | NodeKind::Socket => (Body::Inline([0; 60]), 0, names[id]),
             };
             if links > u32::from(u16::MAX) {
-                return Err(Error::Invalid(format!(
-                    "{}: {links} hard links, ext4 allows 65535",
-                    what()
-                )));
+                return Err(Error::Invalid(format!("{}: {links} hard links, ext4 allows 65535", what())));
             }
             let entries = xattr::entries(&node.meta.xattrs, &what())?;
             let xattrs = if entries.is_empty() {
@@ -235,19 +210,13 @@ impl<'t> Plan<'t> {
             } else if xattr::fits_in_block(&entries) {
                 // Identical attribute sets share one block, as the kernel's mbcache would.
                 let n = *block_index.entry(entries.clone()).or_insert_with(|| {
-                    xattr_blocks.push(XattrBlock {
-                        entries,
-                        refcount: 0,
-                    });
+                    xattr_blocks.push(XattrBlock { entries, refcount: 0 });
                     xattr_blocks.len() - 1
                 });
                 xattr_blocks[n].refcount += 1;
                 XattrPlace::Block(n)
             } else {
-                return Err(Error::Invalid(format!(
-                    "{}: extended attributes exceed one 4 KiB block",
-                    what()
-                )));
+                return Err(Error::Invalid(format!("{}: extended attributes exceed one 4 KiB block", what())));
             };
             let st_mode = node.st_mode() as u16;
             items.push(Item {
@@ -283,17 +252,8 @@ impl<'t> Plan<'t> {
             });
         }
         items.sort_by_key(|i| i.ino);
-        let max_ino = items
-            .last()
-            .map_or(LOST_FOUND_INO, |i| i.ino)
-            .max(LOST_FOUND_INO);
-        Ok(Plan {
-            items,
-            xattr_blocks,
-            fs_seed,
-            hash_seed,
-            max_ino,
-        })
+        let max_ino = items.last().map_or(LOST_FOUND_INO, |i| i.ino).max(LOST_FOUND_INO);
+        Ok(Plan { items, xattr_blocks, fs_seed, hash_seed, max_ino })
     }
 
     /// Inodes the filesystem must have.
@@ -347,14 +307,8 @@ impl Layout {
         // All bitmaps and inode tables packed at the start (flex_bg), then content.
         let bb = a.alloc_contiguous(g);
         let ib = a.alloc_contiguous(g);
-        let inode_table = (0..geo.groups)
-            .map(|_| a.alloc_contiguous(geo.itable_blocks()))
-            .collect();
-        let xattr_block = plan
-            .xattr_blocks
-            .iter()
-            .map(|_| a.alloc_contiguous(1))
-            .collect();
+        let inode_table = (0..geo.groups).map(|_| a.alloc_contiguous(geo.itable_blocks())).collect();
+        let xattr_block = plan.xattr_blocks.iter().map(|_| a.alloc_contiguous(1)).collect();
         let mut runs = Vec::with_capacity(plan.items.len());
         let mut leaves = Vec::with_capacity(plan.items.len());
         for item in &plan.items {
@@ -363,10 +317,7 @@ impl Layout {
             let l = if n > ROOT_EXTENTS {
                 let count = n.div_ceil(LEAF_EXTENTS);
                 if count > ROOT_EXTENTS {
-                    return Err(Error::Invalid(format!(
-                        "inode {}: file too large ({n} extents)",
-                        item.ino
-                    )));
+                    return Err(Error::Invalid(format!("inode {}: file too large ({n} extents)", item.ino)));
                 }
                 (0..count).map(|_| a.alloc_contiguous(1)).collect()
             } else {
@@ -394,18 +345,18 @@ pub(crate) fn smallest(plan: &Plan) -> Result<Layout, Error> {
     let inodes = plan.inodes_needed();
     let mut blocks = (plan.content_blocks() + 64).max(256);
     loop {
-        let geo = Geometry::new(blocks, inodes).ok_or_else(|| {
-            Error::Invalid(format!("{inodes} inodes cannot fit an ext4 filesystem"))
-        })?;
+        let geo = Geometry::new(blocks, inodes)
+            .ok_or_else(|| Error::Invalid(format!("{inodes} inodes cannot fit an ext4 filesystem")))?;
         let layout = Layout::new(plan, geo)?;
         if layout.end <= geo.blocks {
             // Shrink to what is used, if that keeps the same group structure.
-            if let Some(tight) = Geometry::new(layout.end.max(256), inodes) {
-                if tight.groups == geo.groups && tight.inodes_per_group == geo.inodes_per_group {
-                    let l = Layout::new(plan, tight)?;
-                    if l.end <= tight.blocks {
-                        return Ok(l);
-                    }
+            if let Some(tight) = Geometry::new(layout.end.max(256), inodes)
+                && tight.groups == geo.groups
+                && tight.inodes_per_group == geo.inodes_per_group
+            {
+                let l = Layout::new(plan, tight)?;
+                if l.end <= tight.blocks {
+                    return Ok(l);
                 }
             }
             return Ok(layout);

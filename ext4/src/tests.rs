@@ -20,55 +20,28 @@ fn e2fsck(img: &std::path::Path) -> (bool, String) {
         .arg(img)
         .output()
         .expect("e2fsck (Debian package e2fsprogs) must be installed");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
 fn small_tree(dir_entries: usize, name_len: usize) -> Tree {
     let mut t = Tree::new(meta(0o755));
     t.mkdir_all("etc", &meta(0o755)).unwrap();
-    t.insert(
-        "etc/hostname",
-        Node::new(NodeKind::File(b"berth\n".as_slice().into()), meta(0o644)),
-    )
-    .unwrap();
+    t.insert("etc/hostname", Node::new(NodeKind::File(b"berth\n".as_slice().into()), meta(0o644))).unwrap();
     let mut m = meta(0o4755);
     m.uid = 1000;
     m.gid = 100;
-    m.xattrs.insert(
-        b"security.capability".to_vec(),
-        vec![
-            1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ],
-    );
-    t.insert(
-        "etc/big",
-        Node::new(NodeKind::File(vec![7u8; 200_000].into()), m),
-    )
-    .unwrap();
+    m.xattrs
+        .insert(b"security.capability".to_vec(), vec![1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    t.insert("etc/big", Node::new(NodeKind::File(vec![7u8; 200_000].into()), m)).unwrap();
     t.hard_link("etc/big", "etc/big2").unwrap();
-    t.insert(
-        "fast",
-        Node::new(NodeKind::Symlink(b"etc/hostname".to_vec()), meta(0o777)),
-    )
-    .unwrap();
-    t.insert(
-        "slow",
-        Node::new(NodeKind::Symlink(vec![b'x'; 300]), meta(0o777)),
-    )
-    .unwrap();
-    t.insert(
-        "null",
-        Node::new(NodeKind::CharDevice { major: 1, minor: 3 }, meta(0o666)),
-    )
-    .unwrap();
-    t.insert("fifo", Node::new(NodeKind::Fifo, meta(0o600)))
-        .unwrap();
+    t.insert("fast", Node::new(NodeKind::Symlink(b"etc/hostname".to_vec()), meta(0o777))).unwrap();
+    t.insert("slow", Node::new(NodeKind::Symlink(vec![b'x'; 300]), meta(0o777))).unwrap();
+    t.insert("null", Node::new(NodeKind::CharDevice { major: 1, minor: 3 }, meta(0o666))).unwrap();
+    t.insert("fifo", Node::new(NodeKind::Fifo, meta(0o600))).unwrap();
     let mut big = meta(0o644);
     big.xattrs.insert(b"user.big".to_vec(), vec![b'v'; 1500]);
-    t.insert("xblock", Node::new(NodeKind::File(Vec::new().into()), big))
-        .unwrap();
+    t.insert("xblock", Node::new(NodeKind::File(Vec::new().into()), big)).unwrap();
     t.mkdir_all("many", &meta(0o755)).unwrap();
     for i in 0..dir_entries {
         let mut name = format!("f{i:05}-");
@@ -76,11 +49,7 @@ fn small_tree(dir_entries: usize, name_len: usize) -> Tree {
             name.push('n');
         }
         let path = format!("many/{name}");
-        let kind = if i % 50 == 0 {
-            NodeKind::Dir(Default::default())
-        } else {
-            NodeKind::File(Vec::new().into())
-        };
+        let kind = if i % 50 == 0 { NodeKind::Dir(Default::default()) } else { NodeKind::File(Vec::new().into()) };
         t.insert(&path, Node::new(kind, meta(0o644))).unwrap();
     }
     t
@@ -101,26 +70,16 @@ fn small_tree_passes_e2fsck() {
 fn too_small_names_sizes_and_leaves_nothing() {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("fs.img");
-    let o = Options {
-        size: Some(1 << 20),
-        ..opts()
-    };
+    let o = Options { size: Some(1 << 20), ..opts() };
     match write_file(&small_tree(3000, 200), &img, &o) {
         Err(e @ Error::TooSmall { needed, available }) => {
             assert!(needed > available);
             let msg = e.to_string();
-            assert!(
-                msg.contains(&needed.to_string()) && msg.contains(&available.to_string()),
-                "{msg}"
-            );
+            assert!(msg.contains(&needed.to_string()) && msg.contains(&available.to_string()), "{msg}");
         }
         r => panic!("expected TooSmall, got {r:?}"),
     }
-    assert_eq!(
-        std::fs::read_dir(d.path()).unwrap().count(),
-        0,
-        "output or temporary file left behind"
-    );
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "output or temporary file left behind");
 }
 
 #[test]
@@ -128,12 +87,9 @@ fn dx_hash_matches_debugfs() {
     let seed = [0x0102_0304u32, 0x0506_0708, 0x090a_0b0c, 0x0d0e_0f10];
     let seed_uuid = "04030201-0807-0605-0c0b-0a09100f0e0d";
     // HASHALG_4 is half_md4 over unsigned chars, what the writer declares in s_flags.
-    for name in [
-        "a",
-        "lost+found",
-        "f00001-nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn",
-        "\u{e9}t\u{e9}",
-    ] {
+    for name in
+        ["a", "lost+found", "f00001-nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn", "\u{e9}t\u{e9}"]
+    {
         let (h, m) = crate::csum::dx_hash(name.as_bytes(), &seed);
         let out = Command::new("debugfs")
             .args(["-R", &format!("dx_hash -h HASHALG_4 -s {seed_uuid} {name}")])

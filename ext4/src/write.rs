@@ -8,9 +8,7 @@ use berth_fstree::FileData;
 
 use crate::csum::{crc32c, inode_seed};
 use crate::geometry::{BLOCKS_PER_GROUP, DESC_SIZE, Geometry, INODE_SIZE};
-use crate::plan::{
-    Body, EXTRA_ISIZE, Item, LEAF_EXTENTS, Layout, Plan, ROOT_EXTENTS, XattrPlace, extents,
-};
+use crate::plan::{Body, EXTRA_ISIZE, Item, LEAF_EXTENTS, Layout, Plan, ROOT_EXTENTS, XattrPlace, extents};
 use crate::{BLOCK_SIZE, Error, Options, Report, xattr};
 
 const BS: usize = BLOCK_SIZE as usize;
@@ -49,10 +47,7 @@ fn time_parts(secs: i64) -> (u32, u32) {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
 /// The extent tree root for the inode, plus any leaf blocks (block number, bytes).
@@ -99,13 +94,7 @@ fn extent_tree(runs: &[(u64, u64)], leaves: &[u64], seed: u32) -> ([u8; 60], Vec
 }
 
 /// Encodes one 256-byte inode with its checksum.
-fn encode_inode(
-    item: &Item,
-    i_block: &[u8; 60],
-    blocks: u64,
-    xattr_block: u64,
-    fs_seed: u32,
-) -> Vec<u8> {
+fn encode_inode(item: &Item, i_block: &[u8; 60], blocks: u64, xattr_block: u64, fs_seed: u32) -> Vec<u8> {
     let mut b = vec![0u8; INODE_SIZE as usize];
     let (t, t_extra) = time_parts(item.time);
     put16(&mut b, 0x00, item.st_mode);
@@ -207,14 +196,7 @@ fn usage(plan: &Plan, layout: &Layout) -> Usage {
         set_bits(bm, u64::from(ipg), BLOCKS_PER_GROUP);
     }
     let group_itable_unused = highest.iter().map(|h| ipg - h).collect();
-    Usage {
-        group_free_blocks,
-        group_free_inodes,
-        group_dirs,
-        group_itable_unused,
-        block_bitmaps,
-        inode_bitmaps,
-    }
+    Usage { group_free_blocks, group_free_inodes, group_dirs, group_itable_unused, block_bitmaps, inode_bitmaps }
 }
 
 fn set_bits(bm: &mut [u8], from: u64, to: u64) {
@@ -228,9 +210,7 @@ fn clear_bits(bm: &mut [u8], from: u64, to: u64) {
     }
 }
 fn count_bits(bm: &[u8], n: u64) -> u64 {
-    (0..n)
-        .filter(|&i| bm[(i / 8) as usize] & (1 << (i % 8)) != 0)
-        .count() as u64
+    (0..n).filter(|&i| bm[(i / 8) as usize] & (1 << (i % 8)) != 0).count() as u64
 }
 
 fn descriptors(layout: &Layout, u: &Usage, fs_seed: u32) -> Vec<u8> {
@@ -247,11 +227,7 @@ fn descriptors(layout: &Layout, u: &Usage, fs_seed: u32) -> Vec<u8> {
         put16(d, 0x10, u.group_dirs[g] as u16);
         put16(d, 0x12, BG_INODE_ZEROED);
         put16(d, 0x18, crc32c(fs_seed, &u.block_bitmaps[g]) as u16);
-        put16(
-            d,
-            0x1A,
-            crc32c(fs_seed, &u.inode_bitmaps[g][..ipg_bytes]) as u16,
-        );
+        put16(d, 0x1A, crc32c(fs_seed, &u.inode_bitmaps[g][..ipg_bytes]) as u16);
         put16(d, 0x1C, u.group_itable_unused[g] as u16);
         let c = crc32c(crc32c(fs_seed, &(g as u32).to_le_bytes()), &d[..0x1E]);
         let c = crc32c(c, &[0, 0]);
@@ -285,11 +261,7 @@ fn superblock(layout: &Layout, u: &Usage, plan: &Plan, opts: &Options, group: u3
     put16(&mut s, 0x58, INODE_SIZE as u16);
     put16(&mut s, 0x5A, group as u16);
     put32(&mut s, 0x5C, COMPAT_EXT_ATTR | COMPAT_DIR_INDEX);
-    put32(
-        &mut s,
-        0x60,
-        INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_FLEX_BG,
-    );
+    put32(&mut s, 0x60, INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_FLEX_BG);
     put32(
         &mut s,
         0x64,
@@ -333,14 +305,10 @@ fn write_data(
     len: u64,
 ) -> Result<(), Error> {
     match data {
-        FileData::Memory(bytes) => out
-            .write_all_at(&bytes[from as usize..(from + len) as usize], offset)
-            .map_err(io_err(out_path))?,
-        FileData::Range {
-            path,
-            offset: src_off,
-            ..
-        } => {
+        FileData::Memory(bytes) => {
+            out.write_all_at(&bytes[from as usize..(from + len) as usize], offset).map_err(io_err(out_path))?
+        }
+        FileData::Range { path, offset: src_off, .. } => {
             let f = match src {
                 Some(f) => f,
                 None => src.insert(File::open(path).map_err(io_err(path))?),
@@ -351,8 +319,7 @@ fn write_data(
     let tail = (len % BLOCK_SIZE) as usize;
     if tail != 0 {
         let zeros = [0u8; BS];
-        out.write_all_at(&zeros[..BS - tail], offset + len)
-            .map_err(io_err(out_path))?;
+        out.write_all_at(&zeros[..BS - tail], offset + len).map_err(io_err(out_path))?;
     }
     Ok(())
 }
@@ -369,10 +336,7 @@ fn copy_range(
 ) -> Result<(), Error> {
     let short = || Error::Io {
         path: src_path.to_path_buf(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "file is shorter than when the tree was built",
-        ),
+        source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file is shorter than when the tree was built"),
     };
     let (mut so, mut d, mut left) = (src_off, dst_off, len);
     while left > 0 {
@@ -390,11 +354,7 @@ fn copy_range(
                 while left > 0 {
                     let n = left.min(buf.len() as u64) as usize;
                     src.read_exact_at(&mut buf[..n], so).map_err(|e| {
-                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                            short()
-                        } else {
-                            io_err(src_path)(e)
-                        }
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof { short() } else { io_err(src_path)(e) }
                     })?;
                     out.write_all_at(&buf[..n], d).map_err(io_err(out_path))?;
                     so += n as u64;
@@ -419,8 +379,7 @@ pub(crate) fn write(
 ) -> Result<Report, Error> {
     let geo = &layout.geo;
     let at = |block: u64| base + block * BLOCK_SIZE;
-    let put =
-        |block: u64, bytes: &[u8]| out.write_all_at(bytes, at(block)).map_err(io_err(out_path));
+    let put = |block: u64, bytes: &[u8]| out.write_all_at(bytes, at(block)).map_err(io_err(out_path));
 
     // Content first, in allocation order, so the bulk of the writes are sequential.
     let mut itable = vec![0u8; (u64::from(geo.inodes()) * INODE_SIZE) as usize];
@@ -459,8 +418,7 @@ pub(crate) fn write(
             XattrPlace::Block(n) => layout.xattr_block[n],
             _ => 0,
         };
-        let blocks =
-            item.body_blocks() + layout.leaves[i].len() as u64 + u64::from(xattr_block != 0);
+        let blocks = item.body_blocks() + layout.leaves[i].len() as u64 + u64::from(xattr_block != 0);
         let inode = encode_inode(item, &i_block, blocks, xattr_block, plan.fs_seed);
         let off = (u64::from(item.ino - 1) * INODE_SIZE) as usize;
         itable[off..off + INODE_SIZE as usize].copy_from_slice(&inode);
@@ -472,10 +430,7 @@ pub(crate) fn write(
     let usage = usage(plan, layout);
     let per_group = (u64::from(geo.inodes_per_group) * INODE_SIZE) as usize;
     for g in 0..geo.groups as usize {
-        put(
-            layout.inode_table[g],
-            &itable[g * per_group..(g + 1) * per_group],
-        )?;
+        put(layout.inode_table[g], &itable[g * per_group..(g + 1) * per_group])?;
         put(layout.block_bitmap[g], &usage.block_bitmaps[g])?;
         put(layout.inode_bitmap[g], &usage.inode_bitmaps[g])?;
     }

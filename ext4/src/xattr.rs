@@ -21,33 +21,20 @@ pub(crate) struct Entry {
 
 /// Splits full names into the on-disk (index, suffix) form, converting POSIX ACLs from the
 /// VFS representation to ext4's. Sorted as the kernel expects in a block.
-pub(crate) fn entries(
-    xattrs: &BTreeMap<Vec<u8>, Vec<u8>>,
-    what: &str,
-) -> Result<Vec<Entry>, Error> {
+pub(crate) fn entries(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>, what: &str) -> Result<Vec<Entry>, Error> {
     let mut out = Vec::with_capacity(xattrs.len());
     for (full, value) in xattrs {
         let (index, name) = split_name(full).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{what}: unsupported xattr name {:?}",
-                String::from_utf8_lossy(full)
-            ))
+            Error::Invalid(format!("{what}: unsupported xattr name {:?}", String::from_utf8_lossy(full)))
         })?;
         let value = if index == 2 || index == 3 {
             acl_to_disk(value).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{what}: malformed POSIX ACL in {:?}",
-                    String::from_utf8_lossy(full)
-                ))
+                Error::Invalid(format!("{what}: malformed POSIX ACL in {:?}", String::from_utf8_lossy(full)))
             })?
         } else {
             value.clone()
         };
-        out.push(Entry {
-            index,
-            name: name.to_vec(),
-            value,
-        });
+        out.push(Entry { index, name: name.to_vec(), value });
     }
     out.sort_by(|a, b| (a.index, a.name.len(), &a.name).cmp(&(b.index, b.name.len(), &b.name)));
     Ok(out)
@@ -55,16 +42,8 @@ pub(crate) fn entries(
 
 fn split_name(full: &[u8]) -> Option<(u8, &[u8])> {
     // Exact names first: the ACL names are whole names with an empty suffix.
-    const EXACT: [(&[u8], u8); 2] = [
-        (b"system.posix_acl_access", 2),
-        (b"system.posix_acl_default", 3),
-    ];
-    const PREFIX: [(&[u8], u8); 4] = [
-        (b"user.", 1),
-        (b"trusted.", 4),
-        (b"security.", 6),
-        (b"system.", 7),
-    ];
+    const EXACT: [(&[u8], u8); 2] = [(b"system.posix_acl_access", 2), (b"system.posix_acl_default", 3)];
+    const PREFIX: [(&[u8], u8); 4] = [(b"user.", 1), (b"trusted.", 4), (b"security.", 6), (b"system.", 7)];
     if let Some((_, i)) = EXACT.iter().find(|(n, _)| *n == full) {
         return Some((*i, &[]));
     }
@@ -78,7 +57,7 @@ fn split_name(full: &[u8]) -> Option<(u8, &[u8])> {
 /// VFS ACL (version 2, 8-byte entries) → ext4 ACL (version 1, short entries for the
 /// owner/group/mask/other tags that carry no id).
 fn acl_to_disk(v: &[u8]) -> Option<Vec<u8>> {
-    if v.len() < 4 || (v.len() - 4) % 8 != 0 || u32::from_le_bytes(v[..4].try_into().ok()?) != 2 {
+    if v.len() < 4 || !(v.len() - 4).is_multiple_of(8) || u32::from_le_bytes(v[..4].try_into().ok()?) != 2 {
         return None;
     }
     let mut out = 1u32.to_le_bytes().to_vec();
@@ -99,11 +78,7 @@ const fn pad4(n: usize) -> usize {
 }
 
 fn entries_len(entries: &[Entry]) -> usize {
-    entries
-        .iter()
-        .map(|e| pad4(ENTRY_HEADER + e.name.len()))
-        .sum::<usize>()
-        + 4
+    entries.iter().map(|e| pad4(ENTRY_HEADER + e.name.len())).sum::<usize>() + 4
 }
 
 fn values_len(entries: &[Entry]) -> usize {
@@ -135,13 +110,7 @@ fn entry_hash(e: &Entry) -> u32 {
 
 /// Lays entries and values into `area`: entries from `entries_at`, values packed at the end,
 /// value offsets relative to `base`. With `hash`, each entry carries its hash (block form).
-fn lay_out(
-    area: &mut [u8],
-    entries_at: usize,
-    base: usize,
-    entries: &[Entry],
-    hash: bool,
-) -> Vec<u32> {
+fn lay_out(area: &mut [u8], entries_at: usize, base: usize, entries: &[Entry], hash: bool) -> Vec<u32> {
     let mut pos = entries_at;
     let mut value_end = area.len();
     let mut hashes = Vec::with_capacity(entries.len());
@@ -151,11 +120,7 @@ fn lay_out(
         hashes.push(h);
         area[pos] = e.name.len() as u8;
         area[pos + 1] = e.index;
-        let offs = if e.value.is_empty() {
-            0
-        } else {
-            value_end - base
-        };
+        let offs = if e.value.is_empty() { 0 } else { value_end - base };
         area[pos + 2..pos + 4].copy_from_slice(&(offs as u16).to_le_bytes());
         area[pos + 4..pos + 8].copy_from_slice(&0u32.to_le_bytes());
         area[pos + 8..pos + 12].copy_from_slice(&(e.value.len() as u32).to_le_bytes());
@@ -178,11 +143,7 @@ pub(crate) fn write_in_inode(area: &mut [u8], entries: &[Entry]) {
 pub(crate) fn block(entries: &[Entry], refcount: u32, blocknr: u64, fs_seed: u32) -> Vec<u8> {
     let mut b = vec![0u8; BLOCK_SIZE as usize];
     let hashes = lay_out(&mut b, BLOCK_HEADER, 0, entries, true);
-    let block_hash = if hashes.contains(&0) {
-        0
-    } else {
-        hashes.iter().fold(0u32, |h, &e| (h << 16) ^ (h >> 16) ^ e)
-    };
+    let block_hash = if hashes.contains(&0) { 0 } else { hashes.iter().fold(0u32, |h, &e| (h << 16) ^ (h >> 16) ^ e) };
     b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     b[4..8].copy_from_slice(&refcount.to_le_bytes());
     b[8..12].copy_from_slice(&1u32.to_le_bytes());

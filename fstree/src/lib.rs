@@ -63,13 +63,7 @@ pub struct Metadata {
 impl Metadata {
     /// Root-owned metadata with the given permission bits and time.
     pub fn root(mode: u16, mtime: i64) -> Self {
-        Metadata {
-            mode: mode & 0o7777,
-            uid: 0,
-            gid: 0,
-            mtime,
-            xattrs: BTreeMap::new(),
-        }
+        Metadata { mode: mode & 0o7777, uid: 0, gid: 0, mtime, xattrs: BTreeMap::new() }
     }
 }
 
@@ -79,11 +73,7 @@ pub enum FileData {
     /// Bytes held in memory (shared, so cloning a tree is cheap).
     Memory(Arc<[u8]>),
     /// `len` bytes starting at `offset` of a file on the host, read when the tree is written.
-    Range {
-        path: Arc<Path>,
-        offset: u64,
-        len: u64,
-    },
+    Range { path: Arc<Path>, offset: u64, len: u64 },
 }
 
 impl FileData {
@@ -104,10 +94,7 @@ impl FileData {
             FileData::Memory(b) => Ok(b.to_vec()),
             FileData::Range { path, offset, len } => {
                 use std::os::unix::fs::FileExt;
-                let io = |source| TreeError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                };
+                let io = |source| TreeError::Io { path: path.to_path_buf(), source };
                 let f = std::fs::File::open(path).map_err(io)?;
                 let mut buf = vec![0u8; *len as usize];
                 f.read_exact_at(&mut buf, *offset).map_err(io)?;
@@ -194,9 +181,7 @@ pub struct Tree {
 impl Tree {
     /// A tree holding only a root directory with the given metadata.
     pub fn new(root: Metadata) -> Self {
-        Tree {
-            nodes: vec![Node::new(NodeKind::Dir(BTreeMap::new()), root)],
-        }
+        Tree { nodes: vec![Node::new(NodeKind::Dir(BTreeMap::new()), root)] }
     }
 
     /// Number of nodes (inodes), the root included; hard links count once.
@@ -222,8 +207,7 @@ impl Tree {
             NodeKind::Dir(m) => Some(m),
             _ => None,
         };
-        map.into_iter()
-            .flat_map(|m| m.iter().map(|(k, v)| (k.as_slice(), *v)))
+        map.into_iter().flat_map(|m| m.iter().map(|(k, v)| (k.as_slice(), *v)))
     }
 
     /// Finds the node at `path` (absolute or relative to the root). Symlinks are not followed.
@@ -251,11 +235,7 @@ impl Tree {
 
     /// Creates the directory at `path` and any missing parents with `meta`; existing
     /// directories are kept as they are. Returns the directory's id.
-    pub fn mkdir_all(
-        &mut self,
-        path: impl AsRef<Path>,
-        meta: &Metadata,
-    ) -> Result<NodeId, TreeError> {
+    pub fn mkdir_all(&mut self, path: impl AsRef<Path>, meta: &Metadata) -> Result<NodeId, TreeError> {
         let path = path.as_ref();
         let names = split(path)?;
         let mut id = ROOT;
@@ -263,9 +243,7 @@ impl Tree {
             let next = match &self.nodes[id].kind {
                 NodeKind::Dir(m) => m.get(name).copied(),
                 _ => {
-                    return Err(TreeError::NotADirectory {
-                        path: path.to_path_buf(),
-                    });
+                    return Err(TreeError::NotADirectory { path: path.to_path_buf() });
                 }
             };
             id = match next {
@@ -273,34 +251,23 @@ impl Tree {
                 None => {
                     let n = self.nodes.len();
                     self.add_entry(id, name, n, path)?;
-                    self.nodes
-                        .push(Node::new(NodeKind::Dir(BTreeMap::new()), meta.clone()));
+                    self.nodes.push(Node::new(NodeKind::Dir(BTreeMap::new()), meta.clone()));
                     n
                 }
             };
         }
         if !self.nodes[id].kind.is_dir() {
-            return Err(TreeError::NotADirectory {
-                path: path.to_path_buf(),
-            });
+            return Err(TreeError::NotADirectory { path: path.to_path_buf() });
         }
         Ok(id)
     }
 
     /// Makes `link` a hard link to the existing non-directory node at `target`.
-    pub fn hard_link(
-        &mut self,
-        target: impl AsRef<Path>,
-        link: impl AsRef<Path>,
-    ) -> Result<NodeId, TreeError> {
+    pub fn hard_link(&mut self, target: impl AsRef<Path>, link: impl AsRef<Path>) -> Result<NodeId, TreeError> {
         let target = target.as_ref();
-        let id = self.lookup(target).ok_or_else(|| TreeError::NotFound {
-            path: target.to_path_buf(),
-        })?;
+        let id = self.lookup(target).ok_or_else(|| TreeError::NotFound { path: target.to_path_buf() })?;
         if self.nodes[id].kind.is_dir() {
-            return Err(TreeError::LinkToDirectory {
-                path: target.to_path_buf(),
-            });
+            return Err(TreeError::LinkToDirectory { path: target.to_path_buf() });
         }
         let link = link.as_ref();
         let (parent, name) = self.parent_of(link)?;
@@ -323,8 +290,10 @@ impl Tree {
         counts
     }
 
-    /// Every entry below the root in depth-first, name-sorted order, with its path relative to
-    /// the root (bytes, `/`-separated, no leading slash). A hard-linked node appears once per name.
+    /// Every entry below the root, with its path relative to the root (bytes, `/`-separated, no
+    /// leading slash). Each directory's entries come together, name-sorted, before the walk
+    /// descends into its subdirectories in order; so a directory always precedes its contents and
+    /// siblings stay adjacent. A hard-linked node appears once per name.
     pub fn walk(&self) -> Vec<(Vec<u8>, NodeId)> {
         let mut out = Vec::new();
         let mut stack: Vec<(Vec<u8>, NodeId)> = vec![(Vec::new(), ROOT)];
@@ -364,53 +333,33 @@ impl Tree {
 
     fn parent_of<'p>(&self, path: &'p Path) -> Result<(NodeId, &'p [u8]), TreeError> {
         let mut names = split(path)?;
-        let name = names.pop().ok_or(TreeError::InvalidPath {
-            path: path.to_path_buf(),
-            why: "the root has no parent",
-        })?;
+        let name =
+            names.pop().ok_or(TreeError::InvalidPath { path: path.to_path_buf(), why: "the root has no parent" })?;
         let mut id = ROOT;
         for n in names {
             match &self.nodes[id].kind {
-                NodeKind::Dir(m) => {
-                    id = *m.get(n).ok_or_else(|| TreeError::NotFound {
-                        path: path.to_path_buf(),
-                    })?
-                }
+                NodeKind::Dir(m) => id = *m.get(n).ok_or_else(|| TreeError::NotFound { path: path.to_path_buf() })?,
                 _ => {
-                    return Err(TreeError::NotADirectory {
-                        path: path.to_path_buf(),
-                    });
+                    return Err(TreeError::NotADirectory { path: path.to_path_buf() });
                 }
             }
         }
         if !self.nodes[id].kind.is_dir() {
-            return Err(TreeError::NotADirectory {
-                path: path.to_path_buf(),
-            });
+            return Err(TreeError::NotADirectory { path: path.to_path_buf() });
         }
         Ok((id, name))
     }
 
-    fn add_entry(
-        &mut self,
-        dir: NodeId,
-        name: &[u8],
-        id: NodeId,
-        path: &Path,
-    ) -> Result<(), TreeError> {
+    fn add_entry(&mut self, dir: NodeId, name: &[u8], id: NodeId, path: &Path) -> Result<(), TreeError> {
         match &mut self.nodes[dir].kind {
             NodeKind::Dir(m) => {
                 if m.contains_key(name) {
-                    return Err(TreeError::Exists {
-                        path: path.to_path_buf(),
-                    });
+                    return Err(TreeError::Exists { path: path.to_path_buf() });
                 }
                 m.insert(name.to_vec(), id);
                 Ok(())
             }
-            _ => Err(TreeError::NotADirectory {
-                path: path.to_path_buf(),
-            }),
+            _ => Err(TreeError::NotADirectory { path: path.to_path_buf() }),
         }
     }
 }
@@ -433,10 +382,7 @@ fn split(path: &Path) -> Result<Vec<&[u8]>, TreeError> {
                 out.push(n);
             }
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(TreeError::InvalidPath {
-                    path: path.to_path_buf(),
-                    why: "`..` is not allowed",
-                });
+                return Err(TreeError::InvalidPath { path: path.to_path_buf(), why: "`..` is not allowed" });
             }
         }
     }
@@ -459,32 +405,13 @@ mod tests {
         assert_eq!(t.hard_link("/usr/bin/a", "/usr/bin/b").unwrap(), f);
         assert_eq!(t.lookup("usr/bin/b"), Some(f));
         assert_eq!(t.name_counts()[f], 2);
-        let paths: Vec<_> = t
-            .walk()
-            .into_iter()
-            .map(|(p, _)| String::from_utf8(p).unwrap())
-            .collect();
+        let paths: Vec<_> = t.walk().into_iter().map(|(p, _)| String::from_utf8(p).unwrap()).collect();
         assert_eq!(paths, ["usr", "usr/bin", "usr/bin/a", "usr/bin/b"]);
-        assert!(matches!(
-            t.insert("/usr/bin/a", file(b"")),
-            Err(TreeError::Exists { .. })
-        ));
-        assert!(matches!(
-            t.insert("/nope/x", file(b"")),
-            Err(TreeError::NotFound { .. })
-        ));
-        assert!(matches!(
-            t.insert("/usr/bin/a/x", file(b"")),
-            Err(TreeError::NotADirectory { .. })
-        ));
-        assert!(matches!(
-            t.hard_link("/usr", "/x"),
-            Err(TreeError::LinkToDirectory { .. })
-        ));
-        assert!(matches!(
-            t.insert("/../x", file(b"")),
-            Err(TreeError::InvalidPath { .. })
-        ));
+        assert!(matches!(t.insert("/usr/bin/a", file(b"")), Err(TreeError::Exists { .. })));
+        assert!(matches!(t.insert("/nope/x", file(b"")), Err(TreeError::NotFound { .. })));
+        assert!(matches!(t.insert("/usr/bin/a/x", file(b"")), Err(TreeError::NotADirectory { .. })));
+        assert!(matches!(t.hard_link("/usr", "/x"), Err(TreeError::LinkToDirectory { .. })));
+        assert!(matches!(t.insert("/../x", file(b"")), Err(TreeError::InvalidPath { .. })));
         assert_eq!(t.content_bytes(), 5);
     }
 }

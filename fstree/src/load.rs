@@ -24,9 +24,7 @@ pub(crate) fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Tree, TreeError
     };
     let md = std::fs::symlink_metadata(dir).map_err(io(dir))?;
     if !md.is_dir() {
-        return Err(TreeError::NotADirectory {
-            path: dir.to_path_buf(),
-        });
+        return Err(TreeError::NotADirectory { path: dir.to_path_buf() });
     }
     let mut tree = Tree::new(meta_of(dir, &md, opts)?);
     // Inodes already seen, so that hard links stay hard links.
@@ -43,11 +41,12 @@ pub(crate) fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Tree, TreeError
             let path = host_dir.join(&name);
             let md = std::fs::symlink_metadata(&path).map_err(io(&path))?;
             let key = (md.dev(), md.ino());
-            if !md.is_dir() && md.nlink() > 1 {
-                if let Some(&id) = seen.get(&key) {
-                    add(&mut tree, dir_id, name.as_bytes(), id, &path)?;
-                    continue;
-                }
+            if !md.is_dir()
+                && md.nlink() > 1
+                && let Some(&id) = seen.get(&key)
+            {
+                add(&mut tree, dir_id, name.as_bytes(), id, &path)?;
+                continue;
             }
             let ft = md.file_type();
             let kind = if ft.is_dir() {
@@ -56,21 +55,11 @@ pub(crate) fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Tree, TreeError
                 let data = if md.len() == 0 {
                     FileData::Memory(Arc::from(&[][..]))
                 } else {
-                    FileData::Range {
-                        path: Arc::from(path.as_path()),
-                        offset: 0,
-                        len: md.len(),
-                    }
+                    FileData::Range { path: Arc::from(path.as_path()), offset: 0, len: md.len() }
                 };
                 NodeKind::File(data)
             } else if ft.is_symlink() {
-                NodeKind::Symlink(
-                    std::fs::read_link(&path)
-                        .map_err(io(&path))?
-                        .as_os_str()
-                        .as_bytes()
-                        .to_vec(),
-                )
+                NodeKind::Symlink(std::fs::read_link(&path).map_err(io(&path))?.as_os_str().as_bytes().to_vec())
             } else if ft.is_char_device() || ft.is_block_device() {
                 let rdev = md.rdev();
                 let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
@@ -98,18 +87,9 @@ pub(crate) fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Tree, TreeError
     Ok(tree)
 }
 
-fn add(
-    tree: &mut Tree,
-    dir: NodeId,
-    name: &[u8],
-    id: NodeId,
-    path: &Path,
-) -> Result<(), TreeError> {
+fn add(tree: &mut Tree, dir: NodeId, name: &[u8], id: NodeId, path: &Path) -> Result<(), TreeError> {
     if name.len() > crate::MAX_NAME_LEN {
-        return Err(TreeError::InvalidPath {
-            path: path.to_path_buf(),
-            why: "a name is longer than 255 bytes",
-        });
+        return Err(TreeError::InvalidPath { path: path.to_path_buf(), why: "a name is longer than 255 bytes" });
     }
     tree.add_entry(dir, name, id, path)
 }
@@ -125,10 +105,7 @@ fn meta_of(path: &Path, md: &std::fs::Metadata, opts: &LoadOptions) -> Result<Me
 }
 
 fn read_xattrs(path: &Path) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, TreeError> {
-    let err = |e: rustix::io::Errno| TreeError::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    };
+    let err = |e: rustix::io::Errno| TreeError::Io { path: path.to_path_buf(), source: e.into() };
     let mut out = BTreeMap::new();
     let mut names = vec![0u8; 4096];
     let n = loop {
@@ -170,14 +147,7 @@ mod tests {
         std::os::unix::fs::symlink("sub/f", p.join("l")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(p.join("sub/f"), std::fs::Permissions::from_mode(0o4755)).unwrap();
-        let t = Tree::from_dir(
-            p,
-            &LoadOptions {
-                all_root: true,
-                mtime: Some(7),
-            },
-        )
-        .unwrap();
+        let t = Tree::from_dir(p, &LoadOptions { all_root: true, mtime: Some(7) }).unwrap();
         let f = t.lookup("sub/f").unwrap();
         assert_eq!(t.lookup("g"), Some(f));
         assert_eq!(t.node(f).meta.mode, 0o4755);

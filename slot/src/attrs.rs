@@ -10,8 +10,7 @@ const TRIES_SHIFT: u32 = 52;
 const SUCCESSFUL_SHIFT: u32 = 56;
 const NIBBLE: u64 = 0xF;
 /// Every bit this crate owns; all others are preserved untouched.
-pub const SLOT_BITS_MASK: u64 =
-    (NIBBLE << PRIORITY_SHIFT) | (NIBBLE << TRIES_SHIFT) | (1 << SUCCESSFUL_SHIFT);
+pub const SLOT_BITS_MASK: u64 = (NIBBLE << PRIORITY_SHIFT) | (NIBBLE << TRIES_SHIFT) | (1 << SUCCESSFUL_SHIFT);
 
 /// Highest value the 4-bit priority and tries fields can hold.
 pub const MAX_NIBBLE: u8 = 15;
@@ -29,17 +28,9 @@ pub struct SlotAttrs {
 
 impl SlotAttrs {
     /// Slot A of a fresh image: {priority 1, tries 0, successful}.
-    pub const FRESH_ACTIVE: SlotAttrs = SlotAttrs {
-        priority: 1,
-        tries: 0,
-        successful: true,
-    };
+    pub const FRESH_ACTIVE: SlotAttrs = SlotAttrs { priority: 1, tries: 0, successful: true };
     /// Slot B of a fresh image, and any slot being rewritten: {0, 0, 0}.
-    pub const EMPTY: SlotAttrs = SlotAttrs {
-        priority: 0,
-        tries: 0,
-        successful: false,
-    };
+    pub const EMPTY: SlotAttrs = SlotAttrs { priority: 0, tries: 0, successful: false };
 
     /// Decodes the slot fields from a GPT attribute word.
     pub const fn from_raw(raw: u64) -> SlotAttrs {
@@ -53,16 +44,8 @@ impl SlotAttrs {
     /// Writes these fields into `raw`, keeping every bit outside [`SLOT_BITS_MASK`].
     /// Priority and tries are saturated to 4 bits.
     pub const fn apply_to(self, raw: u64) -> u64 {
-        let p = if self.priority > MAX_NIBBLE {
-            MAX_NIBBLE
-        } else {
-            self.priority
-        } as u64;
-        let t = if self.tries > MAX_NIBBLE {
-            MAX_NIBBLE
-        } else {
-            self.tries
-        } as u64;
+        let p = if self.priority > MAX_NIBBLE { MAX_NIBBLE } else { self.priority } as u64;
+        let t = if self.tries > MAX_NIBBLE { MAX_NIBBLE } else { self.tries } as u64;
         (raw & !SLOT_BITS_MASK)
             | (p << PRIORITY_SHIFT)
             | (t << TRIES_SHIFT)
@@ -78,16 +61,8 @@ impl SlotAttrs {
 impl fmt::Display for SlotAttrs {
     /// `priority 2, tries 3, not successful`: for status output and console messages.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let successful = if self.successful {
-            "successful"
-        } else {
-            "not successful"
-        };
-        write!(
-            f,
-            "priority {}, tries {}, {successful}",
-            self.priority, self.tries
-        )
+        let successful = if self.successful { "successful" } else { "not successful" };
+        write!(f, "priority {}, tries {}, {successful}", self.priority, self.tries)
     }
 }
 
@@ -98,11 +73,7 @@ mod tests {
     #[test]
     fn round_trip_keeps_other_bits() {
         let other = 0x8000_0000_0000_0001u64 | (0xF << 57);
-        let a = SlotAttrs {
-            priority: 2,
-            tries: 3,
-            successful: true,
-        };
+        let a = SlotAttrs { priority: 2, tries: 3, successful: true };
         let raw = a.apply_to(other);
         assert_eq!(SlotAttrs::from_raw(raw), a);
         assert_eq!(raw & !SLOT_BITS_MASK, other & !SLOT_BITS_MASK);

@@ -129,12 +129,7 @@ impl Slots {
         if let Some(slot) = preferred(a, b, SlotAttrs::is_eligible) {
             let attrs = self.get(slot);
             if attrs.successful {
-                return Ok(Decision {
-                    slot,
-                    kind: BootKind::Normal,
-                    slots_after: self,
-                    must_write: false,
-                });
+                return Ok(Decision { slot, kind: BootKind::Normal, slots_after: self, must_write: false });
             }
             // Eligible and not successful implies tries > 0, so this cannot underflow; saturate
             // anyway so a future change to eligibility cannot turn into a panic in firmware.
@@ -142,23 +137,12 @@ impl Slots {
             return Ok(Decision {
                 slot,
                 kind: BootKind::Trial { tries_left },
-                slots_after: self.with(
-                    slot,
-                    SlotAttrs {
-                        tries: tries_left,
-                        ..attrs
-                    },
-                ),
+                slots_after: self.with(slot, SlotAttrs { tries: tries_left, ..attrs }),
                 must_write: true,
             });
         }
         if let Some(slot) = preferred(a, b, |s| s.successful) {
-            return Ok(Decision {
-                slot,
-                kind: BootKind::Fallback,
-                slots_after: self,
-                must_write: false,
-            });
+            return Ok(Decision { slot, kind: BootKind::Fallback, slots_after: self, must_write: false });
         }
         Err(NoBootableSlot {
             // Both are neither eligible nor successful here, so `of` names a reason; the
@@ -187,11 +171,7 @@ mod tests {
     use alloc::string::ToString;
 
     const fn at(priority: u8, tries: u8, successful: bool) -> SlotAttrs {
-        SlotAttrs {
-            priority,
-            tries,
-            successful,
-        }
+        SlotAttrs { priority, tries, successful }
     }
 
     fn pick(a: SlotAttrs, b: SlotAttrs) -> Result<Decision, NoBootableSlot> {
@@ -203,61 +183,35 @@ mod tests {
         let d = Slots::FRESH.select();
         assert_eq!(
             d,
-            Ok(Decision {
-                slot: Slot::A,
-                kind: BootKind::Normal,
-                slots_after: Slots::FRESH,
-                must_write: false
-            })
+            Ok(Decision { slot: Slot::A, kind: BootKind::Normal, slots_after: Slots::FRESH, must_write: false })
         );
     }
 
     #[test]
     fn highest_priority_wins() {
-        assert_eq!(
-            pick(at(1, 0, true), at(2, 0, true)).map(|d| d.slot),
-            Ok(Slot::B)
-        );
-        assert_eq!(
-            pick(at(3, 0, true), at(2, 0, true)).map(|d| d.slot),
-            Ok(Slot::A)
-        );
+        assert_eq!(pick(at(1, 0, true), at(2, 0, true)).map(|d| d.slot), Ok(Slot::B));
+        assert_eq!(pick(at(3, 0, true), at(2, 0, true)).map(|d| d.slot), Ok(Slot::A));
     }
 
     #[test]
     fn tie_goes_to_a() {
-        assert_eq!(
-            pick(at(2, 0, true), at(2, 0, true)).map(|d| d.slot),
-            Ok(Slot::A)
-        );
-        assert_eq!(
-            pick(at(2, 1, false), at(2, 5, false)).map(|d| d.slot),
-            Ok(Slot::A)
-        );
+        assert_eq!(pick(at(2, 0, true), at(2, 0, true)).map(|d| d.slot), Ok(Slot::A));
+        assert_eq!(pick(at(2, 1, false), at(2, 5, false)).map(|d| d.slot), Ok(Slot::A));
     }
 
     #[test]
     fn ineligible_higher_priority_loses() {
         // B has the higher priority but no tries and no success: A must win.
-        assert_eq!(
-            pick(at(1, 0, true), at(2, 0, false)).map(|d| d.slot),
-            Ok(Slot::A)
-        );
+        assert_eq!(pick(at(1, 0, true), at(2, 0, false)).map(|d| d.slot), Ok(Slot::A));
         // Priority 0 never boots normally, even with tries.
-        assert_eq!(
-            pick(at(1, 0, true), at(0, 5, false)).map(|d| d.slot),
-            Ok(Slot::A)
-        );
+        assert_eq!(pick(at(1, 0, true), at(0, 5, false)).map(|d| d.slot), Ok(Slot::A));
     }
 
     #[test]
     fn trial_spends_one_try_and_must_write() {
-        let before = Slots::from_raw(0xABCD | SlotAttrs::FRESH_ACTIVE.apply_to(0), 0x10)
-            .with(Slot::B, at(2, 3, false));
+        let before = Slots::from_raw(0xABCD | SlotAttrs::FRESH_ACTIVE.apply_to(0), 0x10).with(Slot::B, at(2, 3, false));
         let d = before.select();
-        let Ok(d) = d else {
-            panic!("expected a decision, got {d:?}")
-        };
+        let Ok(d) = d else { panic!("expected a decision, got {d:?}") };
         assert_eq!(d.slot, Slot::B);
         assert_eq!(d.kind, BootKind::Trial { tries_left: 2 });
         assert!(d.must_write);
@@ -265,10 +219,7 @@ mod tests {
         assert_eq!(d.attrs_after(), at(2, 2, false));
         // A and every non-slot bit are untouched.
         assert_eq!(d.slots_after.raw(Slot::A), before.raw(Slot::A));
-        assert_eq!(
-            d.slots_after.raw(Slot::B) & !crate::attrs::SLOT_BITS_MASK,
-            0x10
-        );
+        assert_eq!(d.slots_after.raw(Slot::B) & !crate::attrs::SLOT_BITS_MASK, 0x10);
     }
 
     #[test]
@@ -293,28 +244,18 @@ mod tests {
     fn fallback_boots_a_successful_slot() {
         // Nothing eligible; B is successful (priority 0), A has spent its tries.
         let d = pick(at(2, 0, false), at(0, 0, true));
-        let Ok(d) = d else {
-            panic!("expected a fallback, got {d:?}")
-        };
-        assert_eq!(
-            (d.slot, d.kind, d.must_write),
-            (Slot::B, BootKind::Fallback, false)
-        );
+        let Ok(d) = d else { panic!("expected a fallback, got {d:?}") };
+        assert_eq!((d.slot, d.kind, d.must_write), (Slot::B, BootKind::Fallback, false));
         assert!(d.is_fallback());
         assert_eq!(d.slots_after, Slots::new(at(2, 0, false), at(0, 0, true)));
         // Both successful at priority 0: tie goes to A.
-        assert_eq!(
-            pick(at(0, 0, true), at(0, 0, true)).map(|d| (d.slot, d.kind)),
-            Ok((Slot::A, BootKind::Fallback))
-        );
+        assert_eq!(pick(at(0, 0, true), at(0, 0, true)).map(|d| (d.slot, d.kind)), Ok((Slot::A, BootKind::Fallback)));
     }
 
     #[test]
     fn nothing_bootable_says_why() {
         let e = pick(at(0, 3, false), at(2, 0, false));
-        let Err(e) = e else {
-            panic!("expected no bootable slot, got {e:?}")
-        };
+        let Err(e) = e else { panic!("expected no bootable slot, got {e:?}") };
         assert_eq!(e.reason(Slot::A), Unbootable::NeverBoot);
         assert_eq!(e.reason(Slot::B), Unbootable::TriesSpent);
         assert_eq!(
@@ -330,9 +271,6 @@ mod tests {
         assert_eq!(Unbootable::of(at(0, 0, true)), None);
         assert_eq!(Unbootable::of(at(1, 1, false)), None);
         assert_eq!(Unbootable::of(at(0, 1, false)), Some(Unbootable::NeverBoot));
-        assert_eq!(
-            Unbootable::of(at(15, 0, false)),
-            Some(Unbootable::TriesSpent)
-        );
+        assert_eq!(Unbootable::of(at(15, 0, false)), Some(Unbootable::TriesSpent));
     }
 }

@@ -32,16 +32,12 @@ impl Slots {
     /// Both slots from decoded attributes, every other attribute bit zero (what the image builder
     /// writes).
     pub const fn new(a: SlotAttrs, b: SlotAttrs) -> Slots {
-        Slots {
-            raw: [a.apply_to(0), b.apply_to(0)],
-        }
+        Slots { raw: [a.apply_to(0), b.apply_to(0)] }
     }
 
     /// Both slots from the attribute words of the `ROOT-A` and `ROOT-B` partition entries.
     pub const fn from_raw(raw_a: u64, raw_b: u64) -> Slots {
-        Slots {
-            raw: [raw_a, raw_b],
-        }
+        Slots { raw: [raw_a, raw_b] }
     }
 
     /// The full attribute word to write back into `slot`'s partition entry.
@@ -84,57 +80,23 @@ mod tests {
 
     #[test]
     fn fresh_matches_design() {
-        assert_eq!(
-            Slots::FRESH.get(Slot::A),
-            SlotAttrs {
-                priority: 1,
-                tries: 0,
-                successful: true
-            }
-        );
-        assert_eq!(
-            Slots::FRESH.get(Slot::B),
-            SlotAttrs {
-                priority: 0,
-                tries: 0,
-                successful: false
-            }
-        );
+        assert_eq!(Slots::FRESH.get(Slot::A), SlotAttrs { priority: 1, tries: 0, successful: true });
+        assert_eq!(Slots::FRESH.get(Slot::B), SlotAttrs { priority: 0, tries: 0, successful: false });
         assert_eq!(Slots::default(), Slots::FRESH);
     }
 
     #[test]
     fn with_touches_only_its_slot_bits() {
         let s = Slots::from_raw(0x0000_0000_0000_0001, 0x8000_0000_0000_0004);
-        let t = s.with(
-            Slot::B,
-            SlotAttrs {
-                priority: 2,
-                tries: 3,
-                successful: false,
-            },
-        );
+        let t = s.with(Slot::B, SlotAttrs { priority: 2, tries: 3, successful: false });
         assert_eq!(t.raw(Slot::A), s.raw(Slot::A));
-        assert_eq!(
-            t.raw(Slot::B),
-            0x8000_0000_0000_0004 | (2 << 48) | (3 << 52)
-        );
-        assert_eq!(
-            t.get(Slot::B),
-            SlotAttrs {
-                priority: 2,
-                tries: 3,
-                successful: false
-            }
-        );
+        assert_eq!(t.raw(Slot::B), 0x8000_0000_0000_0004 | (2 << 48) | (3 << 52));
+        assert_eq!(t.get(Slot::B), SlotAttrs { priority: 2, tries: 3, successful: false });
     }
 
     #[test]
     fn display_names_both_slots() {
         let text = Slots::FRESH.to_string();
-        assert_eq!(
-            text,
-            "A: priority 1, tries 0, successful; B: priority 0, tries 0, not successful"
-        );
+        assert_eq!(text, "A: priority 1, tries 0, successful; B: priority 0, tries 0, not successful");
     }
 }

@@ -63,19 +63,15 @@ impl fmt::Display for TransitionError {
                 "{} is not marked successful; it would be the only slot left, so mark it good first",
                 active.label()
             ),
-            TransitionError::PassiveNotCleared { passive } => write!(
-                f,
-                "{} can still be booted; clear it before writing a new image into it",
-                passive.label()
-            ),
+            TransitionError::PassiveNotCleared { passive } => {
+                write!(f, "{} can still be booted; clear it before writing a new image into it", passive.label())
+            }
             TransitionError::InvalidTries { tries } => {
                 write!(f, "tries must be between 1 and {MAX_NIBBLE}, not {tries}")
             }
-            TransitionError::RollbackTargetNotSuccessful { target } => write!(
-                f,
-                "cannot roll back to {}: it has never booted successfully",
-                target.label()
-            ),
+            TransitionError::RollbackTargetNotSuccessful { target } => {
+                write!(f, "cannot roll back to {}: it has never booted successfully", target.label())
+            }
             TransitionError::UpdatePending { pending } => write!(
                 f,
                 "{} holds a staged update awaiting its trial boot; marking the booted slot good \
@@ -120,21 +116,8 @@ impl Slots {
             return Err(TransitionError::ActiveNotSuccessful { active });
         }
         Ok(self
-            .with(
-                passive,
-                SlotAttrs {
-                    priority: PRIORITY_PREFERRED,
-                    tries,
-                    successful: false,
-                },
-            )
-            .with(
-                active,
-                SlotAttrs {
-                    priority: PRIORITY_FALLBACK,
-                    ..a
-                },
-            ))
+            .with(passive, SlotAttrs { priority: PRIORITY_PREFERRED, tries, successful: false })
+            .with(active, SlotAttrs { priority: PRIORITY_FALLBACK, ..a }))
     }
 
     /// The running slot `booted` reached health: it becomes {2, 0, 1}; the other slot's priority
@@ -149,30 +132,17 @@ impl Slots {
     /// good again would cancel the update.
     pub fn mark_good(self, booted: Slot) -> Result<Slots, TransitionError> {
         let other = booted.other();
-        if self.get(booted).successful {
-            if let Ok(d) = self.select() {
-                if d.slot == other && matches!(d.kind, BootKind::Trial { .. }) {
-                    return Err(TransitionError::UpdatePending { pending: other });
-                }
-            }
+        if self.get(booted).successful
+            && let Ok(d) = self.select()
+            && d.slot == other
+            && matches!(d.kind, BootKind::Trial { .. })
+        {
+            return Err(TransitionError::UpdatePending { pending: other });
         }
         let o = self.get(other);
         Ok(self
-            .with(
-                booted,
-                SlotAttrs {
-                    priority: PRIORITY_PREFERRED,
-                    tries: 0,
-                    successful: true,
-                },
-            )
-            .with(
-                other,
-                SlotAttrs {
-                    priority: o.priority.min(PRIORITY_FALLBACK),
-                    ..o
-                },
-            ))
+            .with(booted, SlotAttrs { priority: PRIORITY_PREFERRED, tries: 0, successful: true })
+            .with(other, SlotAttrs { priority: o.priority.min(PRIORITY_FALLBACK), ..o }))
     }
 
     /// Manual rollback: `to` (normally the passive slot) gets priority 2 and the other slot
@@ -188,20 +158,8 @@ impl Slots {
         let other = to.other();
         let o = self.get(other);
         Ok(self
-            .with(
-                to,
-                SlotAttrs {
-                    priority: PRIORITY_PREFERRED,
-                    ..t
-                },
-            )
-            .with(
-                other,
-                SlotAttrs {
-                    priority: PRIORITY_FALLBACK,
-                    ..o
-                },
-            ))
+            .with(to, SlotAttrs { priority: PRIORITY_PREFERRED, ..t })
+            .with(other, SlotAttrs { priority: PRIORITY_FALLBACK, ..o }))
     }
 
     /// After a boot, the slot whose update failed, if any: the slot other than `booted` was
@@ -235,28 +193,17 @@ mod tests {
     use alloc::string::ToString;
 
     const fn at(priority: u8, tries: u8, successful: bool) -> SlotAttrs {
-        SlotAttrs {
-            priority,
-            tries,
-            successful,
-        }
+        SlotAttrs { priority, tries, successful }
     }
 
     /// Slots with distinct non-slot bits in each word, to catch anything that clobbers them.
     fn slots(a: SlotAttrs, b: SlotAttrs) -> Slots {
-        Slots::from_raw(
-            a.apply_to(0x0000_0000_0000_00A1),
-            b.apply_to(0x8000_0000_0000_00B2),
-        )
+        Slots::from_raw(a.apply_to(0x0000_0000_0000_00A1), b.apply_to(0x8000_0000_0000_00B2))
     }
 
     fn assert_other_bits_kept(before: Slots, after: Slots) {
         for s in Slot::ALL {
-            assert_eq!(
-                after.raw(s) & !SLOT_BITS_MASK,
-                before.raw(s) & !SLOT_BITS_MASK,
-                "slot {s:?}"
-            );
+            assert_eq!(after.raw(s) & !SLOT_BITS_MASK, before.raw(s) & !SLOT_BITS_MASK, "slot {s:?}");
         }
     }
 
@@ -275,49 +222,32 @@ mod tests {
     fn begin_write_refuses_to_leave_only_an_unproven_slot() {
         // Running B on trial: clearing A would leave nothing known to boot.
         let s = slots(at(1, 0, true), at(2, 2, false));
-        assert_eq!(
-            s.begin_write(Slot::A),
-            Err(TransitionError::ActiveNotSuccessful { active: Slot::B })
-        );
+        assert_eq!(s.begin_write(Slot::A), Err(TransitionError::ActiveNotSuccessful { active: Slot::B }));
     }
 
     #[test]
     fn staged_sets_passive_trial_and_demotes_active() {
         let before = slots(at(2, 0, true), SlotAttrs::EMPTY);
         let after = before.staged(Slot::B, DEFAULT_TRIES);
-        let Ok(after) = after else {
-            panic!("{after:?}")
-        };
+        let Ok(after) = after else { panic!("{after:?}") };
         assert_eq!(after.get(Slot::B), at(2, 3, false));
         assert_eq!(after.get(Slot::A), at(1, 0, true));
         assert_other_bits_kept(before, after);
         // And bootmgr tries B next.
-        assert_eq!(
-            after.select().map(|d| (d.slot, d.kind)),
-            Ok((Slot::B, BootKind::Trial { tries_left: 2 }))
-        );
+        assert_eq!(after.select().map(|d| (d.slot, d.kind)), Ok((Slot::B, BootKind::Trial { tries_left: 2 })));
     }
 
     #[test]
     fn staged_takes_custom_tries_and_works_for_a() {
         let s = slots(SlotAttrs::EMPTY, at(2, 0, true)).staged(Slot::A, 7);
-        assert_eq!(
-            s.map(|s| (s.get(Slot::A), s.get(Slot::B))),
-            Ok((at(2, 7, false), at(1, 0, true)))
-        );
+        assert_eq!(s.map(|s| (s.get(Slot::A), s.get(Slot::B))), Ok((at(2, 7, false), at(1, 0, true))));
     }
 
     #[test]
     fn staged_rejects_bad_tries() {
         let s = slots(at(2, 0, true), SlotAttrs::EMPTY);
-        assert_eq!(
-            s.staged(Slot::B, 0),
-            Err(TransitionError::InvalidTries { tries: 0 })
-        );
-        assert_eq!(
-            s.staged(Slot::B, 16),
-            Err(TransitionError::InvalidTries { tries: 16 })
-        );
+        assert_eq!(s.staged(Slot::B, 0), Err(TransitionError::InvalidTries { tries: 0 }));
+        assert_eq!(s.staged(Slot::B, 16), Err(TransitionError::InvalidTries { tries: 16 }));
         assert!(s.staged(Slot::B, 15).is_ok());
     }
 
@@ -325,15 +255,9 @@ mod tests {
     fn staged_requires_begin_write() {
         // Passive still successful (old image) or still staged: must be cleared first.
         let s = slots(at(2, 0, true), at(1, 0, true));
-        assert_eq!(
-            s.staged(Slot::B, 3),
-            Err(TransitionError::PassiveNotCleared { passive: Slot::B })
-        );
+        assert_eq!(s.staged(Slot::B, 3), Err(TransitionError::PassiveNotCleared { passive: Slot::B }));
         let s = slots(at(1, 0, true), at(2, 2, false));
-        assert_eq!(
-            s.staged(Slot::B, 3),
-            Err(TransitionError::PassiveNotCleared { passive: Slot::B })
-        );
+        assert_eq!(s.staged(Slot::B, 3), Err(TransitionError::PassiveNotCleared { passive: Slot::B }));
         // A failed update (tries spent) cannot boot, so it may be overwritten directly.
         let s = slots(at(1, 0, true), at(2, 0, false));
         assert!(s.staged(Slot::B, 3).is_ok());
@@ -342,10 +266,7 @@ mod tests {
     #[test]
     fn staged_requires_successful_active() {
         let s = slots(at(1, 2, false), SlotAttrs::EMPTY);
-        assert_eq!(
-            s.staged(Slot::B, 3),
-            Err(TransitionError::ActiveNotSuccessful { active: Slot::A })
-        );
+        assert_eq!(s.staged(Slot::B, 3), Err(TransitionError::ActiveNotSuccessful { active: Slot::A }));
     }
 
     #[test]
@@ -353,9 +274,7 @@ mod tests {
         // B booted on trial after an update.
         let before = slots(at(1, 0, true), at(2, 2, false));
         let after = before.mark_good(Slot::B);
-        let Ok(after) = after else {
-            panic!("{after:?}")
-        };
+        let Ok(after) = after else { panic!("{after:?}") };
         assert_eq!(after.get(Slot::B), at(2, 0, true));
         assert_eq!(after.get(Slot::A), at(1, 0, true));
         assert_other_bits_kept(before, after);
@@ -373,9 +292,7 @@ mod tests {
     fn mark_good_leaves_priority_zero_alone() {
         // Fresh image, first boot: B stays empty and is not mistaken for a failed update later.
         let after = Slots::FRESH.mark_good(Slot::A);
-        let Ok(after) = after else {
-            panic!("{after:?}")
-        };
+        let Ok(after) = after else { panic!("{after:?}") };
         assert_eq!(after.get(Slot::A), at(2, 0, true));
         assert_eq!(after.get(Slot::B), SlotAttrs::EMPTY);
         assert_eq!(after.detect_failed_update(Slot::A), None);
@@ -384,43 +301,29 @@ mod tests {
     #[test]
     fn mark_good_does_not_cancel_a_staged_update() {
         let staged = slots(at(1, 0, true), at(2, 3, false));
-        assert_eq!(
-            staged.mark_good(Slot::A),
-            Err(TransitionError::UpdatePending { pending: Slot::B })
-        );
+        assert_eq!(staged.mark_good(Slot::A), Err(TransitionError::UpdatePending { pending: Slot::B }));
         // But marking the trial slot itself good is the normal path.
         assert!(staged.mark_good(Slot::B).is_ok());
         // A lower-priority slot with tries left (rolled back mid-trial) is not pending.
         let rolled_back = slots(at(2, 0, true), at(1, 2, false));
-        assert_eq!(
-            rolled_back.mark_good(Slot::A).map(|s| s.get(Slot::B)),
-            Ok(at(1, 2, false))
-        );
+        assert_eq!(rolled_back.mark_good(Slot::A).map(|s| s.get(Slot::B)), Ok(at(1, 2, false)));
     }
 
     #[test]
     fn rollback_swaps_priorities() {
         let before = slots(at(1, 0, true), at(2, 0, true));
         let after = before.rollback(Slot::A);
-        let Ok(after) = after else {
-            panic!("{after:?}")
-        };
+        let Ok(after) = after else { panic!("{after:?}") };
         assert_eq!(after.get(Slot::A), at(2, 0, true));
         assert_eq!(after.get(Slot::B), at(1, 0, true));
         assert_other_bits_kept(before, after);
-        assert_eq!(
-            after.select().map(|d| (d.slot, d.kind)),
-            Ok((Slot::A, BootKind::Normal))
-        );
+        assert_eq!(after.select().map(|d| (d.slot, d.kind)), Ok((Slot::A, BootKind::Normal)));
     }
 
     #[test]
     fn rollback_requires_successful_target() {
         let s = slots(at(2, 0, true), at(1, 3, false));
-        assert_eq!(
-            s.rollback(Slot::B),
-            Err(TransitionError::RollbackTargetNotSuccessful { target: Slot::B })
-        );
+        assert_eq!(s.rollback(Slot::B), Err(TransitionError::RollbackTargetNotSuccessful { target: Slot::B }));
         assert_eq!(
             Slots::FRESH.rollback(Slot::B),
             Err(TransitionError::RollbackTargetNotSuccessful { target: Slot::B })
@@ -446,32 +349,17 @@ mod tests {
     #[test]
     fn detect_failed_update_ignores_healthy_states() {
         // Pending trial, successful other, empty other, and the booted slot itself.
-        assert_eq!(
-            slots(at(1, 0, true), at(2, 2, false)).detect_failed_update(Slot::A),
-            None
-        );
-        assert_eq!(
-            slots(at(1, 0, true), at(2, 0, true)).detect_failed_update(Slot::A),
-            None
-        );
+        assert_eq!(slots(at(1, 0, true), at(2, 2, false)).detect_failed_update(Slot::A), None);
+        assert_eq!(slots(at(1, 0, true), at(2, 0, true)).detect_failed_update(Slot::A), None);
         assert_eq!(Slots::FRESH.detect_failed_update(Slot::A), None);
-        assert_eq!(
-            slots(at(2, 0, false), at(1, 0, true)).detect_failed_update(Slot::A),
-            None
-        );
+        assert_eq!(slots(at(2, 0, false), at(1, 0, true)).detect_failed_update(Slot::A), None);
     }
 
     #[test]
     fn clear_guards_the_last_good_slot() {
-        assert_eq!(
-            Slots::FRESH.clear(Slot::A),
-            Err(TransitionError::ActiveNotSuccessful { active: Slot::B })
-        );
+        assert_eq!(Slots::FRESH.clear(Slot::A), Err(TransitionError::ActiveNotSuccessful { active: Slot::B }));
         let before = slots(at(1, 0, true), at(2, 0, false));
-        assert_eq!(
-            before.clear(Slot::B).map(|s| s.get(Slot::B)),
-            Ok(SlotAttrs::EMPTY)
-        );
+        assert_eq!(before.clear(Slot::B).map(|s| s.get(Slot::B)), Ok(SlotAttrs::EMPTY));
     }
 
     #[test]
@@ -480,24 +368,9 @@ mod tests {
             TransitionError::RollbackTargetNotSuccessful { target: Slot::B }.to_string(),
             "cannot roll back to ROOT-B: it has never booted successfully"
         );
-        assert_eq!(
-            TransitionError::InvalidTries { tries: 0 }.to_string(),
-            "tries must be between 1 and 15, not 0"
-        );
-        assert!(
-            TransitionError::ActiveNotSuccessful { active: Slot::A }
-                .to_string()
-                .starts_with("ROOT-A ")
-        );
-        assert!(
-            TransitionError::PassiveNotCleared { passive: Slot::B }
-                .to_string()
-                .starts_with("ROOT-B ")
-        );
-        assert!(
-            TransitionError::UpdatePending { pending: Slot::A }
-                .to_string()
-                .starts_with("ROOT-A ")
-        );
+        assert_eq!(TransitionError::InvalidTries { tries: 0 }.to_string(), "tries must be between 1 and 15, not 0");
+        assert!(TransitionError::ActiveNotSuccessful { active: Slot::A }.to_string().starts_with("ROOT-A "));
+        assert!(TransitionError::PassiveNotCleared { passive: Slot::B }.to_string().starts_with("ROOT-B "));
+        assert!(TransitionError::UpdatePending { pending: Slot::A }.to_string().starts_with("ROOT-A "));
     }
 }

@@ -25,22 +25,18 @@ fn any_attrs() -> impl Strategy<Value = SlotAttrs> {
 
 /// Attributes that fit the 4-bit fields.
 fn valid_attrs() -> impl Strategy<Value = SlotAttrs> {
-    (0..=MAX_NIBBLE, 0..=MAX_NIBBLE, any::<bool>()).prop_map(|(priority, tries, successful)| {
-        SlotAttrs {
-            priority,
-            tries,
-            successful,
-        }
+    (0..=MAX_NIBBLE, 0..=MAX_NIBBLE, any::<bool>()).prop_map(|(priority, tries, successful)| SlotAttrs {
+        priority,
+        tries,
+        successful,
     })
 }
 
 /// A disk to start from: a fresh image, or any state at all, with random other bits.
 fn any_disk() -> impl Strategy<Value = Slots> {
     prop_oneof![
-        (any::<u64>(), any::<u64>()).prop_map(|(a, b)| Slots::from_raw(
-            SlotAttrs::FRESH_ACTIVE.apply_to(a),
-            SlotAttrs::EMPTY.apply_to(b)
-        )),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(a, b)| Slots::from_raw(SlotAttrs::FRESH_ACTIVE.apply_to(a), SlotAttrs::EMPTY.apply_to(b))),
         (any::<u64>(), any::<u64>()).prop_map(|(a, b)| Slots::from_raw(a, b)),
     ]
 }
@@ -137,10 +133,7 @@ impl Machine {
                 let before = self.disk;
                 if self.apply(self.disk.staged(s.other(), *tries)) {
                     prop_assert!((1..=MAX_NIBBLE).contains(tries), "accepted tries {}", tries);
-                    prop_assert!(
-                        !before.get(s.other()).successful,
-                        "staged over a successful slot"
-                    );
+                    prop_assert!(!before.get(s.other()).successful, "staged over a successful slot");
                     self.good[idx(s.other())] = false;
                     self.trials[idx(s.other())] = *tries;
                 }
@@ -148,18 +141,9 @@ impl Machine {
             (Op::Rollback, Some(s)) => {
                 let before = self.disk;
                 if self.apply(self.disk.rollback(s.other())) {
-                    prop_assert!(
-                        self.good[idx(s.other())],
-                        "rolled back to a slot never marked good"
-                    );
+                    prop_assert!(self.good[idx(s.other())], "rolled back to a slot never marked good");
                     prop_assert_eq!(self.disk.select().map(|d| d.slot), Ok(s.other()));
-                    prop_assert_eq!(
-                        self.disk.get(s),
-                        SlotAttrs {
-                            priority: 1,
-                            ..before.get(s)
-                        }
-                    );
+                    prop_assert_eq!(self.disk.get(s), SlotAttrs { priority: 1, ..before.get(s) });
                 }
             }
             (Op::DetectAndClear, Some(s)) => {
@@ -197,35 +181,19 @@ impl Machine {
                         before
                     );
                     self.trials[idx(s)] -= 1;
-                    prop_assert_eq!(
-                        d.kind,
-                        BootKind::Trial {
-                            tries_left: self.trials[idx(s)]
-                        }
-                    );
-                    prop_assert!(
-                        d.must_write,
-                        "a trial boot must be recorded before the kernel starts"
-                    );
+                    prop_assert_eq!(d.kind, BootKind::Trial { tries_left: self.trials[idx(s)] });
+                    prop_assert!(d.must_write, "a trial boot must be recorded before the kernel starts");
                 }
                 prop_assert_eq!(d.must_write, d.slots_after != before);
                 prop_assert_eq!(d.slots_after.get(s.other()), before.get(s.other()));
                 for slot in Slot::ALL {
-                    prop_assert_eq!(
-                        d.slots_after.raw(slot) & !SLOT_BITS_MASK,
-                        before.raw(slot) & !SLOT_BITS_MASK
-                    );
+                    prop_assert_eq!(d.slots_after.raw(slot) & !SLOT_BITS_MASK, before.raw(slot) & !SLOT_BITS_MASK);
                 }
                 self.disk = d.slots_after;
                 self.booted = Some(s);
             }
             Err(e) => {
-                prop_assert!(
-                    !self.had_successful,
-                    "disk that had a successful slot bricked: {} ({})",
-                    before,
-                    e
-                );
+                prop_assert!(!self.had_successful, "disk that had a successful slot bricked: {} ({})", before, e);
                 self.booted = None;
             }
         }
@@ -235,19 +203,10 @@ impl Machine {
     fn check_invariants(&self) -> Result<(), TestCaseError> {
         for s in Slot::ALL {
             // The successful bit is set by mark_good alone.
-            prop_assert_eq!(
-                self.disk.get(s).successful,
-                self.good[idx(s)],
-                "slot {:?}",
-                s
-            );
+            prop_assert_eq!(self.disk.get(s).successful, self.good[idx(s)], "slot {:?}", s);
         }
         if self.had_successful {
-            prop_assert!(
-                self.disk.select().is_ok(),
-                "no bootable slot left: {}",
-                self.disk
-            );
+            prop_assert!(self.disk.select().is_ok(), "no bootable slot left: {}", self.disk);
         }
         Ok(())
     }

@@ -1,0 +1,69 @@
+//! Byte sizes as people write them, and SOURCE_DATE_EPOCH.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A size in bytes, parsed from `512M`, `1G`, `1.5GiB`, `4096` (binary multiples).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+            "" | "B" => 1,
+            "K" | "KB" | "KIB" => 1 << 10,
+            "M" | "MB" | "MIB" => 1 << 20,
+            "G" | "GB" | "GIB" => 1 << 30,
+            "T" | "TB" | "TIB" => 1 << 40,
+            u => return Err(format!("unknown size unit {u:?} in {s:?} (use K, M, G or T)")),
+        };
+        let value: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 512M, 1G, 4096)"))?;
+        let bytes = value * mult as f64;
+        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+            return Err(format!("{s:?} is out of range"));
+        }
+        Ok(ByteSize(bytes as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut v = self.0 as f64;
+        let mut u = 0;
+        while v >= 1024.0 && u + 1 < UNITS.len() {
+            v /= 1024.0;
+            u += 1;
+        }
+        if u == 0 { write!(f, "{} B", self.0) } else { write!(f, "{v:.1} {}", UNITS[u]) }
+    }
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, if set (reproducible-builds.org convention).
+pub fn source_date_epoch() -> Result<Option<i64>, String> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => {
+            v.trim().parse().map(Some).map_err(|_| format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds"))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!("4096".parse::<ByteSize>().unwrap().0, 4096);
+        assert_eq!("512M".parse::<ByteSize>().unwrap().0, 512 << 20);
+        assert_eq!("1.5GiB".parse::<ByteSize>().unwrap().0, 3 << 29);
+        assert!("12Q".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(3 << 29).to_string(), "1.5 GiB");
+    }
+}
