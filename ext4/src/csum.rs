@@ -15,8 +15,9 @@ pub(crate) fn inode_seed(fs_seed: u32, ino: u32, generation: u32) -> u32 {
     crc32c(crc32c(fs_seed, &ino.to_le_bytes()), &generation.to_le_bytes())
 }
 
-/// The directory-index hash (`half_md4`, unsigned-char variant) with its minor hash.
-/// The filesystem records the unsigned variant in `s_flags`, so lookups agree on every arch.
+/// The directory-index hash (`half_md4`, signed-char variant) with its minor hash.
+/// The filesystem records the signed variant in `s_flags`, so lookups agree on every arch; it is
+/// what mke2fs writes on x86, so readers that only implement that variant work too.
 pub(crate) fn dx_hash(name: &[u8], seed: &[u32; 4]) -> (u32, u32) {
     let mut buf =
         if seed.iter().all(|&w| w == 0) { [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476] } else { *seed };
@@ -44,7 +45,8 @@ fn str2hashbuf(msg: &[u8], num: usize) -> [u32; 8] {
     let mut val = pad;
     let mut idx = 0;
     for (i, &c) in msg[..take].iter().enumerate() {
-        val = u32::from(c).wrapping_add(val << 8);
+        // Bytes are widened as C's signed char, which is what the signed variant means.
+        val = (c as i8 as i32 as u32).wrapping_add(val << 8);
         if i % 4 == 3 {
             out[idx] = val;
             idx += 1;

@@ -17,7 +17,7 @@ const NODE_COUNT_OFFSET: usize = 8;
 const DX_TAIL: usize = 8;
 const ROOT_LIMIT: usize = (BS - ROOT_COUNT_OFFSET - DX_TAIL) / 8;
 const NODE_LIMIT: usize = (BS - NODE_COUNT_OFFSET - DX_TAIL) / 8;
-/// `s_def_hash_version` and dx_root hash version: half_md4 (unsigned via `s_flags`).
+/// `s_def_hash_version` and dx_root hash version: half_md4 (signed via `s_flags`).
 pub(crate) const HASH_HALF_MD4: u8 = 1;
 
 pub(crate) const FT_REG: u8 = 1;

@@ -86,13 +86,13 @@ fn too_small_names_sizes_and_leaves_nothing() {
 fn dx_hash_matches_debugfs() {
     let seed = [0x0102_0304u32, 0x0506_0708, 0x090a_0b0c, 0x0d0e_0f10];
     let seed_uuid = "04030201-0807-0605-0c0b-0a09100f0e0d";
-    // HASHALG_4 is half_md4 over unsigned chars, what the writer declares in s_flags.
+    // HASHALG_1 is half_md4 over signed chars, what the writer declares in s_flags.
     for name in
         ["a", "lost+found", "f00001-nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn", "\u{e9}t\u{e9}"]
     {
         let (h, m) = crate::csum::dx_hash(name.as_bytes(), &seed);
         let out = Command::new("debugfs")
-            .args(["-R", &format!("dx_hash -h HASHALG_4 -s {seed_uuid} {name}")])
+            .args(["-R", &format!("dx_hash -h HASHALG_1 -s {seed_uuid} {name}")])
             .output()
             .expect("debugfs (Debian package e2fsprogs) must be installed");
         let text = String::from_utf8_lossy(&out.stdout);

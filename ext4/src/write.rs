@@ -28,8 +28,8 @@ const RO_COMPAT_HUGE_FILE: u32 = 0x0008;
 const RO_COMPAT_DIR_NLINK: u32 = 0x0020;
 const RO_COMPAT_EXTRA_ISIZE: u32 = 0x0040;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x0400;
-/// `s_flags`: directory hashes use unsigned chars (what [`crate::csum::dx_hash`] computes).
-const FLAGS_UNSIGNED_HASH: u32 = 0x0002;
+/// `s_flags`: directory hashes use signed chars (what [`crate::csum::dx_hash`] computes).
+const FLAGS_SIGNED_HASH: u32 = 0x0001;
 const BG_INODE_ZEROED: u16 = 0x0004;
 
 fn put16(b: &mut [u8], at: usize, v: u16) {
@@ -285,7 +285,7 @@ fn superblock(layout: &Layout, u: &Usage, plan: &Plan, opts: &Options, group: u3
     put32(&mut s, 0x158, (free_blocks >> 32) as u32);
     put16(&mut s, 0x15C, EXTRA_ISIZE);
     put16(&mut s, 0x15E, EXTRA_ISIZE);
-    put32(&mut s, 0x160, FLAGS_UNSIGNED_HASH);
+    put32(&mut s, 0x160, FLAGS_SIGNED_HASH);
     s[0x174] = geo.log_groups_per_flex();
     s[0x175] = 1; // crc32c
     let c = crc32c(!0, &s[..0x3FC]);

@@ -40,12 +40,23 @@ impl Report {
         }
     }
 
-    /// Panics listing the failures (the first 200 of them) if there are any.
+    /// Panics listing the failures (a count per kind, then the first 200) if there are any.
     pub fn assert_ok(&self) {
         if self.failures.is_empty() {
             return;
         }
+        let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+        for f in &self.failures {
+            // `[check] /path: what...`: the kind is the check and the first word group of what.
+            let (check, rest) = f.split_once("] ").unwrap_or((f, ""));
+            let what = rest.split_once(": ").map_or("", |(_, w)| w);
+            let what = what.split([':', '(']).next().unwrap_or("");
+            *kinds.entry(format!("{check}] {what}")).or_default() += 1;
+        }
         let mut msg = format!("{} check failures:\n", self.failures.len());
+        for (k, n) in &kinds {
+            msg.push_str(&format!("{n:>6} x {k}\n"));
+        }
         for f in self.failures.iter().take(200) {
             msg.push_str(f);
             msg.push('\n');
@@ -70,7 +81,11 @@ pub fn check_image(tree: &Tree, image: &Path, scratch: &Path) -> Report {
     if !r.failures.is_empty() {
         let list = scratch.join("failures.txt");
         std::fs::write(&list, r.failures.join("\n")).unwrap();
-        r.notes.push(format!("all {} failures: {}", r.failures.len(), list.display()));
+        r.notes.push(format!(
+            "all {} failures: {} (kept if BERTH_KEEP_SCRATCH is set)",
+            r.failures.len(),
+            list.display()
+        ));
     }
     r
 }
@@ -88,50 +103,23 @@ fn expected_type(kind: &NodeKind) -> ext4_view::FileType {
     }
 }
 
-/// `s_flags` bit: directory names are hashed as unsigned chars.
-const EXT2_FLAGS_UNSIGNED_HASH: u32 = 0x2;
-
-fn superblock_flags(image: &Path) -> u32 {
-    use std::os::unix::fs::FileExt;
-    let mut b = [0u8; 4];
-    std::fs::File::open(image).unwrap().read_exact_at(&mut b, 1024 + 0x160).unwrap();
-    u32::from_le_bytes(b)
-}
-
 /// Every entry through `ext4-view`: each directory listed, each path looked up (through the
 /// htree index where there is one), each file and symlink target read.
-///
-/// ext4-view 1.0 always hashes names as signed chars and ignores the superblock's
-/// unsigned-hash flag, so on such a filesystem it cannot look up names with bytes >= 0x80 in
-/// indexed directories, though the kernel and e2fsck can. Those lookups are counted in a note,
-/// not as failures; the entries' metadata then comes from their directory's listing, and their
-/// contents are still compared through debugfs (see `with_rdump`).
 fn with_ext4_view(tree: &Tree, image: &Path, r: &mut Report) {
     const C: &str = "ext4-view";
     let fs = match ext4_view::Ext4::load_from_path(image) {
         Ok(fs) => fs,
         Err(e) => return r.fail(C, b"", format!("cannot load the image: {e}")),
     };
-    let unsigned_hash = superblock_flags(image) & EXT2_FLAGS_UNSIGNED_HASH != 0;
     let mut entries = vec![(Vec::new(), ROOT)];
     entries.extend(tree.walk());
     let mut content_done = BTreeSet::new();
-    // Metadata of each path as its parent directory's listing gave it.
-    let mut listed: HashMap<Vec<u8>, ext4_view::Metadata> = HashMap::new();
-    let mut unhashed = 0usize;
     for (p, id) in &entries {
         let abs = [b"/", p.as_slice()].concat();
         let abs = abs.as_slice();
         let node = tree.node(*id);
-        let (md, looked_up) = match fs.symlink_metadata(abs) {
-            Ok(md) => (md, true),
-            Err(ext4_view::Ext4Error::NotFound) if unsigned_hash && p.iter().any(|&b| b >= 0x80) => {
-                unhashed += 1;
-                match listed.get(p.as_slice()) {
-                    Some(md) => (md.clone(), false),
-                    None => continue,
-                }
-            }
+        let md = match fs.symlink_metadata(abs) {
+            Ok(md) => md,
             Err(e) => {
                 r.fail(C, p, format!("lookup failed: {e}"));
                 continue;
@@ -145,7 +133,7 @@ fn with_ext4_view(tree: &Tree, image: &Path, r: &mut Report) {
         match &node.kind {
             NodeKind::File(data) => {
                 r.expect(C, p, "size", data.len(), md.len());
-                if !looked_up || !content_done.insert(*id) {
+                if !content_done.insert(*id) {
                     continue;
                 }
                 let want = data.read_all().unwrap();
@@ -156,15 +144,12 @@ fn with_ext4_view(tree: &Tree, image: &Path, r: &mut Report) {
             }
             NodeKind::Symlink(target) => {
                 r.expect(C, p, "size", target.len() as u64, md.len());
-                if !looked_up {
-                    continue;
-                }
                 match fs.read_link(abs) {
                     Ok(got) => compare_target(r, C, p, target, got.as_ref()),
                     Err(e) => r.fail(C, p, format!("read_link failed: {e}")),
                 }
             }
-            NodeKind::Dir(_) if looked_up => {
+            NodeKind::Dir(_) => {
                 let want: BTreeSet<&[u8]> = tree.entries(*id).map(|(n, _)| n).collect();
                 let mut got = BTreeSet::new();
                 match fs.read_dir(abs) {
@@ -178,11 +163,8 @@ fn with_ext4_view(tree: &Tree, image: &Path, r: &mut Report) {
                                 }
                             };
                             let name = e.file_name().as_ref().to_vec();
-                            match e.metadata() {
-                                Ok(md) => {
-                                    listed.insert(super::join(p, &name), md);
-                                }
-                                Err(err) => r.fail(C, p, format!("metadata of entry {}: {err}", show(&name))),
+                            if let Err(err) = e.metadata() {
+                                r.fail(C, p, format!("metadata of entry {}: {err}", show(&name)));
                             }
                             got.insert(name);
                         }
@@ -209,12 +191,6 @@ fn with_ext4_view(tree: &Tree, image: &Path, r: &mut Report) {
             }
             _ => {}
         }
-    }
-    if unhashed > 0 {
-        r.notes.push(format!(
-            "ext4-view could not look up {unhashed} names with bytes >= 0x80: the filesystem hashes \
-             names unsigned, ext4-view 1.0 only signed (their contents are compared through debugfs)"
-        ));
     }
 }
 

@@ -18,6 +18,8 @@ use berth_fstree::{FileData, Metadata, Node, NodeId, NodeKind, ROOT, Tree};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 
@@ -46,7 +48,7 @@ impl Params {
     /// The acceptance tree of the issue: 20,000+ entries, about 300 MiB.
     pub fn acceptance() -> Self {
         Params {
-            seed: 0xBE27_E4,
+            seed: 0x00BE_27E4,
             total_bytes: 300 * MIB,
             entries: 20_000,
             big_dir_entries: 10_000,
@@ -369,7 +371,7 @@ impl<'p> Gen<'p> {
 
         // Extended attributes in the inode, in a block, shared, on every kind of node.
         self.mkdir(b"xattrs", dir(0o755));
-        let x = |pairs: &[(&str, Vec<u8>)]| -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let x = |pairs: &[(&str, Vec<u8>)]| -> Xattrs {
             pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect()
         };
         let big = self.bytes(2500);
@@ -383,7 +385,7 @@ impl<'p> Gen<'p> {
         let many: Vec<(String, Vec<u8>)> =
             (0..24).map(|i| (format!("user.k{i:02}"), format!("{i:040}").into_bytes())).collect();
         let many: Vec<(&str, Vec<u8>)> = many.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        let cases: Vec<(&str, BTreeMap<Vec<u8>, Vec<u8>>)> = vec![
+        let cases: Vec<(&str, Xattrs)> = vec![
             ("small", x(&[("user.a", b"1".to_vec()), ("user.b", b"hello world".to_vec())])),
             ("empty-value", x(&[("user.empty", Vec::new())])),
             ("big", x(&[("user.big", big), ("user.small", b"s".to_vec())])),
