@@ -5,6 +5,7 @@
 //! ext4 writer is its own crate (`berth-ext4`); the A/B contract lives in `berth-slot`.
 
 pub mod cpio;
+pub mod definition;
 pub mod disk;
 pub mod esp;
 pub mod units;

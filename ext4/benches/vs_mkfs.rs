@@ -62,6 +62,8 @@ fn main() {
         hash_seed: *b"berth-hash-seed!",
         label: "bench".to_string(),
         timestamp: 1_700_000_000,
+        journal: berth_ext4::Journal::None,
+        bytes_per_inode: None,
     };
     let ours = dir.path().join("berth.ext4");
     let mut report = None;

@@ -38,6 +38,23 @@ pub struct Options {
     pub label: String,
     /// Creation and last-write time recorded in the superblock (seconds since the epoch).
     pub timestamp: u32,
+    /// A jbd2 journal, for a filesystem that will be mounted read-write (STATE).
+    pub journal: Journal,
+    /// With a given size: at least one inode per this many bytes, so a writable filesystem
+    /// has room for new files (mke2fs uses 16384). `None`: only the inodes the tree needs.
+    pub bytes_per_inode: Option<u64>,
+}
+
+/// Whether and how large a journal to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Journal {
+    /// No journal: the read-only root.
+    #[default]
+    None,
+    /// Sized like mke2fs does for the filesystem's size (4 MiB to 1 GiB).
+    Default,
+    /// This many blocks (at least 1024).
+    Blocks(u32),
 }
 
 impl Options {
@@ -59,12 +76,36 @@ impl Options {
             hash_seed: derive(b"berth-ext4-hash-seed\0"),
             label: label.to_string(),
             timestamp,
+            journal: Journal::None,
+            bytes_per_inode: None,
+        }
+    }
+
+    /// Options for a writable, journaled filesystem of `size` bytes (STATE), with inodes for
+    /// one file per 16 KiB like mke2fs.
+    pub fn writable(label: &str, seed: &[u8], timestamp: u32, size: u64) -> Options {
+        Options {
+            size: Some(size),
+            journal: Journal::Default,
+            bytes_per_inode: Some(16384),
+            ..Options::derived(label, seed, timestamp)
         }
     }
 
     fn check(&self) -> Result<(), Error> {
         if self.label.len() > 16 {
             return Err(Error::Invalid(format!("label {:?} is longer than 16 bytes", self.label)));
+        }
+        if let Journal::Blocks(n) = self.journal
+            && n < plan::MIN_JOURNAL_BLOCKS
+        {
+            return Err(Error::Invalid(format!(
+                "a journal needs at least {} blocks, not {n}",
+                plan::MIN_JOURNAL_BLOCKS
+            )));
+        }
+        if self.bytes_per_inode.is_some_and(|b| b < BLOCK_SIZE) {
+            return Err(Error::Invalid("bytes per inode must be at least the block size (4096)".into()));
         }
         Ok(())
     }
@@ -100,7 +141,7 @@ pub struct Report {
 /// The smallest filesystem size in bytes that holds `tree` with these options.
 pub fn min_size(tree: &Tree, opts: &Options) -> Result<u64, Error> {
     opts.check()?;
-    let plan = Plan::new(tree, opts)?;
+    let plan = Plan::new(tree, opts, opts.size.map(|s| s / BLOCK_SIZE))?;
     Ok(plan::smallest(&plan)?.geo.blocks * BLOCK_SIZE)
 }
 
@@ -115,10 +156,12 @@ fn layout_for(plan: &Plan, opts: &Options) -> Result<Layout, Error> {
     if blocks < needed {
         return Err(geometry::too_small(needed, size));
     }
-    let layout = Geometry::new(blocks, plan.inodes_needed())
-        .map(|geo| Layout::new(plan, geo))
-        .transpose()?
-        .filter(|l| l.end <= l.geo.blocks);
+    let inodes = match opts.bytes_per_inode {
+        Some(ratio) => u32::try_from(size / ratio).unwrap_or(u32::MAX).max(plan.inodes_needed()),
+        None => plan.inodes_needed(),
+    };
+    let layout =
+        Geometry::new(blocks, inodes).map(|geo| Layout::new(plan, geo)).transpose()?.filter(|l| l.end <= l.geo.blocks);
     // A larger size can still fail when it adds a group whose metadata does not fit.
     layout.ok_or_else(|| geometry::too_small(needed, size))
 }
@@ -127,7 +170,7 @@ fn layout_for(plan: &Plan, opts: &Options) -> Result<Layout, Error> {
 /// only when complete, so a failure leaves no output behind.
 pub fn write_file(tree: &Tree, path: &Path, opts: &Options) -> Result<Report, Error> {
     opts.check()?;
-    let plan = Plan::new(tree, opts)?;
+    let plan = Plan::new(tree, opts, opts.size.map(|s| s / BLOCK_SIZE))?;
     let layout = layout_for(&plan, opts)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -150,7 +193,7 @@ pub fn write_at(tree: &Tree, file: &File, offset: u64, opts: &Options) -> Result
     if opts.size.is_none() {
         return Err(Error::Invalid("writing into a byte range needs its size".into()));
     }
-    let plan = Plan::new(tree, opts)?;
+    let plan = Plan::new(tree, opts, opts.size.map(|s| s / BLOCK_SIZE))?;
     let layout = layout_for(&plan, opts)?;
     write::write(&plan, &layout, opts, file, Path::new("<byte range>"), offset)
 }

@@ -9,9 +9,12 @@ use crate::csum::{fs_seed, inode_seed};
 use crate::dir::{self, DirEntry};
 use crate::geometry::{Allocator, Geometry, INODE_SIZE};
 use crate::xattr::{self, Entry};
-use crate::{BLOCK_SIZE, Error, Options};
+use crate::{BLOCK_SIZE, Error, Journal, Options};
 
 pub(crate) const ROOT_INO: u32 = 2;
+pub(crate) const JOURNAL_INO: u32 = 8;
+/// jbd2's smallest journal.
+pub(crate) const MIN_JOURNAL_BLOCKS: u32 = 1024;
 pub(crate) const LOST_FOUND_INO: u32 = 11;
 /// First inode number given to tree nodes; 1–10 are reserved, 11 is lost+found.
 const FIRST_TREE_INO: u32 = 12;
@@ -34,6 +37,8 @@ pub(crate) enum Body<'t> {
     Data(&'t FileData),
     /// Encoded blocks: a directory or a slow symlink.
     Blocks(Vec<Vec<u8>>),
+    /// The jbd2 journal: its superblock, then zeros.
+    Journal { blocks: u64 },
 }
 
 pub(crate) enum XattrPlace {
@@ -64,6 +69,7 @@ impl Item<'_> {
             Body::Inline(_) => 0,
             Body::Data(d) => d.len().div_ceil(BLOCK_SIZE),
             Body::Blocks(b) => b.len() as u64,
+            Body::Journal { blocks } => *blocks,
         }
     }
 
@@ -118,7 +124,8 @@ fn dir_links(subdirs: usize) -> u16 {
 }
 
 impl<'t> Plan<'t> {
-    pub fn new(tree: &'t Tree, opts: &Options) -> Result<Plan<'t>, Error> {
+    /// `fs_blocks` is the filesystem size when known; it sizes a default journal.
+    pub fn new(tree: &'t Tree, opts: &Options, fs_blocks: Option<u64>) -> Result<Plan<'t>, Error> {
         let fs_seed = fs_seed(&opts.uuid);
         let hash_seed: [u32; 4] =
             std::array::from_fn(|i| u32::from_le_bytes(opts.hash_seed[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4])));
@@ -251,6 +258,26 @@ impl<'t> Plan<'t> {
                 xattrs: XattrPlace::None,
             });
         }
+        let journal_blocks = match opts.journal {
+            Journal::None => None,
+            Journal::Blocks(n) => Some(u64::from(n)),
+            Journal::Default => Some(default_journal_blocks(fs_blocks.unwrap_or(0))),
+        };
+        if let Some(blocks) = journal_blocks {
+            items.push(Item {
+                ino: JOURNAL_INO,
+                st_mode: 0o100600,
+                uid: 0,
+                gid: 0,
+                time: i64::from(opts.timestamp),
+                links: 1,
+                size: blocks * BLOCK_SIZE,
+                indexed: false,
+                is_dir: false,
+                body: Body::Journal { blocks },
+                xattrs: XattrPlace::None,
+            });
+        }
         items.sort_by_key(|i| i.ino);
         let max_ino = items.last().map_or(LOST_FOUND_INO, |i| i.ino).max(LOST_FOUND_INO);
         Ok(Plan { items, xattr_blocks, fs_seed, hash_seed, max_ino })
@@ -265,6 +292,23 @@ impl<'t> Plan<'t> {
     pub fn content_blocks(&self) -> u64 {
         self.items.iter().map(|i| i.body_blocks()).sum::<u64>() + self.xattr_blocks.len() as u64
     }
+}
+
+/// mke2fs's journal size for a filesystem of `blocks` blocks: 4 MiB up to 1 GiB.
+fn default_journal_blocks(blocks: u64) -> u64 {
+    const STEPS: [(u64, u64); 7] = [
+        (256 * 1024, 4096),
+        (512 * 1024, 8192),
+        (4096 * 1024, 16384),
+        (8192 * 1024, 32768),
+        (16384 * 1024, 65536),
+        (32768 * 1024, 131072),
+        (u64::MAX, 262144),
+    ];
+    if blocks < 32768 {
+        return u64::from(MIN_JOURNAL_BLOCKS);
+    }
+    STEPS.iter().find(|(limit, _)| blocks < *limit).map_or(262144, |s| s.1)
 }
 
 /// Where every block goes for one geometry.

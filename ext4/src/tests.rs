@@ -220,3 +220,23 @@ fn posix_acl_is_stored_in_ext4_format_and_reads_back() {
     assert!(got.len() == acl.len(), "ACL read back has {} bytes, expected {}: {got:?}", got.len(), acl.len());
     assert_eq!(strip(&got), strip(&acl));
 }
+
+#[test]
+fn writable_journaled_filesystem_is_clean_and_has_free_inodes() {
+    let d = tempfile::tempdir().unwrap();
+    for size in [64u64 << 20, 700 << 20] {
+        let img = d.path().join(format!("state-{size}.img"));
+        let o = Options::writable("STATE", b"unit", 1_700_000_000, size);
+        let report = write_file(&small_tree(20, 10), &img, &o).unwrap();
+        assert_eq!(report.size, size);
+        assert!(u64::from(report.inodes) >= size / 16384, "{report:?}");
+        let (ok, text) = e2fsck(&img);
+        assert!(ok, "e2fsck on a journaled filesystem of {size} bytes:\n{text}");
+        let out = Command::new("dumpe2fs").arg("-h").arg(&img).output().expect("dumpe2fs (e2fsprogs)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("has_journal"), "{text}");
+        assert!(text.contains("Journal backup:           inode blocks"), "{text}");
+        let want = if size < 128 << 20 { "Total journal size:       4096k" } else { "Total journal size:       16M" };
+        assert!(text.contains(want), "{text}");
+    }
+}

@@ -17,6 +17,7 @@ const EXTENTS_FL: u32 = 0x0008_0000;
 const INDEX_FL: u32 = 0x0000_1000;
 const EXTENT_MAGIC: u16 = 0xF30A;
 
+const COMPAT_HAS_JOURNAL: u32 = 0x0004;
 const COMPAT_EXT_ATTR: u32 = 0x0008;
 const COMPAT_DIR_INDEX: u32 = 0x0020;
 const INCOMPAT_FILETYPE: u32 = 0x0002;
@@ -260,7 +261,17 @@ fn superblock(layout: &Layout, u: &Usage, plan: &Plan, opts: &Options, group: u3
     put32(&mut s, 0x54, 11); // first non-reserved inode
     put16(&mut s, 0x58, INODE_SIZE as u16);
     put16(&mut s, 0x5A, group as u16);
-    put32(&mut s, 0x5C, COMPAT_EXT_ATTR | COMPAT_DIR_INDEX);
+    let journal = plan.items.iter().position(|i| matches!(i.body, Body::Journal { .. }));
+    put32(&mut s, 0x5C, COMPAT_EXT_ATTR | COMPAT_DIR_INDEX | if journal.is_some() { COMPAT_HAS_JOURNAL } else { 0 });
+    if let Some(j) = journal {
+        put32(&mut s, 0xE0, plan.items[j].ino);
+        // A backup of the journal inode's block map, which e2fsck uses if the inode is damaged.
+        s[0xFD] = 1;
+        let (i_block, _) = extent_tree(&layout.runs[j], &layout.leaves[j], 0);
+        s[0x10C..0x10C + 60].copy_from_slice(&i_block);
+        put32(&mut s, 0x10C + 60, (plan.items[j].size >> 32) as u32);
+        put32(&mut s, 0x10C + 64, plan.items[j].size as u32);
+    }
     put32(&mut s, 0x60, INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_FLEX_BG);
     put32(
         &mut s,
@@ -291,6 +302,42 @@ fn superblock(layout: &Layout, u: &Usage, plan: &Plan, opts: &Options, group: u3
     let c = crc32c(!0, &s[..0x3FC]);
     put32(&mut s, 0x3FC, c);
     s
+}
+
+/// The jbd2 superblock of an empty internal journal (big-endian, as jbd2 is).
+fn journal_superblock(blocks: u64, uuid: &[u8; 16]) -> Vec<u8> {
+    let mut j = vec![0u8; BS];
+    let be = |j: &mut [u8], at: usize, v: u32| j[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    be(&mut j, 0x00, 0xC03B_3998); // magic
+    be(&mut j, 0x04, 4); // superblock v2
+    be(&mut j, 0x0C, BLOCK_SIZE as u32);
+    be(&mut j, 0x10, blocks as u32);
+    be(&mut j, 0x14, 1); // first log block
+    be(&mut j, 0x18, 1); // first expected commit sequence
+    // s_start = 0: the journal is empty, nothing to replay.
+    j[0x30..0x40].copy_from_slice(uuid);
+    be(&mut j, 0x40, 1); // one user: this filesystem
+    j
+}
+
+/// Writes `first` then zeros over `runs`: stale bytes in a reused partition must not look like
+/// journal blocks to recovery.
+fn write_zeroed_run(out: &File, out_path: &Path, runs: &[(u64, u64)], first: &[u8], base: u64) -> Result<(), Error> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut first = Some(first);
+    for &(start, len) in runs {
+        let (mut off, end) = (base + start * BLOCK_SIZE, base + (start + len) * BLOCK_SIZE);
+        if let Some(f) = first.take() {
+            out.write_all_at(f, off).map_err(io_err(out_path))?;
+            off += f.len() as u64;
+        }
+        while off < end {
+            let n = (end - off).min(zeros.len() as u64) as usize;
+            out.write_all_at(&zeros[..n], off).map_err(io_err(out_path))?;
+            off += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// Copies `len` bytes from `from` of a file's content to `out` at `offset`, padding the last
@@ -404,6 +451,10 @@ pub(crate) fn write(
                     put(start, &blocks[k..k + n].concat())?;
                     k += n;
                 }
+            }
+            Body::Journal { blocks } => {
+                let jsb = journal_superblock(*blocks, &opts.uuid);
+                write_zeroed_run(out, out_path, runs, &jsb, base)?;
             }
             Body::Inline(_) => {}
         }

@@ -21,6 +21,8 @@ fn options() -> Options {
         hash_seed: [0x5e, 0xed, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
         label: "berth-test".to_string(),
         timestamp: 1_700_000_000,
+        journal: berth_ext4::Journal::None,
+        bytes_per_inode: None,
     }
 }
 

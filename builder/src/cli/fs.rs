@@ -36,6 +36,10 @@ pub struct Ext4Args {
     /// Make every entry owned by root (uid 0, gid 0), for trees prepared without privileges.
     #[arg(long)]
     all_root: bool,
+    /// A filesystem to mount read-write: adds a journal and one inode per 16 KiB, like
+    /// mke2fs. Needs --size.
+    #[arg(long, requires = "size")]
+    writable: bool,
     /// Volume label, at most 16 bytes.
     #[arg(long, default_value = "berth-root")]
     label: String,
@@ -65,7 +69,11 @@ fn ext4(a: Ext4Args) -> anyhow::Result<()> {
     // Superblock times: the given time, else the newest entry, so they come from the inputs.
     let newest = tree.nodes().map(|(_, n)| n.meta.mtime).max().unwrap_or(0);
     let stamp = mtime.unwrap_or(newest).clamp(0, i64::from(u32::MAX)) as u32;
-    let mut opts = berth_ext4::Options::derived(&a.label, &fingerprint(&tree), stamp);
+    let seed = fingerprint(&tree);
+    let mut opts = match a.size {
+        Some(size) if a.writable => berth_ext4::Options::writable(&a.label, &seed, stamp, size.0),
+        _ => berth_ext4::Options::derived(&a.label, &seed, stamp),
+    };
     opts.size = a.size.map(|s| s.0);
     let report =
         berth_ext4::write_file(&tree, &a.out, &opts).with_context(|| format!("writing {}", a.out.display()))?;
