@@ -8,4 +8,5 @@ pub mod cpio;
 pub mod definition;
 pub mod disk;
 pub mod esp;
+pub mod inspect;
 pub mod units;

@@ -20,10 +20,31 @@ enum Command {
     /// Write filesystems directly, without mkfs, mount or root.
     #[command(subcommand)]
     Fs(fs::FsCommand),
+    /// Show a disk's partitions and the A/B boot state in its GPT attributes.
+    ///
+    /// Prints each partition with its label, kind, place, GUID and, for ROOT-A and ROOT-B, the
+    /// slot's priority, tries left and whether it was marked successful, then which slot the
+    /// boot manager would start next.
+    Inspect {
+        /// Disk image (raw) to read.
+        disk: std::path::PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Fs(cmd) => fs::run(cmd),
+        Command::Inspect { disk, json } => {
+            let info = berth_builder::inspect::inspect(&disk)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("{info}");
+            }
+            Ok(())
+        }
     }
 }
