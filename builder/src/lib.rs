@@ -7,6 +7,7 @@
 pub mod cpio;
 pub mod definition;
 pub mod disk;
+pub mod enablement;
 pub mod esp;
 pub mod inspect;
 pub mod units;
