@@ -54,8 +54,7 @@ fn put_entry(b: &mut [u8], at: usize, ino: u32, rec: usize, name: &[u8], ft: u8)
     b[at + 8..at + 8 + name.len()].copy_from_slice(name);
 }
 
-/// Packs entries into leaf blocks; each block's last entry stretches to the tail.
-/// `breaks` gives the index of the first entry of each block after the first.
+/// One leaf block holding `entries`; the last entry stretches to the checksum tail.
 fn leaf_block(entries: &[(&[u8], u32, u8)], seed: u32) -> Vec<u8> {
     let mut b = vec![0u8; BS];
     let mut pos = 0;
@@ -76,8 +75,8 @@ fn leaf_block(entries: &[(&[u8], u32, u8)], seed: u32) -> Vec<u8> {
     b
 }
 
-/// Splits entries (already in order) into runs that each fit one leaf block.
-/// With `keep_together`, a run never starts inside a group of equal keys when avoidable.
+/// Splits entries (already in order, given by their record sizes) into runs that each fit one
+/// leaf block; returns the index of each run's first entry.
 fn pack(sizes: &[usize]) -> Vec<usize> {
     let mut starts = vec![0];
     let mut used = 0;

@@ -108,8 +108,7 @@ impl Allocator {
     }
 
     fn skip_reserved(&mut self) {
-        while let Some(&(s, e)) = self.reserved.iter().find(|&&(s, e)| self.next >= s && self.next < e) {
-            debug_assert!(s <= self.next);
+        while let Some(&(_, e)) = self.reserved.iter().find(|&&(s, e)| self.next >= s && self.next < e) {
             self.next = e;
         }
     }
@@ -150,7 +149,7 @@ impl Allocator {
     }
 }
 
-/// Blocks and inodes a filesystem needs, turned into the error callers see.
+/// The error for a filesystem that needs `needed_blocks` but was given `available_bytes`.
 pub(crate) fn too_small(needed_blocks: u64, available_bytes: u64) -> Error {
     Error::TooSmall { needed: needed_blocks * BLOCK_SIZE, available: available_bytes }
 }

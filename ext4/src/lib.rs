@@ -2,8 +2,9 @@
 //!
 //! It owns the on-disk ext4 format for Berth: 4 KiB blocks, extents, contiguous file data,
 //! hashed (htree) directories, fast and slow symlinks, hard links, device nodes, extended
-//! attributes in the inode or in a block, and metadata checksums. There is no journal: the root
-//! filesystem is mounted read-only. The UUID, directory hash seed and every timestamp come from
+//! attributes in the inode or in a block, and metadata checksums. The read-only root needs no
+//! journal; a writable filesystem (STATE) gets a jbd2 journal and spare inodes
+//! ([`Options::writable`]). The UUID, directory hash seed and every timestamp come from
 //! [`Options`], so the same tree and options give the same bytes.
 
 mod csum;

@@ -146,13 +146,12 @@ impl<'t> Plan<'t> {
                 order.push(*id);
             }
         }
-        for (id, node) in tree.nodes() {
+        for (id, _) in tree.nodes() {
             for (_, child) in tree.entries(id) {
                 if tree.node(child).kind.is_dir() {
                     parent_of[child] = id;
                 }
             }
-            let _ = node;
         }
         let has_lost_found = tree.lookup("lost+found").is_some_and(|id| tree.node(id).kind.is_dir());
         let names = tree.name_counts();
