@@ -1,4 +1,4 @@
-//! A deterministic ext4 writer: a [`berth_fstree::Tree`] in, a read-only ext4 filesystem out.
+//! A deterministic ext4 writer: a [`berth_fstree::Tree`] in, an ext4 filesystem out.
 //!
 //! It owns the on-disk ext4 format for Berth: 4 KiB blocks, extents, contiguous file data,
 //! hashed (htree) directories, fast and slow symlinks, hard links, device nodes, extended
