@@ -54,20 +54,6 @@ pub fn source_date_epoch() -> Result<Option<i64>, String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_sizes() {
-        assert_eq!("4096".parse::<ByteSize>().unwrap().0, 4096);
-        assert_eq!("512M".parse::<ByteSize>().unwrap().0, 512 << 20);
-        assert_eq!("1.5GiB".parse::<ByteSize>().unwrap().0, 3 << 29);
-        assert!("12Q".parse::<ByteSize>().is_err());
-        assert_eq!(ByteSize(3 << 29).to_string(), "1.5 GiB");
-    }
-}
-
 impl<'de> serde::Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(serde::Deserialize)]
@@ -86,5 +72,19 @@ impl<'de> serde::Deserialize<'de> for ByteSize {
 impl serde::Serialize for ByteSize {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!("4096".parse::<ByteSize>().unwrap().0, 4096);
+        assert_eq!("512M".parse::<ByteSize>().unwrap().0, 512 << 20);
+        assert_eq!("1.5GiB".parse::<ByteSize>().unwrap().0, 3 << 29);
+        assert!("12Q".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(3 << 29).to_string(), "1.5 GiB");
     }
 }
