@@ -4,10 +4,13 @@
 //! ESP, the initramfs cpio archive) and, later, image definitions and the build pipeline. The
 //! ext4 writer is its own crate (`berth-ext4`); the A/B contract lives in `berth-slot`.
 
+pub mod build;
 pub mod cpio;
 pub mod definition;
 pub mod disk;
 pub mod enablement;
 pub mod esp;
 pub mod inspect;
+pub mod kernel;
+pub mod system;
 pub mod units;

@@ -38,6 +38,8 @@ pub enum TreeError {
     InvalidPath { path: PathBuf, why: &'static str },
     #[error("{path}: cannot hard-link a directory")]
     LinkToDirectory { path: PathBuf },
+    #[error("{path}: directory not empty")]
+    NotEmpty { path: PathBuf },
     #[error("reading {path}: {source}")]
     Io {
         path: PathBuf,
@@ -275,6 +277,34 @@ impl Tree {
         Ok(id)
     }
 
+    /// The entry `name` of directory `dir` (`None` if absent or `dir` is not a directory).
+    pub fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+        match &self.nodes[dir].kind {
+            NodeKind::Dir(m) => m.get(name).copied(),
+            _ => None,
+        }
+    }
+
+    /// Removes the directory entry at `path` (symlinks are not followed) and returns the node it
+    /// named. A directory must be empty. The node stays in the arena, so ids stay valid and other
+    /// hard links keep naming it; a node no entry names any more is unreachable: [`Tree::walk`],
+    /// [`Tree::name_counts`] and the writers no longer see it, though [`Tree::nodes`] and
+    /// [`Tree::node_count`] still count it.
+    pub fn unlink(&mut self, path: impl AsRef<Path>) -> Result<NodeId, TreeError> {
+        let path = path.as_ref();
+        let (parent, name) = self.parent_of(path)?;
+        let id = self.child(parent, name).ok_or_else(|| TreeError::NotFound { path: path.to_path_buf() })?;
+        if let NodeKind::Dir(m) = &self.nodes[id].kind
+            && !m.is_empty()
+        {
+            return Err(TreeError::NotEmpty { path: path.to_path_buf() });
+        }
+        if let NodeKind::Dir(m) = &mut self.nodes[parent].kind {
+            m.remove(name);
+        }
+        Ok(id)
+    }
+
     /// Number of directory entries naming each node (its hard-link count, not counting the
     /// `.`/`..` links of directories). The root counts 1.
     pub fn name_counts(&self) -> Vec<u32> {
@@ -413,5 +443,27 @@ mod tests {
         assert!(matches!(t.hard_link("/usr", "/x"), Err(TreeError::LinkToDirectory { .. })));
         assert!(matches!(t.insert("/../x", file(b"")), Err(TreeError::InvalidPath { .. })));
         assert_eq!(t.content_bytes(), 5);
+    }
+
+    #[test]
+    fn child_and_unlink() {
+        let mut t = Tree::new(Metadata::root(0o755, 0));
+        let bin = t.mkdir_all("/usr/bin", &Metadata::root(0o755, 0)).unwrap();
+        let f = t.insert("/usr/bin/a", file(b"hello")).unwrap();
+        t.hard_link("/usr/bin/a", "/usr/bin/b").unwrap();
+        assert_eq!(t.child(bin, b"a"), Some(f));
+        assert_eq!(t.child(f, b"x"), None);
+        assert!(matches!(t.unlink("/usr"), Err(TreeError::NotEmpty { .. })));
+        assert!(matches!(t.unlink("/usr/bin/c"), Err(TreeError::NotFound { .. })));
+        assert_eq!(t.unlink("/usr/bin/a").unwrap(), f);
+        assert_eq!(t.lookup("/usr/bin/a"), None);
+        assert_eq!(t.name_counts()[f], 1);
+        assert_eq!(t.unlink("/usr/bin/b").unwrap(), f);
+        assert_eq!(t.name_counts()[f], 0);
+        assert_eq!(t.unlink("/usr/bin").unwrap(), bin);
+        let paths: Vec<_> = t.walk().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(paths, [b"usr".to_vec()]);
+        // The freed name can be used again.
+        t.insert("/usr/bin", file(b"x")).unwrap();
     }
 }

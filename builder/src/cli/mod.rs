@@ -1,5 +1,6 @@
 //! Command-line interface of `berth`.
 
+mod build;
 mod fs;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build a bootable disk image from an image definition.
+    ///
+    /// Resolves the definition's Debian packages from the host's apt sources (signatures
+    /// checked), unpacks them into a root filesystem without root or host tools, selects kernel
+    /// modules, builds the initramfs, and writes OUT/<name>.img (GPT: ESP with bootmgr and
+    /// slot A's kernel, ROOT-A, empty ROOT-B, STATE) and OUT/<name>.manifest.json. Packages are
+    /// cached by hash, so a second build downloads nothing. SOURCE_DATE_EPOCH fixes every
+    /// timestamp; the same inputs give the same bytes.
+    ///
+    /// Example: berth build images/container-host.toml --out out
+    Build(build::BuildArgs),
     /// Write filesystems directly, without mkfs, mount or root.
     #[command(subcommand)]
     Fs(fs::FsCommand),
@@ -36,6 +48,7 @@ enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Build(a) => build::run(a),
         Command::Fs(cmd) => fs::run(cmd),
         Command::Inspect { disk, json } => {
             let info = berth_builder::inspect::inspect(&disk)?;

@@ -1,0 +1,557 @@
+//! `berth build`: an image definition to a bootable disk (DESIGN.md §2, §3, §6).
+//!
+//! Stages, each timed and reported: load the definition; get berth's own binaries (built from
+//! the workspace or given prebuilt); open the Debian archive and resolve; fetch the `.deb`s;
+//! unpack the root and perform the maintainer-script steps; select kernel modules and build the
+//! initramfs; write the disk (GPT, ESP, ext4 root in slot A) and its manifest. Everything is
+//! written beside its final name and renamed at the end, so a failed build leaves no image.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use berth_debian::deb::{DebFile, DebInfo, UnpackOptions, Unpacker, merged_usr_skeleton};
+use berth_debian::{Archive, ArchiveConfig, FetchedDeb};
+use berth_fstree::{FileData, LoadOptions, Metadata, Node, NodeKind, Tree};
+use berth_slot::Slot;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::cpio::{self, CpioOptions};
+use crate::definition::{Definition, Loaded};
+use crate::disk::{DiskLayout, DiskSize, create_image, write_gpt};
+use crate::esp::{EspContents, EspOptions, write_esp};
+use crate::kernel::{self, KernelPackage};
+use crate::units::ByteSize;
+
+/// Inputs of a build besides the definition.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub definition: PathBuf,
+    /// Where `<name>.img` and `<name>.manifest.json` go.
+    pub out_dir: PathBuf,
+    /// Downloaded `.deb`s and verified indexes, by hash.
+    pub cache_dir: PathBuf,
+    /// Root whose `etc/apt` names the Debian sources (`/` on a build host).
+    pub apt_root: PathBuf,
+    /// Build from the cache alone.
+    pub offline: bool,
+    /// Directory with `berth-init`, `berth-update` and `BOOTX64.EFI`; else built from `workspace`.
+    pub prebuilt: Option<PathBuf>,
+    /// The Berth source tree to build binaries from.
+    pub workspace: Option<PathBuf>,
+    /// Every timestamp in the image (reproducible builds); else the newest in the packages.
+    pub source_date_epoch: Option<i64>,
+    /// Progress bars and per-stage lines on stderr.
+    pub progress: bool,
+}
+
+/// The binaries Berth puts into every image.
+struct Binaries {
+    init: Vec<u8>,
+    update: Vec<u8>,
+    bootmgr: Vec<u8>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub kernel: String,
+    pub cmdline: String,
+    pub source_date_epoch: i64,
+    pub packages: Vec<ManifestPackage>,
+    pub files: usize,
+    pub content_bytes: u64,
+    pub kernel_modules: usize,
+    pub initramfs_modules: Vec<String>,
+    pub skipped_maintainer_scripts: Vec<String>,
+    pub partitions: Vec<ManifestPartition>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ManifestPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ManifestPartition {
+    pub number: u32,
+    pub label: String,
+    pub guid: String,
+    pub offset: u64,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What a build produced.
+#[derive(Debug)]
+pub struct BuildReport {
+    pub disk: PathBuf,
+    pub manifest_path: PathBuf,
+    pub manifest: Manifest,
+    pub downloaded: usize,
+    pub stages: Vec<(String, f64)>,
+}
+
+/// Times the stages and prints one line per stage.
+struct Stages {
+    show: bool,
+    done: Vec<(String, f64)>,
+}
+
+impl Stages {
+    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> anyhow::Result<(T, String)>) -> anyhow::Result<T> {
+        let start = Instant::now();
+        if self.show {
+            eprintln!("==> {name}");
+        }
+        let (v, detail) = f()?;
+        let secs = start.elapsed().as_secs_f64();
+        if self.show {
+            eprintln!("    {detail} ({secs:.1} s)");
+        }
+        self.done.push((name.to_string(), secs));
+        Ok(v)
+    }
+}
+
+pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
+    let mut st = Stages { show: opts.progress, done: Vec::new() };
+    let loaded = st.run("reading the image definition", || {
+        let l = Definition::load(&opts.definition)?;
+        let d = format!("{} {}", l.definition.name, l.definition.version);
+        Ok((l, d))
+    })?;
+    let def = &loaded.definition;
+
+    let bins = st.run("getting berth-init, berth-update and bootmgr", || {
+        let b = binaries(opts)?;
+        let d = format!(
+            "{} + {} + {}",
+            ByteSize(b.init.len() as u64),
+            ByteSize(b.update.len() as u64),
+            ByteSize(b.bootmgr.len() as u64)
+        );
+        Ok((b, d))
+    })?;
+
+    let archive = st.run("opening the Debian archive", || {
+        let cfg = ArchiveConfig {
+            apt_root: opts.apt_root.clone(),
+            cache_dir: opts.cache_dir.clone(),
+            offline: opts.offline,
+            arch: "amd64".into(),
+            progress: opts.progress,
+        };
+        let a = Archive::open(&cfg)?;
+        let s = a.stats();
+        let d = format!("{} sources, {} packages", s.sources, s.packages);
+        Ok((a, d))
+    })?;
+
+    let (root_pkgs, kernel_pkgs) = st.run("resolving packages", || {
+        let wanted: Vec<&str> = def.packages.iter().map(String::as_str).collect();
+        let root = if wanted.is_empty() { Vec::new() } else { archive.resolve(&wanted)? };
+        // Only the kernel packages themselves: their own dependencies (initramfs-tools, kmod…)
+        // serve a Debian boot, not Berth's.
+        let kernel: Vec<_> = archive
+            .resolve(&[def.kernel.package.as_str()])?
+            .into_iter()
+            .filter(|p| p.name.starts_with("linux-image-"))
+            .collect();
+        let d = format!("{} packages for the root, kernel {}", root.len(), names(&kernel));
+        Ok(((root, kernel), d))
+    })?;
+
+    let (root_debs, kernel_debs) = st.run("fetching packages", || {
+        let r = archive.fetch(&root_pkgs)?;
+        let k = archive.fetch(&kernel_pkgs)?;
+        let downloaded = r.iter().chain(&k).filter(|d| d.downloaded).count();
+        let bytes: u64 = r.iter().chain(&k).map(|d| d.size).sum();
+        let d = format!("{} .debs, {}, {downloaded} downloaded", r.len() + k.len(), ByteSize(bytes));
+        Ok(((r, k), d))
+    })?;
+    let downloaded = root_debs.iter().chain(&kernel_debs).filter(|d| d.downloaded).count();
+
+    let clamp = opts.source_date_epoch;
+    let (mut root, infos) = st.run("unpacking the root", || {
+        let (tree, infos) = unpack_all(&root_debs, clamp, "root")?;
+        let d = format!("{} entries, {}", tree.node_count(), ByteSize(tree.content_bytes()));
+        Ok(((tree, infos), d))
+    })?;
+    let skipped: Vec<String> = infos
+        .iter()
+        .flat_map(|i| i.scripts.iter().map(move |s| format!("{}: {}", i.package(), s.kind.file_name())))
+        .collect();
+    let (kernel_tree, _) = unpack_all(&kernel_debs, clamp, "kernel")?;
+    // Every timestamp: SOURCE_DATE_EPOCH, else the newest mtime the packages carry.
+    let epoch = clamp.unwrap_or_else(|| newest_mtime(&root).max(newest_mtime(&kernel_tree)));
+    stamp_skeleton(&mut root, epoch);
+
+    let (kpkg, initrd, initramfs_modules) = st.run("kernel, modules and initramfs", || {
+        let k = KernelPackage::find(&kernel_tree)?;
+        let init = FileData::Memory(bins.init.clone().into());
+        let ir = kernel::initramfs_tree(&k, &def.kernel.initramfs_modules, init, epoch)?;
+        let mods: Vec<String> = ir.selection.load_order().into_iter().map(str::to_string).collect();
+        let mut initrd = Vec::new();
+        initrd = cpio::write_archive(
+            &ir.tree,
+            &CpioOptions { mtime: Some(clamp_u32(epoch)), ..Default::default() },
+            initrd,
+        )?;
+        let d = format!(
+            "kernel {}, initramfs {} with {} modules{}",
+            k.version(),
+            ByteSize(initrd.len() as u64),
+            mods.len(),
+            if ir.unavailable().is_empty() {
+                String::new()
+            } else {
+                format!(" ({} not in this kernel)", ir.unavailable().join(", "))
+            }
+        );
+        Ok(((k, initrd, mods), d))
+    })?;
+
+    let kernel_modules = st.run("assembling the root", || {
+        let n = assemble_root(&mut root, &loaded, &infos, &kernel_tree, &kpkg, &bins, epoch)?;
+        let d =
+            format!("{} entries, {} of files, {n} kernel modules", root.node_count(), ByteSize(root.content_bytes()));
+        Ok((n, d))
+    })?;
+
+    let vmlinuz = kpkg.vmlinuz().read_all()?;
+    let (disk, manifest_path, manifest) = st.run("writing the disk", || {
+        let r = write_disk(opts, &loaded, &root, &bins, &vmlinuz, &initrd, epoch, |parts| Manifest {
+            name: def.name.clone(),
+            version: def.version.clone(),
+            kernel: kpkg.version().to_string(),
+            cmdline: def.kernel.cmdline.clone(),
+            source_date_epoch: epoch,
+            packages: root_debs.iter().chain(&kernel_debs).map(manifest_package).collect(),
+            files: root.node_count(),
+            content_bytes: root.content_bytes(),
+            kernel_modules,
+            initramfs_modules: initramfs_modules.clone(),
+            skipped_maintainer_scripts: skipped.clone(),
+            partitions: parts,
+        })?;
+        let d = format!("{} ({})", r.0.display(), ByteSize(std::fs::metadata(&r.0).map(|m| m.len()).unwrap_or(0)));
+        Ok((r, d))
+    })?;
+    Ok(BuildReport { disk, manifest_path, manifest, downloaded, stages: st.done })
+}
+
+fn names(p: &[berth_debian::PackageRef]) -> String {
+    p.iter().map(|p| format!("{} {}", p.name, p.version)).collect::<Vec<_>>().join(", ")
+}
+
+fn manifest_package(d: &FetchedDeb) -> ManifestPackage {
+    ManifestPackage {
+        name: d.name.clone(),
+        version: d.version.clone(),
+        architecture: d.architecture.clone(),
+        sha256: d.sha256.clone(),
+    }
+}
+
+fn clamp_u32(t: i64) -> u32 {
+    t.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// The root directory and the merged-/usr links were made before the epoch was known.
+fn stamp_skeleton(t: &mut Tree, epoch: i64) {
+    for path in ["/", "bin", "sbin", "lib", "lib64"] {
+        if let Some(id) = t.lookup(path) {
+            t.node_mut(id).meta.mtime = epoch;
+        }
+    }
+}
+
+fn newest_mtime(t: &Tree) -> i64 {
+    t.nodes().map(|(_, n)| n.meta.mtime).max().unwrap_or(0)
+}
+
+/// Unpacks `.deb`s in name order into a fresh merged-/usr tree; returns each package's control
+/// information (its maintainer scripts did not run).
+fn unpack_all(debs: &[FetchedDeb], clamp: Option<i64>, what: &str) -> anyhow::Result<(Tree, Vec<DebInfo>)> {
+    let mtime = clamp.unwrap_or(0);
+    let mut tree = Tree::new(Metadata::root(0o755, mtime));
+    merged_usr_skeleton(&mut tree, mtime).with_context(|| format!("{what}: merged-/usr links"))?;
+    let mut u = Unpacker::new(tree, UnpackOptions { mtime_clamp: clamp });
+    let mut sorted: Vec<&FetchedDeb> = debs.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut infos = Vec::new();
+    for d in sorted {
+        let deb = DebFile::open(&d.path)?;
+        u.unpack(&deb)?;
+        infos.push(deb.info().clone());
+    }
+    Ok((u.into_tree(), infos))
+}
+
+/// Everything the root needs beyond the unpacked packages, in the order that lets later steps
+/// see earlier ones.
+fn assemble_root(
+    root: &mut Tree,
+    loaded: &Loaded,
+    debs: &[DebInfo],
+    kernel_tree: &Tree,
+    kpkg: &KernelPackage,
+    bins: &Binaries,
+    epoch: i64,
+) -> anyhow::Result<usize> {
+    let def = &loaded.definition;
+    let dir = Metadata::root(0o755, epoch);
+    let exe = Metadata::root(0o755, epoch);
+
+    // Kernel modules: the selection and its closure, with a regenerated modules.dep.
+    let selection = kpkg.select(&def.kernel.modules)?;
+    let moddir = format!("usr/lib/modules/{}", kpkg.version());
+    copy_subtree(kernel_tree, root, kpkg.modules_dir(), Path::new(&moddir), epoch)?;
+    // Same paths in both trees, so the kernel tree's index describes the copy.
+    let report = kernel::prune_root(root, kpkg, &selection, epoch)?;
+
+    // berth's own binaries; /sbin/init is what the kernel starts after the initramfs.
+    root.mkdir_all("usr/lib/berth", &dir)?;
+    put_file(root, "usr/sbin/berth-init", &bins.init, &exe)?;
+    put_file(root, "usr/bin/berth-update", &bins.update, &exe)?;
+    if root.lookup("usr/sbin/init").is_none() {
+        root.insert(
+            "usr/sbin/init",
+            Node::new(NodeKind::Symlink(b"berth-init".to_vec()), Metadata::root(0o777, epoch)),
+        )?;
+    }
+
+    // What maintainer scripts would have done (documented in debian/README.md).
+    crate::system::configure(root, def, debs, epoch)?;
+
+    crate::enablement::enable(root, &def.units.enable, epoch)?;
+
+    if let Some(overlay) = &loaded.overlay {
+        let o = Tree::from_dir(overlay, &LoadOptions { all_root: true, mtime: Some(epoch) })
+            .with_context(|| format!("reading overlay {}", overlay.display()))?;
+        copy_subtree(&o, root, Path::new("/"), Path::new("/"), epoch)
+            .with_context(|| format!("applying overlay {}", overlay.display()))?;
+    }
+    Ok(report.kept)
+}
+
+fn put_file(t: &mut Tree, path: &str, data: &[u8], meta: &Metadata) -> anyhow::Result<()> {
+    if let Some(parent) = Path::new(path).parent() {
+        t.mkdir_all(parent, &Metadata::root(0o755, meta.mtime))?;
+    }
+    if t.lookup(path).is_some() {
+        t.unlink(path)?;
+    }
+    t.insert(path, Node::new(NodeKind::File(FileData::Memory(data.into())), meta.clone()))?;
+    Ok(())
+}
+
+/// Copies the subtree at `from` of `src` to `to` in `dst`: directories merged, everything else
+/// replacing what is there; hard links inside the subtree stay hard links.
+fn copy_subtree(src: &Tree, dst: &mut Tree, from: &Path, to: &Path, epoch: i64) -> anyhow::Result<()> {
+    let start = src.lookup(from).with_context(|| format!("{} is not in the tree", from.display()))?;
+    dst.mkdir_all(to, &Metadata::root(0o755, epoch))?;
+    let mut linked: std::collections::HashMap<usize, PathBuf> = std::collections::HashMap::new();
+    let mut stack = vec![(start, to.to_path_buf())];
+    while let Some((dir, at)) = stack.pop() {
+        for (name, id) in src.entries(dir) {
+            let path = at.join(std::ffi::OsStr::from_bytes(name));
+            let node = src.node(id);
+            if node.kind.is_dir() {
+                let d = dst.mkdir_all(&path, &node.meta)?;
+                dst.node_mut(d).meta = node.meta.clone();
+                stack.push((id, path));
+                continue;
+            }
+            if dst.lookup(&path).is_some() {
+                dst.unlink(&path)?;
+            }
+            if let Some(first) = linked.get(&id) {
+                dst.hard_link(first, &path)?;
+            } else {
+                dst.insert(&path, node.clone())?;
+                linked.insert(id, path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// berth's binaries: prebuilt, or built with cargo from the workspace.
+fn binaries(opts: &BuildOptions) -> anyhow::Result<Binaries> {
+    let (init, update, bootmgr) = match (&opts.prebuilt, &opts.workspace) {
+        (Some(dir), _) => (dir.join("berth-init"), dir.join("berth-update"), dir.join("BOOTX64.EFI")),
+        (None, Some(ws)) => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let run = |args: &[&str]| -> anyhow::Result<()> {
+                let status = Command::new(&cargo)
+                    .current_dir(ws)
+                    .args(args)
+                    .status()
+                    .with_context(|| format!("running cargo in {}", ws.display()))?;
+                if !status.success() {
+                    bail!("cargo {} failed in {}", args.join(" "), ws.display());
+                }
+                Ok(())
+            };
+            run(&[
+                "build",
+                "-q",
+                "--release",
+                "--target",
+                "x86_64-unknown-linux-musl",
+                "-p",
+                "berth-init",
+                "-p",
+                "berth-update",
+            ])?;
+            run(&["build", "-q", "--release", "--target", "x86_64-unknown-uefi", "-p", "berth-bootmgr"])?;
+            let t = ws.join("target");
+            (
+                t.join("x86_64-unknown-linux-musl/release/berth-init"),
+                t.join("x86_64-unknown-linux-musl/release/berth-update"),
+                t.join("x86_64-unknown-uefi/release/berth-bootmgr.efi"),
+            )
+        }
+        (None, None) => bail!(
+            "no berth sources to build berth-init, berth-update and bootmgr from: pass --prebuilt DIR \
+             (holding berth-init, berth-update and BOOTX64.EFI) or --workspace DIR"
+        ),
+    };
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    Ok(Binaries { init: read(&init)?, update: read(&update)?, bootmgr: read(&bootmgr)? })
+}
+
+/// Writes the disk beside its final name, then the manifest; renames both at the end.
+#[allow(clippy::too_many_arguments)]
+fn write_disk(
+    opts: &BuildOptions,
+    loaded: &Loaded,
+    root: &Tree,
+    bins: &Binaries,
+    vmlinuz: &[u8],
+    initrd: &[u8],
+    epoch: i64,
+    manifest: impl FnOnce(Vec<ManifestPartition>) -> Manifest,
+) -> anyhow::Result<(PathBuf, PathBuf, Manifest)> {
+    let def = &loaded.definition;
+    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    // Identifiers follow from the definition's exact bytes.
+    let seed: Vec<u8> = Sha256::new().chain_update(b"berth disk v1\0").chain_update(&loaded.source).finalize().to_vec();
+    let layout = DiskLayout {
+        esp_size: def.partitions.esp.0,
+        root_size: def.partitions.root.0,
+        size: DiskSize::State(def.partitions.state.0),
+        seed: seed.clone(),
+    };
+    let plan = layout.plan()?;
+    let final_path = opts.out_dir.join(format!("{}.img", def.name));
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.img.", def.name))
+        .tempfile_in(&opts.out_dir)
+        .with_context(|| format!("creating a temporary file in {}", opts.out_dir.display()))?;
+    let tmp_path = tmp.path().to_path_buf();
+    drop(tmp);
+    let file = create_image(&tmp_path, &plan)?;
+    let cleanup = TempGuard(tmp_path.clone());
+    write_gpt(&file, &plan)?;
+
+    let mut esp = EspContents::new();
+    esp.add_file("EFI/BOOT/BOOTX64.EFI", bins.bootmgr.clone())?;
+    let a = Slot::A.esp_dir();
+    esp.add_file(&format!("{a}/vmlinuz"), vmlinuz.to_vec())?;
+    esp.add_file(&format!("{a}/initrd.img"), initrd.to_vec())?;
+    esp.add_file(&format!("{a}/cmdline"), format!("{}\n", def.kernel.cmdline).into_bytes())?;
+    let p = plan.esp();
+    write_esp(&file, p.offset, p.size, &esp, &EspOptions::from_seed(&seed, berth_slot::layout::ESP_LABEL, epoch))?;
+
+    let r = plan.root(Slot::A);
+    let mut o = berth_ext4::Options::derived(Slot::A.label(), &seed, clamp_u32(epoch));
+    o.size = Some(r.size);
+    berth_ext4::write_at(root, &file, r.offset, &o).context("writing the root filesystem into ROOT-A")?;
+    file.sync_all().context("flushing the disk image")?;
+
+    let ranges: Vec<(u64, u64)> = plan.partitions().iter().map(|p| (p.offset, p.size)).collect();
+    let part_sums = hash_ranges(&file, &ranges)?;
+    let parts = plan
+        .partitions()
+        .iter()
+        .zip(part_sums)
+        .map(|(p, sha256)| ManifestPartition {
+            number: p.number,
+            label: p.label.to_string(),
+            guid: p.guid.to_string().to_uppercase(),
+            offset: p.offset,
+            size: p.size,
+            sha256,
+        })
+        .collect();
+    let manifest = manifest(parts);
+    let manifest_path = opts.out_dir.join(format!("{}.manifest.json", def.name));
+    let json = serde_json::to_vec_pretty(&manifest)?;
+    let mtmp = tempfile::NamedTempFile::new_in(&opts.out_dir)?;
+    std::fs::write(mtmp.path(), &json)?;
+    std::fs::rename(&tmp_path, &final_path).with_context(|| format!("renaming into {}", final_path.display()))?;
+    std::mem::forget(cleanup);
+    mtmp.persist(&manifest_path).with_context(|| format!("writing {}", manifest_path.display()))?;
+    Ok((final_path, manifest_path, manifest))
+}
+
+/// Removes a half-written image when the build fails.
+struct TempGuard(PathBuf);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// SHA-256 of each byte range of the image, the ranges spread over two threads (the build
+/// host's cores; hashing the 2 GiB of a disk is the longest step of a warm build).
+fn hash_ranges(f: &std::fs::File, ranges: &[(u64, u64)]) -> anyhow::Result<Vec<String>> {
+    use std::os::unix::fs::FileExt;
+    let one = |&(offset, len): &(u64, u64)| -> anyhow::Result<String> {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 4 << 20];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(buf.len() as u64) as usize;
+            f.read_exact_at(&mut buf[..n], offset + at).context("reading the disk image back")?;
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    };
+    // Largest first onto the less loaded thread keeps the two about even.
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(ranges[i].1));
+    let mut lanes: [(u64, Vec<usize>); 2] = [(0, Vec::new()), (0, Vec::new())];
+    for i in order {
+        let lane = if lanes[0].0 <= lanes[1].0 { 0 } else { 1 };
+        lanes[lane].0 += ranges[i].1;
+        lanes[lane].1.push(i);
+    }
+    let mut out = vec![String::new(); ranges.len()];
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = lanes
+            .iter()
+            .map(|(_, idx)| s.spawn(move || idx.iter().map(|&i| one(&ranges[i]).map(|h| (i, h))).collect::<Vec<_>>()))
+            .collect();
+        for h in handles {
+            for r in h.join().map_err(|_| anyhow::anyhow!("a hashing thread panicked"))? {
+                let (i, sum) = r?;
+                out[i] = sum;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}

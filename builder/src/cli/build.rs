@@ -1,0 +1,82 @@
+//! `berth build`: an image definition to a bootable disk.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+
+use berth_builder::build::{BuildOptions, build};
+use berth_builder::units::{ByteSize, source_date_epoch};
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Image definition, e.g. images/container-host.toml (see images/README.md).
+    definition: PathBuf,
+    /// Directory for <name>.img and <name>.manifest.json.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Cache of downloaded packages and verified indexes [default: $XDG_CACHE_HOME/berth or ~/.cache/berth].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Build from the cache alone; fail naming what is missing instead of downloading.
+    #[arg(long)]
+    offline: bool,
+    /// Directory holding prebuilt berth-init, berth-update and BOOTX64.EFI (else they are
+    /// built with cargo from the Berth sources this berth was built from, or --workspace).
+    #[arg(long, value_name = "DIR")]
+    prebuilt: Option<PathBuf>,
+    /// Berth source tree to build berth-init, berth-update and bootmgr from.
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// Root whose etc/apt names the Debian sources.
+    #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
+    apt_root: PathBuf,
+}
+
+fn default_cache() -> anyhow::Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("berth"));
+    }
+    let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set: pass --cache DIR")?;
+    Ok(PathBuf::from(home).join(".cache/berth"))
+}
+
+pub fn run(a: BuildArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // The sources this binary was built from, when they are still there.
+    let own_workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = a.workspace.or_else(|| own_workspace.join("Cargo.toml").is_file().then_some(own_workspace));
+    let opts = BuildOptions {
+        definition: a.definition,
+        out_dir: a.out,
+        cache_dir: match a.cache {
+            Some(c) => c,
+            None => default_cache()?,
+        },
+        apt_root: a.apt_root,
+        offline: a.offline,
+        prebuilt: a.prebuilt,
+        workspace,
+        source_date_epoch: source_date_epoch().map_err(anyhow::Error::msg)?,
+        progress: std::io::stderr().is_terminal() || std::env::var_os("BERTH_PROGRESS").is_some(),
+    };
+    let r = build(&opts)?;
+    let m = &r.manifest;
+    eprintln!(
+        "built {} {}: {} ({} packages, {} downloaded; {} files, {}; kernel {} with {} modules) in {:.1} s",
+        m.name,
+        m.version,
+        r.disk.display(),
+        m.packages.len(),
+        r.downloaded,
+        m.files,
+        ByteSize(m.content_bytes),
+        m.kernel,
+        m.kernel_modules,
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!("manifest: {}", r.manifest_path.display());
+    Ok(())
+}

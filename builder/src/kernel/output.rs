@@ -1,0 +1,217 @@
+//! Writing a selection into trees: the root's modules directory, and the initramfs.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use berth_fstree::{FileData, Metadata, Node, NodeId, NodeKind, ROOT, Tree};
+
+use super::{KernelError, KernelPackage, STORAGE_MODULES, Selection};
+
+/// What [`prune_root`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootReport {
+    /// Module files kept.
+    pub kept: usize,
+    /// Module files removed.
+    pub removed: usize,
+    /// Bytes of the removed module files.
+    pub removed_bytes: u64,
+}
+
+/// Cuts the root's modules directory down to `selection`: removes every module file of
+/// `kernel` that is not selected (and directories left empty by that), and writes
+/// `modules.dep`, `modules.alias`, `modules.softdep`, `modules.devname` and a filtered
+/// `modules.order` (mode 0644, root-owned, `mtime`). `modules.builtin` and
+/// `modules.builtin.modinfo` stay as shipped. The `.bin` indexes are not written (see the
+/// module docs).
+///
+/// The tree is rebuilt without the removed nodes, so node ids taken before the call are
+/// invalid after it; nothing else in the tree changes.
+pub fn prune_root(
+    tree: &mut Tree,
+    kernel: &KernelPackage,
+    selection: &Selection,
+    mtime: i64,
+) -> Result<RootReport, KernelError> {
+    let dir = kernel.modules_dir();
+    let keep: BTreeSet<&str> = selection.modules().iter().map(|m| m.path.as_str()).collect();
+    // A selection of another kernel, or a decompressed one (`.ko` names for `.ko.xz` files),
+    // would remove the very modules it names and leave a modules.dep pointing at nothing.
+    let shipped: BTreeSet<&str> = kernel.modules().modules().iter().map(|m| m.path.as_str()).collect();
+    if let Some(foreign) = keep.iter().find(|p| !shipped.contains(*p)) {
+        return Err(KernelError::ForeignSelection {
+            path: (*foreign).to_owned(),
+            version: kernel.version().to_owned(),
+        });
+    }
+    let mut report = RootReport { kept: 0, removed: 0, removed_bytes: 0 };
+    let mut emptied: BTreeSet<PathBuf> = BTreeSet::new();
+    for m in kernel.modules().modules() {
+        if keep.contains(m.path.as_str()) {
+            report.kept += 1;
+            continue;
+        }
+        let path = dir.join(&m.path);
+        detach(tree, &path)?;
+        report.removed += 1;
+        report.removed_bytes += m.data.len();
+        let mut parent = path.parent();
+        while let Some(p) = parent
+            && p != dir
+        {
+            emptied.insert(p.to_path_buf());
+            parent = p.parent();
+        }
+    }
+    // Deepest first, so a directory is looked at after its subdirectories. `kernel/` itself
+    // stays even if nothing is selected: the layout depmod expects.
+    let mut dirs: Vec<PathBuf> = emptied.into_iter().filter(|p| p != &dir.join("kernel")).collect();
+    dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for d in dirs {
+        if tree.lookup(&d).is_some_and(|id| tree.entries(id).next().is_none()) {
+            detach(tree, &d)?;
+        }
+    }
+    let meta = Metadata::root(0o644, mtime);
+    for (name, text) in [
+        ("modules.dep", selection.modules_dep()),
+        ("modules.alias", selection.modules_alias()),
+        ("modules.softdep", selection.modules_softdep()),
+        ("modules.devname", selection.modules_devname()),
+        ("modules.order", selection.modules_order()),
+    ] {
+        put_file(tree, &dir.join(name), text.into_bytes().into(), &meta)?;
+    }
+    *tree = compact(tree)?;
+    Ok(report)
+}
+
+/// The initramfs tree (before the cpio writer adds `dev/console`).
+#[derive(Debug, Clone)]
+pub struct Initramfs {
+    pub tree: Tree,
+    /// The modules it carries (paths uncompressed), whose `load_order` is stage 1's.
+    pub selection: Selection,
+}
+
+impl Initramfs {
+    /// Names of [`STORAGE_MODULES`] this kernel has neither as a module nor built in; the
+    /// caller reports them (an image built on `linux-image-cloud-amd64` lacks `ahci`).
+    pub fn unavailable(&self) -> &[String] {
+        self.selection.unavailable()
+    }
+}
+
+/// Builds the initramfs tree:
+///
+/// - `/init`: `init` (berth-init, static), mode 0755;
+/// - `/usr/lib/modules/<kver>/`: the closure of [`STORAGE_MODULES`] (those the kernel has)
+///   and of `extra` (each of which must exist, like the root's selection), stored
+///   uncompressed; `modules.dep` for exactly those (see the module docs for the loading
+///   contract), the filtered `modules.order`, and `modules.builtin` as shipped (so stage 1
+///   can tell a built-in module from a missing one);
+/// - `/lib -> usr/lib` and `/bin -> usr/bin`, as in the merged-/usr root;
+/// - mount points `/dev`, `/proc`, `/sys`, `/run`, `/sysroot` (the root is mounted on
+///   `/sysroot` before `switch_root`).
+///
+/// Everything is root-owned with `mtime`; directories 0755, module files 0644.
+pub fn initramfs_tree<S: AsRef<str>>(
+    kernel: &KernelPackage,
+    extra: &[S],
+    init: FileData,
+    mtime: i64,
+) -> Result<Initramfs, KernelError> {
+    let selection = kernel.modules().select_with_optional(extra, STORAGE_MODULES)?.decompressed()?;
+    let dir_meta = Metadata::root(0o755, mtime);
+    let file_meta = Metadata::root(0o644, mtime);
+    let mut tree = Tree::new(dir_meta.clone());
+    let tree_err = |path: &Path| {
+        let path = format!("initramfs: {}", path.display());
+        move |source| KernelError::Tree { path, source }
+    };
+    for d in ["dev", "proc", "sys", "run", "sysroot", "usr/bin", "usr/lib"] {
+        tree.mkdir_all(d, &dir_meta).map_err(tree_err(Path::new(d)))?;
+    }
+    for (link, target) in [("lib", "usr/lib"), ("bin", "usr/bin")] {
+        let node = Node::new(NodeKind::Symlink(target.as_bytes().to_vec()), Metadata::root(0o777, mtime));
+        tree.insert(link, node).map_err(tree_err(Path::new(link)))?;
+    }
+    tree.insert("init", Node::new(NodeKind::File(init), Metadata::root(0o755, mtime)))
+        .map_err(tree_err(Path::new("init")))?;
+    let dir = Path::new("usr/lib/modules").join(selection.version());
+    tree.mkdir_all(&dir, &dir_meta).map_err(tree_err(&dir))?;
+    for m in selection.modules() {
+        let path = dir.join(&m.path);
+        if let Some(parent) = path.parent() {
+            tree.mkdir_all(parent, &dir_meta).map_err(tree_err(parent))?;
+        }
+        tree.insert(&path, Node::new(NodeKind::File(m.data.clone()), file_meta.clone())).map_err(tree_err(&path))?;
+    }
+    for (name, bytes) in [
+        ("modules.dep", selection.modules_dep().into_bytes()),
+        ("modules.order", selection.modules_order().into_bytes()),
+        ("modules.builtin", kernel.modules_builtin().to_vec()),
+    ] {
+        put_file(&mut tree, &dir.join(name), bytes.into(), &file_meta)?;
+    }
+    Ok(Initramfs { tree, selection })
+}
+
+/// Removes the entry at `path` from its parent directory. The node stays in the arena,
+/// unreachable, until [`compact`] drops it.
+fn detach(tree: &mut Tree, path: &Path) -> Result<(), KernelError> {
+    let missing = || KernelError::Tree {
+        path: path.display().to_string(),
+        source: berth_fstree::TreeError::NotFound { path: path.to_path_buf() },
+    };
+    let parent = path.parent().and_then(|p| tree.lookup(p)).ok_or_else(missing)?;
+    let name = path.file_name().ok_or_else(missing)?;
+    use std::os::unix::ffi::OsStrExt;
+    match &mut tree.node_mut(parent).kind {
+        NodeKind::Dir(entries) => entries.remove(name.as_bytes()).map(|_| ()).ok_or_else(missing),
+        _ => Err(missing()),
+    }
+}
+
+/// Writes a regular file at `path` (parents created 0755), replacing a file already there.
+fn put_file(tree: &mut Tree, path: &Path, data: FileData, meta: &Metadata) -> Result<(), KernelError> {
+    let err = |source| KernelError::Tree { path: path.display().to_string(), source };
+    if let Some(id) = tree.lookup(path) {
+        let node = tree.node_mut(id);
+        if !matches!(node.kind, NodeKind::File(_)) {
+            return Err(KernelError::NotAFile { path: path.display().to_string() });
+        }
+        *node = Node::new(NodeKind::File(data), meta.clone());
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        tree.mkdir_all(parent, &Metadata::root(0o755, meta.mtime)).map_err(err)?;
+    }
+    tree.insert(path, Node::new(NodeKind::File(data), meta.clone())).map_err(err)?;
+    Ok(())
+}
+
+/// A copy of `tree` holding only the nodes reachable from the root, hard links kept.
+/// (`Tree` has no removal of its own; this keeps node counts, `content_bytes` and every
+/// writer's view exactly those of a tree built without the removed files.)
+fn compact(tree: &Tree) -> Result<Tree, KernelError> {
+    let mut out = Tree::new(tree.node(ROOT).meta.clone());
+    let mut first_name: HashMap<NodeId, PathBuf> = HashMap::new();
+    for (raw, id) in tree.walk() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&raw));
+        let err = |source| KernelError::Tree { path: path.display().to_string(), source };
+        if let Some(first) = first_name.get(&id) {
+            out.hard_link(first, &path).map_err(err)?;
+            continue;
+        }
+        let node = tree.node(id);
+        let copy = match &node.kind {
+            NodeKind::Dir(_) => Node::new(NodeKind::Dir(Default::default()), node.meta.clone()),
+            _ => node.clone(),
+        };
+        out.insert(&path, copy).map_err(err)?;
+        first_name.insert(id, path);
+    }
+    Ok(out)
+}

@@ -1,0 +1,93 @@
+//! The image-level configuration of the root after its packages are unpacked: the steps that
+//! replace maintainer scripts (implemented in `berth_debian::deb::postinst`, table in
+//! `debian/README.md`) in their documented order, then Berth's own files: `os-release` and the
+//! update agent's `/usr/lib/berth/update.toml`.
+
+use anyhow::Context;
+use berth_debian::deb::DebInfo;
+use berth_debian::deb::postinst::{self, Accounts, Group, OsRelease, User};
+use berth_fstree::{Metadata, Node, NodeKind, Tree};
+
+use crate::definition::Definition;
+
+/// Where the image's update settings go; `/etc/berth/update.toml` overrides them on a host.
+pub const UPDATE_CONFIG: &str = "usr/lib/berth/update.toml";
+
+/// What the steps reported that a user may want to know.
+#[derive(Debug, Default)]
+pub struct SystemReport {
+    /// `update-alternatives` commands that could not be read literally from a `postinst`.
+    pub unparsed_alternatives: Vec<String>,
+}
+
+pub fn configure(root: &mut Tree, def: &Definition, debs: &[DebInfo], epoch: i64) -> anyhow::Result<SystemReport> {
+    postinst::base_files(root, epoch).context("base-files setup")?;
+
+    let accounts = Accounts {
+        groups: def.groups.iter().map(|g| Group { name: g.name.clone(), gid: g.gid }).collect(),
+        users: def
+            .users
+            .iter()
+            .map(|u| User {
+                name: u.name.clone(),
+                uid: u.uid,
+                gid: u.gid.unwrap_or(u.uid),
+                gecos: String::new(),
+                home: u.home.clone().unwrap_or_else(|| format!("/home/{}", u.name)),
+                shell: u.shell.clone().unwrap_or_else(|| "/bin/sh".into()),
+                groups: u.groups.clone(),
+            })
+            .collect(),
+    };
+    postinst::users(root, &accounts, epoch).context("writing /etc/passwd and /etc/group")?;
+    if root.lookup("usr/share/ca-certificates").is_some() {
+        postinst::ca_bundle(root, epoch).context("building the CA bundle")?;
+    }
+
+    let mut report = SystemReport::default();
+    let mut alts = Vec::new();
+    for d in debs {
+        for s in d.scripts.iter().filter(|s| s.kind.file_name() == "postinst") {
+            let (found, unparsed) = postinst::parse_alternatives(&s.body);
+            alts.extend(found);
+            report.unparsed_alternatives.extend(unparsed.into_iter().map(|u| format!("{}: {u}", d.package())));
+        }
+    }
+    postinst::alternatives(root, &alts, epoch).context("update-alternatives links")?;
+
+    postinst::os_release(
+        root,
+        &OsRelease {
+            name: "Berth".into(),
+            version_id: def.version.to_ascii_lowercase(),
+            pretty_name: Some(format!("Berth {} ({})", def.version, def.name)),
+            build_id: format!("{}-{}", def.name, def.version),
+        },
+        epoch,
+    )
+    .context("writing os-release")?;
+    postinst::dpkg_status(root, debs.iter().map(|d| &d.control), epoch).context("writing /var/lib/dpkg/status")?;
+
+    let text = update_config(def);
+    root.mkdir_all("usr/lib/berth", &Metadata::root(0o755, epoch))?;
+    if root.lookup(UPDATE_CONFIG).is_none() {
+        root.insert(UPDATE_CONFIG, Node::new(NodeKind::File(text.into_bytes().into()), Metadata::root(0o644, epoch)))?;
+    }
+    Ok(report)
+}
+
+/// The update agent's settings from the definition (DESIGN.md §4).
+fn update_config(def: &Definition) -> String {
+    let mut s = String::from("# Berth update settings of this image; /etc/berth/update.toml overrides them.\n");
+    s.push_str(&format!("version = {:?}\n", def.version));
+    match &def.update {
+        Some(u) => {
+            s.push_str(&format!("channel = {:?}\n", u.channel));
+            s.push_str(&format!("threshold = {}\n", u.threshold));
+            let keys: Vec<String> = u.keys.iter().map(|k| format!("{k:?}")).collect();
+            s.push_str(&format!("keys = [{}]\n", keys.join(", ")));
+        }
+        None => s.push_str("# No channel: this image does not update itself.\n"),
+    }
+    s
+}
