@@ -1,0 +1,290 @@
+//! `berth build` end to end, as a user runs it.
+//!
+//! - `container-host` from the host's real Debian sources: built as an unprivileged user with an
+//!   empty PATH (so no host tool can be involved: no mkfs, mount, losetup, sgdisk, dd, fakeroot),
+//!   built again offline in a network namespace with no network at all, and the two disks are
+//!   byte-identical; the disk passes `sgdisk -v`, `fsck.fat -n` and `e2fsck -fn`.
+//! - Bad inputs against a signed test archive on 127.0.0.1: each is a one-line error and no image.
+
+#[path = "../../debian/tests/support/archive_repo.rs"]
+mod archive_repo;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use archive_repo::{Options as RepoOptions, Repo, dead_port, spec};
+use sha2::{Digest, Sha256};
+
+const EPOCH: &str = "1700000000";
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// berth-init, berth-update and BOOTX64.EFI built as the real build would.
+fn prebuilt(dir: &Path) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for args in [
+        &[
+            "build",
+            "-q",
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-musl",
+            "-p",
+            "berth-init",
+            "-p",
+            "berth-update",
+        ][..],
+        &["build", "-q", "--release", "--target", "x86_64-unknown-uefi", "-p", "berth-bootmgr"][..],
+    ] {
+        let st = Command::new(&cargo).current_dir(workspace()).args(args).status().expect("running cargo");
+        assert!(st.success(), "cargo {args:?} failed");
+    }
+    let p = dir.join("prebuilt");
+    std::fs::create_dir_all(&p).unwrap();
+    let t = workspace().join("target");
+    for (from, to) in [
+        ("x86_64-unknown-linux-musl/release/berth-init", "berth-init"),
+        ("x86_64-unknown-linux-musl/release/berth-update", "berth-update"),
+        ("x86_64-unknown-uefi/release/berth-bootmgr.efi", "BOOTX64.EFI"),
+    ] {
+        std::fs::copy(t.join(from), p.join(to)).unwrap();
+    }
+    p
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Runs `berth build` with an empty PATH; as uid/gid 65534 when we are root, and with no
+/// network at all (a fresh network namespace) when `no_network`.
+fn berth_build(def: &Path, out: &Path, cache: &Path, prebuilt: &Path, offline: bool, no_network: bool) -> Output {
+    let berth = env!("CARGO_BIN_EXE_berth");
+    let mut args: Vec<String> = vec![
+        berth.into(),
+        "build".into(),
+        def.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--cache".into(),
+        cache.display().to_string(),
+        "--prebuilt".into(),
+        prebuilt.display().to_string(),
+    ];
+    if offline {
+        args.push("--offline".into());
+    }
+    let mut wrap: Vec<String> = Vec::new();
+    if is_root() {
+        if no_network {
+            wrap.extend(["/usr/bin/unshare".into(), "--net".into()]);
+        }
+        wrap.extend(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"].map(String::from));
+    }
+    wrap.extend(args);
+    let empty = out.parent().unwrap().join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    Command::new(&wrap[0])
+        .args(&wrap[1..])
+        .env_clear()
+        .env("PATH", &empty)
+        .env("HOME", "/nonexistent")
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .output()
+        .expect("running berth build")
+}
+
+fn sha256(path: &Path) -> String {
+    let mut h = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut h).unwrap();
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn judge(cmd: &mut Command, package: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (install the Debian package {package})"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// Copies a partition out of the disk for judges that take no offset.
+fn extract(disk: &Path, offset: u64, size: u64, to: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(disk).unwrap();
+    let mut buf = vec![0u8; size as usize];
+    f.read_exact_at(&mut buf, offset).unwrap();
+    std::fs::write(to, buf).unwrap();
+}
+
+#[test]
+fn container_host_builds_rootless_offline_and_reproducibly() {
+    let dir = tempfile::tempdir().unwrap();
+    // The unprivileged builder must reach its directories.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let prebuilt = prebuilt(dir.path());
+    let def = workspace().join("images/container-host.toml");
+    let cache = dir.path().join("cache");
+    let (out1, out2) = (dir.path().join("out1"), dir.path().join("out2"));
+    for d in [&cache, &out1, &out2] {
+        std::fs::create_dir_all(d).unwrap();
+        if is_root() {
+            std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+        }
+    }
+
+    let t = Instant::now();
+    let first = berth_build(&def, &out1, &cache, &prebuilt, false, false);
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "first build failed:\n{err}");
+    eprintln!(
+        "first build ({}): {:.1} s\n{err}",
+        if is_root() { "uid 65534" } else { "non-root" },
+        t.elapsed().as_secs_f64()
+    );
+
+    let t = Instant::now();
+    let second = berth_build(&def, &out2, &cache, &prebuilt, true, true);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "second (offline, no network) build failed:\n{err}");
+    eprintln!(
+        "second build, offline{}: {:.1} s\n{err}",
+        if is_root() { ", no network namespace" } else { "" },
+        t.elapsed().as_secs_f64()
+    );
+    assert!(err.contains(", 0 downloaded;"), "the second build downloaded something:\n{err}");
+
+    let (img1, img2) = (out1.join("container-host.img"), out2.join("container-host.img"));
+    assert_eq!(sha256(&img1), sha256(&img2), "two builds with the same inputs differ");
+    assert_eq!(
+        std::fs::read(out1.join("container-host.manifest.json")).unwrap(),
+        std::fs::read(out2.join("container-host.manifest.json")).unwrap()
+    );
+
+    // External judges on the disk.
+    let sg = judge(Command::new("sgdisk").arg("-v").arg(&img1), "gdisk");
+    assert!(sg.contains("No problems found"), "{sg}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out1.join("container-host.manifest.json")).unwrap()).unwrap();
+    let part = |label: &str| {
+        let p = m["partitions"].as_array().unwrap().iter().find(|p| p["label"] == label).unwrap();
+        (p["offset"].as_u64().unwrap(), p["size"].as_u64().unwrap())
+    };
+    let (o, s) = part("EFI-SYSTEM");
+    let esp = dir.path().join("esp.img");
+    extract(&img1, o, s, &esp);
+    judge(Command::new("fsck.fat").arg("-n").arg(&esp), "dosfstools");
+    let listing = judge(Command::new("mdir").args(["-b", "-s", "-i"]).arg(&esp).arg("::"), "mtools");
+    for want in ["EFI/BOOT/BOOTX64.EFI", "berth/a/vmlinuz", "berth/a/initrd.img", "berth/a/cmdline"] {
+        assert!(listing.to_lowercase().contains(&want.to_lowercase()), "ESP lacks {want}:\n{listing}");
+    }
+    let (o, s) = part("ROOT-A");
+    let root = dir.path().join("root.img");
+    extract(&img1, o, s, &root);
+    judge(Command::new("e2fsck").arg("-fn").arg(&root), "e2fsprogs");
+    let ls = judge(Command::new("debugfs").args(["-R", "ls -p /usr/bin"]).arg(&root), "e2fsprogs");
+    for bin in ["containerd", "runc", "ctr"] {
+        assert!(ls.contains(&format!("/{bin}/")), "/usr/bin/{bin} missing");
+    }
+    let wants = judge(
+        Command::new("debugfs").args(["-R", "ls -p /etc/systemd/system/multi-user.target.wants"]).arg(&root),
+        "e2fsprogs",
+    );
+    assert!(wants.contains("/containerd.service/") && wants.contains("/ssh.service/"), "{wants}");
+    let pw = judge(Command::new("debugfs").args(["-R", "cat /etc/passwd"]).arg(&root), "e2fsprogs");
+    assert!(pw.contains("core:x:1000:1000:"), "{pw}");
+    assert_eq!(m["packages"].as_array().unwrap().iter().filter(|p| p["name"] == "containerd").count(), 1);
+}
+
+fn definition(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("image.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+const DEF: &str = r#"name = "t"
+version = "1.0.0"
+packages = ["hello"]
+
+[kernel]
+package = "linux-image-fake"
+cmdline = "console=ttyS0"
+"#;
+
+/// Runs a build expected to fail; returns its one-line error after checking nothing was written.
+fn fails(repo_root: &Path, cache: &Path, def: &Path, out: &Path) -> String {
+    let prebuilt = out.parent().unwrap().join("fake-prebuilt");
+    std::fs::create_dir_all(&prebuilt).unwrap();
+    for f in ["berth-init", "berth-update", "BOOTX64.EFI"] {
+        std::fs::write(prebuilt.join(f), b"not used: the build stops before").unwrap();
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("build")
+        .arg(def)
+        .arg("--out")
+        .arg(out)
+        .arg("--cache")
+        .arg(cache)
+        .arg("--prebuilt")
+        .arg(&prebuilt)
+        .arg("--apt-root")
+        .arg(repo_root)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert!(!o.status.success(), "build succeeded");
+    assert_eq!(err.lines().count(), 1, "not one line:\n{err}");
+    assert!(err.starts_with("berth: error: "), "{err}");
+    let left: Vec<_> = std::fs::read_dir(out).map(|d| d.map(|e| e.unwrap().file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "a failed build left {left:?}");
+    err
+}
+
+#[test]
+fn bad_inputs_are_one_line_errors_and_write_no_image() {
+    let specs = [spec("hello", "1.0-1", "amd64", ""), spec("linux-image-fake", "1.0", "amd64", "")];
+    let repo = Repo::new(&specs, &RepoOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let root = repo.apt_root.path();
+    let cache = repo.cache.path();
+
+    let e = fails(root, cache, &definition(dir.path(), &DEF.replace("\"hello\"", "\"nosuchpkg\"")), &out);
+    assert!(e.contains("nosuchpkg"), "{e}");
+
+    let e = fails(root, cache, &definition(dir.path(), &DEF.replace("packages =", "pakages =")), &out);
+    assert!(e.contains("image.toml:3:1") && e.contains("pakages"), "{e}");
+
+    let e = fails(root, cache, &definition(dir.path(), &format!("overlay = \"no-such-dir\"\n{DEF}")), &out);
+    assert!(e.contains("no-such-dir"), "{e}");
+
+    // A .deb whose bytes differ from what the signed index says.
+    let (pool, mut bytes) = repo.debs["hello"].clone();
+    let good = bytes.clone();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    repo.server.put(&format!("/debian/{pool}"), bytes);
+    let e = fails(root, cache, &definition(dir.path(), DEF), &out);
+    assert!(e.contains("hello") && e.contains("SHA-256"), "{e}");
+    repo.server.put(&format!("/debian/{pool}"), good);
+
+    // An InRelease altered after signing.
+    let dist = format!("{}/InRelease", archive_repo::DIST);
+    let signed = repo.server.get(&dist);
+    let text = String::from_utf8(signed.clone()).unwrap().replacen("Suite: stable", "Suite: stablf", 1);
+    repo.server.put(&dist, text.into_bytes());
+    let e = fails(root, cache, &definition(dir.path(), DEF), &out);
+    assert!(e.contains("InRelease") && e.to_lowercase().contains("signature"), "{e}");
+    repo.server.put(&dist, signed);
+
+    // A mirror nobody answers on.
+    let sources = root.join("etc/apt/sources.list.d/berth-test.sources");
+    let conf = std::fs::read_to_string(&sources).unwrap();
+    let dead = format!("http://127.0.0.1:{}/debian/", dead_port());
+    std::fs::write(&sources, conf.replace(&format!("{}/debian/", repo.server.url()), &dead)).unwrap();
+    let e = fails(root, cache, &definition(dir.path(), DEF), &out);
+    assert!(e.contains(&format!("127.0.0.1:{}", dead.split(':').nth(2).unwrap().trim_end_matches("/debian/"))), "{e}");
+}
