@@ -398,7 +398,12 @@ fn binaries(opts: &BuildOptions) -> anyhow::Result<Binaries> {
                     .status()
                     .with_context(|| format!("running cargo in {}", ws.display()))?;
                 if !status.success() {
-                    bail!("cargo {} failed in {}", args.join(" "), ws.display());
+                    bail!(
+                        "cargo {} failed in {} (a missing target is added with: rustup target add \
+                         x86_64-unknown-linux-musl x86_64-unknown-uefi)",
+                        args.join(" "),
+                        ws.display()
+                    );
                 }
                 Ok(())
             };
