@@ -1,4 +1,4 @@
-//! `berth`: build, inspect and run Berth disk images.
+//! `berth`: build and inspect Berth disk images.
 
 mod cli;
 

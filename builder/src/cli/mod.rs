@@ -5,7 +5,7 @@ mod fs;
 
 use clap::{Parser, Subcommand};
 
-/// Build, inspect and run Berth disk images.
+/// Build and inspect Berth disk images.
 ///
 /// Berth is a minimal, immutable container-host OS with A/B updates. This tool turns image
 /// definitions into bootable disks without root and without host filesystem tools.
