@@ -385,54 +385,74 @@ fn copy_subtree(src: &Tree, dst: &mut Tree, from: &Path, to: &Path, epoch: i64) 
     Ok(())
 }
 
+/// berth's own binaries on disk: what `--prebuilt DIR` holds, under these names.
+#[derive(Debug, Clone)]
+pub struct OwnBinaries {
+    pub init: PathBuf,
+    pub update: PathBuf,
+    pub bootmgr: PathBuf,
+}
+
+impl OwnBinaries {
+    /// The layout of a `--prebuilt` directory.
+    pub fn in_dir(dir: &Path) -> OwnBinaries {
+        OwnBinaries { init: dir.join("berth-init"), update: dir.join("berth-update"), bootmgr: dir.join("BOOTX64.EFI") }
+    }
+
+    /// Builds berth-init and berth-update (static, musl) and bootmgr (UEFI) with cargo in the
+    /// Berth source tree `workspace`, and returns where cargo put them.
+    pub fn build(workspace: &Path) -> anyhow::Result<OwnBinaries> {
+        const MUSL: &str = "x86_64-unknown-linux-musl";
+        const UEFI: &str = "x86_64-unknown-uefi";
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let run = |args: &[&str]| -> anyhow::Result<()> {
+            let status = Command::new(&cargo)
+                .current_dir(workspace)
+                .args(args)
+                .status()
+                .with_context(|| format!("running cargo in {}", workspace.display()))?;
+            if !status.success() {
+                bail!(
+                    "cargo {} failed in {} (a missing target is added with: rustup target add {MUSL} {UEFI})",
+                    args.join(" "),
+                    workspace.display()
+                );
+            }
+            Ok(())
+        };
+        run(&["build", "-q", "--release", "--target", MUSL, "-p", "berth-init", "-p", "berth-update"])?;
+        run(&["build", "-q", "--release", "--target", UEFI, "-p", "berth-bootmgr"])?;
+        let t = workspace.join("target");
+        Ok(OwnBinaries {
+            init: t.join(MUSL).join("release/berth-init"),
+            update: t.join(MUSL).join("release/berth-update"),
+            bootmgr: t.join(UEFI).join("release/berth-bootmgr.efi"),
+        })
+    }
+
+    /// Copies the binaries into `dir` under the `--prebuilt` names.
+    pub fn copy_to(&self, dir: &Path) -> anyhow::Result<OwnBinaries> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let to = OwnBinaries::in_dir(dir);
+        for (from, dest) in [(&self.init, &to.init), (&self.update, &to.update), (&self.bootmgr, &to.bootmgr)] {
+            std::fs::copy(from, dest).with_context(|| format!("copying {} to {}", from.display(), dest.display()))?;
+        }
+        Ok(to)
+    }
+}
+
 /// berth's binaries: prebuilt, or built with cargo from the workspace.
 fn binaries(opts: &BuildOptions) -> anyhow::Result<Binaries> {
-    let (init, update, bootmgr) = match (&opts.prebuilt, &opts.workspace) {
-        (Some(dir), _) => (dir.join("berth-init"), dir.join("berth-update"), dir.join("BOOTX64.EFI")),
-        (None, Some(ws)) => {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let run = |args: &[&str]| -> anyhow::Result<()> {
-                let status = Command::new(&cargo)
-                    .current_dir(ws)
-                    .args(args)
-                    .status()
-                    .with_context(|| format!("running cargo in {}", ws.display()))?;
-                if !status.success() {
-                    bail!(
-                        "cargo {} failed in {} (a missing target is added with: rustup target add \
-                         x86_64-unknown-linux-musl x86_64-unknown-uefi)",
-                        args.join(" "),
-                        ws.display()
-                    );
-                }
-                Ok(())
-            };
-            run(&[
-                "build",
-                "-q",
-                "--release",
-                "--target",
-                "x86_64-unknown-linux-musl",
-                "-p",
-                "berth-init",
-                "-p",
-                "berth-update",
-            ])?;
-            run(&["build", "-q", "--release", "--target", "x86_64-unknown-uefi", "-p", "berth-bootmgr"])?;
-            let t = ws.join("target");
-            (
-                t.join("x86_64-unknown-linux-musl/release/berth-init"),
-                t.join("x86_64-unknown-linux-musl/release/berth-update"),
-                t.join("x86_64-unknown-uefi/release/berth-bootmgr.efi"),
-            )
-        }
+    let paths = match (&opts.prebuilt, &opts.workspace) {
+        (Some(dir), _) => OwnBinaries::in_dir(dir),
+        (None, Some(ws)) => OwnBinaries::build(ws)?,
         (None, None) => bail!(
             "no berth sources to build berth-init, berth-update and bootmgr from: pass --prebuilt DIR \
              (holding berth-init, berth-update and BOOTX64.EFI) or --workspace DIR"
         ),
     };
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    Ok(Binaries { init: read(&init)?, update: read(&update)?, bootmgr: read(&bootmgr)? })
+    Ok(Binaries { init: read(&paths.init)?, update: read(&paths.update)?, bootmgr: read(&paths.bootmgr)? })
 }
 
 /// Writes the disk beside its final name, then the manifest; renames both at the end.

@@ -15,6 +15,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use archive_repo::{Options as RepoOptions, Repo, dead_port, spec};
+use berth_builder::build::OwnBinaries;
 use sha2::{Digest, Sha256};
 
 const EPOCH: &str = "1700000000";
@@ -23,36 +24,10 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// berth-init, berth-update and BOOTX64.EFI built as the real build would.
+/// berth-init, berth-update and BOOTX64.EFI built as the real build would, in a --prebuilt dir.
 fn prebuilt(dir: &Path) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    for args in [
-        &[
-            "build",
-            "-q",
-            "--release",
-            "--target",
-            "x86_64-unknown-linux-musl",
-            "-p",
-            "berth-init",
-            "-p",
-            "berth-update",
-        ][..],
-        &["build", "-q", "--release", "--target", "x86_64-unknown-uefi", "-p", "berth-bootmgr"][..],
-    ] {
-        let st = Command::new(&cargo).current_dir(workspace()).args(args).status().expect("running cargo");
-        assert!(st.success(), "cargo {args:?} failed");
-    }
     let p = dir.join("prebuilt");
-    std::fs::create_dir_all(&p).unwrap();
-    let t = workspace().join("target");
-    for (from, to) in [
-        ("x86_64-unknown-linux-musl/release/berth-init", "berth-init"),
-        ("x86_64-unknown-linux-musl/release/berth-update", "berth-update"),
-        ("x86_64-unknown-uefi/release/berth-bootmgr.efi", "BOOTX64.EFI"),
-    ] {
-        std::fs::copy(t.join(from), p.join(to)).unwrap();
-    }
+    OwnBinaries::build(&workspace()).unwrap().copy_to(&p).unwrap();
     p
 }
 
