@@ -63,7 +63,8 @@ pub struct Manifest {
     pub cmdline: String,
     pub source_date_epoch: i64,
     pub packages: Vec<ManifestPackage>,
-    pub files: usize,
+    /// Inodes in the root filesystem (hard links once).
+    pub inodes: usize,
     pub content_bytes: u64,
     pub kernel_modules: usize,
     pub initramfs_modules: Vec<String>,
@@ -182,7 +183,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let clamp = opts.source_date_epoch;
     let (mut root, infos) = st.run("unpacking the root", || {
         let (tree, infos) = unpack_all(&root_debs, clamp, "root")?;
-        let d = format!("{} entries, {}", tree.node_count(), ByteSize(tree.content_bytes()));
+        let d = format!("{} inodes, {}", tree.inode_count(), ByteSize(tree.content_bytes()));
         Ok(((tree, infos), d))
     })?;
     let skipped: Vec<String> = infos
@@ -199,12 +200,8 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
         let init = FileData::Memory(bins.init.clone().into());
         let ir = kernel::initramfs_tree(&k, &def.kernel.initramfs_modules, init, epoch)?;
         let mods: Vec<String> = ir.selection.load_order().into_iter().map(str::to_string).collect();
-        let mut initrd = Vec::new();
-        initrd = cpio::write_archive(
-            &ir.tree,
-            &CpioOptions { mtime: Some(clamp_u32(epoch)), ..Default::default() },
-            initrd,
-        )?;
+        let opts = CpioOptions { mtime: Some(clamp_u32(epoch)), ..Default::default() };
+        let initrd = cpio::write_archive(&ir.tree, &opts, Vec::new())?;
         let d = format!(
             "kernel {}, initramfs {} with {} modules{}",
             k.version(),
@@ -222,7 +219,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     let kernel_modules = st.run("assembling the root", || {
         let n = assemble_root(&mut root, &loaded, &infos, &kernel_tree, &kpkg, &bins, epoch)?;
         let d =
-            format!("{} entries, {} of files, {n} kernel modules", root.node_count(), ByteSize(root.content_bytes()));
+            format!("{} inodes, {} of files, {n} kernel modules", root.inode_count(), ByteSize(root.content_bytes()));
         Ok((n, d))
     })?;
 
@@ -235,7 +232,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
             cmdline: def.kernel.cmdline.clone(),
             source_date_epoch: epoch,
             packages: root_debs.iter().chain(&kernel_debs).map(manifest_package).collect(),
-            files: root.node_count(),
+            inodes: root.inode_count(),
             content_bytes: root.content_bytes(),
             kernel_modules,
             initramfs_modules: initramfs_modules.clone(),

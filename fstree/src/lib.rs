@@ -186,9 +186,33 @@ impl Tree {
         Tree { nodes: vec![Node::new(NodeKind::Dir(BTreeMap::new()), root)] }
     }
 
-    /// Number of nodes (inodes), the root included; hard links count once.
+    /// Size of the node arena: every [`NodeId`] is below it. Nodes unlinked since they were
+    /// added still occupy their slot; [`Tree::inode_count`] counts what the tree holds.
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Nodes reachable from the root (the root included), each once however many names it has.
+    pub fn reachable(&self) -> Vec<bool> {
+        let mut seen = vec![false; self.nodes.len()];
+        seen[ROOT] = true;
+        let mut stack = vec![ROOT];
+        while let Some(dir) = stack.pop() {
+            for (_, id) in self.entries(dir) {
+                if !seen[id] {
+                    seen[id] = true;
+                    if self.nodes[id].kind.is_dir() {
+                        stack.push(id);
+                    }
+                }
+            }
+        }
+        seen
+    }
+
+    /// Inodes the tree holds: reachable nodes, the root included, hard links counted once.
+    pub fn inode_count(&self) -> usize {
+        self.reachable().iter().filter(|&&r| r).count()
     }
 
     pub fn node(&self, id: NodeId) -> &Node {
@@ -345,11 +369,13 @@ impl Tree {
         out
     }
 
-    /// Total bytes of regular-file content, each inode counted once.
+    /// Total bytes of regular-file content the tree holds, each inode counted once.
     pub fn content_bytes(&self) -> u64 {
         self.nodes
             .iter()
-            .map(|n| match &n.kind {
+            .zip(self.reachable())
+            .filter(|(_, r)| *r)
+            .map(|(n, _)| match &n.kind {
                 NodeKind::File(d) => d.len(),
                 _ => 0,
             })
@@ -443,6 +469,10 @@ mod tests {
         assert!(matches!(t.hard_link("/usr", "/x"), Err(TreeError::LinkToDirectory { .. })));
         assert!(matches!(t.insert("/../x", file(b"")), Err(TreeError::InvalidPath { .. })));
         assert_eq!(t.content_bytes(), 5);
+        assert_eq!(t.inode_count(), 4);
+        t.insert("/usr/gone", file(b"12345678")).unwrap();
+        t.unlink("/usr/gone").unwrap();
+        assert_eq!((t.inode_count(), t.content_bytes()), (4, 5), "an unlinked file still counted");
     }
 
     #[test]

@@ -65,13 +65,13 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
     let r = build(&opts)?;
     let m = &r.manifest;
     eprintln!(
-        "built {} {}: {} ({} packages, {} downloaded; {} files, {}; kernel {} with {} modules) in {:.1} s",
+        "built {} {}: {} ({} packages, {} downloaded; {} inodes, {}; kernel {} with {} modules) in {:.1} s",
         m.name,
         m.version,
         r.disk.display(),
         m.packages.len(),
         r.downloaded,
-        m.files,
+        m.inodes,
         ByteSize(m.content_bytes),
         m.kernel,
         m.kernel_modules,

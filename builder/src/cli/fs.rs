@@ -67,7 +67,8 @@ fn ext4(a: Ext4Args) -> anyhow::Result<()> {
     let tree = Tree::from_dir(&a.src_dir, &LoadOptions { all_root: a.all_root, mtime })
         .with_context(|| format!("reading {}", a.src_dir.display()))?;
     // Superblock times: the given time, else the newest entry, so they come from the inputs.
-    let newest = tree.nodes().map(|(_, n)| n.meta.mtime).max().unwrap_or(0);
+    let newest =
+        tree.nodes().zip(tree.reachable()).filter(|(_, r)| *r).map(|((_, n), _)| n.meta.mtime).max().unwrap_or(0);
     let stamp = mtime.unwrap_or(newest).clamp(0, i64::from(u32::MAX)) as u32;
     let seed = fingerprint(&tree);
     let mut opts = match a.size {
