@@ -1,30 +1,26 @@
 //! `berth-bootmgr` (`EFI/BOOT/BOOTX64.EFI`): the UEFI boot manager of a Berth disk.
 //!
-//! It will read the GPT of its own disk, pick slot A or B with `berth-slot`'s selection, write
-//! the spent try back, and start that slot's kernel (DESIGN.md §3). Until the boot chain lands
-//! it reports its version and hands control back to the firmware, so a disk carrying it is
-//! never a boot loop.
+//! It reads the GPT of its own disk, picks slot A or B with `berth-slot`'s selection, writes the
+//! spent try back (backup GPT first, then primary) and starts that slot's kernel from the ESP
+//! with its `cmdline` plus `root=PARTUUID=… berth.slot=a|b`, handing the initrd over through the
+//! LoadFile2 protocol on the LINUX_EFI_INITRD_MEDIA_GUID device path (DESIGN.md §3). Every
+//! decision and error goes to the console; on an error it says why, waits, and resets.
 #![cfg_attr(target_os = "uefi", no_std, no_main)]
 
-#[cfg(target_os = "uefi")]
-mod efi {
-    use uefi::prelude::*;
+extern crate alloc;
 
-    #[entry]
-    fn main() -> Status {
-        if uefi::helpers::init().is_err() {
-            return Status::ABORTED;
-        }
-        let fresh = berth_slot::Slots::FRESH;
-        uefi::println!("berth-bootmgr {}: fresh disk state {}", env!("CARGO_PKG_VERSION"), fresh);
-        uefi::println!("berth-bootmgr: booting a slot is not implemented yet; returning to firmware");
-        boot::stall(core::time::Duration::from_secs(3));
-        Status::UNSUPPORTED
-    }
-}
+#[cfg_attr(not(target_os = "uefi"), allow(dead_code))]
+mod plan;
+
+#[cfg(target_os = "uefi")]
+mod efi;
+#[cfg(target_os = "uefi")]
+mod initrd;
 
 #[cfg(not(target_os = "uefi"))]
 fn main() {
+    // Keep the pure part linked (and type-checked) in host builds.
+    let _ = plan::kernel_cmdline("console=ttyS0", "00000000-0000-0000-0000-000000000000", berth_slot::Slot::A);
     eprintln!("berth-bootmgr is a UEFI application: cargo build -p berth-bootmgr --target x86_64-unknown-uefi");
     std::process::exit(2);
 }

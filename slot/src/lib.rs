@@ -37,6 +37,7 @@
 extern crate alloc;
 
 pub mod attrs;
+pub mod gpt;
 pub mod layout;
 mod select;
 mod slots;
