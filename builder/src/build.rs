@@ -315,6 +315,21 @@ fn assemble_root(
     // Same paths in both trees, so the kernel tree's index describes the copy.
     let report = kernel::prune_root(root, kpkg, &selection, epoch)?;
 
+    // Mount points berth-init needs on the read-only root: API filesystems, tmpfs, STATE, overlay.
+    for (path, mode) in [
+        ("dev", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("run", 0o755),
+        ("tmp", 0o1777),
+        ("var", 0o755),
+        ("etc", 0o755),
+    ] {
+        if root.lookup(path).is_none() {
+            root.mkdir_all(path, &Metadata::root(mode, epoch))?;
+        }
+    }
+
     // berth's own binaries; /sbin/init is what the kernel starts after the initramfs.
     root.mkdir_all("usr/lib/berth", &dir)?;
     put_file(root, "usr/sbin/berth-init", &bins.init, &exe)?;

@@ -61,7 +61,9 @@ impl Machine {
         std::fs::copy(OVMF_VARS, &vars).map_err(io(&vars))?;
         let console = dir.path().join("console.log");
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-machine", "q35", "-accel", "tcg", "-smp", "2", "-display", "none", "-no-user-config"])
+        // One vCPU: a single TCG thread per guest keeps boots steady on a 2-core host that is
+        // also compiling (two vCPUs under load stalled a guest kernel for minutes in CI).
+        cmd.args(["-machine", "q35", "-accel", "tcg", "-smp", "1", "-display", "none", "-no-user-config"])
             .args(["-m", &boot.memory_mib.to_string()])
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))

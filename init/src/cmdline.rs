@@ -1,0 +1,75 @@
+//! The parts of the kernel command line stage 1 and stage 2 read.
+
+use std::time::Duration;
+
+/// Default bound on the wait for the root partition.
+pub const DEFAULT_ROOT_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmdline {
+    /// `root=PARTUUID=<guid>` (the last `root=` wins, as for the kernel), lower-cased.
+    pub partuuid: Option<String>,
+    /// `root=` if it is not a PARTUUID.
+    pub other_root: Option<String>,
+    /// `berth.slot=`.
+    pub slot: Option<String>,
+    /// `berth.rootwait=<seconds>`.
+    pub root_wait: Duration,
+}
+
+impl Cmdline {
+    pub fn parse(text: &str) -> Cmdline {
+        let mut c = Cmdline { partuuid: None, other_root: None, slot: None, root_wait: DEFAULT_ROOT_WAIT };
+        for word in text.split_ascii_whitespace() {
+            if word == "--" {
+                break;
+            }
+            if let Some(root) = word.strip_prefix("root=") {
+                match root.strip_prefix("PARTUUID=") {
+                    Some(u) => (c.partuuid, c.other_root) = (Some(u.to_ascii_lowercase()), None),
+                    None => (c.partuuid, c.other_root) = (None, Some(root.to_string())),
+                }
+            } else if let Some(slot) = word.strip_prefix("berth.slot=") {
+                c.slot = Some(slot.to_string());
+            } else if let Some(secs) = word.strip_prefix("berth.rootwait=")
+                && let Ok(s) = secs.parse::<u64>()
+            {
+                c.root_wait = Duration::from_secs(s);
+            }
+        }
+        c
+    }
+
+    /// Reads `/proc/cmdline`.
+    pub fn read() -> Result<Cmdline, String> {
+        std::fs::read_to_string("/proc/cmdline")
+            .map(|t| Cmdline::parse(&t))
+            .map_err(|e| format!("reading /proc/cmdline: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_bootmgr_appends() {
+        let c = Cmdline::parse(
+            "console=ttyS0 quiet root=/dev/sda1 root=PARTUUID=ABCDEF01-0000-4000-8000-000000000002 berth.slot=a\n",
+        );
+        assert_eq!(c.partuuid.as_deref(), Some("abcdef01-0000-4000-8000-000000000002"));
+        assert_eq!(c.other_root, None);
+        assert_eq!(c.slot.as_deref(), Some("a"));
+        assert_eq!(c.root_wait, DEFAULT_ROOT_WAIT);
+    }
+
+    #[test]
+    fn rootwait_and_init_args() {
+        let c = Cmdline::parse("berth.rootwait=3 root=PARTUUID=x -- berth.slot=b");
+        assert_eq!(c.root_wait, Duration::from_secs(3));
+        assert_eq!(c.slot, None);
+        let c = Cmdline::parse("berth.rootwait=soon root=/dev/vda2");
+        assert_eq!(c.root_wait, DEFAULT_ROOT_WAIT);
+        assert_eq!((c.partuuid, c.other_root.as_deref()), (None, Some("/dev/vda2")));
+    }
+}

@@ -1,0 +1,20 @@
+//! Console logging: `[  seconds.micros] berth-init[1]: message`, CLOCK_MONOTONIC like the
+//! kernel's own lines. Write errors are ignored (PID 1 must not die because stderr is closed).
+
+use std::io::Write;
+
+use rustix::time::{ClockId, clock_gettime};
+
+/// One log line on stderr (the console).
+pub fn line(message: &str) {
+    let t = clock_gettime(ClockId::Monotonic);
+    err(&format!("[{:5}.{:06}] berth-init[1]: {message}\n", t.tv_sec, t.tv_nsec / 1000));
+}
+
+pub fn err(text: &str) {
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+pub fn out(text: &str) {
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}

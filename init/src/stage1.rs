@@ -1,0 +1,132 @@
+//! Stage 1, `/init` in the initramfs: API filesystems, modules, root by PARTUUID, switch_root.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_slot::gpt::Guid;
+use rustix::mount::{MountFlags, mount, mount_move};
+
+use crate::cmdline::Cmdline;
+use crate::{VERSION, log, modules, root};
+
+const POLL: Duration = Duration::from_millis(100);
+
+pub fn run() -> Result<(), String> {
+    log::line(&format!("berth-init {VERSION}: stage 1 (initramfs)"));
+    let nodev = MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV;
+    mount_api("proc", "/proc", "proc", nodev, None)?;
+    mount_api("sysfs", "/sys", "sysfs", nodev, None)?;
+    mount_api("devtmpfs", "/dev", "devtmpfs", MountFlags::NOSUID, Some(c"mode=0755"))?;
+
+    let cmdline = Cmdline::read()?;
+    let slot = cmdline.slot.clone().unwrap_or_else(|| "?".into());
+    let Some(partuuid) = cmdline.partuuid.clone() else {
+        return Err(match cmdline.other_root {
+            Some(r) => format!("root={r} is not supported: Berth boots root=PARTUUID=<guid>"),
+            None => "no root=PARTUUID=<guid> on the kernel command line".into(),
+        });
+    };
+    let guid = Guid::parse(&partuuid).ok_or_else(|| format!("root=PARTUUID={partuuid}: not a GUID"))?;
+    log::line(&format!("root=PARTUUID={partuuid} berth.slot={slot}"));
+
+    let uname = rustix::system::uname();
+    let kver = uname.release().to_string_lossy().into_owned();
+    let started = Instant::now();
+    let s = modules::load_all(&Path::new("/usr/lib/modules").join(&kver));
+    log::line(&format!(
+        "modules for {kver}: {} loaded, {} already present, {} not for this machine, {} failed ({:.0} ms)",
+        s.loaded,
+        s.present,
+        s.not_here,
+        s.failed,
+        started.elapsed().as_secs_f64() * 1000.0
+    ));
+
+    let device = wait_for_root(&guid, &partuuid, cmdline.root_wait)?;
+    mount(&device, "/sysroot", "ext4", MountFlags::RDONLY, None)
+        .map_err(|e| format!("mounting {} (ext4, read-only) on /sysroot: {e}", device.display()))?;
+    log::line(&format!("mounted {} read-only on /sysroot", device.display()));
+    switch_root(&slot)
+}
+
+/// Mounts an API filesystem; one that is there already (EBUSY) is fine.
+fn mount_api(
+    what: &str,
+    at: &str,
+    fstype: &str,
+    flags: MountFlags,
+    data: Option<&std::ffi::CStr>,
+) -> Result<(), String> {
+    let _ = std::fs::create_dir_all(at);
+    match mount(what, at, fstype, flags, data) {
+        Ok(()) | Err(rustix::io::Errno::BUSY) => Ok(()),
+        Err(e) => Err(format!("mounting {fstype} on {at}: {e}")),
+    }
+}
+
+/// Polls for the partition every 100 ms until `limit`.
+fn wait_for_root(guid: &Guid, partuuid: &str, limit: Duration) -> Result<std::path::PathBuf, String> {
+    let started = Instant::now();
+    let mut announced = false;
+    loop {
+        let (found, disks) = root::find(guid);
+        if let Some(node) = found {
+            log::line(&format!(
+                "root found: {} (PARTUUID={partuuid}) after {:.0} ms",
+                node.display(),
+                started.elapsed().as_secs_f64() * 1000.0
+            ));
+            return Ok(node);
+        }
+        if started.elapsed() >= limit {
+            let seen: Vec<String> = disks
+                .iter()
+                .map(|d| {
+                    let mut s = format!("{} ({} bytes", d.name, d.bytes);
+                    if let Some(p) = &d.problem {
+                        s += &format!(", {p}");
+                    }
+                    s + ")"
+                })
+                .collect();
+            let seen = if seen.is_empty() { "none".to_string() } else { seen.join(", ") };
+            return Err(format!(
+                "root partition PARTUUID={partuuid} not found after {} s; block devices: {seen}",
+                limit.as_secs()
+            ));
+        }
+        if !announced {
+            log::line(&format!("waiting up to {} s for PARTUUID={partuuid}", limit.as_secs()));
+            announced = true;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Moves /dev, /proc and /sys into /sysroot, makes it `/` and execs `/sbin/init`.
+fn switch_root(slot: &str) -> Result<(), String> {
+    let mut missing = Vec::new();
+    for api in ["/dev", "/proc", "/sys"] {
+        let to = format!("/sysroot{api}");
+        if !Path::new(&to).is_dir() {
+            // The root is read-only: without a mount point the API filesystem is left behind.
+            missing.push(api);
+            let _ = rustix::mount::unmount(api, rustix::mount::UnmountFlags::DETACH);
+        } else if let Err(e) = mount_move(api, &to) {
+            log::line(&format!("could not move {api} to {to}: {e}; detaching it"));
+            let _ = rustix::mount::unmount(api, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+    if !missing.is_empty() {
+        log::line(&format!("warning: the root has no mount point for {}; left behind", missing.join(", ")));
+    }
+    std::env::set_current_dir("/sysroot").map_err(|e| format!("chdir /sysroot: {e}"))?;
+    mount_move(".", "/").map_err(|e| format!("moving /sysroot to /: {e}"))?;
+    std::os::unix::fs::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    log::line("switched root; executing /sbin/init (initramfs contents not freed)");
+    // The slot also travels in the environment: stage 2 may have no /proc to read it from.
+    let e = std::process::Command::new("/sbin/init").arg0("/sbin/init").env("BERTH_SLOT", slot).exec();
+    Err(format!("executing /sbin/init: {e}"))
+}
