@@ -7,73 +7,19 @@
 //! The root-wait timeout is tested by keeping the disk driver out (`module_blacklist=virtio_blk`
 //! on the kernel command line: the kernel refuses to load it), with `berth.rootwait=3`.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::Mutex;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use berth_builder::build::{BuildOptions, build};
 use berth_qemu_tests::{Boot, Machine};
-
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// One QEMU (and one image build) at a time: the CI machine has two cores.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-struct Image {
-    _dir: tempfile::TempDir,
-    disk: PathBuf,
-    esp_offset: u64,
-    /// ROOT-A's unique partition GUID (lower case).
-    root_a: String,
-}
-
-fn build_minimal() -> Image {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = tempfile::Builder::new().prefix("berth-stage1-test-").tempdir().unwrap();
-    let cache = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(c) => PathBuf::from(c).join("berth"),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/berth"),
-    };
-    let started = Instant::now();
-    let report = build(&BuildOptions {
-        definition: root.join("images/minimal.toml"),
-        out_dir: dir.path().to_path_buf(),
-        cache_dir: cache,
-        apt_root: PathBuf::from("/"),
-        offline: false,
-        prebuilt: None,
-        workspace: Some(root),
-        source_date_epoch: None,
-        progress: false,
-    })
-    .unwrap_or_else(|e| panic!("berth build images/minimal.toml: {e:#}"));
-    eprintln!("built {} in {:.1} s", report.disk.display(), started.elapsed().as_secs_f64());
-    let part = |n: u32| report.manifest.partitions.iter().find(|p| p.number == n).expect("partition in the manifest");
-    Image { esp_offset: part(1).offset, root_a: part(2).guid.to_lowercase(), disk: report.disk.clone(), _dir: dir }
-}
-
-/// Replaces `berth/a/cmdline` on the ESP (without `quiet`, so the kernel's lines show).
-fn put_cmdline_a(image: &Image, text: &str) {
-    let tmp = image.disk.with_file_name("cmdline");
-    std::fs::write(&tmp, text).unwrap();
-    let target = format!("{}@@{}", image.disk.display(), image.esp_offset);
-    let out = Command::new("mcopy")
-        .args(["-i", &target, "-o", tmp.to_str().unwrap(), "::/berth/a/cmdline"])
-        .output()
-        .expect("running mcopy (install mtools)");
-    assert!(out.status.success(), "mcopy: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn line_with<'a>(console: &'a str, needle: &str) -> &'a str {
-    console.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?} on the console:\n{console}"))
-}
+use berth_slot::Slot;
+use common::{BOOT_TIMEOUT, SERIAL, build_minimal, line_with, put_cmdline};
 
 #[test]
 fn stage1_finds_root_by_partuuid_and_switches_to_stage2() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let image = build_minimal();
-    put_cmdline_a(&image, "console=ttyS0\n");
+    put_cmdline(&image, Slot::A, "console=ttyS0\n");
 
     let started = Instant::now();
     let mut m = Machine::start(&Boot { disk: &image.disk, format: "raw", memory_mib: 768 }).unwrap();
@@ -88,14 +34,14 @@ fn stage1_finds_root_by_partuuid_and_switches_to_stage2() {
 
     assert!(console.contains("berth-init 0.1.0: stage 1 (initramfs)"), "{console}");
     let cmdline = line_with(&console, "berth-init[1]: root=PARTUUID=");
-    assert!(cmdline.contains(&format!("root=PARTUUID={} berth.slot=a", image.root_a)), "{cmdline}");
+    assert!(cmdline.contains(&format!("root=PARTUUID={} berth.slot=a", image.partuuid(2))), "{cmdline}");
     // Storage modules were loaded by stage 1 (virtio_blk at least: the cloud kernel builds it
     // as a module) and none failed.
     line_with(&console, "berth-init[1]: module virtio_blk loaded");
     let summary = line_with(&console, "berth-init[1]: modules for ");
     assert!(summary.contains(" 0 failed"), "{summary}");
     let found = line_with(&console, "berth-init[1]: root found: ");
-    assert!(found.contains(&format!("/dev/vda2 (PARTUUID={})", image.root_a)), "{found}");
+    assert!(found.contains(&format!("/dev/vda2 (PARTUUID={})", image.partuuid(2))), "{found}");
     assert!(console.contains("berth-init[1]: mounted /dev/vda2 read-only on /sysroot"), "{console}");
     assert!(console.contains("berth-init 0.1.0: stage 2"), "{console}");
     // The order: modules, root, stage 2.
@@ -110,13 +56,13 @@ fn stage1_finds_root_by_partuuid_and_switches_to_stage2() {
 fn stage1_without_its_root_says_what_it_saw_and_reboots() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let image = build_minimal();
-    put_cmdline_a(&image, "console=ttyS0 module_blacklist=virtio_blk berth.rootwait=3\n");
+    put_cmdline(&image, Slot::A, "console=ttyS0 module_blacklist=virtio_blk berth.rootwait=3\n");
 
     let mut m = Machine::start(&Boot { disk: &image.disk, format: "raw", memory_mib: 768 }).unwrap();
     let console = m.wait_for("rebooting in 5 s", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let fatal = line_with(&console, "berth-init[1]: fatal: ");
     assert!(
-        fatal.contains(&format!("root partition PARTUUID={} not found after 3 s; block devices: ", image.root_a)),
+        fatal.contains(&format!("root partition PARTUUID={} not found after 3 s; block devices: ", image.partuuid(2))),
         "{fatal}"
     );
     assert!(console.contains("waiting up to 3 s for PARTUUID="), "{console}");
