@@ -52,6 +52,7 @@ pub struct BuildOptions {
 struct Binaries {
     init: Vec<u8>,
     update: Vec<u8>,
+    agent: Vec<u8>,
     bootmgr: Vec<u8>,
 }
 
@@ -131,12 +132,13 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     })?;
     let def = &loaded.definition;
 
-    let bins = st.run("getting berth-init, berth-update and bootmgr", || {
+    let bins = st.run("getting berth-init, berth-update, the guest agent and bootmgr", || {
         let b = binaries(opts)?;
         let d = format!(
-            "{} + {} + {}",
+            "{} + {} + {} + {}",
             ByteSize(b.init.len() as u64),
             ByteSize(b.update.len() as u64),
+            ByteSize(b.agent.len() as u64),
             ByteSize(b.bootmgr.len() as u64)
         );
         Ok((b, d))
@@ -334,6 +336,14 @@ fn assemble_root(
     root.mkdir_all("usr/lib/berth", &dir)?;
     put_file(root, "usr/sbin/berth-init", &bins.init, &exe)?;
     put_file(root, "usr/bin/berth-update", &bins.update, &exe)?;
+    put_file(root, berth_guest_agent::INSTALL_PATH.trim_start_matches('/'), &bins.agent, &exe)?;
+    // berthctl is berth-init under another name.
+    if root.lookup("usr/bin/berthctl").is_none() {
+        root.insert(
+            "usr/bin/berthctl",
+            Node::new(NodeKind::Symlink(b"../sbin/berth-init".to_vec()), Metadata::root(0o777, epoch)),
+        )?;
+    }
     if root.lookup("usr/sbin/init").is_none() {
         root.insert(
             "usr/sbin/init",
@@ -402,16 +412,22 @@ fn copy_subtree(src: &Tree, dst: &mut Tree, from: &Path, to: &Path, epoch: i64) 
 pub struct OwnBinaries {
     pub init: PathBuf,
     pub update: PathBuf,
+    pub agent: PathBuf,
     pub bootmgr: PathBuf,
 }
 
 impl OwnBinaries {
     /// The layout of a `--prebuilt` directory.
     pub fn in_dir(dir: &Path) -> OwnBinaries {
-        OwnBinaries { init: dir.join("berth-init"), update: dir.join("berth-update"), bootmgr: dir.join("BOOTX64.EFI") }
+        OwnBinaries {
+            init: dir.join("berth-init"),
+            update: dir.join("berth-update"),
+            agent: dir.join("berth-guest-agent"),
+            bootmgr: dir.join("BOOTX64.EFI"),
+        }
     }
 
-    /// Builds berth-init and berth-update (static, musl) and bootmgr (UEFI) with cargo in the
+    /// Builds berth-init, berth-update and berth-guest-agent (static, musl) and bootmgr (UEFI) with cargo in the
     /// Berth source tree `workspace`, and returns where cargo put them.
     pub fn build(workspace: &Path) -> anyhow::Result<OwnBinaries> {
         const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -432,12 +448,14 @@ impl OwnBinaries {
             }
             Ok(())
         };
-        run(&["build", "-q", "--release", "--target", MUSL, "-p", "berth-init", "-p", "berth-update"])?;
+        let musl = ["-p", "berth-init", "-p", "berth-update", "-p", "berth-guest-agent"];
+        run(&[&["build", "-q", "--release", "--target", MUSL][..], &musl].concat())?;
         run(&["build", "-q", "--release", "--target", UEFI, "-p", "berth-bootmgr"])?;
         let t = workspace.join("target");
         Ok(OwnBinaries {
             init: t.join(MUSL).join("release/berth-init"),
             update: t.join(MUSL).join("release/berth-update"),
+            agent: t.join(MUSL).join("release/berth-guest-agent"),
             bootmgr: t.join(UEFI).join("release/berth-bootmgr.efi"),
         })
     }
@@ -446,7 +464,13 @@ impl OwnBinaries {
     pub fn copy_to(&self, dir: &Path) -> anyhow::Result<OwnBinaries> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let to = OwnBinaries::in_dir(dir);
-        for (from, dest) in [(&self.init, &to.init), (&self.update, &to.update), (&self.bootmgr, &to.bootmgr)] {
+        let pairs = [
+            (&self.init, &to.init),
+            (&self.update, &to.update),
+            (&self.agent, &to.agent),
+            (&self.bootmgr, &to.bootmgr),
+        ];
+        for (from, dest) in pairs {
             std::fs::copy(from, dest).with_context(|| format!("copying {} to {}", from.display(), dest.display()))?;
         }
         Ok(to)
@@ -459,12 +483,17 @@ fn binaries(opts: &BuildOptions) -> anyhow::Result<Binaries> {
         (Some(dir), _) => OwnBinaries::in_dir(dir),
         (None, Some(ws)) => OwnBinaries::build(ws)?,
         (None, None) => bail!(
-            "no berth sources to build berth-init, berth-update and bootmgr from: pass --prebuilt DIR \
-             (holding berth-init, berth-update and BOOTX64.EFI) or --workspace DIR"
+            "no berth sources to build berth-init, berth-update, berth-guest-agent and bootmgr from: pass \
+             --prebuilt DIR (holding berth-init, berth-update, berth-guest-agent and BOOTX64.EFI) or --workspace DIR"
         ),
     };
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    Ok(Binaries { init: read(&paths.init)?, update: read(&paths.update)?, bootmgr: read(&paths.bootmgr)? })
+    Ok(Binaries {
+        init: read(&paths.init)?,
+        update: read(&paths.update)?,
+        agent: read(&paths.agent)?,
+        bootmgr: read(&paths.bootmgr)?,
+    })
 }
 
 /// Writes the disk beside its final name, then the manifest; renames both at the end.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use berth_builder::cpio::{Compression, CpioOptions, write_archive};
 use berth_builder::kernel::{
-    CONTAINER_HOST_MODULES, KernelError, KernelPackage, ModuleIndex, STORAGE_MODULES, Selection, initramfs_tree,
+    CONTAINER_HOST_MODULES, INITRAMFS_MODULES, KernelError, KernelPackage, ModuleIndex, Selection, initramfs_tree,
     prune_root,
 };
 use berth_fstree::{FileData, LoadOptions, Metadata, Node, NodeKind, Tree};
@@ -859,7 +859,7 @@ fn real_debian_kernel_matches_depmod() {
 
         // The initramfs storage set.
         let ir = initramfs_tree(&k, &[] as &[&str], FileData::from(b"init".to_vec()), 0).unwrap();
-        let storage = k.modules().select_with_optional(&[] as &[&str], STORAGE_MODULES).unwrap();
+        let storage = k.modules().select_with_optional(&[] as &[&str], INITRAMFS_MODULES).unwrap();
         let (exact, lines) = judge(&host_moddir, &storage);
         eprintln!(
             "  initramfs storage closure: {} modules, {} ({} unavailable: {:?}); depmod agrees on {lines} lines, {exact} in identical order",
@@ -904,7 +904,7 @@ fn real_debian_kernel_matches_depmod() {
                     .iter()
                     .copied()
                     .filter(|n| !host.unavailable().iter().any(|u| u == n))
-                    .chain(STORAGE_MODULES.iter().copied().filter(|n| !ir.unavailable().iter().any(|u| u == n)))
+                    .chain(INITRAMFS_MODULES.iter().copied().filter(|n| !ir.unavailable().iter().any(|u| u == n)))
                     .collect();
                 let sel = k.select(&combined).unwrap();
                 let report = prune_root(&mut pruned, &k, &sel, 0).unwrap();

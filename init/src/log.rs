@@ -3,12 +3,15 @@
 
 use std::io::Write;
 
-use rustix::time::{ClockId, clock_gettime};
+use nix::time::{ClockId, clock_gettime};
 
 /// One log line on stderr (the console).
 pub fn line(message: &str) {
-    let t = clock_gettime(ClockId::Monotonic);
-    err(&format!("[{:5}.{:06}] berth-init[1]: {message}\n", t.tv_sec, t.tv_nsec / 1000));
+    let (sec, nsec) = match clock_gettime(ClockId::CLOCK_MONOTONIC) {
+        Ok(t) => (t.tv_sec(), t.tv_nsec()),
+        Err(_) => (0, 0),
+    };
+    err(&format!("[{sec:5}.{:06}] berth-init[1]: {message}\n", nsec / 1000));
 }
 
 pub fn err(text: &str) {

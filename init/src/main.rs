@@ -1,21 +1,26 @@
 //! `berth-init`: Berth's PID 1.
 //!
 //! As `/init` in the initramfs (stage 1) it loads the storage modules, waits for the root
-//! partition and `switch_root`s into it; as PID 1 of the root (stage 2) it will mount the API
-//! filesystems and STATE, run the units and supervise, reap and shut down (DESIGN.md §3, §5).
-//! Stage 2 is minimal for now: it says it is ready and reaps children forever.
+//! partition and `switch_root`s into it; as PID 1 of the root (stage 2) it mounts the API
+//! filesystems and STATE, sets up the machine's identity, supervises, reaps and shuts down in
+//! order (DESIGN.md §3, §5); units come next. Started as `berthctl` it is the control tool.
 //! It is built as a static `x86_64-unknown-linux-musl` binary so that it needs nothing from the
 //! image it boots.
 //!
 //! PID 1 never panics and never exits: every stage runs under `catch_unwind`, and a fatal error
 //! syncs, waits 5 s and reboots (so a failed boot counts against the slot's tries).
 
+mod berthctl;
+mod child;
 mod cmdline;
+mod control;
 mod log;
 mod modules;
+mod mounts;
 mod root;
 mod stage1;
 mod stage2;
+mod state;
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,7 +29,11 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn main() {
     let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-    if !rustix::process::getpid().is_init() {
+    // One binary, two names: `berthctl` is a link to berth-init.
+    if args.first().and_then(|a| Path::new(a).file_name()).is_some_and(|n| n == "berthctl") {
+        std::process::exit(berthctl::main(&args[1..]));
+    }
+    if nix::unistd::getpid().as_raw() != 1 {
         std::process::exit(not_pid1(&args));
     }
     let stage1 = args.first().is_some_and(|a| a == "/init")
@@ -66,11 +75,11 @@ fn usage() -> String {
 /// Logs `message`, syncs, waits 5 s and reboots; never returns.
 pub(crate) fn fatal(message: &str) -> ! {
     log::line(&format!("fatal: {message}; rebooting in 5 s"));
-    rustix::fs::sync();
+    nix::unistd::sync();
     std::thread::sleep(Duration::from_secs(5));
-    rustix::fs::sync();
-    let e = rustix::system::reboot(rustix::system::RebootCommand::Restart);
-    log::line(&format!("reboot failed: {e:?}; halting here"));
+    nix::unistd::sync();
+    let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    log::line(&format!("reboot failed: {e}; halting here"));
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }

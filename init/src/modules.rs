@@ -9,6 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
+use nix::errno::Errno;
+use nix::kmod::{ModuleInitFlags, finit_module};
+
 use crate::log;
 
 /// The load order `modules.dep` text implies (each path once).
@@ -79,8 +82,8 @@ pub fn load_all(dir: &Path) -> Summary {
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
                 log::line(&format!("module {} loaded ({ms:.1} ms)", name(path)));
             }
-            Err(rustix::io::Errno::EXIST) => s.present += 1,
-            Err(rustix::io::Errno::NODEV) => {
+            Err(Errno::EEXIST) => s.present += 1,
+            Err(Errno::ENODEV) => {
                 unavailable.insert(path);
                 s.not_here += 1;
                 log::line(&format!("module {} not loaded: no such device here", name(path)));
@@ -95,14 +98,13 @@ pub fn load_all(dir: &Path) -> Summary {
     s
 }
 
-fn load(path: &Path) -> Result<(), rustix::io::Errno> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| e.raw_os_error().map(rustix::io::Errno::from_raw_os_error).unwrap_or(rustix::io::Errno::IO))?;
+fn load(path: &Path) -> Result<(), Errno> {
+    let file = std::fs::File::open(path).map_err(|e| e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO))?;
     // MODULE_INIT_COMPRESSED_FILE: let the kernel decompress (the builder ships them
     // uncompressed, so this is only a fallback).
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let flags = if matches!(ext, "xz" | "zst" | "gz") { 4 } else { 0 };
-    rustix::system::finit_module(&file, c"", flags)
+    finit_module(&file, c"", ModuleInitFlags::from_bits_retain(flags))
 }
 
 #[cfg(test)]

@@ -5,19 +5,20 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_slot::gpt::Guid;
-use rustix::mount::{MountFlags, mount, mount_move};
+use nix::mount::{MsFlags, mount};
 
 use crate::cmdline::Cmdline;
+use crate::mounts::{mount_api, mount_move};
 use crate::{VERSION, log, modules, root};
 
 const POLL: Duration = Duration::from_millis(100);
 
 pub fn run() -> Result<(), String> {
     log::line(&format!("berth-init {VERSION}: stage 1 (initramfs)"));
-    let nodev = MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV;
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     mount_api("proc", "/proc", "proc", nodev, None)?;
     mount_api("sysfs", "/sys", "sysfs", nodev, None)?;
-    mount_api("devtmpfs", "/dev", "devtmpfs", MountFlags::NOSUID, Some(c"mode=0755"))?;
+    mount_api("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
 
     let cmdline = Cmdline::read()?;
     let slot = cmdline.slot.clone().unwrap_or_else(|| "?".into());
@@ -30,8 +31,7 @@ pub fn run() -> Result<(), String> {
     let guid = Guid::parse(&partuuid).ok_or_else(|| format!("root=PARTUUID={partuuid}: not a GUID"))?;
     log::line(&format!("root=PARTUUID={partuuid} berth.slot={slot}"));
 
-    let uname = rustix::system::uname();
-    let kver = uname.release().to_string_lossy().into_owned();
+    let kver = nix::sys::utsname::uname().map_err(|e| format!("uname: {e}"))?.release().to_string_lossy().into_owned();
     let started = Instant::now();
     let s = modules::load_all(&Path::new("/usr/lib/modules").join(&kver));
     log::line(&format!(
@@ -44,25 +44,10 @@ pub fn run() -> Result<(), String> {
     ));
 
     let device = wait_for_root(&guid, &partuuid, cmdline.root_wait)?;
-    mount(&device, "/sysroot", "ext4", MountFlags::RDONLY, None)
+    mount(Some(&device), "/sysroot", Some("ext4"), MsFlags::MS_RDONLY, None::<&str>)
         .map_err(|e| format!("mounting {} (ext4, read-only) on /sysroot: {e}", device.display()))?;
     log::line(&format!("mounted {} read-only on /sysroot", device.display()));
     switch_root(&slot)
-}
-
-/// Mounts an API filesystem; one that is there already (EBUSY) is fine.
-fn mount_api(
-    what: &str,
-    at: &str,
-    fstype: &str,
-    flags: MountFlags,
-    data: Option<&std::ffi::CStr>,
-) -> Result<(), String> {
-    let _ = std::fs::create_dir_all(at);
-    match mount(what, at, fstype, flags, data) {
-        Ok(()) | Err(rustix::io::Errno::BUSY) => Ok(()),
-        Err(e) => Err(format!("mounting {fstype} on {at}: {e}")),
-    }
 }
 
 /// Polls for the partition every 100 ms until `limit`.
@@ -112,10 +97,10 @@ fn switch_root(slot: &str) -> Result<(), String> {
         if !Path::new(&to).is_dir() {
             // The root is read-only: without a mount point the API filesystem is left behind.
             missing.push(api);
-            let _ = rustix::mount::unmount(api, rustix::mount::UnmountFlags::DETACH);
+            crate::mounts::detach(api);
         } else if let Err(e) = mount_move(api, &to) {
             log::line(&format!("could not move {api} to {to}: {e}; detaching it"));
-            let _ = rustix::mount::unmount(api, rustix::mount::UnmountFlags::DETACH);
+            crate::mounts::detach(api);
         }
     }
     if !missing.is_empty() {

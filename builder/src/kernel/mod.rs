@@ -13,7 +13,7 @@
 //! - the root's module directory ([`prune_root`]): unselected modules removed, `modules.dep`,
 //!   `modules.alias`, `modules.softdep`, `modules.devname` and `modules.order` regenerated;
 //! - the initramfs tree ([`initramfs_tree`]): `/init`, the storage modules
-//!   ([`STORAGE_MODULES`]) and their closure, and their `modules.dep`. The cpio writer
+//!   ([`INITRAMFS_MODULES`]) and their closure, and their `modules.dep`. The cpio writer
 //!   ([`crate::cpio`]) turns that tree into the archive.
 //!
 //! # Names, dependencies, closure
@@ -83,14 +83,15 @@ pub use modinfo::{ModInfo, ModinfoError, ModuleCompression};
 pub use output::{Initramfs, RootReport, initramfs_tree, prune_root};
 pub use select::Selection;
 
-/// The initramfs's storage drivers: what stage 1 needs to find and mount an ext4 root on the
-/// disks Berth's targets present. Names the kernel lacks are skipped and reported
+/// The initramfs's modules: the storage drivers stage 1 needs to find and mount an ext4 root on
+/// the disks Berth's targets present, and what stage 2 needs before it could load anything from
+/// the root (overlay for `/etc`, virtio-serial for the guest agent). Names the kernel lacks are skipped and reported
 /// ([`Initramfs::unavailable`]): Debian 6.1's `linux-image-cloud-amd64` has no `ahci`, and has
 /// `nvme` and `ext4` built in. Dependencies (`scsi_mod`, `libata`, `virtio_ring`, `jbd2`,
-/// `crc32c_*` through ext4's softdep, ...) come by closure. On Debian 6.1 kernels the closure
-/// is 16 modules (2.5 MiB, 0.5 MiB in the zstd initramfs) on `-cloud-amd64` and 33 (5.8 MiB,
+/// `crc32c_*` through ext4's softdep, ...) come by closure. On Debian 6.1 kernels the storage
+/// closure is 16 modules (2.5 MiB, 0.5 MiB in the zstd initramfs) on `-cloud-amd64` and 33 (5.8 MiB,
 /// 1.2 MiB) on `-amd64`.
-pub const STORAGE_MODULES: &[&str] = &[
+pub const INITRAMFS_MODULES: &[&str] = &[
     // QEMU, GCE, most KVM clouds: virtio-blk and virtio-scsi on virtio-pci.
     "virtio_pci",
     "virtio_blk",
@@ -109,6 +110,10 @@ pub const STORAGE_MODULES: &[&str] = &[
     "xen_blkfront",
     // The root filesystem.
     "ext4",
+    // Stage 2 mounts /etc as an overlay, before anything could load a module from the root.
+    "overlay",
+    // virtio-serial: the guest agent's channel and hypervisor consoles.
+    "virtio_console",
 ];
 
 /// A proposed default module list for a container host's root: overlay storage, bridge and

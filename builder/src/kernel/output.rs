@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use berth_fstree::{FileData, Metadata, Node, NodeId, NodeKind, ROOT, Tree};
 
-use super::{KernelError, KernelPackage, STORAGE_MODULES, Selection};
+use super::{INITRAMFS_MODULES, KernelError, KernelPackage, Selection};
 
 /// What [`prune_root`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +95,7 @@ pub struct Initramfs {
 }
 
 impl Initramfs {
-    /// Names of [`STORAGE_MODULES`] this kernel has neither as a module nor built in; the
+    /// Names of [`INITRAMFS_MODULES`] this kernel has neither as a module nor built in; the
     /// caller reports them (an image built on `linux-image-cloud-amd64` lacks `ahci`).
     pub fn unavailable(&self) -> &[String] {
         self.selection.unavailable()
@@ -105,7 +105,7 @@ impl Initramfs {
 /// Builds the initramfs tree:
 ///
 /// - `/init`: `init` (berth-init, static), mode 0755;
-/// - `/usr/lib/modules/<kver>/`: the closure of [`STORAGE_MODULES`] (those the kernel has)
+/// - `/usr/lib/modules/<kver>/`: the closure of [`INITRAMFS_MODULES`] (those the kernel has)
 ///   and of `extra` (each of which must exist, like the root's selection), stored
 ///   uncompressed; `modules.dep` for exactly those (see the module docs for the loading
 ///   contract), the filtered `modules.order`, and `modules.builtin` as shipped (so stage 1
@@ -121,7 +121,7 @@ pub fn initramfs_tree<S: AsRef<str>>(
     init: FileData,
     mtime: i64,
 ) -> Result<Initramfs, KernelError> {
-    let selection = kernel.modules().select_with_optional(extra, STORAGE_MODULES)?.decompressed()?;
+    let selection = kernel.modules().select_with_optional(extra, INITRAMFS_MODULES)?.decompressed()?;
     let dir_meta = Metadata::root(0o755, mtime);
     let file_meta = Metadata::root(0o644, mtime);
     let mut tree = Tree::new(dir_meta.clone());

@@ -1,0 +1,86 @@
+//! Ordered reboot and poweroff: stop what runs (SIGTERM, then SIGKILL after a timeout), sync,
+//! unmount or remount read-only, `reboot(2)`. Never returns.
+
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::reboot::{RebootMode, reboot};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::agent::Agent;
+use crate::log;
+
+/// How long processes get between SIGTERM and SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the kernel gets to take SIGKILLed processes down.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Reboot,
+    Poweroff,
+}
+
+impl Kind {
+    pub fn verb(self) -> &'static str {
+        match self {
+            Kind::Reboot => "rebooting",
+            Kind::Poweroff => "powering off",
+        }
+    }
+}
+
+pub fn run(kind: Kind, agent: &mut Agent) -> ! {
+    let started = Instant::now();
+    log::line(&format!("shutdown: {}", kind.verb()));
+    agent.stop();
+    // Every process but PID 1 (and kernel threads).
+    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    let _ = kill(Pid::from_raw(-1), Signal::SIGCONT);
+    if wait_for_all(STOP_TIMEOUT) {
+        log::line(&format!("shutdown: all processes ended after SIGTERM ({} ms)", started.elapsed().as_millis()));
+    } else {
+        log::line(&format!("shutdown: processes left after {} s; sending SIGKILL", STOP_TIMEOUT.as_secs()));
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        if !wait_for_all(KILL_TIMEOUT) {
+            log::line("shutdown: processes survived SIGKILL (stuck in the kernel); going on");
+        }
+    }
+    nix::unistd::sync();
+    let left = crate::mounts::unmount_all();
+    nix::unistd::sync();
+    if left.is_empty() {
+        log::line(&format!("shutdown: filesystems unmounted; {} ({} ms)", kind.verb(), started.elapsed().as_millis()));
+    } else {
+        log::line(&format!("shutdown: still writable: {}; {} anyway", left.join(", "), kind.verb()));
+    }
+    let mode = match kind {
+        Kind::Reboot => RebootMode::RB_AUTOBOOT,
+        Kind::Poweroff => RebootMode::RB_POWER_OFF,
+    };
+    let Err(e) = reboot(mode);
+    crate::fatal(&format!("reboot(2) failed: {e}"))
+}
+
+/// Reaps until no process is left (true) or `limit` passes (false).
+fn wait_for_all(limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Err(Errno::ECHILD) => return true,
+            Ok(WaitStatus::StillAlive) => {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                log::line(&format!("waitpid: {e}"));
+                return false;
+            }
+        }
+    }
+}
