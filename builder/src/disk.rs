@@ -111,6 +111,13 @@ pub enum DiskError {
     WrongLabel { path: PathBuf, number: u32, found: String, expected: &'static str },
     #[error("{path}: partition {number} ({label}) has type {found}, expected {expected}")]
     WrongType { path: PathBuf, number: u32, label: &'static str, found: Uuid, expected: Uuid },
+    #[error("{path}: {what}: {source}")]
+    SlotGpt {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: berth_slot::gpt::GptError,
+    },
 }
 
 /// How big the disk and its STATE partition are.
@@ -472,6 +479,36 @@ pub fn read_slots(path: &Path) -> Result<(SlotAttrs, SlotAttrs), DiskError> {
     Ok((read(Slot::A)?, read(Slot::B)?))
 }
 
+/// Writes the boot state of slots A and B into both GPT copies of the disk image at `path`,
+/// keeping every other attribute bit. Both copies must be valid first. The backup is written
+/// and flushed before the primary, as bootmgr does, so an interruption leaves one valid copy.
+pub fn write_slots(path: &Path, a: SlotAttrs, b: SlotAttrs) -> Result<(), DiskError> {
+    use berth_slot::gpt::{Gpt, Header};
+    let file_err = |source| DiskError::File { path: path.to_path_buf(), source };
+    let gpt_err = |what| move |source| DiskError::SlotGpt { path: path.to_path_buf(), what, source };
+    let file = File::options().read(true).write(true).open(path).map_err(file_err)?;
+    let read = |lba: u64, len: usize| -> Result<Vec<u8>, DiskError> {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, lba * SECTOR_SIZE).map_err(file_err)?;
+        Ok(buf)
+    };
+    let sector = SECTOR_SIZE as usize;
+    let primary = read(1, sector)?;
+    let header = Header::parse(&primary).map_err(gpt_err("primary GPT header"))?;
+    let mut table =
+        Gpt::parse(&primary, &read(header.entries_lba, header.entries_bytes())?).map_err(gpt_err("primary GPT"))?;
+    table.check_backup(&read(header.alternate_lba, sector)?).map_err(gpt_err("backup GPT header"))?;
+    let slots = table.slots().map_err(gpt_err("reading the slots"))?.with(Slot::A, a).with(Slot::B, b);
+    let out = table.with_slots(slots).map_err(gpt_err("setting the slots"))?.encode();
+    let write = |lba: u64, data: &[u8]| file.write_all_at(data, lba * SECTOR_SIZE).map_err(file_err);
+    write(out.backup_entries_lba, &out.entries)?;
+    write(out.backup_header_lba, &out.backup_header)?;
+    file.sync_data().map_err(file_err)?;
+    write(out.primary_entries_lba, &out.entries)?;
+    write(out.primary_header_lba, &out.primary_header)?;
+    file.sync_data().map_err(file_err)
+}
+
 /// A byte range `[offset, offset + len)` of a file, seen as a whole device with its own
 /// position: what a filesystem writer formats when it writes into one partition of a disk
 /// image. Reads and writes use positioned I/O, so several ranges of one file do not share
@@ -631,6 +668,39 @@ mod tests {
         assert_eq!(plan.root(Slot::A).attributes, want.apply_to(1 << 60 | 1));
         assert!(matches!(plan.set_attributes(5, 0), Err(DiskError::NoSuchPartition { number: 5 })));
         assert!(matches!(plan.set_attributes(0, 0), Err(DiskError::NoSuchPartition { number: 0 })));
+    }
+
+    #[test]
+    fn write_slots_rewrites_both_copies_and_keeps_foreign_bits() {
+        use berth_slot::gpt::{Gpt, Header};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let mut plan = layout(DiskSize::Total(150 * MIB)).plan().unwrap();
+        plan.set_attributes(3, 1 << 60 | 1).unwrap();
+        drop(create_image(&path, &plan).unwrap());
+
+        let a = SlotAttrs { priority: 1, tries: 0, successful: true };
+        let b = SlotAttrs { priority: 2, tries: 3, successful: false };
+        write_slots(&path, a, b).unwrap();
+        assert_eq!(read_slots(&path).unwrap(), (a, b));
+
+        // The backup copy on its own says the same, and B's foreign bits survived.
+        let f = File::open(&path).unwrap();
+        let mut sector = vec![0u8; SECTOR_SIZE as usize];
+        f.read_exact_at(&mut sector, plan.disk_size() - SECTOR_SIZE).unwrap();
+        let header = Header::parse(&sector).unwrap();
+        let mut entries = vec![0u8; header.entries_bytes()];
+        f.read_exact_at(&mut entries, header.entries_lba * SECTOR_SIZE).unwrap();
+        let backup = Gpt::with_header(header, &entries).unwrap();
+        assert_eq!(backup.slots().unwrap().get(Slot::B), b);
+        assert_eq!(backup.partition(3).unwrap().attributes, b.apply_to(1 << 60 | 1));
+
+        // A damaged primary is refused rather than half-rewritten.
+        f.read_exact_at(&mut sector, SECTOR_SIZE).unwrap();
+        sector[0] ^= 0xff;
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&sector, SECTOR_SIZE).unwrap();
+        let e = write_slots(&path, SlotAttrs::FRESH_ACTIVE, SlotAttrs::EMPTY).unwrap_err();
+        assert!(matches!(e, DiskError::SlotGpt { what: "primary GPT header", .. }), "{e}");
     }
 
     #[test]

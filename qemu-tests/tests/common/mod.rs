@@ -2,6 +2,8 @@
 //! with mtools, and reading the console.
 #![allow(dead_code)]
 
+pub mod slots;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
