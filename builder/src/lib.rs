@@ -2,7 +2,8 @@
 //!
 //! It owns the disk-level formats that surround the root filesystem (the GPT disk, the FAT32
 //! ESP, the initramfs cpio archive) and, later, image definitions and the build pipeline. The
-//! ext4 writer is its own crate (`berth-ext4`); the A/B contract lives in `berth-slot`.
+//! ext4 writer is its own crate (`berth-ext4`); the A/B contract lives in `berth-slot`. [`qemu`]
+//! is the one place that knows how to boot a disk in QEMU (`berth run` and the QEMU tests).
 
 pub mod build;
 pub mod cpio;
@@ -12,5 +13,6 @@ pub mod enablement;
 pub mod esp;
 pub mod inspect;
 pub mod kernel;
+pub mod qemu;
 pub mod system;
 pub mod units;

@@ -1,4 +1,4 @@
-//! `berth`: build and inspect Berth disk images.
+//! `berth`: build, inspect and boot Berth disk images.
 
 mod cli;
 
@@ -9,7 +9,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     match cli::run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("berth: error: {}", one_line(&e));
             ExitCode::FAILURE

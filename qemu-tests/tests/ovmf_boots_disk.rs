@@ -1,15 +1,18 @@
 //! OVMF as the judge of the disk writers: a GPT disk made entirely by Berth's writers (GPT,
 //! FAT32 ESP holding the real `BOOTX64.EFI`, ext4 in ROOT-A) is found bootable by the firmware,
 //! which loads bootmgr from the ESP; bootmgr's console output proves it ran: it reads the GPT,
-//! picks slot A, finds no kernel on this ESP, says so, and resets instead of hanging.
+//! picks slot A, finds no kernel on this ESP, says so, and resets instead of hanging. The same
+//! boot checks what the harness adds on request: overlay, forwards, guestfwd, virtio-serial.
 
+use std::net::{Ipv4Addr, TcpStream};
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_builder::disk::{DiskLayout, DiskSize, create_image, write_gpt};
 use berth_builder::esp::{EspContents, EspOptions, write_esp};
 use berth_fstree::{Metadata, Node, NodeKind, Tree};
-use berth_qemu_tests::{Boot, Machine};
+use berth_qemu_tests::{Boot, Forward, GuestForward, GuestTarget, Machine, Options, free_local_port};
 use berth_slot::Slot;
 
 const MIB: u64 = 1 << 20;
@@ -48,9 +51,33 @@ fn ovmf_boots_bootmgr_from_our_esp() {
     berth_ext4::write_at(&tree, &file, root.offset, &opts).unwrap();
     drop(file);
 
-    let mut m = Machine::start(&Boot { disk: &disk, format: "raw", memory_mib: 256 }).unwrap();
+    // The harness's extras ride along on this cheap boot: an overlay, the restricted user
+    // network with a forward on 127.0.0.1 and a guestfwd, and a virtio-serial port.
+    let port = free_local_port().unwrap();
+    let options = Options {
+        overlay: true,
+        forwards: vec![Forward { host: port, guest: 22 }],
+        guest_forwards: vec![GuestForward {
+            addr: Ipv4Addr::new(10, 0, 2, 100),
+            port: 80,
+            target: GuestTarget::Cmd("cat".into()),
+        }],
+        serial_ports: vec!["org.berth.agent.0".into()],
+        ..Options::default()
+    };
+    let mut m = Machine::start_with(&Boot { disk: &disk, format: "raw", memory_mib: 256 }, &options).unwrap();
     let console =
         m.wait_for("berth-bootmgr: resetting in 5 s", Duration::from_secs(180)).unwrap_or_else(|e| panic!("{e}"));
+    let overlay = m.overlay().expect("an overlay").to_path_buf();
+    assert!(overlay.starts_with(m.dir()));
+    assert!(std::fs::read(&overlay).unwrap().starts_with(b"QFI\xfb"), "{} is not qcow2", overlay.display());
+    let socket = m.serial_port("org.berth.agent.0").expect("the port's socket");
+    assert!(std::fs::metadata(socket).unwrap().file_type().is_socket(), "{}", socket.display());
+    assert!(std::os::unix::net::UnixStream::connect(socket).is_ok(), "QEMU does not listen on {}", socket.display());
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_ok(), "nothing listens on 127.0.0.1:{port}");
+    assert!(m.wait_exit(Duration::from_secs(1)).is_err(), "QEMU exited by itself:\n{}", m.qemu_stderr());
+    m.kill();
+    m.wait_exit(Duration::from_secs(5)).expect("QEMU gone after kill");
     assert!(console.contains("berth-bootmgr 0.1.0"), "{console}");
     assert!(console.contains("berth-bootmgr: slot A: priority 1, tries 0, successful"), "{console}");
     assert!(console.contains("berth-bootmgr: -> booting A (normal)"), "{console}");

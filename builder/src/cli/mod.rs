@@ -2,10 +2,13 @@
 
 mod build;
 mod fs;
+mod run;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Build and inspect Berth disk images.
+/// Build, inspect and boot Berth disk images.
 ///
 /// Berth is a minimal, immutable container-host OS with A/B updates. This tool turns image
 /// definitions into bootable disks without root and without host filesystem tools.
@@ -44,12 +47,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Boot a disk image in QEMU, with its console on this terminal.
+    ///
+    /// The UEFI firmware (OVMF) is found where distributions install it. Unless --persist, the
+    /// guest writes to a temporary copy-on-write overlay (in TMPDIR, removed when QEMU exits), so
+    /// DISK stays unchanged. The guest gets QEMU's user-mode network: it reaches out through the
+    /// host unless --restrict, and from the host only the ports forwarded with -p are reachable,
+    /// on 127.0.0.1. Emulation (TCG) is the default: it works everywhere but is slow; --kvm uses
+    /// hardware virtualization. Ctrl-A X quits QEMU, Ctrl-A C toggles the QEMU monitor. berth
+    /// exits with QEMU's exit status.
+    #[command(after_help = run::EXAMPLES)]
+    Run(run::RunArgs),
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; its exit code is berth's (QEMU's for `berth run`).
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Build(a) => build::run(a),
-        Command::Fs(cmd) => fs::run(cmd),
+        Command::Build(a) => build::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Fs(cmd) => fs::run(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Run(a) => run::run(a),
         Command::Inspect { disk, json } => {
             let info = berth_builder::inspect::inspect(&disk)?;
             if json {
@@ -57,7 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("{info}");
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

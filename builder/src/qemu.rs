@@ -1,0 +1,649 @@
+//! Booting a Berth disk in QEMU: the one place that knows the machine (q35 with OVMF), where
+//! distributions install the firmware, and how disks, consoles, user-mode networking and host
+//! sockets are spelled on QEMU's command line. `berth run` and the QEMU test harness both use it.
+//!
+//! [`QemuConfig::command`] only builds a [`Command`]; the caller chooses stdio and spawns it.
+//! Port forwards are always bound to 127.0.0.1: a guest is never reachable from other hosts.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::str::FromStr;
+
+/// The emulator, looked up in `PATH`.
+pub const QEMU_SYSTEM: &str = "qemu-system-x86_64";
+/// QEMU's disk image tool, used only for copy-on-write overlays.
+pub const QEMU_IMG: &str = "qemu-img";
+
+/// Where distributions install OVMF, as (code, variable store template) pairs of the same
+/// build (their sizes must match), in the order they are tried.
+pub const FIRMWARE_LOCATIONS: &[(&str, &str)] = &[
+    // Debian and Ubuntu (package ovmf).
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    // Arch (edk2-ovmf).
+    ("/usr/share/edk2/x64/OVMF_CODE.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"),
+    ("/usr/share/edk2-ovmf/x64/OVMF_CODE.fd", "/usr/share/edk2-ovmf/x64/OVMF_VARS.fd"),
+    // Fedora (edk2-ovmf).
+    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
+    // openSUSE (qemu-ovmf-x86_64).
+    ("/usr/share/qemu/ovmf-x86_64-4m-code.bin", "/usr/share/qemu/ovmf-x86_64-4m-vars.bin"),
+    ("/usr/share/qemu/ovmf-x86_64-code.bin", "/usr/share/qemu/ovmf-x86_64-vars.bin"),
+    // QEMU's own build of edk2 (upstream installs, Homebrew-style prefixes under /usr/local).
+    ("/usr/share/qemu/edk2-x86_64-code.fd", "/usr/share/qemu/edk2-i386-vars.fd"),
+    ("/usr/local/share/qemu/edk2-x86_64-code.fd", "/usr/local/share/qemu/edk2-i386-vars.fd"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no UEFI firmware (OVMF) found; looked for {looked}: install the Debian package ovmf")]
+    NoFirmware { looked: String },
+    #[error("{tool} not found in PATH: install the Debian package {package}")]
+    MissingTool { tool: &'static str, package: &'static str },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("qemu-img could not create the overlay {overlay} over {base} ({status}): {message}")]
+    Overlay { overlay: PathBuf, base: PathBuf, status: std::process::ExitStatus, message: String },
+    #[error("port forward {spec:?}: {reason}; expected HOST:GUEST, two TCP ports such as 2222:22")]
+    BadForward { spec: String, reason: &'static str },
+    #[error("disk format {0:?}: expected raw or qcow2")]
+    BadFormat(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+fn must_be_file(path: &Path) -> Result<(), Error> {
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    if !meta.is_file() {
+        return Err(Error::NotAFile { path: path.to_path_buf() });
+    }
+    Ok(())
+}
+
+/// OVMF: the firmware code (read-only) and the template its per-run variable store is copied from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firmware {
+    pub code: PathBuf,
+    pub vars_template: PathBuf,
+}
+
+impl Firmware {
+    /// The first pair of [`FIRMWARE_LOCATIONS`] present on this host.
+    pub fn find() -> Result<Firmware, Error> {
+        Firmware::find_in(FIRMWARE_LOCATIONS)
+    }
+
+    /// The first pair of `locations` whose two files both exist.
+    pub fn find_in<P: AsRef<Path>>(locations: &[(P, P)]) -> Result<Firmware, Error> {
+        for (code, vars) in locations {
+            let (code, vars) = (code.as_ref(), vars.as_ref());
+            if code.is_file() && vars.is_file() {
+                return Ok(Firmware { code: code.to_path_buf(), vars_template: vars.to_path_buf() });
+            }
+        }
+        let looked = locations.iter().map(|(c, _)| c.as_ref().display().to_string()).collect::<Vec<_>>().join(", ");
+        Err(Error::NoFirmware { looked })
+    }
+
+    /// Firmware files named by the user; both must exist.
+    pub fn new(code: impl Into<PathBuf>, vars_template: impl Into<PathBuf>) -> Result<Firmware, Error> {
+        let fw = Firmware { code: code.into(), vars_template: vars_template.into() };
+        must_be_file(&fw.code)?;
+        must_be_file(&fw.vars_template)?;
+        Ok(fw)
+    }
+
+    /// Copies the variable store template to `dest`, writable by us (firmware writes its
+    /// variables there, and the template must never change, so each run gets its own).
+    pub fn copy_vars(&self, dest: &Path) -> Result<(), Error> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::copy(&self.vars_template, dest).map_err(io(&self.vars_template))?;
+        // The template may be read-only (packaged 0444); the copy must be writable.
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o600)).map_err(io(dest))
+    }
+}
+
+/// A disk image format QEMU is told explicitly (guessing raw is refused by QEMU for safety).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    /// The first bytes of every qcow2 image.
+    pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
+    /// The format of an image that starts with `header`: qcow2 by its magic, else raw.
+    pub fn from_header(header: &[u8]) -> DiskFormat {
+        if header.starts_with(&Self::QCOW2_MAGIC) { DiskFormat::Qcow2 } else { DiskFormat::Raw }
+    }
+
+    /// The format of the image at `path` (a file shorter than the magic is raw).
+    pub fn detect(path: &Path) -> Result<DiskFormat, Error> {
+        must_be_file(path)?;
+        let mut header = Vec::with_capacity(4);
+        std::fs::File::open(path).and_then(|f| f.take(4).read_to_end(&mut header)).map_err(io(path))?;
+        Ok(DiskFormat::from_header(&header))
+    }
+
+    /// QEMU's name of the format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+impl fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DiskFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "raw" => Ok(DiskFormat::Raw),
+            "qcow2" => Ok(DiskFormat::Qcow2),
+            _ => Err(Error::BadFormat(s.into())),
+        }
+    }
+}
+
+/// How guest code runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Accel {
+    /// Emulation: works everywhere, slow.
+    #[default]
+    Tcg,
+    /// Hardware virtualization through /dev/kvm, with the host's CPU model.
+    Kvm,
+}
+
+/// Where the guest's first serial port (its console) goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serial {
+    /// This process's stdin and stdout, multiplexed with the QEMU monitor (Ctrl-A C; Ctrl-A X quits).
+    Stdio,
+    /// Written to a file (created or truncated).
+    File(PathBuf),
+}
+
+/// A TCP port on 127.0.0.1 of the host forwarded to a port of the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub host: u16,
+    pub guest: u16,
+}
+
+impl FromStr for Forward {
+    type Err = Error;
+    /// `HOST:GUEST`, e.g. `2222:22`.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = |reason| Error::BadForward { spec: s.into(), reason };
+        let (host, guest) = s.split_once(':').ok_or_else(|| bad("no ':' between the ports"))?;
+        let port = |p: &str| match p.parse::<u16>() {
+            Ok(0) => Err(bad("port 0 cannot be forwarded")),
+            Ok(n) => Ok(n),
+            Err(_) => Err(bad("a port is not a number from 1 to 65535")),
+        };
+        Ok(Forward { host: port(host)?, guest: port(guest)? })
+    }
+}
+
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "127.0.0.1:{} -> guest:{}", self.host, self.guest)
+    }
+}
+
+/// A TCP address the guest connects to (`guestfwd`) and what answers it on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestForward {
+    /// An address in the user network, e.g. 10.0.2.100 (QEMU's default network is 10.0.2.0/24).
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub target: GuestTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestTarget {
+    /// A shell command QEMU starts for each connection, its stdin and stdout being the stream.
+    Cmd(String),
+    /// A TCP server on 127.0.0.1 of the host. QEMU connects once, when it starts, so the server
+    /// must already listen, and the guest gets that one connection.
+    Local(u16),
+}
+
+/// Guest networking.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Network {
+    /// No network device at all.
+    #[default]
+    None,
+    /// QEMU's user-mode network (slirp) on a virtio-net device.
+    User(UserNet),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserNet {
+    /// `restrict=on`: the guest reaches nothing outside (forwards still work).
+    pub restrict: bool,
+    pub forwards: Vec<Forward>,
+    pub guest_forwards: Vec<GuestForward>,
+}
+
+/// A virtio-serial port (named for the guest, e.g. `org.berth.agent.0`, in
+/// `/dev/virtio-ports/`) whose host end is a unix socket QEMU listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtioPort {
+    pub name: String,
+    pub socket: PathBuf,
+}
+
+/// One QEMU machine: q35, OVMF, one virtio disk, no display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuConfig {
+    /// The emulator [default: `qemu-system-x86_64` from `PATH`].
+    pub program: PathBuf,
+    pub firmware_code: PathBuf,
+    /// This run's own writable copy of the variable store (see [`Firmware::copy_vars`]).
+    pub firmware_vars: PathBuf,
+    pub disk: PathBuf,
+    pub format: DiskFormat,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub accel: Accel,
+    pub serial: Serial,
+    pub network: Network,
+    pub virtio_ports: Vec<VirtioPort>,
+    /// A unix socket QEMU listens on for QMP (the JSON machine protocol).
+    pub qmp_socket: Option<PathBuf>,
+    /// Appended verbatim after everything else.
+    pub extra_args: Vec<OsString>,
+}
+
+impl QemuConfig {
+    /// A machine with 2048 MiB, 2 CPUs, TCG, the console on stdio and no network.
+    pub fn new(
+        firmware: &Firmware,
+        vars_copy: impl Into<PathBuf>,
+        disk: impl Into<PathBuf>,
+        format: DiskFormat,
+    ) -> Self {
+        QemuConfig {
+            program: PathBuf::from(QEMU_SYSTEM),
+            firmware_code: firmware.code.clone(),
+            firmware_vars: vars_copy.into(),
+            disk: disk.into(),
+            format,
+            memory_mib: 2048,
+            cpus: 2,
+            accel: Accel::Tcg,
+            serial: Serial::Stdio,
+            network: Network::None,
+            virtio_ports: Vec::new(),
+            qmp_socket: None,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// The arguments after the program name.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut a = Args::default();
+        a.push(["-machine", "q35"]);
+        match self.accel {
+            Accel::Tcg => a.push(["-accel", "tcg"]),
+            Accel::Kvm => a.push(["-accel", "kvm", "-cpu", "host"]),
+        }
+        a.push(["-smp", &self.cpus.to_string(), "-m", &self.memory_mib.to_string()]);
+        a.push(["-display", "none", "-no-user-config"]);
+        a.opt("-drive", ["if=pflash,format=raw,readonly=on,file=".into(), escape(&self.firmware_code)]);
+        a.opt("-drive", ["if=pflash,format=raw,file=".into(), escape(&self.firmware_vars)]);
+        a.opt("-drive", ["file=".into(), escape(&self.disk), format!(",if=virtio,format={}", self.format).into()]);
+
+        match &self.network {
+            Network::None => a.push(["-nic", "none"]),
+            Network::User(net) => {
+                let mut spec: Vec<OsString> = vec!["user,id=n0".into()];
+                if net.restrict {
+                    spec.push(",restrict=on".into());
+                }
+                for f in &net.forwards {
+                    spec.push(format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest).into());
+                }
+                for g in &net.guest_forwards {
+                    let target = match &g.target {
+                        GuestTarget::Cmd(cmd) => format!("cmd:{cmd}"),
+                        GuestTarget::Local(port) => format!("tcp:127.0.0.1:{port}"),
+                    };
+                    spec.push(format!(",guestfwd=tcp:{}:{}-", g.addr, g.port).into());
+                    spec.push(escape(OsStr::new(&target)));
+                }
+                a.opt("-netdev", spec);
+                a.push(["-device", "virtio-net-pci,netdev=n0"]);
+            }
+        }
+
+        match &self.serial {
+            Serial::Stdio => a.push(["-serial", "mon:stdio"]),
+            // `file:` takes the rest of the string as the path, so it is not escaped.
+            Serial::File(path) => a.opt("-serial", ["file:".into(), path.as_os_str().to_owned()]),
+        }
+
+        if !self.virtio_ports.is_empty() {
+            a.push(["-device", "virtio-serial-pci,id=vser0"]);
+        }
+        for (i, port) in self.virtio_ports.iter().enumerate() {
+            a.opt("-chardev", socket_chardev(&format!("vport{i}"), &port.socket));
+            a.opt(
+                "-device",
+                [format!("virtserialport,bus=vser0.0,chardev=vport{i},name=").into(), escape(OsStr::new(&port.name))],
+            );
+        }
+        if let Some(qmp) = &self.qmp_socket {
+            a.opt("-chardev", socket_chardev("qmp", qmp));
+            a.push(["-mon", "chardev=qmp,mode=control"]);
+        }
+        a.0.extend(self.extra_args.iter().cloned());
+        a.0
+    }
+
+    /// The command to spawn (stdio left to the caller).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(self.args());
+        cmd
+    }
+}
+
+/// A unix socket chardev QEMU listens on without waiting for a client.
+fn socket_chardev(id: &str, path: &Path) -> [OsString; 3] {
+    [format!("socket,id={id},path=").into(), escape(path), ",server=on,wait=off".into()]
+}
+
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn push<const N: usize>(&mut self, args: [&str; N]) {
+        self.0.extend(args.iter().map(OsString::from));
+    }
+
+    /// `flag` followed by one argument made of `parts`.
+    fn opt(&mut self, flag: &str, parts: impl IntoIterator<Item = OsString>) {
+        self.0.push(flag.into());
+        self.0.push(parts.into_iter().collect());
+    }
+}
+
+/// A value inside a QEMU `key=value,...` option: a comma is written twice.
+fn escape(value: impl AsRef<OsStr>) -> OsString {
+    let bytes = value.as_ref().as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsStr::from_bytes(&out).to_owned()
+}
+
+/// Spawns a QEMU command; a missing emulator is named with the package that provides it.
+pub fn spawn(cmd: &mut Command) -> Result<Child, Error> {
+    cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingTool { tool: QEMU_SYSTEM, package: "qemu-system-x86" },
+        _ => Error::Io { path: PathBuf::from(cmd.get_program()), source: e },
+    })
+}
+
+/// The arguments of `qemu-img` that create `overlay`, a qcow2 image whose reads fall through to
+/// `base` (an absolute path: qcow2 resolves a relative one against the overlay's directory) and
+/// whose writes stay in the overlay.
+pub fn overlay_args(base: &Path, base_format: DiskFormat, overlay: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> =
+        ["create", "-q", "-f", "qcow2", "-F", base_format.as_str(), "-b"].map(OsString::from).into();
+    args.push(base.as_os_str().to_owned());
+    args.push(overlay.as_os_str().to_owned());
+    args
+}
+
+/// Creates a copy-on-write qcow2 `overlay` over `base`, so that a guest can write to its disk
+/// while `base` stays unchanged. Returns the absolute path of `base` it refers to.
+pub fn create_overlay(base: &Path, base_format: DiskFormat, overlay: &Path) -> Result<PathBuf, Error> {
+    must_be_file(base)?;
+    let abs = std::fs::canonicalize(base).map_err(io(base))?;
+    let out =
+        Command::new(QEMU_IMG).args(overlay_args(&abs, base_format, overlay)).output().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::MissingTool { tool: QEMU_IMG, package: "qemu-utils" },
+            _ => Error::Io { path: PathBuf::from(QEMU_IMG), source: e },
+        })?;
+    if !out.status.success() {
+        let message = String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ");
+        return Err(Error::Overlay { overlay: overlay.to_path_buf(), base: abs, status: out.status, message });
+    }
+    Ok(abs)
+}
+
+/// `program args...` as one line a POSIX shell reads back the same (for `--verbose` and logs).
+pub fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(shell_quote).collect::<Vec<_>>().join(" ")
+}
+
+fn shell_quote(arg: &OsStr) -> String {
+    let s = arg.to_string_lossy();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c);
+    if !s.is_empty() && s.chars().all(plain) { s.into_owned() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fw() -> Firmware {
+        Firmware { code: "/fw/CODE.fd".into(), vars_template: "/fw/VARS.fd".into() }
+    }
+
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter().map(|a| a.to_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn default_machine_is_tcg_with_console_on_stdio_and_no_network() {
+        let c = QemuConfig::new(&fw(), "/run/vars.fd", "/d/disk.img", DiskFormat::Raw);
+        let expected = [
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-smp",
+            "2",
+            "-m",
+            "2048",
+            "-display",
+            "none",
+            "-no-user-config",
+            "-drive",
+            "if=pflash,format=raw,readonly=on,file=/fw/CODE.fd",
+            "-drive",
+            "if=pflash,format=raw,file=/run/vars.fd",
+            "-drive",
+            "file=/d/disk.img,if=virtio,format=raw",
+            "-nic",
+            "none",
+            "-serial",
+            "mon:stdio",
+        ];
+        assert_eq!(strings(&c.args()), expected);
+        assert_eq!(c.command().get_program(), "qemu-system-x86_64");
+    }
+
+    #[test]
+    fn every_option_spelled_for_qemu() {
+        let mut c = QemuConfig::new(&fw(), "/t/vars.fd", "/t/o.qcow2", DiskFormat::Qcow2);
+        c.memory_mib = 768;
+        c.cpus = 1;
+        c.accel = Accel::Kvm;
+        c.serial = Serial::File("/t/console,1.log".into());
+        c.network = Network::User(UserNet {
+            restrict: true,
+            forwards: vec![Forward { host: 2222, guest: 22 }, Forward { host: 8080, guest: 80 }],
+            guest_forwards: vec![
+                GuestForward {
+                    addr: Ipv4Addr::new(10, 0, 2, 100),
+                    port: 80,
+                    target: GuestTarget::Cmd("nc 127.0.0.1 8000".into()),
+                },
+                GuestForward { addr: Ipv4Addr::new(10, 0, 2, 101), port: 443, target: GuestTarget::Local(8443) },
+            ],
+        });
+        c.virtio_ports = vec![
+            VirtioPort { name: "org.berth.agent.0".into(), socket: "/t/a.sock".into() },
+            VirtioPort { name: "org.berth.log".into(), socket: "/t/b,c.sock".into() },
+        ];
+        c.qmp_socket = Some("/t/qmp.sock".into());
+        c.extra_args = vec!["-no-reboot".into()];
+        let args = strings(&c.args());
+        let line = args.join(" ");
+        assert!(line.starts_with("-machine q35 -accel kvm -cpu host -smp 1 -m 768 -display none"), "{line}");
+        assert!(line.contains(" -drive file=/t/o.qcow2,if=virtio,format=qcow2 "), "{line}");
+        let netdev = &args[args.iter().position(|a| a == "-netdev").unwrap() + 1];
+        assert_eq!(
+            netdev,
+            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80,\
+             guestfwd=tcp:10.0.2.100:80-cmd:nc 127.0.0.1 8000,guestfwd=tcp:10.0.2.101:443-tcp:127.0.0.1:8443"
+        );
+        assert!(line.contains(" -device virtio-net-pci,netdev=n0 "), "{line}");
+        assert!(!line.contains("-nic"), "{line}");
+        assert!(line.contains(" -serial file:/t/console,1.log "), "{line}");
+        assert_eq!(line.matches("virtio-serial-pci").count(), 1, "{line}");
+        assert!(
+            line.contains(
+                " -device virtio-serial-pci,id=vser0 \
+                 -chardev socket,id=vport0,path=/t/a.sock,server=on,wait=off \
+                 -device virtserialport,bus=vser0.0,chardev=vport0,name=org.berth.agent.0 \
+                 -chardev socket,id=vport1,path=/t/b,,c.sock,server=on,wait=off \
+                 -device virtserialport,bus=vser0.0,chardev=vport1,name=org.berth.log "
+            ),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(
+                "-chardev socket,id=qmp,path=/t/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control -no-reboot"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn commas_in_paths_are_doubled_inside_options() {
+        let c = QemuConfig::new(&fw(), "/a,b/vars.fd", "/x,y/disk.img", DiskFormat::Raw);
+        let args = strings(&c.args());
+        assert!(args.contains(&"if=pflash,format=raw,file=/a,,b/vars.fd".to_string()), "{args:?}");
+        assert!(args.contains(&"file=/x,,y/disk.img,if=virtio,format=raw".to_string()), "{args:?}");
+    }
+
+    #[test]
+    fn forwards_parse_and_reject_with_the_reason() {
+        assert_eq!("2222:22".parse::<Forward>().unwrap(), Forward { host: 2222, guest: 22 });
+        assert_eq!("65535:1".parse::<Forward>().unwrap(), Forward { host: 65535, guest: 1 });
+        for (bad, why) in [
+            ("22", "no ':'"),
+            ("0:22", "port 0"),
+            ("2222:0", "port 0"),
+            ("65536:22", "not a number"),
+            ("a:22", "not a number"),
+            ("127.0.0.1:2222:22", "not a number"),
+            (":22", "not a number"),
+        ] {
+            let e = bad.parse::<Forward>().unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(bad) && e.contains("HOST:GUEST"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn format_from_magic_bytes() {
+        assert_eq!(DiskFormat::from_header(b"QFI\xfb\0\0\0\x03"), DiskFormat::Qcow2);
+        assert_eq!(DiskFormat::from_header(b"QFI"), DiskFormat::Raw);
+        assert_eq!(DiskFormat::from_header(&[0; 512]), DiskFormat::Raw);
+        assert_eq!(DiskFormat::from_header(b""), DiskFormat::Raw);
+
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("q");
+        std::fs::write(&q, b"QFI\xfb\0\0\0\x03rest").unwrap();
+        let r = dir.path().join("r");
+        std::fs::write(&r, [0u8; 2]).unwrap();
+        assert_eq!(DiskFormat::detect(&q).unwrap(), DiskFormat::Qcow2);
+        assert_eq!(DiskFormat::detect(&r).unwrap(), DiskFormat::Raw);
+        let missing = DiskFormat::detect(&dir.path().join("nope")).unwrap_err().to_string();
+        assert!(missing.contains("nope"), "{missing}");
+        let not_file = DiskFormat::detect(dir.path()).unwrap_err().to_string();
+        assert!(not_file.contains("not a regular file"), "{not_file}");
+
+        assert_eq!("qcow2".parse::<DiskFormat>().unwrap(), DiskFormat::Qcow2);
+        assert!("vmdk".parse::<DiskFormat>().unwrap_err().to_string().contains("raw or qcow2"));
+    }
+
+    #[test]
+    fn firmware_is_the_first_complete_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        for n in ["code1", "code2", "vars2", "vars3"] {
+            std::fs::write(p(n), b"fw").unwrap();
+        }
+        // Pair 1 lacks its vars, pair 3 its code: pair 2 is chosen.
+        let fw =
+            Firmware::find_in(&[(p("code1"), p("vars1")), (p("code2"), p("vars2")), (p("code3"), p("vars3"))]).unwrap();
+        assert_eq!(fw, Firmware { code: p("code2"), vars_template: p("vars2") });
+
+        let e = Firmware::find_in(&[(p("code3"), p("vars3"))]).unwrap_err().to_string();
+        assert!(e.contains("code3") && e.contains("install the Debian package ovmf"), "{e}");
+        assert!(Firmware::new(p("code2"), p("missing")).unwrap_err().to_string().contains("missing"));
+    }
+
+    #[test]
+    fn vars_copy_is_writable_even_from_a_read_only_template() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let template = dir.path().join("VARS.fd");
+        std::fs::write(&template, b"vars").unwrap();
+        std::fs::set_permissions(&template, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let fw = Firmware::new(dir.path().join("VARS.fd"), &template).unwrap();
+        let copy = dir.path().join("copy.fd");
+        fw.copy_vars(&copy).unwrap();
+        assert_eq!(std::fs::read(&copy).unwrap(), b"vars");
+        assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn overlay_names_its_base_and_format() {
+        let args = overlay_args(Path::new("/imgs/disk.img"), DiskFormat::Raw, Path::new("/t/o.qcow2"));
+        assert_eq!(strings(&args), ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/imgs/disk.img", "/t/o.qcow2"]);
+    }
+
+    #[test]
+    fn command_line_quotes_only_what_a_shell_would_split() {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-m", "768", "-netdev", "user,id=n0,guestfwd=tcp:10.0.2.100:80-cmd:nc x 1", "it's"]);
+        assert_eq!(
+            command_line(&cmd),
+            r"qemu-system-x86_64 -m 768 -netdev 'user,id=n0,guestfwd=tcp:10.0.2.100:80-cmd:nc x 1' 'it'\''s'"
+        );
+    }
+}
