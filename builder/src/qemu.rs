@@ -54,6 +54,8 @@ pub enum Error {
     NotAFile { path: PathBuf },
     #[error("qemu-img could not create the overlay {overlay} over {base} ({status}): {message}")]
     Overlay { overlay: PathBuf, base: PathBuf, status: std::process::ExitStatus, message: String },
+    #[error("qemu-img could not resize {image} to {bytes} bytes ({status}): {message}")]
+    Resize { image: PathBuf, bytes: u64, status: std::process::ExitStatus, message: String },
     #[error("port forward {spec:?}: {reason}; expected HOST:GUEST, two TCP ports such as 2222:22")]
     BadForward { spec: String, reason: &'static str },
     #[error("disk format {0:?}: expected raw or qcow2")]
@@ -429,16 +431,32 @@ pub fn overlay_args(base: &Path, base_format: DiskFormat, overlay: &Path) -> Vec
 pub fn create_overlay(base: &Path, base_format: DiskFormat, overlay: &Path) -> Result<PathBuf, Error> {
     must_be_file(base)?;
     let abs = std::fs::canonicalize(base).map_err(io(base))?;
-    let out =
-        Command::new(QEMU_IMG).args(overlay_args(&abs, base_format, overlay)).output().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::MissingTool { tool: QEMU_IMG, package: "qemu-utils" },
-            _ => Error::Io { path: PathBuf::from(QEMU_IMG), source: e },
-        })?;
+    let out = qemu_img(overlay_args(&abs, base_format, overlay))?;
     if !out.status.success() {
         let message = String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ");
         return Err(Error::Overlay { overlay: overlay.to_path_buf(), base: abs, status: out.status, message });
     }
     Ok(abs)
+}
+
+/// Grows (or shrinks) the virtual disk `image` to `bytes`: a bigger disk, as a cloud volume
+/// resized by its owner.
+pub fn resize(image: &Path, bytes: u64) -> Result<(), Error> {
+    must_be_file(image)?;
+    let out =
+        qemu_img([OsString::from("resize"), "-q".into(), image.as_os_str().to_owned(), bytes.to_string().into()])?;
+    if !out.status.success() {
+        let message = String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ");
+        return Err(Error::Resize { image: image.to_path_buf(), bytes, status: out.status, message });
+    }
+    Ok(())
+}
+
+fn qemu_img(args: impl IntoIterator<Item = OsString>) -> Result<std::process::Output, Error> {
+    Command::new(QEMU_IMG).args(args).output().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingTool { tool: QEMU_IMG, package: "qemu-utils" },
+        _ => Error::Io { path: PathBuf::from(QEMU_IMG), source: e },
+    })
 }
 
 /// `program args...` as one line a POSIX shell reads back the same (for `--verbose` and logs).

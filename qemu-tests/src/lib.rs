@@ -8,8 +8,13 @@
 //! networking, when a test adds it, is always `-netdev user,restrict=on` with forwards bound to
 //! 127.0.0.1 only.
 
+pub mod agent;
+pub mod timing;
+
+use std::io::{BufRead, BufReader, Read, Seek, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_builder::qemu::{self, Accel, DiskFormat, Firmware, Network, QemuConfig, Serial, UserNet, VirtioPort};
@@ -29,6 +34,8 @@ pub enum Error {
     Timeout { marker: String, secs: u64, state: String, console: String },
     #[error("waited {secs} s for QEMU to exit; it still runs; console so far:\n{console}")]
     StillRunning { secs: u64, console: String },
+    #[error("QMP {command}: {message}")]
+    Qmp { command: String, message: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -38,10 +45,20 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 /// A running QEMU guest.
 pub struct Machine {
     child: Child,
+    /// To power the machine on again ([`Machine::restart`]).
+    command: Command,
     console: PathBuf,
+    /// The console of earlier power-ons (QEMU truncates the file when it starts).
+    earlier: String,
+    /// Each console line with the time it was first seen, since the first power-on.
+    timeline: Vec<(Duration, String)>,
+    /// How far into the current console file `timeline` has read, and a partial last line.
+    seen: (u64, String),
+    powered_on: Instant,
     stderr: PathBuf,
     overlay: Option<PathBuf>,
     ports: Vec<VirtioPort>,
+    qmp: Option<PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -69,6 +86,11 @@ pub struct Options {
     pub guest_forwards: Vec<GuestForward>,
     /// Names of virtio-serial ports (e.g. `org.berth.agent.0`); see [`Machine::serial_port`].
     pub serial_ports: Vec<String>,
+    /// With `overlay`: the overlay's virtual size in bytes, when the guest should see a disk
+    /// bigger than the image (as a resized cloud volume).
+    pub overlay_size: Option<u64>,
+    /// A QMP socket, for [`Machine::send_keys`].
+    pub qmp: bool,
 }
 
 impl Machine {
@@ -88,6 +110,9 @@ impl Machine {
         let overlay = if options.overlay {
             let o = dir.path().join("disk.qcow2");
             qemu::create_overlay(boot.disk, format, &o)?;
+            if let Some(size) = options.overlay_size {
+                qemu::resize(&o, size)?;
+            }
             Some(o)
         } else {
             None
@@ -116,18 +141,68 @@ impl Machine {
         config.virtio_ports = (options.serial_ports.iter().enumerate())
             .map(|(i, name)| VirtioPort { name: name.clone(), socket: dir.path().join(format!("port{i}.sock")) })
             .collect();
+        let qmp = options.qmp.then(|| dir.path().join("qmp.sock"));
+        config.qmp_socket = qmp.clone();
 
         let stderr = dir.path().join("qemu.stderr");
-        let stderr_file = std::fs::File::create(&stderr).map_err(io(&stderr))?;
-        let mut cmd = config.command();
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr_file);
-        let child = qemu::spawn(&mut cmd)?;
-        Ok(Machine { child, console, stderr, overlay, ports: config.virtio_ports, dir })
+        let command = config.command();
+        let child = spawn(&command, &stderr)?;
+        Ok(Machine {
+            child,
+            command,
+            console,
+            earlier: String::new(),
+            timeline: Vec::new(),
+            seen: (0, String::new()),
+            powered_on: Instant::now(),
+            stderr,
+            overlay,
+            ports: config.virtio_ports,
+            qmp,
+            dir,
+        })
     }
 
-    /// The serial console so far (lossy UTF-8).
+    /// Powers the machine on again after QEMU exited (or kills it first: a power cycle), with
+    /// the same disk, variables and sockets. The console keeps what the earlier runs printed.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.kill();
+        self.record();
+        self.earlier.push_str(&read_lossy(&self.console));
+        self.seen = (0, String::new());
+        self.child = spawn(&self.command, &self.stderr)?;
+        Ok(())
+    }
+
+    /// The serial console so far, from the first power-on (lossy UTF-8).
     pub fn console(&self) -> String {
-        read_lossy(&self.console)
+        format!("{}{}", self.earlier, read_lossy(&self.console))
+    }
+
+    /// Each console line seen so far with when the harness first saw it (since the first
+    /// power-on; precise to the 50 ms polling of the `wait_*` methods).
+    pub fn timeline(&mut self) -> Vec<(Duration, String)> {
+        self.record();
+        self.timeline.clone()
+    }
+
+    /// Reads the console lines that arrived since the last call into the timeline.
+    fn record(&mut self) {
+        let now = self.powered_on.elapsed();
+        let Ok(mut f) = std::fs::File::open(&self.console) else { return };
+        if f.seek(std::io::SeekFrom::Start(self.seen.0)).is_err() {
+            return;
+        }
+        let mut bytes = Vec::new();
+        if f.read_to_end(&mut bytes).is_err() {
+            return;
+        }
+        self.seen.0 += bytes.len() as u64;
+        self.seen.1.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(i) = self.seen.1.find('\n') {
+            let line: String = self.seen.1.drain(..=i).collect();
+            self.timeline.push((now, line.trim_end().to_string()));
+        }
     }
 
     /// What QEMU wrote on its stderr so far.
@@ -154,10 +229,17 @@ impl Machine {
     /// Waits until `marker` appears on the console, or fails after `timeout` (or when QEMU
     /// exits first) with the console so far.
     pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<String, Error> {
+        self.wait_for_count(marker, 1, timeout)
+    }
+
+    /// Waits until `marker` has appeared `count` times on the console (since the first
+    /// power-on), as [`Machine::wait_for`] does.
+    pub fn wait_for_count(&mut self, marker: &str, count: usize, timeout: Duration) -> Result<String, Error> {
         let start = Instant::now();
         loop {
+            self.record();
             let text = self.console();
-            if text.contains(marker) {
+            if text.matches(marker).count() >= count {
                 return Ok(text);
             }
             let exited = self.child.try_wait().ok().flatten();
@@ -166,9 +248,10 @@ impl Machine {
                     Some(s) => format!("exited ({s}); its stderr: {}", self.qemu_stderr().trim()),
                     None => "still running".into(),
                 };
-                return Err(Error::Timeout { marker: marker.into(), secs: timeout.as_secs(), state, console: text });
+                let marker = if count == 1 { marker.into() } else { format!("{marker} (x{count})") };
+                return Err(Error::Timeout { marker, secs: timeout.as_secs(), state, console: text });
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -187,11 +270,55 @@ impl Machine {
         }
     }
 
+    /// Presses keys together on the guest's keyboard (QMP `send-key`; QEMU key codes such as
+    /// `ctrl`, `alt`, `delete`). Needs [`Options::qmp`].
+    pub fn send_keys(&mut self, keys: &[&str]) -> Result<(), Error> {
+        let keys: Vec<String> = keys.iter().map(|k| format!(r#"{{"type":"qcode","data":"{k}"}}"#)).collect();
+        self.qmp_command(&format!(r#"{{"execute":"send-key","arguments":{{"keys":[{}]}}}}"#, keys.join(",")))
+    }
+
+    /// Runs one QMP command on a fresh connection and waits for its `return`.
+    fn qmp_command(&mut self, command: &str) -> Result<(), Error> {
+        let fail = |message: String| Error::Qmp { command: command.to_string(), message };
+        let path = self.qmp.clone().ok_or_else(|| fail("the machine was started without Options::qmp".into()))?;
+        let stream = UnixStream::connect(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| fail(e.to_string()))?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| fail(e.to_string()))?);
+        let mut writer = stream;
+        let mut line = String::new();
+        // The greeting, then capability negotiation, then the command; events are skipped.
+        reader.read_line(&mut line).map_err(|e| fail(format!("reading the greeting: {e}")))?;
+        for cmd in [r#"{"execute":"qmp_capabilities"}"#, command] {
+            writer.write_all(format!("{cmd}\n").as_bytes()).map_err(|e| fail(e.to_string()))?;
+            loop {
+                line.clear();
+                reader.read_line(&mut line).map_err(|e| fail(format!("reading the answer: {e}")))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(line.trim()).map_err(|e| fail(format!("{e}: {line:?}")))?;
+                if v.get("return").is_some() {
+                    break;
+                }
+                if let Some(e) = v.get("error") {
+                    return Err(fail(e.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Kills QEMU (a power cut for the guest) and reaps it; nothing happens if it has exited.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts QEMU with its stderr appended to `stderr`.
+fn spawn(command: &Command, stderr: &Path) -> Result<Child, Error> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(stderr).map_err(io(stderr))?;
+    let mut cmd = Command::new(command.get_program());
+    cmd.args(command.get_args()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    Ok(qemu::spawn(&mut cmd)?)
 }
 
 fn read_lossy(path: &Path) -> String {

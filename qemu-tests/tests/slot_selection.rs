@@ -10,7 +10,7 @@ mod common;
 use std::time::Instant;
 
 use berth_slot::{Slot, SlotAttrs};
-use common::slots::{image_with_b_copy, lines_with, power_on, put_b_kernel, sgdisk_verify, slots_after, wait_count};
+use common::slots::{image_with_b_copy, lines_with, power_on, put_b_kernel, sgdisk_verify, slots_after};
 use common::{BOOT_TIMEOUT, SERIAL, line_with, put_cmdline};
 
 const GOOD_A: SlotAttrs = SlotAttrs { priority: 1, tries: 0, successful: true };
@@ -114,7 +114,7 @@ fn b_without_root_falls_back_after_tries() {
     let started = Instant::now();
     let mut m = power_on(&image);
     for n in 1..=2 {
-        wait_count(&mut m, &fatal, n, BOOT_TIMEOUT);
+        m.wait_for_count(&fatal, n, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
         eprintln!("try {n}: stage 1 of B gave up after {:.1} s", started.elapsed().as_secs_f64());
     }
     let console = m.wait_for("stage 2 ready (slot a)", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));

@@ -25,12 +25,19 @@ pub struct Image {
     pub esp_offset: u64,
     /// Unique partition GUIDs by partition number, from the build manifest (lower case).
     guids: Vec<(u32, String)>,
+    /// Byte offsets by partition number.
+    offsets: Vec<(u32, u64)>,
 }
 
 impl Image {
     /// The `PARTUUID` of partition `number`.
     pub fn partuuid(&self, number: u32) -> &str {
         self.guids.iter().find(|(n, _)| *n == number).map(|(_, g)| g.as_str()).expect("partition in the manifest")
+    }
+
+    /// The byte offset of partition `number` on the disk.
+    pub fn partition_offset(&self, number: u32) -> u64 {
+        self.offsets.iter().find(|(n, _)| *n == number).map(|(_, o)| *o).expect("partition in the manifest")
     }
 }
 
@@ -58,7 +65,8 @@ pub fn build_minimal() -> Image {
     eprintln!("built {} in {:.1} s", report.disk.display(), started.elapsed().as_secs_f64());
     let esp = report.manifest.partitions.iter().find(|p| p.number == 1).expect("ESP in the manifest");
     let guids = report.manifest.partitions.iter().map(|p| (p.number, p.guid.to_lowercase())).collect();
-    Image { esp_offset: esp.offset, disk: report.disk, guids, _dir: dir }
+    let offsets = report.manifest.partitions.iter().map(|p| (p.number, p.offset)).collect();
+    Image { esp_offset: esp.offset, disk: report.disk, guids, offsets, _dir: dir }
 }
 
 /// Runs an mtools command on the image's ESP.

@@ -4,10 +4,9 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use berth_builder::disk::{read_slots, write_slots};
-use berth_qemu_tests::{Boot, Error, Machine};
+use berth_qemu_tests::{Boot, Machine};
 use berth_slot::gpt::{Gpt, Header};
 use berth_slot::layout::SECTOR_SIZE;
 use berth_slot::{Slot, SlotAttrs};
@@ -116,30 +115,6 @@ pub fn sgdisk_verify(disk: &Path) {
 /// Powers the machine on (a fresh QEMU process on the same disk file).
 pub fn power_on(image: &Image) -> Machine {
     Machine::start(&Boot { disk: &image.disk, format: "raw", memory_mib: 768 }).unwrap()
-}
-
-/// Waits until `needle` occurs `count` times on the console; fails after `timeout` or as soon
-/// as QEMU has exited. Returns the console.
-pub fn wait_count(m: &mut Machine, needle: &str, count: usize, timeout: Duration) -> String {
-    // A marker that never appears, so a zero-length wait_for reports whether QEMU still runs.
-    const NEVER: &str = "\0berth-qemu-tests: never printed\0";
-    let start = Instant::now();
-    loop {
-        let console = m.console();
-        if console.matches(needle).count() >= count {
-            return console;
-        }
-        let state = match m.wait_for(NEVER, Duration::ZERO) {
-            Err(Error::Timeout { state, .. }) => state,
-            other => panic!("probing QEMU: {other:?}"),
-        };
-        assert!(
-            !state.starts_with("exited") && start.elapsed() < timeout,
-            "waited {} s for {count} × {needle:?} on the console; QEMU {state}; console so far:\n{console}",
-            timeout.as_secs()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// The lines of `console` that contain `needle`.
