@@ -16,6 +16,8 @@ mod modules;
 mod root;
 mod stage1;
 mod stage2;
+#[allow(dead_code)] // until stage 2 calls it
+mod state;
 
 use std::path::Path;
 use std::time::Duration;
