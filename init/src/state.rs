@@ -17,7 +17,7 @@
 
 use std::ffi::{c_char, c_int, c_void};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -465,12 +465,15 @@ fn mkfs(node: &Path, dev: &File, bytes: u64, guid: &Guid) -> Result<Created, Str
     Ok(Created { bytes: report.size, inodes: report.inodes, took: started.elapsed() })
 }
 
+/// 16 bytes that differ between machines. GRND_INSECURE takes what the kernel's generator has
+/// without waiting for it to be seeded: reading /dev/urandom that early makes the kernel spin
+/// for jitter entropy first (about a second at first boot under emulation). The seed must be
+/// unique, not secret; the clock stands in if the call fails (kernels before 5.6).
 fn random16(now: Duration) -> [u8; 16] {
     let mut b = [0u8; 16];
-    match File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
-        Ok(()) => b,
-        Err(_) => now.as_nanos().to_le_bytes(),
-    }
+    // SAFETY: the kernel writes at most `b.len()` bytes into `b`, which outlives the call.
+    let n = unsafe { nix::libc::getrandom(b.as_mut_ptr().cast(), b.len(), nix::libc::GRND_INSECURE) };
+    if n == b.len() as isize { b } else { now.as_nanos().to_le_bytes() }
 }
 
 /// The fields of an ext4 superblock that growing needs.
