@@ -181,22 +181,44 @@ pub fn write_file(tree: &Tree, path: &Path, opts: &Options) -> Result<Report, Er
     let tmp = tempfile::Builder::new().prefix(".berth-ext4-").tempfile_in(dir).map_err(io)?;
     let size = layout.geo.blocks * BLOCK_SIZE;
     tmp.as_file().set_len(size).map_err(io)?;
-    let report = write::write(&plan, &layout, opts, tmp.as_file(), path, 0)?;
+    let report = write::write(&plan, &layout, opts, tmp.as_file(), path, 0, write::Durable::No)?;
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(report)
 }
 
 /// Writes `tree` into `file` at byte `offset` (for example a partition of a disk image).
-/// `opts.size` is the size of that byte range and is required.
+/// `opts.size` is the size of that byte range and is required. The range may hold anything
+/// before: blocks that must read as zeros are zeroed (by the kernel where it can), except the
+/// inode tables past the used inodes, which a kernel mounting the filesystem read-write zeroes
+/// in the background (mke2fs's `lazy_itable_init`) and nothing reads before.
 pub fn write_at(tree: &Tree, file: &File, offset: u64, opts: &Options) -> Result<Report, Error> {
+    write_range(tree, file, offset, opts, write::Durable::No)
+}
+
+/// Like [`write_at`], for a device that may lose power meanwhile (STATE formatted at first
+/// boot): the superblock is zeroed and flushed first, and written last, after a flush of
+/// everything else, then flushed too. Until the filesystem is whole the range has no ext4
+/// magic number, so a power cut leads to formatting again, never to mounting half a
+/// filesystem.
+pub fn write_at_durably(tree: &Tree, file: &File, offset: u64, opts: &Options) -> Result<Report, Error> {
+    write_range(tree, file, offset, opts, write::Durable::SuperblockLast)
+}
+
+fn write_range(
+    tree: &Tree,
+    file: &File,
+    offset: u64,
+    opts: &Options,
+    durable: write::Durable,
+) -> Result<Report, Error> {
     opts.check()?;
     if opts.size.is_none() {
         return Err(Error::Invalid("writing into a byte range needs its size".into()));
     }
     let plan = Plan::new(tree, opts, opts.size.map(|s| s / BLOCK_SIZE))?;
     let layout = layout_for(&plan, opts)?;
-    write::write(&plan, &layout, opts, file, Path::new("<byte range>"), offset)
+    write::write(&plan, &layout, opts, file, Path::new("<byte range>"), offset, durable)
 }
 
 #[cfg(test)]

@@ -240,3 +240,62 @@ fn writable_journaled_filesystem_is_clean_and_has_free_inodes() {
         assert!(text.contains(want), "{text}");
     }
 }
+
+#[test]
+fn writable_filesystem_over_garbage_is_clean_lazy_and_has_an_empty_journal() {
+    // What first boot does to STATE on a reused disk (write_at_durably, as berth-init calls it).
+    use rand::RngCore;
+    use rand_chacha::rand_core::SeedableRng;
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir().unwrap();
+    let disk = d.path().join("disk");
+    // Three block groups, inside a file of random bytes that held an older filesystem with
+    // files at the same place and the same inode density: stale inodes in the same tables.
+    let (offset, size) = (1u64 << 20, 3u64 << 27);
+    let mut garbage = vec![0u8; (offset + size + (1 << 20)) as usize];
+    rand_chacha::ChaCha8Rng::seed_from_u64(7).fill_bytes(&mut garbage);
+    std::fs::write(&disk, &garbage).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+    let old = Options { size: Some(size), bytes_per_inode: Some(16384), ..opts() };
+    crate::write_at(&small_tree(3000, 30), &f, offset, &old).unwrap();
+    let empty = Tree::new(meta(0o755));
+    let o = Options::writable("STATE", b"new", 1_800_000_000, size);
+    // As first boot formats STATE: the old superblock goes first, the new one comes last.
+    let report = crate::write_at_durably(&empty, &f, offset, &o).unwrap();
+    assert_eq!(report.size, size);
+    let mut after = vec![0u8; 1 << 20];
+    f.read_exact_at(&mut after, offset + size).unwrap();
+    assert!(after == garbage[(offset + size) as usize..], "wrote past the byte range");
+    drop(f);
+    let img = d.path().join("part.img");
+    std::fs::write(&img, &std::fs::read(&disk).unwrap()[offset as usize..(offset + size) as usize]).unwrap();
+    let (ok, text) = e2fsck(&img);
+    assert!(ok, "e2fsck failed on a writable filesystem written over garbage:\n{text}");
+
+    // The inode tables past the used inodes were not written, so no group claims them zeroed
+    // (the kernel zeroes them after mounting); the stale bytes really are still there.
+    let out = Command::new("dumpe2fs").arg(&img).output().expect("dumpe2fs (e2fsprogs)");
+    let dump = String::from_utf8_lossy(&out.stdout);
+    let groups: Vec<&str> = dump.lines().filter(|l| l.starts_with("Group ")).collect();
+    assert_eq!(groups.len(), 3, "{dump}");
+    assert!(groups.iter().all(|l| !l.contains("ITABLE_ZEROED")), "{dump}");
+    let tables: Vec<usize> = dump
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Inode table at "))
+        .filter_map(|r| r.split('-').next()?.parse().ok())
+        .collect();
+    assert_eq!(tables.len(), 3, "{dump}");
+    let image = std::fs::read(&img).unwrap();
+    for (g, t) in tables.iter().enumerate() {
+        let second = &image[(t + 1) * 4096..(t + 2) * 4096];
+        assert!(second.iter().any(|&b| b != 0), "group {g}: expected stale bytes past the used inode table block");
+    }
+    // The journal, though, reads as zeros past its superblock: recovery must find nothing.
+    let journal = d.path().join("journal");
+    let st = Command::new("debugfs").args(["-R", &format!("dump <8> {}", journal.display())]).arg(&img).output();
+    assert!(st.unwrap().status.success());
+    let journal = std::fs::read(&journal).unwrap();
+    assert_eq!(journal.len(), 4096 * 4096, "mke2fs sizes the journal of 384 MiB at 16 MiB");
+    assert_eq!(journal[..4], [0xC0, 0x3B, 0x39, 0x98]);
+    assert!(journal[4096..].iter().all(|&b| b == 0), "stale bytes in the journal");
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 use berth_fstree::FileData;
 
 use crate::csum::{crc32c, inode_seed};
-use crate::geometry::{BLOCKS_PER_GROUP, DESC_SIZE, Geometry, INODE_SIZE};
+use crate::geometry::{BLOCKS_PER_GROUP, DESC_SIZE, Geometry, INODE_SIZE, INODES_PER_BLOCK};
 use crate::plan::{Body, EXTRA_ISIZE, Item, LEAF_EXTENTS, Layout, Plan, ROOT_EXTENTS, XattrPlace, extents};
 use crate::{BLOCK_SIZE, Error, Options, Report, xattr};
 
@@ -201,20 +201,45 @@ fn usage(plan: &Plan, layout: &Layout) -> Usage {
 }
 
 fn set_bits(bm: &mut [u8], from: u64, to: u64) {
-    for i in from..to {
-        bm[(i / 8) as usize] |= 1 << (i % 8);
-    }
+    fill_bits(bm, from, to, true);
 }
 fn clear_bits(bm: &mut [u8], from: u64, to: u64) {
-    for i in from..to {
-        bm[(i / 8) as usize] &= !(1 << (i % 8));
+    fill_bits(bm, from, to, false);
+}
+/// Sets or clears bits `from..to`, whole bytes at a time in the middle (a large filesystem has
+/// thousands of 32768-bit bitmaps; first boot runs this under emulation).
+fn fill_bits(bm: &mut [u8], from: u64, to: u64, value: bool) {
+    let one = |bm: &mut [u8], i: u64| {
+        if value {
+            bm[(i / 8) as usize] |= 1 << (i % 8);
+        } else {
+            bm[(i / 8) as usize] &= !(1 << (i % 8));
+        }
+    };
+    let mut i = from;
+    while i < to && !i.is_multiple_of(8) {
+        one(bm, i);
+        i += 1;
+    }
+    let whole = (to.saturating_sub(i)) / 8;
+    if whole > 0 {
+        bm[(i / 8) as usize..(i / 8 + whole) as usize].fill(if value { 0xFF } else { 0 });
+        i += whole * 8;
+    }
+    while i < to {
+        one(bm, i);
+        i += 1;
     }
 }
 fn count_bits(bm: &[u8], n: u64) -> u64 {
-    (0..n).filter(|&i| bm[(i / 8) as usize] & (1 << (i % 8)) != 0).count() as u64
+    let whole = (n / 8) as usize;
+    let tail = (0..n % 8).filter(|&k| bm[whole] & (1 << k) != 0).count() as u64;
+    bm[..whole].iter().map(|b| u64::from(b.count_ones())).sum::<u64>() + tail
 }
 
-fn descriptors(layout: &Layout, u: &Usage, fs_seed: u32) -> Vec<u8> {
+/// Group descriptors; `itable_zeroed[g]`: group `g`'s whole inode table reads as zeros (or is
+/// written), so the kernel need not zero it.
+fn descriptors(layout: &Layout, u: &Usage, itable_zeroed: &[bool], fs_seed: u32) -> Vec<u8> {
     let geo = &layout.geo;
     let mut gdt = vec![0u8; (geo.gdt_blocks * BLOCK_SIZE) as usize];
     let ipg_bytes = (geo.inodes_per_group / 8) as usize;
@@ -226,7 +251,7 @@ fn descriptors(layout: &Layout, u: &Usage, fs_seed: u32) -> Vec<u8> {
         put16(d, 0x0C, u.group_free_blocks[g] as u16);
         put16(d, 0x0E, u.group_free_inodes[g] as u16);
         put16(d, 0x10, u.group_dirs[g] as u16);
-        put16(d, 0x12, BG_INODE_ZEROED);
+        put16(d, 0x12, if itable_zeroed[g] { BG_INODE_ZEROED } else { 0 });
         put16(d, 0x18, crc32c(fs_seed, &u.block_bitmaps[g]) as u16);
         put16(d, 0x1A, crc32c(fs_seed, &u.inode_bitmaps[g][..ipg_bytes]) as u16);
         put16(d, 0x1C, u.group_itable_unused[g] as u16);
@@ -320,22 +345,58 @@ fn journal_superblock(blocks: u64, uuid: &[u8; 16]) -> Vec<u8> {
     j
 }
 
-/// Writes `first` then zeros over `runs`: stale bytes in a reused partition must not look like
-/// journal blocks to recovery.
-fn write_zeroed_run(out: &File, out_path: &Path, runs: &[(u64, u64)], first: &[u8], base: u64) -> Result<(), Error> {
+/// Whether `out`'s bytes `start..end` are known to read as zeros: a hole in a regular file (a
+/// fresh image). Block devices, and file systems without `SEEK_DATA`, report data: unknown.
+fn reads_as_zeros(out: &File, start: u64, end: u64) -> bool {
+    use rustix::fs::{SeekFrom, seek};
+    if start >= end {
+        return true;
+    }
+    let Ok(pos) = seek(out, SeekFrom::Current(0)) else { return false };
+    let zeros = match seek(out, SeekFrom::Data(start)) {
+        Ok(data) => data >= end,
+        // No data at or after `start`.
+        Err(rustix::io::Errno::NXIO) => true,
+        Err(_) => false,
+    };
+    // Writes are positional; the position is put back only because the file is the caller's.
+    let _ = seek(out, SeekFrom::Start(pos));
+    zeros
+}
+
+/// Makes `out`'s bytes `start..end` read as zeros, without sending zeros through memory where
+/// the kernel can do it: nothing for a hole; else punching a hole (a file, or a device with
+/// write-zeroes or zeroing discard), a zero range (the device zeroes it itself), and only
+/// then plain writes.
+fn zero_range(out: &File, out_path: &Path, start: u64, end: u64) -> Result<(), Error> {
+    use rustix::fs::{FallocateFlags, fallocate};
+    if reads_as_zeros(out, start, end) {
+        return Ok(());
+    }
+    for mode in [FallocateFlags::PUNCH_HOLE, FallocateFlags::ZERO_RANGE] {
+        if fallocate(out, mode | FallocateFlags::KEEP_SIZE, start, end - start).is_ok() {
+            return Ok(());
+        }
+    }
     let zeros = vec![0u8; 1 << 20];
-    let mut first = Some(first);
+    let mut off = start;
+    while off < end {
+        let n = (end - off).min(zeros.len() as u64) as usize;
+        out.write_all_at(&zeros[..n], off).map_err(io_err(out_path))?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Zeros over `runs`, then `first` at their start: stale bytes in a reused partition must not
+/// look like journal blocks to recovery. (Not mke2fs's lazy_journal_init: an earlier journal
+/// of the same UUID at the same place, as reinstalling an image leaves, could be replayed.)
+fn write_zeroed_run(out: &File, out_path: &Path, runs: &[(u64, u64)], first: &[u8], base: u64) -> Result<(), Error> {
     for &(start, len) in runs {
-        let (mut off, end) = (base + start * BLOCK_SIZE, base + (start + len) * BLOCK_SIZE);
-        if let Some(f) = first.take() {
-            out.write_all_at(f, off).map_err(io_err(out_path))?;
-            off += f.len() as u64;
-        }
-        while off < end {
-            let n = (end - off).min(zeros.len() as u64) as usize;
-            out.write_all_at(&zeros[..n], off).map_err(io_err(out_path))?;
-            off += n as u64;
-        }
+        zero_range(out, out_path, base + start * BLOCK_SIZE, base + (start + len) * BLOCK_SIZE)?;
+    }
+    if let Some(&(start, _)) = runs.first() {
+        out.write_all_at(first, base + start * BLOCK_SIZE).map_err(io_err(out_path))?;
     }
     Ok(())
 }
@@ -415,7 +476,33 @@ fn copy_range(
     Ok(())
 }
 
-/// Writes the whole filesystem into `out` at byte `base`.
+/// Whether the write must survive a power cut in a way the caller can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durable {
+    /// Plain writes, no flushes (an image file, renamed into place when complete).
+    No,
+    /// Block 0 (the primary superblock) zeroed and flushed first, written last after a flush
+    /// of everything else, and flushed: the magic number appears only on a whole filesystem.
+    SuperblockLast,
+}
+
+/// Writes one block per entry of `blocks`, merging consecutive block numbers into one write.
+fn put_runs(out: &File, out_path: &Path, base: u64, blocks: &[u64], data: &[Vec<u8>]) -> Result<(), Error> {
+    let mut i = 0;
+    while i < blocks.len() {
+        let mut j = i + 1;
+        while j < blocks.len() && blocks[j] == blocks[j - 1] + 1 {
+            j += 1;
+        }
+        out.write_all_at(&data[i..j].concat(), base + blocks[i] * BLOCK_SIZE).map_err(io_err(out_path))?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// Writes the whole filesystem into `out` at byte `base`. Blocks that must be zero but are not
+/// written (inode tables past the used inodes, the journal) are only zeroed where `out` is not
+/// known to hold zeros there already.
 pub(crate) fn write(
     plan: &Plan,
     layout: &Layout,
@@ -423,13 +510,22 @@ pub(crate) fn write(
     out: &File,
     out_path: &Path,
     base: u64,
+    durable: Durable,
 ) -> Result<Report, Error> {
     let geo = &layout.geo;
     let at = |block: u64| base + block * BLOCK_SIZE;
     let put = |block: u64, bytes: &[u8]| out.write_all_at(bytes, at(block)).map_err(io_err(out_path));
+    let flush = || out.sync_data().map_err(io_err(out_path));
+    if durable == Durable::SuperblockLast {
+        // An older filesystem's superblock must not describe the half-written new one.
+        put(0, &[0u8; BS])?;
+        flush()?;
+    }
 
     // Content first, in allocation order, so the bulk of the writes are sequential.
-    let mut itable = vec![0u8; (u64::from(geo.inodes()) * INODE_SIZE) as usize];
+    // Only the inode-table blocks up to the highest inode in use are built (a large STATE has
+    // hundreds of MiB of empty inode table).
+    let mut itable = vec![0u8; (u64::from(plan.max_ino) * INODE_SIZE).next_multiple_of(BLOCK_SIZE) as usize];
     for (i, item) in plan.items.iter().enumerate() {
         let runs = &layout.runs[i];
         let seed = inode_seed(plan.fs_seed, item.ino, 0);
@@ -479,13 +575,27 @@ pub(crate) fn write(
     }
 
     let usage = usage(plan, layout);
-    let per_group = (u64::from(geo.inodes_per_group) * INODE_SIZE) as usize;
+    // Inode tables: only the blocks holding used inodes are written. The rest must read as
+    // zeros for ITABLE_ZEROED; where that is not known (a reused partition), the flag stays
+    // clear and the kernel zeroes them in the background once mounted read-write (mke2fs's
+    // lazy_itable_init); until then nothing reads past bg_itable_unused, which metadata_csum
+    // makes the kernel and e2fsck honour.
+    let per_group = u64::from(geo.inodes_per_group) * INODE_SIZE;
+    let itb = geo.itable_blocks();
+    let mut itable_zeroed = Vec::with_capacity(geo.groups as usize);
     for g in 0..geo.groups as usize {
-        put(layout.inode_table[g], &itable[g * per_group..(g + 1) * per_group])?;
-        put(layout.block_bitmap[g], &usage.block_bitmaps[g])?;
-        put(layout.inode_bitmap[g], &usage.inode_bitmaps[g])?;
+        let used = (geo.inodes_per_group - usage.group_itable_unused[g]).div_ceil(INODES_PER_BLOCK);
+        let (table, used) = (layout.inode_table[g], u64::from(used));
+        if used > 0 {
+            let from = (g as u64 * per_group) as usize;
+            put(table, &itable[from..from + (used * BLOCK_SIZE) as usize])?;
+        }
+        itable_zeroed.push(used == itb || reads_as_zeros(out, at(table + used), at(table + itb)));
     }
-    let gdt = descriptors(layout, &usage, plan.fs_seed);
+    // Bitmaps sit in consecutive blocks (flex_bg packing): one write per consecutive run.
+    put_runs(out, out_path, base, &layout.block_bitmap, &usage.block_bitmaps)?;
+    put_runs(out, out_path, base, &layout.inode_bitmap, &usage.inode_bitmaps)?;
+    let gdt = descriptors(layout, &usage, &itable_zeroed, plan.fs_seed);
     for g in geo.super_groups() {
         let sb = superblock(layout, &usage, plan, opts, g);
         let first = geo.group_first(g);
@@ -493,8 +603,15 @@ pub(crate) fn write(
         // The primary superblock sits 1024 bytes in; copies start their group's first block.
         let off = if g == 0 { 1024 } else { 0 };
         block[off..off + 1024].copy_from_slice(&sb);
-        put(first, &block)?;
-        put(first + 1, &gdt)?;
+        if g == 0 && durable == Durable::SuperblockLast {
+            put(first + 1, &gdt)?;
+            flush()?;
+            put(first, &block)?;
+            flush()?;
+        } else {
+            put(first, &block)?;
+            put(first + 1, &gdt)?;
+        }
     }
     let free_blocks: u64 = usage.group_free_blocks.iter().map(|&n| u64::from(n)).sum();
     Ok(Report {
@@ -504,4 +621,31 @@ pub(crate) fn write(
         inodes: geo.inodes(),
         free_inodes: usage.group_free_inodes.iter().sum(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_ranges_match_bit_by_bit() {
+        for from in 0..20u64 {
+            for to in from..40u64 {
+                let mut fast = vec![0x5Au8; 6];
+                let mut slow = fast.clone();
+                set_bits(&mut fast, from, to);
+                for i in from..to {
+                    slow[(i / 8) as usize] |= 1 << (i % 8);
+                }
+                assert_eq!(fast, slow, "set {from}..{to}");
+                clear_bits(&mut fast, from, to);
+                for i in from..to {
+                    slow[(i / 8) as usize] &= !(1 << (i % 8));
+                }
+                assert_eq!(fast, slow, "clear {from}..{to}");
+                let naive = (0..to).filter(|&i| slow[(i / 8) as usize] & (1 << (i % 8)) != 0).count() as u64;
+                assert_eq!(count_bits(&fast, to), naive, "count {to}");
+            }
+        }
+    }
 }

@@ -17,6 +17,7 @@ mod control;
 mod log;
 mod modules;
 mod mounts;
+mod random;
 mod root;
 mod stage1;
 mod stage2;

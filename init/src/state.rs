@@ -1,67 +1,553 @@
-//! STATE at boot (interim: found by partition number on the root's disk, created when empty;
-//! growing comes with the full version).
+//! STATE at every boot (DESIGN.md §2, §3), before and after stage 2 mounts it.
+//!
+//! - [`prepare`], before mounting: finds STATE (label `STATE`, type GUID from
+//!   `berth_slot::layout`) on the disk of the root partition; if the disk grew (the backup GPT
+//!   is not on its last sector), moves the backup GPT to the end and extends STATE to the last
+//!   whole MiB, and extends a STATE that stops short of it likewise; tells the kernel with
+//!   `BLKPG_RESIZE_PARTITION` (`BLKRRPART` fails while the root on the same disk is mounted);
+//!   creates a journaled ext4 if STATE has none.
+//! - [`grow_filesystem`], after mounting: grows the ext4 online (`EXT4_IOC_RESIZE_FS`) when it
+//!   is smaller than the partition.
+//!
+//! A boot that finds everything in place changes nothing. Power cuts: the backup GPT copy is
+//! written and flushed before the primary changes (a cut in between leaves the old primary and
+//! its intact old backup; a torn primary leaves the new backup at the disk's end, where the
+//! kernel and bootmgr look, and the next boot rewrites both from it); a new filesystem gets its
+//! superblock last, so a cut leaves no filesystem (formatted again) or a whole one.
 
+use std::ffi::{c_char, c_int, c_void};
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use berth_slot::layout::{STATE_LABEL, STATE_PARTITION};
+use berth_fstree::{Metadata, Tree};
+use berth_slot::gpt::{Entry, Gpt, Guid, Header};
+use berth_slot::layout::{PARTITION_ALIGNMENT, SECTOR_SIZE, STATE_LABEL, STATE_TYPE_GUID};
 
+const SYS_BLOCK: &str = "/sys/class/block";
+/// The ext4 superblock starts 1024 bytes into the partition.
+const SUPERBLOCK: u64 = 1024;
+const EXT4_MAGIC: u16 = 0xEF53;
+
+/// `struct blkpg_partition` (linux/blkpg.h); start and length in bytes.
+#[repr(C)]
+struct BlkpgPartition {
+    start: i64,
+    length: i64,
+    pno: c_int,
+    devname: [c_char; 64],
+    volname: [c_char; 64],
+}
+
+/// `struct blkpg_ioctl_arg` (linux/blkpg.h).
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: c_int,
+    flags: c_int,
+    datalen: c_int,
+    data: *mut c_void,
+}
+
+const BLKPG_RESIZE_PARTITION: c_int = 3;
+
+// BLKPG is _IO(0x12, 105) although it takes a pointer: hence the "bad" variant.
+nix::ioctl_write_ptr_bad!(blkpg, nix::request_code_none!(0x12, 105), BlkpgIoctlArg);
+// EXT4_IOC_RESIZE_FS is _IOW('f', 16, __u64): the new size in filesystem blocks.
+nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
+
+/// What [`prepare`] found and did; [`Prepared::log_lines`] says it in one line per action.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {
+    /// STATE's device node, e.g. `/dev/vda4`: what to mount.
     pub device: PathBuf,
-    lines: Vec<String>,
+    /// The disk holding STATE and the root, e.g. `/dev/vda`.
+    pub disk: PathBuf,
+    /// STATE's size in bytes as the kernel sees it now.
+    pub bytes: u64,
+    /// The partition was grown in the GPT.
+    pub grown: Option<Grown>,
+    /// Why both GPT copies were rewritten besides growing (a damaged copy), if they were.
+    pub repaired: Option<String>,
+    /// A filesystem was created.
+    pub created: Option<Created>,
+    /// What went wrong without making STATE unusable (it was not grown, and why).
+    pub warnings: Vec<String>,
+}
+
+/// STATE grown in the GPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grown {
+    /// Partition size in bytes before.
+    pub old_bytes: u64,
+    /// Partition size in bytes after (the same if only the backup GPT moved).
+    pub new_bytes: u64,
+    /// The backup GPT moved to the new end of the disk.
+    pub backup_moved: bool,
+}
+
+/// A filesystem created on STATE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// Filesystem size in bytes.
+    pub bytes: u64,
+    /// Inodes it has.
+    pub inodes: u32,
+    /// How long writing it took.
+    pub took: Duration,
+}
+
+/// A mounted filesystem grown by [`grow_filesystem`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsGrown {
+    /// Filesystem size in bytes before.
+    pub old_bytes: u64,
+    /// Filesystem size in bytes after.
+    pub new_bytes: u64,
+    /// How long the kernel took.
+    pub took: Duration,
 }
 
 impl Prepared {
-    pub fn report(&self) -> Vec<String> {
-        self.lines.clone()
+    /// One line per action (or one saying there was none), for the console.
+    pub fn log_lines(&self) -> Vec<String> {
+        let dev = self.device.display();
+        let disk = self.disk.display();
+        let mut lines = Vec::new();
+        if let Some(g) = &self.grown {
+            let moved = if g.backup_moved { format!(", backup GPT moved to the end of {disk}") } else { String::new() };
+            if g.new_bytes > g.old_bytes {
+                lines.push(format!(
+                    "STATE {dev}: partition grown from {} to {}{moved}",
+                    size_text(g.old_bytes),
+                    size_text(g.new_bytes)
+                ));
+            } else {
+                lines.push(format!("STATE {dev}: already fills {disk}{moved}"));
+            }
+        }
+        if let Some(why) = &self.repaired {
+            lines.push(format!("GPT of {disk}: {why}; both copies rewritten"));
+        }
+        if let Some(c) = &self.created {
+            lines.push(format!(
+                "STATE {dev}: created ext4 of {} ({} inodes) in {} ms",
+                size_text(c.bytes),
+                c.inodes,
+                c.took.as_millis()
+            ));
+        }
+        for w in &self.warnings {
+            lines.push(format!("STATE {dev}: {w}"));
+        }
+        if lines.is_empty() {
+            lines.push(format!("STATE {dev}: {}, ext4 present", size_text(self.bytes)));
+        }
+        lines
     }
 }
 
-pub fn prepare(root_partition: &Path) -> Result<Prepared, String> {
-    let name = root_partition.file_name().ok_or("no root name")?.to_string_lossy().into_owned();
-    let sys = std::fs::canonicalize(format!("/sys/class/block/{name}")).map_err(|e| format!("{name}: {e}"))?;
-    let disk = sys.parent().ok_or("no disk")?;
-    let mut device = None;
-    for e in std::fs::read_dir(disk).map_err(|e| e.to_string())?.flatten() {
-        if std::fs::read_to_string(e.path().join("partition")).is_ok_and(|t| t.trim() == STATE_PARTITION.to_string()) {
-            device = Some(Path::new("/dev").join(e.file_name()));
+/// Finds STATE on the disk of `root` (the root partition's device node, e.g. `/dev/vda2`),
+/// grows it to the end of the disk if there is room, tells the kernel, and creates its
+/// filesystem if it has none. Call before mounting STATE.
+///
+/// Errors are what leaves no usable STATE (no STATE partition, no readable GPT, the kernel's
+/// partition not where the GPT says, formatting failed); a GPT that cannot be grown is only
+/// a warning in the report.
+pub fn prepare(root: &Path) -> Result<Prepared, String> {
+    let disk = Disk::of_partition(root)?;
+    let file = File::open(&disk.node).map_err(|e| format!("opening {}: {e}", disk.node.display()))?;
+    let (gpt, damaged) = disk.read_gpt(&file)?;
+    drop(file);
+    let state = find_state(&gpt).map_err(|e| format!("{}: {e}", disk.node.display()))?;
+    let mut report = Prepared {
+        device: PathBuf::new(),
+        disk: disk.node.clone(),
+        bytes: 0,
+        grown: None,
+        repaired: None,
+        created: None,
+        warnings: Vec::new(),
+    };
+
+    // The GPT: grown, or rewritten whole if a copy is damaged, or left alone.
+    let mut entry = state.clone();
+    let mut new_gpt = None;
+    match gpt.grow_partition(disk.lbas, state.number, PARTITION_ALIGNMENT / SECTOR_SIZE) {
+        Ok(Some(g)) => {
+            report.grown = Some(Grown {
+                old_bytes: part_bytes(&state),
+                new_bytes: (g.new_last_lba + 1 - state.first_lba) * SECTOR_SIZE,
+                backup_moved: g.backup_moved,
+            });
+            new_gpt = Some(g.gpt);
+        }
+        Ok(None) => {}
+        Err(e) => report.warnings.push(format!("not grown: {e}")),
+    }
+    if let Some(why) = damaged {
+        report.repaired = Some(why);
+        new_gpt = new_gpt.or_else(|| Some(gpt.clone()));
+    }
+    if let Some(new) = new_gpt {
+        match disk.write_gpt(&new) {
+            Ok(()) => entry = new.partition(state.number).unwrap_or(entry),
+            Err(e) => {
+                report.warnings.push(format!("GPT not rewritten, STATE not grown: {e}"));
+                report.grown = None;
+                report.repaired = None;
+            }
         }
     }
-    let device = device.ok_or("no STATE partition")?;
-    let mut lines = Vec::new();
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(&device).map_err(|e| e.to_string())?;
-    let mut magic = [0u8; 2];
-    file.read_exact_at(&mut magic, 1080).map_err(|e| e.to_string())?;
-    if magic != [0x53, 0xEF] {
-        let size =
-            std::fs::read_to_string(disk.join(&*device.file_name().unwrap_or_default().to_string_lossy()).join("size"))
-                .map_err(|e| e.to_string())?
-                .trim()
-                .parse::<u64>()
-                .map_err(|e| e.to_string())?
-                * 512;
-        let t = Instant::now();
-        let ts =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as u32;
-        let opts = berth_ext4::Options::writable(STATE_LABEL, device.to_string_lossy().as_bytes(), ts, size);
-        berth_ext4::write_at(
-            &berth_fstree::Tree::new(berth_fstree::Metadata::root(0o755, i64::from(ts))),
-            &file,
-            0,
-            &opts,
-        )
-        .map_err(|e| e.to_string())?;
-        file.sync_all().map_err(|e| e.to_string())?;
-        lines.push(format!(
-            "STATE {}: created ext4 ({size} bytes) in {} ms",
-            device.display(),
-            t.elapsed().as_millis()
+
+    // The kernel's view of the partition: same start, and the size the GPT now gives.
+    let part = disk.partition(entry.number)?;
+    report.device = part.node.clone();
+    let (start, sectors) = part.extent()?;
+    if start != entry.first_lba {
+        return Err(format!(
+            "{}: the kernel has partition {} at sector {start}, the GPT has STATE at {}; not touching it",
+            part.node.display(),
+            entry.number,
+            entry.first_lba
         ));
     }
-    Ok(Prepared { device, lines })
+    let want = entry.last_lba + 1 - entry.first_lba;
+    if sectors < want {
+        if let Err(e) = disk.tell_kernel(entry.number, start, want) {
+            report.warnings.push(format!(
+                "the kernel was not told the new size ({e}): {} until the next boot",
+                size_text(sectors * SECTOR_SIZE)
+            ));
+        } else {
+            let now = part.extent()?.1;
+            if now != want {
+                report
+                    .warnings
+                    .push(format!("BLKPG resize to {want} sectors done, but {}/size says {now}", part.sys.display()));
+            }
+        }
+    }
+
+    // The filesystem, on what the kernel exposes (never more than the GPT says).
+    let node = &part.node;
+    let mut dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(node)
+        .map_err(|e| format!("opening {} for writing: {e}", node.display()))?;
+    report.bytes = dev.seek(SeekFrom::End(0)).map_err(|e| format!("size of {}: {e}", node.display()))?;
+    let mut magic = [0u8; 2];
+    dev.read_exact_at(&mut magic, SUPERBLOCK + 0x38).map_err(|e| format!("reading {}: {e}", node.display()))?;
+    if u16::from_le_bytes(magic) != EXT4_MAGIC {
+        report.created = Some(mkfs(node, &dev, report.bytes, &entry.unique_guid)?);
+    }
+    Ok(report)
 }
 
-pub fn grow_filesystem(_mount: &Path, _device: &Path) -> Result<Option<String>, String> {
-    Ok(None)
+/// Grows the ext4 on `device`, mounted on `mount_point`, to fill the partition. `Ok(None)`:
+/// it fills it already (up to a last block group too small for the kernel to add).
+pub fn grow_filesystem(device: &Path, mount_point: &Path) -> Result<Option<FsGrown>, String> {
+    let mut dev = File::open(device).map_err(|e| format!("opening {}: {e}", device.display()))?;
+    let bytes = dev.seek(SeekFrom::End(0)).map_err(|e| format!("size of {}: {e}", device.display()))?;
+    let sb = Superblock::read(&dev, device)?;
+    let target = sb.grow_target(bytes / sb.block_size);
+    if target <= sb.blocks {
+        return Ok(None);
+    }
+    // The ioctl resizes whatever filesystem holds the directory: make sure it is this one.
+    let on = std::fs::metadata(mount_point).map_err(|e| format!("{}: {e}", mount_point.display()))?.dev();
+    let rdev = dev.metadata().map_err(|e| format!("{}: {e}", device.display()))?.rdev();
+    if on != rdev {
+        return Err(format!("{} is not where {} is mounted", mount_point.display(), device.display()));
+    }
+    let dir = File::open(mount_point).map_err(|e| format!("opening {}: {e}", mount_point.display()))?;
+    let started = Instant::now();
+    // SAFETY: `target` outlives the call; the kernel only reads the u64 it points to.
+    unsafe { ext4_resize_fs(dir.as_raw_fd(), &target) }.map_err(|e| {
+        format!(
+            "growing the ext4 on {} (mounted on {}) from {} to {target} blocks: {e}",
+            device.display(),
+            mount_point.display(),
+            sb.blocks
+        )
+    })?;
+    let took = started.elapsed();
+    // The mounted filesystem's superblock lives in the device's page cache: this sees it.
+    let after = Superblock::read(&dev, device)?.blocks;
+    Ok(Some(FsGrown { old_bytes: sb.blocks * sb.block_size, new_bytes: after * sb.block_size, took }))
 }
+
+/// STATE's entry: label `STATE` and the STATE type GUID, exactly one.
+fn find_state(gpt: &Gpt) -> Result<Entry, String> {
+    let ty = Guid::parse(STATE_TYPE_GUID).ok_or("the STATE type GUID does not parse")?;
+    let mut found = gpt.partitions().filter(|e| e.name == STATE_LABEL && e.type_guid == ty);
+    match (found.next(), found.next()) {
+        (Some(e), None) => Ok(e),
+        (None, _) => Err(format!("no partition labelled {STATE_LABEL} with type {STATE_TYPE_GUID}")),
+        (Some(a), Some(b)) => {
+            Err(format!("partitions {} and {} are both labelled {STATE_LABEL}: which is STATE?", a.number, b.number))
+        }
+    }
+}
+
+fn part_bytes(e: &Entry) -> u64 {
+    (e.last_lba + 1 - e.first_lba) * SECTOR_SIZE
+}
+
+/// The whole disk a partition belongs to.
+struct Disk {
+    /// `/dev/vda`.
+    node: PathBuf,
+    /// `/sys/devices/.../block/vda`.
+    sys: PathBuf,
+    /// Size in 512-byte sectors.
+    lbas: u64,
+}
+
+/// A partition as the kernel has it.
+struct Part {
+    node: PathBuf,
+    sys: PathBuf,
+}
+
+impl Disk {
+    fn of_partition(root: &Path) -> Result<Disk, String> {
+        // `/dev/disk/by-*` links lead to the kernel's name.
+        let node = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        let name = node.file_name().ok_or_else(|| format!("{}: no device name", root.display()))?;
+        let sys_part = Path::new(SYS_BLOCK).join(name);
+        if !sys_part.join("partition").exists() {
+            return Err(format!("{}: not a partition (no {}/partition)", root.display(), sys_part.display()));
+        }
+        // The partition's sysfs directory sits in its disk's.
+        let sys = std::fs::canonicalize(sys_part.join(".."))
+            .map_err(|e| format!("the disk of {} ({}/..): {e}", root.display(), sys_part.display()))?;
+        let disk_name = sys.file_name().ok_or_else(|| format!("{}: no disk name", sys.display()))?;
+        let node = Path::new("/dev").join(disk_name);
+        let lbs = read_u64(&sys.join("queue/logical_block_size")).unwrap_or(512);
+        if lbs != SECTOR_SIZE {
+            return Err(format!("{}: {lbs}-byte sectors; a Berth disk has 512-byte sectors", node.display()));
+        }
+        let lbas = read_u64(&sys.join("size")).ok_or_else(|| format!("{}/size unreadable", sys.display()))?;
+        Ok(Disk { node, sys, lbas })
+    }
+
+    fn read(&self, file: &File, lba: u64, len: usize) -> Result<Vec<u8>, String> {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, lba * SECTOR_SIZE)
+            .map_err(|e| format!("reading {} at LBA {lba}: {e}", self.node.display()))?;
+        Ok(buf)
+    }
+
+    /// The GPT, from the primary copy or, if that is unusable, from the backup on the disk's
+    /// last sector; with the reason both copies must be rewritten, if they must.
+    fn read_gpt(&self, file: &File) -> Result<(Gpt, Option<String>), String> {
+        let primary = (|| {
+            let sector = self.read(file, 1, SECTOR_SIZE as usize)?;
+            let header = Header::parse(&sector).map_err(|e| e.to_string())?;
+            let entries = self.read(file, header.entries_lba, header.entries_bytes())?;
+            Gpt::parse(&sector, &entries).map_err(|e| e.to_string())
+        })();
+        match primary {
+            Ok(mut gpt) => {
+                let at = gpt.backup_header_lba();
+                if at >= self.lbas {
+                    // Past the end: grow_partition says so.
+                    return Ok((gpt, None));
+                }
+                let damaged = match gpt.check_backup(&self.read(file, at, SECTOR_SIZE as usize)?) {
+                    Ok(_) => None,
+                    Err(e) => Some(format!("backup GPT at LBA {at} unusable ({e})")),
+                };
+                Ok((gpt, damaged))
+            }
+            Err(p) => {
+                let last = self.lbas.saturating_sub(1);
+                let backup = (|| {
+                    let sector = self.read(file, last, SECTOR_SIZE as usize)?;
+                    let header = Header::parse(&sector).map_err(|e| e.to_string())?;
+                    if header.my_lba != last || header.alternate_lba != 1 {
+                        return Err(format!("claims LBA {}, other copy at {}", header.my_lba, header.alternate_lba));
+                    }
+                    let entries = self.read(file, header.entries_lba, header.entries_bytes())?;
+                    Gpt::with_header(header, &entries).map_err(|e| e.to_string())
+                })();
+                match backup {
+                    Ok(gpt) => Ok((gpt, Some(format!("primary GPT unusable ({p})")))),
+                    Err(b) => {
+                        Err(format!("{}: no usable GPT: primary: {p}; backup at LBA {last}: {b}", self.node.display()))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes both GPT copies, the backup flushed before the primary is touched.
+    fn write_gpt(&self, gpt: &Gpt) -> Result<(), String> {
+        let node = self.node.display();
+        let file =
+            OpenOptions::new().read(true).write(true).open(&self.node).map_err(|e| format!("opening {node}: {e}"))?;
+        let out = gpt.encode();
+        for (copy, writes) in ["backup", "primary"].into_iter().zip(out.copies()) {
+            for (lba, bytes) in &writes {
+                file.write_all_at(bytes, lba * SECTOR_SIZE)
+                    .map_err(|e| format!("writing the {copy} GPT to {node} at LBA {lba}: {e}"))?;
+            }
+            file.sync_data().map_err(|e| format!("flushing the {copy} GPT to {node}: {e}"))?;
+        }
+        match self.read_gpt(&file)? {
+            (again, None) if again.encode() == out => Ok(()),
+            _ => Err(format!("the GPT read back from {node} is not the one written")),
+        }
+    }
+
+    /// The kernel's partition `number` of this disk.
+    fn partition(&self, number: u32) -> Result<Part, String> {
+        let dir = std::fs::read_dir(&self.sys).map_err(|e| format!("{}: {e}", self.sys.display()))?;
+        for entry in dir.filter_map(|e| e.ok()) {
+            if read_u64(&entry.path().join("partition")) == Some(u64::from(number)) {
+                return Ok(Part { node: Path::new("/dev").join(entry.file_name()), sys: entry.path() });
+            }
+        }
+        Err(format!("{}: the kernel has no partition {number}", self.node.display()))
+    }
+
+    /// `BLKPG_RESIZE_PARTITION`: partition `number` now has `sectors` sectors from `start`.
+    fn tell_kernel(&self, number: u32, start: u64, sectors: u64) -> Result<(), String> {
+        let node = self.node.display();
+        let file = File::open(&self.node).map_err(|e| format!("opening {node}: {e}"))?;
+        let bytes = |s: u64| i64::try_from(s * SECTOR_SIZE).map_err(|_| format!("{s} sectors: too large"));
+        let mut part = BlkpgPartition {
+            start: bytes(start)?,
+            length: bytes(sectors)?,
+            pno: c_int::try_from(number).map_err(|_| format!("partition number {number}"))?,
+            devname: [0; 64],
+            volname: [0; 64],
+        };
+        let arg = BlkpgIoctlArg {
+            op: BLKPG_RESIZE_PARTITION,
+            flags: 0,
+            datalen: size_of::<BlkpgPartition>() as c_int,
+            data: (&raw mut part).cast(),
+        };
+        // SAFETY: `arg` and the partition it points to outlive the call; the kernel only reads.
+        unsafe { blkpg(file.as_raw_fd(), &arg) }
+            .map(|_| ())
+            .map_err(|e| format!("BLKPG_RESIZE_PARTITION of partition {number} on {node}: {e}"))
+    }
+}
+
+impl Part {
+    /// Start and size in 512-byte sectors, as the kernel has them.
+    fn extent(&self) -> Result<(u64, u64), String> {
+        let get = |f: &str| read_u64(&self.sys.join(f)).ok_or_else(|| format!("{}/{f} unreadable", self.sys.display()));
+        Ok((get("start")?, get("size")?))
+    }
+}
+
+/// Writes an empty journaled ext4 over all of `dev`, superblock last.
+fn mkfs(node: &Path, dev: &File, bytes: u64, guid: &Guid) -> Result<Created, String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let timestamp = u32::try_from(now.as_secs()).unwrap_or(u32::MAX);
+    // The partition GUID comes from the image, the same on every machine booted from it: fresh
+    // random bytes make the UUID (and so every metadata checksum) and the directory hash seed
+    // this machine's own, and differ from those of an earlier install on the same disk.
+    let mut seed = guid.0.to_vec();
+    seed.extend_from_slice(&random16(now));
+    let tree = Tree::new(Metadata::root(0o755, i64::from(timestamp)));
+    let opts = berth_ext4::Options::writable(STATE_LABEL, &seed, timestamp, bytes);
+    let started = Instant::now();
+    let report = berth_ext4::write_at_durably(&tree, dev, 0, &opts)
+        .map_err(|e| format!("creating ext4 on {}: {e}", node.display()))?;
+    Ok(Created { bytes: report.size, inodes: report.inodes, took: started.elapsed() })
+}
+
+/// 16 bytes that differ between machines; the clock stands in on kernels before 5.6.
+fn random16(now: Duration) -> [u8; 16] {
+    crate::random::bytes16().unwrap_or_else(|| now.as_nanos().to_le_bytes())
+}
+
+/// The fields of an ext4 superblock that growing needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Superblock {
+    blocks: u64,
+    block_size: u64,
+    first_data_block: u64,
+    blocks_per_group: u64,
+    /// Inode-table blocks per group.
+    itable_blocks: u64,
+    desc_size: u64,
+    reserved_gdt_blocks: u64,
+}
+
+impl Superblock {
+    fn read(dev: &File, node: &Path) -> Result<Superblock, String> {
+        let mut b = [0u8; 1024];
+        dev.read_exact_at(&mut b, SUPERBLOCK)
+            .map_err(|e| format!("reading the superblock of {}: {e}", node.display()))?;
+        Superblock::parse(&b).map_err(|e| format!("{}: {e}", node.display()))
+    }
+
+    fn parse(b: &[u8; 1024]) -> Result<Superblock, String> {
+        let u16_at = |at: usize| u64::from(u16::from_le_bytes([b[at], b[at + 1]]));
+        let u32_at = |at: usize| u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]));
+        if u16_at(0x38) != u64::from(EXT4_MAGIC) {
+            return Err("no ext4 superblock".into());
+        }
+        let log = u32_at(0x18);
+        let (per_group, ipg, isize) = (u32_at(0x20), u32_at(0x28), u16_at(0x58));
+        if log > 6 || per_group == 0 || ipg == 0 || isize == 0 {
+            return Err(format!(
+                "implausible ext4 superblock (log block size {log}, {per_group} blocks and {ipg} inodes of {isize} bytes per group)"
+            ));
+        }
+        let block_size = 1024 << log;
+        let is_64bit = u32_at(0x60) & 0x80 != 0;
+        Ok(Superblock {
+            blocks: u32_at(0x04) | if is_64bit { u32_at(0x150) << 32 } else { 0 },
+            block_size,
+            first_data_block: u32_at(0x14),
+            blocks_per_group: per_group,
+            itable_blocks: (ipg * isize).div_ceil(block_size),
+            desc_size: if is_64bit { u16_at(0xFE).max(32) } else { 32 },
+            reserved_gdt_blocks: u16_at(0xCE),
+        })
+    }
+
+    /// The block count the kernel grows to for a partition of `part_blocks`: it leaves out a
+    /// last group too small for its metadata (ext4_resize_fs). Counting that metadata at its
+    /// largest keeps the ioctl (which logs even when it does nothing) for growth it will do.
+    fn grow_target(&self, part_blocks: u64) -> u64 {
+        if part_blocks <= self.blocks {
+            return self.blocks;
+        }
+        let group = (part_blocks - 1 - self.first_data_block) / self.blocks_per_group;
+        let group_first = self.first_data_block + group * self.blocks_per_group;
+        let gdt_blocks = ((group + 1) * self.desc_size).div_ceil(self.block_size);
+        let overhead = 1 + gdt_blocks + self.reserved_gdt_blocks;
+        if group_first + overhead + 2 + self.itable_blocks + 1 >= part_blocks {
+            group_first.max(self.blocks)
+        } else {
+            part_blocks
+        }
+    }
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// `512 MiB`, `8.0 GiB`.
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+#[cfg(test)]
+mod tests;

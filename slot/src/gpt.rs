@@ -6,6 +6,11 @@
 //! Writing order (the caller's job): the backup entries and backup header first, then the
 //! primary entries and primary header, so that a power cut leaves at least one valid copy.
 //!
+//! [`Gpt::grow_partition`] fits a GPT to a disk that became larger (a grown qcow2 or cloud
+//! disk): the backup copy moves to the new end of the disk and a partition (STATE) is extended
+//! to the last aligned LBA. Written backup first, a power cut before the primary leaves the old
+//! primary pointing at the old, intact backup.
+//!
 //! ```
 //! # use berth_slot::gpt::Gpt;
 //! # fn demo(header_sector: &[u8], entries: &[u8]) -> Result<(), berth_slot::gpt::GptError> {
@@ -19,6 +24,7 @@
 //! ```
 
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -196,6 +202,21 @@ pub enum GptError {
         /// What the entry holds.
         label: String,
     },
+    /// The disk ends before the backup GPT header the primary names (it shrank, or the GPT
+    /// belongs to a larger disk).
+    DiskTooSmall {
+        /// Sectors the disk has.
+        disk_lbas: u64,
+        /// LBA of the backup header.
+        backup_lba: u64,
+    },
+    /// A partition cannot grow because another one lies in the space it would take.
+    Blocked {
+        /// The partition to grow.
+        number: u32,
+        /// The partition in the way.
+        by: u32,
+    },
 }
 
 impl fmt::Display for GptError {
@@ -220,6 +241,12 @@ impl fmt::Display for GptError {
             GptError::NoPartition(n) => write!(f, "GPT: no partition {n}"),
             GptError::NotASlot { number, label } => {
                 write!(f, "GPT: partition {number} ({label:?}) is not a Berth root slot")
+            }
+            GptError::DiskTooSmall { disk_lbas, backup_lba } => {
+                write!(f, "GPT: backup header at LBA {backup_lba}, but the disk has only {disk_lbas} sectors")
+            }
+            GptError::Blocked { number, by } => {
+                write!(f, "GPT: partition {number} cannot grow, partition {by} lies after it")
             }
         }
     }
@@ -327,6 +354,12 @@ impl Header {
         self.entries_bytes().div_ceil(sector_size.max(1)) as u64
     }
 
+    /// Sets the last usable LBA (kept in the raw bytes too, which [`Header::encode`] starts from).
+    fn set_last_usable_lba(&mut self, lba: u64) {
+        self.last_usable_lba = lba;
+        self.raw[48..56].copy_from_slice(&lba.to_le_bytes());
+    }
+
     /// The header bytes with the given location fields and entries CRC, its own CRC recomputed,
     /// padded with zeros to a whole sector.
     fn encode(&self, my_lba: u64, alternate_lba: u64, entries_lba: u64, entries_crc: u32) -> Vec<u8> {
@@ -390,6 +423,44 @@ pub struct Encoded {
     pub backup_entries_lba: u64,
     /// The entry array, padded with zeros to whole 512-byte sectors; written at both entry LBAs.
     pub entries: Vec<u8>,
+}
+
+impl Encoded {
+    /// The writes that put both copies on disk, `(LBA, bytes)`, grouped per copy in the order
+    /// they must reach the disk: the backup copy, then the primary (flush after each group).
+    /// A copy whose header and entry array are adjacent (the usual layout) is a single write,
+    /// so a power cut can tear it only inside one request; otherwise its entry array is
+    /// written before its header.
+    pub fn copies(&self) -> [Vec<(u64, Vec<u8>)>; 2] {
+        let sectors = (self.entries.len() / SECTOR) as u64;
+        let backup = if self.backup_entries_lba + sectors == self.backup_header_lba {
+            vec![(self.backup_entries_lba, [self.entries.as_slice(), &self.backup_header].concat())]
+        } else {
+            vec![(self.backup_entries_lba, self.entries.clone()), (self.backup_header_lba, self.backup_header.clone())]
+        };
+        let primary = if self.primary_header_lba + 1 == self.primary_entries_lba {
+            vec![(self.primary_header_lba, [self.primary_header.as_slice(), &self.entries].concat())]
+        } else {
+            vec![
+                (self.primary_entries_lba, self.entries.clone()),
+                (self.primary_header_lba, self.primary_header.clone()),
+            ]
+        };
+        [backup, primary]
+    }
+}
+
+/// What [`Gpt::grow_partition`] changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Growth {
+    /// The GPT afterwards; [`Gpt::encode`] gives the sectors to write, backup copy first.
+    pub gpt: Gpt,
+    /// Whether the backup header and entry array move to the new end of the disk.
+    pub backup_moved: bool,
+    /// The partition's last LBA before.
+    pub old_last_lba: u64,
+    /// The partition's last LBA after (the same as before if only the backup moves).
+    pub new_last_lba: u64,
 }
 
 impl Gpt {
@@ -503,6 +574,54 @@ impl Gpt {
             attributes: u64_at(e, 48),
             name,
         })
+    }
+
+    /// Every used entry, in partition-number order.
+    pub fn partitions(&self) -> impl Iterator<Item = Entry> + '_ {
+        (1..=self.header.entry_count).filter_map(|n| self.partition(n))
+    }
+
+    /// Fits the GPT to a disk of `disk_lbas` sectors and grows partition `number` into the
+    /// space at its end: the backup header moves to the disk's last LBA with its entry array
+    /// right before it, the last usable LBA follows, and the partition's last LBA becomes the
+    /// last usable LBA rounded down to a multiple of `align_lbas` (minus one: partitions end
+    /// just before an aligned boundary). A partition never shrinks, and another partition in
+    /// the added space is an error ([`GptError::Blocked`]).
+    ///
+    /// `Ok(None)`: nothing to do (the backup is at the end and the partition reaches the last
+    /// aligned LBA), so applying the result a second time does nothing.
+    pub fn grow_partition(&self, disk_lbas: u64, number: u32, align_lbas: u64) -> Result<Option<Growth>, GptError> {
+        let part = self.partition(number).ok_or(GptError::NoPartition(number))?;
+        let old_backup = self.header.alternate_lba;
+        let entries_sectors = self.header.entries_sectors(SECTOR);
+        let last_lba = match disk_lbas.checked_sub(1) {
+            Some(l) if l >= old_backup && l > entries_sectors + 1 => l,
+            _ => return Err(GptError::DiskTooSmall { disk_lbas, backup_lba: old_backup }),
+        };
+        let mut gpt = self.clone();
+        let backup_moved = last_lba != old_backup;
+        if backup_moved {
+            let entries_lba = last_lba - entries_sectors;
+            gpt.header.alternate_lba = last_lba;
+            gpt.backup_entries_lba = entries_lba;
+            gpt.header.set_last_usable_lba(entries_lba - 1);
+        }
+        let align = align_lbas.max(1);
+        let aligned_end = (gpt.header.last_usable_lba + 1) / align * align;
+        let new_last_lba = aligned_end.saturating_sub(1).max(part.last_lba);
+        if new_last_lba > part.last_lba {
+            let in_the_way =
+                |o: &Entry| o.number != number && o.first_lba <= new_last_lba && o.last_lba > part.last_lba;
+            if let Some(o) = self.partitions().find(in_the_way) {
+                return Err(GptError::Blocked { number, by: o.number });
+            }
+            let at = (number as usize - 1) * self.header.entry_size as usize + 40;
+            gpt.entries[at..at + 8].copy_from_slice(&new_last_lba.to_le_bytes());
+        } else if !backup_moved {
+            return Ok(None);
+        }
+        gpt.header.entries_crc = crc32(&gpt.entries);
+        Ok(Some(Growth { gpt, backup_moved, old_last_lba: part.last_lba, new_last_lba }))
     }
 
     /// A copy with partition `number`'s attribute word replaced by `raw`.
@@ -678,5 +797,105 @@ mod tests {
         swapped[128 + 56] = b'X';
         let g = Gpt { entries: swapped, ..gpt };
         assert!(matches!(g.slots(), Err(GptError::NotASlot { number: 2, .. })));
+    }
+
+    /// [`synthetic`] plus STATE as partition 4 from LBA 8192 to `state_last`.
+    fn with_state(lbas: u64, state_last: u64) -> Gpt {
+        let (mut h, mut e) = synthetic(lbas);
+        let entry = &mut e[3 * 128..4 * 128];
+        entry[..16].copy_from_slice(&Guid::parse(crate::layout::STATE_TYPE_GUID).unwrap().0);
+        entry[16] = 4;
+        entry[32..40].copy_from_slice(&8192u64.to_le_bytes());
+        entry[40..48].copy_from_slice(&state_last.to_le_bytes());
+        for (j, u) in "STATE".encode_utf16().enumerate() {
+            entry[56 + 2 * j..58 + 2 * j].copy_from_slice(&u.to_le_bytes());
+        }
+        h[88..92].copy_from_slice(&crc32(&e).to_le_bytes());
+        h[16..20].fill(0);
+        let crc = crc32(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        Gpt::parse(&h, &e).unwrap()
+    }
+
+    #[test]
+    fn grow_moves_the_backup_and_extends_to_the_aligned_end() {
+        // A 12,000-sector disk with a 1 MiB STATE (8192..=10239), grown to 50,000 sectors.
+        let gpt = with_state(12_000, 10_239);
+        let grown = gpt.grow_partition(50_000, 4, 2048).unwrap().unwrap();
+        assert!(grown.backup_moved);
+        assert_eq!((grown.old_last_lba, grown.new_last_lba), (10_239, 49_151));
+        let out = grown.gpt.encode();
+        assert_eq!((out.backup_header_lba, out.backup_entries_lba), (49_999, 49_999 - 32));
+        let mut reparsed = Gpt::parse(&out.primary_header, &out.entries).unwrap();
+        let backup = reparsed.check_backup(&out.backup_header).unwrap();
+        assert_eq!(backup.entries_lba, 49_967);
+        assert_eq!(reparsed.header().last_usable_lba, 49_966);
+        assert_eq!(reparsed.header().first_usable_lba, 34);
+        assert_eq!(reparsed.partition(4).unwrap().last_lba, 49_151);
+        assert_eq!(reparsed.partition(4).unwrap().first_lba, 8192);
+        for n in 1..=3 {
+            assert_eq!(reparsed.partition(n), gpt.partition(n));
+        }
+        // The backup copy alone describes the same GPT.
+        assert_eq!(Gpt::with_header(backup, &out.entries).unwrap().encode(), out);
+        // Idempotent: nothing left to do on the same disk.
+        assert_eq!(reparsed.grow_partition(50_000, 4, 2048), Ok(None));
+    }
+
+    #[test]
+    fn grow_without_moving_the_backup() {
+        // The backup is at the end already but STATE stops 2 MiB short of the aligned end.
+        let gpt = with_state(50_000, 45_055);
+        let grown = gpt.grow_partition(50_000, 4, 2048).unwrap().unwrap();
+        assert!(!grown.backup_moved);
+        assert_eq!(grown.new_last_lba, 49_151);
+        let out = grown.gpt.encode();
+        assert_eq!((out.backup_header_lba, out.backup_entries_lba), (49_999, 49_967));
+        let reparsed = Gpt::parse(&out.primary_header, &out.entries).unwrap();
+        assert_eq!(reparsed.header().last_usable_lba, 50_000 - 34);
+        // Only the entry and the CRCs changed.
+        assert_eq!(out.primary_header[20..88], gpt.encode().primary_header[20..88]);
+    }
+
+    #[test]
+    fn grow_nothing_to_do_never_shrinks_and_refuses_what_it_cannot() {
+        assert_eq!(with_state(50_000, 49_151).grow_partition(50_000, 4, 2048), Ok(None));
+        // Past the aligned end already (as sgdisk's "4:0:0" leaves it): not shrunk.
+        assert_eq!(with_state(50_000, 49_966).grow_partition(50_000, 4, 2048), Ok(None));
+        // Grown disk, partition already unaligned at the old end: only the backup moves
+        // if the new aligned end is not past it.
+        let g = with_state(49_300, 49_200).grow_partition(49_400, 4, 2048).unwrap().unwrap();
+        assert!(g.backup_moved);
+        assert_eq!(g.new_last_lba, 49_200);
+        assert_eq!(
+            with_state(50_000, 49_151).grow_partition(49_000, 4, 2048),
+            Err(GptError::DiskTooSmall { disk_lbas: 49_000, backup_lba: 49_999 })
+        );
+        assert_eq!(with_state(50_000, 49_151).grow_partition(50_000, 5, 2048), Err(GptError::NoPartition(5)));
+        // ROOT-B (6144..=8191) is followed by STATE.
+        assert_eq!(
+            with_state(50_000, 45_055).grow_partition(50_000, 3, 2048),
+            Err(GptError::Blocked { number: 3, by: 4 })
+        );
+        assert!(GptError::Blocked { number: 3, by: 4 }.to_string().contains("partition 4"));
+    }
+
+    #[test]
+    fn copies_are_one_write_each_backup_first() {
+        let out = with_state(50_000, 49_151).encode();
+        let [backup, primary] = out.copies();
+        assert_eq!(backup.len(), 1);
+        assert_eq!(backup[0].0, 49_999 - 32);
+        assert_eq!(backup[0].1[..16384], out.entries[..]);
+        assert_eq!(backup[0].1[16384..], out.backup_header[..]);
+        assert_eq!(primary.len(), 1);
+        assert_eq!(primary[0].0, 1);
+        assert_eq!(primary[0].1[..512], out.primary_header[..]);
+        assert_eq!(primary[0].1[512..], out.entries[..]);
+        // Entries away from their header: entries first, then the header.
+        let apart = Encoded { primary_entries_lba: 3, backup_entries_lba: 49_900, ..out.clone() };
+        let [backup, primary] = apart.copies();
+        assert_eq!(backup.iter().map(|w| w.0).collect::<Vec<_>>(), [49_900, 49_999]);
+        assert_eq!(primary.iter().map(|w| w.0).collect::<Vec<_>>(), [3, 1]);
     }
 }

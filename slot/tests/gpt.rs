@@ -170,3 +170,94 @@ fn tempfile_dir() -> TempDir {
     std::fs::create_dir_all(&p).unwrap();
     TempDir(p)
 }
+
+/// Reads the primary GPT of `file` and checks its backup copy.
+fn read_gpt(file: &File) -> Gpt {
+    let header = read(file, 1, 512);
+    let h = berth_slot::gpt::Header::parse(&header).unwrap();
+    let mut gpt = Gpt::parse(&header, &read(file, h.entries_lba, h.entries_bytes())).unwrap();
+    gpt.check_backup(&read(file, h.alternate_lba, 512)).unwrap();
+    gpt
+}
+
+/// Writes one copy of an encoded GPT: the entry array, then the header.
+fn write_copy(file: &File, entries: &[u8], entries_lba: u64, header: &[u8], header_lba: u64) {
+    file.write_all_at(entries, entries_lba * SECTOR).unwrap();
+    file.write_all_at(header, header_lba * SECTOR).unwrap();
+    file.sync_all().unwrap();
+}
+
+#[test]
+fn grow_state_on_an_enlarged_disk_judged_by_sgdisk() {
+    let dir = tempfile_dir();
+    let disk = sgdisk_disk(dir.path());
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+    let before = read_gpt(&file);
+    let state = before.partition(4).unwrap();
+    // sgdisk's "4:0:0" ends STATE at the last usable LBA, unaligned: nothing to grow.
+    assert_eq!(state.last_lba, (64 << 20) / SECTOR - 34);
+    assert_eq!(before.grow_partition((64 << 20) / SECTOR, 4, 2048), Ok(None));
+
+    // The user enlarges the disk image by 32 MiB.
+    file.set_len(96 << 20).unwrap();
+    let lbas = (96 << 20) / SECTOR;
+    let grown = before.grow_partition(lbas, 4, 2048).unwrap().expect("something to grow");
+    assert!(grown.backup_moved);
+    assert_eq!(grown.old_last_lba, state.last_lba);
+    // The last usable LBA is lbas - 34; rounded down to whole MiB.
+    assert_eq!(grown.new_last_lba, (lbas - 33) / 2048 * 2048 - 1);
+    let out = grown.gpt.encode();
+    assert_eq!(out.backup_header_lba, lbas - 1);
+
+    // Backup copy first. A power cut here leaves the old primary and its old backup intact:
+    // sgdisk sees the old STATE and only the enlargement it saw before we started.
+    write_copy(&file, &out.entries, out.backup_entries_lba, &out.backup_header, out.backup_header_lba);
+    let verify = sgdisk(&disk, &["-v"]);
+    assert!(verify.contains("Identified 1 problems") && verify.contains("secondary header"), "{verify}");
+    assert_eq!(field(&sgdisk(&disk, &["-i", "4"]), "Last sector:"), state.last_lba.to_string());
+    assert!(read_gpt(&file).encode() == before.encode(), "the old GPT changed");
+
+    // Then the primary.
+    write_copy(&file, &out.entries, out.primary_entries_lba, &out.primary_header, out.primary_header_lba);
+    let verify = sgdisk(&disk, &["-v"]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    let info = sgdisk(&disk, &["-i", "4"]);
+    assert_eq!(field(&info, "First sector:"), state.first_lba.to_string());
+    assert_eq!(field(&info, "Last sector:"), grown.new_last_lba.to_string());
+    assert_eq!(field(&info, "Partition unique GUID:"), state.unique_guid.to_string().to_uppercase());
+    assert!(info.contains("Partition name: 'STATE'"), "{info}");
+    let p = sgdisk(&disk, &["-p"]);
+    assert!(p.contains(&format!("last usable sector is {}", lbas - 34)), "{p}");
+
+    // What is on disk is what was computed, and a second boot has nothing to do.
+    let after = read_gpt(&file);
+    assert!(after.encode() == out, "the GPT read back differs from the one written");
+    assert_eq!(after.grow_partition(lbas, 4, 2048), Ok(None));
+}
+
+#[test]
+fn torn_primary_after_grow_leaves_the_new_backup() {
+    let dir = tempfile_dir();
+    let disk = sgdisk_disk(dir.path());
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+    file.set_len(96 << 20).unwrap();
+    let lbas = (96 << 20) / SECTOR;
+    let grown = read_gpt(&file).grow_partition(lbas, 4, 2048).unwrap().unwrap();
+    let out = grown.gpt.encode();
+    write_copy(&file, &out.entries, out.backup_entries_lba, &out.backup_header, out.backup_header_lba);
+    // The cut falls between the primary's entries and its header.
+    file.write_all_at(&out.entries, out.primary_entries_lba * SECTOR).unwrap();
+    let err = Gpt::parse(&read(&file, 1, 512), &read(&file, 2, 16384)).unwrap_err();
+    assert!(matches!(err, berth_slot::gpt::GptError::EntriesCrc { .. }), "{err}");
+    // The backup at the disk's last LBA (where the kernel and bootmgr look) is whole and new.
+    let backup = berth_slot::gpt::Header::parse(&read(&file, lbas - 1, 512)).unwrap();
+    let from_backup = Gpt::with_header(backup.clone(), &read(&file, backup.entries_lba, 16384)).unwrap();
+    assert!(from_backup.encode() == out, "the backup copy differs from the GPT written");
+    let verify = sgdisk(&disk, &["-v"]);
+    eprintln!("{verify}");
+    // Rewriting both copies from the backup repairs the disk.
+    let again = from_backup.encode();
+    write_copy(&file, &again.entries, again.backup_entries_lba, &again.backup_header, again.backup_header_lba);
+    write_copy(&file, &again.entries, again.primary_entries_lba, &again.primary_header, again.primary_header_lba);
+    assert!(sgdisk(&disk, &["-v"]).contains("No problems found"));
+}

@@ -23,16 +23,12 @@ pub fn machine_id() -> Result<(String, bool), String> {
     Ok((id, true))
 }
 
-/// 16 random bytes without waiting for the kernel's CRNG: a machine-id is an identifier, not a
-/// key, and waiting costs seconds on a fresh VM (getrandom's GRND_INSECURE, Linux 5.6+; older
-/// kernels read /dev/urandom).
+/// 16 random bytes ([`crate::random::bytes16`], else /dev/urandom on kernels before 5.6).
 fn random_bytes() -> Result<[u8; 16], String> {
-    let mut b = [0u8; 16];
-    // SAFETY: the buffer is valid for its length.
-    let n = unsafe { nix::libc::getrandom(b.as_mut_ptr().cast(), b.len(), nix::libc::GRND_INSECURE) };
-    if n == b.len() as isize {
+    if let Some(b) = crate::random::bytes16() {
         return Ok(b);
     }
+    let mut b = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
         .map_err(|e| format!("reading /dev/urandom: {e}"))?;

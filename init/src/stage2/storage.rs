@@ -58,7 +58,7 @@ pub fn root_partition() -> Result<PathBuf, String> {
 fn mount_state() -> Result<PathBuf, String> {
     let root = root_partition()?;
     let prepared = crate::state::prepare(&root)?;
-    for line in prepared.report() {
+    for line in prepared.log_lines() {
         log::line(&line);
     }
     let device = prepared.device.clone();
@@ -70,8 +70,14 @@ fn mount_state() -> Result<PathBuf, String> {
     mount(Some(&device), STATE_MOUNT, Some("ext4"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
         .map_err(|e| format!("mounting {} (ext4) on {STATE_MOUNT}: {e}", device.display()))?;
     log::line(&format!("STATE {} mounted on {STATE_MOUNT} ({clean})", device.display()));
-    match crate::state::grow_filesystem(Path::new(STATE_MOUNT), &device) {
-        Ok(Some(line)) => log::line(&line),
+    match crate::state::grow_filesystem(&device, Path::new(STATE_MOUNT)) {
+        Ok(Some(g)) => log::line(&format!(
+            "STATE {}: filesystem grown online from {} to {} MiB in {} ms",
+            device.display(),
+            g.old_bytes >> 20,
+            g.new_bytes >> 20,
+            g.took.as_millis()
+        )),
         Ok(None) => {}
         Err(e) => log::line(&format!("growing STATE's filesystem: {e} (it keeps its size)")),
     }
