@@ -169,6 +169,8 @@ impl Machine {
         self.kill();
         self.record();
         self.earlier.push_str(&read_lossy(&self.console));
+        // QEMU may append to or truncate an existing file; a fresh one is the same either way.
+        let _ = std::fs::remove_file(&self.console);
         self.seen = (0, String::new());
         self.child = spawn(&self.command, &self.stderr)?;
         Ok(())

@@ -145,6 +145,8 @@ fn state_var_machine_id_read_only_root_and_clean_shutdowns() {
 
     // berthctl reboot: QEMU restarts by itself; STATE was unmounted cleanly.
     a.spawn(&["berthctl", "reboot"]).unwrap();
+    // QEMU serves one client per socket: the old connection must go before the next one.
+    drop(a);
     m.wait_for_count("stage 2 ready (slot a)", 2, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let console = m.console();
     let boot2 = boot_section(&console, 2);
@@ -157,6 +159,7 @@ fn state_var_machine_id_read_only_root_and_clean_shutdowns() {
     assert_eq!(a.read("/etc/machine-id").unwrap(), id, "machine-id changed across the reboot");
 
     // Ctrl-Alt-Del reboots in order too.
+    drop(a);
     m.send_keys(&["ctrl", "alt", "delete"]).unwrap();
     m.wait_for_count("stage 2 ready (slot a)", 3, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let console = m.console();
@@ -166,6 +169,7 @@ fn state_var_machine_id_read_only_root_and_clean_shutdowns() {
     // berthctl poweroff: QEMU exits by itself, and STATE is clean when the host looks at it.
     let mut a = agent(&m);
     a.spawn(&["berthctl", "poweroff"]).unwrap();
+    drop(a);
     let status = m.wait_exit(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "QEMU exited with {status}");
     let console = m.console();
