@@ -14,6 +14,7 @@ mod berthctl;
 mod child;
 mod cmdline;
 mod control;
+mod disk_gpt;
 mod log;
 mod modules;
 mod mounts;

@@ -3,10 +3,9 @@
 //! the matching entry's number is mapped to the sysfs partition whose `partition` file holds it.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use berth_slot::gpt::{Gpt, Guid, Header};
+use berth_slot::gpt::Guid;
 
 /// A block device seen while scanning.
 #[derive(Debug, Clone)]
@@ -49,25 +48,18 @@ pub fn find(want: &Guid) -> (Option<PathBuf>, Vec<Disk>) {
     (None, disks)
 }
 
-/// The number of the GPT entry of `/dev/<name>` with unique GUID `want`.
+/// The number of the GPT entry of `/dev/<name>` with unique GUID `want` (from the backup GPT
+/// when the primary is unusable).
 fn partition_number(name: &str, sys: &Path, want: &Guid) -> Result<Option<u32>, String> {
     let lbs = read_u64(&sys.join("queue/logical_block_size")).filter(|&s| s >= 512).unwrap_or(512);
+    if lbs != 512 {
+        return Err(format!("{lbs}-byte sectors"));
+    }
+    let sectors = read_u64(&sys.join("size")).unwrap_or(0);
     let node = Path::new("/dev").join(name);
     let file = File::open(&node).map_err(|e| format!("{}: {e}", node.display()))?;
-    let read = |offset: u64, len: usize| -> Result<Vec<u8>, String> {
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset).map_err(|e| format!("reading {}: {e}", node.display()))?;
-        Ok(buf)
-    };
-    let sector = read(lbs, lbs as usize)?;
-    let header = Header::parse(&sector).map_err(|e| format!("no GPT: {e}"))?;
-    let bytes = header.entries_bytes();
-    if bytes > 4 << 20 {
-        return Err(format!("GPT entry array of {bytes} bytes"));
-    }
-    let entries = read(header.entries_lba.saturating_mul(lbs), bytes)?;
-    let gpt = Gpt::parse(&sector, &entries).map_err(|e| format!("bad GPT: {e}"))?;
-    Ok((1..=header.entry_count).find(|&n| gpt.partition(n).is_some_and(|e| e.unique_guid == *want)))
+    let (gpt, _) = crate::disk_gpt::read(&file, &node, sectors)?;
+    Ok(gpt.partitions().find(|e| e.unique_guid == *want).map(|e| e.number))
 }
 
 /// `/dev/<part>` for the sysfs child of `sys` whose `partition` file holds `n`.

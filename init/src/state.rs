@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_fstree::{Metadata, Tree};
-use berth_slot::gpt::{Entry, Gpt, Guid, Header};
+use berth_slot::gpt::{Entry, Gpt, Guid};
 use berth_slot::layout::{PARTITION_ALIGNMENT, SECTOR_SIZE, STATE_LABEL, STATE_TYPE_GUID};
 
 const SYS_BLOCK: &str = "/sys/class/block";
@@ -335,54 +335,10 @@ impl Disk {
         Ok(Disk { node, sys, lbas })
     }
 
-    fn read(&self, file: &File, lba: u64, len: usize) -> Result<Vec<u8>, String> {
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, lba * SECTOR_SIZE)
-            .map_err(|e| format!("reading {} at LBA {lba}: {e}", self.node.display()))?;
-        Ok(buf)
-    }
-
-    /// The GPT, from the primary copy or, if that is unusable, from the backup on the disk's
-    /// last sector; with the reason both copies must be rewritten, if they must.
+    /// The GPT, from the primary copy or, if that is unusable, the backup
+    /// ([`crate::disk_gpt::read`]).
     fn read_gpt(&self, file: &File) -> Result<(Gpt, Option<String>), String> {
-        let primary = (|| {
-            let sector = self.read(file, 1, SECTOR_SIZE as usize)?;
-            let header = Header::parse(&sector).map_err(|e| e.to_string())?;
-            let entries = self.read(file, header.entries_lba, header.entries_bytes())?;
-            Gpt::parse(&sector, &entries).map_err(|e| e.to_string())
-        })();
-        match primary {
-            Ok(mut gpt) => {
-                let at = gpt.backup_header_lba();
-                if at >= self.lbas {
-                    // Past the end: grow_partition says so.
-                    return Ok((gpt, None));
-                }
-                let damaged = match gpt.check_backup(&self.read(file, at, SECTOR_SIZE as usize)?) {
-                    Ok(_) => None,
-                    Err(e) => Some(format!("backup GPT at LBA {at} unusable ({e})")),
-                };
-                Ok((gpt, damaged))
-            }
-            Err(p) => {
-                let last = self.lbas.saturating_sub(1);
-                let backup = (|| {
-                    let sector = self.read(file, last, SECTOR_SIZE as usize)?;
-                    let header = Header::parse(&sector).map_err(|e| e.to_string())?;
-                    if header.my_lba != last || header.alternate_lba != 1 {
-                        return Err(format!("claims LBA {}, other copy at {}", header.my_lba, header.alternate_lba));
-                    }
-                    let entries = self.read(file, header.entries_lba, header.entries_bytes())?;
-                    Gpt::with_header(header, &entries).map_err(|e| e.to_string())
-                })();
-                match backup {
-                    Ok(gpt) => Ok((gpt, Some(format!("primary GPT unusable ({p})")))),
-                    Err(b) => {
-                        Err(format!("{}: no usable GPT: primary: {p}; backup at LBA {last}: {b}", self.node.display()))
-                    }
-                }
-            }
-        }
+        crate::disk_gpt::read(file, &self.node, self.lbas)
     }
 
     /// Writes both GPT copies, the backup flushed before the primary is touched.
