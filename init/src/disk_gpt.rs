@@ -56,3 +56,37 @@ pub fn read(file: &File, node: &Path, lbas: u64) -> Result<(Gpt, Option<String>)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sgdisk (gdisk) makes the GPT; a torn primary is read from the backup, with the reason.
+    #[test]
+    fn backup_copy_when_the_primary_is_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        let file = File::create(&img).unwrap();
+        file.set_len(16 << 20).unwrap();
+        let out =
+            std::process::Command::new("sgdisk").args(["-o", "-n", "1:2048:+4M", "-n", "2:0:0"]).arg(&img).output();
+        let out = out.expect("sgdisk (Debian package gdisk)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let file = File::options().read(true).write(true).open(&img).unwrap();
+        let lbas = (16 << 20) / SECTOR_SIZE;
+        let (gpt, reason) = read(&file, &img, lbas).unwrap();
+        assert_eq!(reason, None);
+        let want: Vec<_> = gpt.partitions().map(|e| (e.number, e.first_lba, e.last_lba, e.unique_guid)).collect();
+        assert_eq!(want.len(), 2);
+
+        file.write_all_at(&[0u8; 8], SECTOR_SIZE).unwrap();
+        let (gpt, reason) = read(&file, &img, lbas).unwrap();
+        assert!(reason.unwrap().starts_with("primary GPT unusable"));
+        let got: Vec<_> = gpt.partitions().map(|e| (e.number, e.first_lba, e.last_lba, e.unique_guid)).collect();
+        assert_eq!(got, want);
+
+        file.write_all_at(&[0u8; 8], (lbas - 1) * SECTOR_SIZE).unwrap();
+        let e = read(&file, &img, lbas).unwrap_err();
+        assert!(e.contains("no usable GPT") && e.contains("disk.img"), "{e}");
+    }
+}
