@@ -278,18 +278,34 @@ fn run() -> Result<(), Stop> {
     for line in plan::slot_lines(slots) {
         println!("{PREFIX}: {line}");
     }
-    let decision: Decision = slots.select().map_err(Stop::NoSlot)?;
+    let mut decision: Decision = slots.select().map_err(Stop::NoSlot)?;
     println!("{PREFIX}: {}", plan::decision_line(slots, &decision));
-    let slot = decision.slot;
     if decision.must_write {
         println!(
             "{PREFIX}: writing slot {}: {} (backup GPT first, then primary)",
-            plan::name(slot),
+            plan::name(decision.slot),
             decision.attrs_after()
         );
-        write_slots(&mut disk, &gpt, decision.slots_after)?;
-        println!("{PREFIX}: GPT updated and verified");
+        match write_slots(&mut disk, &gpt, decision.slots_after) {
+            Ok(()) => println!("{PREFIX}: GPT updated and verified"),
+            // The trial is off (its try would not count), but a successful slot can still
+            // boot: better than resetting into the same failure forever.
+            Err(f) => match slots.select_without_writing() {
+                Ok(instead) => {
+                    println!("{PREFIX}: error: {f}; not trying slot {}", plan::name(decision.slot));
+                    println!(
+                        "{PREFIX}: -> booting {} instead ({}): slot {}'s try cannot be recorded",
+                        plan::name(instead.slot),
+                        if instead.is_fallback() { "fallback" } else { "normal" },
+                        plan::name(decision.slot)
+                    );
+                    decision = instead;
+                }
+                Err(_) => return Err(Stop::Failed(f)),
+            },
+        }
     }
+    let slot = decision.slot;
     let part = gpt.slot_partition(slot).map_err(|e| gpt_fail("reading the slot partition", e))?;
     let partuuid = part.unique_guid.to_string();
     drop(disk);

@@ -268,6 +268,8 @@ pub struct QemuConfig {
     pub firmware_vars: PathBuf,
     pub disk: PathBuf,
     pub format: DiskFormat,
+    /// The guest cannot write the disk (writes fail as on write-protected media).
+    pub read_only: bool,
     pub memory_mib: u32,
     pub cpus: u32,
     pub accel: Accel,
@@ -294,6 +296,7 @@ impl QemuConfig {
             firmware_vars: vars_copy.into(),
             disk: disk.into(),
             format,
+            read_only: false,
             memory_mib: 2048,
             cpus: 2,
             accel: Accel::Tcg,
@@ -317,7 +320,14 @@ impl QemuConfig {
         a.push(["-display", "none", "-no-user-config"]);
         a.opt("-drive", ["if=pflash,format=raw,readonly=on,file=".into(), escape(&self.firmware_code)]);
         a.opt("-drive", ["if=pflash,format=raw,file=".into(), escape(&self.firmware_vars)]);
-        a.opt("-drive", ["file=".into(), escape(&self.disk), format!(",if=virtio,format={}", self.format).into()]);
+        a.opt(
+            "-drive",
+            [
+                "file=".into(),
+                escape(&self.disk),
+                format!(",if=virtio,format={}{}", self.format, if self.read_only { ",readonly=on" } else { "" }).into(),
+            ],
+        );
 
         match &self.network {
             Network::None => a.push(["-nic", "none"]),

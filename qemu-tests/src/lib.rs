@@ -91,6 +91,8 @@ pub struct Options {
     pub overlay_size: Option<u64>,
     /// A QMP socket, for [`Machine::send_keys`].
     pub qmp: bool,
+    /// The guest cannot write its disk (a write-protected or failing disk).
+    pub read_only: bool,
 }
 
 impl Machine {
@@ -125,6 +127,7 @@ impl Machine {
 
         let mut config = QemuConfig::new(&firmware, &vars, disk, disk_format);
         config.memory_mib = boot.memory_mib;
+        config.read_only = options.read_only;
         // One vCPU: a single TCG thread per guest keeps boots steady on a 2-core host that is
         // also compiling (two vCPUs under load stalled a guest kernel for minutes in CI).
         config.cpus = 1;

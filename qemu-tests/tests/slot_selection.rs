@@ -9,6 +9,7 @@ mod common;
 
 use std::time::Instant;
 
+use berth_qemu_tests::{Boot, Machine, Options};
 use berth_slot::{Slot, SlotAttrs};
 use common::slots::{image_with_b_copy, lines_with, power_on, put_b_kernel, sgdisk_verify, slots_after};
 use common::{BOOT_TIMEOUT, SERIAL, line_with, put_cmdline};
@@ -151,4 +152,30 @@ fn b_without_root_falls_back_after_tries() {
     assert_eq!((a, b), (GOOD_A, SPENT_B));
     // Written twice by bootmgr since our own write: still sound.
     sgdisk_verify(&image.disk);
+}
+
+/// A disk bootmgr cannot write (write-protected): B's try cannot be recorded, so B is not
+/// tried (a crash would retry it forever) and the successful A boots instead, without a reset
+/// loop. Stage 2 then finds STATE unwritable and goes on with /var and /etc on tmpfs.
+#[test]
+fn unwritable_gpt_boots_the_successful_slot_instead_of_the_trial() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let trial = SlotAttrs { priority: 2, tries: 1, successful: false };
+    let image = image_with_b_copy(GOOD_A, trial);
+    let boot = Boot { disk: &image.disk, format: "raw", memory_mib: 768 };
+    let mut m = Machine::start_with(&boot, &Options { read_only: true, ..Options::default() }).unwrap();
+    let console = m.wait_for("stage 2 ready (slot a)", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    drop(m);
+    for l in console.lines().filter(|l| l.contains("berth-bootmgr") || l.contains("STATE")) {
+        eprintln!("{l}");
+    }
+    line_with(&console, "booting B (trial, 0 tries left after this boot)");
+    let refused = line_with(&console, "not trying slot B");
+    assert!(refused.contains("error:"), "{refused}");
+    line_with(&console, "berth-bootmgr: -> booting A instead (normal): slot B's try cannot be recorded");
+    assert_eq!(lines_with(&console, "berth-bootmgr 0.1.0").len(), 1, "no reset:\n{console}");
+    line_with(&console, "STATE unusable:");
+    line_with(&console, "STATE volatile:");
+    let (a, b) = slots_after(&image.disk, "after the read-only boot");
+    assert_eq!((a, b), (GOOD_A, trial), "nothing was written");
 }

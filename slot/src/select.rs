@@ -155,6 +155,22 @@ impl Slots {
     }
 }
 
+impl Slots {
+    /// What to boot when the GPT cannot be written (a trial's spent try cannot be recorded):
+    /// never a trial, since a kernel that crashed would retry it forever, but a slot marked
+    /// successful, as [`BootKind::Normal`] if it is eligible and [`BootKind::Fallback`]
+    /// otherwise, with nothing to write. Neither slot successful: nothing to boot.
+    pub fn select_without_writing(self) -> Result<Decision, NoBootableSlot> {
+        let (a, b) = (self.get(Slot::A), self.get(Slot::B));
+        let Some(slot) = preferred(a, b, |s| s.successful) else {
+            let why = |s: SlotAttrs| if s.priority == 0 { Unbootable::NeverBoot } else { Unbootable::TriesSpent };
+            return Err(NoBootableSlot { reasons: [why(a), why(b)] });
+        };
+        let kind = if self.get(slot).is_eligible() { BootKind::Normal } else { BootKind::Fallback };
+        Ok(Decision { slot, kind, slots_after: self, must_write: false })
+    }
+}
+
 /// Among the slots that pass `accept`, the one with the higher priority; a tie goes to A.
 fn preferred(a: SlotAttrs, b: SlotAttrs, accept: fn(SlotAttrs) -> bool) -> Option<Slot> {
     match (accept(a), accept(b)) {
@@ -191,6 +207,15 @@ mod tests {
     fn highest_priority_wins() {
         assert_eq!(pick(at(1, 0, true), at(2, 0, true)).map(|d| d.slot), Ok(Slot::B));
         assert_eq!(pick(at(3, 0, true), at(2, 0, true)).map(|d| d.slot), Ok(Slot::A));
+    }
+
+    #[test]
+    fn without_writing_boots_the_successful_slot_never_a_trial() {
+        let d = Slots::new(at(1, 0, true), at(2, 3, false)).select_without_writing().unwrap();
+        assert_eq!((d.slot, d.kind, d.must_write), (Slot::A, BootKind::Normal, false));
+        let d = Slots::new(at(0, 0, true), at(2, 3, false)).select_without_writing().unwrap();
+        assert_eq!((d.slot, d.kind), (Slot::A, BootKind::Fallback));
+        assert!(Slots::new(at(0, 0, false), at(2, 3, false)).select_without_writing().is_err());
     }
 
     #[test]
