@@ -114,11 +114,12 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
         if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+            && let Some(d) = octal
         {
-            out.push(v);
+            // Three octal digits fit in a byte for the escapes the kernel writes (\040, \011, ...).
+            out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8).wrapping_add(c - b'0')));
             i += 4;
         } else {
             out.push(b[i]);
@@ -179,6 +180,7 @@ mod tests {
         assert_eq!(m.len(), 3);
         assert_eq!(m[0], Mount { mount_point: "/".into(), fstype: "ext4".into(), source: "/dev/vda2".into() });
         assert_eq!(m[2].mount_point, "/my dir");
+        assert_eq!(unescape("/a\\04é\\134b\\"), "/a\\04é\\b\\");
         assert!(
             kept_at_shutdown("/sys/fs/cgroup") && kept_at_shutdown("/run") && !kept_at_shutdown("/run/berth/state")
         );
