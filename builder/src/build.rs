@@ -407,6 +407,15 @@ fn copy_subtree(src: &Tree, dst: &mut Tree, from: &Path, to: &Path, epoch: i64) 
     Ok(())
 }
 
+/// The package cache when none is named: `$XDG_CACHE_HOME/berth`, else `~/.cache/berth`.
+pub fn default_cache_dir() -> anyhow::Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("berth"));
+    }
+    let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set: pass --cache DIR")?;
+    Ok(PathBuf::from(home).join(".cache/berth"))
+}
+
 /// berth's own binaries on disk: what `--prebuilt DIR` holds, under these names.
 #[derive(Debug, Clone)]
 pub struct OwnBinaries {

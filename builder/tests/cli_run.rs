@@ -196,10 +196,7 @@ fn sha256(path: &Path) -> String {
 /// its slot A command line replaced by `console=ttyS0` (mtools on the ESP).
 fn minimal_image(out: &Path) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cache = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(c) => PathBuf::from(c).join("berth"),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/berth"),
-    };
+    let cache = berth_builder::build::default_cache_dir().expect("a cache directory");
     let report = build(&BuildOptions {
         definition: root.join("images/minimal.toml"),
         out_dir: out.to_path_buf(),

@@ -4,7 +4,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 
 use berth_builder::build::{BuildOptions, build};
@@ -35,14 +34,6 @@ pub struct BuildArgs {
     apt_root: PathBuf,
 }
 
-fn default_cache() -> anyhow::Result<PathBuf> {
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(x).join("berth"));
-    }
-    let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set: pass --cache DIR")?;
-    Ok(PathBuf::from(home).join(".cache/berth"))
-}
-
 pub fn run(a: BuildArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     // The sources this binary was built from, when they are still there.
@@ -53,7 +44,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
         out_dir: a.out,
         cache_dir: match a.cache {
             Some(c) => c,
-            None => default_cache()?,
+            None => berth_builder::build::default_cache_dir()?,
         },
         apt_root: a.apt_root,
         offline: a.offline,

@@ -45,10 +45,7 @@ impl Image {
 pub fn build_minimal() -> Image {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::Builder::new().prefix("berth-boot-test-").tempdir().unwrap();
-    let cache = match std::env::var_os("XDG_CACHE_HOME") {
-        Some(c) => PathBuf::from(c).join("berth"),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/berth"),
-    };
+    let cache = berth_builder::build::default_cache_dir().expect("a cache directory");
     let started = Instant::now();
     let report = build(&BuildOptions {
         definition: root.join("images/minimal.toml"),
