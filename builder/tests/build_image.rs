@@ -193,8 +193,9 @@ cmdline = "console=ttyS0"
 fn fails(repo_root: &Path, cache: &Path, def: &Path, out: &Path) -> String {
     let prebuilt = out.parent().unwrap().join("fake-prebuilt");
     std::fs::create_dir_all(&prebuilt).unwrap();
-    for f in ["berth-init", "berth-update", "BOOTX64.EFI"] {
-        std::fs::write(prebuilt.join(f), b"not used: the build stops before").unwrap();
+    let names = OwnBinaries::in_dir(&prebuilt);
+    for f in [&names.init, &names.update, &names.agent, &names.bootmgr] {
+        std::fs::write(f, b"not used: the build stops before").unwrap();
     }
     let o = Command::new(env!("CARGO_BIN_EXE_berth"))
         .arg("build")
