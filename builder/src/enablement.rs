@@ -26,57 +26,6 @@ pub enum EnableError {
     },
 }
 
-/// The `[Install]` section of a unit.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Install {
-    pub wanted_by: Vec<String>,
-    pub required_by: Vec<String>,
-    pub alias: Vec<String>,
-    pub also: Vec<String>,
-    pub default_instance: Option<String>,
-}
-
-/// Parses the `[Install]` section (systemd.syntax(7): comments, continuation lines, lists).
-pub fn parse_install(text: &str) -> Install {
-    let mut out = Install::default();
-    let mut in_install = false;
-    let mut logical = String::new();
-    for raw in text.lines() {
-        let line = raw.trim_end();
-        if let Some(cont) = line.strip_suffix('\\') {
-            logical.push_str(cont);
-            logical.push(' ');
-            continue;
-        }
-        logical.push_str(line);
-        let l = std::mem::take(&mut logical);
-        let l = l.trim();
-        if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
-            continue;
-        }
-        if l.starts_with('[') {
-            in_install = l == "[Install]";
-            continue;
-        }
-        if !in_install {
-            continue;
-        }
-        let Some((k, v)) = l.split_once('=') else { continue };
-        let words = || v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-        match k.trim() {
-            // An empty assignment resets the list, as in systemd.
-            "WantedBy" if v.trim().is_empty() => out.wanted_by.clear(),
-            "WantedBy" => out.wanted_by.extend(words()),
-            "RequiredBy" => out.required_by.extend(words()),
-            "Alias" => out.alias.extend(words()),
-            "Also" => out.also.extend(words()),
-            "DefaultInstance" => out.default_instance = Some(v.trim().to_string()),
-            _ => {}
-        }
-    }
-    out
-}
-
 /// Finds a unit file; for an instance `foo@bar.service`, its template `foo@.service`.
 fn find_unit(tree: &Tree, unit: &str) -> Option<(String, String)> {
     let template = unit.split_once('@').and_then(|(pre, rest)| {
@@ -127,7 +76,9 @@ pub fn enable(tree: &mut Tree, units: &[String], mtime: i64) -> Result<Vec<Strin
             continue;
         }
         let (path, text) = find_unit(tree, &unit).ok_or_else(|| EnableError::NotFound { unit: unit.clone() })?;
-        let install = parse_install(&text);
+        // The same reading of [Install] berth-init's loader does.
+        let install = berth_units::Install::parse(&unit, &text)
+            .map_err(|why| EnableError::Invalid { unit: unit.clone(), why })?;
         if install.wanted_by.is_empty() && install.required_by.is_empty() && install.alias.is_empty() {
             return Err(EnableError::NothingToEnable { unit });
         }

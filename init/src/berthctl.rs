@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::control::{self, Reply, Request};
-use crate::units::error::location;
-use crate::units::{ErrorKind, HostInfo, LoadState, Loader, Unit, syntax};
+use berth_units::error::location;
+use berth_units::{ErrorKind, HostInfo, LoadState, Loader, Unit, syntax};
 
 const USAGE: &str = "\
 berthctl: control Berth's init (berth-init, PID 1)

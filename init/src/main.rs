@@ -24,8 +24,6 @@ mod stage1;
 mod stage2;
 mod state;
 // The unit loader; berthctl verify uses part of it, the runtime will use the rest.
-#[allow(dead_code)]
-mod units;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! `berthctl verify` as users run it: the built berth-init binary, started under the name
-//! `berthctl` (a symlink, as in the image), on Debian's units (tests/fixtures, copied from
+//! `berthctl` (a symlink, as in the image), on Debian's units (units/tests/fixtures, copied from
 //! Debian 12's containerd and openssh-server packages; see tests/fixtures/README.md) and on
 //! broken ones.
 
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../units/tests/fixtures")
 }
 
 /// A temporary directory with `berthctl` linked to the berth-init binary under test.

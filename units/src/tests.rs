@@ -15,10 +15,10 @@ use super::*;
 
 /// The fixtures are Debian 12's own files, copied unchanged (see tests/fixtures/README.md):
 /// containerd 1.6.20~ds1-1+deb12u3 and openssh-server 1:9.2p1-2+deb12u10.
-const CONTAINERD: &str = include_str!("../../tests/fixtures/containerd.service");
-const SSH: &str = include_str!("../../tests/fixtures/ssh.service");
-const SSH_SOCKET: &str = include_str!("../../tests/fixtures/ssh.socket");
-const DEFAULT_SSH: &str = include_str!("../../tests/fixtures/default-ssh");
+const CONTAINERD: &str = include_str!("../tests/fixtures/containerd.service");
+const SSH: &str = include_str!("../tests/fixtures/ssh.service");
+const SSH_SOCKET: &str = include_str!("../tests/fixtures/ssh.socket");
+const DEFAULT_SSH: &str = include_str!("../tests/fixtures/default-ssh");
 
 struct Root {
     dir: tempfile::TempDir,

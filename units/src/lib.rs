@@ -151,6 +151,28 @@ pub struct Install {
     pub default_instance: Option<String>,
 }
 
+impl Install {
+    /// The `[Install]` section of `text`, the unit file of `unit`, read the way the loader
+    /// reads it (syntax, specifiers, list resets): what an image builder needs to enable a unit
+    /// inside an image without loading it. Errors name the line.
+    pub fn parse(unit: &str, text: &str) -> Result<Install, String> {
+        let name = UnitName::parse(unit).map_err(|e| format!("{unit}: {e}"))?;
+        let host = HostInfo::default();
+        let spec = specifiers::Specifiers { name: &name, fragment: None, host: &host };
+        let expand = |s: &str| spec.expand(s);
+        let doc = syntax::parse(text);
+        if let Some((line, e)) = doc.errors.first() {
+            return Err(format!("{unit}:{line}: {e}"));
+        }
+        let mut install = Install::default();
+        for a in doc.assignments.iter().filter(|a| a.section == "Install") {
+            unit_section::apply_install(&mut install, &name, &a.key, &a.value, &expand)
+                .map_err(|e| format!("{unit}:{}: {}={}: {e}", a.line, a.key, a.value))?;
+        }
+        Ok(install)
+    }
+}
+
 /// A loaded unit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unit {

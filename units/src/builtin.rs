@@ -50,7 +50,7 @@ pub fn text(name: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::syntax::parse;
+    use crate::syntax::parse;
 
     #[test]
     fn every_builtin_parses_cleanly() {
