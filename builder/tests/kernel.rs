@@ -1,13 +1,17 @@
 //! Kernel module selection, `modules.dep` and the initramfs tree (`berth_builder::kernel`).
 //!
 //! The synthetic tests build a kernel package from real ELF objects: tiny C files whose strings
-//! sit in a `.modinfo` section, compiled by the host's `gcc -c` (the judge of the ELF reader
-//! is thus the real toolchain, not a hand-made byte array). The real-kernel test unpacks each
-//! Debian kernel package found in `/var/cache/apt/archives` (or named by
-//! `BERTH_TEST_KERNEL_DEBS`, colon-separated) with `dpkg-deb -x`, and compares Berth's
-//! `modules.dep`, `modules.alias`, `modules.softdep` and `modules.devname` with what kmod's
-//! `depmod` writes for the same files. It never downloads anything; with no package present it
-//! says so and checks nothing more.
+//! sit in a `.modinfo` section and which export and use symbols as modules do, compiled by the
+//! host's `gcc -c` (the judge of the ELF reader is thus the real toolchain, not a hand-made
+//! byte array). kmod's `depmod` judges every file Berth writes for a pruned root and an
+//! initramfs (the binary indexes byte for byte), and `modprobe` and `modinfo` must answer the
+//! same on Berth's root as on depmod's.
+//!
+//! The real-kernel test unpacks each Debian kernel package named by `BERTH_TEST_KERNEL_DEBS`
+//! (colon-separated), found in `/var/cache/apt/archives`, or found in `berth build`'s default
+//! cache (`$XDG_CACHE_HOME/berth/debs` or `~/.cache/berth/debs`) with `dpkg-deb -x`, and does
+//! the same for the whole package, the initramfs set and the container-host root. It never
+//! downloads anything; with no package present it says so and checks nothing more.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
@@ -48,12 +52,40 @@ fn tool(name: &str, package: &str) -> PathBuf {
 /// the section has NUL padding between some entries, as modules built without `__aligned(1)`
 /// would.
 fn compile(fields: &[&str]) -> Vec<u8> {
+    compile_with_symbols(fields, &Symbols::default())
+}
+
+/// The symbols of a synthetic module, as depmod reads them from a real one.
+#[derive(Default)]
+struct Symbols {
+    /// Exported as a `__crc_<name>` symbol (a `CONFIG_MODVERSIONS` kernel's exports).
+    crc: Vec<String>,
+    /// Exported through `__ksymtab_strings` only.
+    strings: Vec<String>,
+    /// Used, in this order (undefined symbols in the symbol table).
+    imports: Vec<String>,
+}
+
+fn compile_with_symbols(fields: &[&str], symbols: &Symbols) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let mut src = String::new();
     for (i, f) in fields.iter().enumerate() {
         src.push_str(&format!("static const char __attribute__((section(\".modinfo\"), used)) f{i}[] = \"{f}\";\n"));
     }
-    src.push_str("int berth_test_init(void) { return 0; }\n");
+    for s in &symbols.crc {
+        src.push_str(&format!("const unsigned int __crc_{s} = 0x1234;\n"));
+    }
+    for (i, s) in symbols.strings.iter().enumerate() {
+        src.push_str(&format!(
+            "static const char __attribute__((section(\"__ksymtab_strings\"), used)) ks{i}[] = \"{s}\";\n"
+        ));
+    }
+    let mut body = String::from("0");
+    for s in &symbols.imports {
+        src.push_str(&format!("extern int {s}(void);\n"));
+        body.push_str(&format!(" + {s}()"));
+    }
+    src.push_str(&format!("int berth_test_init(void) {{ return {body}; }}\n"));
     let c = dir.path().join("m.c");
     let o = dir.path().join("m.ko");
     fs::write(&c, src).unwrap();
@@ -114,10 +146,32 @@ const PACKAGE: &[(&str, &[&str])] = &[
 const MODULES_BUILTIN: &str = "kernel/lib/crc16.ko\nkernel/fs/binfmt_script.ko\n";
 const BUILTIN_MODINFO: &[u8] = b"crc16.license=GPL\0crc16.alias=builtin-thing\0binfmt_script.license=GPL\0";
 
-/// The uncompressed objects of [`PACKAGE`], compiled once per test run.
+/// The uncompressed objects of [`PACKAGE`], compiled once per test run. Each module exports
+/// `berth_<name>` (every other one as a `__crc_` symbol, the rest through `__ksymtab_strings`)
+/// and uses `berth_<dependency>` for each name in its `depends=`, in reverse, so that depmod's
+/// view of the dependencies (symbols) differs in order from `depends=`.
 fn objects() -> &'static BTreeMap<&'static str, Vec<u8>> {
     static OBJECTS: std::sync::OnceLock<BTreeMap<&'static str, Vec<u8>>> = std::sync::OnceLock::new();
-    OBJECTS.get_or_init(|| PACKAGE.iter().map(|(path, fields)| (*path, compile(fields))).collect())
+    OBJECTS.get_or_init(|| {
+        PACKAGE
+            .iter()
+            .enumerate()
+            .map(|(i, (path, fields))| {
+                let export = vec![format!("berth_{}", module_name(path))];
+                let depends = fields.iter().find_map(|f| f.strip_prefix("depends=")).unwrap_or_default();
+                let imports = depends.split(',').filter(|d| !d.is_empty()).rev();
+                let symbols = Symbols {
+                    imports: imports.map(|d| format!("berth_{}", d.replace('-', "_"))).collect(),
+                    ..if i % 2 == 0 {
+                        Symbols { crc: export, ..Default::default() }
+                    } else {
+                        Symbols { strings: export, ..Default::default() }
+                    }
+                };
+                (*path, compile_with_symbols(fields, &symbols))
+            })
+            .collect()
+    })
 }
 
 /// The stored bytes of a module file (compressed as its name says).
@@ -328,7 +382,7 @@ fn closure_follows_softdeps_through_aliases_and_builtins() {
          kernel/fs/mbcache.ko:\n\
          kernel/crypto/crc32c_generic.ko:\n\
          kernel/fs/jbd2/jbd2.ko:\n\
-         kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko\n"
+         kernel/fs/ext4/ext4.ko: kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n"
     );
     check_orders(&sel);
     assert_eq!(
@@ -361,10 +415,11 @@ fn modules_dep_lists_transitive_deps_in_depmod_order() {
          kernel/block/t10-pi.ko: kernel/lib/crc-t10dif.ko\n\
          kernel/drivers/scsi/scsi_common.ko:\n\
          kernel/drivers/scsi/scsi_mod.ko: kernel/drivers/scsi/scsi_common.ko\n\
-         kernel/drivers/scsi/sd_mod.ko: kernel/block/t10-pi.ko kernel/lib/crc-t10dif.ko \
-         kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko\n"
+         kernel/drivers/scsi/sd_mod.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko \
+         kernel/block/t10-pi.ko kernel/lib/crc-t10dif.ko\n"
     );
-    // modprobe (and stage 1) load sd_mod's list from the end: scsi_common first.
+    // The list's order is depmod's, from the order sd_mod uses its dependencies' symbols
+    // (scsi_common's first), not from `depends=`. modprobe (and stage 1) load it from the end.
     assert_eq!(
         sel.load_order(),
         [
@@ -509,12 +564,18 @@ fn prune_root_keeps_only_the_closure() {
         "/kernel/fs/fuse",
         "/kernel/fs/fuse/fuse.ko",
         "/modules.alias",
+        "/modules.alias.bin",
         "/modules.builtin",
+        "/modules.builtin.alias.bin",
+        "/modules.builtin.bin",
         "/modules.builtin.modinfo",
         "/modules.dep",
+        "/modules.dep.bin",
         "/modules.devname",
         "/modules.order",
         "/modules.softdep",
+        "/modules.symbols",
+        "/modules.symbols.bin",
     ]
     .iter()
     .map(|p| format!("{}{p}", &MODDIR[1..]))
@@ -540,7 +601,7 @@ fn prune_root_keeps_only_the_closure() {
          kernel/fs/mbcache.ko:\n\
          kernel/crypto/crc32c_generic.ko:\n\
          kernel/fs/jbd2/jbd2.ko:\n\
-         kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko\n\
+         kernel/fs/ext4/ext4.ko: kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n\
          kernel/fs/overlayfs/overlay.ko:\n\
          kernel/fs/fuse/fuse.ko:\n"
     );
@@ -583,7 +644,7 @@ fn initramfs_tree_carries_init_and_the_storage_closure() {
     let ir = initramfs_tree(&k, &["e1000e"], init, EPOCH).unwrap();
     assert_eq!(
         ir.unavailable(),
-        ["virtio_pci", "virtio_scsi", "nvme", "ahci", "ata_piix", "hv_storvsc", "xen_blkfront"]
+        ["virtio_pci", "virtio_scsi", "nvme", "ahci", "ata_piix", "hv_storvsc", "xen_blkfront", "virtio_console"]
     );
     let t = &ir.tree;
     let walk: Vec<(String, &Node)> =
@@ -598,9 +659,15 @@ fn initramfs_tree_carries_init_and_the_storage_closure() {
     expected.push(m("").trim_end_matches('/').to_owned());
     for p in [
         "kernel",
+        "modules.alias.bin",
         "modules.builtin",
+        "modules.builtin.alias.bin",
+        "modules.builtin.bin",
         "modules.dep",
+        "modules.dep.bin",
         "modules.order",
+        "modules.softdep",
+        "modules.symbols.bin",
         "kernel/arch",
         "kernel/block",
         "kernel/crypto",
@@ -629,8 +696,10 @@ fn initramfs_tree_carries_init_and_the_storage_closure() {
         "kernel/fs/ext4",
         "kernel/fs/jbd2",
         "kernel/fs/mbcache.ko",
+        "kernel/fs/overlayfs",
         "kernel/fs/ext4/ext4.ko",
         "kernel/fs/jbd2/jbd2.ko",
+        "kernel/fs/overlayfs/overlay.ko",
         "kernel/lib/crc-t10dif.ko",
     ] {
         expected.push(m(p));
@@ -670,6 +739,7 @@ fn initramfs_tree_carries_init_and_the_storage_closure() {
             "kernel/crypto/crc32c_generic.ko",
             "kernel/fs/jbd2/jbd2.ko",
             "kernel/fs/ext4/ext4.ko",
+            "kernel/fs/overlayfs/overlay.ko",
             "kernel/lib/crc-t10dif.ko",
             "kernel/block/t10-pi.ko",
             "kernel/drivers/scsi/scsi_common.ko",
@@ -713,6 +783,253 @@ fn initramfs_tree_carries_init_and_the_storage_closure() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// kmod's binary indexes, judged by depmod and modprobe
+
+/// What depmod writes, in its order.
+const DEPMOD_FILES: &[&str] = &[
+    "modules.dep",
+    "modules.dep.bin",
+    "modules.alias",
+    "modules.alias.bin",
+    "modules.softdep",
+    "modules.symbols",
+    "modules.symbols.bin",
+    "modules.builtin.bin",
+    "modules.builtin.alias.bin",
+    "modules.devname",
+];
+
+/// Writes a tree into the host directory `dir`: directories, files (their content), symlinks.
+fn materialize(tree: &Tree, dir: &Path) {
+    for (raw, id) in tree.walk() {
+        let path = dir.join(String::from_utf8(raw).unwrap());
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        match &tree.node(id).kind {
+            NodeKind::Dir(_) => fs::create_dir_all(&path).unwrap(),
+            NodeKind::File(d) => fs::write(&path, d.read_all().unwrap()).unwrap(),
+            NodeKind::Symlink(t) => std::os::unix::fs::symlink(String::from_utf8(t.clone()).unwrap(), &path).unwrap(),
+            other => panic!("{}: unexpected {other:?}", path.display()),
+        }
+    }
+}
+
+/// Where the first difference between two byte strings is, for a readable assertion.
+fn first_difference(a: &[u8], b: &[u8]) -> String {
+    let at = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    format!("berth {} bytes, depmod {} bytes, first difference at byte {at}", a.len(), b.len())
+}
+
+/// Runs depmod on a copy of the root `ours` (module directory `<root>/lib/modules/<kver>`)
+/// and compares each file depmod writes with Berth's: byte for byte, except `modules.dep`,
+/// whose lines Berth writes in load order (the same lines in any order). Returns the copy,
+/// for modprobe to compare with.
+fn judge_root(ours: &Path, kver: &str) -> tempfile::TempDir {
+    let theirs = tempfile::tempdir().unwrap();
+    let status = Command::new("cp").arg("-a").arg(ours.join(".")).arg(theirs.path()).status().unwrap();
+    assert!(status.success());
+    let out = Command::new(tool("depmod", "kmod")).arg("-b").arg(theirs.path()).arg(kver).output().unwrap();
+    assert!(out.status.success(), "depmod: {}", String::from_utf8_lossy(&out.stderr));
+    let moddir = |root: &Path| root.join("lib/modules").join(kver);
+    for name in DEPMOD_FILES {
+        let a = fs::read(moddir(ours).join(name)).unwrap_or_else(|e| panic!("berth wrote no {name}: {e}"));
+        let b = fs::read(moddir(theirs.path()).join(name)).unwrap();
+        if *name == "modules.dep" {
+            let lines =
+                |t: &[u8]| String::from_utf8(t.to_vec()).unwrap().lines().map(str::to_owned).collect::<BTreeSet<_>>();
+            assert_eq!(lines(&a), lines(&b), "modules.dep lines");
+        } else {
+            assert!(a == b, "{name}: {}", first_difference(&a, &b));
+        }
+    }
+    theirs
+}
+
+/// `modprobe -d <root> -S <kver> ARGS` with no host configuration; its output with the root's
+/// path replaced by `ROOT`, so that two roots' answers compare.
+fn modprobe(root: &Path, kver: &str, args: &[&str]) -> String {
+    let no_config = tempfile::tempdir().unwrap();
+    let out = Command::new(tool("modprobe", "kmod"))
+        .arg("-C")
+        .arg(no_config.path())
+        .arg("-d")
+        .arg(root)
+        .args(["-S", kver])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "modprobe {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().replace(&root.display().to_string(), "ROOT")
+}
+
+/// `modinfo -b <root> -k <kver> ARGS`, the root's path replaced as for [`modprobe`].
+fn modinfo(root: &Path, kver: &str, args: &[&str]) -> String {
+    let out = Command::new(tool("modinfo", "kmod")).arg("-b").arg(root).args(["-k", kver]).args(args).output().unwrap();
+    assert!(out.status.success(), "modinfo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().replace(&root.display().to_string(), "ROOT")
+}
+
+/// Asks modprobe and modinfo the same questions on both roots; the answers must agree.
+/// Returns Berth's answers.
+fn same_answers(ours: &Path, theirs: &Path, kver: &str, questions: &[&[&str]]) -> Vec<String> {
+    let mut answers = Vec::new();
+    for q in questions {
+        let (a, b) = if q[0] == "modinfo" {
+            (modinfo(ours, kver, &q[1..]), modinfo(theirs, kver, &q[1..]))
+        } else {
+            (modprobe(ours, kver, q), modprobe(theirs, kver, q))
+        };
+        assert_eq!(a, b, "modprobe/modinfo {q:?}");
+        answers.push(a);
+    }
+    answers
+}
+
+#[test]
+fn pruned_root_indexes_are_depmods() {
+    let mut tree = package_tree();
+    let k = KernelPackage::find(&tree).unwrap();
+    let sel =
+        k.select(&["ext4", "overlay", "fuse", "sd_mod", "virtio_blk", "vfio", "igb", "e1000e", "berth-extra"]).unwrap();
+    prune_root(&mut tree, &k, &sel, EPOCH).unwrap();
+    let ours = tempfile::tempdir().unwrap();
+    materialize(&tree, ours.path());
+    let theirs = judge_root(ours.path(), KVER);
+    let answers = same_answers(
+        ours.path(),
+        theirs.path(),
+        KVER,
+        &[
+            &["--show-depends", "ext4"],
+            &["--show-depends", "sd_mod"],
+            &["--show-depends", "fs-overlay"],
+            &["--show-depends", "vfio"],
+            &["-R", "fs-overlay"],
+            &["-R", "crypto-crc32c"],
+            &["-R", "pci:v00008086d000010D3sv00001234sd00005678bc02sc00i00"],
+            &["-R", "symbol:berth_scsi_mod"],
+            &["-R", "builtin-thing"],
+            &["modinfo", "-F", "filename", "e1000e"],
+            &["modinfo", "-F", "depends", "sd_mod"],
+        ],
+    );
+    // Not only the same answers: the right ones.
+    let m = |p: &str| format!("insmod ROOT/lib/modules/{KVER}/{p} \n");
+    assert_eq!(
+        answers[1],
+        [
+            "kernel/lib/crc-t10dif.ko",
+            "kernel/block/t10-pi.ko",
+            "kernel/drivers/scsi/scsi_common.ko",
+            "kernel/drivers/scsi/scsi_mod.ko",
+            "kernel/drivers/scsi/sd_mod.ko"
+        ]
+        .map(m)
+        .concat()
+    );
+    assert_eq!(answers[2], m("kernel/fs/overlayfs/overlay.ko"));
+    assert_eq!(answers[4], "overlay\n");
+    assert_eq!(answers[5], "crc32c_intel\ncrc32c_generic\n");
+    assert_eq!(answers[6], "e1000e\n");
+    assert_eq!(answers[7], "scsi_mod\n");
+    assert_eq!(answers[8], "crc16\n");
+    assert_eq!(answers[9], format!("ROOT/lib/modules/{KVER}/kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko.xz\n"));
+
+    // The symbols Berth read are those depmod read: one per module, as exported.
+    let symbols = fs::read_to_string(ours.path().join(format!("lib/modules/{KVER}/modules.symbols"))).unwrap();
+    assert_eq!(symbols.lines().count(), 1 + sel.modules().len(), "{symbols}");
+    for m in sel.modules() {
+        assert!(symbols.contains(&format!("alias symbol:berth_{0} {0}\n", m.name)), "{symbols}");
+    }
+}
+
+/// Writes an initramfs tree to disk and runs depmod on a copy, with the package's
+/// `modules.builtin.modinfo` (depmod's source of built-in aliases, which the initramfs does not
+/// carry; Berth's index comes from the package's); the indexes must be depmod's, byte for
+/// byte. Returns both directories.
+fn judge_initramfs(tree: &Tree, kver: &str, builtin_modinfo: &[u8]) -> (tempfile::TempDir, tempfile::TempDir) {
+    let ours = tempfile::tempdir().unwrap();
+    materialize(tree, ours.path());
+    let theirs = tempfile::tempdir().unwrap();
+    let status = Command::new("cp").arg("-a").arg(ours.path().join(".")).arg(theirs.path()).status().unwrap();
+    assert!(status.success());
+    let moddir = |root: &Path| root.join("lib/modules").join(kver);
+    fs::write(moddir(theirs.path()).join("modules.builtin.modinfo"), builtin_modinfo).unwrap();
+    let out = Command::new(tool("depmod", "kmod")).arg("-b").arg(theirs.path()).arg(kver).output().unwrap();
+    assert!(out.status.success(), "depmod: {}", String::from_utf8_lossy(&out.stderr));
+    for name in [
+        "modules.dep.bin",
+        "modules.alias.bin",
+        "modules.softdep",
+        "modules.symbols.bin",
+        "modules.builtin.bin",
+        "modules.builtin.alias.bin",
+    ] {
+        let a = fs::read(moddir(ours.path()).join(name)).unwrap();
+        let b = fs::read(moddir(theirs.path()).join(name)).unwrap();
+        assert!(a == b, "initramfs {name}: {}", first_difference(&a, &b));
+    }
+    (ours, theirs)
+}
+
+#[test]
+fn initramfs_indexes_are_depmods() {
+    let k = kernel();
+    let ir = initramfs_tree(&k, &["e1000e", "fuse"], FileData::from(b"init".to_vec()), EPOCH).unwrap();
+    let (ours, theirs) = judge_initramfs(&ir.tree, KVER, BUILTIN_MODINFO);
+    let answers = same_answers(
+        ours.path(),
+        theirs.path(),
+        KVER,
+        &[&["--show-depends", "ext4"], &["--show-depends", "e1000e"], &["-R", "devname:fuse"]],
+    );
+    assert_eq!(answers[2], "fuse\n");
+}
+
+/// depmod orders the modules missing from `modules.order` by its module hash table; Berth's
+/// index must agree, as the priorities in the indexes are positions in that order.
+#[test]
+fn modules_outside_modules_order_follow_depmods_order() {
+    let names = ["zeta", "alpha", "m-1", "m_2", "kvm", "loop", "tun", "veth", "xt_mark", "bridge", "a", "bb"];
+    let dir = tempfile::tempdir().unwrap();
+    let moddir = dir.path().join("lib/modules").join(KVER);
+    let mut files = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let path = if i % 3 == 0 { format!("kernel/x/{n}.ko") } else { format!("extra/{n}.ko") };
+        let obj = compile_with_symbols(
+            &["depends="],
+            &Symbols { crc: vec![format!("sym_{}", n.replace('-', "_"))], ..Default::default() },
+        );
+        fs::create_dir_all(moddir.join(&path).parent().unwrap()).unwrap();
+        fs::write(moddir.join(&path), &obj).unwrap();
+        files.push((path, FileData::from(obj)));
+    }
+    // Some modules in modules.order, in an order of their own.
+    let order = "kernel/x/veth.ko\nkernel/x/zeta.ko\n";
+    fs::write(moddir.join("modules.order"), order).unwrap();
+    let idx = ModuleIndex::new(KVER, files, order, "", b"").unwrap();
+    let out = Command::new(tool("depmod", "kmod")).arg("-b").arg(dir.path()).arg(KVER).output().unwrap();
+    assert!(out.status.success(), "depmod: {}", String::from_utf8_lossy(&out.stderr));
+    // depmod writes modules.dep's lines in its module order.
+    let theirs: Vec<String> = fs::read_to_string(moddir.join("modules.dep"))
+        .unwrap()
+        .lines()
+        .map(|l| l.trim_end_matches(':').to_owned())
+        .collect();
+    let ours: Vec<&str> = idx.modules().iter().map(|m| m.path.as_str()).collect();
+    assert_eq!(ours, theirs);
+    let sel = idx.select(&["*"]).unwrap();
+    for (name, ours) in [
+        ("modules.dep.bin", sel.modules_dep_bin().unwrap()),
+        ("modules.alias.bin", sel.modules_alias_bin().unwrap()),
+        ("modules.symbols.bin", sel.modules_symbols_bin().unwrap()),
+        ("modules.symbols", sel.modules_symbols().into_bytes()),
+    ] {
+        let theirs = fs::read(moddir.join(name)).unwrap();
+        assert!(ours == theirs, "{name}: {}", first_difference(&ours, &theirs));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // A real Debian kernel package, judged by depmod
 
 fn kernel_debs() -> Vec<PathBuf> {
@@ -735,6 +1052,28 @@ fn kernel_debs() -> Vec<PathBuf> {
         found.sort();
         debs.extend(found);
     }
+    // `berth build`'s default cache keeps packages under their digests: ask dpkg-deb which.
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|c| c.join("berth/debs"));
+    if let (Some(dpkg_deb), Some(Ok(dir))) = (find_tool("dpkg-deb"), cache.map(fs::read_dir)) {
+        let mut found: Vec<PathBuf> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+            .filter(|p| {
+                let out = Command::new(&dpkg_deb).arg("-f").arg(p).arg("Package").output();
+                out.is_ok_and(|o| {
+                    let name = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+                    name.strip_prefix("linux-image-").is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+                        && !name.ends_with("-dbg")
+                })
+            })
+            .collect();
+        found.sort();
+        debs.extend(found);
+    }
     debs
 }
 
@@ -749,8 +1088,8 @@ fn parse_dep(text: &str) -> BTreeMap<String, Vec<String>> {
 }
 
 /// Runs depmod on a copy of `selection`'s files (and the package's order and builtin files)
-/// and returns its output files' text.
-fn depmod_judge(src_moddir: &Path, sel: &Selection) -> BTreeMap<&'static str, String> {
+/// and returns the files it writes.
+fn depmod_judge(src_moddir: &Path, sel: &Selection) -> BTreeMap<&'static str, Vec<u8>> {
     let depmod = tool("depmod", "kmod");
     let base = tempfile::tempdir().unwrap();
     let moddir = base.path().join("lib/modules").join(sel.version());
@@ -769,20 +1108,29 @@ fn depmod_judge(src_moddir: &Path, sel: &Selection) -> BTreeMap<&'static str, St
     }
     let out = Command::new(depmod).arg("-b").arg(base.path()).arg(sel.version()).output().unwrap();
     assert!(out.status.success(), "depmod: {}", String::from_utf8_lossy(&out.stderr));
-    ["modules.dep", "modules.alias", "modules.softdep", "modules.devname"]
-        .into_iter()
-        .map(|f| (f, fs::read_to_string(moddir.join(f)).unwrap_or_default()))
-        .collect()
+    DEPMOD_FILES.iter().map(|f| (*f, fs::read(moddir.join(f)).unwrap())).collect()
 }
 
-/// Compares a selection's files with depmod's: the same lines with the same dependency lists
-/// (depmod writes its lines in modules.order order, Berth in load order); the alias, softdep
-/// and devname files byte for byte. Returns how many dependency lists are in depmod's exact
-/// order (depmod breaks ties by symbol-table order, which `depends=` does not record).
-fn judge(src_moddir: &Path, sel: &Selection) -> (usize, usize) {
+/// What [`judge`] found.
+struct Judged {
+    /// `modules.dep` lines, and those whose dependency list is in depmod's exact order.
+    lines: usize,
+    exact: usize,
+    /// Time taken by Berth to write `modules.dep.bin`, `modules.alias.bin`, `modules.symbols`
+    /// and `modules.symbols.bin`.
+    indexes: std::time::Duration,
+    /// Their sizes.
+    index_bytes: usize,
+}
+
+/// Compares a selection's files with depmod's: the same `modules.dep` lines with the same
+/// dependency lists (depmod writes its lines in modules.order order, Berth in load order);
+/// every other file byte for byte.
+fn judge(src_moddir: &Path, sel: &Selection) -> Judged {
     let theirs = depmod_judge(src_moddir, sel);
+    let text = |f: &str| String::from_utf8(theirs[f].clone()).unwrap();
     let ours = parse_dep(&sel.modules_dep());
-    let want = parse_dep(&theirs["modules.dep"]);
+    let want = parse_dep(&text("modules.dep"));
     assert_eq!(ours.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "modules.dep: different modules");
     let mut exact = 0;
     for (m, deps) in &ours {
@@ -791,15 +1139,26 @@ fn judge(src_moddir: &Path, sel: &Selection) -> (usize, usize) {
         assert_eq!(a, b, "modules.dep line of {m}: dependency sets differ");
         if deps == &want[m] {
             exact += 1;
-        } else if exact + 1 == ours.len() || std::env::var_os("BERTH_TEST_SHOW_ORDER").is_some() {
+        } else {
             eprintln!("  order differs for {m}:\n    berth:  {deps:?}\n    depmod: {:?}", want[m]);
         }
     }
-    assert_eq!(sel.modules_alias(), theirs["modules.alias"], "modules.alias");
-    assert_eq!(sel.modules_softdep(), theirs["modules.softdep"], "modules.softdep");
-    assert_eq!(sel.modules_devname(), theirs["modules.devname"], "modules.devname");
+    assert_eq!(sel.modules_alias(), text("modules.alias"), "modules.alias");
+    assert_eq!(sel.modules_softdep(), text("modules.softdep"), "modules.softdep");
+    assert_eq!(sel.modules_devname(), text("modules.devname"), "modules.devname");
+    let start = std::time::Instant::now();
+    let indexes = [
+        ("modules.dep.bin", sel.modules_dep_bin().unwrap()),
+        ("modules.alias.bin", sel.modules_alias_bin().unwrap()),
+        ("modules.symbols", sel.modules_symbols().into_bytes()),
+        ("modules.symbols.bin", sel.modules_symbols_bin().unwrap()),
+    ];
+    let elapsed = start.elapsed();
+    for (name, ours) in &indexes {
+        assert!(*ours == theirs[name], "{name}: {}", first_difference(ours, &theirs[name]));
+    }
     check_orders(sel);
-    (exact, ours.len())
+    Judged { lines: ours.len(), exact, indexes: elapsed, index_bytes: indexes.iter().map(|(_, b)| b.len()).sum() }
 }
 
 fn mib(bytes: u64) -> String {
@@ -811,8 +1170,8 @@ fn real_debian_kernel_matches_depmod() {
     let debs = kernel_debs();
     if debs.is_empty() {
         eprintln!(
-            "note: no linux-image-<version>-*.deb in /var/cache/apt/archives and BERTH_TEST_KERNEL_DEBS unset; \
-             the real-kernel check is skipped"
+            "note: no linux-image-<version>-*.deb in /var/cache/apt/archives or berth's cache, and \
+             BERTH_TEST_KERNEL_DEBS unset; the real-kernel check is skipped"
         );
         return;
     }
@@ -840,10 +1199,12 @@ fn real_debian_kernel_matches_depmod() {
         let k = KernelPackage::find(&tree).unwrap();
         let indexed = start.elapsed();
         let host_moddir = root.join(k.modules_dir().strip_prefix("/").unwrap());
+        let start = std::time::Instant::now();
         let all = k.select(&["**"]).unwrap();
+        let selected = start.elapsed();
         let builtin = fs::read_to_string(host_moddir.join("modules.builtin")).unwrap_or_default();
         eprintln!(
-            "{}: kernel {}: {} modules, {} (indexed in {:.2?}), {} built in",
+            "{}: kernel {}: {} modules, {} (indexed in {:.2?}; all selected, symbols read, in {selected:.2?}), {} built in",
             deb.file_name().unwrap().to_string_lossy(),
             k.version(),
             all.modules().len(),
@@ -854,20 +1215,31 @@ fn real_debian_kernel_matches_depmod() {
         assert_eq!(all.modules().len(), k.modules().modules().len());
 
         // The whole package, judged by depmod on the package as shipped.
-        let (exact, lines) = judge(&host_moddir, &all);
-        eprintln!("  whole package: modules.dep lines as depmod's: all {lines} same sets, {exact} in identical order");
+        let j = judge(&host_moddir, &all);
+        eprintln!(
+            "  whole package: modules.dep lines as depmod's: all {} same sets, {} in identical order; \
+             the indexes and modules.symbols ({}) are depmod's bytes, written in {:.2?}",
+            j.lines,
+            j.exact,
+            mib(j.index_bytes as u64),
+            j.indexes
+        );
+        assert_eq!(j.exact, j.lines);
 
         // The initramfs storage set.
         let ir = initramfs_tree(&k, &[] as &[&str], FileData::from(b"init".to_vec()), 0).unwrap();
         let storage = k.modules().select_with_optional(&[] as &[&str], INITRAMFS_MODULES).unwrap();
-        let (exact, lines) = judge(&host_moddir, &storage);
+        let j = judge(&host_moddir, &storage);
         eprintln!(
-            "  initramfs storage closure: {} modules, {} ({} unavailable: {:?}); depmod agrees on {lines} lines, {exact} in identical order",
+            "  initramfs storage closure: {} modules, {} ({} unavailable: {:?}); depmod agrees on {} lines, {} in identical order",
             ir.selection.modules().len(),
             mib(ir.selection.bytes()),
             ir.unavailable().len(),
             ir.unavailable(),
+            j.lines,
+            j.exact,
         );
+        assert_eq!(j.exact, j.lines);
         for required in ["virtio_blk", "virtio_scsi", "virtio_pci", "nvme", "sd_mod", "ext4"] {
             let builtin = k.modules().is_builtin(required);
             assert!(ir.selection.contains(required) || builtin, "the initramfs lacks {required}");
@@ -881,43 +1253,91 @@ fn real_debian_kernel_matches_depmod() {
             "  initramfs load order: {:?}",
             ir.selection.load_order().iter().map(|p| module_name(p)).collect::<Vec<_>>()
         );
+        let builtin_modinfo = fs::read(host_moddir.join("modules.builtin.modinfo")).unwrap_or_default();
+        let (ours, theirs) = judge_initramfs(&ir.tree, k.version(), &builtin_modinfo);
+        let answers = same_answers(
+            ours.path(),
+            theirs.path(),
+            k.version(),
+            &[&["--show-depends", "overlay"], &["--show-depends", "virtio_blk"], &["-R", "fs-overlay"]],
+        );
+        assert_eq!(answers[2], "overlay\n");
+        eprintln!("  initramfs indexes: depmod's bytes; modprobe agrees");
         let cpio =
             write_archive(&ir.tree, &CpioOptions { mtime: Some(0), compression: Compression::default() }, Vec::new())
                 .unwrap();
         eprintln!("  initramfs: {} compressed (zstd level default)", mib(cpio.len() as u64));
 
         // The proposed container-host list.
-        match k.modules().select_with_optional(&["overlay"], CONTAINER_HOST_MODULES) {
-            Ok(host) => {
-                let (exact, lines) = judge(&host_moddir, &host);
-                eprintln!(
-                    "  container-host list: {} modules, {} (unavailable: {:?}, unresolved softdeps: {:?}); depmod agrees on {lines} lines, {exact} in identical order",
-                    host.modules().len(),
-                    mib(host.bytes()),
-                    host.unavailable(),
-                    host.unresolved_softdeps()
-                );
-                let list: Vec<&str> = host.modules().iter().map(|m| m.name.as_str()).collect();
-                eprintln!("  container-host closure: {}", list.join(" "));
-                let mut pruned = tree.clone();
-                let combined: Vec<&str> = CONTAINER_HOST_MODULES
-                    .iter()
-                    .copied()
-                    .filter(|n| !host.unavailable().iter().any(|u| u == n))
-                    .chain(INITRAMFS_MODULES.iter().copied().filter(|n| !ir.unavailable().iter().any(|u| u == n)))
-                    .collect();
-                let sel = k.select(&combined).unwrap();
-                let report = prune_root(&mut pruned, &k, &sel, 0).unwrap();
-                eprintln!(
-                    "  root with container-host + storage modules: {} kept ({}), {} removed ({})",
-                    report.kept,
-                    mib(sel.bytes()),
-                    report.removed,
-                    mib(report.removed_bytes)
-                );
-                assert_eq!(KernelPackage::find(&pruned).unwrap().modules().modules().len(), report.kept);
-            }
-            Err(e) => panic!("container-host list on {}: {e}", k.version()),
-        }
+        let start = std::time::Instant::now();
+        let host = k
+            .modules()
+            .select_with_optional(&["overlay"], CONTAINER_HOST_MODULES)
+            .unwrap_or_else(|e| panic!("container-host list on {}: {e}", k.version()));
+        let selected = start.elapsed();
+        let j = judge(&host_moddir, &host);
+        eprintln!(
+            "  container-host list: {} modules, {} (unavailable: {:?}, unresolved softdeps: {:?}); depmod agrees on {} lines, \
+             {} in identical order; selected with symbols read in {selected:.2?}, indexes ({}) written in {:.2?}",
+            host.modules().len(),
+            mib(host.bytes()),
+            host.unavailable(),
+            host.unresolved_softdeps(),
+            j.lines,
+            j.exact,
+            mib(j.index_bytes as u64),
+            j.indexes,
+        );
+        assert_eq!(j.exact, j.lines);
+        let list: Vec<&str> = host.modules().iter().map(|m| m.name.as_str()).collect();
+        eprintln!("  container-host closure: {}", list.join(" "));
+
+        // The root with the container-host and storage modules: written to disk, judged by
+        // depmod and asked the questions modprobe answers from the indexes.
+        let mut pruned = tree.clone();
+        let combined: Vec<&str> = CONTAINER_HOST_MODULES
+            .iter()
+            .copied()
+            .filter(|n| !host.unavailable().iter().any(|u| u == n))
+            .chain(INITRAMFS_MODULES.iter().copied().filter(|n| !ir.unavailable().iter().any(|u| u == n)))
+            .collect();
+        let sel = k.select(&combined).unwrap();
+        let start = std::time::Instant::now();
+        let report = prune_root(&mut pruned, &k, &sel, 0).unwrap();
+        let pruned_in = start.elapsed();
+        eprintln!(
+            "  root with container-host + storage modules: {} kept ({}), {} removed ({}); pruned and depmod's files written in {pruned_in:.2?}",
+            report.kept,
+            mib(sel.bytes()),
+            report.removed,
+            mib(report.removed_bytes)
+        );
+        assert_eq!(KernelPackage::find(&pruned).unwrap().modules().modules().len(), report.kept);
+        let ours = tempfile::tempdir().unwrap();
+        materialize(&pruned, ours.path());
+        let theirs = judge_root(ours.path(), k.version());
+        let answers = same_answers(
+            ours.path(),
+            theirs.path(),
+            k.version(),
+            &[
+                &["--show-depends", "overlay"],
+                &["-R", "fs-overlay"],
+                &["--show-depends", "br_netfilter"],
+                &["--show-depends", "nft_chain_nat"],
+                &["--show-depends", "xt_MASQUERADE"],
+                &["-R", "nft-expr-ct"],
+                &["-R", "symbol:nf_conntrack_in"],
+                &["-R", "crypto-crc32c"],
+                &["-R", "ext4"],
+                &["modinfo", "-F", "filename", "bridge"],
+                &["modinfo", "-F", "depends", "br_netfilter"],
+            ],
+        );
+        assert_eq!(answers[0], format!("insmod ROOT/lib/modules/{}/kernel/fs/overlayfs/overlay.ko \n", k.version()));
+        assert_eq!(answers[1], "overlay\n");
+        assert_eq!(answers[5], "nft_ct\n");
+        assert_eq!(answers[6], "nf_conntrack\n");
+        eprintln!("  pruned root: every depmod file matches; modprobe and modinfo agree ({} questions)", answers.len());
     }
 }

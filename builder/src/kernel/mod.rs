@@ -10,11 +10,13 @@
 //!   `modules.builtin` and `modules.builtin.modinfo`, with no host tool: there is no depmod
 //!   or modprobe in the build;
 //! - selecting modules by name or path glob with their dependency closure ([`Selection`]);
-//! - the root's module directory ([`prune_root`]): unselected modules removed, `modules.dep`,
-//!   `modules.alias`, `modules.softdep`, `modules.devname` and `modules.order` regenerated;
+//! - the root's module directory ([`prune_root`]): unselected modules removed, and every file
+//!   depmod writes regenerated for the modules left, with depmod's bytes: the text files
+//!   (`modules.dep`, `modules.alias`, `modules.softdep`, `modules.symbols`,
+//!   `modules.devname`) and kmod's binary indexes (below); `modules.order` filtered;
 //! - the initramfs tree ([`initramfs_tree`]): `/init`, the storage modules
-//!   ([`INITRAMFS_MODULES`]) and their closure, and their `modules.dep`. The cpio writer
-//!   ([`crate::cpio`]) turns that tree into the archive.
+//!   ([`INITRAMFS_MODULES`]) and their closure, their `modules.dep` and kmod's indexes. The
+//!   cpio writer ([`crate::cpio`]) turns that tree into the archive.
 //!
 //! # Names, dependencies, closure
 //!
@@ -36,15 +38,17 @@
 //! Each line is `path: dep1 dep2 ...`, paths relative to the modules directory, exactly
 //! depmod's text format: the dependency list is the module's *transitive* hard dependencies,
 //! each once, sorted so that a module comes before the modules it depends on (depmod's
-//! topological order, reproduced by the same algorithm). A loader therefore loads a line's
-//! list from the **end backwards**, then the module itself; that is what modprobe does with
-//! the same data.
+//! topological order, reproduced by the same algorithm on the same input: depmod records a
+//! module's dependencies in the order the module first uses their symbols, so Berth reads the
+//! selected modules' symbol tables for that order, as `modinfo.rs` describes). A loader
+//! therefore loads a line's list from the **end backwards**, then the module itself; that is
+//! what modprobe does with the same data.
 //!
 //! Berth writes the *lines* in load order: every module's line comes after the lines of all
 //! its dependencies and of its `pre:` soft dependencies (and before its `post:` ones). depmod
 //! writes lines in `modules.order` order instead; no consumer depends on line order (modprobe
-//! reads only the binary index, below), so the per-line content is depmod's and the line order
-//! is Berth's. The contract for stage 1 of `berth-init` (DESIGN.md §3) is then simply:
+//! reads only the binary index, below), so each line is depmod's and the line order is
+//! Berth's. The contract for stage 1 of `berth-init` (DESIGN.md §3) is then simply:
 //!
 //! > Read `/usr/lib/modules/<kver>/modules.dep`. For each line in file order: for each path
 //! > in the dependency list from last to first, then for the module's own path, unless
@@ -57,18 +61,28 @@
 //! stored uncompressed (the archive as a whole is zstd-compressed, and `finit_module` then
 //! needs no decompression support), so its `modules.dep` names `.ko` files only.
 //!
-//! # What kmod can and cannot use
+//! # kmod's binary indexes: `modprobe` in a Berth root
 //!
-//! kmod (modprobe, `modinfo -n`, the kernel's `request_module` helper) reads only the binary
-//! indexes depmod also writes (`modules.dep.bin`, `modules.alias.bin`, `modules.symbols.bin`,
-//! `modules.builtin.bin`, `modules.builtin.alias.bin`): `libkmod.c`'s `lookup_file()` opens
-//! `<dir>/<index>.bin` and has no fallback to the text files (kmod reads `modules.softdep` as
-//! text, as a configuration file). Berth does not write the `.bin` tries, so in a Berth root
-//! `modprobe NAME` fails and the kernel cannot load modules on demand (for example netfilter
-//! expressions or `xt_*` matches that iptables asks for). Berth's init loads modules itself
-//! from `modules.dep`, so the modules an image needs at run time must be loaded at boot.
+//! kmod (modprobe, `modinfo`, and through modprobe the kernel's `request_module`) reads only
+//! the binary indexes depmod writes beside the text files: `libkmod`'s lookups open
+//! `<dir>/<index>.bin` and never fall back to the text (only `modules.softdep` is read as
+//! text, as a configuration file). Berth writes them as kmod 30's depmod (Debian 12) does,
+//! byte for byte (`index.rs` describes the format), from the same data as the text files:
+//! - `modules.dep.bin`: module name to its `modules.dep` line;
+//! - `modules.alias.bin`: each `alias=` pattern to its module;
+//! - `modules.symbols.bin` (and the text `modules.symbols`): `symbol:<name>` to the module
+//!   exporting it, from the modules' symbol tables;
+//! - `modules.builtin.bin` and `modules.builtin.alias.bin`: built-in module names and their
+//!   aliases, from `modules.builtin` and `modules.builtin.modinfo`.
+//!
+//! So in a Berth root whose image has kmod, `modprobe NAME` works for every module the image
+//! kept, and so does loading on demand: the kernel's requests for `fs-overlay`, `nft-expr-*`,
+//! `net-pf-*` and the like resolve through these indexes. A module the image left out cannot
+//! be loaded, on demand or otherwise: the selection is still what decides what an image can
+//! load. Berth's init loads its modules itself from `modules.dep`, with no kmod involved.
 
 mod glob;
+mod index;
 mod modinfo;
 mod output;
 mod select;
@@ -79,6 +93,7 @@ use std::path::{Path, PathBuf};
 
 use berth_fstree::{FileData, NodeId, NodeKind, Tree, TreeError};
 
+pub use index::IndexError;
 pub use modinfo::{ModInfo, ModinfoError, ModuleCompression};
 pub use output::{Initramfs, RootReport, initramfs_tree, prune_root};
 pub use select::Selection;
@@ -118,9 +133,9 @@ pub const INITRAMFS_MODULES: &[&str] = &[
 
 /// A proposed default module list for a container host's root: overlay storage, bridge and
 /// veth networking with netfilter for both iptables back ends, VXLAN and the usual virtual
-/// links for overlay networks. Since nothing can load modules on demand in a Berth root (see
-/// the module docs), this list errs on the side of what Docker, containerd's CNI plugins,
-/// kube-proxy (iptables mode) and Flannel/Calico ask for. On Debian 6.1 kernels its closure is
+/// links for overlay networks. A Berth root can load on demand only the modules it carries
+/// (see the module docs), so this list errs on the side of what Docker, containerd's CNI
+/// plugins, kube-proxy (iptables mode) and Flannel/Calico ask for. On Debian 6.1 kernels its closure is
 /// about 140 modules and 5.7 MiB (`xt_*` alone is some 75 of them), against 87 MiB
 /// (`-cloud-amd64`) and 379 MiB (`-amd64`) for the whole package.
 pub const CONTAINER_HOST_MODULES: &[&str] = &[
@@ -204,6 +219,12 @@ pub enum KernelError {
     Cycle { cycle: Vec<String>, version: String },
     #[error("kernel {version}: the selection's module {path} is not a module file of this kernel package")]
     ForeignSelection { path: String, version: String },
+    #[error("writing {file}: {source}")]
+    Index {
+        file: &'static str,
+        #[source]
+        source: IndexError,
+    },
 }
 
 /// One loadable module of the package.
@@ -231,7 +252,7 @@ impl Module {
 }
 
 /// The modules of one kernel: loadable modules in depmod's order (`modules.order` first, then
-/// the rest by path), built-in module names and built-in aliases.
+/// the rest in depmod's hash-table order), built-in module names and built-in aliases.
 #[derive(Debug, Clone)]
 pub struct ModuleIndex {
     version: String,
@@ -274,12 +295,15 @@ impl ModuleIndex {
             }
             modules.push(Module { name, path, compression, depends, info, data });
         }
-        // depmod's module order: those in modules.order by their line, then the others (depmod
-        // takes those in directory-scan order; here by path, for reproducibility).
+        // depmod's module order: those in modules.order by their line, then the others in the
+        // order depmod's module table iterates them (a kmod hash table by name, 512 buckets),
+        // which its stable sort keeps.
         modules.sort_by(|a, b| {
             let ka = rank.get(a.uncompressed_path()).copied().unwrap_or(usize::MAX);
             let kb = rank.get(b.uncompressed_path()).copied().unwrap_or(usize::MAX);
-            ka.cmp(&kb).then_with(|| a.path.cmp(&b.path))
+            ka.cmp(&kb).then_with(|| {
+                index::kmod_hash_order(&a.name, MODULE_BUCKETS).cmp(&index::kmod_hash_order(&b.name, MODULE_BUCKETS))
+            })
         });
         let mut by_name = HashMap::with_capacity(modules.len());
         for (i, m) in modules.iter().enumerate() {
@@ -471,6 +495,9 @@ impl ModuleIndex {
     }
 }
 
+/// depmod's module-name hash table size.
+const MODULE_BUCKETS: u32 = 512;
+
 /// What a pattern or softdep name resolved to.
 enum Resolved {
     Modules(Vec<usize>),
@@ -485,8 +512,10 @@ pub struct KernelPackage {
     modules_dir: PathBuf,
     vmlinuz_path: PathBuf,
     vmlinuz: FileData,
-    /// `modules.builtin` as shipped (empty if absent), copied into the initramfs.
-    modules_builtin: Vec<u8>,
+    /// `modules.builtin` as shipped (`None` if absent), copied into the initramfs.
+    modules_builtin: Option<Vec<u8>>,
+    /// `modules.builtin.modinfo` as shipped, the source of `modules.builtin.alias.bin`.
+    builtin_modinfo: Option<Vec<u8>>,
     index: ModuleIndex,
 }
 
@@ -543,26 +572,27 @@ impl KernelPackage {
                 }
             }
         }
-        let optional = |name: &str| -> Result<Vec<u8>, KernelError> {
+        let optional = |name: &str| -> Result<Option<Vec<u8>>, KernelError> {
             let path = modules_dir.join(name);
             if tree.lookup(&path).is_none() {
-                return Ok(Vec::new());
+                return Ok(None);
             }
             file_data(tree, &path)?
                 .read_all()
+                .map(Some)
                 .map_err(|source| KernelError::Tree { path: path.display().to_string(), source })
         };
-        let order = optional("modules.order")?;
+        let order = optional("modules.order")?.unwrap_or_default();
         let modules_builtin = optional("modules.builtin")?;
         let builtin_modinfo = optional("modules.builtin.modinfo")?;
         let index = ModuleIndex::new(
             &version,
             files,
             &String::from_utf8_lossy(&order),
-            &String::from_utf8_lossy(&modules_builtin),
-            &builtin_modinfo,
+            &String::from_utf8_lossy(modules_builtin.as_deref().unwrap_or_default()),
+            builtin_modinfo.as_deref().unwrap_or_default(),
         )?;
-        Ok(KernelPackage { modules_dir, vmlinuz_path, vmlinuz, modules_builtin, index })
+        Ok(KernelPackage { modules_dir, vmlinuz_path, vmlinuz, modules_builtin, builtin_modinfo, index })
     }
 
     /// The kernel version (`6.1.0-56-cloud-amd64`).
@@ -587,7 +617,7 @@ impl KernelPackage {
 
     /// `modules.builtin` as shipped (empty when the package has none).
     pub fn modules_builtin(&self) -> &[u8] {
-        &self.modules_builtin
+        self.modules_builtin.as_deref().unwrap_or_default()
     }
 
     pub fn modules(&self) -> &ModuleIndex {

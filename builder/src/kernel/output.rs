@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use berth_fstree::{FileData, Metadata, Node, NodeId, NodeKind, ROOT, Tree};
 
+use super::index::IndexBuilder;
+use super::select::{alias_key, index_err};
 use super::{INITRAMFS_MODULES, KernelError, KernelPackage, Selection};
 
 /// What [`prune_root`] did.
@@ -19,11 +21,13 @@ pub struct RootReport {
 }
 
 /// Cuts the root's modules directory down to `selection`: removes every module file of
-/// `kernel` that is not selected (and directories left empty by that), and writes
-/// `modules.dep`, `modules.alias`, `modules.softdep`, `modules.devname` and a filtered
-/// `modules.order` (mode 0644, root-owned, `mtime`). `modules.builtin` and
-/// `modules.builtin.modinfo` stay as shipped. The `.bin` indexes are not written (see the
-/// module docs).
+/// `kernel` that is not selected (and directories left empty by that), and writes what
+/// `depmod` writes for the modules left, with the same bytes: `modules.dep` (lines in load
+/// order, see the module docs), `modules.alias`, `modules.softdep`, `modules.symbols`,
+/// `modules.devname`, kmod's binary indexes `modules.dep.bin`, `modules.alias.bin`,
+/// `modules.symbols.bin`, `modules.builtin.bin` and `modules.builtin.alias.bin`, and a
+/// filtered `modules.order` (mode 0644, root-owned, `mtime`). `modules.builtin` and
+/// `modules.builtin.modinfo` stay as shipped.
 ///
 /// The tree is rebuilt without the removed nodes, so node ids taken before the call are
 /// invalid after it; nothing else in the tree changes.
@@ -73,14 +77,23 @@ pub fn prune_root(
         }
     }
     let meta = Metadata::root(0o644, mtime);
-    for (name, text) in [
-        ("modules.dep", selection.modules_dep()),
-        ("modules.alias", selection.modules_alias()),
-        ("modules.softdep", selection.modules_softdep()),
-        ("modules.devname", selection.modules_devname()),
-        ("modules.order", selection.modules_order()),
+    // depmod writes an empty file for an index whose source file is missing.
+    let builtin_bin = kernel.modules_builtin.as_deref().map(builtin_index).transpose()?.unwrap_or_default();
+    let builtin_alias_bin = kernel.builtin_modinfo.as_deref().map(builtin_alias_index).transpose()?.unwrap_or_default();
+    for (name, bytes) in [
+        ("modules.dep", selection.modules_dep().into_bytes()),
+        ("modules.dep.bin", selection.modules_dep_bin()?),
+        ("modules.alias", selection.modules_alias().into_bytes()),
+        ("modules.alias.bin", selection.modules_alias_bin()?),
+        ("modules.softdep", selection.modules_softdep().into_bytes()),
+        ("modules.symbols", selection.modules_symbols().into_bytes()),
+        ("modules.symbols.bin", selection.modules_symbols_bin()?),
+        ("modules.builtin.bin", builtin_bin),
+        ("modules.builtin.alias.bin", builtin_alias_bin),
+        ("modules.devname", selection.modules_devname().into_bytes()),
+        ("modules.order", selection.modules_order().into_bytes()),
     ] {
-        put_file(tree, &dir.join(name), text.into_bytes().into(), &meta)?;
+        put_file(tree, &dir.join(name), bytes.into(), &meta)?;
     }
     *tree = compact(tree)?;
     Ok(report)
@@ -108,8 +121,12 @@ impl Initramfs {
 /// - `/usr/lib/modules/<kver>/`: the closure of [`INITRAMFS_MODULES`] (those the kernel has)
 ///   and of `extra` (each of which must exist, like the root's selection), stored
 ///   uncompressed; `modules.dep` for exactly those (see the module docs for the loading
-///   contract), the filtered `modules.order`, and `modules.builtin` as shipped (so stage 1
-///   can tell a built-in module from a missing one);
+///   contract), the filtered `modules.order`, `modules.builtin` as shipped (so stage 1
+///   can tell a built-in module from a missing one), and, so that kmod's tools work on the
+///   initramfs too, kmod's binary indexes as depmod writes them for these files
+///   (`modules.dep.bin`, `modules.alias.bin`, `modules.symbols.bin`, `modules.builtin.bin`,
+///   and `modules.builtin.alias.bin` from the package's `modules.builtin.modinfo`) and
+///   `modules.softdep` (modprobe reads soft dependencies from it, not from an index);
 /// - `/lib -> usr/lib` and `/bin -> usr/bin`, as in the merged-/usr root;
 /// - mount points `/dev`, `/proc`, `/sys`, `/run`, `/sysroot` (the root is mounted on
 ///   `/sysroot` before `switch_root`).
@@ -147,14 +164,80 @@ pub fn initramfs_tree<S: AsRef<str>>(
         }
         tree.insert(&path, Node::new(NodeKind::File(m.data.clone()), file_meta.clone())).map_err(tree_err(&path))?;
     }
+    let builtin_alias_bin = kernel.builtin_modinfo.as_deref().map(builtin_alias_index).transpose()?.unwrap_or_default();
     for (name, bytes) in [
         ("modules.dep", selection.modules_dep().into_bytes()),
+        ("modules.dep.bin", selection.modules_dep_bin()?),
+        ("modules.alias.bin", selection.modules_alias_bin()?),
+        ("modules.softdep", selection.modules_softdep().into_bytes()),
+        ("modules.symbols.bin", selection.modules_symbols_bin()?),
         ("modules.order", selection.modules_order().into_bytes()),
         ("modules.builtin", kernel.modules_builtin().to_vec()),
+        ("modules.builtin.bin", builtin_index(kernel.modules_builtin())?),
+        ("modules.builtin.alias.bin", builtin_alias_bin),
     ] {
         put_file(&mut tree, &dir.join(name), bytes.into(), &file_meta)?;
     }
     Ok(Initramfs { tree, selection })
+}
+
+/// `modules.builtin.bin` from `modules.builtin`, as depmod reads it: one path per line, lines
+/// not starting with a letter skipped; the key is the file name up to its first `.`, `-` made
+/// `_`; the value empty.
+fn builtin_index(text: &[u8]) -> Result<Vec<u8>, KernelError> {
+    let mut ix = IndexBuilder::new();
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        if !line[0].is_ascii_alphabetic() {
+            continue;
+        }
+        let file = line.rsplit(|&b| b == b'/').next().unwrap_or_default();
+        if file.is_empty() {
+            continue;
+        }
+        // Only a `.` ends the name: a last line without one keeps its newline, as in depmod.
+        let name: String =
+            String::from_utf8_lossy(file.split(|&b| b == b'.').next().unwrap_or_default()).replace('-', "_");
+        ix.insert(&name, "", 0).map_err(index_err("modules.builtin.bin"))?;
+    }
+    ix.write().map_err(index_err("modules.builtin.bin"))
+}
+
+/// `modules.builtin.alias.bin` from `modules.builtin.modinfo` (NUL-ended `module.key=value`
+/// entries): each `alias` value, normalised as in `modules.alias.bin`, to its module, all of
+/// priority 0. This follows depmod's stream reading, quirks included: an entry without `=`
+/// makes it skip the entry after it too, and a last entry without its NUL is dropped.
+fn builtin_alias_index(modinfo: &[u8]) -> Result<Vec<u8>, KernelError> {
+    let mut ix = IndexBuilder::new();
+    let mut rest = modinfo;
+    // Reads up to `end` (consumed), stopping early at a NUL (consumed) or the end of the data;
+    // the bytes read if `end` was found.
+    let read_to = |rest: &mut &[u8], end: u8| -> Option<Vec<u8>> {
+        let stop = rest.iter().position(|&b| b == end || b == 0);
+        let (bytes, found) = match stop {
+            Some(i) => {
+                let found = rest[i] == end;
+                let bytes = rest[..i].to_vec();
+                *rest = &rest[i + 1..];
+                (bytes, found)
+            }
+            None => {
+                *rest = &[];
+                (Vec::new(), false)
+            }
+        };
+        found.then_some(bytes)
+    };
+    while !rest.is_empty() {
+        let Some(module) = read_to(&mut rest, b'.').filter(|m| !m.is_empty()) else { continue };
+        if read_to(&mut rest, b'=').as_deref() != Some(b"alias") {
+            read_to(&mut rest, 0);
+            continue;
+        }
+        let Some(alias) = read_to(&mut rest, 0).filter(|a| !a.is_empty()) else { continue };
+        let Some(key) = alias_key(&String::from_utf8_lossy(&alias)) else { continue };
+        ix.insert(&key, &String::from_utf8_lossy(&module), 0).map_err(index_err("modules.builtin.alias.bin"))?;
+    }
+    ix.write().map_err(index_err("modules.builtin.alias.bin"))
 }
 
 /// Removes the entry at `path` from its parent directory. The node stays in the arena,

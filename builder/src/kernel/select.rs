@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use berth_fstree::FileData;
 
+use super::index::{IndexBuilder, kmod_hash_order};
 use super::{KernelError, Module, ModuleCompression, ModuleIndex, Resolved, modinfo};
 
 /// Modules selected from a [`ModuleIndex`] with their dependency closure: every hard
@@ -24,6 +25,8 @@ pub struct Selection {
     unresolved_softdeps: Vec<(String, String)>,
     /// `modules.order` lines of the selected modules, in shipped order.
     order: Vec<String>,
+    /// Exported symbols and their modules (positions), in depmod's hash-table order.
+    symbols: Vec<(String, usize)>,
 }
 
 /// Computes the closure of `roots` (indexes into `index`) and its orders.
@@ -81,10 +84,50 @@ pub(super) fn build(
     let indexes: Vec<usize> = chosen.into_iter().collect();
     let pos: HashMap<usize, usize> = indexes.iter().enumerate().map(|(p, &i)| (i, p)).collect();
     let modules: Vec<Module> = indexes.iter().map(|&i| index.modules[i].clone()).collect();
+    let module_symbols = modules
+        .iter()
+        .map(|m| {
+            modinfo::read_symbols(&m.data, m.compression)
+                .map_err(|source| KernelError::Modinfo { path: m.path.clone(), source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // depmod's symbol table: a symbol exported twice belongs to the later module.
+    let mut owner: HashMap<&str, usize> = HashMap::new();
+    for (p, s) in module_symbols.iter().enumerate() {
+        for name in &s.exports {
+            owner.insert(name, p);
+        }
+    }
+    // The dependencies are `depends=`'s; their order is depmod's, which records a dependency
+    // where the module first uses one of its symbols. That order decides depmod's ranks, and
+    // so the order of each `modules.dep` list. Dependencies no symbol leads to (a module
+    // without a symbol table) keep `depends=`'s order after the others.
     let direct: Vec<Vec<usize>> = modules
         .iter()
-        .map(|m| m.depends.iter().filter_map(|d| index.by_name.get(d)).map(|i| pos[i]).collect())
+        .zip(&module_symbols)
+        .map(|(m, s)| {
+            let declared: Vec<usize> = m.depends.iter().filter_map(|d| index.by_name.get(d)).map(|i| pos[i]).collect();
+            let mut ordered: Vec<usize> = Vec::with_capacity(declared.len());
+            for import in &s.imports {
+                // depmod's lookup ignores a leading '.' (PPC64 function descriptors).
+                let name = import.strip_prefix('.').unwrap_or(import);
+                if let Some(&o) = owner.get(name)
+                    && declared.contains(&o)
+                    && !ordered.contains(&o)
+                {
+                    ordered.push(o);
+                }
+            }
+            for d in declared {
+                if !ordered.contains(&d) {
+                    ordered.push(d);
+                }
+            }
+            ordered
+        })
         .collect();
+    let mut symbols: Vec<(String, usize)> = owner.into_iter().map(|(name, p)| (name.to_owned(), p)).collect();
+    symbols.sort_by(|a, b| kmod_hash_order(&a.0, SYMBOL_BUCKETS).cmp(&kmod_hash_order(&b.0, SYMBOL_BUCKETS)));
     let rank = depmod_rank(&modules, &direct, &version)?;
     let deps: Vec<Vec<usize>> = (0..modules.len())
         .map(|p| {
@@ -101,8 +144,21 @@ pub(super) fn build(
     let order = index.order.iter().filter(|l| selected.contains(l.as_str())).cloned().collect();
     unresolved.sort();
     unresolved.dedup();
-    Ok(Selection { version, modules, deps, load_order, builtin, unavailable, unresolved_softdeps: unresolved, order })
+    Ok(Selection {
+        version,
+        modules,
+        deps,
+        load_order,
+        builtin,
+        unavailable,
+        unresolved_softdeps: unresolved,
+        order,
+        symbols,
+    })
 }
+
+/// depmod's symbol hash table size, whose iteration order `modules.symbols` follows.
+const SYMBOL_BUCKETS: u32 = 2048;
 
 /// depmod's topological index (`depmod_calculate_dependencies`): Kahn's algorithm over the
 /// modules in depmod order, the ready set used as a stack, so that modules nothing depends on
@@ -279,15 +335,65 @@ impl Selection {
     pub fn modules_dep(&self) -> String {
         let mut out = String::new();
         for &p in &self.load_order {
-            out.push_str(&self.modules[p].path);
-            out.push(':');
-            for &d in &self.deps[p] {
-                out.push(' ');
-                out.push_str(&self.modules[d].path);
-            }
+            out.push_str(&self.dep_line(p));
             out.push('\n');
         }
         out
+    }
+
+    /// A module's `modules.dep` line without its newline.
+    fn dep_line(&self, p: usize) -> String {
+        let mut line = format!("{}:", self.modules[p].path);
+        for &d in &self.deps[p] {
+            line.push(' ');
+            line.push_str(&self.modules[d].path);
+        }
+        line
+    }
+
+    /// `modules.dep.bin`: module name to its `modules.dep` line, each module's priority its
+    /// position in depmod's order. This is what modprobe, `modinfo` and the kernel's
+    /// `request_module` (through modprobe) look modules up in.
+    pub fn modules_dep_bin(&self) -> Result<Vec<u8>, KernelError> {
+        let mut ix = IndexBuilder::new();
+        for (p, m) in self.modules.iter().enumerate() {
+            ix.insert(&m.name, &self.dep_line(p), p as u32).map_err(index_err("modules.dep.bin"))?;
+        }
+        ix.write().map_err(index_err("modules.dep.bin"))
+    }
+
+    /// `modules.alias.bin`: every `alias=` pattern, normalised as kmod does (`-` to `_` outside
+    /// `[...]`), to its module. An alias with an unmatched bracket is left out, as depmod
+    /// leaves it out (with a warning); `modules.alias` still lists it.
+    pub fn modules_alias_bin(&self) -> Result<Vec<u8>, KernelError> {
+        let mut ix = IndexBuilder::new();
+        for (p, m) in self.modules.iter().enumerate() {
+            for alias in m.info.aliases.iter().filter_map(|a| alias_key(a)) {
+                ix.insert(&alias, &m.name, p as u32).map_err(index_err("modules.alias.bin"))?;
+            }
+        }
+        ix.write().map_err(index_err("modules.alias.bin"))
+    }
+
+    /// `modules.symbols` as depmod writes it: `alias symbol:<name> <module>` per exported
+    /// symbol, in depmod's hash-table order (what `symbol_request()` resolves through
+    /// modprobe).
+    pub fn modules_symbols(&self) -> String {
+        let mut out = String::from("# Aliases for symbols, used by symbol_request().\n");
+        for (name, p) in &self.symbols {
+            out.push_str(&format!("alias symbol:{name} {}\n", self.modules[*p].name));
+        }
+        out
+    }
+
+    /// `modules.symbols.bin`: `symbol:<name>` to the exporting module.
+    pub fn modules_symbols_bin(&self) -> Result<Vec<u8>, KernelError> {
+        let mut ix = IndexBuilder::new();
+        for (name, p) in &self.symbols {
+            ix.insert(&format!("symbol:{name}"), &self.modules[*p].name, *p as u32)
+                .map_err(index_err("modules.symbols.bin"))?;
+        }
+        ix.write().map_err(index_err("modules.symbols.bin"))
     }
 
     /// `modules.alias` as depmod writes it: `alias <pattern> <module>` per `alias=` field.
@@ -362,6 +468,32 @@ impl Selection {
         }
         Ok(out)
     }
+}
+
+/// Attaches the index file's name to an index error.
+pub(super) fn index_err(file: &'static str) -> impl Fn(super::index::IndexError) -> KernelError {
+    move |source| KernelError::Index { file, source }
+}
+
+/// An alias as depmod keys it in the binary index (`alias_normalize`): `-` becomes `_` except
+/// inside `[...]`; `None` for an unmatched bracket.
+pub(super) fn alias_key(alias: &str) -> Option<String> {
+    let mut out = String::with_capacity(alias.len());
+    let mut class = false;
+    for c in alias.chars() {
+        match c {
+            '[' if !class => class = true,
+            ']' if class => class = false,
+            ']' => return None,
+            '-' if !class => {
+                out.push('_');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    (!class).then_some(out)
 }
 
 /// `char-major-M-N` or `block-major-M-N` as (`c`|`b`, M, N), as depmod's `sscanf` reads them.
