@@ -18,6 +18,8 @@ mod disk_gpt;
 mod log;
 mod modules;
 mod mounts;
+#[allow(dead_code)]
+mod network;
 mod random;
 mod root;
 mod stage1;
@@ -50,7 +52,7 @@ fn main() {
     fatal(&message)
 }
 
-/// Not PID 1: `--version`, or usage.
+/// Not PID 1: `--version`, `--dhcp-once`, or usage.
 fn not_pid1(args: &[String]) -> i32 {
     match args.get(1).map(String::as_str) {
         Some("--version") | Some("-V") => {
@@ -61,6 +63,8 @@ fn not_pid1(args: &[String]) -> i32 {
             log::out(&usage());
             0
         }
+        // Debugging aid, deliberately not in the usage: see network's module docs.
+        Some("--dhcp-once") => network::dhcp_once(args.get(2..).unwrap_or_default()),
         _ => {
             log::err(&usage());
             2

@@ -129,6 +129,8 @@ pub const INITRAMFS_MODULES: &[&str] = &[
     "overlay",
     // virtio-serial: the guest agent's channel and hypervisor consoles.
     "virtio_console",
+    // virtio-net: QEMU's and most KVM clouds' NIC, for berth-init's DHCP in stage 2.
+    "virtio_net",
 ];
 
 /// A proposed default module list for a container host's root: overlay storage, bridge and

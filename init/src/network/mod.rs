@@ -1,0 +1,431 @@
+//! Networking of a container host: `lo`, and DHCPv4 on every Ethernet interface with lease
+//! renewal, the default route and `/run/berth/resolv.conf` (issue 5, item 5).
+//!
+//! - [`link`]: which interfaces are Ethernet NICs (sysfs: type 1 with a `device`; bridges,
+//!   veths and other virtual links belong to the container runtimes), bringing them up.
+//! - [`dhcp`]: the wire format, the client state machine (pure, time passed in) and its
+//!   sockets (UDP to send, AF_PACKET to receive; `dhcp::io` says why).
+//! - `netlink`: the address (with the lease's lifetime) and the default route (metric 1024 +
+//!   ifindex, so that several interfaces' routes coexist; on-link when the router is outside
+//!   the prefix, as with GCE's /32 leases).
+//! - `resolv`: `/run/berth/resolv.conf`, written atomically, nameservers and search domains
+//!   of all current leases. **The image must make `/etc/resolv.conf` a symlink to
+//!   `/run/berth/resolv.conf`** (the root is read-only; the builder adds the link).
+//!
+//! [`Network`] runs every interface's client without threads, for PID 1's `poll` loop:
+//!
+//! ```text
+//! let mut net = Network::start(Instant::now());
+//! loop {
+//!     poll(signalfd, control socket, net.fds()…; timeout until net.next_deadline())
+//!     net.on_readable(now);   // non-blocking reads on all its sockets; cheap when idle
+//!     net.on_tick(now);       // carrier checks, retransmissions, T1/T2/expiry
+//!     net.online()            // true while any interface holds a lease: network-online.target
+//! }
+//! ```
+//!
+//! `berth-init --dhcp-once IFACE [--renew]` (not PID 1, not in the usage text) runs the same
+//! client in the foreground until the interface is bound, applies the lease, prints it and
+//! exits leaving it in place; with `--renew` it then renews once at once (a unicast REQUEST
+//! from the new address: proof that the address works). The QEMU test drives it through the
+//! guest agent.
+//!
+//! Not done yet: DHCP on interfaces that appear after start (hotplug), restarting on carrier
+//! loss, option 121 (classless static routes, used by some clouds instead of option 3) and
+//! option 26 (interface MTU, 1460 on GCE).
+
+pub mod dhcp;
+pub mod link;
+mod netlink;
+mod resolv;
+#[cfg(test)]
+mod tests;
+
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::log;
+use dhcp::client::{Action, Client, Config, Lease, Loss};
+use dhcp::io::Sockets;
+use netlink::{Address, DefaultRoute, Netlink};
+
+/// How often to look for carrier on an interface just brought up.
+const CARRIER_POLL: Duration = Duration::from_millis(100);
+/// How long to wait for carrier before sending DISCOVERs anyway.
+const CARRIER_WAIT: Duration = Duration::from_secs(10);
+/// Default route metric: this plus the ifindex (lower index preferred).
+const ROUTE_METRIC: u32 = 1024;
+/// Packets handled per interface per [`Network::on_readable`] (a flood must not starve PID 1).
+const READ_BATCH: usize = 32;
+
+/// The DHCP clients of all configured interfaces.
+pub struct Network {
+    links: Vec<Link>,
+    netlink: Option<Netlink>,
+    resolv_conf: PathBuf,
+    buf: Vec<u8>,
+}
+
+struct Link {
+    name: String,
+    index: u32,
+    sockets: Sockets,
+    client: Client,
+    /// Until the interface runs (has carrier): when to look again, when to stop waiting.
+    carrier: Option<(Instant, Instant)>,
+    /// The lease whose address and route are in the kernel.
+    applied: Option<Lease>,
+}
+
+impl Network {
+    /// DHCP on every Ethernet interface (see [`link::ethernet_interfaces`]), brought up now.
+    pub fn start(now: Instant) -> Network {
+        let names = link::ethernet_interfaces(Path::new("/sys/class/net"));
+        if names.is_empty() {
+            log::line("network: no Ethernet interface to configure");
+        } else {
+            log::line(&format!("network: DHCP on {}", names.join(", ")));
+        }
+        Network::on_interfaces(&names, now, PathBuf::from(resolv::PATH))
+    }
+
+    /// DHCP on the interfaces named, writing DNS servers to `resolv_conf`. An interface that
+    /// cannot be set up is logged and left out.
+    pub fn on_interfaces(names: &[String], now: Instant, resolv_conf: PathBuf) -> Network {
+        let netlink = Netlink::open().map_err(|e| log::line(&format!("network: {e}; leases cannot be applied"))).ok();
+        let host_name = host_name();
+        let links = names
+            .iter()
+            .filter_map(|name| {
+                Link::open(name, now, host_name.clone()).map_err(|e| log::line(&format!("{name}: no DHCP: {e}"))).ok()
+            })
+            .collect();
+        Network { links, netlink, resolv_conf, buf: vec![0; 16384] }
+    }
+
+    /// The sockets to poll for reading; call [`Network::on_readable`] when one is readable.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.links.iter().map(|l| l.sockets.fd()).collect()
+    }
+
+    /// Reads what arrived on every interface (non-blocking) and acts on it.
+    pub fn on_readable(&mut self, now: Instant) {
+        let mut changed = false;
+        for link in &mut self.links {
+            for _ in 0..READ_BATCH {
+                let range = match link.sockets.receive(&mut self.buf) {
+                    Ok(Some(range)) => range,
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::line(&format!("{}: DHCP: {e}", link.name));
+                        break;
+                    }
+                };
+                let actions = link.client.on_packet(self.buf.get(range).unwrap_or_default(), now);
+                changed |= link.carry_out(&mut self.netlink, actions, now);
+            }
+            link.sockets.drain_udp();
+        }
+        if changed {
+            self.write_resolv_conf();
+        }
+    }
+
+    /// Carrier checks, retransmissions and lease timers due at `now`.
+    pub fn on_tick(&mut self, now: Instant) {
+        let mut changed = false;
+        for link in &mut self.links {
+            if !link.carrier_ready(now) {
+                continue;
+            }
+            let actions = link.client.on_timeout(now);
+            changed |= link.carry_out(&mut self.netlink, actions, now);
+        }
+        if changed {
+            self.write_resolv_conf();
+        }
+    }
+
+    /// When [`Network::on_tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.links.iter().filter_map(|l| l.carrier.map(|(check, _)| check).or_else(|| l.client.deadline())).min()
+    }
+
+    /// Whether any interface holds a lease that is applied.
+    pub fn online(&self) -> bool {
+        self.links.iter().any(|l| l.applied.is_some())
+    }
+
+    /// The applied leases by interface.
+    pub fn leases(&self) -> Vec<(&str, &Lease)> {
+        self.links.iter().filter_map(|l| Some((l.name.as_str(), l.applied.as_ref()?))).collect()
+    }
+
+    /// Renews every bound lease now (for `--dhcp-once --renew` and tests).
+    pub fn renew(&mut self, now: Instant) {
+        for link in &mut self.links {
+            let actions = link.client.renew(now);
+            link.carry_out(&mut self.netlink, actions, now);
+        }
+    }
+
+    fn write_resolv_conf(&self) {
+        if let Err(e) = resolv::write(&self.resolv_conf, &resolv::render(&self.leases())) {
+            log::line(&format!("network: {e}"));
+        }
+    }
+}
+
+impl Link {
+    fn open(name: &str, now: Instant, host_name: Option<String>) -> Result<Link, String> {
+        link::set_up(name)?;
+        let index = link::index(name)?;
+        let mac = link::mac(name)?;
+        // Replies are taken unfragmented only: ask for what fits the MTU.
+        let mtu = link::mtu(name).unwrap_or(1500);
+        let max_message_size = u16::try_from(mtu.saturating_sub(28)).unwrap_or(u16::MAX).max(576);
+        let sockets = Sockets::open(name, index)?;
+        let config = Config { mac, host_name, max_message_size, seed: seed(mac) };
+        let client = Client::new(config, now);
+        Ok(Link {
+            name: name.to_string(),
+            index,
+            sockets,
+            client,
+            carrier: Some((now, now + CARRIER_WAIT)),
+            applied: None,
+        })
+    }
+
+    /// Whether the client may run: the interface has carrier, or waiting for it is over.
+    fn carrier_ready(&mut self, now: Instant) -> bool {
+        let Some((check, give_up)) = self.carrier else { return true };
+        if now < check {
+            return false;
+        }
+        match link::is_running(&self.name) {
+            Ok(true) => {}
+            _ if now >= give_up => {
+                log::line(&format!("{}: no carrier after {} s; trying DHCP anyway", self.name, CARRIER_WAIT.as_secs()))
+            }
+            _ => {
+                self.carrier = Some((now + CARRIER_POLL, give_up));
+                return false;
+            }
+        }
+        self.carrier = None;
+        true
+    }
+
+    /// Does what the client asks; returns whether the DNS configuration may have changed.
+    fn carry_out(&mut self, netlink: &mut Option<Netlink>, actions: Vec<Action>, now: Instant) -> bool {
+        let mut changed = false;
+        for action in actions {
+            match action {
+                Action::Send { packet, to } => {
+                    if let Err(e) = self.sockets.send(&packet, to) {
+                        log::line(&format!("{}: DHCP: {e}", self.name));
+                    }
+                }
+                Action::Configure { lease, renewed } => {
+                    self.apply(netlink, lease, renewed, now);
+                    changed = true;
+                }
+                Action::Deconfigure { lease, why } => {
+                    self.remove(netlink, &lease, &why);
+                    changed = true;
+                }
+                Action::Note(note) => log::line(&format!("{}: DHCP: {note}", self.name)),
+            }
+        }
+        changed
+    }
+
+    fn apply(&mut self, netlink: &mut Option<Netlink>, lease: Lease, renewed: bool, now: Instant) {
+        let what = format!("{}: DHCP lease {}/{}", self.name, lease.address, lease.prefix_len);
+        let Some(nl) = netlink else {
+            log::line(&format!("{what}: no netlink socket to apply it with"));
+            return;
+        };
+        if let Err(e) = nl.replace_address(&self.address(&lease, now)) {
+            log::line(&format!("{what}: {e}"));
+            self.applied = None;
+            return;
+        }
+        let route = self.route(&lease);
+        if let Some(old) = self.applied.as_ref().and_then(|l| self.route(l)).filter(|old| Some(*old) != route)
+            && let Err(e) = nl.delete_default_route(&old)
+        {
+            log::line(&format!("{what}: {e}"));
+        }
+        if let Some(route) = &route
+            && let Err(e) = nl.replace_default_route(route)
+        {
+            log::line(&format!("{what}: {e}"));
+        }
+        if renewed {
+            log::line(&format!("{what} renewed by {}, {}", lease.server, duration(&lease)));
+        } else {
+            log::line(&format!("{what} {}", describe(&lease)));
+        }
+        self.applied = Some(lease);
+    }
+
+    fn remove(&mut self, netlink: &mut Option<Netlink>, lease: &Lease, why: &Loss) {
+        let what = format!("{}: DHCP lease {}/{}", self.name, lease.address, lease.prefix_len);
+        let why = match why {
+            Loss::Expired => "expired".to_string(),
+            Loss::Nak { server, message } => {
+                format!("refused by {server} ({})", message.as_deref().unwrap_or("NAK without a reason"))
+            }
+            Loss::Replaced => "replaced by another address".to_string(),
+        };
+        if let Some(nl) = netlink {
+            let route = self.route(lease);
+            for result in [
+                route.map_or(Ok(()), |r| nl.delete_default_route(&r)),
+                nl.delete_address(&self.address(lease, Instant::now())),
+            ] {
+                if let Err(e) = result {
+                    log::line(&format!("{what}: {e}"));
+                }
+            }
+        }
+        self.applied = None;
+        log::line(&format!("{what} {why}; address removed"));
+    }
+
+    fn address(&self, lease: &Lease, now: Instant) -> Address {
+        let lifetime = match lease.expires_at() {
+            // At least a second: the kernel refuses a zero lifetime.
+            Some(t) => {
+                u32::try_from(t.saturating_duration_since(now).as_secs()).unwrap_or(netlink::INFINITE - 1).max(1)
+            }
+            None => netlink::INFINITE,
+        };
+        Address {
+            index: self.index,
+            address: lease.address,
+            prefix_len: lease.prefix_len,
+            // /31 and /32 have no broadcast address (RFC 3021).
+            broadcast: (lease.prefix_len < 31).then(|| lease.broadcast()),
+            lifetime,
+        }
+    }
+
+    fn route(&self, lease: &Lease) -> Option<DefaultRoute> {
+        let router = *lease.routers.first()?;
+        Some(DefaultRoute {
+            index: self.index,
+            router,
+            source: lease.address,
+            onlink: !lease.on_link(router),
+            metric: ROUTE_METRIC.saturating_add(self.index),
+        })
+    }
+}
+
+/// "from 10.0.2.2, router 10.0.2.2, DNS 10.0.2.3, 86400 s"
+fn describe(lease: &Lease) -> String {
+    let router = lease.routers.first().map_or("no router".to_string(), |r| format!("router {r}"));
+    let dns = if lease.dns.is_empty() {
+        "no DNS".to_string()
+    } else {
+        format!("DNS {}", lease.dns.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "))
+    };
+    format!("from {}, {router}, {dns}, {}", lease.server, duration(lease))
+}
+
+fn duration(lease: &Lease) -> String {
+    lease.duration.map_or("infinite".to_string(), |d| format!("{} s", d.as_secs()))
+}
+
+/// Our host name for option 12, unless it is a placeholder.
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    let plain = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+    (plain && !name.is_empty() && name != "localhost").then(|| name.to_string())
+}
+
+/// Differs between interfaces and boots: transaction ids must not collide with other clients'.
+fn seed(mac: [u8; 6]) -> u64 {
+    let random = crate::random::bytes16().map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+    let fallback =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut m = [0u8; 8];
+    for (d, s) in m.iter_mut().zip(mac) {
+        *d = s;
+    }
+    random.unwrap_or_else(fallback) ^ u64::from_ne_bytes(m)
+}
+
+/// How long `--dhcp-once` waits for a lease (DISCOVERs at 0, 4, 12, 28, 60 s …).
+const ONCE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `berth-init --dhcp-once IFACE [--renew]`; see the module docs. Returns the exit code.
+pub fn dhcp_once(args: &[String]) -> i32 {
+    let (name, renew) = match args {
+        [name] => (name, false),
+        [name, flag] if flag == "--renew" => (name, true),
+        _ => {
+            log::err("usage: berth-init --dhcp-once IFACE [--renew]\n");
+            return 2;
+        }
+    };
+    let started = Instant::now();
+    let mut net = Network::on_interfaces(std::slice::from_ref(name), started, PathBuf::from(resolv::PATH));
+    if net.links.is_empty() {
+        return 1;
+    }
+    if !drive(&mut net, started + ONCE_TIMEOUT, |n| n.online()) {
+        log::err(&format!("{name}: no DHCP lease within {} s\n", ONCE_TIMEOUT.as_secs()));
+        return 1;
+    }
+    let Some(lease) = net.leases().first().map(|(_, l)| (*l).clone()) else { return 1 };
+    let ms = |since: Instant| since.elapsed().as_millis();
+    log::out(&format!(
+        "{name}: DHCP lease {}/{} {}; bound in {} ms\n",
+        lease.address,
+        lease.prefix_len,
+        describe(&lease),
+        ms(started)
+    ));
+    if renew {
+        let asked = Instant::now();
+        net.renew(asked);
+        let renewed = |n: &Network| n.leases().first().is_some_and(|(_, l)| l.acquired != lease.acquired);
+        if !drive(&mut net, asked + Duration::from_secs(60), renewed) {
+            log::err(&format!("{name}: the lease was not renewed within 60 s\n"));
+            return 1;
+        }
+        log::out(&format!("{name}: renewed by unicast from {} in {} ms\n", lease.address, ms(asked)));
+    }
+    0
+}
+
+/// Runs `net` in the foreground until `done` or `until`.
+fn drive(net: &mut Network, until: Instant, done: impl Fn(&Network) -> bool) -> bool {
+    loop {
+        let now = Instant::now();
+        net.on_tick(now);
+        if done(net) {
+            return true;
+        }
+        if now >= until {
+            return false;
+        }
+        let wake = net.next_deadline().unwrap_or(until).min(until);
+        let ms = wake.saturating_duration_since(now).as_millis().clamp(1, 1000) as u16;
+        let mut fds: Vec<PollFd> = net.fds().into_iter().map(|fd| PollFd::new(fd, PollFlags::POLLIN)).collect();
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+        drop(fds);
+        net.on_readable(Instant::now());
+        if done(net) {
+            return true;
+        }
+    }
+}
