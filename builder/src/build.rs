@@ -337,6 +337,15 @@ fn assemble_root(
     put_file(root, "usr/sbin/berth-init", &bins.init, &exe)?;
     put_file(root, "usr/bin/berth-update", &bins.update, &exe)?;
     put_file(root, berth_guest_agent::INSTALL_PATH.trim_start_matches('/'), &bins.agent, &exe)?;
+    // berth-init's DHCP client writes the resolver configuration under /run (the root is
+    // read-only); an admin may still replace the link through the /etc overlay.
+    if root.lookup("etc/resolv.conf").is_none() {
+        root.mkdir_all("etc", &dir)?;
+        root.insert(
+            "etc/resolv.conf",
+            Node::new(NodeKind::Symlink(b"../run/berth/resolv.conf".to_vec()), Metadata::root(0o777, epoch)),
+        )?;
+    }
     // berthctl is berth-init under another name.
     if root.lookup("usr/bin/berthctl").is_none() {
         root.insert(

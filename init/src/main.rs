@@ -18,7 +18,6 @@ mod disk_gpt;
 mod log;
 mod modules;
 mod mounts;
-#[allow(dead_code)]
 mod network;
 mod random;
 mod root;

@@ -6,8 +6,9 @@
 //! (libslirp's `bootp.c`), so there is no default route and the resolv.conf says so; the
 //! route and DNS paths are covered by berth-init's own veth test.
 //!
-//! Until the service manager runs the client from PID 1, the test drives it with the debug
-//! entry `berth-init --dhcp-once eth0 --renew` through the guest agent.
+//! PID 1 runs the client from its main loop: the test waits for its lease and "network online"
+//! lines, then also drives a forced renewal with the debug entry `berth-init --dhcp-once eth0
+//! --renew` through the guest agent.
 
 mod common;
 
@@ -30,6 +31,9 @@ fn dhcp_lease_and_renewal_from_qemu_user_network() {
     )
     .unwrap();
     m.wait_for("stage 2 ready (slot a)", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let console = m.wait_for("berth-init[1]: network online", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let lease = common::line_with(&console, "eth0: DHCP lease 10.0.2.15/24 from 10.0.2.2");
+    eprintln!("PID 1: {lease}");
     let mut a = Agent::connect(m.serial_port(PORT_NAME).expect("agent port"), Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", m.console()));
 

@@ -71,6 +71,8 @@ pub fn run() -> Result<(), String> {
         Ok(()) => log::line(&format!("hostname {host}; lo up")),
         Err(e) => log::line(&format!("hostname {host}; {e}")),
     }
+    // DHCP on every Ethernet interface, driven by the main loop (no threads in PID 1).
+    let network = crate::network::Network::start(Instant::now());
     let control = listen();
     let persistence = match &storage {
         storage::Storage::Persistent { device } => format!("STATE on {}", device.display()),
@@ -80,7 +82,7 @@ pub fn run() -> Result<(), String> {
         "stage 2 ready (slot {slot}) in {:.0} ms; {persistence}",
         started.elapsed().as_secs_f64() * 1000.0
     ));
-    let mut pid1 = Pid1 { signals, control, agent: agent::Agent::default(), running: true };
+    let mut pid1 = Pid1 { signals, control, agent: agent::Agent::default(), network, online: false, running: true };
     pid1.serve()
 }
 
@@ -88,6 +90,9 @@ struct Pid1 {
     signals: SignalFd,
     control: Option<UnixListener>,
     agent: agent::Agent,
+    network: crate::network::Network,
+    /// An address was up once (what network-online.target will mean).
+    online: bool,
     running: bool,
 }
 
@@ -108,18 +113,36 @@ impl Pid1 {
     /// request if one arrived.
     fn wait_once(&mut self) -> Option<ShutdownKind> {
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-        if let Some(l) = &self.control {
+        let control_at = self.control.as_ref().map(|l| {
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        for fd in self.network.fds() {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
-        match poll(&mut fds, PollTimeout::from(1000u16)) {
+        // At most a second (the agent's tick), sooner when a DHCP timer is due.
+        let now = Instant::now();
+        let wait = self.network.next_deadline().map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+        let ms = wait.min(Duration::from_secs(1)).as_millis() as u16;
+        match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 log::line(&format!("poll: {e}"));
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
-        let control_ready = fds.get(1).and_then(|f| f.revents()).is_some_and(|r| r.intersects(PollFlags::POLLIN));
+        let control_ready = control_at
+            .and_then(|i| fds.get(i))
+            .and_then(|f| f.revents())
+            .is_some_and(|r| r.intersects(PollFlags::POLLIN));
         drop(fds);
+        let now = Instant::now();
+        self.network.on_readable(now);
+        self.network.on_tick(now);
+        if !self.online && self.network.online() {
+            self.online = true;
+            log::line("network online");
+        }
         let mut request = self.drain_signals();
         self.reap();
         if control_ready && let Some(kind) = self.accept() {

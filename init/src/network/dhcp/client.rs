@@ -65,6 +65,7 @@ pub struct Lease {
 }
 
 impl Lease {
+    #[cfg_attr(not(test), allow(dead_code))] // for berthctl status
     pub fn netmask(&self) -> Ipv4Addr {
         Ipv4Addr::from_bits(mask_bits(self.prefix_len))
     }
@@ -138,6 +139,7 @@ pub enum Action {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))] // for berthctl status
 pub enum Phase {
     Init,
     Selecting,
@@ -182,6 +184,7 @@ impl Client {
         Client { config, state: State::Init { at: now }, xid: 0, rng, naks: 0 }
     }
 
+    #[cfg_attr(not(test), allow(dead_code))] // for berthctl status
     pub fn phase(&self) -> Phase {
         match self.state {
             State::Init { .. } => Phase::Init,
@@ -194,6 +197,7 @@ impl Client {
     }
 
     /// The lease held (bound, renewing or rebinding).
+    #[cfg_attr(not(test), allow(dead_code))] // for berthctl status
     pub fn lease(&self) -> Option<&Lease> {
         match &self.state {
             State::Bound(l) | State::Renewing { lease: l, .. } | State::Rebinding { lease: l, .. } => Some(l),

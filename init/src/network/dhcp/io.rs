@@ -38,7 +38,6 @@ use super::message::{CLIENT_PORT, SERVER_PORT};
 pub struct Sockets {
     packet: OwnedFd,
     udp: UdpSocket,
-    ifindex: i32,
 }
 
 /// Classic BPF over the IPv4 header (SOCK_DGRAM packet sockets start there): accept UDP to port
@@ -69,7 +68,7 @@ impl Sockets {
     /// Opens both sockets on interface `name` (index `index`).
     pub fn open(name: &str, index: u32) -> Result<Sockets, String> {
         let ifindex = i32::try_from(index).map_err(|_| format!("{name}: interface index {index}"))?;
-        Ok(Sockets { packet: packet_socket(name, ifindex)?, udp: udp_socket(name)?, ifindex })
+        Ok(Sockets { packet: packet_socket(name, ifindex)?, udp: udp_socket(name)? })
     }
 
     /// What to poll for incoming packets.
@@ -161,6 +160,7 @@ fn udp_socket(name: &str) -> Result<UdpSocket, String> {
 
 /// An IPv4 packet (no options, TTL 64) carrying a UDP datagram, both checksums filled in;
 /// `None` if it would exceed 65535 bytes.
+#[cfg(test)]
 pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Option<Vec<u8>> {
     const UDP: u8 = libc::IPPROTO_UDP as u8;
     let udp_len = u16::try_from(8 + payload.len()).ok()?;
@@ -184,6 +184,7 @@ pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &
 }
 
 /// The Internet checksum (RFC 1071) of the concatenated parts, each of even length but the last.
+#[cfg(test)]
 fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
     for part in parts {
