@@ -644,7 +644,17 @@ fn initramfs_tree_carries_init_and_the_storage_closure() {
     let ir = initramfs_tree(&k, &["e1000e"], init, EPOCH).unwrap();
     assert_eq!(
         ir.unavailable(),
-        ["virtio_pci", "virtio_scsi", "nvme", "ahci", "ata_piix", "hv_storvsc", "xen_blkfront", "virtio_console"]
+        [
+            "virtio_pci",
+            "virtio_scsi",
+            "nvme",
+            "ahci",
+            "ata_piix",
+            "hv_storvsc",
+            "xen_blkfront",
+            "virtio_console",
+            "virtio_net"
+        ]
     );
     let t = &ir.tree;
     let walk: Vec<(String, &Node)> =
