@@ -44,6 +44,8 @@ pub fn configure(root: &mut Tree, def: &Definition, debs: &[DebInfo], epoch: i64
         postinst::ca_bundle(root, epoch).context("building the CA bundle")?;
     }
 
+    postinst::openssh_server(root, epoch).context("openssh-server setup")?;
+
     let mut report = SystemReport::default();
     let mut alts = Vec::new();
     for d in debs {
