@@ -834,3 +834,59 @@ fn describe_condition(c: &berth_units::Condition) -> String {
     let kind = if c.assert { "Assert" } else { "Condition" };
     format!("{kind}{:?}={}{}", c.kind, if c.negate { "!" } else { "" }, c.value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_units::service::ExitStatusSet;
+
+    fn svc(restart: Restart) -> Service {
+        Service { restart, ..Service::default() }
+    }
+
+    #[test]
+    fn restart_table() {
+        let exit1 = Outcome::ExitCode(1);
+        let segv = Outcome::Signal(Signal::SIGSEGV, true);
+        let cases = [
+            (Restart::No, [false, false, false, false]),
+            (Restart::Always, [true, true, true, true]),
+            (Restart::OnSuccess, [true, false, false, false]),
+            (Restart::OnFailure, [false, true, true, true]),
+            (Restart::OnAbnormal, [false, false, true, true]),
+            (Restart::OnAbort, [false, false, true, false]),
+        ];
+        for (restart, expect) in cases {
+            let got = [Outcome::Success, exit1.clone(), segv.clone(), Outcome::Timeout]
+                .map(|o| should_restart(&svc(restart), &o));
+            assert_eq!(got, expect, "{restart:?}");
+        }
+        // RestartPreventExitStatus= wins; a start-limit failure never restarts.
+        let mut s = svc(Restart::Always);
+        s.restart_prevent_exit_status = ExitStatusSet { codes: vec![255], signals: vec![] };
+        assert!(!should_restart(&s, &Outcome::ExitCode(255)));
+        assert!(should_restart(&s, &Outcome::ExitCode(1)));
+        assert!(!should_restart(&s, &Outcome::StartLimit));
+    }
+
+    #[test]
+    fn clean_exits() {
+        let pid = Pid::from_raw(10);
+        let mut s = svc(Restart::No);
+        assert_eq!(outcome_of(&WaitStatus::Exited(pid, 0), &s), Outcome::Success);
+        assert_eq!(outcome_of(&WaitStatus::Exited(pid, 3), &s), Outcome::ExitCode(3));
+        assert_eq!(outcome_of(&WaitStatus::Signaled(pid, Signal::SIGTERM, false), &s), Outcome::Success);
+        assert_eq!(
+            outcome_of(&WaitStatus::Signaled(pid, Signal::SIGKILL, false), &s),
+            Outcome::Signal(Signal::SIGKILL, false)
+        );
+        s.success_exit_status = ExitStatusSet { codes: vec![3], signals: vec![] };
+        assert_eq!(outcome_of(&WaitStatus::Exited(pid, 3), &s), Outcome::Success);
+        // A oneshot killed by SIGTERM did not finish its job.
+        s.service_type = ServiceType::Oneshot;
+        assert_ne!(outcome_of(&WaitStatus::Signaled(pid, Signal::SIGTERM, false), &s), Outcome::Success);
+        assert_eq!(short_exit(&WaitStatus::Signaled(pid, Signal::SIGKILL, false)), "signal=KILL");
+        assert_eq!(super::super::fmt_duration(std::time::Duration::from_millis(100)), "100ms");
+        assert_eq!(super::super::fmt_duration(std::time::Duration::from_secs(90)), "1min 30s");
+    }
+}
