@@ -268,7 +268,8 @@ impl Manager {
             log::line(&format!("unit logs stay in memory: {e}"));
         }
         let goal = berth_units::builtin::DEFAULT_TARGET;
-        self.set.load_more(&self.loader, &[goal, BOOT_COMPLETE]);
+        // network-online.target is loaded even when nothing wants it: it shows when the network came up.
+        self.set.load_more(&self.loader, &[goal, BOOT_COMPLETE, NETWORK_ONLINE]);
         self.report_load_problems();
         let first = self.queue_start(goal);
         if let Err(e) = first {
