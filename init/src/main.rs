@@ -15,6 +15,7 @@ mod child;
 mod cmdline;
 mod control;
 mod disk_gpt;
+mod journal;
 mod log;
 mod modules;
 mod mounts;

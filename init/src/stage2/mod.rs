@@ -213,6 +213,8 @@ impl Pid1 {
             Ok(Request::IsSystemRunning) => {
                 (if self.running { Reply::ok("running") } else { Reply::error("stopping") }, None)
             }
+            // Placeholder until the service manager serves the unit commands.
+            Ok(other) => (Reply::error(format!("{other:?}: not served by this berth-init yet")), None),
             Err(e) => (Reply::error(e), None),
         };
         if let Some(k) = kind {
