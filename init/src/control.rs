@@ -78,16 +78,22 @@ impl Reply {
         Reply { ok: false, message: message.into(), units: Vec::new(), lines: Vec::new() }
     }
 
+    // Used by the server side (the service manager's control handler).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn with_units(mut self, units: Vec<UnitStatus>) -> Reply {
         self.units = units;
         self
     }
 
+    // Used by the server side (the service manager's control handler).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn with_lines(mut self, lines: Vec<LogLine>) -> Reply {
         self.lines = lines;
         self
     }
 
+    // Used by the server side (the service manager's control handler).
+    #[cfg_attr(not(test), allow(dead_code))]
     /// The reply as one JSON line (with its `\n`); never fails.
     pub fn to_line(&self) -> String {
         let mut text = serde_json::to_string(self).unwrap_or_else(|_| r#"{"ok":false,"message":"?"}"#.into());
