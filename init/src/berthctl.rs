@@ -23,6 +23,7 @@ units:
                           (--all: every loaded unit): UNIT LOAD ACTIVE SUB DESCRIPTION
   status UNIT...          state, main process, memory, restarts and the last 10 log lines;
                           exit 0 when active, 3 when not, 4 when there is no such unit
+                          (1 when berth-init cannot be reached)
   start UNIT...           start units (and what they require); wait until they are up
   stop UNIT...            stop units (and what requires them)
   restart UNIT...         stop, then start
@@ -400,12 +401,17 @@ fn status(units: &[String], json: bool) -> i32 {
     let mut code = 0;
     let mut first = true;
     for unit in units {
-        let reply = match ask(&Request::Status { unit: unit.clone() }) {
-            Ok((reply, _)) => reply,
-            Err(e) => {
-                crate::log::err(&format!("berthctl: status {unit}: {e}\n"));
+        let reply = match control::round_trip(&Request::Status { unit: unit.clone() }) {
+            Ok((reply, _)) if reply.ok => reply,
+            Ok((reply, _)) => {
+                crate::log::err(&format!("berthctl: status {unit}: {}\n", reply.message));
                 code = code.max(4);
                 continue;
+            }
+            // Not an answer about the unit: berth-init is not there.
+            Err(e) => {
+                crate::log::err(&format!("berthctl: status {unit}: {e}\n"));
+                return 1;
             }
         };
         let Some(s) = reply.units.into_iter().next() else {
