@@ -761,7 +761,7 @@ impl Manager {
             status_text: run.and_then(|r| r.status_text.clone()),
             cgroup: has_group.then(|| cgroup::display(name)),
             fragment: u.and_then(|u| u.fragment.as_ref()).map(|p| p.display().to_string()),
-            enabled: u.map(enablement),
+            enabled: u.map(|u| crate::berthctl::enablement(std::path::Path::new("/"), u).to_string()),
             error: run.filter(|r| r.state == State::Failed).map(|r| r.outcome.describe()),
         }
     }
@@ -792,20 +792,6 @@ impl Manager {
             None => ("inactive", None),
             Some(r) => (r.state.active(), (r.state == State::Failed).then(|| r.outcome.describe())),
         }
-    }
-}
-
-/// enabled / disabled / static, from the unit's [Install] and the links that exist.
-fn enablement(u: &berth_units::Unit) -> String {
-    let i = &u.install;
-    if i.wanted_by.is_empty() && i.required_by.is_empty() && i.alias.is_empty() && i.also.is_empty() {
-        return "static".into();
-    }
-    match berth_units::load::install_links(u) {
-        Ok(links) if !links.is_empty() && links.iter().all(|l| std::fs::symlink_metadata(&l.link).is_ok()) => {
-            "enabled".into()
-        }
-        _ => "disabled".into(),
     }
 }
 

@@ -219,11 +219,7 @@ impl Manager {
                     };
                     let role = if svc.service_type == ServiceType::Forking { Role::Control } else { Role::Main };
                     match self.spawn(unit, &svc, &cmd, role) {
-                        Ok(pid) => {
-                            if role == Role::Main {
-                                let text = format!("main process {pid}");
-                                self.journal.record(unit, Some(pid.as_raw()), &text);
-                            }
+                        Ok(_) => {
                             match svc.service_type {
                                 // Started once forked (simple) or once exec succeeded (exec): spawn
                                 // returns after exec, so both are up now.
@@ -309,6 +305,7 @@ impl Manager {
             extra.push(("MAINPID".to_string(), p.as_raw().to_string()));
         }
         let pid = exec::spawn(&ctx, cmd, &extra, output).map_err(|e| format!("line {}: {e}", cmd.line))?;
+        self.journal.set_pid(unit, pid.as_raw());
         self.pids.insert(pid.as_raw(), (unit.to_string(), role));
         let run = self.run_mut(unit);
         match role {

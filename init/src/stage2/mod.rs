@@ -275,17 +275,11 @@ impl Pid1 {
                 let state = self.manager.system_state();
                 if state == "running" { Reply::ok(state) } else { Reply::error(state) }
             }
-            Request::List { all } => {
-                let mut r = Reply::ok(self.manager.system_state());
-                r.units = self.manager.list(all);
-                r
-            }
+            Request::List { all } => Reply::ok(self.manager.system_state()).with_units(self.manager.list(all)),
             Request::Status { unit } => match self.manager.status(&unit) {
                 Ok(status) => {
-                    let mut r = Reply::ok(status.active.clone());
-                    r.lines = self.manager.journal.tail(&status.name, 10);
-                    r.units = vec![status];
-                    r
+                    let lines = self.manager.journal.tail(&status.name, 10);
+                    Reply::ok(status.active.clone()).with_lines(lines).with_units(vec![status])
                 }
                 Err(e) => Reply::error(e),
             },
@@ -301,9 +295,8 @@ impl Pid1 {
             }
             Request::Logs { unit, lines, follow } => {
                 let name = self.manager.resolve(&unit).unwrap_or(unit);
-                let mut r = Reply::ok(name.clone());
-                r.lines = self.manager.journal.tail(&name, lines);
-                send(&stream, &r);
+                let lines = self.manager.journal.tail(&name, lines);
+                send(&stream, &Reply::ok(name.clone()).with_lines(lines));
                 if follow {
                     let _ = stream.set_nonblocking(true);
                     self.manager.journal.follow(&name, stream);
@@ -358,11 +351,9 @@ impl Pid1 {
 }
 
 fn send(stream: &UnixStream, reply: &Reply) {
-    let mut text = serde_json::to_string(reply).unwrap_or_else(|_| r#"{"ok":false,"message":"?"}"#.into());
-    text.push('\n');
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = (&*stream).write_all(text.as_bytes());
+    let _ = (&*stream).write_all(reply.to_line().as_bytes());
 }
 
 /// Reads one request, from root only, within a second (PID 1 must not wait on a client).
