@@ -27,6 +27,7 @@ units:
   start UNIT...           start units (and what they require); wait until they are up
   stop UNIT...            stop units (and what requires them)
   restart UNIT...         stop, then start
+  reload UNIT...          run the units' ExecReload= (for example sshd re-reads its config)
   enable UNIT... [--now]  link units into the targets their [Install] section names
                           (WantedBy= → /etc/systemd/system/TARGET.wants/UNIT), so that they
                           start at boot; --now also starts them. Units without [Install]
@@ -39,8 +40,8 @@ units:
 machine:
   reboot                  stop everything in order, unmount, and restart the machine
   poweroff                the same, then switch the machine off
-  is-system-running       print the system state (running, starting, stopping); exit 0 when
-                          running
+  is-system-running       print the system state (starting, running, degraded when a unit
+                          failed, stopping); exit 0 when running
 
 offline:
   verify [--root DIR] FILE...
@@ -102,6 +103,7 @@ enum Verb {
     Start,
     Stop,
     Restart,
+    Reload,
 }
 
 impl Verb {
@@ -110,6 +112,7 @@ impl Verb {
             Verb::Start => "start",
             Verb::Stop => "stop",
             Verb::Restart => "restart",
+            Verb::Reload => "reload",
         }
     }
 
@@ -119,6 +122,7 @@ impl Verb {
             Verb::Start => Request::Start { unit },
             Verb::Stop => Request::Stop { unit },
             Verb::Restart => Request::Restart { unit },
+            Verb::Reload => Request::ReloadUnit { unit },
         }
     }
 }
@@ -177,7 +181,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         "status" => &["--json"],
         "logs" => &["--json", "--lines", "--follow"],
         "enable" | "disable" => &["--now", "--root"],
-        "start" | "stop" | "restart" | "reboot" | "poweroff" | "is-system-running" => &[],
+        "start" | "stop" | "restart" | "reload" | "reboot" | "poweroff" | "is-system-running" => &[],
         other => return Err(format!("unknown command `{other}`")),
     };
     if let Some(bad) = opts.given.iter().find(|o| !allowed.contains(o)) {
@@ -204,6 +208,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         "start" => Command::Job { verb: Verb::Start, units: units()? },
         "stop" => Command::Job { verb: Verb::Stop, units: units()? },
         "restart" => Command::Job { verb: Verb::Restart, units: units()? },
+        "reload" => Command::Job { verb: Verb::Reload, units: units()? },
         "enable" | "disable" => {
             if opts.now && opts.root.is_some() {
                 return Err(format!("{command}: --now and --root exclude each other (no berth-init runs in DIR)"));

@@ -36,6 +36,10 @@ pub enum Request {
     Restart {
         unit: String,
     },
+    /// Run a unit's `ExecReload=`.
+    ReloadUnit {
+        unit: String,
+    },
     /// Re-read the unit files from disk (berthctl sends it after enable/disable).
     Reload,
     /// The last `lines` lines of `unit`; with `follow`, then every new one (see the module docs).
@@ -51,7 +55,9 @@ impl Request {
     /// `Type=notify` service may take its whole start timeout), the rest answer at once.
     pub fn reply_timeout(&self) -> Duration {
         match self {
-            Request::Start { .. } | Request::Stop { .. } | Request::Restart { .. } => Duration::from_secs(600),
+            Request::Start { .. } | Request::Stop { .. } | Request::Restart { .. } | Request::ReloadUnit { .. } => {
+                Duration::from_secs(600)
+            }
             _ => Duration::from_secs(30),
         }
     }

@@ -55,6 +55,7 @@ pub enum State {
     StartPost,
     Running,
     Exited,
+    Reload,
     Stop,
     StopSigterm,
     StopSigkill,
@@ -70,6 +71,7 @@ impl State {
             State::Failed => "failed",
             State::Condition | State::StartPre | State::Start | State::StartPost | State::AutoRestart => "activating",
             State::Running | State::Exited => "active",
+            State::Reload => "reloading",
             State::Stop | State::StopSigterm | State::StopSigkill | State::StopPost => "deactivating",
         }
     }
@@ -85,6 +87,7 @@ impl State {
             State::StartPost => "start-post",
             State::Running => "running",
             State::Exited => "exited",
+            State::Reload => "reload",
             State::Stop => "stop",
             State::StopSigterm => "stop-sigterm",
             State::StopSigkill => "stop-sigkill",
@@ -93,11 +96,12 @@ impl State {
         }
     }
 
+    /// Up (reloading included).
     pub fn is_active(self) -> bool {
-        matches!(self, State::Running | State::Exited)
+        matches!(self, State::Running | State::Exited | State::Reload)
     }
 
-    /// Starting or stopping: a job on it has not finished.
+    /// Starting, reloading or stopping: a job on it has not finished.
     pub fn is_busy(self) -> bool {
         !matches!(self, State::Dead | State::Failed | State::Running | State::Exited)
     }
@@ -273,13 +277,13 @@ impl Manager {
         self.report_load_problems();
         let first = self.queue_start(goal);
         if let Err(e) = first {
-            log::line(&format!("boot: {e}"));
+            log::line(&format!("boot: {goal}: {e}"));
         }
         // boot-complete.target: after every job of the boot has finished.
         let boot_units: Vec<String> = self.jobs.iter().map(|j| j.unit.clone()).collect();
         let before = self.jobs.len();
         if let Err(e) = self.queue_start(BOOT_COMPLETE) {
-            log::line(&format!("boot: {e}"));
+            log::line(&format!("boot: {BOOT_COMPLETE}: {e}"));
         }
         for job in self.jobs.iter_mut().skip(before) {
             if job.unit == BOOT_COMPLETE {
@@ -326,15 +330,15 @@ impl Manager {
         if plan.start.is_empty() {
             let state = self.set.get(&name).map(|u| u.state);
             return Err(match state {
-                Some(LoadState::Masked) => format!("{name}: unit is masked"),
+                Some(LoadState::Masked) => "unit is masked".to_string(),
                 Some(LoadState::NotFound) | None => {
-                    format!("{name}: unit not found (searched {})", berth_units::load::SYSTEM_UNIT_DIRS.join(", "))
+                    format!("unit not found (searched {})", berth_units::load::SYSTEM_UNIT_DIRS.join(", "))
                 }
-                Some(LoadState::Error) => format!("{name}: unit has errors (see berthctl verify)"),
-                Some(LoadState::Unsupported) => format!("{name}: unit type not supported by berth-init"),
+                Some(LoadState::Error) => "unit has errors (see berthctl verify)".to_string(),
+                Some(LoadState::Unsupported) => "unit type not supported by berth-init".to_string(),
                 Some(LoadState::Loaded) => {
                     let why = plan.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ");
-                    format!("{name}: cannot start: {why}")
+                    format!("cannot start: {why}")
                 }
             });
         }
@@ -384,14 +388,14 @@ impl Manager {
     /// `berthctl start`: queues the unit (and what it pulls in). Returns the canonical name.
     pub fn start(&mut self, unit: &str) -> Result<String, String> {
         if self.shutting_down {
-            return Err(format!("{unit}: the system is shutting down"));
+            return Err("the system is shutting down".to_string());
         }
         let name = self.queue_start(unit)?;
         if let Some(u) = self.set.get(&name)
             && u.refuse_manual_start
         {
             self.jobs.retain(|j| j.running);
-            return Err(format!("{name}: RefuseManualStart=yes"));
+            return Err("RefuseManualStart=yes".to_string());
         }
         // A manual start forgets an earlier start-limit failure (systemctl reset-failed + start).
         if let Some(r) = self.runs.get_mut(&name) {
@@ -404,12 +408,12 @@ impl Manager {
     pub fn stop(&mut self, unit: &str) -> Result<String, String> {
         self.set.load_more(&self.loader, &[unit]);
         let Some(name) = self.set.resolve(unit).map(str::to_string) else {
-            return Err(format!("{unit}: unit not found"));
+            return Err("unit not found".to_string());
         };
         if let Some(u) = self.set.get(&name)
             && u.refuse_manual_stop
         {
-            return Err(format!("{name}: RefuseManualStop=yes"));
+            return Err("RefuseManualStop=yes".to_string());
         }
         let mut names = vec![name.clone()];
         for (n, r) in &self.runs {
@@ -429,7 +433,7 @@ impl Manager {
     pub fn restart(&mut self, unit: &str) -> Result<String, String> {
         self.set.load_more(&self.loader, &[unit]);
         let Some(name) = self.set.resolve(unit).map(str::to_string) else {
-            return Err(format!("{unit}: unit not found"));
+            return Err("unit not found".to_string());
         };
         let running = self.runs.get(&name).is_some_and(|r| r.state.is_active() || r.state.is_busy());
         if !running {
@@ -685,7 +689,7 @@ impl Manager {
     fn start_unit(&mut self, unit: &str, now: Instant) {
         let Some(u) = self.set.get(unit) else { return };
         if !u.is_startable() {
-            log::line(&format!("{unit}: cannot start: load state {:?}", u.state));
+            log::line(&format!("cannot start: load state {:?}", u.state));
             self.run_mut(unit).state = State::Failed;
             return;
         }
@@ -720,7 +724,7 @@ impl Manager {
     pub fn status(&mut self, unit: &str) -> Result<crate::control::UnitStatus, String> {
         self.set.load_more(&self.loader, &[unit]);
         let Some(u) = self.set.get(unit) else {
-            return Err(format!("{unit}: unit not found"));
+            return Err("unit not found".to_string());
         };
         if u.state == LoadState::NotFound {
             return Err(format!(
@@ -781,9 +785,9 @@ impl Manager {
         self.set.resolve(unit).map(str::to_string)
     }
 
-    /// Whether a job for `unit` is still queued or running.
+    /// Whether a job for `unit` is still queued or running (a reload counts).
     pub fn has_job(&self, unit: &str) -> bool {
-        self.jobs.iter().any(|j| j.unit == unit)
+        self.jobs.iter().any(|j| j.unit == unit) || self.runs.get(unit).is_some_and(|r| r.state == State::Reload)
     }
 
     /// (active state, failure reason) of `unit`.

@@ -260,6 +260,13 @@ impl Manager {
                     self.say(unit, &text);
                     return;
                 }
+                State::Reload => {
+                    let run = self.run_mut(unit);
+                    run.deadline = None;
+                    run.state = if run.main_pid.is_some() { State::Running } else { State::Exited };
+                    self.say(unit, "reloaded");
+                    return;
+                }
                 State::Stop => {
                     self.enter_sigterm(unit, now);
                     return;
@@ -348,6 +355,14 @@ impl Manager {
                         }
                     }
                     State::StartPre | State::StartPost if failed && !ignored => self.phase_failed(unit, outcome, now),
+                    State::Reload if failed && !ignored => {
+                        // The service keeps running with its old configuration, as with systemd.
+                        let run = self.run_mut(unit);
+                        run.queue.clear();
+                        run.deadline = None;
+                        run.state = if run.main_pid.is_some() { State::Running } else { State::Exited };
+                        self.say(unit, &format!("reload failed: {}", outcome.describe()));
+                    }
                     State::Start if svc.service_type == ServiceType::Forking => {
                         if failed {
                             self.phase_failed(unit, outcome, now);
@@ -366,9 +381,12 @@ impl Manager {
                             }
                         }
                     }
-                    State::Stop | State::StopPost | State::Condition | State::StartPre | State::StartPost => {
-                        self.advance(unit, now)
-                    }
+                    State::Stop
+                    | State::StopPost
+                    | State::Condition
+                    | State::StartPre
+                    | State::StartPost
+                    | State::Reload => self.advance(unit, now),
                     State::StopSigterm | State::StopSigkill => self.check_stopped(unit, now),
                     _ => {}
                 }
@@ -399,7 +417,7 @@ impl Manager {
                         };
                         self.phase_failed(unit, o, now);
                     }
-                    State::Running => {
+                    State::Running | State::Reload => {
                         self.say(unit, &format!("main process {pid} {text}"));
                         let stopping = self.run_mut(unit).stopping;
                         if outcome == Outcome::Success && svc.remain_after_exit {
@@ -428,6 +446,7 @@ impl Manager {
             State::StartPre => &svc.exec_start_pre,
             State::Start => &svc.exec_start,
             State::StartPost => &svc.exec_start_post,
+            State::Reload => &svc.exec_reload,
             State::Stop => &svc.exec_stop,
             State::StopPost => &svc.exec_stop_post,
             _ => return false,
@@ -448,6 +467,27 @@ impl Manager {
         let run = self.run_mut(unit);
         run.state = State::Failed;
         run.outcome = outcome;
+    }
+
+    /// `berthctl reload`: ExecReload= while the service is up.
+    pub fn reload_unit(&mut self, unit: &str) -> Result<String, String> {
+        self.set.load_more(&self.loader, &[unit]);
+        let name = self.set.resolve(unit).map(str::to_string).ok_or_else(|| "unit not found".to_string())?;
+        let svc = self.service(&name).ok_or_else(|| "not a service".to_string())?;
+        if svc.exec_reload.is_empty() {
+            return Err("no ExecReload= (reload is not supported by this unit)".to_string());
+        }
+        let state = self.runs.get(&name).map_or(State::Dead, |r| r.state);
+        if state != State::Running && state != State::Exited {
+            return Err(format!("not active ({}), nothing to reload", state.active()));
+        }
+        self.say(&name, "reloading");
+        let run = self.run_mut(&name);
+        run.state = State::Reload;
+        run.deadline = svc.timeout_start.finite().map(|d| Instant::now() + d);
+        run.queue = svc.exec_reload.iter().cloned().collect();
+        self.advance(&name, Instant::now());
+        Ok(name)
     }
 
     /// Explicit stop (berthctl, shutdown, a conflict).
@@ -624,6 +664,15 @@ impl Manager {
                 let t = format!("start timed out after {}", svc.timeout_start);
                 self.say(unit, &t);
                 self.enter_stop(unit, now, Outcome::Timeout);
+            }
+            State::Reload => {
+                self.say(unit, "reload timed out");
+                let run = self.run_mut(unit);
+                if let Some(p) = run.control_pid {
+                    let _ = kill(p, Signal::SIGKILL);
+                }
+                run.queue.clear();
+                run.state = if run.main_pid.is_some() { State::Running } else { State::Exited };
             }
             State::Stop => {
                 let t = format!("ExecStop= timed out after {}", svc.timeout_stop);

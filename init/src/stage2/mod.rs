@@ -283,12 +283,15 @@ impl Pid1 {
                 }
                 Err(e) => Reply::error(e),
             },
-            Request::Start { unit } | Request::Stop { unit } | Request::Restart { unit } if self.shutdown.is_some() => {
-                Reply::error(format!("{unit}: the system is shutting down"))
+            Request::Start { .. } | Request::Stop { .. } | Request::Restart { .. } | Request::ReloadUnit { .. }
+                if self.shutdown.is_some() =>
+            {
+                Reply::error("the system is shutting down")
             }
             Request::Start { unit } => return self.queue_waiter(stream, "start", |m| m.start(&unit)),
             Request::Stop { unit } => return self.queue_waiter(stream, "stop", |m| m.stop(&unit)),
             Request::Restart { unit } => return self.queue_waiter(stream, "restart", |m| m.restart(&unit)),
+            Request::ReloadUnit { unit } => return self.queue_waiter(stream, "reload", |m| m.reload_unit(&unit)),
             Request::Reload => {
                 let n = self.manager.reload();
                 Reply::ok(format!("reloaded {n} units"))
