@@ -61,6 +61,11 @@ pub fn run() -> Result<(), String> {
     unsafe { std::env::remove_var("BERTH_SLOT") };
 
     let storage = storage::setup();
+    // TEMPORARY (wt-prov, for qemu-tests/tests/provision.rs): the lead engineer's stage 2 makes
+    // this call; keep exactly one at merge. After /var and /etc, before the hostname and units.
+    for line in crate::provision::run() {
+        log::line(&line);
+    }
     match identity::machine_id() {
         Ok((id, false)) => log::line(&format!("machine-id {id}")),
         Ok((id, true)) => log::line(&format!("machine-id {id} (generated: first boot)")),
