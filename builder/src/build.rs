@@ -363,14 +363,15 @@ fn assemble_root(
     // What maintainer scripts would have done (documented in debian/README.md).
     crate::system::configure(root, def, debs, epoch)?;
 
-    crate::enablement::enable(root, &def.units.enable, epoch)?;
-
     if let Some(overlay) = &loaded.overlay {
         let o = Tree::from_dir(overlay, &LoadOptions { all_root: true, mtime: Some(epoch) })
             .with_context(|| format!("reading overlay {}", overlay.display()))?;
         copy_subtree(&o, root, Path::new("/"), Path::new("/"), epoch)
             .with_context(|| format!("applying overlay {}", overlay.display()))?;
     }
+
+    // After the overlay, so that units it ships can be enabled too.
+    crate::enablement::enable(root, &def.units.enable, epoch)?;
     Ok(report.kept)
 }
 
