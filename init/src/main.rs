@@ -21,6 +21,8 @@ mod manager;
 mod modules;
 mod mounts;
 mod network;
+// First-boot provisioning from fw_cfg; stage 2 runs it once STATE is up.
+mod provision;
 mod random;
 mod root;
 mod stage1;

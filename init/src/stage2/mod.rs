@@ -61,6 +61,10 @@ pub fn run() -> Result<(), String> {
     unsafe { std::env::remove_var("BERTH_SLOT") };
 
     let storage = storage::setup();
+    // First-boot provisioning: after /var and /etc exist, before the hostname is set and units start.
+    for line in crate::provision::run() {
+        log::line(&line);
+    }
     match identity::machine_id() {
         Ok((id, false)) => log::line(&format!("machine-id {id}")),
         Ok((id, true)) => log::line(&format!("machine-id {id} (generated: first boot)")),
