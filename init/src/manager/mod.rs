@@ -17,6 +17,7 @@ pub mod cgroup;
 mod exec;
 pub mod notify;
 mod service;
+mod syslog;
 pub mod users;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -226,6 +227,7 @@ pub struct Manager {
     pids: BTreeMap<i32, (String, Role)>,
     pub journal: Journal,
     notify: Option<notify::NotifySocket>,
+    syslog: Option<syslog::Syslog>,
     started: Instant,
     boot_complete: bool,
     shutting_down: bool,
@@ -247,6 +249,13 @@ impl Manager {
                 None
             }
         };
+        let syslog = match syslog::Syslog::bind() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::line(&format!("{e}; syslog(3) messages are lost"));
+                None
+            }
+        };
         let loader = Loader::new("/", HostInfo::detect(std::path::Path::new("/")));
         let mut journal = Journal::new(RING_BYTES);
         journal.set_console_echo(true);
@@ -258,6 +267,7 @@ impl Manager {
             pids: BTreeMap::new(),
             journal,
             notify,
+            syslog,
             started,
             boot_complete: false,
             shutting_down: false,
@@ -535,6 +545,9 @@ impl Manager {
         if let Some(n) = &self.notify {
             fds.push(n.fd());
         }
+        if let Some(s) = &self.syslog {
+            fds.push(s.fd());
+        }
         fds
     }
 
@@ -544,6 +557,12 @@ impl Manager {
         let messages = self.notify.as_ref().map(|n| n.receive()).unwrap_or_default();
         for m in messages {
             self.on_notify(m);
+        }
+        let entries = self.syslog.as_ref().map(|s| s.receive()).unwrap_or_default();
+        for e in entries {
+            let unit = if e.pid > 0 { cgroup::unit_of(e.pid) } else { None };
+            let pid = (e.pid > 0).then_some(e.pid);
+            self.journal.record(unit.as_deref().unwrap_or("syslog"), pid, &e.text);
         }
     }
 
