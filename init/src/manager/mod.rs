@@ -160,6 +160,8 @@ struct Run {
     /// Start times inside the start-limit interval.
     starts: VecDeque<Instant>,
     restarts: u32,
+    /// The start under way is an automatic restart.
+    restarting: bool,
     outcome: Outcome,
     last_exit: Option<String>,
     status_text: Option<String>,
@@ -186,6 +188,7 @@ impl Run {
             restart_at: None,
             starts: VecDeque::new(),
             restarts: 0,
+            restarting: false,
             outcome: Outcome::Success,
             last_exit: None,
             status_text: None,

@@ -44,6 +44,7 @@ impl Manager {
                     run.starts.pop_front();
                 }
                 if run.starts.len() >= burst as usize {
+                    run.restarting = false;
                     run.state = State::Failed;
                     run.restart_at = None;
                     run.outcome = Outcome::StartLimit;
@@ -55,6 +56,10 @@ impl Manager {
                     return;
                 }
                 run.starts.push_back(now);
+            }
+            // Counted once the start limit let the restart through.
+            if std::mem::take(&mut run.restarting) {
+                run.restarts += 1;
             }
             run.restart_at = None;
             run.stop_requested = false;
@@ -632,7 +637,7 @@ impl Manager {
             && now >= at
         {
             run.restart_at = None;
-            run.restarts += 1;
+            run.restarting = true;
             self.start_service(unit, now);
             return;
         }
