@@ -469,7 +469,12 @@ impl OwnBinaries {
         let musl = ["-p", "berth-init", "-p", "berth-update", "-p", "berth-guest-agent"];
         run(&[&["build", "-q", "--release", "--target", MUSL][..], &musl].concat())?;
         run(&["build", "-q", "--release", "--target", UEFI, "-p", "berth-bootmgr"])?;
-        let t = workspace.join("target");
+        // Where cargo put them: CARGO_TARGET_DIR when set (it is inherited by the cargo above;
+        // a relative one counts from the workspace), else the workspace's target/.
+        let t = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => workspace.join(dir),
+            None => workspace.join("target"),
+        };
         Ok(OwnBinaries {
             init: t.join(MUSL).join("release/berth-init"),
             update: t.join(MUSL).join("release/berth-update"),
