@@ -129,6 +129,29 @@ impl Agent {
         }
     }
 
+    /// Writes a guest file with any bytes (base64 on the wire, in chunks of at most
+    /// [`berth_guest_agent::WRITE_CHUNK_BYTES`], each waited for up to `timeout`).
+    pub fn write_bytes(&mut self, path: &str, bytes: &[u8], timeout: Duration) -> Result<(), AgentError> {
+        for req in Request::write_base64(path, bytes) {
+            match self.request(&req, timeout)? {
+                Reply::Written => {}
+                other => return Err(self.failed(&req, other)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `argv` in the guest and returns its pid without waiting for it; its stdout and
+    /// stderr go to the guest file `output`. PID 1, not the agent, reaps it; the agent keeps
+    /// answering meanwhile.
+    pub fn spawn_detached(&mut self, argv: &[&str], output: &str) -> Result<u32, AgentError> {
+        let req = Request::Spawn { argv: argv.iter().map(|s| s.to_string()).collect(), output: output.into() };
+        match self.request(&req, Duration::from_secs(30))? {
+            Reply::Spawned { pid } => Ok(pid),
+            other => Err(self.failed(&req, other)),
+        }
+    }
+
     fn channel(&self, what: String) -> AgentError {
         AgentError::Channel { socket: self.socket.clone(), what }
     }
@@ -148,5 +171,8 @@ fn describe(req: &Request) -> String {
         Request::Exec { argv } => format!("exec {}", argv.join(" ")),
         Request::Read { path } => format!("read {path}"),
         Request::Write { path, .. } => format!("write {path}"),
+        Request::WriteBase64 { path, append: false, .. } => format!("write {path} (base64)"),
+        Request::WriteBase64 { path, append: true, .. } => format!("append to {path} (base64)"),
+        Request::Spawn { argv, output } => format!("spawn {} > {output}", argv.join(" ")),
     }
 }
