@@ -32,13 +32,25 @@ impl Agent {
     /// the guest may still be booting.
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Agent, AgentError> {
         let chan = |what: String| AgentError::Channel { socket: socket.to_path_buf(), what };
-        let stream = UnixStream::connect(socket).map_err(|e| chan(format!("connecting: {e}")))?;
+        let started = Instant::now();
+        // QEMU creates the socket shortly after it starts.
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(s) => break s,
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
+                        && started.elapsed() < timeout =>
+                {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => return Err(chan(format!("connecting: {e}"))),
+            }
+        };
         let reader = BufReader::new(stream.try_clone().map_err(|e| chan(e.to_string()))?);
         // Seeded from the clock so that replies meant for an earlier connection never match.
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let mut agent = Agent { socket: socket.to_path_buf(), stream, reader, next_id: (seed as u64) & 0xffff_ffff };
-        let started = Instant::now();
         loop {
             match agent.request(&Request::Ping, Duration::from_secs(2)) {
                 Ok(Reply::Pong) => return Ok(agent),
