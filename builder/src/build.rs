@@ -363,14 +363,15 @@ fn assemble_root(
     // What maintainer scripts would have done (documented in debian/README.md).
     crate::system::configure(root, def, debs, epoch)?;
 
-    crate::enablement::enable(root, &def.units.enable, epoch)?;
-
     if let Some(overlay) = &loaded.overlay {
         let o = Tree::from_dir(overlay, &LoadOptions { all_root: true, mtime: Some(epoch) })
             .with_context(|| format!("reading overlay {}", overlay.display()))?;
         copy_subtree(&o, root, Path::new("/"), Path::new("/"), epoch)
             .with_context(|| format!("applying overlay {}", overlay.display()))?;
     }
+
+    // After the overlay, so that units it ships can be enabled too.
+    crate::enablement::enable(root, &def.units.enable, epoch)?;
     Ok(report.kept)
 }
 
@@ -469,8 +470,7 @@ impl OwnBinaries {
         let musl = ["-p", "berth-init", "-p", "berth-update", "-p", "berth-guest-agent"];
         run(&[&["build", "-q", "--release", "--target", MUSL][..], &musl].concat())?;
         run(&["build", "-q", "--release", "--target", UEFI, "-p", "berth-bootmgr"])?;
-        // Where cargo put them: CARGO_TARGET_DIR when set (it is inherited by the cargo above;
-        // a relative one counts from the workspace), else the workspace's target/.
+        // Where cargo put them: CARGO_TARGET_DIR when set (relative to the workspace), as cargo reads it.
         let t = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
             Some(dir) => workspace.join(dir),
             None => workspace.join("target"),

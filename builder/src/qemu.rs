@@ -258,6 +258,10 @@ pub struct VirtioPort {
     pub socket: PathBuf,
 }
 
+/// The fw_cfg name berth-init reads its first-boot provisioning document from (QEMU reserves
+/// names outside `opt/`; `org.berth` is Berth's own namespace there).
+pub const PROVISION_FW_CFG: &str = "opt/org.berth/config";
+
 /// One QEMU machine: q35, OVMF, one virtio disk, no display.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuConfig {
@@ -278,6 +282,9 @@ pub struct QemuConfig {
     pub virtio_ports: Vec<VirtioPort>,
     /// A unix socket QEMU listens on for QMP (the JSON machine protocol).
     pub qmp_socket: Option<PathBuf>,
+    /// fw_cfg items the guest reads (`name`, file with the contents), e.g. the first-boot
+    /// provisioning document as [`PROVISION_FW_CFG`].
+    pub fw_cfg: Vec<(String, PathBuf)>,
     /// Appended verbatim after everything else.
     pub extra_args: Vec<OsString>,
 }
@@ -304,6 +311,7 @@ impl QemuConfig {
             network: Network::None,
             virtio_ports: Vec::new(),
             qmp_socket: None,
+            fw_cfg: Vec::new(),
             extra_args: Vec::new(),
         }
     }
@@ -371,6 +379,9 @@ impl QemuConfig {
         if let Some(qmp) = &self.qmp_socket {
             a.opt("-chardev", socket_chardev("qmp", qmp));
             a.push(["-mon", "chardev=qmp,mode=control"]);
+        }
+        for (name, file) in &self.fw_cfg {
+            a.opt("-fw_cfg", ["name=".into(), escape(OsStr::new(name)), ",file=".into(), escape(file)]);
         }
         a.0.extend(self.extra_args.iter().cloned());
         a.0
@@ -546,6 +557,7 @@ mod tests {
             VirtioPort { name: "org.berth.log".into(), socket: "/t/b,c.sock".into() },
         ];
         c.qmp_socket = Some("/t/qmp.sock".into());
+        c.fw_cfg = vec![(PROVISION_FW_CFG.into(), "/t/first,boot.toml".into())];
         c.extra_args = vec!["-no-reboot".into()];
         let args = strings(&c.args());
         let line = args.join(" ");
@@ -573,7 +585,8 @@ mod tests {
         );
         assert!(
             line.ends_with(
-                "-chardev socket,id=qmp,path=/t/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control -no-reboot"
+                "-chardev socket,id=qmp,path=/t/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control \
+                 -fw_cfg name=opt/org.berth/config,file=/t/first,,boot.toml -no-reboot"
             ),
             "{line}"
         );

@@ -44,6 +44,8 @@ pub fn configure(root: &mut Tree, def: &Definition, debs: &[DebInfo], epoch: i64
         postinst::ca_bundle(root, epoch).context("building the CA bundle")?;
     }
 
+    postinst::openssh_server(root, epoch).context("openssh-server setup")?;
+
     let mut report = SystemReport::default();
     let mut alts = Vec::new();
     for d in debs {
@@ -68,6 +70,8 @@ pub fn configure(root: &mut Tree, def: &Definition, debs: &[DebInfo], epoch: i64
     .context("writing os-release")?;
     postinst::dpkg_status(root, debs.iter().map(|d| &d.control), epoch).context("writing /var/lib/dpkg/status")?;
 
+    home_on_state(root, epoch)?;
+
     let text = update_config(def);
     root.mkdir_all("usr/lib/berth", &Metadata::root(0o755, epoch))?;
     if root.lookup(UPDATE_CONFIG).is_none() {
@@ -75,6 +79,25 @@ pub fn configure(root: &mut Tree, def: &Definition, debs: &[DebInfo], epoch: i64
     }
     Ok(report)
 }
+
+/// `/home` as a link to `var/home`, as Fedora CoreOS has it: the root is read-only, so homes
+/// live on STATE (where first-boot provisioning makes them). Package trees ship `/home` empty.
+pub fn home_on_state(root: &mut Tree, epoch: i64) -> anyhow::Result<()> {
+    if let Some(id) = root.lookup("home") {
+        match &root.node(id).kind {
+            NodeKind::Symlink(_) => return Ok(()),
+            NodeKind::Dir(entries) if entries.is_empty() => {
+                root.unlink("home")?;
+            }
+            _ => anyhow::bail!("/home in the root is not an empty directory: homes live on STATE (/var/home)"),
+        }
+    }
+    root.insert("home", Node::new(NodeKind::Symlink(HOME_LINK.as_bytes().to_vec()), Metadata::root(0o777, epoch)))?;
+    Ok(())
+}
+
+/// Where `/home` points (relative, so it also resolves inside an image mounted elsewhere).
+pub const HOME_LINK: &str = "var/home";
 
 /// The update agent's settings from the definition (DESIGN.md §4).
 fn update_config(def: &Definition) -> String {
@@ -90,4 +113,37 @@ fn update_config(def: &Definition) -> String {
         None => s.push_str("# No channel: this image does not update itself.\n"),
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link_of(t: &Tree, path: &str) -> Option<Vec<u8>> {
+        match &t.node(t.lookup(path)?).kind {
+            NodeKind::Symlink(to) => Some(to.clone()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn home_becomes_a_link_to_var_home() {
+        // As base-files ships it: an empty directory.
+        let mut t = Tree::new(Metadata::root(0o755, 0));
+        t.mkdir_all("home", &Metadata::root(0o755, 0)).unwrap();
+        home_on_state(&mut t, 0).unwrap();
+        assert_eq!(link_of(&t, "home").as_deref(), Some(&b"var/home"[..]));
+        // Again: unchanged.
+        home_on_state(&mut t, 0).unwrap();
+        assert_eq!(link_of(&t, "home").as_deref(), Some(&b"var/home"[..]));
+        // No /home at all.
+        let mut t = Tree::new(Metadata::root(0o755, 0));
+        home_on_state(&mut t, 0).unwrap();
+        assert_eq!(link_of(&t, "home").as_deref(), Some(&b"var/home"[..]));
+        // Files under /home would be hidden by STATE: refused.
+        let mut t = Tree::new(Metadata::root(0o755, 0));
+        t.mkdir_all("home/core", &Metadata::root(0o755, 0)).unwrap();
+        let e = home_on_state(&mut t, 0).unwrap_err().to_string();
+        assert!(e.contains("/home in the root is not an empty directory"), "{e}");
+    }
 }

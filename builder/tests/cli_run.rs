@@ -131,11 +131,43 @@ fn dry_run_options_reach_the_command_line() {
 }
 
 #[test]
+fn dry_run_hands_the_provisioning_document_over_fw_cfg() {
+    let f = fixture(&[0u8; 4096]);
+    let doc = f.dir.path().join("first-boot.toml");
+    std::fs::write(&doc, "hostname = \"node-1\"\n").unwrap();
+    // A relative path works from anywhere: the command line has the absolute one.
+    let qemu = Command::new(BERTH)
+        .current_dir(f.dir.path())
+        .arg("run")
+        .arg(&f.disk)
+        .args(["--ovmf-code", f.code.to_str().unwrap(), "--ovmf-vars", f.vars.to_str().unwrap()])
+        .args(["--dry-run", "--config", "first-boot.toml"])
+        .env("TMPDIR", &f.tmp)
+        .output()
+        .unwrap();
+    assert!(qemu.status.success(), "{}", String::from_utf8_lossy(&qemu.stderr));
+    let qemu = String::from_utf8(qemu.stdout).unwrap().lines().last().unwrap().to_string();
+    let doc = std::fs::canonicalize(&doc).unwrap();
+    assert_eq!(after(&qemu, "-fw_cfg"), format!("name=opt/org.berth/config,file={}", doc.display()));
+    f.assert_tmp_empty();
+    // Without --config there is no fw_cfg item.
+    assert!(!f.dry_run(&[]).concat().contains("-fw_cfg"));
+    // A missing document is one clear line.
+    let out = f.run(&["--dry-run", "--config", "/nonexistent/first-boot.toml"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--config /nonexistent/first-boot.toml: cannot read the provisioning document"), "{err}");
+    f.assert_tmp_empty();
+}
+
+#[test]
 fn help_teaches_with_examples() {
     let out = Command::new(BERTH).args(["run", "--help"]).output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for needle in ["Examples:", "-p 2222:22", "127.0.0.1", "--persist", "--restrict", "Ctrl-A X", "--dry-run"] {
+    for needle in
+        ["Examples:", "-p 2222:22", "127.0.0.1", "--persist", "--restrict", "Ctrl-A X", "--dry-run", "--config"]
+    {
         assert!(help.contains(needle), "{needle:?} not in:\n{help}");
     }
 }

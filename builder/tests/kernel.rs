@@ -653,7 +653,8 @@ fn initramfs_tree_carries_init_and_the_storage_closure() {
             "hv_storvsc",
             "xen_blkfront",
             "virtio_console",
-            "virtio_net"
+            "virtio_net",
+            "qemu_fw_cfg"
         ]
     );
     let t = &ir.tree;

@@ -15,10 +15,14 @@ mod child;
 mod cmdline;
 mod control;
 mod disk_gpt;
+mod journal;
 mod log;
+mod manager;
 mod modules;
 mod mounts;
 mod network;
+// First-boot provisioning from fw_cfg; stage 2 runs it once STATE is up.
+mod provision;
 mod random;
 mod root;
 mod stage1;

@@ -94,6 +94,9 @@ pub struct Options {
     pub qmp: bool,
     /// The guest cannot write its disk (a write-protected or failing disk).
     pub read_only: bool,
+    /// A first-boot provisioning document (TOML text), written to the scratch directory and
+    /// handed to the guest through fw_cfg as `opt/org.berth/config` (`berth run --config`).
+    pub provision: Option<String>,
 }
 
 impl Machine {
@@ -147,6 +150,11 @@ impl Machine {
             .collect();
         let qmp = options.qmp.then(|| dir.path().join("qmp.sock"));
         config.qmp_socket = qmp.clone();
+        if let Some(text) = &options.provision {
+            let file = dir.path().join("provision.toml");
+            std::fs::write(&file, text).map_err(io(&file))?;
+            config.fw_cfg.push((qemu::PROVISION_FW_CFG.to_string(), file));
+        }
 
         let stderr = dir.path().join("qemu.stderr");
         let command = config.command();

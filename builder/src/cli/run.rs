@@ -17,6 +17,9 @@ Examples:
       Boot a built image. The guest writes to a temporary overlay: the image stays unchanged.
   berth run out/container-host.img -p 2222:22
       The same, and the guest's port 22 is reachable from this host at 127.0.0.1:2222.
+  berth run out/container-host.img -p 2222:22 --config first-boot.toml
+      Provision the machine on its first boot (hostname, users and SSH keys, files, units) from
+      a TOML document handed over through QEMU's fw_cfg; see docs/provisioning.md.
   berth run out/container-host.img --persist --kvm --memory 4096
       Write to the image itself, with hardware virtualization and 4 GiB of memory.
   berth run out/container-host.img --restrict --dry-run
@@ -45,6 +48,11 @@ pub struct RunArgs {
     /// forwards with -p still work.
     #[arg(long)]
     restrict: bool,
+    /// First-boot provisioning document (TOML: hostname, users and SSH keys, files, units,
+    /// update settings) the guest reads from QEMU's fw_cfg as opt/org.berth/config. It is applied
+    /// once: a disk booted before (with --persist) ignores it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// No network device at all.
     #[arg(long, conflicts_with_all = ["restrict", "forward"])]
     no_network: bool,
@@ -98,6 +106,13 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         Network::User(UserNet { restrict: a.restrict, forwards: a.forward.clone(), guest_forwards: Vec::new() })
     };
+    if let Some(file) = &a.config {
+        // QEMU reads the file when it starts; an absolute path keeps the command line usable
+        // from anywhere (and a missing file is reported here, not by QEMU).
+        let file = std::fs::canonicalize(file)
+            .with_context(|| format!("--config {}: cannot read the provisioning document", file.display()))?;
+        config.fw_cfg.push((qemu::PROVISION_FW_CFG.to_string(), file));
+    }
     let mut cmd = config.command();
 
     if a.dry_run {

@@ -100,7 +100,8 @@ pub use select::Selection;
 
 /// The initramfs's modules: the storage drivers stage 1 needs to find and mount an ext4 root on
 /// the disks Berth's targets present, and what stage 2 needs before it could load anything from
-/// the root (overlay for `/etc`, virtio-serial for the guest agent). Names the kernel lacks are skipped and reported
+/// the root (overlay for `/etc`, virtio-serial for the guest agent, virtio-net for DHCP, QEMU's
+/// fw_cfg for the provisioning document). Names the kernel lacks are skipped and reported
 /// ([`Initramfs::unavailable`]): Debian 6.1's `linux-image-cloud-amd64` has no `ahci`, and has
 /// `nvme` and `ext4` built in. Dependencies (`scsi_mod`, `libata`, `virtio_ring`, `jbd2`,
 /// `crc32c_*` through ext4's softdep, ...) come by closure. On Debian 6.1 kernels the storage
@@ -131,6 +132,8 @@ pub const INITRAMFS_MODULES: &[&str] = &[
     "virtio_console",
     // virtio-net: QEMU's and most KVM clouds' NIC, for berth-init's DHCP in stage 2.
     "virtio_net",
+    // QEMU's fw_cfg in sysfs: stage 2 reads the first-boot provisioning document from it.
+    "qemu_fw_cfg",
 ];
 
 /// A proposed default module list for a container host's root: overlay storage, bridge and

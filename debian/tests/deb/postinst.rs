@@ -5,8 +5,8 @@ use std::process::Command;
 
 use berth_debian::deb::Control;
 use berth_debian::deb::postinst::{
-    Accounts, CaSource, Group, OsRelease, User, alternatives, base_files, ca_bundle, dpkg_status, os_release,
-    parse_alternatives, users,
+    Accounts, CaSource, Group, OsRelease, User, alternatives, base_files, ca_bundle, dpkg_status, openssh_server,
+    os_release, parse_alternatives, users,
 };
 use berth_fstree::{FileData, Metadata, Node, NodeKind, Tree};
 
@@ -220,6 +220,24 @@ fn os_release_is_valid_shell() {
     assert!(os_release(&mut t, &bad, T).unwrap_err().to_string().contains("VERSION_ID"));
     let bad = OsRelease { build_id: String::new(), ..os };
     assert!(os_release(&mut t, &bad, T).unwrap_err().to_string().contains("BUILD_ID"));
+}
+
+#[test]
+fn openssh_server_config_from_the_packaged_default() {
+    let mut t = skeleton();
+    assert!(openssh_server(&mut t, T).unwrap().is_empty(), "no openssh-server: nothing to do");
+    t.mkdir_all("etc/ssh", &Metadata::root(0o755, 0)).unwrap();
+    put(&mut t, "usr/share/openssh/sshd_config", b"Include /etc/ssh/sshd_config.d/*.conf\n");
+    let actions = openssh_server(&mut t, T).unwrap();
+    assert_eq!(actions, vec!["/etc/ssh/sshd_config from /usr/share/openssh/sshd_config".to_string()]);
+    assert_eq!(text(&t, "etc/ssh/sshd_config"), "Include /etc/ssh/sshd_config.d/*.conf\n");
+    assert!(t.lookup("etc/ssh/ssh_host_ed25519_key").is_none(), "no host keys in an image");
+    // A file already there (from the image's overlay) is kept.
+    let mut t = skeleton();
+    put(&mut t, "usr/share/openssh/sshd_config", b"default\n");
+    put(&mut t, "etc/ssh/sshd_config", b"PermitRootLogin no\n");
+    assert!(openssh_server(&mut t, T).unwrap().is_empty());
+    assert_eq!(text(&t, "etc/ssh/sshd_config"), "PermitRootLogin no\n");
 }
 
 #[test]

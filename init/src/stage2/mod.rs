@@ -61,6 +61,10 @@ pub fn run() -> Result<(), String> {
     unsafe { std::env::remove_var("BERTH_SLOT") };
 
     let storage = storage::setup();
+    // First-boot provisioning: after /var and /etc exist, before the hostname is set and units start.
+    for line in crate::provision::run() {
+        log::line(&line);
+    }
     match identity::machine_id() {
         Ok((id, false)) => log::line(&format!("machine-id {id}")),
         Ok((id, true)) => log::line(&format!("machine-id {id} (generated: first boot)")),
@@ -82,8 +86,26 @@ pub fn run() -> Result<(), String> {
         "stage 2 ready (slot {slot}) in {:.0} ms; {persistence}",
         started.elapsed().as_secs_f64() * 1000.0
     ));
-    let mut pid1 = Pid1 { signals, control, agent: agent::Agent::default(), network, online: false, running: true };
+    let mut manager = crate::manager::Manager::new(started);
+    manager.boot();
+    let mut pid1 = Pid1 {
+        signals,
+        control,
+        agent: agent::Agent::default(),
+        network,
+        online: false,
+        manager,
+        waiters: Vec::new(),
+        shutdown: None,
+    };
     pid1.serve()
+}
+
+/// A berthctl client waiting for a start, stop or restart job to finish.
+struct Waiter {
+    unit: String,
+    verb: &'static str,
+    stream: UnixStream,
 }
 
 struct Pid1 {
@@ -91,10 +113,17 @@ struct Pid1 {
     control: Option<UnixListener>,
     agent: agent::Agent,
     network: crate::network::Network,
-    /// An address was up once (what network-online.target will mean).
+    /// An address was up once (what network-online.target means).
     online: bool,
-    running: bool,
+    manager: crate::manager::Manager,
+    waiters: Vec<Waiter>,
+    /// Requested, waiting for the units to stop: the kind and the latest moment to go on.
+    shutdown: Option<(ShutdownKind, Instant)>,
 }
+
+/// The longest the units may take to stop before PID 1 goes on with the shutdown anyway
+/// (each unit's own TimeoutStopSec= applies first).
+const UNITS_STOP_LIMIT: Duration = Duration::from_secs(180);
 
 impl Pid1 {
     /// The main loop; returns only to shut down (which does not return).
@@ -102,9 +131,24 @@ impl Pid1 {
         loop {
             self.agent.tick();
             let request = self.wait_once();
-            if let Some(kind) = request {
-                self.running = false;
-                shutdown::run(kind, &mut self.agent);
+            if let Some(kind) = request
+                && self.shutdown.is_none()
+            {
+                self.manager.shutdown();
+                self.shutdown = Some((kind, Instant::now() + UNITS_STOP_LIMIT));
+            }
+            self.manager.tick(self.online);
+            self.answer_waiters();
+            if let Some((kind, limit)) = self.shutdown {
+                let late = Instant::now() >= limit;
+                if self.manager.stopped() || late {
+                    if late {
+                        log::line("units did not all stop in time; going on with the shutdown");
+                    } else {
+                        log::line("all units stopped");
+                    }
+                    shutdown::run(kind, &mut self.agent);
+                }
             }
         }
     }
@@ -120,9 +164,13 @@ impl Pid1 {
         for fd in self.network.fds() {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
-        // At most a second (the agent's tick), sooner when a DHCP timer is due.
+        for fd in self.manager.fds() {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        // At most a second (the agent's tick), sooner when a DHCP or unit timer is due.
         let now = Instant::now();
-        let wait = self.network.next_deadline().map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+        let deadline = [self.network.next_deadline(), self.manager.next_deadline()].into_iter().flatten().min();
+        let wait = deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
         let ms = wait.min(Duration::from_secs(1)).as_millis() as u16;
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -136,6 +184,7 @@ impl Pid1 {
             .and_then(|f| f.revents())
             .is_some_and(|r| r.intersects(PollFlags::POLLIN));
         drop(fds);
+        self.manager.on_readable();
         let now = Instant::now();
         self.network.on_readable(now);
         self.network.on_tick(now);
@@ -184,7 +233,9 @@ impl Pid1 {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Ok(status) => {
-                    if let Some(pid) = status.pid() {
+                    if let Some(pid) = status.pid()
+                        && !self.manager.on_exit(pid, &status)
+                    {
                         self.agent.exited(pid, &status);
                     }
                 }
@@ -207,22 +258,109 @@ impl Pid1 {
                 return None;
             }
         };
-        let (reply, kind) = match read_request(&stream) {
-            Ok(Request::Reboot) => (Reply::ok("rebooting"), Some(ShutdownKind::Reboot)),
-            Ok(Request::Poweroff) => (Reply::ok("powering off"), Some(ShutdownKind::Poweroff)),
-            Ok(Request::IsSystemRunning) => {
-                (if self.running { Reply::ok("running") } else { Reply::error("stopping") }, None)
+        let request = match read_request(&stream) {
+            Ok(r) => r,
+            Err(e) => {
+                send(&stream, &Reply::error(e));
+                return None;
             }
-            Err(e) => (Reply::error(e), None),
+        };
+        let mut kind = None;
+        let reply = match request {
+            Request::Reboot => {
+                kind = Some(ShutdownKind::Reboot);
+                Reply::ok("rebooting")
+            }
+            Request::Poweroff => {
+                kind = Some(ShutdownKind::Poweroff);
+                Reply::ok("powering off")
+            }
+            Request::IsSystemRunning => {
+                let state = self.manager.system_state();
+                if state == "running" { Reply::ok(state) } else { Reply::error(state) }
+            }
+            Request::List { all } => Reply::ok(self.manager.system_state()).with_units(self.manager.list(all)),
+            Request::Status { unit } => match self.manager.status(&unit) {
+                Ok(status) => {
+                    let lines = self.manager.journal.tail(&status.name, 10);
+                    Reply::ok(status.active.clone()).with_lines(lines).with_units(vec![status])
+                }
+                Err(e) => Reply::error(e),
+            },
+            Request::Start { .. } | Request::Stop { .. } | Request::Restart { .. } | Request::ReloadUnit { .. }
+                if self.shutdown.is_some() =>
+            {
+                Reply::error("the system is shutting down")
+            }
+            Request::Start { unit } => return self.queue_waiter(stream, "start", |m| m.start(&unit)),
+            Request::Stop { unit } => return self.queue_waiter(stream, "stop", |m| m.stop(&unit)),
+            Request::Restart { unit } => return self.queue_waiter(stream, "restart", |m| m.restart(&unit)),
+            Request::ReloadUnit { unit } => return self.queue_waiter(stream, "reload", |m| m.reload_unit(&unit)),
+            Request::Reload => {
+                let n = self.manager.reload();
+                Reply::ok(format!("reloaded {n} units"))
+            }
+            Request::Logs { unit, lines, follow } => {
+                let name = self.manager.resolve(&unit).unwrap_or(unit);
+                let lines = self.manager.journal.tail(&name, lines);
+                send(&stream, &Reply::ok(name.clone()).with_lines(lines));
+                if follow {
+                    let _ = stream.set_nonblocking(true);
+                    self.manager.journal.follow(&name, stream);
+                }
+                return None;
+            }
         };
         if let Some(k) = kind {
             log::line(&format!("berthctl: {}", k.verb()));
         }
-        let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| r#"{"ok":false,"message":"?"}"#.into());
-        text.push('\n');
-        let _ = (&stream).write_all(text.as_bytes());
+        send(&stream, &reply);
         kind
     }
+
+    /// Queues a job and keeps the client until it has finished.
+    fn queue_waiter(
+        &mut self,
+        stream: UnixStream,
+        verb: &'static str,
+        job: impl FnOnce(&mut crate::manager::Manager) -> Result<String, String>,
+    ) -> Option<ShutdownKind> {
+        match job(&mut self.manager) {
+            Ok(unit) => {
+                log::line(&format!("berthctl: {verb} {unit}"));
+                self.waiters.push(Waiter { unit, verb, stream });
+            }
+            Err(e) => send(&stream, &Reply::error(e)),
+        }
+        None
+    }
+
+    /// Answers the clients whose jobs have finished.
+    fn answer_waiters(&mut self) {
+        let mut still = Vec::new();
+        for w in std::mem::take(&mut self.waiters) {
+            if self.manager.has_job(&w.unit) {
+                still.push(w);
+                continue;
+            }
+            let (active, failure) = self.manager.outcome(&w.unit);
+            let reply = match (w.verb, failure) {
+                ("stop", _) => Reply::ok(format!("{}: {active}", w.unit)),
+                (_, Some(why)) => {
+                    Reply::error(format!("{}: {} failed: {why} (see berthctl status {})", w.unit, w.verb, w.unit))
+                }
+                (_, None) => Reply::ok(format!("{}: {active}", w.unit)),
+            };
+            send(&w.stream, &reply);
+        }
+        self.waiters = still;
+    }
+}
+
+fn send(stream: &UnixStream, reply: &Reply) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = (&*stream).write_all(reply.to_line().as_bytes());
 }
 
 /// Reads one request, from root only, within a second (PID 1 must not wait on a client).

@@ -1,0 +1,852 @@
+//! The service manager of stage 2 (DESIGN.md §5): runs the units `berth-units` loads, as
+//! systemd would, from PID 1's single poll loop (no threads).
+//!
+//! - Jobs: booting is one transaction (`default.target`, then `boot-complete.target` once
+//!   everything of the boot has settled); `berthctl start` plans a transaction of its own. A
+//!   unit starts when the units it is ordered after have finished starting (active, failed or
+//!   skipped); one whose `Requires=` failed does not start.
+//! - Services ([`service`]): the systemd state machine (start-pre, start, start-post, running,
+//!   stop, stop-sigterm, stop-sigkill, stop-post, auto-restart), with sd_notify ([`notify`]),
+//!   timeouts, `Restart=` and the start limit, KillMode, and one cgroup per unit ([`cgroup`]).
+//! - Targets are active as soon as their job runs; `network-online.target` once PID 1's DHCP
+//!   client has an address.
+//! - Output of every command goes to the [`crate::journal`].
+//! - Shutdown stops every active unit in reverse dependency order.
+
+pub mod cgroup;
+mod exec;
+pub mod notify;
+mod service;
+mod syslog;
+pub mod users;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use berth_units::command::ExecCommand;
+use berth_units::{HostInfo, LoadState, Loader, UnitSet, UnitType};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use crate::journal::Journal;
+use crate::log;
+
+/// How long `network-online.target` waits for an address before it fails (like
+/// systemd-networkd-wait-online's default of 2 minutes, shorter: a Berth host's network is
+/// DHCP on a cloud or QEMU network, which answers in seconds when it answers at all).
+const NETWORK_ONLINE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After SIGKILL, how long to wait for the processes to go before giving up on them.
+const SIGKILL_WAIT: Duration = Duration::from_secs(5);
+/// Bytes of output kept in memory per unit.
+const RING_BYTES: usize = 32 * 1024;
+
+pub const BOOT_COMPLETE: &str = "boot-complete.target";
+pub const NETWORK_ONLINE: &str = "network-online.target";
+
+/// Where a service is in its life (systemd's service states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Dead,
+    Failed,
+    Condition,
+    StartPre,
+    Start,
+    StartPost,
+    Running,
+    Exited,
+    Reload,
+    Stop,
+    StopSigterm,
+    StopSigkill,
+    StopPost,
+    AutoRestart,
+}
+
+impl State {
+    /// systemd's "active state".
+    pub fn active(self) -> &'static str {
+        match self {
+            State::Dead => "inactive",
+            State::Failed => "failed",
+            State::Condition | State::StartPre | State::Start | State::StartPost | State::AutoRestart => "activating",
+            State::Running | State::Exited => "active",
+            State::Reload => "reloading",
+            State::Stop | State::StopSigterm | State::StopSigkill | State::StopPost => "deactivating",
+        }
+    }
+
+    /// systemd's "sub state".
+    pub fn sub(self) -> &'static str {
+        match self {
+            State::Dead => "dead",
+            State::Failed => "failed",
+            State::Condition => "condition",
+            State::StartPre => "start-pre",
+            State::Start => "start",
+            State::StartPost => "start-post",
+            State::Running => "running",
+            State::Exited => "exited",
+            State::Reload => "reload",
+            State::Stop => "stop",
+            State::StopSigterm => "stop-sigterm",
+            State::StopSigkill => "stop-sigkill",
+            State::StopPost => "stop-post",
+            State::AutoRestart => "auto-restart",
+        }
+    }
+
+    /// Up (reloading included).
+    pub fn is_active(self) -> bool {
+        matches!(self, State::Running | State::Exited | State::Reload)
+    }
+
+    /// Starting, reloading or stopping: a job on it has not finished.
+    pub fn is_busy(self) -> bool {
+        !matches!(self, State::Dead | State::Failed | State::Running | State::Exited)
+    }
+}
+
+/// Why a run of a unit ended badly (systemd's service "result").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    ExitCode(i32),
+    Signal(nix::sys::signal::Signal, bool),
+    Timeout,
+    Watchdog,
+    StartLimit,
+    Dependency(String),
+    Resources(String),
+}
+
+impl Outcome {
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Success => "success".into(),
+            Outcome::ExitCode(c) => format!("exit status {c}"),
+            Outcome::Signal(s, core) => {
+                format!("killed by {}{}", s.as_str(), if *core { " (core dumped)" } else { "" })
+            }
+            Outcome::Timeout => "timed out".into(),
+            Outcome::Watchdog => "watchdog timeout".into(),
+            Outcome::StartLimit => "start limit hit".into(),
+            Outcome::Dependency(d) => format!("dependency {d} failed"),
+            Outcome::Resources(why) => why.clone(),
+        }
+    }
+}
+
+/// Which process of a unit a PID is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Main,
+    Control,
+}
+
+/// The runtime side of one unit.
+#[derive(Debug)]
+struct Run {
+    state: State,
+    main_pid: Option<Pid>,
+    control_pid: Option<Pid>,
+    /// Commands left in the current phase.
+    queue: VecDeque<ExecCommand>,
+    /// When the current state times out.
+    deadline: Option<Instant>,
+    watchdog_at: Option<Instant>,
+    restart_at: Option<Instant>,
+    /// Start times inside the start-limit interval.
+    starts: VecDeque<Instant>,
+    restarts: u32,
+    outcome: Outcome,
+    last_exit: Option<String>,
+    status_text: Option<String>,
+    active_since: Option<SystemTime>,
+    env: Vec<(String, String)>,
+    account: Option<users::Account>,
+    /// An explicit stop: no restart afterwards.
+    stop_requested: bool,
+    /// Start again once stopped (`restart`).
+    then_start: bool,
+    /// The main process said STOPPING=1.
+    stopping: bool,
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            state: State::Dead,
+            main_pid: None,
+            control_pid: None,
+            queue: VecDeque::new(),
+            deadline: None,
+            watchdog_at: None,
+            restart_at: None,
+            starts: VecDeque::new(),
+            restarts: 0,
+            outcome: Outcome::Success,
+            last_exit: None,
+            status_text: None,
+            active_since: None,
+            env: Vec::new(),
+            account: None,
+            stop_requested: false,
+            then_start: false,
+            stopping: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    Start,
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    unit: String,
+    kind: JobKind,
+    /// Units whose jobs must finish first.
+    after: Vec<String>,
+    /// Units this one requires (a start fails when one of them failed).
+    requires: Vec<String>,
+    /// Has been dispatched (the unit is now starting or stopping).
+    running: bool,
+    /// When the job began waiting (network-online's timeout).
+    since: Instant,
+}
+
+pub struct Manager {
+    loader: Loader,
+    set: UnitSet,
+    runs: BTreeMap<String, Run>,
+    jobs: Vec<Job>,
+    pids: BTreeMap<i32, (String, Role)>,
+    pub journal: Journal,
+    notify: Option<notify::NotifySocket>,
+    syslog: Option<syslog::Syslog>,
+    started: Instant,
+    boot_complete: bool,
+    shutting_down: bool,
+    network_online: bool,
+    /// Unit names whose ignored directives were logged already.
+    warned: BTreeSet<String>,
+}
+
+impl Manager {
+    /// Loads the units of the boot and prepares cgroups and the notify socket.
+    pub fn new(started: Instant) -> Manager {
+        for w in cgroup::init() {
+            log::line(&w);
+        }
+        let notify = match notify::NotifySocket::bind() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                log::line(&format!("{e}; Type=notify services will time out"));
+                None
+            }
+        };
+        let syslog = match syslog::Syslog::bind() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::line(&format!("{e}; syslog(3) messages are lost"));
+                None
+            }
+        };
+        let loader = Loader::new("/", HostInfo::detect(std::path::Path::new("/")));
+        let mut journal = Journal::new(RING_BYTES);
+        journal.set_console_echo(true);
+        Manager {
+            loader,
+            set: UnitSet::new(),
+            runs: BTreeMap::new(),
+            jobs: Vec::new(),
+            pids: BTreeMap::new(),
+            journal,
+            notify,
+            syslog,
+            started,
+            boot_complete: false,
+            shutting_down: false,
+            network_online: false,
+            warned: BTreeSet::new(),
+        }
+    }
+
+    /// Queues the boot transaction: `default.target`, then `boot-complete.target`.
+    pub fn boot(&mut self) {
+        if let Err(e) = self.journal.persist_to(std::path::Path::new("/var/log/berth")) {
+            log::line(&format!("unit logs stay in memory: {e}"));
+        }
+        let goal = berth_units::builtin::DEFAULT_TARGET;
+        // network-online.target is loaded even when nothing wants it: it shows when the network came up.
+        self.set.load_more(&self.loader, &[goal, BOOT_COMPLETE, NETWORK_ONLINE]);
+        self.report_load_problems();
+        let first = self.queue_start(goal);
+        if let Err(e) = first {
+            log::line(&format!("boot: {goal}: {e}"));
+        }
+        // boot-complete.target: after every job of the boot has finished.
+        let boot_units: Vec<String> = self.jobs.iter().map(|j| j.unit.clone()).collect();
+        let before = self.jobs.len();
+        if let Err(e) = self.queue_start(BOOT_COMPLETE) {
+            log::line(&format!("boot: {BOOT_COMPLETE}: {e}"));
+        }
+        for job in self.jobs.iter_mut().skip(before) {
+            if job.unit == BOOT_COMPLETE {
+                job.after.extend(boot_units.iter().cloned());
+            }
+        }
+    }
+
+    /// Logs each unit's load errors and ignored directives, once per unit.
+    fn report_load_problems(&mut self) {
+        let mut lines = Vec::new();
+        for unit in self.set.units() {
+            if !self.warned.insert(unit.name.clone()) {
+                continue;
+            }
+            for e in &unit.errors {
+                lines.push(format!("{}: {e}", unit.name));
+            }
+            for i in &unit.ignored {
+                lines.push(format!("{}: ignoring {}", unit.name, i.message()));
+            }
+        }
+        for l in lines {
+            log::line(&l);
+        }
+    }
+
+    /// Plans starting `goal` and queues its jobs. Errors when the goal itself cannot start.
+    fn queue_start(&mut self, goal: &str) -> Result<String, String> {
+        self.set.load_more(&self.loader, &[goal]);
+        self.report_load_problems();
+        let active: Vec<String> =
+            self.runs.iter().filter(|(_, r)| r.state.is_active()).map(|(n, _)| n.clone()).collect();
+        let plan = self.set.plan_start(goal, &active);
+        for p in &plan.problems {
+            log::line(&format!("{}: {p}", plan.goal));
+        }
+        let Some(name) = self.set.resolve(goal).map(str::to_string) else {
+            return Err(format!(
+                "{goal}: unit not found (searched {})",
+                berth_units::load::SYSTEM_UNIT_DIRS.join(", ")
+            ));
+        };
+        if plan.start.is_empty() {
+            let state = self.set.get(&name).map(|u| u.state);
+            return Err(match state {
+                Some(LoadState::Masked) => "unit is masked".to_string(),
+                Some(LoadState::NotFound) | None => {
+                    format!("unit not found (searched {})", berth_units::load::SYSTEM_UNIT_DIRS.join(", "))
+                }
+                Some(LoadState::Error) => "unit has errors (see berthctl verify)".to_string(),
+                Some(LoadState::Unsupported) => "unit type not supported by berth-init".to_string(),
+                Some(LoadState::Loaded) => {
+                    let why = plan.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ");
+                    format!("cannot start: {why}")
+                }
+            });
+        }
+        let now = Instant::now();
+        for unit in plan.stop {
+            self.push_job(Job {
+                unit,
+                kind: JobKind::Stop,
+                after: Vec::new(),
+                requires: Vec::new(),
+                running: false,
+                since: now,
+            });
+        }
+        for unit in &plan.start {
+            let active = self.runs.get(unit).is_some_and(|r| r.state.is_active());
+            if active {
+                continue;
+            }
+            let after = plan.waits_for.get(unit).cloned().unwrap_or_default();
+            let requires = self
+                .set
+                .get(unit)
+                .map(|u| u.deps.requires.iter().map(|r| self.set.resolve(r).unwrap_or(r).to_string()).collect())
+                .unwrap_or_default();
+            self.push_job(Job {
+                unit: unit.clone(),
+                kind: JobKind::Start,
+                after,
+                requires,
+                running: false,
+                since: now,
+            });
+        }
+        Ok(name)
+    }
+
+    fn push_job(&mut self, job: Job) {
+        if self.jobs.iter().any(|j| j.unit == job.unit && j.kind == job.kind) {
+            return;
+        }
+        // A new job replaces an opposite one that has not run yet.
+        self.jobs.retain(|j| j.unit != job.unit || j.running);
+        self.jobs.push(job);
+    }
+
+    /// `berthctl start`: queues the unit (and what it pulls in). Returns the canonical name.
+    pub fn start(&mut self, unit: &str) -> Result<String, String> {
+        if self.shutting_down {
+            return Err("the system is shutting down".to_string());
+        }
+        let name = self.queue_start(unit)?;
+        if let Some(u) = self.set.get(&name)
+            && u.refuse_manual_start
+        {
+            self.jobs.retain(|j| j.running);
+            return Err("RefuseManualStart=yes".to_string());
+        }
+        // A manual start forgets an earlier start-limit failure (systemctl reset-failed + start).
+        if let Some(r) = self.runs.get_mut(&name) {
+            r.starts.clear();
+        }
+        Ok(name)
+    }
+
+    /// `berthctl stop`: the unit and the active units that require it, in stop order.
+    pub fn stop(&mut self, unit: &str) -> Result<String, String> {
+        self.set.load_more(&self.loader, &[unit]);
+        let Some(name) = self.set.resolve(unit).map(str::to_string) else {
+            return Err("unit not found".to_string());
+        };
+        if let Some(u) = self.set.get(&name)
+            && u.refuse_manual_stop
+        {
+            return Err("RefuseManualStop=yes".to_string());
+        }
+        let mut names = vec![name.clone()];
+        for (n, r) in &self.runs {
+            let requires = self
+                .set
+                .get(n)
+                .is_some_and(|u| u.deps.requires.iter().any(|d| self.set.resolve(d) == Some(name.as_str())));
+            if requires && (r.state.is_active() || r.state.is_busy()) {
+                names.push(n.clone());
+            }
+        }
+        self.queue_stops(&names);
+        Ok(name)
+    }
+
+    /// `berthctl restart`.
+    pub fn restart(&mut self, unit: &str) -> Result<String, String> {
+        self.set.load_more(&self.loader, &[unit]);
+        let Some(name) = self.set.resolve(unit).map(str::to_string) else {
+            return Err("unit not found".to_string());
+        };
+        let running = self.runs.get(&name).is_some_and(|r| r.state.is_active() || r.state.is_busy());
+        if !running {
+            return self.start(&name);
+        }
+        if let Some(r) = self.runs.get_mut(&name) {
+            r.then_start = true;
+            r.starts.clear();
+        }
+        self.queue_stops(std::slice::from_ref(&name));
+        Ok(name)
+    }
+
+    /// `berthctl daemon-reload` (after enable/disable): unit files are read again; running
+    /// units keep running with what they were started with.
+    pub fn reload(&mut self) -> usize {
+        self.loader = Loader::new("/", HostInfo::detect(std::path::Path::new("/")));
+        let names: Vec<String> = self.set.units().map(|u| u.name.clone()).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.set = UnitSet::new();
+        self.set.load_more(&self.loader, &refs);
+        self.warned.clear();
+        self.report_load_problems();
+        self.set.len()
+    }
+
+    /// Queues stop jobs for `names`: each waits for the units ordered after it.
+    fn queue_stops(&mut self, names: &[String]) {
+        let (order, problems) = self.set.stop_order(names);
+        for p in problems {
+            log::line(&format!("stopping: {p}"));
+        }
+        let now = Instant::now();
+        for (i, unit) in order.iter().enumerate() {
+            // Units earlier in the stop order that are ordered after this one stop first.
+            let after: Vec<String> =
+                order[..i].iter().filter(|other| self.ordered_after(other, unit)).cloned().collect();
+            self.push_job(Job {
+                unit: unit.clone(),
+                kind: JobKind::Stop,
+                after,
+                requires: Vec::new(),
+                running: false,
+                since: now,
+            });
+        }
+    }
+
+    /// Whether `a` starts after `b` (`a` has After=`b`, or `b` has Before=`a`).
+    fn ordered_after(&self, a: &str, b: &str) -> bool {
+        let resolves = |n: &String, to: &str| self.set.resolve(n).unwrap_or(n) == to;
+        self.set.get(a).is_some_and(|u| u.deps.after.iter().any(|x| resolves(x, b)))
+            || self.set.get(b).is_some_and(|u| u.deps.before.iter().any(|x| resolves(x, a)))
+    }
+
+    /// Begins stopping every unit; [`Manager::stopped`] says when they are all down.
+    pub fn shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        self.jobs.clear();
+        let names: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| r.state != State::Dead && r.state != State::Failed)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for r in self.runs.values_mut() {
+            r.restart_at = None;
+            r.stop_requested = true;
+        }
+        log::line(&format!("stopping {} units", names.len()));
+        self.queue_stops(&names);
+    }
+
+    /// Every unit is down (after [`Manager::shutdown`]).
+    pub fn stopped(&self) -> bool {
+        self.jobs.is_empty()
+            && self.runs.values().all(|r| matches!(r.state, State::Dead | State::Failed | State::AutoRestart))
+    }
+
+    /// `is-system-running`: starting, running, degraded or stopping.
+    pub fn system_state(&self) -> &'static str {
+        if self.shutting_down {
+            "stopping"
+        } else if !self.boot_complete {
+            "starting"
+        } else if self.runs.values().any(|r| r.state == State::Failed) {
+            "degraded"
+        } else {
+            "running"
+        }
+    }
+
+    /// File descriptors to poll for input.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds = self.journal.fds();
+        if let Some(n) = &self.notify {
+            fds.push(n.fd());
+        }
+        if let Some(s) = &self.syslog {
+            fds.push(s.fd());
+        }
+        fds
+    }
+
+    /// Reads what arrived on the notify socket and the log pipes.
+    pub fn on_readable(&mut self) {
+        self.journal.on_readable();
+        let messages = self.notify.as_ref().map(|n| n.receive()).unwrap_or_default();
+        for m in messages {
+            self.on_notify(m);
+        }
+        let entries = self.syslog.as_ref().map(|s| s.receive()).unwrap_or_default();
+        for e in entries {
+            let unit = if e.pid > 0 { cgroup::unit_of(e.pid) } else { None };
+            let pid = (e.pid > 0).then_some(e.pid);
+            self.journal.record(unit.as_deref().unwrap_or("syslog"), pid, &e.text);
+        }
+    }
+
+    /// The earliest deadline of any unit.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let busy = self.runs.values().any(|r| matches!(r.state, State::StopSigterm | State::StopSigkill));
+        let soon = busy.then(|| Instant::now() + Duration::from_millis(50));
+        self.runs.values().flat_map(|r| [r.deadline, r.restart_at, r.watchdog_at]).flatten().chain(soon).min()
+    }
+
+    /// A child was reaped. Returns whether it belonged to a unit.
+    pub fn on_exit(&mut self, pid: Pid, status: &WaitStatus) -> bool {
+        let Some((unit, role)) = self.pids.remove(&pid.as_raw()) else {
+            return false;
+        };
+        self.process_exited(&unit, role, pid, status);
+        true
+    }
+
+    /// Timeouts, restarts, processes gone, and jobs that can run now.
+    pub fn tick(&mut self, network_online: bool) {
+        let now = Instant::now();
+        if network_online && !self.network_online {
+            self.network_online = true;
+            self.target_reached(NETWORK_ONLINE);
+        }
+        let names: Vec<String> = self.runs.keys().cloned().collect();
+        for name in names {
+            self.unit_tick(&name, now);
+        }
+        self.dispatch(now);
+    }
+
+    /// Runs every job whose predecessors have finished. Repeats while something changes
+    /// (targets finish at once).
+    fn dispatch(&mut self, now: Instant) {
+        loop {
+            let mut changed = false;
+            // Finished jobs go.
+            let before = self.jobs.len();
+            let finished: Vec<bool> = self.jobs.iter().map(|j| j.running && !self.job_busy(j)).collect();
+            let mut done = Vec::new();
+            let mut keep = Vec::new();
+            for (job, fin) in std::mem::take(&mut self.jobs).into_iter().zip(finished) {
+                if fin { done.push(job) } else { keep.push(job) }
+            }
+            self.jobs = keep;
+            for job in done {
+                self.job_finished(&job);
+            }
+            changed |= self.jobs.len() != before;
+
+            let pending: Vec<Job> = self.jobs.iter().filter(|j| !j.running).cloned().collect();
+            for job in pending {
+                let waiting = job.after.iter().any(|a| self.jobs.iter().any(|j| &j.unit == a && j.unit != job.unit));
+                if waiting {
+                    continue;
+                }
+                if job.kind == JobKind::Start && job.unit == NETWORK_ONLINE && !self.network_online {
+                    if now.duration_since(job.since) < NETWORK_ONLINE_TIMEOUT {
+                        continue;
+                    }
+                    log::line(&format!("{NETWORK_ONLINE}: no address after {NETWORK_ONLINE_TIMEOUT:?}; failed"));
+                    self.run_mut(NETWORK_ONLINE).state = State::Failed;
+                    self.jobs.retain(|j| j.unit != job.unit);
+                    changed = true;
+                    continue;
+                }
+                if let Some(j) = self.jobs.iter_mut().find(|j| j.unit == job.unit && j.kind == job.kind) {
+                    j.running = true;
+                }
+                changed = true;
+                match job.kind {
+                    JobKind::Start => {
+                        let failed_dep = job.requires.iter().find(|r| {
+                            self.runs.get(*r).is_some_and(|run| run.state == State::Failed) && self.set.get(r).is_some()
+                        });
+                        if let Some(dep) = failed_dep.cloned() {
+                            log::line(&format!("{}: not starting: it requires {dep}, which failed", job.unit));
+                            let run = self.run_mut(&job.unit);
+                            run.state = State::Failed;
+                            run.outcome = Outcome::Dependency(dep);
+                        } else {
+                            self.start_unit(&job.unit, now);
+                        }
+                    }
+                    JobKind::Stop => self.stop_unit(&job.unit, now),
+                }
+            }
+            if !changed {
+                return;
+            }
+        }
+    }
+
+    fn job_busy(&self, job: &Job) -> bool {
+        self.runs.get(&job.unit).is_some_and(|r| match job.kind {
+            JobKind::Start => r.state.is_busy() && r.state != State::AutoRestart,
+            JobKind::Stop => r.state.is_busy() || r.restart_at.is_some(),
+        })
+    }
+
+    fn job_finished(&mut self, job: &Job) {
+        if job.kind == JobKind::Start && job.unit == BOOT_COMPLETE && !self.boot_complete {
+            let ok = self.runs.get(BOOT_COMPLETE).is_some_and(|r| r.state.is_active());
+            self.boot_complete = true;
+            self.journal.set_console_echo(false);
+            let ms = self.started.elapsed().as_millis();
+            if ok {
+                log::line(&format!("reached {BOOT_COMPLETE} ({ms} ms after stage 2 began)"));
+            } else {
+                log::line(&format!("{BOOT_COMPLETE} failed ({ms} ms after stage 2 began)"));
+            }
+            let failed: Vec<&String> =
+                self.runs.iter().filter(|(_, r)| r.state == State::Failed).map(|(n, _)| n).collect();
+            if !failed.is_empty() {
+                log::line(&format!(
+                    "failed units: {}",
+                    failed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+
+    fn run_mut(&mut self, unit: &str) -> &mut Run {
+        self.runs.entry(unit.to_string()).or_insert_with(Run::new)
+    }
+
+    fn target_reached(&mut self, unit: &str) {
+        let run = self.run_mut(unit);
+        if run.state.is_active() {
+            return;
+        }
+        run.state = State::Exited;
+        run.active_since = Some(SystemTime::now());
+        // boot-complete says so itself once its job ends.
+        if unit != BOOT_COMPLETE {
+            log::line(&format!("reached {unit}"));
+        }
+    }
+
+    /// Starts one unit (its dependencies are already handled by the job).
+    fn start_unit(&mut self, unit: &str, now: Instant) {
+        let Some(u) = self.set.get(unit) else { return };
+        if !u.is_startable() {
+            log::line(&format!("cannot start: load state {:?}", u.state));
+            self.run_mut(unit).state = State::Failed;
+            return;
+        }
+        match u.kind {
+            UnitType::Target => {
+                if unit == NETWORK_ONLINE && !self.network_online {
+                    return;
+                }
+                self.target_reached(unit);
+            }
+            UnitType::Service => self.start_service(unit, now),
+            other => log::line(&format!("{unit}: {} units are not run by berth-init", other.suffix())),
+        }
+    }
+
+    fn stop_unit(&mut self, unit: &str, now: Instant) {
+        let kind = self.set.get(unit).map(|u| u.kind);
+        match kind {
+            Some(UnitType::Service) => self.stop_service(unit, now),
+            _ => {
+                if let Some(r) = self.runs.get_mut(unit)
+                    && r.state.is_active()
+                {
+                    r.state = State::Dead;
+                    r.active_since = None;
+                }
+            }
+        }
+    }
+
+    /// Status of one unit for berthctl.
+    pub fn status(&mut self, unit: &str) -> Result<crate::control::UnitStatus, String> {
+        self.set.load_more(&self.loader, &[unit]);
+        let Some(u) = self.set.get(unit) else {
+            return Err("unit not found".to_string());
+        };
+        if u.state == LoadState::NotFound {
+            return Err(format!(
+                "{unit}: unit not found (searched {})",
+                berth_units::load::SYSTEM_UNIT_DIRS.join(", ")
+            ));
+        }
+        Ok(self.status_of(&u.name.clone()))
+    }
+
+    fn status_of(&self, name: &str) -> crate::control::UnitStatus {
+        let u = self.set.get(name);
+        let run = self.runs.get(name);
+        let state = run.map_or(State::Dead, |r| r.state);
+        let group = cgroup::path(name);
+        let has_group = u.is_some_and(|u| u.kind == UnitType::Service) && group.is_dir();
+        crate::control::UnitStatus {
+            name: name.to_string(),
+            description: u.map(|u| u.description.clone()).unwrap_or_default(),
+            load: match u.map(|u| u.state) {
+                Some(LoadState::Loaded) => "loaded",
+                Some(LoadState::Masked) => "masked",
+                Some(LoadState::Error) => "error",
+                Some(LoadState::Unsupported) => "unsupported",
+                Some(LoadState::NotFound) | None => "not-found",
+            }
+            .into(),
+            active: state.active().into(),
+            sub: state.sub().into(),
+            main_pid: run.and_then(|r| r.main_pid).map(|p| p.as_raw()),
+            memory_bytes: if has_group { cgroup::memory_current(&group) } else { None },
+            tasks: if has_group { cgroup::tasks_current(&group) } else { None },
+            restarts: run.map_or(0, |r| r.restarts),
+            last_exit: run.and_then(|r| r.last_exit.clone()),
+            active_since_us: run
+                .and_then(|r| r.active_since)
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_micros() as u64)),
+            status_text: run.and_then(|r| r.status_text.clone()),
+            cgroup: has_group.then(|| cgroup::display(name)),
+            fragment: u.and_then(|u| u.fragment.as_ref()).map(|p| p.display().to_string()),
+            enabled: u.map(|u| crate::berthctl::enablement(std::path::Path::new("/"), u).to_string()),
+            error: run.filter(|r| r.state == State::Failed).map(|r| r.outcome.describe()),
+        }
+    }
+
+    /// Every unit the manager knows (`all`) or only those that are not inactive.
+    pub fn list(&self, all: bool) -> Vec<crate::control::UnitStatus> {
+        self.set
+            .units()
+            .filter(|u| matches!(u.kind, UnitType::Service | UnitType::Target) || all)
+            .filter(|u| all || self.runs.get(&u.name).is_some_and(|r| r.state != State::Dead))
+            .map(|u| self.status_of(&u.name))
+            .collect()
+    }
+
+    /// Canonical name of a loaded unit.
+    pub fn resolve(&self, unit: &str) -> Option<String> {
+        self.set.resolve(unit).map(str::to_string)
+    }
+
+    /// Whether a job for `unit` is still queued or running (a reload counts).
+    pub fn has_job(&self, unit: &str) -> bool {
+        self.jobs.iter().any(|j| j.unit == unit) || self.runs.get(unit).is_some_and(|r| r.state == State::Reload)
+    }
+
+    /// (active state, failure reason) of `unit`.
+    pub fn outcome(&self, unit: &str) -> (&'static str, Option<String>) {
+        match self.runs.get(unit) {
+            None => ("inactive", None),
+            Some(r) => (r.state.active(), (r.state == State::Failed).then(|| r.outcome.describe())),
+        }
+    }
+}
+
+/// Directories of `RuntimeDirectory=` and friends, with their base.
+fn directories(s: &berth_units::Service) -> Vec<(PathBuf, u32, &'static str)> {
+    let mut out = Vec::new();
+    for (dirs, base, var) in [
+        (&s.runtime_directory, "/run", "RUNTIME_DIRECTORY"),
+        (&s.state_directory, "/var/lib", "STATE_DIRECTORY"),
+        (&s.cache_directory, "/var/cache", "CACHE_DIRECTORY"),
+        (&s.logs_directory, "/var/log", "LOGS_DIRECTORY"),
+        (&s.configuration_directory, "/etc", "CONFIGURATION_DIRECTORY"),
+    ] {
+        for name in &dirs.names {
+            out.push((PathBuf::from(base).join(name), dirs.mode, var));
+        }
+    }
+    out
+}
+
+/// `2s`, `100ms`, `1min 30s`: how systemd writes spans.
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if !ms.is_multiple_of(1000) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if ms >= 60_000 && !ms.is_multiple_of(60_000) {
+        format!("{}min {}s", ms / 60_000, (ms % 60_000) / 1000)
+    } else if ms >= 60_000 {
+        format!("{}min", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}

@@ -1,0 +1,353 @@
+use std::os::unix::fs::MetadataExt;
+
+use super::*;
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
+                      core:x:1000:1000::/home/core:/bin/bash\n";
+const GROUP: &str = "root:x:0:\nsudo:x:27:core\nshadow:x:42:\nnogroup:x:65534:\ncore:x:1000:\n";
+const SHADOW: &str = "root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\ncore:*:19000:0:99999:7:::\n";
+const GSHADOW: &str = "root:*::\nsudo:*::core\nshadow:*::\nnogroup:*::\ncore:*::\n";
+const SSH_SERVICE: &str = "[Unit]\nDescription=OpenBSD Secure Shell server\n[Service]\nExecStart=/usr/sbin/sshd -D\n\
+                           [Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n";
+
+const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAlice alice@laptop";
+const KEY_C: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICore core@ci";
+
+/// A root as an image has it: accounts from base-passwd and the definition, `/home` linked to
+/// `var/home`, an image unit.
+fn image() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    for d in ["etc/skel", "var", "usr/lib/systemd/system", "usr/lib/berth"] {
+        fs::create_dir_all(r.join(d)).unwrap();
+    }
+    fs::write(r.join("etc/passwd"), PASSWD).unwrap();
+    fs::write(r.join("etc/group"), GROUP).unwrap();
+    for (f, text) in [("etc/shadow", SHADOW), ("etc/gshadow", GSHADOW)] {
+        fs::write(r.join(f), text).unwrap();
+        std::os::unix::fs::chown(r.join(f), Some(0), Some(42)).unwrap();
+        fs::set_permissions(r.join(f), fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    fs::write(r.join("etc/skel/.profile"), "# profile\n").unwrap();
+    std::os::unix::fs::symlink("var/home", r.join("home")).unwrap();
+    fs::write(r.join("usr/lib/systemd/system/ssh.service"), SSH_SERVICE).unwrap();
+    fs::write(r.join("usr/lib/berth/update.toml"), "version = \"0.1.0\"\n").unwrap();
+    dir
+}
+
+const DOC: &str = r#"
+hostname = "node-1"
+
+[[users]]
+name = "alice"
+groups = ["sudo"]
+ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAlice alice@laptop"]
+
+[[users]]
+name = "core"
+ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICore core@ci"]
+
+[[files]]
+path = "/etc/app/secret.conf"
+content = "token = 42\n"
+mode = "0600"
+owner = "alice"
+group = "alice"
+
+[[files]]
+path = "/var/lib/app/blob"
+content_base64 = "aGVsbG8K"
+
+[[units]]
+name = "hello.service"
+content = """
+[Service]
+ExecStart=/bin/true
+[Install]
+WantedBy=multi-user.target
+"""
+enable = true
+
+[[units]]
+name = "ssh.service"
+enable = true
+
+[update]
+channel = "https://updates.example/channels/stable.json"
+strategy = "off"
+"#;
+
+fn read(root: &Path, p: &str) -> String {
+    fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+fn meta(root: &Path, p: &str) -> (u32, u32, u32) {
+    let m = root.join(p).symlink_metadata().unwrap_or_else(|e| panic!("{p}: {e}"));
+    (m.mode() & 0o7777, m.uid(), m.gid())
+}
+
+#[test]
+fn parses_a_whole_document() {
+    let c = parse(DOC).unwrap();
+    assert_eq!(c.hostname, Some(Hostname("node-1".into())));
+    assert_eq!(c.users.len(), 2);
+    assert_eq!(c.users[0].groups, [Name("sudo".into())]);
+    assert_eq!(c.users[0].uid, None);
+    assert_eq!(c.files[0].mode, Mode(0o600));
+    assert_eq!(c.files[1].mode, Mode(0o644));
+    assert_eq!(c.files[1].bytes(), b"hello\n");
+    assert_eq!(c.files[0].path.0, Path::new("/etc/app/secret.conf"));
+    assert!(c.units[0].enable && c.units[0].content.is_some() && c.units[1].content.is_none());
+    assert_eq!(c.update.unwrap().0["strategy"].as_str(), Some("off"));
+    assert_eq!(parse("").unwrap(), Config::default());
+}
+
+#[test]
+fn errors_name_the_line_and_column() {
+    let e = parse("# x\n\nhostname = 5\n").unwrap_err();
+    assert!(e.starts_with("provisioning config opt/org.berth/config:3:12: invalid type: integer `5`, expected"), "{e}");
+    let e = parse("[[users]]\nname = \"bob\"\nshel = \"/bin/sh\"\n").unwrap_err();
+    assert!(e.starts_with("provisioning config opt/org.berth/config:3:1: unknown field `shel`"), "{e}");
+    let e = parse("hostname = \"a\"\nhostnam = \"b\"\n").unwrap_err();
+    assert!(e.contains(":2:1: unknown field `hostnam`"), "{e}");
+    // Checks of single values point at the value.
+    let e = parse("[[files]]\npath = \"/usr/bin/x\"\ncontent = \"\"\n").unwrap_err();
+    assert!(e.contains("config:2:8: `/usr/bin/x` must be an absolute path of a file under /etc or /var"), "{e}");
+    let e = parse("[[files]]\npath = \"/etc/x\"\ncontent = \"\"\nmode = \"0999\"\n").unwrap_err();
+    assert!(e.contains("config:4:8: `0999` is not an octal file mode"), "{e}");
+    let e = parse("hostname = \"bad_name\"").unwrap_err();
+    assert!(e.contains("config:1:12: `bad_name` is not a valid hostname"), "{e}");
+    let e = parse("[[units]]\nname = \"hello\"\n").unwrap_err();
+    assert!(e.contains("config:2:8: `hello` is not a unit name"), "{e}");
+    let e = parse("[[files]]\npath = \"/etc/x\"\ncontent_base64 = \"abc\"\n").unwrap_err();
+    assert!(e.contains("config:3:18: base64"), "{e}");
+    // A syntax error.
+    let e = parse("[[users]\nname = \"x\"\n").unwrap_err();
+    assert!(e.starts_with("provisioning config opt/org.berth/config:1:"), "{e}");
+}
+
+#[test]
+fn rejects_what_cannot_be_applied() {
+    for (doc, want) in [
+        ("[[files]]\npath = \"/etc/x\"\n", "give one of `content` and `content_base64`"),
+        ("[[files]]\npath = \"/etc/x\"\ncontent = \"a\"\ncontent_base64 = \"YQ==\"\n", "give one of"),
+        ("[[files]]\npath = \"/etc/../usr/x\"\ncontent = \"\"\n", "under /etc or /var"),
+        ("[[files]]\npath = \"/etc\"\ncontent = \"\"\n", "under /etc or /var"),
+        ("[[users]]\nname = \"a\"\n[[users]]\nname = \"a\"\n", "user `a` is listed twice"),
+        ("[[users]]\nname = \"a\"\nuid = 0\n", "uid 0"),
+        ("[[users]]\nname = \"a\"\npassword_hash = \"x:y\"\n", "password_hash"),
+        ("[[users]]\nname = \"a\"\nssh_authorized_keys = [\"k\\nk\"]\n", "one non-empty line"),
+        ("[update]\nversion = \"9.9.9\"\n", "update.version is the image's own"),
+        ("[update]\nstrategy = \"sometimes\"\n", "update.strategy must be one of"),
+        ("[update]\nchannel = \"ftp://x\"\n", "update.channel must be an http(s) URL"),
+        ("[update]\nkeys = [\"ab\"]\n", "update.keys must be ed25519"),
+        (&format!("[update]\nkeys = [\"{}\"]\nthreshold = 2\n", "a".repeat(64)), "threshold 2 is more than the 1 keys"),
+        ("[[units]]\nname = \"x.service\"\ncontent = \"[Install]\\nWantedBy=%\\n\"\n", "units[0]: x.service:"),
+    ] {
+        let e = parse(doc).unwrap_err();
+        assert!(e.contains(want), "{doc:?}: {e}");
+    }
+}
+
+#[test]
+fn applies_users_files_units_and_update_settings() {
+    let dir = image();
+    let r = dir.path();
+    let report = apply(&parse(DOC).unwrap(), r).unwrap();
+    eprintln!("{report:#?}");
+
+    assert_eq!(read(r, "etc/hostname"), "node-1\n");
+    // alice: the first free id from 1000 (core has 1000), a personal group, a locked password.
+    assert!(read(r, "etc/passwd").ends_with(&format!("{PASSWD}alice:x:1001:1001::/home/alice:/bin/sh\n")));
+    let group = read(r, "etc/group");
+    assert!(group.contains("sudo:x:27:core,alice\n") && group.ends_with("core:x:1000:\nalice:x:1001:\n"), "{group}");
+    let gshadow = read(r, "etc/gshadow");
+    assert!(gshadow.contains("sudo:*::core,alice\n") && gshadow.ends_with("alice:*::\n"), "{gshadow}");
+    let shadow = read(r, "etc/shadow");
+    let alice = shadow.lines().find(|l| l.starts_with("alice:")).unwrap();
+    let f: Vec<&str> = alice.split(':').collect();
+    assert_eq!((f[1], f.len()), ("*", 9), "{alice}");
+    assert!(f[2].parse::<u64>().unwrap() > 19000, "{alice}");
+    // The account files keep their modes and owners.
+    assert_eq!(meta(r, "etc/shadow"), (0o640, 0, 42));
+    assert_eq!(meta(r, "etc/passwd").0, 0o644);
+    // Home on /var through the /home link, with the skeleton and the key.
+    assert_eq!(meta(r, "var/home/alice"), (0o700, 1001, 1001));
+    assert_eq!(meta(r, "var/home/alice/.profile"), (0o644, 1001, 1001));
+    assert_eq!(meta(r, "var/home/alice/.ssh"), (0o700, 1001, 1001));
+    assert_eq!(meta(r, "var/home/alice/.ssh/authorized_keys"), (0o600, 1001, 1001));
+    assert_eq!(read(r, "home/alice/.ssh/authorized_keys"), format!("{KEY_A}\n"));
+    assert_eq!(meta(r, "var/home"), (0o755, 0, 0));
+    // core existed: only its key is new; its home is made (the image has none on STATE).
+    assert!(read(r, "etc/passwd").contains("core:x:1000:1000::/home/core:/bin/bash\n"));
+    assert_eq!(read(r, "var/home/core/.ssh/authorized_keys"), format!("{KEY_C}\n"));
+    assert_eq!(meta(r, "var/home/core/.ssh/authorized_keys"), (0o600, 1000, 1000));
+
+    // Files, owned by a user the same document made.
+    assert_eq!(read(r, "etc/app/secret.conf"), "token = 42\n");
+    assert_eq!(meta(r, "etc/app/secret.conf"), (0o600, 1001, 1001));
+    assert_eq!(meta(r, "etc/app"), (0o755, 0, 0));
+    assert_eq!(read(r, "var/lib/app/blob"), "hello\n");
+    assert_eq!(meta(r, "var/lib/app/blob"), (0o644, 0, 0));
+
+    // Units: written, and enabled as their [Install] sections say (Alias= too).
+    assert!(read(r, "etc/systemd/system/hello.service").contains("ExecStart=/bin/true"));
+    let wants = r.join("etc/systemd/system/multi-user.target.wants");
+    assert_eq!(fs::read_link(wants.join("hello.service")).unwrap(), Path::new("/etc/systemd/system/hello.service"));
+    assert_eq!(fs::read_link(wants.join("ssh.service")).unwrap(), Path::new("/usr/lib/systemd/system/ssh.service"));
+    assert_eq!(
+        fs::read_link(r.join("etc/systemd/system/sshd.service")).unwrap(),
+        Path::new("/usr/lib/systemd/system/ssh.service")
+    );
+    // The unit loader now sees the enablement.
+    let loader = Loader::new(r, berth_units::HostInfo::default());
+    let target = loader.load("multi-user.target");
+    assert!(target.deps.wants.iter().any(|w| w == "hello.service"), "{:?}", target.deps.wants);
+
+    // Update settings over the image's.
+    let update: toml::Table = toml::from_str(&read(r, "etc/berth/update.toml")).unwrap();
+    assert_eq!(update["channel"].as_str(), Some("https://updates.example/channels/stable.json"));
+    assert_eq!(update["strategy"].as_str(), Some("off"));
+
+    let actions = report.actions.join("\n");
+    for want in [
+        "hostname node-1",
+        "user alice: created with uid 1001, gid 1001, home /home/alice, shell /bin/sh; added to sudo; 1 SSH key(s) added",
+        "user core: 1 SSH key(s) added to /home/core/.ssh/authorized_keys",
+        "wrote /etc/app/secret.conf (0600, 1001:1001, 11 bytes)",
+        "enabled unit hello.service: /etc/systemd/system/multi-user.target.wants/hello.service",
+        "wrote /etc/berth/update.toml",
+    ] {
+        assert!(actions.contains(want), "missing {want:?} in\n{actions}");
+    }
+
+    // Applying again changes nothing in the accounts and adds no key twice.
+    let passwd = read(r, "etc/passwd");
+    let again = apply(&parse(DOC).unwrap(), r).unwrap().actions.join("\n");
+    assert_eq!(read(r, "etc/passwd"), passwd);
+    assert_eq!(read(r, "etc/group"), group);
+    assert_eq!(read(r, "home/core/.ssh/authorized_keys"), format!("{KEY_C}\n"));
+    assert!(again.contains("user core: 0 SSH key(s) added"), "{again}");
+    assert!(again.contains("unit hello.service was enabled already"), "{again}");
+}
+
+#[test]
+fn explicit_ids_shell_and_password() {
+    let dir = image();
+    let r = dir.path();
+    fs::write(r.join("etc/group"), format!("{GROUP}taken:x:2000:\n")).unwrap();
+    let doc =
+        "[[users]]\nname = \"svc\"\nuid = 2000\nshell = \"/usr/sbin/nologin\"\npassword_hash = \"$6$salt$hash\"\n";
+    apply(&parse(doc).unwrap(), r).unwrap();
+    // gid 2000 is taken by another group: the personal group gets the next free one.
+    assert!(read(r, "etc/passwd").contains("svc:x:2000:1001::/home/svc:/usr/sbin/nologin\n"));
+    assert!(read(r, "etc/group").ends_with("svc:x:1001:\n"));
+    assert!(read(r, "etc/shadow").contains("svc:$6$salt$hash:"));
+    // A taken uid is refused.
+    let e = apply(&parse("[[users]]\nname = \"x\"\nuid = 1000\n").unwrap(), r).unwrap_err();
+    assert!(e.contains("uid 1000 belongs to `core`"), "{e}");
+}
+
+#[test]
+fn shadow_is_created_when_the_image_has_none() {
+    let dir = image();
+    let r = dir.path();
+    fs::remove_file(r.join("etc/shadow")).unwrap();
+    fs::remove_file(r.join("etc/gshadow")).unwrap();
+    apply(&parse("[[users]]\nname = \"bob\"\n").unwrap(), r).unwrap();
+    assert_eq!(meta(r, "etc/shadow"), (0o640, 0, 42));
+    assert!(read(r, "etc/shadow").starts_with("bob:*:"));
+    assert!(!r.join("etc/gshadow").exists());
+    // Without a shadow group: root only.
+    let dir = image();
+    let r = dir.path();
+    fs::remove_file(r.join("etc/shadow")).unwrap();
+    fs::write(r.join("etc/group"), GROUP.replace("shadow:x:42:\n", "")).unwrap();
+    apply(&parse("[[users]]\nname = \"bob\"\n").unwrap(), r).unwrap();
+    assert_eq!(meta(r, "etc/shadow"), (0o600, 0, 0));
+}
+
+/// Every check against the machine happens before the first write.
+#[test]
+fn nothing_is_written_when_the_machine_refuses_the_document() {
+    for (doc, want) in [
+        ("hostname = \"h\"\n[[users]]\nname = \"bob\"\ngroups = [\"docker\"]\n", "user bob: no group `docker`"),
+        ("hostname = \"h\"\n[[files]]\npath = \"/etc/f\"\ncontent = \"\"\nowner = \"ghost\"\n", "no user `ghost`"),
+        ("hostname = \"h\"\n[[units]]\nname = \"nope.service\"\nenable = true\n", "unit nope.service: no unit file"),
+    ] {
+        let dir = image();
+        let r = dir.path();
+        let e = apply(&parse(doc).unwrap(), r).unwrap_err();
+        assert!(e.contains(want), "{e}");
+        assert!(!r.join("etc/hostname").exists());
+        assert_eq!(read(r, "etc/passwd"), PASSWD);
+        assert_eq!(read(r, "etc/group"), GROUP);
+        assert!(!r.join("var/home").exists());
+    }
+}
+
+#[test]
+fn enabling_needs_an_install_section() {
+    let dir = image();
+    let r = dir.path();
+    let doc = "[[units]]\nname = \"bare.service\"\ncontent = \"[Service]\\nExecStart=/bin/true\\n\"\nenable = true\n";
+    let e = apply(&parse(doc).unwrap(), r).unwrap_err();
+    assert!(e.contains("enabling bare.service: its [Install] section names nothing"), "{e}");
+}
+
+#[test]
+fn runs_once_and_marks_it() {
+    let dir = image();
+    let r = dir.path();
+    let lines = run_in(r, Ok(Some(b"hostname = \"first\"\n".to_vec())));
+    assert_eq!(lines[0], "provisioning: hostname first");
+    let digest: String = Sha256::digest(b"hostname = \"first\"\n").iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(read(r, MARKER), format!("{digest}\n"));
+    assert!(lines.last().unwrap().contains(&digest), "{lines:?}");
+    // The next boot: nothing happens, even with another document.
+    let lines = run_in(r, Ok(Some(b"hostname = \"second\"\n".to_vec())));
+    assert_eq!(lines, ["provisioning: already applied on first boot"]);
+    assert_eq!(read(r, "etc/hostname"), "first\n");
+}
+
+#[test]
+fn a_malformed_or_missing_document_changes_nothing() {
+    let dir = image();
+    let r = dir.path();
+    let lines = run_in(r, Ok(Some(b"hostname = \"x\"\n[[users]]\nname = 7\n".to_vec())));
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].starts_with("provisioning: provisioning config opt/org.berth/config:3:8: invalid type"),
+        "{lines:?}"
+    );
+    assert!(lines[0].ends_with("nothing applied, booting with the image's defaults"), "{lines:?}");
+    assert!(!r.join(MARKER).exists() && !r.join("etc/hostname").exists());
+    assert_eq!(run_in(r, Ok(None)), ["provisioning: no config in fw_cfg"]);
+    assert!(run_in(r, Ok(Some(vec![0xff, 0xfe])))[0].contains("not UTF-8"));
+    assert!(!r.join(MARKER).exists());
+    // A document the machine refuses is not marked either: fixing the machine is enough.
+    let lines = run_in(r, Ok(Some(b"[[users]]\nname = \"b\"\ngroups = [\"docker\"]\n".to_vec())));
+    assert!(lines[0].contains("no group `docker`; not marked as applied"), "{lines:?}");
+    assert!(!r.join(MARKER).exists());
+}
+
+#[test]
+fn reads_fw_cfg_items() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(read_fw_cfg(&dir.path().join("raw")), Ok(None));
+    fs::write(dir.path().join("raw"), "hostname = \"a\"\n").unwrap();
+    assert_eq!(read_fw_cfg(&dir.path().join("raw")), Ok(Some(b"hostname = \"a\"\n".to_vec())));
+    fs::write(dir.path().join("raw"), vec![b' '; MAX_DOCUMENT as usize + 1]).unwrap();
+    assert!(read_fw_cfg(&dir.path().join("raw")).unwrap_err().contains("larger than 1024 KiB"));
+}
+
+#[test]
+fn base64() {
+    assert_eq!(decode_base64("").unwrap(), b"");
+    assert_eq!(decode_base64("YQ==").unwrap(), b"a");
+    assert_eq!(decode_base64("YWI=").unwrap(), b"ab");
+    assert_eq!(decode_base64("YWJj\nZA==").unwrap(), b"abcd");
+    assert_eq!(decode_base64("/+8=").unwrap(), [0xff, 0xef]);
+    assert!(decode_base64("YQ=").is_err() && decode_base64("Y===").is_err() && decode_base64("YQ==YQ==").is_err());
+    assert!(decode_base64("YQ*=").unwrap_err().contains("`*`"));
+}
