@@ -59,25 +59,17 @@ pub struct Host {
 pub fn boot_host(provision: Option<String>, ssh: bool) -> Host {
     let disk = container_host();
     let ssh_port = ssh.then(|| free_local_port().expect("a free port on 127.0.0.1"));
-    let mut options = Options {
+    let options = Options {
         overlay: true,
         network: true,
         forwards: ssh_port.map(|host| Forward { host, guest: 22 }).into_iter().collect(),
         serial_ports: vec![PORT_NAME.into()],
+        provision,
         ..Options::default()
     };
-    set_provision(&mut options, provision);
     let machine = Machine::start_with(&Boot { disk, format: "raw", memory_mib: MEMORY_MIB }, &options)
         .unwrap_or_else(|e| panic!("starting QEMU: {e}"));
     Host { machine, ssh_port }
-}
-
-/// `options.provision = provision`, once the harness has the option (it lands with first-boot
-/// provisioning from fw_cfg); until then a test that provisions fails here, saying so.
-fn set_provision(_options: &mut Options, provision: Option<String>) {
-    if let Some(doc) = provision {
-        panic!("the harness has no Options::provision yet (first-boot provisioning); document:\n{doc}");
-    }
 }
 
 impl Host {
@@ -112,8 +104,8 @@ pub fn bash(a: &mut Agent, script: &str, timeout: Duration) -> String {
     r.stdout
 }
 
-/// One unit as `berthctl status UNIT --json` reports it (`units[0]`), with the fields the
-/// tests read pulled out and the whole object kept for messages.
+/// One unit as `berthctl status UNIT --json` reports it (one JSON object per unit), with the
+/// fields the tests read pulled out and the whole object kept for messages.
 #[derive(Debug, Clone)]
 pub struct UnitStatus {
     /// `active`, `activating`, `deactivating`, `inactive`, `failed`.
@@ -123,17 +115,17 @@ pub struct UnitStatus {
     pub json: serde_json::Value,
 }
 
-/// `berthctl status UNIT --json` through the agent.
+/// `berthctl status UNIT --json` through the agent (its exit status says whether the unit is
+/// active, so only the JSON is judged).
 pub fn unit_status(a: &mut Agent, unit: &str) -> UnitStatus {
     let r = run(a, &["berthctl", "status", unit, "--json"], Duration::from_secs(30));
     let json: serde_json::Value =
         serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("berthctl status {unit} --json: {e}: {r:?}"));
-    let u = json["units"].get(0).cloned().unwrap_or_else(|| panic!("no units[0] in {json}"));
     UnitStatus {
-        active: u["active"].as_str().unwrap_or_else(|| panic!("no units[0].active in {json}")).to_string(),
-        main_pid: u["main_pid"].as_u64().filter(|&p| p > 0).map(|p| p as u32),
-        restarts: u["restarts"].as_u64(),
-        json: u,
+        active: json["active"].as_str().unwrap_or_else(|| panic!("no \"active\" in {json}")).to_string(),
+        main_pid: json["main_pid"].as_u64().filter(|&p| p > 0).map(|p| p as u32),
+        restarts: json["restarts"].as_u64(),
+        json,
     }
 }
 
