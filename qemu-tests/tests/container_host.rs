@@ -44,6 +44,16 @@ fn boots_to_boot_complete_with_containerd_active_after_ready() {
     let cgroup = a.read(&format!("/proc/{pid}/cgroup")).unwrap();
     assert_eq!(cgroup, "0::/system.slice/containerd.service\n", "containerd's cgroup");
 
+    // With Type=simple the unit would be active at fork, before containerd logged a word; with
+    // notify the manager's "active" comes after containerd's first line, which it writes long
+    // before READY=1 (plugins load in between).
+    let logs = run(&mut a, &["berthctl", "logs", CONTAINERD, "-n", "1000"], Duration::from_secs(30));
+    let at = |needle: &str| {
+        (logs.stdout.lines()).position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?} in {logs:?}"))
+    };
+    let (starting, active) = (at("msg=\"starting containerd\""), at(&format!("{CONTAINERD}: active (main pid")));
+    assert!(starting < active, "containerd was active before it said anything:\n{}", logs.stdout);
+
     let human = run(&mut a, &["berthctl", "status", CONTAINERD], Duration::from_secs(30));
     assert!(human.stdout.contains("active (running)"), "berthctl status containerd: {human:?}");
     assert_eq!(unit_status(&mut a, CONTAINERD).main_pid, Some(pid), "containerd's main pid changed");

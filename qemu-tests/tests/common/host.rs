@@ -3,6 +3,7 @@
 //! forward and a provisioning document, and `berthctl` driven through the agent.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -152,4 +153,22 @@ pub fn install_unit(a: &mut Agent, name: &str, content: &str) {
 /// `needles`, with the line.
 pub fn first_line(timeline: &[(Duration, String)], needles: &[&str]) -> Option<(Duration, String)> {
     timeline.iter().find(|(_, l)| needles.iter().all(|n| l.contains(n))).cloned()
+}
+
+/// Waits for QEMU to exit as [`Machine::wait_exit`] does, reading the console into the
+/// machine's timeline every 50 ms meanwhile: `wait_exit` alone leaves the lines that arrive
+/// while it waits to be stamped together afterwards.
+pub fn wait_exit_timed(m: &mut Machine, timeout: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        m.timeline();
+        match m.wait_exit(Duration::ZERO) {
+            Ok(status) => {
+                m.timeline();
+                return status;
+            }
+            Err(e) if start.elapsed() >= timeout => panic!("{e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
