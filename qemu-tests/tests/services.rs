@@ -191,6 +191,9 @@ fn poweroff_stops_units_in_reverse_order_and_kills_what_ignores_term() {
     let console = h.machine.console();
     assert!(status.success(), "QEMU exited with {status}:\n{console}");
     eprintln!("poweroff took {took:.1?}");
+    for l in console.lines().filter(|l| l.contains("shutdown:") || l.contains("stop timed out")) {
+        eprintln!("  {l}");
+    }
 
     let line = |needles: &[&str]| {
         first_line(&timeline, needles).unwrap_or_else(|| panic!("no console line with {needles:?}:\n{console}"))
@@ -219,7 +222,8 @@ fn poweroff_stops_units_in_reverse_order_and_kills_what_ignores_term() {
     let off = stamp(&["shutdown: powering off"]);
     let waited = timed_out.saturating_sub(stopping);
     eprintln!("stubborn.service: SIGKILL {waited:.2?} after SIGTERM");
-    assert!(waited >= Duration::from_secs(3), "stubborn.service timed out after {waited:?}, TimeoutStopSec=3");
+    // The deadline counts from the manager's tick, the line is stamped when printed: a few ms.
+    assert!(waited >= Duration::from_millis(2900), "stubborn.service timed out after {waited:?}, TimeoutStopSec=3");
     assert!(waited < Duration::from_secs(5), "stubborn.service timed out only after {waited:?}");
     assert!(off >= timed_out, "powered off before stubborn.service was killed:\n{console}");
     assert!(took < Duration::from_secs(13 + 60), "poweroff took {took:?}");
