@@ -32,13 +32,25 @@ impl Agent {
     /// the guest may still be booting.
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Agent, AgentError> {
         let chan = |what: String| AgentError::Channel { socket: socket.to_path_buf(), what };
-        let stream = UnixStream::connect(socket).map_err(|e| chan(format!("connecting: {e}")))?;
+        let started = Instant::now();
+        // QEMU creates the socket shortly after it starts.
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(s) => break s,
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
+                        && started.elapsed() < timeout =>
+                {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => return Err(chan(format!("connecting: {e}"))),
+            }
+        };
         let reader = BufReader::new(stream.try_clone().map_err(|e| chan(e.to_string()))?);
         // Seeded from the clock so that replies meant for an earlier connection never match.
         let seed =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let mut agent = Agent { socket: socket.to_path_buf(), stream, reader, next_id: (seed as u64) & 0xffff_ffff };
-        let started = Instant::now();
         loop {
             match agent.request(&Request::Ping, Duration::from_secs(2)) {
                 Ok(Reply::Pong) => return Ok(agent),
@@ -129,6 +141,29 @@ impl Agent {
         }
     }
 
+    /// Writes a guest file with any bytes (base64 on the wire, in chunks of at most
+    /// [`berth_guest_agent::WRITE_CHUNK_BYTES`], each waited for up to `timeout`).
+    pub fn write_bytes(&mut self, path: &str, bytes: &[u8], timeout: Duration) -> Result<(), AgentError> {
+        for req in Request::write_base64(path, bytes) {
+            match self.request(&req, timeout)? {
+                Reply::Written => {}
+                other => return Err(self.failed(&req, other)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `argv` in the guest and returns its pid without waiting for it; its stdout and
+    /// stderr go to the guest file `output`. PID 1, not the agent, reaps it; the agent keeps
+    /// answering meanwhile.
+    pub fn spawn_detached(&mut self, argv: &[&str], output: &str) -> Result<u32, AgentError> {
+        let req = Request::Spawn { argv: argv.iter().map(|s| s.to_string()).collect(), output: output.into() };
+        match self.request(&req, Duration::from_secs(30))? {
+            Reply::Spawned { pid } => Ok(pid),
+            other => Err(self.failed(&req, other)),
+        }
+    }
+
     fn channel(&self, what: String) -> AgentError {
         AgentError::Channel { socket: self.socket.clone(), what }
     }
@@ -148,5 +183,8 @@ fn describe(req: &Request) -> String {
         Request::Exec { argv } => format!("exec {}", argv.join(" ")),
         Request::Read { path } => format!("read {path}"),
         Request::Write { path, .. } => format!("write {path}"),
+        Request::WriteBase64 { path, append: false, .. } => format!("write {path} (base64)"),
+        Request::WriteBase64 { path, append: true, .. } => format!("append to {path} (base64)"),
+        Request::Spawn { argv, output } => format!("spawn {} > {output}", argv.join(" ")),
     }
 }

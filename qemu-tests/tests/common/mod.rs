@@ -2,6 +2,7 @@
 //! with mtools, and reading the console.
 #![allow(dead_code)]
 
+pub mod host;
 pub mod slots;
 
 use std::path::PathBuf;
