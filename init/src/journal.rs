@@ -105,6 +105,12 @@ impl Journal {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Closes the log files (shutdown: `/var` must be able to go read-only); lines go on into
+    /// the rings.
+    pub fn stop_persisting(&mut self) {
+        self.store = None;
+    }
+
     /// A pipe for a child's stdout and stderr: returns the write end (the child's fd 1 and 2;
     /// it is close-on-exec in PID 1, dup2 clears that in the child). The journal keeps the
     /// non-blocking read end and files what arrives under `unit`, with the pid given to

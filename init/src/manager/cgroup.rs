@@ -42,6 +42,28 @@ pub fn create(unit: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// Where a `Delegate=` unit's own processes go, below its group (systemd's
+/// `DelegateSubgroup=supervisor`): cgroup v2 lets a group hand domain controllers (memory, io)
+/// to children only while it has no processes itself, so the service's group stays empty and
+/// the service can create siblings of `supervisor` (containerd's containers) with every
+/// controller.
+pub const SUPERVISOR: &str = "supervisor";
+
+/// Creates the supervisor group of a delegated unit and enables every controller of the
+/// unit's group for its children. Returns the group its processes go to.
+pub fn delegate(unit: &str) -> Result<PathBuf, String> {
+    let group = path(unit);
+    let supervisor = group.join(SUPERVISOR);
+    mkdir(&supervisor).map_err(|e| format!("creating cgroup {}: {e}", supervisor.display()))?;
+    let controllers = std::fs::read_to_string(group.join("cgroup.controllers")).unwrap_or_default();
+    let enable: Vec<String> = controllers.split_whitespace().map(|c| format!("+{c}")).collect();
+    if !enable.is_empty() {
+        std::fs::write(group.join("cgroup.subtree_control"), enable.join(" "))
+            .map_err(|e| format!("enabling {} in {}: {e}", enable.join(" "), group.display()))?;
+    }
+    Ok(supervisor)
+}
+
 pub fn path(unit: &str) -> PathBuf {
     Path::new(ROOT).join(SLICE).join(unit)
 }

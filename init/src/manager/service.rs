@@ -163,14 +163,19 @@ impl Manager {
                 self.say(unit, &format!("TasksMax: {e}"));
             }
         }
-        if svc.delegate != berth_units::service::Delegate::No && account.uid != 0 {
-            // The delegated subtree belongs to the service's user (systemd chowns the group).
-            for f in ["", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"] {
-                let _ = nix::unistd::chown(
-                    &group.join(f),
-                    Some(nix::unistd::Uid::from_raw(account.uid)),
-                    Some(nix::unistd::Gid::from_raw(account.gid)),
-                );
+        if svc.delegate != berth_units::service::Delegate::No {
+            let supervisor = cgroup::delegate(unit)?;
+            if account.uid != 0 {
+                // The delegated subtree belongs to the service's user (systemd chowns the group).
+                for dir in [&group, &supervisor] {
+                    for f in ["", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"] {
+                        let _ = nix::unistd::chown(
+                            &dir.join(f),
+                            Some(nix::unistd::Uid::from_raw(account.uid)),
+                            Some(nix::unistd::Gid::from_raw(account.gid)),
+                        );
+                    }
+                }
             }
         }
         let run = self.run_mut(unit);
@@ -297,7 +302,10 @@ impl Manager {
             (run.env.clone(), run.account.clone(), run.main_pid)
         };
         let account = account.ok_or_else(|| format!("{unit}: not prepared"))?;
-        let group = cgroup::path(unit);
+        let group = match svc.delegate {
+            berth_units::service::Delegate::No => cgroup::path(unit),
+            _ => cgroup::path(unit).join(cgroup::SUPERVISOR),
+        };
         let ctx = exec::Context { service: svc, env: &env, account: &account, cgroup: &group };
         let output = if exec::is_null(svc) {
             Output::Null

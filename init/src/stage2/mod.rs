@@ -147,6 +147,7 @@ impl Pid1 {
                     } else {
                         log::line("all units stopped");
                     }
+                    self.manager.journal.stop_persisting();
                     shutdown::run(kind, &mut self.agent);
                 }
             }

@@ -87,8 +87,43 @@ fn mount_state() -> Result<PathBuf, String> {
 fn bind_var(state: &Path) -> Result<(), String> {
     let var = state.join("var");
     std::fs::create_dir_all(&var).map_err(|e| format!("creating {}: {e}", var.display()))?;
+    // The image's /var (package directories such as /var/tmp, /var/lib/dpkg, /var/log) is
+    // hidden by the bind: its directories and symlinks are created on STATE where missing, so
+    // a first boot (or an update that adds one) finds them. Files are the packages' business.
+    let created = seed_directories(Path::new("/var"), &var, 0);
+    if created > 0 {
+        log::line(&format!("/var: {created} directories and links from the image created on STATE"));
+    }
     mount(Some(&var), "/var", None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .map_err(|e| format!("binding {} on /var: {e}", var.display()))
+}
+
+/// Copies the directory and symlink skeleton of `from` into `to` (mode and owner kept; what
+/// exists is left alone). Returns how many entries were created.
+fn seed_directories(from: &Path, to: &Path, depth: usize) -> usize {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(entries) = std::fs::read_dir(from) else { return 0 };
+    let mut created = 0;
+    for e in entries.flatten() {
+        let (source, target) = (e.path(), to.join(e.file_name()));
+        let Ok(meta) = std::fs::symlink_metadata(&source) else { continue };
+        let exists = std::fs::symlink_metadata(&target).is_ok();
+        if meta.file_type().is_symlink() {
+            if !exists && let Ok(link) = std::fs::read_link(&source) {
+                created += usize::from(std::os::unix::fs::symlink(link, &target).is_ok());
+            }
+        } else if meta.is_dir() {
+            if !exists && std::fs::create_dir(&target).is_ok() {
+                created += 1;
+                let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(meta.mode() & 0o7777));
+                let _ = std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid()));
+            }
+            if depth < 8 {
+                created += seed_directories(&source, &target, depth + 1);
+            }
+        }
+    }
+    created
 }
 
 fn overlay_etc(state: &Path) -> Result<(), String> {
