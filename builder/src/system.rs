@@ -45,6 +45,7 @@ pub fn configure(root: &mut Tree, def: &Definition, debs: &[DebInfo], epoch: i64
     }
 
     postinst::openssh_server(root, epoch).context("openssh-server setup")?;
+    postinst::pam_auth_update(root, epoch).context("PAM stacks (pam-auth-update)")?;
 
     let mut report = SystemReport::default();
     let mut alts = Vec::new();

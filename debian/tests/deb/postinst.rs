@@ -6,7 +6,7 @@ use std::process::Command;
 use berth_debian::deb::Control;
 use berth_debian::deb::postinst::{
     Accounts, CaSource, Group, OsRelease, User, alternatives, base_files, ca_bundle, dpkg_status, openssh_server,
-    os_release, parse_alternatives, users,
+    os_release, pam_auth_update, parse_alternatives, users,
 };
 use berth_fstree::{FileData, Metadata, Node, NodeKind, Tree};
 
@@ -220,6 +220,61 @@ fn os_release_is_valid_shell() {
     assert!(os_release(&mut t, &bad, T).unwrap_err().to_string().contains("VERSION_ID"));
     let bad = OsRelease { build_id: String::new(), ..os };
     assert!(os_release(&mut t, &bad, T).unwrap_err().to_string().contains("BUILD_ID"));
+}
+
+/// Judged by the real pam-auth-update: this Debian host's /etc/pam.d/common-* were written by it
+/// from the host's profiles and templates, which the test copies into a tree.
+#[test]
+fn pam_stacks_match_the_real_pam_auth_update() {
+    let host = std::path::Path::new("/usr/share/pam-configs");
+    let Ok(dir) = std::fs::read_dir(host) else {
+        eprintln!("note: no /usr/share/pam-configs on this host; comparison skipped");
+        return;
+    };
+    let mut t = skeleton();
+    assert!(pam_auth_update(&mut t, T).unwrap().is_empty(), "no libpam-runtime: nothing to do");
+    for e in dir.flatten() {
+        let data = std::fs::read(e.path()).unwrap();
+        put(&mut t, &format!("usr/share/pam-configs/{}", e.file_name().to_string_lossy()), &data);
+    }
+    let kinds = ["auth", "account", "password", "session", "session-noninteractive"];
+    for k in kinds {
+        put(
+            &mut t,
+            &format!("usr/share/pam/common-{k}"),
+            &std::fs::read(format!("/usr/share/pam/common-{k}")).unwrap(),
+        );
+    }
+    t.mkdir_all("etc/pam.d", &Metadata::root(0o755, 0)).unwrap();
+    let written = pam_auth_update(&mut t, T).unwrap();
+    assert_eq!(written.len(), 5, "{written:?}");
+    for k in kinds {
+        let real = std::fs::read_to_string(format!("/etc/pam.d/common-{k}")).unwrap();
+        assert_eq!(text(&t, &format!("etc/pam.d/common-{k}")), real, "common-{k}");
+    }
+    assert!(pam_auth_update(&mut t, T).unwrap().is_empty(), "existing files are kept");
+}
+
+#[test]
+fn pam_stack_jumps_and_order() {
+    let mut t = skeleton();
+    put(&mut t, "usr/share/pam/common-auth", b"# top\n# here are the per-package modules (the \"Primary\" block)\n$x\n# here's the fallback if no module succeeds\nauth requisite pam_deny.so\n# and here are more per-package modules (the \"Additional\" block)\n$y\n# end of pam-auth-update config\n");
+    put(&mut t, "usr/share/pam-configs/low", b"Name: low\nDefault: yes\nPriority: 10\nAuth-Type: Primary\nAuth:\n\t[success=end default=ignore]\tpam_low.so use_first_pass\nAuth-Initial:\n\t[success=end default=ignore]\tpam_low.so\n");
+    put(&mut t, "usr/share/pam-configs/high", b"Name: high\nDefault: yes\nPriority: 100\nAuth-Type: Primary\nAuth:\n\t[success=end default=ignore]\tpam_high.so try_first_pass\nAuth-Initial:\n\t[success=end default=ignore]\tpam_high.so nullok\n");
+    put(
+        &mut t,
+        "usr/share/pam-configs/off",
+        b"Name: off\nDefault: no\nPriority: 500\nAuth-Type: Primary\nAuth:\n\trequired pam_off.so\n",
+    );
+    t.mkdir_all("etc/pam.d", &Metadata::root(0o755, 0)).unwrap();
+    pam_auth_update(&mut t, T).unwrap();
+    let out = text(&t, "etc/pam.d/common-auth");
+    assert!(
+        out.contains("auth\t[success=2 default=ignore]\tpam_high.so nullok\nauth\t[success=1 default=ignore]\tpam_low.so use_first_pass\n"),
+        "{out}"
+    );
+    assert!(!out.contains("pam_off"), "Default: no is left out");
+    assert!(!out.contains("$x") && out.contains("auth requisite pam_deny.so"), "{out}");
 }
 
 #[test]
