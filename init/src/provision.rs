@@ -51,7 +51,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use berth_units::UnitName;
-use berth_units::load::{Loader, install_links};
+use berth_units::load::Loader;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -511,41 +511,18 @@ pub fn apply(config: &Config, root: &Path) -> Result<Report, String> {
     Ok(report)
 }
 
-/// Enables units as `berthctl enable` does (following `Also=`); returns what it did.
+/// Enables units with `berthctl enable`'s code (following `Also=`); returns what it did.
 fn enable(root: &Path, names: &[&str]) -> Result<Vec<String>, String> {
-    // Loaded after the unit files were written, so it sees them.
-    let loader = Loader::new(root, berth_units::HostInfo::detect(root));
-    let mut done = BTreeSet::new();
-    let mut todo: Vec<String> = names.iter().rev().map(|n| n.to_string()).collect();
     let mut actions = Vec::new();
-    while let Some(name) = todo.pop() {
-        if !done.insert(name.clone()) {
-            continue;
+    for name in names {
+        let changes = crate::berthctl::enable_links(root, name).map_err(|e| format!("enabling {name}: {e}"))?;
+        if let Some(c @ crate::berthctl::Change::Static { .. }) = changes.first() {
+            return Err(format!("enabling {name}: {c}"));
         }
-        let unit = loader.load(&name);
-        let links = install_links(&unit).map_err(|e| format!("enabling {name}: {e}"))?;
-        if links.is_empty() && unit.install.also.is_empty() {
-            return Err(format!("enabling {name}: its [Install] section names nothing to enable it by"));
+        if changes.is_empty() {
+            actions.push(format!("unit {name} was enabled already"));
         }
-        let mut made = Vec::new();
-        for l in links {
-            let at = root.join(l.link.strip_prefix("/").unwrap_or(&l.link));
-            if at.symlink_metadata().is_ok() {
-                continue;
-            }
-            if let Some(dir) = at.parent() {
-                mkdir_all(root, dir)?;
-            }
-            std::os::unix::fs::symlink(&l.target, &at)
-                .map_err(|e| format!("enabling {name}: linking {}: {e}", l.link.display()))?;
-            made.push(l.link.display().to_string());
-        }
-        actions.push(if made.is_empty() {
-            format!("unit {name} was enabled already")
-        } else {
-            format!("enabled unit {name}: {}", made.join(", "))
-        });
-        todo.extend(unit.install.also.iter().rev().cloned());
+        actions.extend(changes.iter().map(|c| format!("{name}: {c}")));
     }
     Ok(actions)
 }

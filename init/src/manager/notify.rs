@@ -3,7 +3,7 @@
 //! about its PID). Messages are newline-separated `KEY=VALUE` assignments.
 
 use std::io::IoSliceMut;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::socket::{
     AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, bind, recvmsg, setsockopt, socket,
@@ -31,16 +31,8 @@ impl Message {
 
 impl NotifySocket {
     pub fn bind() -> Result<NotifySocket, String> {
-        let _ = std::fs::remove_file(SOCKET);
-        let fd =
-            socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
-                .map_err(|e| format!("notify socket: {e}"))?;
-        let addr = UnixAddr::new(SOCKET).map_err(|e| format!("{SOCKET}: {e}"))?;
-        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(|e| format!("binding {SOCKET}: {e}"))?;
-        setsockopt(&fd, sockopt::PassCred, &true).map_err(|e| format!("SO_PASSCRED on {SOCKET}: {e}"))?;
-        // Services run as other users too (sshd drops privileges, but its listener is root).
-        let _ = std::fs::set_permissions(SOCKET, std::os::unix::fs::PermissionsExt::from_mode(0o777));
-        Ok(NotifySocket { fd })
+        // Services run as other users too.
+        Ok(NotifySocket { fd: bind_datagram(SOCKET, 0o777)? })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -51,37 +43,53 @@ impl NotifySocket {
     pub fn receive(&self) -> Vec<Message> {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
-        loop {
-            let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(
-                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-            );
-            let (pid, len) = match msg {
-                Ok(m) => {
-                    let pid = m
-                        .cmsgs()
-                        .ok()
-                        .into_iter()
-                        .flatten()
-                        .find_map(|c| match c {
-                            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
-                            _ => None,
-                        })
-                        .unwrap_or(0);
-                    (pid, m.bytes)
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return out,
-            };
-            if pid <= 0 {
-                continue;
+        while let Some((pid, len)) = receive_one(&self.fd, &mut buf) {
+            if pid > 0 {
+                out.push(Message { pid, fields: parse(&String::from_utf8_lossy(&buf[..len])) });
             }
-            let text = String::from_utf8_lossy(&buf[..len.min(buf.len())]);
-            out.push(Message { pid, fields: parse(&text) });
+        }
+        out
+    }
+}
+
+/// A non-blocking Unix datagram socket at `path` with `SO_PASSCRED`, so that the kernel tells
+/// who sent each message.
+pub fn bind_datagram(path: &str, mode: u32) -> Result<OwnedFd, String> {
+    let _ = std::fs::remove_file(path);
+    let fd = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
+        .map_err(|e| format!("socket for {path}: {e}"))?;
+    let addr = UnixAddr::new(path).map_err(|e| format!("{path}: {e}"))?;
+    bind(fd.as_raw_fd(), &addr).map_err(|e| format!("binding {path}: {e}"))?;
+    setsockopt(&fd, sockopt::PassCred, &true).map_err(|e| format!("SO_PASSCRED on {path}: {e}"))?;
+    let _ = std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode));
+    Ok(fd)
+}
+
+/// One datagram into `buf`: `None` when nothing is waiting, else the sender's pid (0 when the
+/// kernel gave none) and the length (a longer message is cut at the buffer's size).
+pub fn receive_one(fd: &OwnedFd, buf: &mut [u8]) -> Option<(i32, usize)> {
+    let cap = buf.len();
+    loop {
+        let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+        let mut iov = [IoSliceMut::new(buf)];
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+        match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
+            Ok(m) => {
+                let pid = m
+                    .cmsgs()
+                    .ok()
+                    .into_iter()
+                    .flatten()
+                    .find_map(|c| match c {
+                        ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                return Some((pid, m.bytes.min(cap)));
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            // EAGAIN: nothing waiting; any other error: nothing more to read now.
+            Err(_) => return None,
         }
     }
 }

@@ -2,13 +2,7 @@
 //! datagram's sender is known from `SO_PASSCRED`, so its lines land in the log of the unit whose
 //! cgroup the sender is in (or `syslog` for processes outside any unit).
 
-use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-
-use nix::sys::socket::{
-    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, bind, recvmsg, setsockopt, socket,
-    sockopt,
-};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 pub const SOCKET: &str = "/run/berth/syslog";
 pub const DEV_LOG: &str = "/dev/log";
@@ -26,14 +20,7 @@ pub struct Entry {
 
 impl Syslog {
     pub fn bind() -> Result<Syslog, String> {
-        let _ = std::fs::remove_file(SOCKET);
-        let fd =
-            socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
-                .map_err(|e| format!("syslog socket: {e}"))?;
-        let addr = UnixAddr::new(SOCKET).map_err(|e| format!("{SOCKET}: {e}"))?;
-        bind(fd.as_raw_fd(), &addr).map_err(|e| format!("binding {SOCKET}: {e}"))?;
-        setsockopt(&fd, sockopt::PassCred, &true).map_err(|e| format!("SO_PASSCRED on {SOCKET}: {e}"))?;
-        let _ = std::fs::set_permissions(SOCKET, std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let fd = super::notify::bind_datagram(SOCKET, 0o666)?;
         let _ = std::fs::remove_file(DEV_LOG);
         std::os::unix::fs::symlink(SOCKET, DEV_LOG).map_err(|e| format!("{DEV_LOG} -> {SOCKET}: {e}"))?;
         Ok(Syslog { fd })
@@ -47,30 +34,10 @@ impl Syslog {
     pub fn receive(&self) -> Vec<Entry> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 8192];
-        loop {
-            let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let (pid, len) = match recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
-            {
-                Ok(m) => {
-                    let pid = m
-                        .cmsgs()
-                        .ok()
-                        .into_iter()
-                        .flatten()
-                        .find_map(|c| match c {
-                            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
-                            _ => None,
-                        })
-                        .unwrap_or(0);
-                    (pid, m.bytes)
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return out,
-            };
-            let text = String::from_utf8_lossy(&buf[..len.min(buf.len())]);
-            out.push(Entry { pid, text: message(&text) });
+        while let Some((pid, len)) = super::notify::receive_one(&self.fd, &mut buf) {
+            out.push(Entry { pid, text: message(&String::from_utf8_lossy(&buf[..len])) });
         }
+        out
     }
 }
 

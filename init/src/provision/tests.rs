@@ -215,7 +215,7 @@ fn applies_users_files_units_and_update_settings() {
         "user alice: created with uid 1001, gid 1001, home /home/alice, shell /bin/sh; added to sudo; 1 SSH key(s) added",
         "user core: 1 SSH key(s) added to /home/core/.ssh/authorized_keys",
         "wrote /etc/app/secret.conf (0600, 1001:1001, 11 bytes)",
-        "enabled unit hello.service: /etc/systemd/system/multi-user.target.wants/hello.service",
+        "hello.service: Created symlink /etc/systemd/system/multi-user.target.wants/hello.service → /etc/systemd/system/hello.service.",
         "wrote /etc/berth/update.toml",
     ] {
         assert!(actions.contains(want), "missing {want:?} in\n{actions}");
@@ -292,7 +292,7 @@ fn enabling_needs_an_install_section() {
     let r = dir.path();
     let doc = "[[units]]\nname = \"bare.service\"\ncontent = \"[Service]\\nExecStart=/bin/true\\n\"\nenable = true\n";
     let e = apply(&parse(doc).unwrap(), r).unwrap_err();
-    assert!(e.contains("enabling bare.service: its [Install] section names nothing"), "{e}");
+    assert!(e.contains("enabling bare.service: bare.service is static: it has no [Install] section"), "{e}");
 }
 
 #[test]
