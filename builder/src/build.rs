@@ -48,6 +48,28 @@ pub struct BuildOptions {
     pub progress: bool,
 }
 
+impl BuildOptions {
+    /// A build as a developer runs it from a checkout: the Berth binaries built from
+    /// `workspace`, the host's apt sources, the user's cache, online, no progress output.
+    pub fn for_workspace(
+        workspace: &std::path::Path,
+        definition: PathBuf,
+        out_dir: PathBuf,
+    ) -> anyhow::Result<BuildOptions> {
+        Ok(BuildOptions {
+            definition,
+            out_dir,
+            cache_dir: default_cache_dir()?,
+            apt_root: PathBuf::from("/"),
+            offline: false,
+            prebuilt: None,
+            workspace: Some(workspace.to_path_buf()),
+            source_date_epoch: None,
+            progress: false,
+        })
+    }
+}
+
 /// The binaries Berth puts into every image.
 struct Binaries {
     init: Vec<u8>,

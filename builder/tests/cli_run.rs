@@ -228,19 +228,9 @@ fn sha256(path: &Path) -> String {
 /// its slot A command line replaced by `console=ttyS0` (mtools on the ESP).
 fn minimal_image(out: &Path) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cache = berth_builder::build::default_cache_dir().expect("a cache directory");
-    let report = build(&BuildOptions {
-        definition: root.join("images/minimal.toml"),
-        out_dir: out.to_path_buf(),
-        cache_dir: cache,
-        apt_root: PathBuf::from("/"),
-        offline: false,
-        prebuilt: None,
-        workspace: Some(root),
-        source_date_epoch: None,
-        progress: false,
-    })
-    .unwrap_or_else(|e| panic!("berth build images/minimal.toml: {e:#}"));
+    let options = BuildOptions::for_workspace(&root, root.join("images/minimal.toml"), out.to_path_buf())
+        .expect("a cache directory");
+    let report = build(&options).unwrap_or_else(|e| panic!("berth build images/minimal.toml: {e:#}"));
     let esp = report.manifest.partitions.iter().find(|p| p.number == 1).expect("ESP in the manifest");
     let cmdline = out.join("cmdline");
     std::fs::write(&cmdline, "console=ttyS0\n").unwrap();

@@ -28,20 +28,10 @@ pub fn container_host() -> &'static Path {
         let exe = std::env::current_exe().ok();
         let who = exe.as_deref().and_then(Path::file_stem).map(|s| s.to_string_lossy().into_owned());
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("container-host").join(who.unwrap_or("tests".into()));
-        let cache = berth_builder::build::default_cache_dir().expect("a cache directory");
         let started = Instant::now();
-        let report = build(&BuildOptions {
-            definition: root.join("images/container-host.toml"),
-            out_dir: out,
-            cache_dir: cache,
-            apt_root: PathBuf::from("/"),
-            offline: false,
-            prebuilt: None,
-            workspace: Some(root),
-            source_date_epoch: None,
-            progress: false,
-        })
-        .unwrap_or_else(|e| panic!("berth build images/container-host.toml: {e:#}"));
+        let options = BuildOptions::for_workspace(&root, root.join("images/container-host.toml"), out)
+            .expect("a cache directory");
+        let report = build(&options).unwrap_or_else(|e| panic!("berth build images/container-host.toml: {e:#}"));
         eprintln!("built {} in {:.1} s", report.disk.display(), started.elapsed().as_secs_f64());
         report.disk
     })

@@ -46,20 +46,10 @@ impl Image {
 pub fn build_minimal() -> Image {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::Builder::new().prefix("berth-boot-test-").tempdir().unwrap();
-    let cache = berth_builder::build::default_cache_dir().expect("a cache directory");
     let started = Instant::now();
-    let report = build(&BuildOptions {
-        definition: root.join("images/minimal.toml"),
-        out_dir: dir.path().to_path_buf(),
-        cache_dir: cache,
-        apt_root: PathBuf::from("/"),
-        offline: false,
-        prebuilt: None,
-        workspace: Some(root),
-        source_date_epoch: None,
-        progress: false,
-    })
-    .unwrap_or_else(|e| panic!("berth build images/minimal.toml: {e:#}"));
+    let options = BuildOptions::for_workspace(&root, root.join("images/minimal.toml"), dir.path().to_path_buf())
+        .expect("a cache directory");
+    let report = build(&options).unwrap_or_else(|e| panic!("berth build images/minimal.toml: {e:#}"));
     eprintln!("built {} in {:.1} s", report.disk.display(), started.elapsed().as_secs_f64());
     let esp = report.manifest.partitions.iter().find(|p| p.number == 1).expect("ESP in the manifest");
     let guids = report.manifest.partitions.iter().map(|p| (p.number, p.guid.to_lowercase())).collect();
