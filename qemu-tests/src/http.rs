@@ -1,0 +1,312 @@
+//! A static HTTP/1.1 file server on 127.0.0.1 for release repositories, with the faults the
+//! update tests need: answer an error status, drop the connection part-way, or trickle the bytes
+//! slowly. It serves `GET` and `HEAD` with single `Range: bytes=N-[M]` requests, one request per
+//! connection (`Connection: close`), and records every request it answers.
+//!
+//! Guests reach it through a `guestfwd` (see [`crate::Options::guest_forwards`]).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What the server does to requests for one path instead of serving it plainly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status (and a short body) `times` times, then serve normally.
+    Status { code: u16, times: u32 },
+    /// Send the headers and only `bytes` bytes of the body, then close the connection, `times`
+    /// times.
+    DropAfter { bytes: u64, times: u32 },
+    /// Send the body at about this many bytes per second (until the fault is cleared).
+    Throttle { bytes_per_sec: u64 },
+}
+
+/// A request the server answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub method: String,
+    /// The path requested, with its leading `/`.
+    pub path: String,
+    /// The `Range` header, as sent.
+    pub range: Option<String>,
+    pub status: u16,
+    /// Body bytes actually written.
+    pub sent: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    faults: HashMap<String, Fault>,
+    log: Vec<Logged>,
+}
+
+/// A running server; stopped when dropped.
+pub struct RepoServer {
+    port: u16,
+    shared: Arc<Mutex<Shared>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RepoServer {
+    /// Serves the files under `root` on 127.0.0.1 on a free port.
+    pub fn start(root: &Path) -> std::io::Result<RepoServer> {
+        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let root = root.to_path_buf();
+        let thread = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::spawn(move || accept_loop(listener, root, shared, stop))
+        };
+        Ok(RepoServer { port, shared, stop, thread: Some(thread) })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Sets the fault for requests whose path is `path` (with its leading `/`).
+    pub fn set_fault(&self, path: &str, fault: Fault) {
+        self.lock().faults.insert(path.to_string(), fault);
+    }
+
+    /// Serves every path plainly again.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Every request answered so far, in order.
+    pub fn requests(&self) -> Vec<Logged> {
+        self.lock().log.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for RepoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, root: PathBuf, shared: Arc<Mutex<Shared>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (root, shared, stop) = (root.clone(), shared.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let _ = serve(stream, &root, &shared, &stop);
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The fault that applies to this request, counting down the ones limited to a number of times.
+fn take_fault(shared: &Mutex<Shared>, path: &str) -> Option<Fault> {
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let f = s.faults.get_mut(path)?;
+    match f {
+        Fault::Status { times, .. } | Fault::DropAfter { times, .. } => {
+            if *times == 0 {
+                return None;
+            }
+            *times -= 1;
+        }
+        Fault::Throttle { .. } => {}
+    }
+    Some(*f)
+}
+
+fn serve(stream: TcpStream, root: &Path, shared: &Mutex<Shared>, stop: &AtomicBool) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("/").to_string());
+    let mut range = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = h.split_once(':')
+            && name.trim().eq_ignore_ascii_case("range")
+        {
+            range = Some(value.trim().to_string());
+        }
+    }
+    let path = target.split('?').next().unwrap_or("/").to_string();
+    let mut out = stream;
+    let log = |status: u16, sent: u64| {
+        let entry = Logged { method: method.clone(), path: path.clone(), range: range.clone(), status, sent };
+        shared.lock().unwrap_or_else(|p| p.into_inner()).log.push(entry);
+    };
+    let simple = |out: &mut TcpStream, status: u16, reason: &str| -> std::io::Result<()> {
+        let body = format!("{status} {reason}\n");
+        write!(out, "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    };
+    if method != "GET" && method != "HEAD" {
+        log(405, 0);
+        return simple(&mut out, 405, "Method Not Allowed");
+    }
+    let fault = take_fault(shared, &path);
+    if let Some(Fault::Status { code, .. }) = fault {
+        log(code, 0);
+        return simple(&mut out, code, "Injected Fault");
+    }
+    let Some(file_path) = resolve(root, &path) else {
+        log(404, 0);
+        return simple(&mut out, 404, "Not Found");
+    };
+    let Ok(mut file) = std::fs::File::open(&file_path) else {
+        log(404, 0);
+        return simple(&mut out, 404, "Not Found");
+    };
+    let len = file.metadata()?.len();
+    let (status, start, end) = match range.as_deref().map(|r| parse_range(r, len)) {
+        None => (200, 0, len),
+        Some(Some((s, e))) => (206, s, e),
+        Some(None) => {
+            log(416, 0);
+            return write!(
+                out,
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n",
+        if status == 200 { "OK" } else { "Partial Content" },
+        end - start
+    );
+    if status == 206 {
+        head += &format!("Content-Range: bytes {start}-{}/{len}\r\n", end.saturating_sub(1));
+    }
+    head += "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n";
+    out.write_all(head.as_bytes())?;
+    if method == "HEAD" {
+        log(status, 0);
+        return Ok(());
+    }
+    file.seek(SeekFrom::Start(start))?;
+    let limit = match fault {
+        Some(Fault::DropAfter { bytes, .. }) => (end - start).min(bytes),
+        _ => end - start,
+    };
+    let rate = match fault {
+        Some(Fault::Throttle { bytes_per_sec }) => Some(bytes_per_sec.max(1)),
+        _ => None,
+    };
+    let mut buf = vec![0u8; if rate.is_some() { 16 << 10 } else { 1 << 20 }];
+    let mut sent = 0u64;
+    let result = (|| -> std::io::Result<()> {
+        while sent < limit && !stop.load(Ordering::SeqCst) {
+            let n = (limit - sent).min(buf.len() as u64) as usize;
+            file.read_exact(&mut buf[..n])?;
+            out.write_all(&buf[..n])?;
+            sent += n as u64;
+            if let Some(r) = rate {
+                std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
+            }
+        }
+        Ok(())
+    })();
+    log(status, sent);
+    if sent < end - start {
+        // A dropped connection, as a reset proxy or a crashed server would leave it.
+        let _ = out.shutdown(Shutdown::Both);
+    }
+    result
+}
+
+/// `bytes=N-` or `bytes=N-M` against a file of `len` bytes: the half-open range to send.
+fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = value.strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let start: u64 = a.trim().parse().ok()?;
+    let end = match b.trim() {
+        "" => len,
+        b => b.parse::<u64>().ok()?.checked_add(1)?.min(len),
+    };
+    (start < end).then_some((start, end))
+}
+
+/// The file under `root` for a request path, refusing anything that climbs out of it.
+fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
+    let rel = Path::new(path.trim_start_matches('/'));
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return None;
+    }
+    let p = root.join(rel);
+    p.is_file().then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(port: u16, path: &str, range: Option<&str>) -> (u16, Vec<u8>) {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+        if let Some(r) = range {
+            req += &format!("Range: {r}\r\n");
+        }
+        req += "\r\n";
+        s.write_all(req.as_bytes()).unwrap();
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        let at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&all[..at]).to_string();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, all[at + 4..].to_vec())
+    }
+
+    #[test]
+    fn serves_ranges_and_faults() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::create_dir_all(dir.path().join("r")).unwrap();
+        std::fs::write(dir.path().join("r/f"), &data).unwrap();
+        let s = RepoServer::start(dir.path()).unwrap();
+        assert_eq!(get(s.port(), "/r/f", None), (200, data.clone()));
+        assert_eq!(get(s.port(), "/r/f", Some("bytes=10-")), (206, data[10..].to_vec()));
+        assert_eq!(get(s.port(), "/r/f", Some("bytes=10-19")), (206, data[10..20].to_vec()));
+        assert_eq!(get(s.port(), "/r/f", Some("bytes=200000-")).0, 416);
+        assert_eq!(get(s.port(), "/nope", None).0, 404);
+        assert_eq!(get(s.port(), "/../etc/passwd", None).0, 404);
+        s.set_fault("/r/f", Fault::Status { code: 500, times: 2 });
+        assert_eq!(get(s.port(), "/r/f", None).0, 500);
+        assert_eq!(get(s.port(), "/r/f", None).0, 500);
+        assert_eq!(get(s.port(), "/r/f", None).0, 200);
+        s.set_fault("/r/f", Fault::DropAfter { bytes: 1000, times: 1 });
+        assert_eq!(get(s.port(), "/r/f", None), (200, data[..1000].to_vec()));
+        assert_eq!(get(s.port(), "/r/f", None), (200, data.clone()));
+        let log = s.requests();
+        assert_eq!(log.len(), 11);
+        assert_eq!(log[1].range.as_deref(), Some("bytes=10-"));
+        assert_eq!(log[9].sent, 1000);
+    }
+}
