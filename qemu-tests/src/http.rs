@@ -26,6 +26,19 @@ pub enum Fault {
     Throttle { bytes_per_sec: u64 },
 }
 
+/// Where guests reach a [`RepoServer`]: http://10.0.2.100/ (port 80) in QEMU's user network.
+pub const GUEST_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 100);
+
+/// The `guestfwd` that connects [`GUEST_ADDR`]:80 to the server on `port`, one relay process
+/// (`relay`, the `berth-guestfwd-relay` binary of this package) per guest connection.
+pub fn guest_forward(relay: &Path, port: u16) -> crate::GuestForward {
+    crate::GuestForward {
+        addr: GUEST_ADDR,
+        port: 80,
+        target: crate::GuestTarget::Cmd(format!("{} {port}", relay.display())),
+    }
+}
+
 /// A request the server answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Logged {
