@@ -212,12 +212,12 @@ mod tests {
         let msg = b"index bytes";
         let both = Signatures::sign_all(msg, &[a.clone(), b.clone()]).to_bytes();
         assert_eq!(trusted(&[&a, &b], 2).verify(msg, &both), Ok(2));
-        let one = Signatures::sign_all(msg, &[a.clone()]).to_bytes();
+        let one = Signatures::sign_all(msg, std::slice::from_ref(&a)).to_bytes();
         assert_eq!(trusted(&[&a, &b], 2).verify(msg, &one), Err(SignatureError::Threshold { valid: 1, required: 2 }));
         // The same key twice counts once.
         let twice = Signatures::sign_all(msg, &[a.clone(), a.clone()]).to_bytes();
         assert_eq!(trusted(&[&a, &b], 2).verify(msg, &twice), Err(SignatureError::Threshold { valid: 1, required: 2 }));
-        let by_c = Signatures::sign_all(msg, &[c.clone()]).to_bytes();
+        let by_c = Signatures::sign_all(msg, std::slice::from_ref(&c)).to_bytes();
         assert!(matches!(trusted(&[&a], 1).verify(msg, &by_c), Err(SignatureError::UnknownKey { .. })));
         assert!(matches!(trusted(&[&a], 1).verify(b"other bytes", &one), Err(SignatureError::Bad { .. })));
         let none = Signatures::default().to_bytes();
