@@ -110,6 +110,8 @@ impl Window {
 /// The configuration, with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdateConfig {
+    /// The image's own version (from the image's file only).
+    pub version: Option<String>,
     /// The channel's index URL; `None`: the image has no update channel.
     pub channel: Option<String>,
     /// Trusted ed25519 public keys, hex.
@@ -133,6 +135,7 @@ pub struct UpdateConfig {
 impl Default for UpdateConfig {
     fn default() -> UpdateConfig {
         UpdateConfig {
+            version: None,
             channel: None,
             keys: Vec::new(),
             threshold: 1,
@@ -160,6 +163,7 @@ pub struct ConfigError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Layer {
+    version: Option<String>,
     channel: Option<String>,
     keys: Option<Vec<String>>,
     threshold: Option<u32>,
@@ -200,7 +204,7 @@ impl UpdateConfig {
         let mut c = UpdateConfig::default();
         let mut window: Option<(String, WindowLayer)> = None;
         let mut strategy = ("(default)".to_string(), "immediate".to_string());
-        for (path, text) in layers {
+        for (n, (path, text)) in layers.iter().enumerate() {
             let name = path.display().to_string();
             let l: Layer = toml::from_str(text).map_err(|e| {
                 let at = e.span().map(|s| {
@@ -217,6 +221,12 @@ impl UpdateConfig {
             let duration = |key: &str, v: &str| {
                 parse_duration(v).ok_or_else(|| err(format!("{key} {v:?} is not a duration (such as 90s, 10m, 1h30m)")))
             };
+            if let Some(v) = l.version {
+                if n > 0 {
+                    return Err(err("version is the image's own and cannot be overridden".into()));
+                }
+                c.version = Some(v);
+            }
             if let Some(ch) = l.channel {
                 if !(ch.starts_with("http://") || ch.starts_with("https://"))
                     || crate::repo::split_index_url(&ch).is_none()
@@ -324,10 +334,12 @@ mod tests {
     #[test]
     fn later_files_override_key_by_key() {
         let image = format!("channel = \"http://h/channels/stable.json\"\nkeys = [\"{KEY}\"]\ninterval = \"2h\"\n");
-        let c = load(&[&image, "strategy = \"off\"\ninterval = \"5s\"\njitter = \"0s\"\n"]).unwrap();
+        let c = load(&[&format!("version = \"1.0.0\"\n{image}"), "strategy = \"off\"\ninterval = \"5s\"\njitter = \"0s\"\n"]).unwrap();
         assert_eq!(c.channel.as_deref(), Some("http://h/channels/stable.json"));
         assert_eq!((c.strategy, c.interval, c.jitter), (Strategy::Off, Duration::from_secs(5), Duration::ZERO));
         assert_eq!(c.health_timeout, Duration::from_secs(600));
+        assert_eq!(c.version.as_deref(), Some("1.0.0"));
+        assert!(load(&["", "version = \"9.9.9\""]).is_err());
         assert_eq!(load(&[]).unwrap().channel, None);
     }
 
