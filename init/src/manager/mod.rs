@@ -232,7 +232,11 @@ pub struct Manager {
     notify: Option<notify::NotifySocket>,
     syslog: Option<syslog::Syslog>,
     started: Instant,
+    /// Where unit logs are persisted once the boot begins (`None` in tests).
+    log_dir: Option<PathBuf>,
     boot_complete: bool,
+    /// Why `boot-complete.target` failed (it could not be queued, or its job ended failed).
+    boot_failed: Option<String>,
     shutting_down: bool,
     network_online: bool,
     /// Unit names whose ignored directives were logged already.
@@ -260,6 +264,16 @@ impl Manager {
             }
         };
         let loader = Loader::new("/", HostInfo::detect(std::path::Path::new("/")));
+        Manager::with_parts(loader, started, notify, syslog, Some(PathBuf::from("/var/log/berth")))
+    }
+
+    fn with_parts(
+        loader: Loader,
+        started: Instant,
+        notify: Option<notify::NotifySocket>,
+        syslog: Option<syslog::Syslog>,
+        log_dir: Option<PathBuf>,
+    ) -> Manager {
         let mut journal = Journal::new(RING_BYTES);
         journal.set_console_echo(true);
         Manager {
@@ -272,16 +286,23 @@ impl Manager {
             notify,
             syslog,
             started,
+            log_dir,
             boot_complete: false,
+            boot_failed: None,
             shutting_down: false,
             network_online: false,
             warned: BTreeSet::new(),
         }
     }
 
-    /// Queues the boot transaction: `default.target`, then `boot-complete.target`.
+    /// Queues the boot transaction: `default.target`, then `boot-complete.target`, which
+    /// waits for every other job of the boot except those ordered after it (such as
+    /// `berth-mark-good.service`: `Requires=` and `After=boot-complete.target`), which start
+    /// once it is reached and not at all when it failed.
     pub fn boot(&mut self) {
-        if let Err(e) = self.journal.persist_to(std::path::Path::new("/var/log/berth")) {
+        if let Some(dir) = &self.log_dir
+            && let Err(e) = self.journal.persist_to(dir)
+        {
             log::line(&format!("unit logs stay in memory: {e}"));
         }
         let goal = berth_units::builtin::DEFAULT_TARGET;
@@ -292,16 +313,56 @@ impl Manager {
         if let Err(e) = first {
             log::line(&format!("boot: {goal}: {e}"));
         }
-        // boot-complete.target: after every job of the boot has finished.
-        let boot_units: Vec<String> = self.jobs.iter().map(|j| j.unit.clone()).collect();
-        let before = self.jobs.len();
         if let Err(e) = self.queue_start(BOOT_COMPLETE) {
             log::line(&format!("boot: {BOOT_COMPLETE}: {e}"));
+            self.boot_failed = Some(e);
         }
-        for job in self.jobs.iter_mut().skip(before) {
-            if job.unit == BOOT_COMPLETE {
-                job.after.extend(boot_units.iter().cloned());
+        // The job may have come with default.target's transaction (a unit of the boot that
+        // requires boot-complete.target): it is found wherever it is.
+        let jobs: Vec<(String, Vec<String>)> = self.jobs.iter().map(|j| (j.unit.clone(), j.after.clone())).collect();
+        let waits = boot_complete_waits(&jobs);
+        if let Some(job) = self.jobs.iter_mut().find(|j| j.unit == BOOT_COMPLETE && j.kind == JobKind::Start) {
+            for w in waits {
+                if !job.after.contains(&w) {
+                    job.after.push(w);
+                }
             }
+        } else if self.boot_failed.is_none() && !self.runs.get(BOOT_COMPLETE).is_some_and(|r| r.state.is_active()) {
+            self.boot_failed = Some("no job was queued for it".to_string());
+        }
+    }
+
+    /// Where the boot's health check stands (stage 2's boot deadline reads it).
+    pub fn boot_health(&self) -> BootHealth {
+        if let Some(why) = &self.boot_failed {
+            BootHealth::Failed(why.clone())
+        } else if self.boot_complete {
+            BootHealth::Reached
+        } else {
+            BootHealth::Pending
+        }
+    }
+
+    /// Units whose jobs have not finished yet (what a late boot is waiting for).
+    pub fn pending_jobs(&self) -> Vec<String> {
+        self.jobs.iter().filter(|j| j.unit != BOOT_COMPLETE).map(|j| j.unit.clone()).collect()
+    }
+
+    /// Why boot-complete.target failed: the unit it required that failed, and why that did.
+    fn boot_complete_failure(&self) -> String {
+        let Some(run) = self.runs.get(BOOT_COMPLETE) else {
+            return "it never ran".to_string();
+        };
+        match &run.outcome {
+            Outcome::Dependency(dep) => {
+                let why = self.runs.get(dep).map(|r| &r.outcome).filter(|o| **o != Outcome::Success);
+                match why {
+                    Some(o) => format!("{dep} failed ({})", o.describe()),
+                    None => format!("{dep} failed"),
+                }
+            }
+            Outcome::Success => format!("it is {}", run.state.active()),
+            other => other.describe(),
         }
     }
 
@@ -677,7 +738,9 @@ impl Manager {
             if ok {
                 log::line(&format!("reached {BOOT_COMPLETE} ({ms} ms after stage 2 began)"));
             } else {
-                log::line(&format!("{BOOT_COMPLETE} failed ({ms} ms after stage 2 began)"));
+                let why = self.boot_complete_failure();
+                log::line(&format!("{BOOT_COMPLETE} failed ({ms} ms after stage 2 began): {why}"));
+                self.boot_failed = Some(why);
             }
             let failed: Vec<&String> =
                 self.runs.iter().filter(|(_, r)| r.state == State::Failed).map(|(n, _)| n).collect();
@@ -821,6 +884,43 @@ impl Manager {
     }
 }
 
+/// Where `boot-complete.target` stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootHealth {
+    /// Its job has not finished.
+    Pending,
+    /// Reached, every unit it requires active (or finished, for oneshots).
+    Reached,
+    /// Failed, with the reason.
+    Failed(String),
+}
+
+/// The units boot-complete.target's job waits for, given every job of the boot as (unit,
+/// units it waits for): all of them but itself and those that wait for it, directly or
+/// through others (waiting for those would deadlock).
+fn boot_complete_waits(jobs: &[(String, Vec<String>)]) -> Vec<String> {
+    let mut later: BTreeSet<&str> = BTreeSet::from([BOOT_COMPLETE]);
+    loop {
+        let mut changed = false;
+        for (unit, after) in jobs {
+            if !later.contains(unit.as_str()) && after.iter().any(|a| later.contains(a.as_str())) {
+                later.insert(unit);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (unit, _) in jobs {
+        if !later.contains(unit.as_str()) && !out.contains(unit) {
+            out.push(unit.clone());
+        }
+    }
+    out
+}
+
 /// Directories of `RuntimeDirectory=` and friends, with their base.
 fn directories(s: &berth_units::Service) -> Vec<(PathBuf, u32, &'static str)> {
     let mut out = Vec::new();
@@ -853,3 +953,6 @@ pub fn fmt_duration(d: Duration) -> String {
         format!("{}s", ms / 1000)
     }
 }
+
+#[cfg(test)]
+mod tests;

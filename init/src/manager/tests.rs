@@ -1,0 +1,144 @@
+//! The boot transaction with targets only (no process is started): boot-complete.target waits
+//! for the boot, units ordered after it start once it is reached and never when it failed.
+
+use std::path::Path;
+
+use super::*;
+
+const MARK_GOOD: &str = "mark-good.target";
+const UNITS: &str = "usr/lib/systemd/system";
+
+/// A root with a stand-in for berth-mark-good.service (a target, so nothing is forked),
+/// enabled as the builder enables the real one.
+fn root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        MARK_GOOD,
+        "[Unit]\nDescription=Mark the booted slot good\nRequires=boot-complete.target\nAfter=boot-complete.target\n\
+         [Install]\nWantedBy=boot-complete.target\n",
+    );
+    link(dir.path(), "boot-complete.target.wants", MARK_GOOD);
+    dir
+}
+
+fn write(root: &Path, name: &str, text: &str) {
+    let dir = root.join(UNITS);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn link(root: &Path, wants: &str, name: &str) {
+    let dir = root.join(UNITS).join(wants);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(format!("../{name}"), dir.join(name)).unwrap();
+}
+
+fn manager(root: &Path) -> Manager {
+    let loader = Loader::new(root, HostInfo::detect(root));
+    Manager::with_parts(loader, Instant::now(), None, None, None)
+}
+
+fn state(m: &Manager, unit: &str) -> &'static str {
+    m.runs.get(unit).map_or("inactive", |r| r.state.active())
+}
+
+/// The job of `unit` waits (directly) for `other`'s.
+fn waits_for(m: &Manager, unit: &str, other: &str) -> bool {
+    m.jobs.iter().any(|j| j.unit == unit && j.after.iter().any(|a| a == other))
+}
+
+#[test]
+fn units_after_boot_complete_start_once_it_is_reached() {
+    let dir = root();
+    let mut m = manager(dir.path());
+    m.boot();
+    assert!(waits_for(&m, MARK_GOOD, BOOT_COMPLETE));
+    assert!(waits_for(&m, BOOT_COMPLETE, "multi-user.target"));
+    assert!(!waits_for(&m, BOOT_COMPLETE, MARK_GOOD), "would deadlock");
+    assert_eq!(m.boot_health(), BootHealth::Pending);
+    m.tick(true);
+    assert_eq!(m.boot_health(), BootHealth::Reached);
+    assert_eq!(state(&m, BOOT_COMPLETE), "active");
+    assert_eq!(state(&m, MARK_GOOD), "active");
+    assert!(m.jobs.is_empty(), "{:?}", m.jobs);
+}
+
+/// Enabled in multi-user.target as well (part of default.target's transaction, which
+/// boot-complete.target waits for): still no deadlock.
+#[test]
+fn no_deadlock_when_the_boot_itself_pulls_in_a_unit_ordered_after_boot_complete() {
+    let dir = root();
+    link(dir.path(), "multi-user.target.wants", MARK_GOOD);
+    write(dir.path(), "later.target", "[Unit]\nAfter=mark-good.target\n");
+    link(dir.path(), "multi-user.target.wants", "later.target");
+    let mut m = manager(dir.path());
+    m.boot();
+    assert!(!waits_for(&m, BOOT_COMPLETE, MARK_GOOD));
+    assert!(!waits_for(&m, BOOT_COMPLETE, "later.target"), "transitively after it");
+    m.tick(true);
+    assert_eq!(m.boot_health(), BootHealth::Reached);
+    assert_eq!(state(&m, MARK_GOOD), "active");
+    assert_eq!(state(&m, "later.target"), "active");
+    assert!(m.jobs.is_empty(), "{:?}", m.jobs);
+}
+
+/// A health check boot-complete.target requires fails: boot-complete.target fails with the
+/// reason, and the unit ordered after it is not started.
+#[test]
+fn a_failed_requirement_fails_boot_complete_and_nothing_after_it_starts() {
+    let dir = root();
+    write(
+        dir.path(),
+        "health-check.target",
+        "[Unit]\nRequires=network-online.target\nAfter=network-online.target\n\
+         [Install]\nRequiredBy=boot-complete.target\n",
+    );
+    link(dir.path(), "boot-complete.target.requires", "health-check.target");
+    let mut m = manager(dir.path());
+    m.boot();
+    m.tick(false);
+    assert_eq!(m.boot_health(), BootHealth::Pending);
+    assert_eq!(m.pending_jobs(), ["network-online.target", "health-check.target", MARK_GOOD]);
+    // network-online.target gives up (its timeout passed).
+    for j in &mut m.jobs {
+        j.since -= NETWORK_ONLINE_TIMEOUT;
+    }
+    m.tick(false);
+    assert_eq!(
+        m.boot_health(),
+        BootHealth::Failed("health-check.target failed (dependency network-online.target failed)".into())
+    );
+    assert_eq!(state(&m, BOOT_COMPLETE), "failed");
+    assert_eq!(state(&m, MARK_GOOD), "failed");
+    assert_eq!(m.outcome(MARK_GOOD).1.as_deref(), Some("dependency boot-complete.target failed"));
+    assert!(m.jobs.is_empty(), "{:?}", m.jobs);
+}
+
+/// boot-complete.target cannot even be planned (it requires a unit that does not exist).
+#[test]
+fn boot_complete_that_cannot_start_is_a_failure() {
+    let dir = root();
+    std::fs::create_dir_all(dir.path().join(UNITS).join("boot-complete.target.requires")).unwrap();
+    std::os::unix::fs::symlink("/nowhere", dir.path().join(UNITS).join("boot-complete.target.requires/gone.service"))
+        .unwrap();
+    let mut m = manager(dir.path());
+    m.boot();
+    assert!(matches!(m.boot_health(), BootHealth::Failed(_)), "{:?}", m.boot_health());
+    m.tick(true);
+    assert_eq!(state(&m, MARK_GOOD), "inactive");
+}
+
+#[test]
+fn boot_complete_waits_for_everything_but_what_is_ordered_after_it() {
+    let job = |u: &str, after: &[&str]| (u.to_string(), after.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    let jobs = [
+        job("basic.target", &[]),
+        job("multi-user.target", &["basic.target"]),
+        job("health.service", &[]),
+        job(BOOT_COMPLETE, &["health.service"]),
+        job("mark-good.service", &[BOOT_COMPLETE]),
+        job("after-mark.service", &["mark-good.service", "basic.target"]),
+    ];
+    assert_eq!(boot_complete_waits(&jobs), ["basic.target", "multi-user.target", "health.service"]);
+}
