@@ -358,6 +358,8 @@ fn assemble_root(
     root.mkdir_all("usr/lib/berth", &dir)?;
     put_file(root, "usr/sbin/berth-init", &bins.init, &exe)?;
     put_file(root, "usr/bin/berth-update", &bins.update, &exe)?;
+    // The agent's units, enabled below with the image's own (the overlay may replace them).
+    crate::agent_units::install(root, epoch)?;
     put_file(root, berth_guest_agent::INSTALL_PATH.trim_start_matches('/'), &bins.agent, &exe)?;
     // berth-init's DHCP client writes the resolver configuration under /run (the root is
     // read-only); an admin may still replace the link through the /etc overlay.
@@ -392,8 +394,11 @@ fn assemble_root(
             .with_context(|| format!("applying overlay {}", overlay.display()))?;
     }
 
-    // After the overlay, so that units it ships can be enabled too.
-    crate::enablement::enable(root, &def.units.enable, epoch)?;
+    // After the overlay, so that units it ships can be enabled too. The update agent's units
+    // first: every image carries the agent.
+    let mut enable = crate::agent_units::names();
+    enable.extend(def.units.enable.iter().cloned());
+    crate::enablement::enable(root, &enable, epoch)?;
     Ok(report.kept)
 }
 
@@ -581,6 +586,9 @@ fn write_disk(
     esp.add_file(&format!("{a}/vmlinuz"), vmlinuz.to_vec())?;
     esp.add_file(&format!("{a}/initrd.img"), initrd.to_vec())?;
     esp.add_file(&format!("{a}/cmdline"), format!("{}\n", def.kernel.cmdline).into_bytes())?;
+    // The update agent writes into berth/b/ in place; fatfs 0.3 would create the directory with
+    // malformed dot entries there (see esp::fix_dot_entries), so it exists from the start.
+    esp.add_dir(Slot::B.esp_dir())?;
     let p = plan.esp();
     write_esp(&file, p.offset, p.size, &esp, &EspOptions::from_seed(&seed, berth_slot::layout::ESP_LABEL, epoch))?;
 

@@ -5,6 +5,7 @@
 //! ext4 writer is its own crate (`berth-ext4`); the A/B contract lives in `berth-slot`. [`qemu`]
 //! is the one place that knows how to boot a disk in QEMU (`berth run` and the QEMU tests).
 
+pub mod agent_units;
 pub mod build;
 pub mod cpio;
 pub mod definition;
@@ -13,6 +14,7 @@ pub mod enablement;
 pub mod esp;
 pub mod inspect;
 pub mod kernel;
+pub mod publish;
 pub mod qemu;
 pub mod system;
 pub mod units;

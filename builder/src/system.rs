@@ -127,6 +127,33 @@ mod tests {
         }
     }
 
+    /// The file the builder writes is the one the agent reads: with and without `[update]`.
+    #[test]
+    fn update_config_parses_as_the_agent_reads_it() {
+        use berth_release::config::UpdateConfig;
+        let path = std::path::Path::new("images/t.toml");
+        let base = "name = \"t\"\nversion = \"1.2.3\"\n[kernel]\npackage = \"linux-image-cloud-amd64\"\ncmdline = \"console=ttyS0\"\n";
+        let key = "ab".repeat(32);
+        let with = format!(
+            "{base}[update]\nchannel = \"https://releases.example/x/channels/stable.json\"\nkeys = [\"{key}\"]\nthreshold = 1\n"
+        );
+        let read = |def: &str| {
+            let d = Definition::parse(def, path).unwrap();
+            let text = update_config(&d);
+            UpdateConfig::from_texts(&[(std::path::PathBuf::from("/usr/lib/berth/update.toml"), text.clone())])
+                .unwrap_or_else(|e| panic!("{e}\n{text}"))
+        };
+        let c = read(&with);
+        assert_eq!(c.version.as_deref(), Some("1.2.3"));
+        assert_eq!(c.channel.as_deref(), Some("https://releases.example/x/channels/stable.json"));
+        assert_eq!(c.keys, vec![key.clone()]);
+        assert_eq!(c.threshold, 1);
+        let c = read(base);
+        assert_eq!(c.version.as_deref(), Some("1.2.3"));
+        assert_eq!(c.channel, None);
+        assert!(c.keys.is_empty());
+    }
+
     #[test]
     fn home_becomes_a_link_to_var_home() {
         // As base-files ships it: an empty directory.

@@ -2,16 +2,18 @@
 
 mod build;
 mod fs;
+mod publish;
 mod run;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Build, inspect and boot Berth disk images.
+/// Build, inspect, boot and publish Berth disk images.
 ///
 /// Berth is a minimal, immutable container-host OS with A/B updates. This tool turns image
-/// definitions into bootable disks without root and without host filesystem tools.
+/// definitions into bootable disks without root and without host filesystem tools, and
+/// publishes them as signed releases that hosts update to.
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -58,6 +60,27 @@ enum Command {
     /// exits with QEMU's exit status.
     #[command(after_help = run::EXAMPLES)]
     Run(run::RunArgs),
+    /// Make an ed25519 key pair to sign releases with.
+    ///
+    /// Writes BASE.key, the secret (64 hex digits, mode 0600, written beside and renamed, never
+    /// over an existing key unless --force), and BASE.pub, the public key, which is also
+    /// printed: images list it in their definition's [update] keys to trust the channels it
+    /// signs.
+    #[command(after_help = publish::KEYGEN_EXAMPLES)]
+    Keygen(publish::KeygenArgs),
+    /// Publish a built disk as a signed release on a channel of a release repository.
+    ///
+    /// The repository is a directory of static files (DESIGN.md §4): channels/NAME.json, the
+    /// index of the channel's releases, with channels/NAME.json.sig, ed25519 signatures over its
+    /// exact bytes; and releases/VERSION/ with root.img.zst (ROOT-A of the disk, zstd), vmlinuz
+    /// and initrd.img (slot A's from the ESP). The version comes from the build's manifest, the
+    /// kernel command line from the ESP. Each publish raises the index's sequence (hosts refuse
+    /// a lower one: no replay), sets its expiry, and signs it with every --key. Publishing a
+    /// version again with other bytes is refused; with the same bytes it only re-signs. Files
+    /// are written beside their final names and renamed, so readers never see a partial
+    /// repository, and a failure leaves it as it was.
+    #[command(after_help = publish::PUBLISH_EXAMPLES)]
+    Publish(publish::PublishArgs),
 }
 
 /// Runs the command; its exit code is berth's (QEMU's for `berth run`).
@@ -66,6 +89,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(a) => build::run(a).map(|()| ExitCode::SUCCESS),
         Command::Fs(cmd) => fs::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Run(a) => run::run(a),
+        Command::Keygen(a) => publish::keygen(a).map(|()| ExitCode::SUCCESS),
+        Command::Publish(a) => publish::run(a).map(|()| ExitCode::SUCCESS),
         Command::Inspect { disk, json } => {
             let info = berth_builder::inspect::inspect(&disk)?;
             if json {

@@ -1,0 +1,90 @@
+//! The update agent's two units, shipped and enabled in every image (DESIGN.md §4):
+//! `berth-update.service` runs the agent (check, download, stage, reboot) and
+//! `berth-mark-good.service` marks the booted slot good once `boot-complete.target` is reached.
+//!
+//! They go to `/usr/lib/systemd/system` next to `/usr/bin/berth-update`, before the image's
+//! overlay (which may replace them), and are enabled with the image's own `[units] enable`
+//! list, so a definition need not name them.
+
+use berth_fstree::{Metadata, Node, NodeKind, Tree};
+
+/// Where the image's units live.
+pub const UNIT_DIR: &str = "usr/lib/systemd/system";
+
+/// The agent's daemon: checks the channel, downloads, stages and reboots by its strategy.
+pub const UPDATE_SERVICE: &str = "\
+[Unit]
+Description=Berth update agent (checks, downloads, stages, reboots)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/berth-update daemon
+Restart=on-failure
+RestartSec=30s
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Marks the booted slot good once the boot is healthy.
+pub const MARK_GOOD_SERVICE: &str = "\
+[Unit]
+Description=Mark the booted slot good once the boot is healthy
+Requires=boot-complete.target
+After=boot-complete.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/berth-update mark-good
+
+[Install]
+WantedBy=boot-complete.target
+";
+
+/// The units, by name, in the order they are enabled.
+pub const UNITS: [(&str, &str); 2] =
+    [("berth-update.service", UPDATE_SERVICE), ("berth-mark-good.service", MARK_GOOD_SERVICE)];
+
+/// The units' names, to be enabled.
+pub fn names() -> Vec<String> {
+    UNITS.iter().map(|(n, _)| n.to_string()).collect()
+}
+
+/// Writes the unit files into the root (replacing what a package may have put there).
+pub fn install(root: &mut Tree, epoch: i64) -> anyhow::Result<()> {
+    root.mkdir_all(UNIT_DIR, &Metadata::root(0o755, epoch))?;
+    for (name, text) in UNITS {
+        let path = format!("{UNIT_DIR}/{name}");
+        if root.lookup(&path).is_some() {
+            root.unlink(&path)?;
+        }
+        root.insert(&path, Node::new(NodeKind::File(text.as_bytes().into()), Metadata::root(0o644, epoch)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_parse_and_enable() {
+        let mut t = Tree::new(Metadata::root(0o755, 0));
+        install(&mut t, 7).unwrap();
+        // Installing twice replaces, never fails.
+        install(&mut t, 7).unwrap();
+        for (name, text) in UNITS {
+            let install = berth_units::Install::parse(name, text).unwrap();
+            assert_eq!(install.wanted_by.len(), 1, "{name}");
+            assert!(text.contains("ExecStart=/usr/bin/berth-update "), "{name}");
+        }
+        let made = crate::enablement::enable(&mut t, &names(), 7).unwrap();
+        assert_eq!(made.len(), 2, "{made:?}");
+        let l = t.lookup("etc/systemd/system/multi-user.target.wants/berth-update.service").unwrap();
+        assert_eq!(t.node(l).kind, NodeKind::Symlink(b"/usr/lib/systemd/system/berth-update.service".to_vec()));
+        assert!(t.lookup("etc/systemd/system/boot-complete.target.wants/berth-mark-good.service").is_some());
+    }
+}
