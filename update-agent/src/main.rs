@@ -1,15 +1,278 @@
-//! `berth-update`: Berth's on-host update agent.
+//! `berth-update`: Berth's on-host update agent (DESIGN.md §4).
 //!
-//! It will check the signed channel, stream the new image into the passive slot, switch slots
-//! through `berth-slot`'s transitions and roll back when the new slot fails (DESIGN.md §4).
-//! Built as a static `x86_64-unknown-linux-musl` binary.
+//! It owns the update flow on a host: it checks the signed channel, streams a new image into
+//! the passive slot, switches slots through berth-slot's transitions, reboots as the strategy
+//! allows, marks a healthy boot good and notices (and remembers) a rollback. The release
+//! contract is berth-release's; the slot contract is berth-slot's. Built as a static
+//! `x86_64-unknown-linux-musl` binary; runs as `berth-update.service` (the daemon) and
+//! `berth-mark-good.service` (after `boot-complete.target`).
 
-fn main() {
-    let version = env!("CARGO_PKG_VERSION");
-    if std::env::args().any(|a| a == "--version") {
-        println!("berth-update {version}");
-        return;
+mod agent;
+mod disk;
+mod esp;
+mod http;
+mod state;
+mod status;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_release::Timestamp;
+use berth_release::config::Strategy;
+use clap::{Parser, Subcommand};
+
+use crate::agent::{Agent, Found};
+use crate::state::{LOCK_FILE, Phase, State};
+
+#[derive(Parser)]
+#[command(
+    name = "berth-update",
+    version,
+    about = "Berth's update agent: signed A/B updates with automatic rollback",
+    long_about = "Berth's update agent: checks the signed release channel, streams a new image into the passive \
+                  slot, reboots into it as the strategy allows, marks a healthy boot good, and notices a \
+                  rollback.\n\nConfiguration: /usr/lib/berth/update.toml (the image's), overridden key by key by \
+                  /etc/berth/update.toml. State: /var/lib/berth/update/state.json.",
+    after_help = "Examples:\n  berth-update status            what runs, what is staged, the last check and error\n  \
+                  berth-update check             is there an update for this host? (changes nothing on disk)\n  \
+                  berth-update apply             stage it now, then reboot as the strategy says\n  \
+                  berth-update rollback          boot the other (good) slot next"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the slots, their versions and attributes, the agent's state, last check and error.
+    Status {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch and verify the channel's index and say what it offers this host.
+    Check,
+    /// Check, stage the offered update into the passive slot, then reboot as the strategy says.
+    Apply {
+        /// Also take a version that rolled back here before, or one the rollout has not reached.
+        #[arg(long)]
+        force: bool,
+        /// Stage only; do not reboot whatever the strategy.
+        #[arg(long)]
+        no_reboot: bool,
+    },
+    /// Boot the other slot next (it must have booted to health before).
+    Rollback,
+    /// Mark the booted slot good (run by berth-mark-good.service after boot-complete.target).
+    MarkGood,
+    /// Check periodically (interval plus jitter), stage and reboot as configured.
+    Daemon,
+}
+
+/// The error and its causes on one line, skipping a cause its parent already says.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
     }
-    eprintln!("berth-update {version}: not implemented yet");
-    std::process::exit(1);
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth-update: error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Holds the agent's lock (waiting for it) while alive.
+fn lock() -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_FILE)
+        .with_context(|| format!("opening {LOCK_FILE}"))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking {LOCK_FILE}: {e}"))
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Status { json } => {
+            let agent = Agent::open()?;
+            let st = agent.load_state();
+            status::print(&agent, &st, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => {
+            let agent = Agent::open()?;
+            let _lock = lock()?;
+            let mut st = agent.load_state();
+            let r = agent.check(&mut st, false);
+            let out = match r {
+                Ok((index, found)) => {
+                    println!(
+                        "{}: sequence {}, expires {}",
+                        agent.config.channel.as_deref().unwrap_or("?"),
+                        index.sequence,
+                        index.expires
+                    );
+                    match found {
+                        Found::UpToDate => println!("up to date: {} is the newest for this host", agent.version),
+                        Found::Update(r) => println!("update available: {} (running {})", r.version, agent.version),
+                        Found::Later { version, from } => {
+                            println!("{version} is rolling out; this host's turn comes at {from}")
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    st.error(&e);
+                    st.last_check = Some(Timestamp::now());
+                    Err(e)
+                }
+            };
+            agent.save(&st);
+            out
+        }
+        Command::Apply { force, no_reboot } => {
+            let agent = Agent::open()?;
+            let _lock = lock()?;
+            let mut st = agent.load_state();
+            st.paused = None;
+            let r = apply(&agent, &mut st, force, !no_reboot);
+            if let Err(e) = &r {
+                st.error(e);
+                st.rest();
+            }
+            agent.save(&st);
+            r.map(|msg| {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Rollback => {
+            let agent = Agent::open()?;
+            let _lock = lock()?;
+            let mut st = agent.load_state();
+            println!("{}", agent.rollback(&mut st)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::MarkGood => {
+            let agent = Agent::open()?;
+            let _lock = lock()?;
+            let mut st = agent.load_state();
+            let msg = agent.mark_good(&mut st)?;
+            agent.save(&st);
+            println!("{msg}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Daemon => daemon(),
+    }
+}
+
+/// Check, and stage what is found; returns what happened.
+fn apply(agent: &Agent, st: &mut State, force: bool, reboot: bool) -> anyhow::Result<String> {
+    st.state = Phase::Checking;
+    let (_, found) = agent.check(st, force)?;
+    let release = match found {
+        Found::UpToDate => {
+            st.rest();
+            return Ok(format!("up to date: {} is the newest for this host", agent.version));
+        }
+        Found::Later { version, from } => {
+            st.rest();
+            return Ok(format!("{version} is rolling out; this host's turn comes at {from}"));
+        }
+        Found::Update(r) => r,
+    };
+    if !agent.already_staged(st, &release) {
+        let url = agent.config.channel.clone().unwrap_or_default();
+        agent.stage(st, &url, &release)?;
+    }
+    if reboot { agent.maybe_reboot(st, Timestamp::now()) } else { Ok(format!("{} staged", release.version)) }
+}
+
+/// The long-running agent.
+fn daemon() -> anyhow::Result<ExitCode> {
+    let agent = Agent::open()?;
+    println!(
+        "berth-update {}: running {} from {}; channel {}; strategy {}; every {} (+ up to {} jitter)",
+        env!("CARGO_PKG_VERSION"),
+        agent.version,
+        agent.disk.booted.label(),
+        agent.config.channel.as_deref().unwrap_or("(none: checks are off)"),
+        agent.config.strategy.name(),
+        berth_release::time::format_duration(agent.config.interval),
+        berth_release::time::format_duration(agent.config.jitter),
+    );
+    {
+        let _lock = lock()?;
+        let mut st = agent.load_state();
+        // A run cut short (a crash, a power cut) left its phase behind.
+        st.paused = None;
+        if matches!(st.state, Phase::Checking | Phase::Downloading | Phase::Rebooting) {
+            st.state = Phase::Idle;
+        }
+        st.rest();
+        if let Err(e) = agent.notice_rollback(&mut st) {
+            st.error(&e);
+        }
+        agent.save(&st);
+    }
+    loop {
+        let wait = cycle(&agent);
+        std::thread::sleep(wait);
+    }
+}
+
+/// One check (and stage, and reboot); returns how long to sleep.
+fn cycle(agent: &Agent) -> Duration {
+    let jitter = rand::random_range(0..=agent.config.jitter.as_millis().min(u128::from(u64::MAX)) as u64);
+    let mut wait = agent.config.interval + Duration::from_millis(jitter);
+    if agent.config.channel.is_none() {
+        return wait;
+    }
+    let Ok(_lock) = lock().map_err(|e| println!("error: {e:#}")) else { return wait };
+    let mut st = agent.load_state();
+    if let Err(e) = agent.notice_rollback(&mut st) {
+        st.error(&e);
+    }
+    let on_trial = agent.disk.slots().map(|s| !s.get(agent.disk.booted).successful).unwrap_or(true);
+    if on_trial {
+        println!("{} is on trial: no update checks until it is marked good", agent.disk.booted.label());
+        agent.save(&st);
+        return wait;
+    }
+    match apply(agent, &mut st, false, true) {
+        Ok(msg) => println!("{msg}"),
+        Err(e) => {
+            st.error(&e);
+            st.rest();
+        }
+    }
+    // A window strategy wakes up for its window.
+    if st.staged.is_some()
+        && let Strategy::Window(w) = &agent.config.strategy
+    {
+        let now = Timestamp::now();
+        let open = w.next_open(now);
+        let until = Duration::from_secs(u64::try_from(open.0 - now.0).unwrap_or(0).max(1));
+        wait = wait.min(until);
+    }
+    agent.save(&st);
+    wait
 }

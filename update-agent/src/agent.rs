@@ -1,0 +1,509 @@
+//! The update flow of DESIGN.md §4: check the channel, pick a release, stage it into the
+//! passive slot (kernel files fetched and checked first, the slot cleared, the image streamed in
+//! while hashed, read back and verified, the kernel files written, then the attributes set),
+//! mark a healthy boot good, notice a rollback. Every slot change goes through berth-slot's
+//! transitions; the running slot is never written.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use berth_release::config::{Strategy, UpdateConfig};
+use berth_release::index::{Index, MAX_INDEX_BYTES, Release, compare_versions};
+use berth_release::repo::{artifact_url, signature_url, split_index_url};
+use berth_release::signature::MAX_SIGNATURE_BYTES;
+use berth_release::{ArtifactCheck, Timestamp, TrustedKeys, accept, rollout};
+use berth_slot::layout::ESP_PARTITION;
+use berth_slot::{Slot, TransitionError};
+use sha2::{Digest, Sha256};
+
+use crate::disk::{BootDisk, device_size};
+use crate::esp::{self, KernelFiles};
+use crate::http::{FetchError, Http};
+use crate::state::{Phase, Progress, RolledBack, Staged, Staging, State};
+
+/// Image bytes per write.
+const CHUNK: usize = 4 << 20;
+
+/// One run of the agent: its configuration, disk and state directory.
+pub struct Agent {
+    /// The configuration.
+    pub config: UpdateConfig,
+    /// The boot disk.
+    pub disk: BootDisk,
+    /// The running image's version.
+    pub version: String,
+    /// This host's machine-id (for its rollout position).
+    pub machine_id: String,
+    /// Where the state lives.
+    pub state_dir: PathBuf,
+    http: Http,
+}
+
+/// What a check found.
+#[derive(Debug)]
+pub enum Found {
+    /// Nothing newer for this host.
+    UpToDate,
+    /// A release to install.
+    Update(Box<Release>),
+    /// A newer release whose rollout has not reached this host yet.
+    Later {
+        /// Its version.
+        version: String,
+        /// When this host may take it.
+        from: Timestamp,
+    },
+}
+
+impl Agent {
+    /// Reads the configuration and finds the disk.
+    pub fn open() -> anyhow::Result<Agent> {
+        let config = UpdateConfig::load(Path::new("/"))?;
+        let disk = BootDisk::find()?;
+        let version = match &config.version {
+            Some(v) => v.clone(),
+            None => os_release_version().context("the image's version (update.toml or os-release)")?,
+        };
+        let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim().to_string();
+        Ok(Agent {
+            config,
+            disk,
+            version,
+            machine_id,
+            state_dir: PathBuf::from(crate::state::STATE_DIR),
+            http: Http::new(),
+        })
+    }
+
+    /// The state, loaded.
+    pub fn load_state(&self) -> State {
+        State::load(&self.state_dir)
+    }
+
+    /// Saves the state, reporting (not failing on) an error: the state is advisory for
+    /// everything but the sequence, which is saved before it matters.
+    pub fn save(&self, st: &State) {
+        if let Err(e) = st.save(&self.state_dir) {
+            println!("warning: {e:#}");
+        }
+    }
+
+    /// Fetches and accepts the index; returns it and what it offers this host.
+    pub fn check(&self, st: &mut State, force: bool) -> anyhow::Result<(Index, Found)> {
+        let url = self.config.channel.as_deref().context(
+            "no update channel: neither /usr/lib/berth/update.toml nor /etc/berth/update.toml sets `channel`",
+        )?;
+        let (_, channel) = split_index_url(url).with_context(|| format!("channel {url:?}"))?;
+        let trusted = TrustedKeys::new(&self.config.keys, self.config.threshold)?;
+        let index_bytes = self.http.get_small(url, MAX_INDEX_BYTES as u64)?;
+        let sig_url = signature_url(url);
+        let sig_bytes = self.http.get_small(&sig_url, MAX_SIGNATURE_BYTES as u64)?;
+        let now = Timestamp::now();
+        let index = accept(&index_bytes, &sig_bytes, &trusted, channel, now, st.last_sequence)
+            .map_err(|e| anyhow!("{url}: refused: {e}"))?;
+        st.last_sequence = Some(st.last_sequence.unwrap_or(0).max(index.sequence));
+        st.last_check = Some(now);
+        st.last_error = None;
+        let found = self.choose(&index, st, now, force);
+        st.available = match &found {
+            Found::Update(r) => Some(r.version.clone()),
+            Found::Later { version, .. } => Some(version.clone()),
+            Found::UpToDate => None,
+        };
+        Ok((index, found))
+    }
+
+    /// The newest release above the running version that is not pulled, did not roll back
+    /// here before (unless `force`), and whose rollout has reached this host (unless `force`).
+    fn choose(&self, index: &Index, st: &State, now: Timestamp, force: bool) -> Found {
+        let mut candidates: Vec<&Release> = index
+            .releases
+            .iter()
+            .filter(|r| !r.pulled)
+            .filter(|r| compare_versions(&r.version, &self.version).is_gt())
+            .filter(|r| force || !st.rolled_back(&r.version))
+            .collect();
+        candidates.sort_by(|a, b| compare_versions(&b.version, &a.version));
+        let mut later = None;
+        for r in candidates {
+            let pos = rollout::position(&self.machine_id, &r.version);
+            if force || rollout::allowed(&r.rollout, pos, now) {
+                return Found::Update(Box::new(r.clone()));
+            }
+            later.get_or_insert(Found::Later {
+                version: r.version.clone(),
+                from: rollout::allowed_from(&r.rollout, pos),
+            });
+        }
+        later.unwrap_or(Found::UpToDate)
+    }
+
+    /// Whether `release` already waits in the passive slot.
+    pub fn already_staged(&self, st: &State, release: &Release) -> bool {
+        let passive = self.disk.passive();
+        let staged = st.staged.as_ref().is_some_and(|s| s.slot == passive.name() && s.version == release.version);
+        staged
+            && self.disk.slots().is_ok_and(|s| {
+                let p = s.get(passive);
+                p.priority > s.get(self.disk.booted).priority && p.tries > 0
+            })
+    }
+
+    /// Stages `release` into the passive slot. `st` is saved as the steps go.
+    pub fn stage(&self, st: &mut State, index_url: &str, release: &Release) -> anyhow::Result<()> {
+        let booted = self.disk.booted;
+        let passive = self.disk.passive();
+        let slots = self.disk.slots()?;
+        if !slots.get(booted).successful {
+            bail!("the running slot {} is on trial (not yet marked good): updates wait until it is", booted.label());
+        }
+        let (base, _) = split_index_url(index_url).with_context(|| format!("channel {index_url:?}"))?;
+        let version = &release.version;
+        println!("staging {version} into {} ({})", passive.label(), self.disk.slot_node(passive).display());
+
+        // The kernel files first: a bad one is refused before the disk is touched.
+        let fetch = |a: &berth_release::Artifact| -> Result<Vec<u8>, FetchError> {
+            self.http.artifact(&artifact_url(base, &a.path), ArtifactCheck::new(&a.path, a.size, a.sha256)).read_all()
+        };
+        let vmlinuz = fetch(&release.vmlinuz)?;
+        let initrd = fetch(&release.initrd)?;
+
+        let node = self.disk.slot_node(passive);
+        let dev = File::options()
+            .write(true)
+            .read(true)
+            .open(&node)
+            .with_context(|| format!("opening {}", node.display()))?;
+        let capacity = device_size(&dev, &node)?;
+        if release.root.image_size > capacity {
+            bail!(
+                "{version}'s root image is {} bytes, more than {} ({} bytes) holds",
+                release.root.image_size,
+                passive.label(),
+                capacity
+            );
+        }
+
+        // Unbootable before the first byte lands.
+        let cleared = slots.begin_write(passive)?;
+        self.disk.write_slots(cleared)?;
+        st.slots.remove(passive.name());
+        st.staged = None;
+        st.state = Phase::Downloading;
+        st.download = Some(Progress {
+            version: version.clone(),
+            received: 0,
+            size: release.root.file.size,
+            written: 0,
+            image_size: release.root.image_size,
+        });
+        self.save(st);
+
+        let started = Instant::now();
+        let written = self.stream_root(st, &dev, &node, base, release)?;
+        let write_seconds = started.elapsed().as_secs_f64();
+        let verify_started = Instant::now();
+        verify_slot(&dev, &node, release)?;
+        let verify_seconds = verify_started.elapsed().as_secs_f64();
+        let mib = written as f64 / f64::from(1 << 20);
+        println!(
+            "{}: {mib:.0} MiB written in {write_seconds:.1} s ({:.1} MiB/s), read back and verified in {verify_seconds:.1} s",
+            passive.label(),
+            mib / write_seconds.max(1e-9)
+        );
+        st.last_staging = Some(Staging {
+            version: version.clone(),
+            image_bytes: written,
+            downloaded_bytes: release.root.file.size,
+            write_seconds,
+            write_mib_per_s: mib / write_seconds.max(1e-9),
+            verify_seconds,
+        });
+
+        let esp = self.disk.partition_node(ESP_PARTITION);
+        esp::write_slot(&esp, passive, &KernelFiles { vmlinuz: &vmlinuz, initrd: &initrd, cmdline: &release.cmdline })?;
+        println!("{}: {}/ written ({} + {} bytes)", esp.display(), passive.esp_dir(), vmlinuz.len(), initrd.len());
+
+        pause_point(st, self, "verified");
+
+        let staged = self.disk.slots()?.staged(passive, self.config.tries)?;
+        st.staged = Some(Staged { slot: passive.name().into(), version: version.clone(), at: Timestamp::now() });
+        st.slots.insert(passive.name().into(), version.clone());
+        st.download = None;
+        st.state = Phase::Staged;
+        self.disk.write_slots(staged)?;
+        self.save(st);
+        println!("{version} staged in {}: {} trial boot(s)", passive.label(), self.config.tries);
+        Ok(())
+    }
+
+    /// Streams the root image into the slot: download → check → zstd → hash → write.
+    fn stream_root(
+        &self,
+        st: &mut State,
+        dev: &File,
+        node: &Path,
+        base: &str,
+        release: &Release,
+    ) -> anyhow::Result<u64> {
+        let root = &release.root;
+        let url = artifact_url(base, &root.file.path);
+        let reader = self.http.artifact(&url, ArtifactCheck::new(&root.file.path, root.file.size, root.file.sha256));
+        let mut decoder = zstd::stream::read::Decoder::new(reader).context("starting the zstd decoder")?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut written = 0u64;
+        let mut last_save = Instant::now();
+        let mut next_percent = 10;
+        let outcome: anyhow::Result<()> = loop {
+            let n = match fill(&mut decoder, &mut buf) {
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
+            if n == 0 {
+                break Ok(());
+            }
+            if written + n as u64 > root.image_size {
+                break Err(anyhow!(
+                    "{}: expands to more than the {} bytes the index announced",
+                    root.file.path,
+                    root.image_size
+                ));
+            }
+            hasher.update(&buf[..n]);
+            if let Err(e) = dev.write_all_at(&buf[..n], written) {
+                break Err(anyhow!("writing {} at byte {written}: {e}", node.display()));
+            }
+            written += n as u64;
+            let percent = written * 100 / root.image_size.max(1);
+            if percent >= next_percent {
+                println!("{}: {percent}% ({} of {} MiB)", node.display(), written >> 20, root.image_size >> 20);
+                next_percent = percent + 10;
+            }
+            if last_save.elapsed() > Duration::from_secs(2) {
+                if let Some(p) = st.download.as_mut() {
+                    p.written = written;
+                    p.received = decoder.get_ref().get_ref().received();
+                }
+                self.save(st);
+                last_save = Instant::now();
+            }
+        };
+        // Whatever the decoder thought, the artifact's own check comes first: a flipped byte is
+        // a hash mismatch, not a "corrupt block".
+        let reader = decoder.finish().into_inner();
+        let checked = reader.finish();
+        match (checked, outcome) {
+            (Err(e), _) => return Err(e.into()),
+            (Ok(()), Err(e)) => return Err(e.context(format!("{}: decompressing", root.file.path))),
+            (Ok(()), Ok(())) => {}
+        }
+        if written != root.image_size {
+            bail!("{}: expands to {written} bytes, not the {} the index announced", root.file.path, root.image_size);
+        }
+        let got = berth_release::index::Digest(hasher.finalize().into());
+        if got != root.image_sha256 {
+            bail!(
+                "{}: the image's SHA-256 {got} does not match {} in the signed index",
+                root.file.path,
+                root.image_sha256
+            );
+        }
+        dev.sync_all().with_context(|| format!("syncing {}", node.display()))?;
+        Ok(written)
+    }
+
+    /// Marks the booted slot good (after boot-complete.target), then notices a rollback.
+    pub fn mark_good(&self, st: &mut State) -> anyhow::Result<String> {
+        let booted = self.disk.booted;
+        let slots = self.disk.slots()?;
+        let msg = match slots.mark_good(booted) {
+            Ok(next) => {
+                let wrote = self.disk.write_slots(next)?;
+                if wrote {
+                    format!("marked {} ({}) good", booted.label(), self.version)
+                } else {
+                    format!("{} ({}) was already marked good", booted.label(), self.version)
+                }
+            }
+            Err(TransitionError::UpdatePending { pending }) => {
+                format!("{} ({}) is good; an update waits in {}", booted.label(), self.version, pending.label())
+            }
+            Err(e) => return Err(anyhow!("marking {} good: {e}", booted.label())),
+        };
+        st.slots.insert(booted.name().into(), self.version.clone());
+        if st.staged.as_ref().is_some_and(|s| s.slot == booted.name()) {
+            st.staged = None;
+            if st.state != Phase::RolledBack {
+                st.state = Phase::Idle;
+            }
+        }
+        if matches!(st.state, Phase::Rebooting | Phase::Checking | Phase::Downloading) {
+            st.state = Phase::Idle;
+        }
+        self.notice_rollback(st)?;
+        Ok(msg)
+    }
+
+    /// If the other slot holds an update that ran out of tries, records the rollback and clears
+    /// the slot. Only once the running slot is marked good (clearing needs a good slot left).
+    pub fn notice_rollback(&self, st: &mut State) -> anyhow::Result<()> {
+        let booted = self.disk.booted;
+        let slots = self.disk.slots()?;
+        // A staged record whose slot the attributes do not back (a cut before they were
+        // written) is forgotten.
+        if let Some(s) = &st.staged
+            && Slot::parse(&s.slot).is_some_and(|slot| slot != booted && slots.get(slot).priority == 0)
+        {
+            st.staged = None;
+            st.rest();
+        }
+        if !slots.get(booted).successful {
+            return Ok(());
+        }
+        let Some(failed) = slots.detect_failed_update(booted) else { return Ok(()) };
+        let version = st
+            .staged
+            .as_ref()
+            .filter(|s| s.slot == failed.name())
+            .map(|s| s.version.clone())
+            .or_else(|| st.slots.get(failed.name()).cloned())
+            .unwrap_or_else(|| "an unknown version".into());
+        self.disk.write_slots(slots.clear(failed)?)?;
+        let msg = format!(
+            "rolled back: {version} in {} did not boot to health within its trial boots; {} ({}) runs again",
+            failed.label(),
+            booted.label(),
+            self.version
+        );
+        println!("{msg}");
+        if !st.rolled_back(&version) {
+            st.rolled_back.push(RolledBack { version, slot: failed.name().into(), at: Timestamp::now() });
+        }
+        st.staged = None;
+        st.slots.remove(failed.name());
+        st.state = Phase::RolledBack;
+        st.last_error = Some(msg);
+        self.save(st);
+        Ok(())
+    }
+
+    /// Reboots into the staged slot as the strategy allows at `now`; returns what happened.
+    pub fn maybe_reboot(&self, st: &mut State, now: Timestamp) -> anyhow::Result<String> {
+        let Some(staged) = st.staged.clone() else { return Ok("nothing staged".into()) };
+        let go = match &self.config.strategy {
+            Strategy::Immediate => true,
+            Strategy::Window(w) => w.contains(now),
+            Strategy::Off | Strategy::FleetLock => false,
+        };
+        if !go {
+            return Ok(match &self.config.strategy {
+                Strategy::Window(w) => {
+                    format!(
+                        "{} staged; rebooting in the next window ({}) at {}",
+                        staged.version,
+                        w.describe(),
+                        w.next_open(now)
+                    )
+                }
+                Strategy::FleetLock => {
+                    format!("{} staged; strategy fleetlock is not supported yet: reboot by hand", staged.version)
+                }
+                _ => format!("{} staged; strategy off: reboot to switch (berthctl reboot)", staged.version),
+            });
+        }
+        st.state = Phase::Rebooting;
+        self.save(st);
+        println!("rebooting into {} ({})", staged.version, staged.slot);
+        let status =
+            std::process::Command::new("berthctl").arg("reboot").status().context("running berthctl reboot")?;
+        if !status.success() {
+            st.state = Phase::Staged;
+            self.save(st);
+            bail!("berthctl reboot: {status}");
+        }
+        Ok(format!("rebooting into {}", staged.version))
+    }
+
+    /// Manual rollback: the other slot (which must have booted to health) boots next.
+    pub fn rollback(&self, st: &mut State) -> anyhow::Result<String> {
+        let other = self.disk.passive();
+        let next = self.disk.slots()?.rollback(other)?;
+        self.disk.write_slots(next)?;
+        st.staged = None;
+        st.rest();
+        self.save(st);
+        Ok(format!(
+            "{} ({}) boots next; reboot to switch",
+            other.label(),
+            st.slots.get(other.name()).map_or("version unknown", String::as_str)
+        ))
+    }
+}
+
+/// Reads until `buf` is full or the stream ends.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> anyhow::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(anyhow!("{e}")),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads the slot back from the disk (not the page cache) and compares its hash.
+fn verify_slot(dev: &File, node: &Path, release: &Release) -> anyhow::Result<()> {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    let size = release.root.image_size;
+    // Drop the cached pages so that the read comes from the device.
+    let _ = posix_fadvise(dev, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0u64;
+    while at < size {
+        let n = usize::try_from((size - at).min(CHUNK as u64)).unwrap_or(CHUNK);
+        dev.read_exact_at(&mut buf[..n], at)
+            .with_context(|| format!("reading {} back at byte {at}", node.display()))?;
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    let got = berth_release::index::Digest(hasher.finalize().into());
+    if got != release.root.image_sha256 {
+        bail!(
+            "{} read back: SHA-256 {got} does not match {} in the signed index (the disk did not keep what was written)",
+            node.display(),
+            release.root.image_sha256
+        );
+    }
+    Ok(())
+}
+
+/// A fault-injection point for the power-cut tests: with `BERTH_UPDATE_PAUSE=<name>` in the
+/// environment the agent records that it waits here and waits until it is killed.
+fn pause_point(st: &mut State, agent: &Agent, name: &str) {
+    if std::env::var("BERTH_UPDATE_PAUSE").is_ok_and(|v| v == name) {
+        st.paused = Some(name.into());
+        agent.save(st);
+        println!("pausing at {name:?} (BERTH_UPDATE_PAUSE)");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// VERSION_ID from os-release.
+fn os_release_version() -> anyhow::Result<String> {
+    let text = std::fs::read_to_string("/usr/lib/os-release").context("reading /usr/lib/os-release")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_ID="))
+        .map(|v| v.trim_matches('"').to_string())
+        .context("/usr/lib/os-release has no VERSION_ID")
+}

@@ -1,0 +1,440 @@
+//! Fetching from the release repository: small files (the index and its signatures) read
+//! whole, and artifacts streamed through their [`ArtifactCheck`], resumed with `Range` after a
+//! dropped connection. Connection errors, timeouts and 5xx answers are retried with a doubling
+//! backoff, a bounded number of times; other answers are final. Never more bytes than announced
+//! are taken.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use berth_release::{ArtifactCheck, ArtifactError};
+
+/// Attempts per request (the first and the retries).
+pub const ATTEMPTS: u32 = 6;
+/// Wait before the first retry; doubled after each.
+const BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One blocking client.
+pub struct Http {
+    agent: ureq::Agent,
+    attempts: u32,
+    backoff: Duration,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Retried and still failing.
+    #[error("GET {url}: {last} (gave up after {attempts} attempts over {secs} s)")]
+    GaveUp {
+        /// The URL.
+        url: String,
+        /// The last failure.
+        last: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        secs: u64,
+    },
+    /// An answer that retrying will not change.
+    #[error("GET {url}: {why}")]
+    Final {
+        /// The URL.
+        url: String,
+        /// The answer.
+        why: String,
+    },
+    /// The bytes are not the ones announced.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+}
+
+/// The outcome of one attempt.
+enum Attempt<T> {
+    Done(T),
+    Retry(String),
+    Final(FetchError),
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http::new()
+    }
+}
+
+impl Http {
+    /// A client with Berth's timeouts and retry policy.
+    pub fn new() -> Http {
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            // A stalled transfer fails after a minute without data, however large the file.
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .http_status_as_error(false)
+            .user_agent(concat!("berth-update/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Http { agent: config.into(), attempts: ATTEMPTS, backoff: BACKOFF }
+    }
+
+    /// The same client with another retry policy (tests).
+    #[cfg(test)]
+    pub fn with_retries(attempts: u32, backoff: Duration) -> Http {
+        Http { attempts, backoff, ..Http::new() }
+    }
+
+    /// Runs `attempt` until it is done or final, backing off between retries.
+    fn retrying<T>(&self, url: &str, mut attempt: impl FnMut() -> Attempt<T>) -> Result<T, FetchError> {
+        let start = Instant::now();
+        let mut wait = self.backoff;
+        let mut n = 0;
+        loop {
+            n += 1;
+            match attempt() {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Final(e) => return Err(e),
+                Attempt::Retry(why) if n >= self.attempts => {
+                    return Err(FetchError::GaveUp {
+                        url: url.to_string(),
+                        last: why,
+                        attempts: n,
+                        secs: start.elapsed().as_secs(),
+                    });
+                }
+                Attempt::Retry(why) => {
+                    println!("GET {url}: {why}; retrying in {} s", wait.as_secs());
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// One request: the response, or whether to retry.
+    fn open(&self, url: &str, from: u64) -> Attempt<ureq::http::Response<ureq::Body>> {
+        let mut req = self.agent.get(url);
+        if from > 0 {
+            req = req.header("Range", format!("bytes={from}-"));
+        }
+        match req.call() {
+            Ok(r) => {
+                let status = r.status();
+                if status.is_server_error() {
+                    Attempt::Retry(format!("the server answered {status}"))
+                } else if status.as_u16() == 200 || (from > 0 && status.as_u16() == 206) {
+                    Attempt::Done(r)
+                } else {
+                    Attempt::Final(FetchError::Final {
+                        url: url.to_string(),
+                        why: format!("the server answered {status}"),
+                    })
+                }
+            }
+            Err(e @ (ureq::Error::BadUri(_) | ureq::Error::InvalidProxyUrl | ureq::Error::RedirectFailed)) => {
+                Attempt::Final(FetchError::Final { url: url.to_string(), why: e.to_string() })
+            }
+            Err(e) => Attempt::Retry(format!("connection failed: {e}")),
+        }
+    }
+
+    /// Reads all of `url`, refusing more than `limit` bytes.
+    pub fn get_small(&self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
+        self.retrying(url, || {
+            let r = match self.open(url, 0) {
+                Attempt::Done(r) => r,
+                Attempt::Retry(w) => return Attempt::Retry(w),
+                Attempt::Final(e) => return Attempt::Final(e),
+            };
+            let mut body = Vec::new();
+            let mut reader = r.into_body().into_reader().take(limit + 1);
+            match reader.read_to_end(&mut body) {
+                Ok(_) if body.len() as u64 > limit => Attempt::Final(FetchError::Final {
+                    url: url.to_string(),
+                    why: format!("more than the {limit} bytes allowed"),
+                }),
+                Ok(_) => Attempt::Done(body),
+                Err(e) => Attempt::Retry(format!("connection dropped: {e}")),
+            }
+        })
+    }
+
+    /// A reader of the artifact at `url` whose every byte passes through `check`; the caller
+    /// calls [`ArtifactReader::finish`] at the end.
+    pub fn artifact(&self, url: &str, check: ArtifactCheck) -> ArtifactReader<'_> {
+        ArtifactReader { http: self, url: url.to_string(), check, body: None, failures: 0, started: Instant::now() }
+    }
+}
+
+/// An artifact's bytes, resumed across connections; see [`Http::artifact`].
+pub struct ArtifactReader<'a> {
+    http: &'a Http,
+    url: String,
+    check: ArtifactCheck,
+    body: Option<ureq::BodyReader<'static>>,
+    failures: u32,
+    started: Instant,
+}
+
+impl ArtifactReader<'_> {
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.check.received()
+    }
+
+    /// Connects (again) from the first byte not yet received.
+    fn connect(&mut self) -> Result<(), FetchError> {
+        let from = self.check.received();
+        let size = self.check.size();
+        let url = self.url.clone();
+        let http = self.http;
+        loop {
+            let why = match http.open(&url, from) {
+                Attempt::Done(r) => {
+                    let partial = r.status().as_u16() == 206;
+                    let len: Option<u64> =
+                        r.headers().get("content-length").and_then(|v| v.to_str().ok()?.trim().parse().ok());
+                    let total = if partial {
+                        r.headers()
+                            .get("content-range")
+                            .and_then(|v| v.to_str().ok()?.rsplit_once('/')?.1.trim().parse::<u64>().ok())
+                    } else {
+                        len
+                    };
+                    if total.is_some_and(|t| t > size) {
+                        return Err(self.check.too_long().into());
+                    }
+                    let mut body = r.into_body().into_reader();
+                    if from > 0 && !partial {
+                        // The server ignored Range: skip what was received before.
+                        let skipped = std::io::copy(&mut (&mut body).take(from), &mut std::io::sink());
+                        if !matches!(skipped, Ok(n) if n == from) {
+                            self.failed(format!("connection dropped while skipping to byte {from}"))?;
+                            continue;
+                        }
+                    }
+                    self.body = Some(body);
+                    return Ok(());
+                }
+                Attempt::Retry(why) => why,
+                Attempt::Final(e) => return Err(e),
+            };
+            self.failed(why)?;
+        }
+    }
+
+    /// Counts a failed attempt; sleeps before the next, or gives up.
+    fn failed(&mut self, why: String) -> Result<(), FetchError> {
+        self.failures += 1;
+        self.body = None;
+        if self.failures >= self.http.attempts {
+            return Err(FetchError::GaveUp {
+                url: self.url.clone(),
+                last: why,
+                attempts: self.failures,
+                secs: self.started.elapsed().as_secs(),
+            });
+        }
+        let wait = (self.http.backoff * 2u32.saturating_pow(self.failures - 1)).min(MAX_BACKOFF);
+        println!("GET {}: {why}; resuming from byte {} in {} s", self.url, self.check.received(), wait.as_secs());
+        std::thread::sleep(wait);
+        Ok(())
+    }
+
+    /// Reads the next bytes, at most the announced remainder.
+    fn next(&mut self, buf: &mut [u8]) -> Result<usize, FetchError> {
+        loop {
+            let remaining = self.check.remaining();
+            if self.body.is_none() {
+                if remaining == 0 {
+                    return Ok(0);
+                }
+                self.connect()?;
+            }
+            let Some(body) = self.body.as_mut() else { continue };
+            if remaining == 0 {
+                // At the announced end: the server must have nothing more.
+                let mut one = [0u8; 1];
+                return match body.read(&mut one) {
+                    Ok(0) => {
+                        self.body = None;
+                        Ok(0)
+                    }
+                    Ok(_) => Err(self.check.too_long().into()),
+                    // A connection dropped right at the end has told us nothing more.
+                    Err(_) => {
+                        self.body = None;
+                        Ok(0)
+                    }
+                };
+            }
+            let want = buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            match body.read(&mut buf[..want]) {
+                Ok(0) => {
+                    let why =
+                        format!("connection closed after {} of {} bytes", self.check.received(), self.check.size());
+                    self.failed(why)?;
+                }
+                Ok(n) => {
+                    self.check.feed(&buf[..n])?;
+                    return Ok(n);
+                }
+                Err(e) => {
+                    let why = format!(
+                        "connection dropped after {} of {} bytes: {e}",
+                        self.check.received(),
+                        self.check.size()
+                    );
+                    self.failed(why)?;
+                }
+            }
+        }
+    }
+
+    /// Reads to the announced end (draining what a failed consumer left) and checks size and
+    /// hash.
+    pub fn finish(mut self) -> Result<(), FetchError> {
+        let mut buf = vec![0u8; 1 << 16];
+        while self.next(&mut buf)? > 0 {}
+        self.check.finish().map_err(FetchError::from)
+    }
+
+    /// Everything of the artifact, checked (for the kernel files).
+    pub fn read_all(mut self) -> Result<Vec<u8>, FetchError> {
+        let mut out = Vec::with_capacity(usize::try_from(self.check.size()).unwrap_or(0).min(256 << 20));
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = self.next(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        self.check.finish()?;
+        Ok(out)
+    }
+}
+
+/// The error a `Read` consumer (the decompressor) sees; the original is kept for the caller.
+impl Read for ArtifactReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.next(buf).map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    /// A loopback server that answers each connection with `answer(request_line, range_start)`
+    /// and closes. Returns its URL prefix and the request lines it saw.
+    fn serve(
+        answer: impl Fn(usize, u64) -> Vec<u8> + Send + 'static,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for (n, c) in l.incoming().enumerate() {
+                let Ok(mut c) = c else { continue };
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut range = 0;
+                let mut first = String::new();
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if first.is_empty() {
+                        first = line.trim().to_string();
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        range = v.trim().trim_end_matches('-').parse().unwrap_or(0);
+                        first.push_str(&format!(" range={range}"));
+                    }
+                }
+                log.lock().unwrap().push(first);
+                let _ = c.write_all(&answer(n, range));
+            }
+        });
+        (url, seen)
+    }
+
+    fn response(status: &str, body: &[u8], range: Option<(u64, u64)>, announce: Option<u64>) -> Vec<u8> {
+        let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+        head.push_str(&format!("Content-Length: {}\r\n", announce.unwrap_or(body.len() as u64)));
+        if let Some((from, total)) = range {
+            head.push_str(&format!("Content-Range: bytes {from}-{}/{total}\r\n", total - 1));
+        }
+        head.push_str("\r\n");
+        let mut v = head.into_bytes();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn data() -> Vec<u8> {
+        (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn dropped_connections_are_resumed_with_range() {
+        let d = data();
+        let body = d.clone();
+        // Every answer stops after 100 000 bytes while announcing the rest.
+        let (url, seen) = serve(move |_, from| {
+            let rest = &body[from as usize..];
+            let cut = rest.len().min(100_000);
+            let status = if from > 0 { "206 Partial Content" } else { "200 OK" };
+            let range = (from > 0).then_some((from, body.len() as u64));
+            response(status, &rest[..cut], range, Some(rest.len() as u64))
+        });
+        let http = Http::with_retries(5, Duration::from_millis(10));
+        let check = ArtifactCheck::new("x", d.len() as u64, berth_release::artifact::sha256(&d));
+        let got = http.artifact(&format!("{url}/x"), check).read_all().unwrap();
+        assert_eq!(got, d);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(seen[1].ends_with("range=100000") && seen[2].ends_with("range=200000"), "{seen:?}");
+    }
+
+    #[test]
+    fn more_bytes_than_announced_are_refused() {
+        let d = data();
+        let body = d.clone();
+        let (url, _) = serve(move |_, _| {
+            let mut longer = body.clone();
+            longer.extend_from_slice(&[0; 10]);
+            response("200 OK", &longer, None, None)
+        });
+        let http = Http::with_retries(2, Duration::from_millis(10));
+        let check = ArtifactCheck::new("x", d.len() as u64, berth_release::artifact::sha256(&d));
+        let e = http.artifact(&format!("{url}/x"), check).read_all().unwrap_err();
+        assert!(e.to_string().contains("more than the 300000 bytes"), "{e}");
+        // Without a Content-Length the extra byte is noticed at the end.
+        let body = d.clone();
+        let (url, _) = serve(move |_, _| {
+            let mut v = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+            v.extend_from_slice(&body);
+            v.push(1);
+            v
+        });
+        let check = ArtifactCheck::new("x", d.len() as u64, berth_release::artifact::sha256(&d));
+        let e = http.artifact(&format!("{url}/x"), check).read_all().unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+    }
+
+    #[test]
+    fn server_errors_are_retried_then_reported() {
+        let (url, seen) = serve(|_, _| response("500 Internal Server Error", b"no", None, None));
+        let http = Http::with_retries(3, Duration::from_millis(10));
+        let e = http.get_small(&format!("{url}/channels/s.json"), 1000).unwrap_err().to_string();
+        assert!(e.contains("500") && e.contains("3 attempts"), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        let (url, seen) = serve(|_, _| response("404 Not Found", b"no", None, None));
+        let e = http.get_small(&format!("{url}/x"), 1000).unwrap_err().to_string();
+        assert!(e.contains("404"), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), 1, "a 404 is final");
+    }
+}

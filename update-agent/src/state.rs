@@ -1,0 +1,202 @@
+//! What the agent remembers across runs and reboots, on STATE (`/var/lib/berth/update/
+//! state.json`): the highest index sequence accepted (replay protection), what each slot
+//! holds, what is staged, which versions rolled back, the last check and error, and the
+//! progress of a download. Written whole to a temporary file and renamed, so a power cut
+//! leaves the old or the new file, never a mix.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use berth_release::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Where the state lives (on STATE, through the /var bind).
+pub const STATE_DIR: &str = "/var/lib/berth/update";
+const STATE_FILE: &str = "state.json";
+/// Held while checking or staging, so the daemon and a command never stage at once.
+pub const LOCK_FILE: &str = "/run/berth-update.lock";
+
+/// What the agent is doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Nothing to do, or waiting for the next check.
+    #[default]
+    Idle,
+    /// Fetching and verifying the index.
+    Checking,
+    /// Streaming an image into the passive slot.
+    Downloading,
+    /// An update waits in the passive slot for the reboot.
+    Staged,
+    /// Rebooting into the staged slot.
+    Rebooting,
+    /// The last update failed its trial boots; the machine is back on the old slot.
+    RolledBack,
+}
+
+/// An update written into a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    /// `a` or `b`.
+    pub slot: String,
+    /// The version in it.
+    pub version: String,
+    /// When it was staged.
+    pub at: Timestamp,
+}
+
+/// A version that did not boot to health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    /// The version.
+    pub version: String,
+    /// The slot it was tried in.
+    pub slot: String,
+    /// When the rollback was noticed.
+    pub at: Timestamp,
+}
+
+/// A download in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The version.
+    pub version: String,
+    /// Compressed bytes received.
+    pub received: u64,
+    /// Compressed bytes in all.
+    pub size: u64,
+    /// Image bytes written to the slot.
+    pub written: u64,
+    /// Image bytes in all.
+    pub image_size: u64,
+}
+
+/// Figures of the last staging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Staging {
+    /// The version.
+    pub version: String,
+    /// Image bytes written.
+    pub image_bytes: u64,
+    /// Compressed bytes downloaded.
+    pub downloaded_bytes: u64,
+    /// Download, decompress and write, seconds.
+    pub write_seconds: f64,
+    /// Image MiB per second of that.
+    pub write_mib_per_s: f64,
+    /// Read back and hash, seconds.
+    pub verify_seconds: f64,
+}
+
+/// The remembered state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct State {
+    /// What the agent is doing.
+    pub state: Phase,
+    /// The highest index sequence accepted.
+    pub last_sequence: Option<u64>,
+    /// The last check that reached a verdict (success or refusal).
+    pub last_check: Option<Timestamp>,
+    /// The last error, cleared by a successful check.
+    pub last_error: Option<String>,
+    /// Newest version the channel offers this host.
+    pub available: Option<String>,
+    /// Version held by each slot (`a`, `b`), as far as the agent knows.
+    pub slots: BTreeMap<String, String>,
+    /// The update waiting for its trial boot.
+    pub staged: Option<Staged>,
+    /// Versions that rolled back: not installed again unless newer ones appear or forced.
+    pub rolled_back: Vec<RolledBack>,
+    /// The download in progress.
+    pub download: Option<Progress>,
+    /// Set while the agent waits at a fault-injection point (`BERTH_UPDATE_PAUSE`).
+    pub paused: Option<String>,
+    /// Figures of the last staging.
+    pub last_staging: Option<Staging>,
+}
+
+impl State {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join(STATE_FILE)
+    }
+
+    /// Reads the state; a missing file is a fresh state, an unreadable one is set aside (and
+    /// said so) rather than stopping updates for ever.
+    pub fn load(dir: &Path) -> State {
+        let path = State::path(dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    let aside = dir.join("state.json.corrupt");
+                    eprintln!("{}: {e}; moved to {} and starting afresh", path.display(), aside.display());
+                    let _ = std::fs::rename(&path, &aside);
+                    State::default()
+                }
+            },
+            Err(_) => State::default(),
+        }
+    }
+
+    /// Writes the state: a temporary file, synced, renamed over the old one, directory synced.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = State::path(dir);
+        let tmp = dir.join(".state.json.tmp");
+        let mut bytes = serde_json::to_vec_pretty(self).context("encoding the state")?;
+        bytes.push(b'\n');
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Whether `version` rolled back before.
+    pub fn rolled_back(&self, version: &str) -> bool {
+        self.rolled_back.iter().any(|r| r.version == version)
+    }
+
+    /// Records an error (and prints it for the journal).
+    pub fn error(&mut self, e: &anyhow::Error) {
+        let msg = crate::one_line(e);
+        println!("error: {msg}");
+        self.last_error = Some(msg);
+    }
+
+    /// Back to rest: idle, or rolled-back while a rollback is the latest news.
+    pub fn rest(&mut self) {
+        self.download = None;
+        self.state = match self.state {
+            Phase::RolledBack => Phase::RolledBack,
+            _ if self.staged.is_some() => Phase::Staged,
+            _ => Phase::Idle,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_and_load_round_trip_and_a_corrupt_file_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(State::load(dir.path()), State::default());
+        let mut s = State { last_sequence: Some(4), state: Phase::Staged, ..State::default() };
+        s.slots.insert("a".into(), "1.0.0".into());
+        s.save(dir.path()).unwrap();
+        assert_eq!(State::load(dir.path()), s);
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(text.contains("\"state\": \"staged\""), "{text}");
+        std::fs::write(dir.path().join("state.json"), b"{ torn").unwrap();
+        assert_eq!(State::load(dir.path()), State::default());
+        assert!(dir.path().join("state.json.corrupt").exists());
+    }
+}
