@@ -15,11 +15,14 @@ pub struct Cmdline {
     pub slot: Option<String>,
     /// `berth.rootwait=<seconds>`.
     pub root_wait: Duration,
+    /// `berth.watchdog=<seconds>`: the watchdog's timeout, 0 = off; `None`: the default.
+    pub watchdog: Option<u32>,
 }
 
 impl Cmdline {
     pub fn parse(text: &str) -> Cmdline {
-        let mut c = Cmdline { partuuid: None, other_root: None, slot: None, root_wait: DEFAULT_ROOT_WAIT };
+        let mut c =
+            Cmdline { partuuid: None, other_root: None, slot: None, root_wait: DEFAULT_ROOT_WAIT, watchdog: None };
         for word in text.split_ascii_whitespace() {
             if word == "--" {
                 break;
@@ -35,6 +38,10 @@ impl Cmdline {
                 && let Ok(s) = secs.parse::<u64>()
             {
                 c.root_wait = Duration::from_secs(s);
+            } else if let Some(secs) = word.strip_prefix("berth.watchdog=")
+                && let Ok(s) = secs.parse::<u32>()
+            {
+                c.watchdog = Some(s);
             }
         }
         c
@@ -71,5 +78,13 @@ mod tests {
         let c = Cmdline::parse("berth.rootwait=soon root=/dev/vda2");
         assert_eq!(c.root_wait, DEFAULT_ROOT_WAIT);
         assert_eq!((c.partuuid, c.other_root.as_deref()), (None, Some("/dev/vda2")));
+    }
+
+    #[test]
+    fn watchdog_timeout() {
+        assert_eq!(Cmdline::parse("console=ttyS0").watchdog, None);
+        assert_eq!(Cmdline::parse("berth.watchdog=0").watchdog, Some(0));
+        assert_eq!(Cmdline::parse("berth.watchdog=120 berth.slot=a").watchdog, Some(120));
+        assert_eq!(Cmdline::parse("berth.watchdog=soon").watchdog, None);
     }
 }

@@ -98,6 +98,27 @@ pub fn load_all(dir: &Path) -> Summary {
     s
 }
 
+/// Loads the module called `module` and its dependencies, as `<dir>/modules.dep` lists them
+/// (stage 2: softdog). Loaded already counts as loaded.
+pub fn load_one(dir: &Path, module: &str) -> Result<(), String> {
+    let dep_path = dir.join("modules.dep");
+    let dep = std::fs::read_to_string(&dep_path).map_err(|e| format!("{}: {e}", dep_path.display()))?;
+    let (path, deps) = dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| (m.trim(), d))
+        .find(|(m, _)| name(m) == module)
+        .ok_or_else(|| format!("not in {}", dep_path.display()))?;
+    for p in deps.split_ascii_whitespace().rev().chain([path]) {
+        match load(&dir.join(p)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(format!("loading {p}: {e}")),
+        }
+    }
+    log::line(&format!("module {module} loaded"));
+    Ok(())
+}
+
 fn load(path: &Path) -> Result<(), Errno> {
     let file = std::fs::File::open(path).map_err(|e| e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO))?;
     // MODULE_INIT_COMPRESSED_FILE: let the kernel decompress (the builder ships them

@@ -281,6 +281,16 @@ pub fn grow_filesystem(device: &Path, mount_point: &Path) -> Result<Option<FsGro
 }
 
 /// STATE's entry: label `STATE` and the STATE type GUID, exactly one.
+/// The boot state of `slot` in the GPT of the disk `root` (a partition) is on: what stage 2's
+/// boot deadline reads to know whether the booted slot is on trial.
+pub fn slot_attrs(root: &Path, slot: berth_slot::layout::Slot) -> Result<berth_slot::attrs::SlotAttrs, String> {
+    let disk = Disk::of_partition(root)?;
+    let file = File::open(&disk.node).map_err(|e| format!("opening {}: {e}", disk.node.display()))?;
+    let (gpt, _) = disk.read_gpt(&file)?;
+    let slots = gpt.slots().map_err(|e| format!("{}: {e}", disk.node.display()))?;
+    Ok(slots.get(slot))
+}
+
 fn find_state(gpt: &Gpt) -> Result<Entry, String> {
     let ty = Guid::parse(STATE_TYPE_GUID).ok_or("the STATE type GUID does not parse")?;
     let mut found = gpt.partitions().filter(|e| e.name == STATE_LABEL && e.type_guid == ty);

@@ -8,10 +8,12 @@
 //! loop is one `poll`.
 
 mod agent;
+mod health;
 mod identity;
 mod net;
 mod shutdown;
 mod storage;
+mod watchdog;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
@@ -49,22 +51,26 @@ pub fn run() -> Result<(), String> {
     }
 
     crate::mounts::api_filesystems();
-    let slot = match Cmdline::read() {
-        Ok(c) => c.slot,
+    let (slot, watchdog_timeout) = match Cmdline::read() {
+        Ok(c) => (c.slot, c.watchdog),
         Err(e) => {
             log::line(&format!("{e}; taking the slot from stage 1"));
-            None
+            (None, None)
         }
     };
+    // Early: a stage 2 that hangs from here on resets the machine.
+    let mut watchdog = watchdog::Watchdog::arm(watchdog_timeout.unwrap_or(watchdog::DEFAULT_TIMEOUT));
     let slot = slot.or_else(|| std::env::var("BERTH_SLOT").ok()).unwrap_or_else(|| "?".into());
     // SAFETY: single-threaded here; nothing reads the environment concurrently.
     unsafe { std::env::remove_var("BERTH_SLOT") };
 
     let storage = storage::setup();
+    watchdog.feed();
     // First-boot provisioning: after /var and /etc exist, before the hostname is set and units start.
     for line in crate::provision::run() {
         log::line(&line);
     }
+    watchdog.feed();
     match identity::machine_id() {
         Ok((id, false)) => log::line(&format!("machine-id {id}")),
         Ok((id, true)) => log::line(&format!("machine-id {id} (generated: first boot)")),
@@ -86,9 +92,14 @@ pub fn run() -> Result<(), String> {
         "stage 2 ready (slot {slot}) in {:.0} ms; {persistence}",
         started.elapsed().as_secs_f64() * 1000.0
     ));
+    // update.toml's health-timeout, read now that the /etc overlay is up.
+    let health = health::Deadline::start(&slot, started);
+    watchdog.feed();
     let mut manager = crate::manager::Manager::new(started);
     manager.boot();
     let mut pid1 = Pid1 {
+        watchdog,
+        health,
         signals,
         control,
         agent: agent::Agent::default(),
@@ -109,6 +120,10 @@ struct Waiter {
 }
 
 struct Pid1 {
+    /// Fed from the main loop.
+    watchdog: watchdog::Watchdog,
+    /// The boot deadline (boot-complete.target on a slot on trial).
+    health: health::Deadline,
     signals: SignalFd,
     control: Option<UnixListener>,
     agent: agent::Agent,
@@ -129,15 +144,20 @@ impl Pid1 {
     /// The main loop; returns only to shut down (which does not return).
     fn serve(&mut self) -> ! {
         loop {
+            self.watchdog.feed_if_due();
             self.agent.tick();
-            let request = self.wait_once();
+            let mut request = self.wait_once();
+            self.manager.tick(self.online);
+            if self.shutdown.is_none() && self.health.check(&self.manager).is_some() {
+                // As `berthctl reboot`: the ordered shutdown; bootmgr counts the try.
+                request = Some(ShutdownKind::Reboot);
+            }
             if let Some(kind) = request
                 && self.shutdown.is_none()
             {
                 self.manager.shutdown();
                 self.shutdown = Some((kind, Instant::now() + UNITS_STOP_LIMIT));
             }
-            self.manager.tick(self.online);
             self.answer_waiters();
             if let Some((kind, limit)) = self.shutdown {
                 let late = Instant::now() >= limit;
@@ -148,7 +168,7 @@ impl Pid1 {
                         log::line("all units stopped");
                     }
                     self.manager.journal.stop_persisting();
-                    shutdown::run(kind, &mut self.agent);
+                    shutdown::run(kind, &mut self.agent, &mut self.watchdog);
                 }
             }
         }

@@ -10,6 +10,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::agent::Agent;
+use super::watchdog::Watchdog;
 use crate::log;
 
 /// How long processes get between SIGTERM and SIGKILL.
@@ -32,22 +33,23 @@ impl Kind {
     }
 }
 
-pub fn run(kind: Kind, agent: &mut Agent) -> ! {
+pub fn run(kind: Kind, agent: &mut Agent, watchdog: &mut Watchdog) -> ! {
     let started = Instant::now();
     log::line(&format!("shutdown: {}", kind.verb()));
     agent.stop();
     // Every process but PID 1 (and kernel threads).
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
     let _ = kill(Pid::from_raw(-1), Signal::SIGCONT);
-    if wait_for_all(STOP_TIMEOUT) {
+    if wait_for_all(STOP_TIMEOUT, watchdog) {
         log::line(&format!("shutdown: all processes ended after SIGTERM ({} ms)", started.elapsed().as_millis()));
     } else {
         log::line(&format!("shutdown: processes left after {} s; sending SIGKILL", STOP_TIMEOUT.as_secs()));
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-        if !wait_for_all(KILL_TIMEOUT) {
+        if !wait_for_all(KILL_TIMEOUT, watchdog) {
             log::line("shutdown: processes survived SIGKILL (stuck in the kernel); going on");
         }
     }
+    watchdog.feed();
     nix::unistd::sync();
     let left = crate::mounts::unmount_all();
     nix::unistd::sync();
@@ -60,17 +62,20 @@ pub fn run(kind: Kind, agent: &mut Agent) -> ! {
         Kind::Reboot => RebootMode::RB_AUTOBOOT,
         Kind::Poweroff => RebootMode::RB_POWER_OFF,
     };
+    // Last: the machine has the whole timeout to get through the firmware's reset.
+    watchdog.feed();
     let Err(e) = reboot(mode);
     crate::fatal(&format!("reboot(2) failed: {e}"))
 }
 
 /// Reaps until no process is left (true) or `limit` passes (false).
-fn wait_for_all(limit: Duration) -> bool {
+fn wait_for_all(limit: Duration, watchdog: &mut Watchdog) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Err(Errno::ECHILD) => return true,
             Ok(WaitStatus::StillAlive) => {
+                watchdog.feed_if_due();
                 if Instant::now() >= deadline {
                     return false;
                 }
