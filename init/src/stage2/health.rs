@@ -141,8 +141,10 @@ impl Deadline {
             return None;
         }
         let health = manager.boot_health();
-        let waiting = if matches!(health, BootHealth::Pending) { manager.pending_jobs() } else { Vec::new() };
-        match decide(&self.trial, &health, self.started.elapsed(), self.timeout, &waiting) {
+        let elapsed = self.started.elapsed();
+        let late = matches!(health, BootHealth::Pending) && self.timeout.is_some_and(|t| elapsed >= t);
+        let waiting = if late { manager.pending_jobs() } else { Vec::new() };
+        match decide(&self.trial, &health, elapsed, self.timeout, &waiting) {
             Action::Wait => None,
             Action::Done => {
                 self.finished = true;
