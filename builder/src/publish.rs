@@ -248,6 +248,7 @@ pub fn publish(o: &PublishOptions) -> anyhow::Result<PublishReport> {
     std::fs::create_dir_all(o.repo.join("releases"))
         .with_context(|| format!("creating {}", o.repo.join("releases").display()))?;
     let _lock = lock_repo(&o.repo)?;
+    remove_stale_temporaries(&o.repo, &o.channel);
 
     let mut releases = old.as_ref().map(|i| i.releases.clone()).unwrap_or_default();
     let mut report_version = None;
@@ -472,18 +473,34 @@ impl DiskSource {
         drop(fs);
 
         let manifest = manifest_path(path);
-        let m: serde_json::Value = match std::fs::read(&manifest) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{}: not JSON", manifest.display()))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
-                "{}: not found: the release's version comes from the manifest `berth build` writes beside the disk",
-                manifest.display()
-            ),
+        let m: Option<serde_json::Value> = match std::fs::read(&manifest) {
+            Ok(b) => Some(serde_json::from_slice(&b).with_context(|| format!("{}: not JSON", manifest.display()))?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).with_context(|| format!("reading {}", manifest.display())),
         };
-        let version =
-            m["version"].as_str().ok_or_else(|| anyhow!("{}: no \"version\"", manifest.display()))?.to_string();
+        let m = m.unwrap_or(serde_json::Value::Null);
+        // The version the agent on a host will compare: the image's own update.toml.
+        let own = image_version(&file, root.offset, root.size)
+            .map_err(|e| anyhow!("{}: {}: {e}", path.display(), berth_release::config::IMAGE_CONFIG))?;
+        let version = match (own, m["version"].as_str()) {
+            (Some(v), Some(mv)) if v != mv => bail!(
+                "{}: the image's {} says version {v}, its manifest {} says {mv}: the manifest is of another build",
+                path.display(),
+                berth_release::config::IMAGE_CONFIG,
+                manifest.display()
+            ),
+            (Some(v), _) => v,
+            (None, Some(mv)) => mv.to_string(),
+            (None, None) => bail!(
+                "{}: no version: neither {} in {} nor a manifest ({}, written by `berth build` beside the disk)",
+                path.display(),
+                berth_release::config::IMAGE_CONFIG,
+                Slot::A.label(),
+                manifest.display()
+            ),
+        };
         if let Err(e) = semver::Version::parse(&version) {
-            bail!("{}: version {version:?} is not a semantic version: {e}", manifest.display());
+            bail!("{}: version {version:?} is not a semantic version: {e}", path.display());
         }
         let cmdline = match (esp_cmdline, m["cmdline"].as_str()) {
             (Some(c), _) => c,
@@ -508,6 +525,38 @@ impl DiskSource {
             manifest_root_sha256,
         })
     }
+}
+
+/// One partition of the disk, as `ext4-view` reads a device.
+struct PartitionReader {
+    file: File,
+    offset: u64,
+    size: u64,
+}
+
+impl ext4_view::Ext4Read for PartitionReader {
+    fn read(&mut self, start: u64, dst: &mut [u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        if start.checked_add(dst.len() as u64).is_none_or(|end| end > self.size) {
+            return Err("a read past the end of the partition".into());
+        }
+        Ok(self.file.read_exact_at(dst, self.offset + start)?)
+    }
+}
+
+/// The `version` of the root's `/usr/lib/berth/update.toml`; `None` when the partition holds no
+/// ext4 filesystem or no such file.
+fn image_version(file: &File, offset: u64, size: u64) -> anyhow::Result<Option<String>> {
+    let reader = PartitionReader { file: file.try_clone()?, offset, size };
+    let Ok(fs) = ext4_view::Ext4::load(Box::new(reader)) else { return Ok(None) };
+    let config = berth_release::config::IMAGE_CONFIG;
+    let text = match fs.read_to_string(config) {
+        Ok(t) => t,
+        Err(ext4_view::Ext4Error::NotFound) => return Ok(None),
+        Err(e) => return Err(anyhow!("reading it: {e}")),
+    };
+    let c =
+        berth_release::UpdateConfig::from_texts(&[(PathBuf::from(config), text)]).map_err(|e| anyhow!("{}", e.why))?;
+    Ok(c.version)
 }
 
 /// A release's artifacts written into a temporary directory of the repository.
@@ -723,6 +772,20 @@ fn lock_repo(repo: &Path) -> anyhow::Result<File> {
         Ok(()) => Ok(dir),
         Err(rustix::io::Errno::WOULDBLOCK) => bail!("{}: another berth publish is writing to it", repo.display()),
         Err(e) => Err(io::Error::from(e)).with_context(|| format!("locking {}", repo.display())),
+    }
+}
+
+/// Temporary files of a publish that was killed: only a publish (holding the lock) makes them.
+fn remove_stale_temporaries(repo: &Path, channel: &str) {
+    let dirs = [(repo.join("releases"), ".publish-".to_string()), (repo.join("channels"), format!(".{channel}.json."))];
+    for (dir, prefix) in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let p = e.path();
+                let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            }
+        }
     }
 }
 

@@ -303,7 +303,7 @@ fn publish_versions_resign_pull_back_and_refuse() {
     let bare = d.path().join("bare.img");
     std::fs::copy(&disk4, &bare).unwrap();
     let e = format!("{:#}", publish(&options(&repo, Some(&bare), &[&k1])).unwrap_err());
-    assert!(e.contains("bare.manifest.json: not found"), "{e}");
+    assert!(e.contains("no version") && e.contains("bare.manifest.json"), "{e}");
     // A manifest of another build.
     std::fs::copy(d.path().join("b1/t.manifest.json"), d.path().join("bare.manifest.json")).unwrap();
     let e = format!("{:#}", publish(&options(&repo, Some(&bare), &[&k1])).unwrap_err());
@@ -343,6 +343,10 @@ fn channels_share_releases_and_the_same_input_gives_the_same_repository() {
         assert!(ba == bb, "{} differs between two publishes of the same disk", pa.display());
     }
 
+    // What a killed publish left behind is removed by the next one.
+    std::fs::create_dir(a.join("releases/.publish-killed")).unwrap();
+    std::fs::write(a.join("releases/.publish-killed/root.img.zst"), b"partial").unwrap();
+    std::fs::write(a.join("channels/.beta.json.killed"), b"partial").unwrap();
     // The same version to a second channel of the same repository: its files are reused.
     let before = snapshot(&a);
     let r = publish(&PublishOptions { channel: "beta".into(), ..options(&a, Some(&disk), &[&k]) }).unwrap();
@@ -351,7 +355,9 @@ fn channels_share_releases_and_the_same_input_gives_the_same_repository() {
     check_release(&a, &beta, "3.1.4", &root);
     let after = snapshot(&a);
     for (path, bytes) in &before {
-        assert!(after.get(path) == Some(bytes), "{} changed", path.display());
+        let stale = path.to_string_lossy().contains("killed");
+        assert!(stale || after.get(path) == Some(bytes), "{} changed", path.display());
+        assert!(!stale || !after.contains_key(path), "{} left", path.display());
     }
     // … but other bytes under that version are refused while a channel lists them.
     let (other, _) = small_disk(&d.path().join("o"), "t", "3.1.4", 8);
@@ -457,6 +463,41 @@ fn publishes_the_minimal_image() {
     }
     let image = zstd::stream::decode_all(&std::fs::read(repo.join(&rel.root.file.path)).unwrap()[..]).unwrap();
     assert!(image == root, "root.img.zst does not expand to ROOT-A");
+
+    // The released root carries the agent's units, enabled, and an update.toml the agent reads
+    // (debugfs, from e2fsprogs, as an independent reader of the ext4 image).
+    let root_file = d.path().join("root.img");
+    std::fs::write(&root_file, &image).unwrap();
+    let debugfs = |cmd: &str| -> String {
+        let out = Command::new("debugfs")
+            .args(["-R", cmd])
+            .arg(&root_file)
+            .output()
+            .expect("running debugfs (install e2fsprogs)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (name, text) in berth_builder::agent_units::UNITS {
+        assert_eq!(debugfs(&format!("cat /usr/lib/systemd/system/{name}")), text, "{name}");
+    }
+    assert!(debugfs("ls /etc/systemd/system/multi-user.target.wants").contains("berth-update.service"));
+    assert!(debugfs("ls /etc/systemd/system/boot-complete.target.wants").contains("berth-mark-good.service"));
+    let toml = debugfs("cat /usr/lib/berth/update.toml");
+    let c = berth_release::UpdateConfig::from_texts(&[(PathBuf::from("/usr/lib/berth/update.toml"), toml.clone())])
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    assert_eq!(c.version.as_deref(), Some(version));
+
+    // Without its manifest, the version comes from the image's own update.toml.
+    let m = berth_builder::publish::manifest_path(disk);
+    let aside = m.with_extension("aside");
+    std::fs::rename(&m, &aside).unwrap();
+    let bare = publish(&options(&d.path().join("bare"), Some(disk), &[&k]));
+    std::fs::rename(&aside, &m).unwrap();
+    let bare = bare.unwrap();
+    assert_eq!(bare.version.as_deref(), Some(version));
+    assert_eq!(
+        std::fs::read(d.path().join("bare/releases").join(version).join("root.img.zst")).unwrap(),
+        std::fs::read(repo.join(&rel.root.file.path)).unwrap()
+    );
 
     // Again on the same repository: re-signed, sequence 2.
     let r2 = publish(&options(&repo, Some(disk), &[&k])).unwrap();
