@@ -4,6 +4,7 @@
 
 pub mod host;
 pub mod slots;
+pub mod updates;
 
 use std::path::PathBuf;
 use std::process::Command;

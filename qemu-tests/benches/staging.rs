@@ -1,0 +1,77 @@
+//! Staging throughput: `berth-update apply` streaming a 512 MiB root image (zstd, over HTTP from
+//! a server on 127.0.0.1 through a guestfwd) into the passive slot of `container-host`, next to
+//! a plain `dd` of the same bytes onto the same virtio disk in the same guest (TCG, one vCPU).
+//! The agent's figure covers download, decompression, hashing and writing (its read-back
+//! verification is timed apart); `dd` reads the staged slot and writes it back in place.
+//!
+//! `cargo bench -p berth-qemu-tests --bench staging`
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use common::host::{BOOT_COMPLETE, bash, run};
+use common::updates::{Flavour, Repo, agent, boot, image, status, wait_status};
+
+/// The issue's goal: staging at no less than this share of `dd`.
+const GOAL: f64 = 0.70;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("staging: run with `cargo bench -p berth-qemu-tests --bench staging`");
+        return;
+    }
+    let v1 = image("1.0.0", Flavour::Root512);
+    let v2 = image("2.0.0", Flavour::Root512);
+    let repo = Repo::new();
+    let settings = "[update]\nstrategy = \"off\"\ninterval = \"12h\"\njitter = \"0s\"\n".to_string();
+    let mut m = boot(&v1, &repo, Some(settings));
+    m.wait_for(BOOT_COMPLETE, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}"));
+    let mut a = agent(&m);
+    wait_status(&mut a, Duration::from_secs(60), "slot a marked good", |s| s["running"]["successful"] == true);
+    repo.publish(&v2);
+
+    let r = run(&mut a, &["berth-update", "apply", "--no-reboot"], Duration::from_secs(1800));
+    assert_eq!(r.status, Some(0), "berth-update apply: {r:?}");
+    let s = status(&mut a);
+    let st = &s["last_staging"];
+    let bytes = st["image_bytes"].as_u64().unwrap_or(0);
+    let secs = st["write_seconds"].as_f64().unwrap_or(0.0);
+    let verify = st["verify_seconds"].as_f64().unwrap_or(0.0);
+    let downloaded = st["downloaded_bytes"].as_u64().unwrap_or(0);
+    assert!(bytes > 0 && secs > 0.0, "no staging figures: {s:#}");
+    let staging = bytes as f64 / f64::from(1 << 20) / secs;
+
+    // dd: the staged slot's bytes, read and written back in place, caches dropped first.
+    let dd = bash(
+        &mut a,
+        &format!(
+            "sync; echo 3 > /proc/sys/vm/drop_caches; s=$(date +%s.%N); \
+             dd if=/dev/vda3 of=/dev/vda3 bs=4M count={} conv=notrunc,fsync status=none; \
+             e=$(date +%s.%N); echo \"$s $e\"",
+            bytes / (4 << 20)
+        ),
+        Duration::from_secs(1800),
+    );
+    let t: Vec<f64> = dd.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    assert_eq!(t.len(), 2, "{dd}");
+    let dd_secs = t[1] - t[0];
+    let dd_rate = (bytes / (4 << 20) * 4) as f64 / dd_secs;
+    let share = staging / dd_rate;
+    println!(
+        "staging {} MiB ({:.0} MiB compressed) over loopback HTTP: {secs:.1} s, {staging:.1} MiB/s (read back and verified in {verify:.1} s)",
+        bytes >> 20,
+        downloaded as f64 / f64::from(1 << 20)
+    );
+    println!("dd of the same bytes on the same disk: {dd_secs:.1} s, {dd_rate:.1} MiB/s");
+    println!(
+        "staging / dd: {:.0}% (goal >= {:.0}%: {})",
+        share * 100.0,
+        GOAL * 100.0,
+        if share >= GOAL { "met" } else { "NOT met" }
+    );
+    let _ = a.spawn(&["berthctl", "poweroff"]);
+    drop(a);
+    let _ = m.wait_exit(Duration::from_secs(60));
+}

@@ -1,0 +1,349 @@
+//! Signed A/B updates end to end (DESIGN.md §2, §4): `container-host` images built at several
+//! versions, published with `berth publish` into a repository served on 127.0.0.1, found,
+//! staged and booted by the guest's `berth-update`; failed trials rolled back by bootmgr and
+//! recorded by the agent; power cuts at each step; releases the agent must refuse.
+
+mod common;
+
+use std::time::Duration;
+
+use berth_qemu_tests::http::Fault;
+use common::host::{BOOT_COMPLETE, bash};
+use common::updates::*;
+
+const STAGE_TIMEOUT: Duration = Duration::from_secs(600);
+const BOOT: Duration = Duration::from_secs(300);
+
+/// `{slot, version, priority, tries, successful}` of `which` ("running" or "other").
+fn slot(s: &serde_json::Value, which: &str) -> (String, String, u64, u64, bool) {
+    let x = &s[which];
+    (
+        x["slot"].as_str().unwrap_or("?").to_string(),
+        x["version"].as_str().unwrap_or("").to_string(),
+        x["priority"].as_u64().unwrap_or(99),
+        x["tries"].as_u64().unwrap_or(99),
+        x["successful"].as_bool().unwrap_or(false),
+    )
+}
+
+fn state(s: &serde_json::Value) -> &str {
+    s["state"].as_str().unwrap_or("?")
+}
+
+fn last_error(s: &serde_json::Value) -> String {
+    match &s["last_error"] {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(m) => m.clone(),
+        v => v["message"].as_str().unwrap_or("").to_string(),
+    }
+}
+
+#[test]
+fn a_to_b_to_a() {
+    let v1 = image("1.0.0", Flavour::Good);
+    let repo = Repo::new();
+    let mut m = boot(&v1, &repo, Some(provision("immediate")));
+    m.wait_for(BOOT_COMPLETE, BOOT).unwrap_or_else(|e| panic!("{e}"));
+    let mut a = agent(&m);
+    let s = wait_status(&mut a, Duration::from_secs(60), "slot a marked good", |s| slot(s, "running").4);
+    assert_eq!(slot(&s, "running"), ("a".into(), "1.0.0".into(), 2, 0, true), "{s:#}");
+    let marker = write_var_marker(&mut a, "before-updates");
+    // The agent's port takes one connection at a time.
+    drop(a);
+
+    for (version, to) in [("2.0.0", "b"), ("3.0.0", "a")] {
+        repo.publish(&image(version, Flavour::Good));
+        // The agent finds it, stages it, reboots; the new slot boots and is marked good.
+        wait_next_boot_complete(&mut m, STAGE_TIMEOUT + BOOT);
+        let mut a = agent(&m);
+        let s = wait_status(&mut a, Duration::from_secs(120), &format!("{version} on {to}, marked good"), |s| {
+            let r = slot(s, "running");
+            r.0 == to && r.4
+        });
+        assert_eq!(slot(&s, "running"), (to.into(), version.into(), 2, 0, true), "{s:#}");
+        let other = slot(&s, "other");
+        assert_eq!((other.2, other.4), (1, true), "the old slot stays as the fallback: {s:#}");
+        assert_eq!(state(&s), "idle", "{s:#}");
+        let os = bash(&mut a, "grep ^VERSION_ID= /usr/lib/os-release", Duration::from_secs(30));
+        assert!(os.contains(version), "{os}");
+        let cmdline = bash(&mut a, "cat /proc/cmdline", Duration::from_secs(30));
+        assert!(cmdline.contains(&format!("berth.slot={to}")), "{cmdline}");
+        let kept = bash(&mut a, "cat /var/lib/update-test/before-updates", Duration::from_secs(30));
+        assert_eq!(kept.trim(), marker);
+        drop(a);
+    }
+    // Every download came through the server, and the agent never asked for a file twice in full.
+    let reqs = repo.server.requests();
+    assert!(reqs.iter().any(|r| r.path.ends_with("/3.0.0/root.img.lz4") && r.status == 200), "{reqs:?}");
+}
+
+/// Publishes `flavour` as 1.5.0 over a running 1.0.0 and checks that the machine comes back on
+/// a, with the rollback recorded and 1.5.0 not tried again.
+fn rolls_back(flavour: Flavour, why: &str) {
+    let v1 = image("1.0.0", Flavour::Good);
+    let repo = Repo::new();
+    let mut m = boot(&v1, &repo, Some(provision("immediate")));
+    m.wait_for(BOOT_COMPLETE, BOOT).unwrap_or_else(|e| panic!("{e}"));
+    let mut a = agent(&m);
+    wait_status(&mut a, Duration::from_secs(60), "slot a marked good", |s| slot(s, "running").4);
+    drop(a);
+    repo.publish(&image("1.5.0", flavour));
+    // Staged, rebooted into b, b fails its tries, bootmgr falls back to a.
+    let tried = m.console().matches("berth.slot=b").count();
+    wait_next_boot_complete(&mut m, STAGE_TIMEOUT + BOOT * 3);
+    let console = m.console();
+    assert!(console.matches("berth.slot=b").count() > tried, "b was never tried:\n{console}");
+    assert!(console.contains(why), "no {why:?} on the console:\n{console}");
+    let mut a = agent(&m);
+    let s = wait_status(&mut a, Duration::from_secs(120), "the rollback recorded", |s| state(s) == "rolled-back");
+    assert_eq!(slot(&s, "running").0, "a", "{s:#}");
+    let rolled = s["rolled_back"].to_string();
+    assert!(rolled.contains("1.5.0"), "rolled-back versions: {s:#}");
+    let other = slot(&s, "other");
+    assert_eq!((other.2, other.3, other.4), (0, 0, false), "the failed slot is cleared: {s:#}");
+    // Not tried again: several check intervals later, nothing was staged.
+    let booted = m.console().matches("berth.slot=").count();
+    std::thread::sleep(Duration::from_secs(20));
+    let s = status(&mut a);
+    assert_eq!(slot(&s, "other").2, 0, "1.5.0 was staged again: {s:#}");
+    assert_eq!(m.console().matches("berth.slot=").count(), booted, "the machine rebooted again");
+    assert!(s["last_check"].is_string() || s["last_check"].is_number(), "{s:#}");
+}
+
+#[test]
+fn a_kernel_that_cannot_mount_its_root_is_rolled_back() {
+    rolls_back(Flavour::NoRoot, "root partition PARTUUID=");
+}
+
+#[test]
+fn an_unhealthy_userspace_is_rolled_back() {
+    rolls_back(Flavour::Unhealthy, "health:");
+}
+
+#[test]
+fn power_cuts_leave_a_bootable_machine() {
+    let v1 = image("1.0.0", Flavour::Good);
+    let v2 = image("2.0.0", Flavour::Good);
+    let repo = Repo::new();
+    let mut m = boot(&v1, &repo, Some(provision("off")));
+    m.wait_for(BOOT_COMPLETE, BOOT).unwrap_or_else(|e| panic!("{e}"));
+    let mut a = agent(&m);
+    wait_status(&mut a, Duration::from_secs(60), "slot a marked good", |s| slot(s, "running").4);
+    let marker = write_var_marker(&mut a, "power");
+
+    let after_cut = |m: &mut berth_qemu_tests::Machine, point: &str| {
+        m.restart().unwrap_or_else(|e| panic!("{e}"));
+        wait_next_boot_complete(m, BOOT * 2);
+        let mut a = agent(m);
+        let kept = bash(&mut a, "cat /var/lib/update-test/power", Duration::from_secs(30));
+        assert_eq!(kept.trim(), marker, "after the cut {point}");
+        let s = wait_status(&mut a, Duration::from_secs(120), "a slot marked good", |s| slot(s, "running").4);
+        eprintln!("after the cut {point}: {s}");
+        s
+    };
+
+    // 1. Mid-download.
+    repo.publish(&v2);
+    let root = "/releases/2.0.0/root.img.lz4";
+    repo.server.set_fault(root, Fault::Throttle { bytes_per_sec: 2 << 20 });
+    wait_status(&mut a, STAGE_TIMEOUT, "downloading", |s| state(s) == "downloading");
+    std::thread::sleep(Duration::from_secs(3));
+    m.kill();
+    drop(a);
+    // The throttle stays: the agent of the next boot starts over, slowly, until step 2 stops it.
+    let s = after_cut(&mut m, "mid-download");
+    assert_eq!(slot(&s, "running").0, "a", "{s:#}");
+
+    // 2. After the image is written, before the attributes change: the agent pauses there
+    //    when its unit's environment asks (a fault-injection point of berth-update).
+    let mut a = agent(&m);
+    bash(
+        &mut a,
+        "mkdir -p /etc/systemd/system/berth-update.service.d && printf '[Service]\\nEnvironment=BERTH_UPDATE_PAUSE=verified\\n' \
+         > /etc/systemd/system/berth-update.service.d/pause.conf && berthctl reload && berthctl restart berth-update",
+        Duration::from_secs(60),
+    );
+    repo.server.clear_faults();
+    wait_status(&mut a, STAGE_TIMEOUT, "paused after the write", |s| s["paused"].as_str() == Some("verified"));
+    let before = status(&mut a);
+    assert_eq!(slot(&before, "other").2, 0, "attributes changed before the pause: {before:#}");
+    m.kill();
+    drop(a);
+    let s = after_cut(&mut m, "after the write, before the attribute change");
+    assert_eq!(slot(&s, "running").0, "a", "{s:#}");
+
+    // 3. Right after the attribute change (strategy off: staged, no reboot).
+    let mut a = agent(&m);
+    bash(
+        &mut a,
+        "rm /etc/systemd/system/berth-update.service.d/pause.conf && berthctl reload && berthctl restart berth-update",
+        Duration::from_secs(60),
+    );
+    let s = wait_status(&mut a, STAGE_TIMEOUT, "staged", |s| state(s) == "staged");
+    assert_eq!(slot(&s, "other").2, 2, "{s:#}");
+    m.kill();
+    drop(a);
+    // The staged slot is tried on the next power-on and reaches health.
+    let s = after_cut(&mut m, "right after the attribute change");
+    assert_eq!((slot(&s, "running").0.as_str(), slot(&s, "running").1.as_str()), ("b", "2.0.0"), "{s:#}");
+
+    // 4. During the first boot of a new slot: 3.0.0 goes to a; the cut comes in its stage 1.
+    let mut a = agent(&m);
+    repo.publish(&image("3.0.0", Flavour::Good));
+    wait_status(&mut a, STAGE_TIMEOUT, "3.0.0 staged", |s| state(s) == "staged");
+    let n = m.console().matches("berth.slot=a").count();
+    bash(&mut a, "berthctl reboot", Duration::from_secs(30));
+    m.wait_for_count("berth.slot=a", n + 1, BOOT).unwrap_or_else(|e| panic!("{e}"));
+    m.kill();
+    drop(a);
+    let s = after_cut(&mut m, "during the first boot of the new slot");
+    // a had tries left: it is tried again and makes it.
+    assert_eq!((slot(&s, "running").0.as_str(), slot(&s, "running").1.as_str()), ("a", "3.0.0"), "{s:#}");
+}
+
+/// What a rejected check or apply must leave: the same slot attributes, and (unless the stream
+/// had begun) the same bytes in the passive slot.
+struct Unchanged {
+    running: (String, String, u64, u64, bool),
+    other: (String, String, u64, u64, bool),
+}
+
+impl Unchanged {
+    fn now(a: &mut berth_qemu_tests::agent::Agent) -> Unchanged {
+        let s = status(a);
+        Unchanged { running: slot(&s, "running"), other: slot(&s, "other") }
+    }
+
+    fn check(&self, a: &mut berth_qemu_tests::agent::Agent, case: &str) -> serde_json::Value {
+        let s = status(a);
+        assert_eq!(slot(&s, "running"), self.running, "{case}: running slot changed: {s:#}");
+        assert_eq!(slot(&s, "other"), self.other, "{case}: passive slot's attributes changed: {s:#}");
+        s
+    }
+}
+
+/// Runs `berth-update <verb>` in the guest, expecting a failure whose message and
+/// `status`'s last error both contain `needle` (case-insensitive).
+fn refused(a: &mut berth_qemu_tests::agent::Agent, verb: &str, needle: &str, unchanged: &Unchanged, case: &str) {
+    let r = common::host::run(a, &["berth-update", verb], Duration::from_secs(600));
+    assert_ne!(r.status, Some(0), "{case}: berth-update {verb} succeeded: {r:?}");
+    let said = format!("{}{}", r.stdout, r.stderr).to_lowercase();
+    assert!(said.contains(needle), "{case}: berth-update {verb} said {said:?}, not {needle:?}");
+    let s = unchanged.check(a, case);
+    let e = last_error(&s).to_lowercase();
+    assert!(e.contains(needle), "{case}: status's last error is {e:?}, not {needle:?}: {s:#}");
+    eprintln!("{case}: refused: {}", last_error(&s));
+}
+
+#[test]
+fn bad_releases_are_refused() {
+    let v1 = image("1.0.0", Flavour::Good);
+    let v2 = image("2.0.0", Flavour::Good);
+    let repo = Repo::new();
+    // Checks only when asked: the daemon's first check comes before anything is published.
+    let settings = "[update]\nstrategy = \"off\"\ninterval = \"12h\"\njitter = \"0s\"\n".to_string();
+    let mut m = boot(&v1, &repo, Some(settings));
+    m.wait_for(BOOT_COMPLETE, BOOT).unwrap_or_else(|e| panic!("{e}"));
+    let mut a = agent(&m);
+    wait_status(&mut a, Duration::from_secs(60), "slot a marked good", |s| slot(s, "running").4);
+    let passive_sum = || "sha256sum /dev/vda3 | cut -d' ' -f1";
+    let passive_before = bash(&mut a, passive_sum(), Duration::from_secs(300));
+    let unchanged = Unchanged::now(&mut a);
+
+    repo.publish(&v2);
+    let index = repo.path(&format!("channels/{CHANNEL}.json"));
+    let sig = repo.path(&format!("channels/{CHANNEL}.json.sig"));
+    let (good_index, good_sig) = (std::fs::read(&index).unwrap(), std::fs::read(&sig).unwrap());
+    let restore = |i: &[u8], s: &[u8]| {
+        std::fs::write(&index, i).unwrap();
+        std::fs::write(&sig, s).unwrap();
+    };
+
+    // A signature that does not verify: one hex digit of it changed.
+    let text = String::from_utf8(good_sig.clone()).unwrap();
+    let at = text.find("\"signature\"").unwrap() + "\"signature\": \"".len() + 10;
+    let mut bad = text.clone().into_bytes();
+    bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
+    restore(&good_index, &bad);
+    refused(&mut a, "check", "signature", &unchanged, "bad signature");
+
+    // Signed by a key the image does not trust.
+    restore(&good_index, &sign_with_new_key(&good_index));
+    refused(&mut a, "check", "unknown key", &unchanged, "unknown key");
+
+    // The good pair is accepted (and its sequence remembered).
+    restore(&good_index, &good_sig);
+    let r = common::host::run(&mut a, &["berth-update", "check"], Duration::from_secs(120));
+    assert_eq!(r.status, Some(0), "{r:?}");
+    let accepted = (std::fs::read(&index).unwrap(), std::fs::read(&sig).unwrap());
+
+    // An index past its expiry.
+    repo.publish_expiring(&v2, "1s");
+    std::thread::sleep(Duration::from_secs(2));
+    refused(&mut a, "check", "expired", &unchanged, "expired index");
+
+    // A newer index is accepted; then the older one comes back (replay).
+    repo.publish(&v2);
+    let r = common::host::run(&mut a, &["berth-update", "check"], Duration::from_secs(120));
+    assert_eq!(r.status, Some(0), "{r:?}");
+    let newest = (std::fs::read(&index).unwrap(), std::fs::read(&sig).unwrap());
+    restore(&accepted.0, &accepted.1);
+    refused(&mut a, "check", "sequence", &unchanged, "replayed older index");
+    restore(&newest.0, &newest.1);
+
+    // The server answers 500 to everything about the index: retried, then an error.
+    let index_path = format!("/channels/{CHANNEL}.json");
+    repo.server.set_fault(&index_path, Fault::Status { code: 500, times: 1000 });
+    let before = repo.server.requests().len();
+    refused(&mut a, "check", "500", &unchanged, "server error");
+    let tries = repo.server.requests()[before..].iter().filter(|r| r.path == index_path).count();
+    assert!(tries >= 3, "the index was asked for {tries} times; retries expected");
+    repo.server.clear_faults();
+
+    // A kernel whose bytes are not the ones signed: refused before the disk is touched.
+    let vmlinuz = repo.path("releases/2.0.0/vmlinuz");
+    let good_kernel = std::fs::read(&vmlinuz).unwrap();
+    let mut k = good_kernel.clone();
+    k[4096] ^= 0xff;
+    std::fs::write(&vmlinuz, &k).unwrap();
+    refused(&mut a, "apply", "sha-256", &unchanged, "kernel hash mismatch");
+    std::fs::write(&vmlinuz, &good_kernel).unwrap();
+
+    // The root image longer than announced: the agent stops at the announced size.
+    let root = repo.path("releases/2.0.0/root.img.lz4");
+    let good_root = std::fs::read(&root).unwrap();
+    let mut longer = good_root.clone();
+    longer.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(&root, &longer).unwrap();
+    refused(&mut a, "apply", "more", &unchanged, "root image longer than announced");
+    std::fs::write(&root, &good_root).unwrap();
+
+    // Nothing so far wrote a byte into the passive slot.
+    assert_eq!(bash(&mut a, passive_sum(), Duration::from_secs(300)), passive_before, "ROOT-B changed");
+
+    // Connections dropped over and over in the middle of the root image: resumed with Range
+    // requests, then given up on; the slot is left cleared, never bootable.
+    let root_path = "/releases/2.0.0/root.img.lz4";
+    repo.server.set_fault(root_path, Fault::DropAfter { bytes: 1 << 20, times: 1000 });
+    let before = repo.server.requests().len();
+    refused(&mut a, "apply", "connection", &unchanged, "dropped connections");
+    let asked: Vec<_> = repo.server.requests()[before..].iter().filter(|r| r.path == root_path).cloned().collect();
+    assert!(asked.len() >= 3 && asked.iter().skip(1).any(|r| r.range.is_some()), "{asked:?}");
+    repo.server.clear_faults();
+
+    // A root image whose bytes differ from the signed hash: found at the end of the stream;
+    // the slot stays cleared.
+    let mut flipped = good_root.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    std::fs::write(&root, &flipped).unwrap();
+    refused(&mut a, "apply", "sha-256", &unchanged, "root image hash mismatch");
+    std::fs::write(&root, &good_root).unwrap();
+
+    // And after all that, the good release still goes in.
+    let r = common::host::run(&mut a, &["berth-update", "apply"], Duration::from_secs(900));
+    assert_eq!(r.status, Some(0), "{r:?}");
+    let s = status(&mut a);
+    assert_eq!(state(&s), "staged", "{s:#}");
+    assert_eq!(slot(&s, "other").2, 2, "{s:#}");
+}
