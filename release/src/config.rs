@@ -334,7 +334,11 @@ mod tests {
     #[test]
     fn later_files_override_key_by_key() {
         let image = format!("channel = \"http://h/channels/stable.json\"\nkeys = [\"{KEY}\"]\ninterval = \"2h\"\n");
-        let c = load(&[&format!("version = \"1.0.0\"\n{image}"), "strategy = \"off\"\ninterval = \"5s\"\njitter = \"0s\"\n"]).unwrap();
+        let c = load(&[
+            &format!("version = \"1.0.0\"\n{image}"),
+            "strategy = \"off\"\ninterval = \"5s\"\njitter = \"0s\"\n",
+        ])
+        .unwrap();
         assert_eq!(c.channel.as_deref(), Some("http://h/channels/stable.json"));
         assert_eq!((c.strategy, c.interval, c.jitter), (Strategy::Off, Duration::from_secs(5), Duration::ZERO));
         assert_eq!(c.health_timeout, Duration::from_secs(600));
