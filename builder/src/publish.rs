@@ -229,7 +229,20 @@ pub fn publish(o: &PublishOptions) -> anyhow::Result<PublishReport> {
         .iter()
         .map(|p| {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading the key {}", p.display()))?;
-            parse_secret_key_file(&text).map_err(|e| anyhow!("{}: {e}", p.display()))
+            let key = parse_secret_key_file(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+            // A public key is 64 hex digits too: signing with it as a seed would make a key no
+            // host trusts.
+            let sibling = p.with_extension("key");
+            let is_public = p.extension().is_some_and(|x| x == "pub")
+                || (sibling != *p
+                    && std::fs::read_to_string(&sibling)
+                        .ok()
+                        .and_then(|t| parse_secret_key_file(&t).ok())
+                        .is_some_and(|k| public_key_hex(&k) == text.trim()));
+            if is_public {
+                bail!("{}: a public key; sign with the secret key ({})", p.display(), sibling.display());
+            }
+            Ok(key)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let signed_by: Vec<String> = keys.iter().map(public_key_hex).collect();

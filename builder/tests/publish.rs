@@ -283,6 +283,13 @@ fn publish_versions_resign_pull_back_and_refuse() {
     let (disk4, _) = small_disk(&d.path().join("b4"), "t", "2.0.0", 4);
     let e = format!("{:#}", publish(&options(&repo, Some(&disk4), &[&k1, &bad_key])).unwrap_err());
     assert!(e.contains("bad.key") && e.contains("64 hex digits"), "{e}");
+    let public_file = k1.with_extension("pub");
+    let e = format!("{:#}", publish(&options(&repo, Some(&disk4), &[&public_file])).unwrap_err());
+    assert!(e.contains("one.pub: a public key; sign with the secret key"), "{e}");
+    let renamed = d.path().join("one.txt");
+    std::fs::copy(&public_file, &renamed).unwrap();
+    let e = format!("{:#}", publish(&options(&repo, Some(&disk4), &[&renamed])).unwrap_err());
+    assert!(e.contains("one.txt: a public key"), "{e}");
     let e = format!("{:#}", publish(&options(&repo, Some(&disk4), &[&d.path().join("absent.key")])).unwrap_err());
     assert!(e.contains("absent.key"), "{e}");
     let e = format!("{:#}", publish(&options(&repo, Some(&d.path().join("nope.img")), &[&k1])).unwrap_err());
