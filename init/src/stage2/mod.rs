@@ -147,7 +147,7 @@ impl Pid1 {
             self.watchdog.feed_if_due();
             self.agent.tick();
             let mut request = self.wait_once();
-            self.manager.tick(self.online);
+            // Judged on the previous tick's outcome (at most a poll round, a second, later).
             if self.shutdown.is_none() && self.health.check(&self.manager).is_some() {
                 // As `berthctl reboot`: the ordered shutdown; bootmgr counts the try.
                 request = Some(ShutdownKind::Reboot);
@@ -158,6 +158,7 @@ impl Pid1 {
                 self.manager.shutdown();
                 self.shutdown = Some((kind, Instant::now() + UNITS_STOP_LIMIT));
             }
+            self.manager.tick(self.online);
             self.answer_waiters();
             if let Some((kind, limit)) = self.shutdown {
                 let late = Instant::now() >= limit;
