@@ -29,7 +29,9 @@ fn main() {
     let mut m = boot(&v1, &repo, Some(settings));
     m.wait_for(BOOT_COMPLETE, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}"));
     let mut a = agent(&m);
-    wait_status(&mut a, Duration::from_secs(60), "slot a marked good", |s| s["running"]["successful"] == true);
+    wait_status(&mut a, Duration::from_secs(60), "slot a marked good", |s| {
+        s["running"]["priority"] == 2 && s["running"]["successful"] == true
+    });
     repo.publish(&v2);
 
     let r = run(&mut a, &["berth-update", "apply", "--no-reboot"], Duration::from_secs(1800));

@@ -486,13 +486,16 @@ fn verify_slot(dev: &File, node: &Path, release: &Release) -> anyhow::Result<()>
     Ok(())
 }
 
-/// A fault-injection point for the power-cut tests: with `BERTH_UPDATE_PAUSE=<name>` in the
-/// environment the agent records that it waits here and waits until it is killed.
+/// Where a fault-injection point is named (on /run: a reboot or power cut forgets it).
+const PAUSE_FILE: &str = "/run/berth-update.pause";
+
+/// A fault-injection point for the power-cut tests: when [`PAUSE_FILE`] names this point the
+/// agent records that it waits here and waits until it is stopped.
 fn pause_point(st: &mut State, agent: &Agent, name: &str) {
-    if std::env::var("BERTH_UPDATE_PAUSE").is_ok_and(|v| v == name) {
+    if std::fs::read_to_string(PAUSE_FILE).is_ok_and(|v| v.trim() == name) {
         st.paused = Some(name.into());
         agent.save(st);
-        println!("pausing at {name:?} (BERTH_UPDATE_PAUSE)");
+        println!("pausing at {name:?} ({PAUSE_FILE})");
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }

@@ -36,8 +36,18 @@ fn scratch() -> &'static Path {
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().ok();
         let who = exe.as_deref().and_then(Path::file_stem).map(|s| s.to_string_lossy().into_owned());
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("updates").join(who.unwrap_or("tests".into()));
-        let _ = std::fs::remove_dir_all(&dir);
+        // One directory per process: two runs of the same test binary must not share builds.
+        // Those of processes that are gone are removed (each holds gigabytes of images).
+        let parent = Path::new(env!("CARGO_TARGET_TMPDIR")).join("updates");
+        let who = who.unwrap_or("tests".into());
+        for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix(&format!("{who}-")).and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = parent.join(format!("{who}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch directory");
         dir
     })
