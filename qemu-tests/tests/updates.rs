@@ -123,7 +123,7 @@ fn a_kernel_that_cannot_mount_its_root_is_rolled_back() {
 
 #[test]
 fn an_unhealthy_userspace_is_rolled_back() {
-    rolls_back(Flavour::Unhealthy, "health:");
+    rolls_back(Flavour::Unhealthy, "is on trial, rebooting");
 }
 
 #[test]

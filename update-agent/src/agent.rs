@@ -193,6 +193,7 @@ impl Agent {
         self.disk.write_slots(cleared)?;
         st.slots.remove(passive.name());
         st.staged = None;
+        st.rollback_news = false;
         st.state = Phase::Downloading;
         st.download = Some(Progress {
             version: version.clone(),
@@ -338,12 +339,9 @@ impl Agent {
         st.slots.insert(booted.name().into(), self.version.clone());
         if st.staged.as_ref().is_some_and(|s| s.slot == booted.name()) {
             st.staged = None;
-            if st.state != Phase::RolledBack {
-                st.state = Phase::Idle;
-            }
         }
-        if matches!(st.state, Phase::Rebooting | Phase::Checking | Phase::Downloading) {
-            st.state = Phase::Idle;
+        if st.state != Phase::Downloading && st.state != Phase::Checking {
+            st.rest();
         }
         self.notice_rollback(st)?;
         Ok(msg)
@@ -386,6 +384,7 @@ impl Agent {
         }
         st.staged = None;
         st.slots.remove(failed.name());
+        st.rollback_news = true;
         st.state = Phase::RolledBack;
         st.last_error = Some(msg);
         self.save(st);

@@ -111,6 +111,9 @@ pub struct State {
     pub staged: Option<Staged>,
     /// Versions that rolled back: not installed again unless newer ones appear or forced.
     pub rolled_back: Vec<RolledBack>,
+    /// The last rollback is the latest news (no update staged since): the state at rest is
+    /// `rolled-back` rather than `idle`.
+    pub rollback_news: bool,
     /// The download in progress.
     pub download: Option<Progress>,
     /// Set while the agent waits at a fault-injection point (`BERTH_UPDATE_PAUSE`).
@@ -173,10 +176,12 @@ impl State {
     /// Back to rest: idle, or rolled-back while a rollback is the latest news.
     pub fn rest(&mut self) {
         self.download = None;
-        self.state = match self.state {
-            Phase::RolledBack => Phase::RolledBack,
-            _ if self.staged.is_some() => Phase::Staged,
-            _ => Phase::Idle,
+        self.state = if self.staged.is_some() {
+            Phase::Staged
+        } else if self.rollback_news {
+            Phase::RolledBack
+        } else {
+            Phase::Idle
         };
     }
 }
