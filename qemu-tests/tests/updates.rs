@@ -64,7 +64,7 @@ fn a_to_b_to_a() {
         wait_next_boot_complete(&mut m, STAGE_TIMEOUT + BOOT);
         let mut a = agent(&m);
         let s = wait_status(&mut a, Duration::from_secs(120), &format!("{version} on {to}, marked good"), |s| {
-            slot(s, "running").0 == to && marked_good(s)
+            slot(s, "running").0 == to && marked_good(s) && state(s) == "idle"
         });
         assert_eq!(slot(&s, "running"), (to.into(), version.into(), 2, 0, true), "{s:#}");
         let other = slot(&s, "other");

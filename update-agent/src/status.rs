@@ -5,7 +5,7 @@ use berth_slot::Slot;
 use serde_json::{Value, json};
 
 use crate::agent::Agent;
-use crate::state::State;
+use crate::state::{Phase, State};
 
 fn slot_json(agent: &Agent, st: &State, slots: Option<berth_slot::Slots>, slot: Slot) -> Value {
     let version =
@@ -22,11 +22,26 @@ fn slot_json(agent: &Agent, st: &State, slots: Option<berth_slot::Slots>, slot: 
     })
 }
 
+/// The state as the disk confirms it: between mark-good's GPT write and its state save, the
+/// state can still name the booted (now good) slot as staged.
+fn settled(agent: &Agent, st: &State, slots: Option<berth_slot::Slots>) -> State {
+    let booted = agent.disk.booted;
+    let mut st = st.clone();
+    if st.staged.as_ref().is_some_and(|s| s.slot == booted.name()) && slots.is_some_and(|s| s.get(booted).successful) {
+        st.staged = None;
+        if matches!(st.state, Phase::Staged | Phase::Rebooting) {
+            st.rest();
+        }
+    }
+    st
+}
+
 /// Everything `status` shows, as one JSON object.
 pub fn to_json(agent: &Agent, st: &State) -> Value {
     let slots = agent.disk.slots();
     let gpt_error = slots.as_ref().err().map(|e| format!("{e:#}"));
     let slots = slots.ok();
+    let st = &settled(agent, st, slots);
     json!({
         "state": st.state,
         "running": slot_json(agent, st, slots, agent.disk.booted),
@@ -49,6 +64,7 @@ pub fn to_json(agent: &Agent, st: &State) -> Value {
 /// Prints the status.
 pub fn print(agent: &Agent, st: &State, as_json: bool) -> anyhow::Result<()> {
     let v = to_json(agent, st);
+    let st = &settled(agent, st, agent.disk.slots().ok());
     if as_json {
         println!("{}", serde_json::to_string(&v)?);
         return Ok(());
