@@ -66,6 +66,13 @@ fn main() {
         bytes >> 20,
         downloaded as f64 / f64::from(1 << 20)
     );
+    let part = |k: &str| st[k].as_f64().unwrap_or(0.0);
+    println!(
+        "  of which: receiving and checking the stream {:.1} s, zstd {:.1} s, writing and syncing {:.1} s",
+        part("network_seconds"),
+        part("decompress_seconds"),
+        part("disk_seconds")
+    );
     println!("dd of the same bytes on the same disk: {dd_secs:.1} s, {dd_rate:.1} MiB/s");
     println!(
         "staging / dd: {:.0}% (goal >= {:.0}%: {})",

@@ -205,7 +205,7 @@ impl Agent {
         self.save(st);
 
         let started = Instant::now();
-        let written = self.stream_root(st, &dev, &node, base, release)?;
+        let (written, network, disk) = self.stream_root(st, &dev, &node, base, release)?;
         let write_seconds = started.elapsed().as_secs_f64();
         let verify_started = Instant::now();
         verify_slot(&dev, &node, release)?;
@@ -222,6 +222,9 @@ impl Agent {
             downloaded_bytes: release.root.file.size,
             write_seconds,
             write_mib_per_s: mib / write_seconds.max(1e-9),
+            network_seconds: network.as_secs_f64(),
+            disk_seconds: disk.as_secs_f64(),
+            decompress_seconds: (write_seconds - network.as_secs_f64() - disk.as_secs_f64()).max(0.0),
             verify_seconds,
         });
 
@@ -243,6 +246,7 @@ impl Agent {
     }
 
     /// Streams the root image into the slot: download → size and SHA-256 check → zstd → write.
+    /// Returns the bytes written, and the time spent receiving and writing them.
     fn stream_root(
         &self,
         st: &mut State,
@@ -250,7 +254,7 @@ impl Agent {
         node: &Path,
         base: &str,
         release: &Release,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<(u64, Duration, Duration)> {
         let root = &release.root;
         let url = artifact_url(base, &root.file.path);
         let reader = self.http.artifact(&url, ArtifactCheck::new(&root.file.path, root.file.size, root.file.sha256));
@@ -262,6 +266,7 @@ impl Agent {
         let mut written = 0u64;
         let mut last_save = Instant::now();
         let mut next_percent = 10;
+        let mut disk = Duration::ZERO;
         let outcome: anyhow::Result<()> = loop {
             let n = match fill(&mut decoder, &mut buf) {
                 Ok(n) => n,
@@ -277,9 +282,11 @@ impl Agent {
                     root.image_size
                 ));
             }
+            let t = Instant::now();
             if let Err(e) = dev.write_all_at(&buf[..n], written) {
                 break Err(anyhow!("writing {} at byte {written}: {e}", node.display()));
             }
+            disk += t.elapsed();
             written += n as u64;
             let percent = written * 100 / root.image_size.max(1);
             if percent >= next_percent {
@@ -298,6 +305,7 @@ impl Agent {
         // Whatever the decoder thought, the artifact's own check comes first: a flipped byte is
         // a hash mismatch, not a "corrupt block".
         let reader = decoder.finish().into_inner();
+        let network = reader.busy();
         let checked = reader.finish();
         match (checked, outcome) {
             (Err(e), _) => return Err(e.into()),
@@ -307,8 +315,9 @@ impl Agent {
         if written != root.image_size {
             bail!("{}: expands to {written} bytes, not the {} the index announced", root.file.path, root.image_size);
         }
+        let t = Instant::now();
         dev.sync_all().with_context(|| format!("syncing {}", node.display()))?;
-        Ok(written)
+        Ok((written, network, disk + t.elapsed()))
     }
 
     /// Marks the booted slot good (after boot-complete.target), then notices a rollback.

@@ -161,7 +161,15 @@ impl Http {
     /// A reader of the artifact at `url` whose every byte passes through `check`; the caller
     /// calls [`ArtifactReader::finish`] at the end.
     pub fn artifact(&self, url: &str, check: ArtifactCheck) -> ArtifactReader<'_> {
-        ArtifactReader { http: self, url: url.to_string(), check, body: None, failures: 0, started: Instant::now() }
+        ArtifactReader {
+            http: self,
+            url: url.to_string(),
+            check,
+            body: None,
+            failures: 0,
+            started: Instant::now(),
+            busy: Duration::ZERO,
+        }
     }
 }
 
@@ -173,9 +181,16 @@ pub struct ArtifactReader<'a> {
     body: Option<ureq::BodyReader<'static>>,
     failures: u32,
     started: Instant,
+    /// Time spent receiving and checking bytes (connects, reads, hashing), for the figures.
+    busy: Duration,
 }
 
 impl ArtifactReader<'_> {
+    /// Time spent receiving and checking bytes so far.
+    pub fn busy(&self) -> Duration {
+        self.busy
+    }
+
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
         self.check.received()
@@ -317,7 +332,10 @@ impl ArtifactReader<'_> {
 /// The error a `Read` consumer (the decompressor) sees; the original is kept for the caller.
 impl Read for ArtifactReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.next(buf).map_err(std::io::Error::other)
+        let t = Instant::now();
+        let r = self.next(buf).map_err(std::io::Error::other);
+        self.busy += t.elapsed();
+        r
     }
 }
 

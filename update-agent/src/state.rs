@@ -87,6 +87,15 @@ pub struct Staging {
     pub write_seconds: f64,
     /// Image MiB per second of that.
     pub write_mib_per_s: f64,
+    /// Of `write_seconds`: receiving and checking the compressed stream.
+    #[serde(default)]
+    pub network_seconds: f64,
+    /// Of `write_seconds`: writing to the partition.
+    #[serde(default)]
+    pub disk_seconds: f64,
+    /// Of `write_seconds`: the rest, decompressing.
+    #[serde(default)]
+    pub decompress_seconds: f64,
     /// Read back and hash, seconds.
     pub verify_seconds: f64,
 }
