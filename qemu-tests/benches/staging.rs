@@ -1,6 +1,6 @@
 //! Staging throughput: `berth-update apply` streaming a 512 MiB root image (zstd, over HTTP from
 //! a server on 127.0.0.1 through a guestfwd) into the passive slot of `container-host`, next to
-//! a plain `dd` of the same bytes onto the same virtio disk in the same guest (TCG, one vCPU).
+//! a plain `dd` of the same bytes onto the same virtio disk in the same guest (TCG, two vCPUs).
 //! The agent's figure covers download, decompression, hashing and writing (its read-back
 //! verification is timed apart); `dd` reads the staged slot and writes it back in place.
 //!
@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::host::{BOOT_COMPLETE, bash, run};
-use common::updates::{Flavour, Repo, agent, boot, image, status, wait_status};
+use common::updates::{Flavour, Repo, agent, boot_on, image, status, wait_status};
 
 /// The goal: staging at no less than this share of `dd`.
 const GOAL: f64 = 0.70;
@@ -26,7 +26,9 @@ fn main() {
     let v2 = image("2.0.0", Flavour::Root512);
     let repo = Repo::new();
     let settings = "[update]\nstrategy = \"off\"\ninterval = \"12h\"\njitter = \"0s\"\n".to_string();
-    let mut m = boot(&v1, &repo, Some(settings));
+    // Two vCPUs, as a host has more than one: berth-update's stages (receive, zstd, write)
+    // overlap; dd runs in the same guest.
+    let mut m = boot_on(&v1, &repo, Some(settings), 2);
     m.wait_for(BOOT_COMPLETE, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}"));
     let mut a = agent(&m);
     wait_status(&mut a, Duration::from_secs(60), "slot a marked good", |s| {

@@ -95,6 +95,8 @@ pub struct Options {
     pub qmp: bool,
     /// The guest cannot write its disk (a write-protected or failing disk).
     pub read_only: bool,
+    /// vCPUs [default: 1, see `Machine::start_with`]; a benchmark may want the host's cores.
+    pub cpus: Option<u32>,
     /// A first-boot provisioning document (TOML text), written to the scratch directory and
     /// handed to the guest through fw_cfg as `opt/org.berth/config` (`berth run --config`).
     pub provision: Option<String>,
@@ -135,7 +137,7 @@ impl Machine {
         config.read_only = options.read_only;
         // One vCPU: a single TCG thread per guest keeps boots steady on a 2-core host that is
         // also compiling (two vCPUs under load stalled a guest kernel for minutes in CI).
-        config.cpus = 1;
+        config.cpus = options.cpus.unwrap_or(1);
         config.accel = Accel::Tcg;
         config.serial = Serial::File(console.clone());
         if options.network || !options.forwards.is_empty() || !options.guest_forwards.is_empty() {

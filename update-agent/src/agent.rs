@@ -5,7 +5,6 @@
 //! transitions; the running slot is never written.
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -245,8 +244,8 @@ impl Agent {
         Ok(())
     }
 
-    /// Streams the root image into the slot: download → size and SHA-256 check → zstd → write.
-    /// Returns the bytes written, and the time spent receiving and writing them.
+    /// Streams the root image into the slot (see [`crate::pipeline`]). Returns the bytes
+    /// written, and the time spent receiving and writing them.
     fn stream_root(
         &self,
         st: &mut State,
@@ -258,36 +257,12 @@ impl Agent {
         let root = &release.root;
         let url = artifact_url(base, &root.file.path);
         let reader = self.http.artifact(&url, ArtifactCheck::new(&root.file.path, root.file.size, root.file.sha256));
-        let mut decoder = zstd::stream::read::Decoder::new(reader).context("starting the zstd decoder")?;
         // The stream is hashed by its ArtifactCheck; the expanded image is hashed once, when
         // it is read back from the disk (verify_slot): hashing it here too would double the
         // cost of the slowest step for no more assurance.
-        let mut buf = vec![0u8; CHUNK];
-        let mut written = 0u64;
         let mut last_save = Instant::now();
         let mut next_percent = 10;
-        let mut disk = Duration::ZERO;
-        let outcome: anyhow::Result<()> = loop {
-            let n = match fill(&mut decoder, &mut buf) {
-                Ok(n) => n,
-                Err(e) => break Err(e),
-            };
-            if n == 0 {
-                break Ok(());
-            }
-            if written + n as u64 > root.image_size {
-                break Err(anyhow!(
-                    "{}: expands to more than the {} bytes the index announced",
-                    root.file.path,
-                    root.image_size
-                ));
-            }
-            let t = Instant::now();
-            if let Err(e) = dev.write_all_at(&buf[..n], written) {
-                break Err(anyhow!("writing {} at byte {written}: {e}", node.display()));
-            }
-            disk += t.elapsed();
-            written += n as u64;
+        let mut progress = |received: u64, written: u64| {
             let percent = written * 100 / root.image_size.max(1);
             if percent >= next_percent {
                 println!("{}: {percent}% ({} of {} MiB)", node.display(), written >> 20, root.image_size >> 20);
@@ -296,28 +271,14 @@ impl Agent {
             if last_save.elapsed() > Duration::from_secs(2) {
                 if let Some(p) = st.download.as_mut() {
                     p.written = written;
-                    p.received = decoder.get_ref().get_ref().received();
+                    p.received = received;
                 }
                 self.save(st);
                 last_save = Instant::now();
             }
         };
-        // Whatever the decoder thought, the artifact's own check comes first: a flipped byte is
-        // a hash mismatch, not a "corrupt block".
-        let reader = decoder.finish().into_inner();
-        let network = reader.busy();
-        let checked = reader.finish();
-        match (checked, outcome) {
-            (Err(e), _) => return Err(e.into()),
-            (Ok(()), Err(e)) => return Err(e.context(format!("{}: decompressing", root.file.path))),
-            (Ok(()), Ok(())) => {}
-        }
-        if written != root.image_size {
-            bail!("{}: expands to {written} bytes, not the {} the index announced", root.file.path, root.image_size);
-        }
-        let t = Instant::now();
-        dev.sync_all().with_context(|| format!("syncing {}", node.display()))?;
-        Ok((written, network, disk + t.elapsed()))
+        let f = crate::pipeline::stream(reader, &root.file.path, root.image_size, dev, node, &mut progress)?;
+        Ok((f.written, f.network, f.disk))
     }
 
     /// Marks the booted slot good (after boot-complete.target), then notices a rollback.
@@ -444,20 +405,6 @@ impl Agent {
             st.slots.get(other.name()).map_or("version unknown", String::as_str)
         ))
     }
-}
-
-/// Reads until `buf` is full or the stream ends.
-fn fill(r: &mut impl Read, buf: &mut [u8]) -> anyhow::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(anyhow!("{e}")),
-        }
-    }
-    Ok(n)
 }
 
 /// Reads the slot back from the disk (not the page cache) and compares its hash.

@@ -161,15 +161,7 @@ impl Http {
     /// A reader of the artifact at `url` whose every byte passes through `check`; the caller
     /// calls [`ArtifactReader::finish`] at the end.
     pub fn artifact(&self, url: &str, check: ArtifactCheck) -> ArtifactReader<'_> {
-        ArtifactReader {
-            http: self,
-            url: url.to_string(),
-            check,
-            body: None,
-            failures: 0,
-            started: Instant::now(),
-            busy: Duration::ZERO,
-        }
+        ArtifactReader { http: self, url: url.to_string(), check, body: None, failures: 0, started: Instant::now() }
     }
 }
 
@@ -181,21 +173,9 @@ pub struct ArtifactReader<'a> {
     body: Option<ureq::BodyReader<'static>>,
     failures: u32,
     started: Instant,
-    /// Time spent receiving and checking bytes (connects, reads, hashing), for the figures.
-    busy: Duration,
 }
 
 impl ArtifactReader<'_> {
-    /// Time spent receiving and checking bytes so far.
-    pub fn busy(&self) -> Duration {
-        self.busy
-    }
-
-    /// Bytes received so far.
-    pub fn received(&self) -> u64 {
-        self.check.received()
-    }
-
     /// Connects (again) from the first byte not yet received.
     fn connect(&mut self) -> Result<(), FetchError> {
         let from = self.check.received();
@@ -256,7 +236,7 @@ impl ArtifactReader<'_> {
     }
 
     /// Reads the next bytes, at most the announced remainder.
-    fn next(&mut self, buf: &mut [u8]) -> Result<usize, FetchError> {
+    pub fn next(&mut self, buf: &mut [u8]) -> Result<usize, FetchError> {
         loop {
             let remaining = self.check.remaining();
             if self.body.is_none() {
@@ -326,16 +306,6 @@ impl ArtifactReader<'_> {
         }
         self.check.finish()?;
         Ok(out)
-    }
-}
-
-/// The error a `Read` consumer (the decompressor) sees; the original is kept for the caller.
-impl Read for ArtifactReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let t = Instant::now();
-        let r = self.next(buf).map_err(std::io::Error::other);
-        self.busy += t.elapsed();
-        r
     }
 }
 
@@ -454,5 +424,47 @@ mod tests {
         let e = http.get_small(&format!("{url}/x"), 1000).unwrap_err().to_string();
         assert!(e.contains("404"), "{e}");
         assert_eq!(seen.lock().unwrap().len(), 1, "a 404 is final");
+    }
+
+    /// The staging pipeline end to end: zstd over HTTP into a file; a flipped byte in the
+    /// compressed stream is reported as the SHA-256 mismatch it is.
+    #[test]
+    fn the_pipeline_writes_the_image_and_reports_a_flipped_byte_as_a_hash_mismatch() {
+        let image: Vec<u8> =
+            (0..6_000_000u32).map(|i| if i % 3_000_000 < 1_000_000 { 0 } else { (i % 251) as u8 }).collect();
+        let packed = zstd::encode_all(&image[..], 3).unwrap();
+        for flip in [false, true] {
+            let mut body = packed.clone();
+            if flip {
+                let mid = body.len() / 2;
+                body[mid] ^= 1;
+            }
+            let served = body.clone();
+            let (url, _) = serve(move |_, _| response("200 OK", &served, None, None));
+            let http = Http::with_retries(2, Duration::from_millis(10));
+            let check =
+                ArtifactCheck::new("root.img.zst", packed.len() as u64, berth_release::artifact::sha256(&packed));
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("slot");
+            let dev = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+            let mut calls = 0;
+            let r = crate::pipeline::stream(
+                http.artifact(&format!("{url}/root.img.zst"), check),
+                "root.img.zst",
+                image.len() as u64,
+                &dev,
+                &path,
+                &mut |_, _| calls += 1,
+            );
+            if flip {
+                let e = r.err().map(|e| format!("{e:#}")).unwrap_or_default();
+                assert!(e.contains("SHA-256"), "{e}");
+            } else {
+                let f = r.unwrap();
+                assert_eq!(f.written, image.len() as u64);
+                assert_eq!(std::fs::read(&path).unwrap(), image);
+                assert!(calls >= 2);
+            }
+        }
     }
 }

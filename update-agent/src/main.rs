@@ -11,6 +11,7 @@ mod agent;
 mod disk;
 mod esp;
 mod http;
+mod pipeline;
 mod state;
 mod status;
 

@@ -215,6 +215,11 @@ pub fn provision(strategy: &str) -> String {
 /// Boots `disk` (on an overlay) with the guest agent's port and the repository reachable at
 /// http://10.0.2.100/, handing it `provision` as its first-boot document.
 pub fn boot(disk: &Path, repo: &Repo, provision: Option<String>) -> Machine {
+    boot_on(disk, repo, provision, 1)
+}
+
+/// [`boot`] with `cpus` vCPUs.
+pub fn boot_on(disk: &Path, repo: &Repo, provision: Option<String>, cpus: u32) -> Machine {
     let relay = Path::new(env!("CARGO_BIN_EXE_berth-guestfwd-relay"));
     let options = Options {
         overlay: true,
@@ -222,6 +227,7 @@ pub fn boot(disk: &Path, repo: &Repo, provision: Option<String>) -> Machine {
         serial_ports: vec![PORT_NAME.into()],
         guest_forwards: vec![http::guest_forward(relay, repo.server.port())],
         provision,
+        cpus: Some(cpus),
         ..Options::default()
     };
     Machine::start_with(&Boot { disk, format: "raw", memory_mib: MEMORY_MIB }, &options)
