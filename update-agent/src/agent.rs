@@ -204,7 +204,8 @@ impl Agent {
         self.save(st);
 
         let started = Instant::now();
-        let (written, network, disk) = self.stream_root(st, &dev, &node, base, release)?;
+        let figures = self.stream_root(st, &dev, &node, base, release)?;
+        let written = figures.written;
         let write_seconds = started.elapsed().as_secs_f64();
         let verify_started = Instant::now();
         verify_slot(&dev, &node, release)?;
@@ -221,9 +222,9 @@ impl Agent {
             downloaded_bytes: release.root.file.size,
             write_seconds,
             write_mib_per_s: mib / write_seconds.max(1e-9),
-            network_seconds: network.as_secs_f64(),
-            disk_seconds: disk.as_secs_f64(),
-            decompress_seconds: (write_seconds - network.as_secs_f64() - disk.as_secs_f64()).max(0.0),
+            network_seconds: figures.network.as_secs_f64(),
+            disk_seconds: figures.disk.as_secs_f64(),
+            decompress_seconds: figures.decompress.as_secs_f64(),
             verify_seconds,
         });
 
@@ -244,8 +245,7 @@ impl Agent {
         Ok(())
     }
 
-    /// Streams the root image into the slot (see [`crate::pipeline`]). Returns the bytes
-    /// written, and the time spent receiving and writing them.
+    /// Streams the root image into the slot (see [`crate::pipeline`]).
     fn stream_root(
         &self,
         st: &mut State,
@@ -253,7 +253,7 @@ impl Agent {
         node: &Path,
         base: &str,
         release: &Release,
-    ) -> anyhow::Result<(u64, Duration, Duration)> {
+    ) -> anyhow::Result<crate::pipeline::Figures> {
         let root = &release.root;
         let url = artifact_url(base, &root.file.path);
         let reader = self.http.artifact(&url, ArtifactCheck::new(&root.file.path, root.file.size, root.file.sha256));
@@ -277,8 +277,7 @@ impl Agent {
                 last_save = Instant::now();
             }
         };
-        let f = crate::pipeline::stream(reader, &root.file.path, root.image_size, dev, node, &mut progress)?;
-        Ok((f.written, f.network, f.disk))
+        crate::pipeline::stream(reader, &root.file.path, root.image_size, dev, node, &mut progress)
     }
 
     /// Marks the booted slot good (after boot-complete.target), then notices a rollback.

@@ -30,6 +30,8 @@ pub struct Figures {
     pub network: Duration,
     /// Time the writer spent writing and syncing.
     pub disk: Duration,
+    /// Time the decoder spent decompressing (not waiting for the others).
+    pub decompress: Duration,
 }
 
 /// The decoder's input: chunks from the network stage.
@@ -37,12 +39,17 @@ struct ChannelReader {
     rx: Receiver<Vec<u8>>,
     chunk: Vec<u8>,
     at: usize,
+    /// Time spent waiting for the network stage.
+    waiting: Duration,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.at == self.chunk.len() {
-            match self.rx.recv() {
+            let t = Instant::now();
+            let next = self.rx.recv();
+            self.waiting += t.elapsed();
+            match next {
                 Ok(c) => {
                     self.chunk = c;
                     self.at = 0;
@@ -117,35 +124,50 @@ pub fn stream(
             (r, disk + t.elapsed())
         });
 
-        let input = ChannelReader { rx: in_rx, chunk: Vec::new(), at: 0 };
+        let input = ChannelReader { rx: in_rx, chunk: Vec::new(), at: 0, waiting: Duration::ZERO };
         let mut written = 0u64;
         let mut allocated = 0;
+        let started = Instant::now();
+        let mut blocked = Duration::ZERO;
         let decoded: anyhow::Result<()> = (|| {
             let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| anyhow!("starting zstd: {e}"))?;
-            loop {
+            let result = loop {
+                let t = Instant::now();
                 let mut buf = match free_rx.try_recv() {
                     Ok(b) => b,
                     Err(_) if allocated < OUT_BUFFERS => {
                         allocated += 1;
                         vec![0u8; OUT_CHUNK]
                     }
-                    Err(_) => free_rx.recv().map_err(|_| anyhow!("the writer stopped"))?,
+                    Err(_) => match free_rx.recv() {
+                        Ok(b) => b,
+                        Err(_) => break Err(anyhow!("the writer stopped")),
+                    },
                 };
-                let n = fill(&mut decoder, &mut buf).map_err(|e| anyhow!("{what}: decompressing: {e}"))?;
+                blocked += t.elapsed();
+                let n = match fill(&mut decoder, &mut buf) {
+                    Ok(n) => n,
+                    Err(e) => break Err(anyhow!("{what}: decompressing: {e}")),
+                };
                 if n == 0 {
-                    return Ok(());
+                    break Ok(());
                 }
                 if written + n as u64 > image_size {
-                    return Err(anyhow!("{what}: expands to more than the {image_size} bytes the index announced"));
+                    break Err(anyhow!("{what}: expands to more than the {image_size} bytes the index announced"));
                 }
+                let t = Instant::now();
                 if out_tx.send((buf, n, written)).is_err() {
                     // The writer failed; it says why.
-                    return Ok(());
+                    break Ok(());
                 }
+                blocked += t.elapsed();
                 written += n as u64;
                 progress(received.load(Ordering::Relaxed), written);
-            }
+            };
+            blocked += decoder.get_ref().get_ref().waiting;
+            result
         })();
+        let decompress = started.elapsed().saturating_sub(blocked);
         drop(out_tx);
         let (checked, network_time) = network.join().map_err(|_| anyhow!("{what}: the network thread panicked"))?;
         let (wrote, disk) = writer.join().map_err(|_| anyhow!("{what}: the writer thread panicked"))?;
@@ -155,7 +177,7 @@ pub fn stream(
         if written != image_size {
             return Err(anyhow!("{what}: expands to {written} bytes, not the {image_size} the index announced"));
         }
-        Ok(Figures { written, network: network_time, disk })
+        Ok(Figures { written, network: network_time, disk, decompress })
     })
 }
 

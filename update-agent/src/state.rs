@@ -87,13 +87,14 @@ pub struct Staging {
     pub write_seconds: f64,
     /// Image MiB per second of that.
     pub write_mib_per_s: f64,
-    /// Of `write_seconds`: receiving and checking the compressed stream.
+    /// Receiving and checking the compressed stream (the stages overlap: these three may add
+    /// up to more than `write_seconds`).
     #[serde(default)]
     pub network_seconds: f64,
-    /// Of `write_seconds`: writing to the partition.
+    /// Writing to the partition and syncing it.
     #[serde(default)]
     pub disk_seconds: f64,
-    /// Of `write_seconds`: the rest, decompressing.
+    /// Decompressing.
     #[serde(default)]
     pub decompress_seconds: f64,
     /// Read back and hash, seconds.
