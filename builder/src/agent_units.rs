@@ -12,10 +12,13 @@ use berth_fstree::{Metadata, Node, NodeKind, Tree};
 pub const UNIT_DIR: &str = "usr/lib/systemd/system";
 
 /// The agent's daemon: checks the channel, downloads, stages and reboots by its strategy.
+/// Ordered after `network-online.target` when something pulls it in, but it does not pull it in
+/// itself: boot-complete.target waits for every job of the boot, and on a machine without a
+/// network that target only fails after a minute. The agent retries a check that finds no
+/// network.
 pub const UPDATE_SERVICE: &str = "\
 [Unit]
 Description=Berth update agent (checks, downloads, stages, reboots)
-Wants=network-online.target
 After=network-online.target
 
 [Service]
