@@ -57,7 +57,7 @@ pub fn copy_root_a_to_b(image: &Image) {
 }
 
 /// Copies `berth/a/{vmlinuz,initrd.img,cmdline}` to `berth/b/` on the ESP (the build writes
-/// only `berth/a/`; `berth/b/` is created if missing).
+/// `berth/a/` and an empty `berth/b/`; `berth/b/` is created if missing, as on older images).
 pub fn copy_kernel_a_to_b(image: &Image) {
     let target = format!("{}@@{}", image.disk.display(), image.esp_offset);
     let has_b = Command::new("mdir").arg("-i").arg(&target).arg("::/berth/b").output().unwrap().status.success();
