@@ -8,6 +8,7 @@
 //! - [`layout`]: partitions, labels, GUIDs, [`Slot`].
 //! - [`attrs`]: one slot's {priority, tries, successful} and its bits in the attribute word.
 //! - [`Slots`]: both attribute words, kept whole so that other attribute bits survive a write.
+//! - `device` (feature `std`): a disk's GPT read from a file, with the backup as fallback.
 //! - [`Slots::select`]: bootmgr's choice, as a [`Decision`] (with whether the GPT must be
 //!   rewritten before the kernel starts) or [`NoBootableSlot`] with the reason for each slot.
 //! - [`Slots::begin_write`], [`Slots::staged`], [`Slots::mark_good`], [`Slots::rollback`],
@@ -35,8 +36,12 @@
 #![warn(missing_docs)]
 
 extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
 
 pub mod attrs;
+#[cfg(feature = "std")]
+pub mod device;
 pub mod gpt;
 pub mod layout;
 mod select;

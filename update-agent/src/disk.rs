@@ -6,8 +6,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
-use berth_slot::gpt::{Gpt, Header};
+use anyhow::Context;
+use berth_slot::gpt::Gpt;
 use berth_slot::layout::SECTOR_SIZE;
 use berth_slot::{Slot, Slots};
 
@@ -114,35 +114,9 @@ impl BootDisk {
     }
 }
 
-fn read_at(file: &File, node: &Path, lba: u64, len: usize) -> anyhow::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, lba * SECTOR_SIZE)
-        .with_context(|| format!("reading {} at LBA {lba}", node.display()))?;
-    Ok(buf)
-}
-
-/// The GPT from the primary copy, or from the backup on the last sector when the primary is
-/// unusable (a write cut between the two copies), as bootmgr reads it.
+/// The GPT (the backup copy when the primary is unusable), through berth-slot's reader.
 fn read_gpt(file: &File, node: &Path) -> anyhow::Result<Gpt> {
-    let primary = (|| -> anyhow::Result<Gpt> {
-        let sector = read_at(file, node, 1, SECTOR_SIZE as usize)?;
-        let header = Header::parse(&sector).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let entries = read_at(file, node, header.entries_lba, header.entries_bytes())?;
-        Gpt::parse(&sector, &entries).map_err(|e| anyhow::anyhow!("{e}"))
-    })();
-    let primary_err = match primary {
-        Ok(g) => return Ok(g),
-        Err(e) => e,
-    };
-    let last = device_size(file, node)? / SECTOR_SIZE - 1;
-    let sector = read_at(file, node, last, SECTOR_SIZE as usize)?;
-    let header = Header::parse(&sector).map_err(|e| anyhow::anyhow!("{e}"));
-    let backup = header.and_then(|h| {
-        let entries = read_at(file, node, h.entries_lba, h.entries_bytes())?;
-        Gpt::with_header(h, &entries).map_err(|e| anyhow::anyhow!("{e}"))
-    });
-    match backup {
-        Ok(g) => Ok(g),
-        Err(b) => bail!("{}: no usable GPT: primary: {primary_err:#}; backup at LBA {last}: {b:#}", node.display()),
-    }
+    let lbas = device_size(file, node)? / SECTOR_SIZE;
+    let (gpt, _) = berth_slot::device::read(file, node, lbas).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(gpt)
 }
