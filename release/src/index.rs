@@ -89,9 +89,16 @@ pub struct RootArtifact {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
-    /// Zstandard (RFC 8878) frames.
+    /// Zstandard (RFC 8878): independent frames, one after another, each declaring the size it
+    /// expands to, at most [`ZSTD_FRAME_BYTES`]. An agent splits the stream at frame ends and
+    /// decompresses frames on all its CPUs, each straight to its place in the slot.
     Zstd,
 }
+
+/// The most image bytes one frame of a zstd root may expand to. Small frames cost ratio (4 MiB
+/// frames make a Berth root about 3% bigger than one frame) and large ones memory: an agent
+/// holds a few frames, compressed and expanded, per CPU.
+pub const ZSTD_FRAME_BYTES: u64 = 4 << 20;
 
 /// When hosts may take a release: host positions (see [`crate::rollout`]) are let in evenly
 /// from `start` over `duration_seconds`; 0 means every host at `start`.

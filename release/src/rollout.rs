@@ -2,21 +2,18 @@
 //! and the release's version, a number in [0, 1) that differs per release (the same hosts are
 //! not always first); it may take the release once the rollout's progress passes it.
 
-use sha2::{Digest as _, Sha256};
-
+use crate::artifact::Sha256;
 use crate::index::Rollout;
 use crate::time::Timestamp;
 
 /// The position of `machine_id` in the rollout of `version`, in [0, 1).
 pub fn position(machine_id: &str, version: &str) -> f64 {
-    let h = Sha256::new()
-        .chain_update(b"berth rollout v1\0")
-        .chain_update(machine_id.trim().as_bytes())
-        .chain_update(b"\0")
-        .chain_update(version.as_bytes())
-        .finalize();
+    let mut h = Sha256::new();
+    for part in [&b"berth rollout v1\0"[..], machine_id.trim().as_bytes(), b"\0", version.as_bytes()] {
+        h.update(part);
+    }
     let mut top = [0u8; 8];
-    top.copy_from_slice(&h[..8]);
+    top.copy_from_slice(&h.finish().0[..8]);
     // 53 bits: exactly representable, and < 1.
     (u64::from_be_bytes(top) >> 11) as f64 / (1u64 << 53) as f64
 }

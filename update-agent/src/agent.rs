@@ -5,11 +5,11 @@
 //! transitions; the running slot is never written.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use berth_release::artifact::Sha256;
 use berth_release::config::{Strategy, UpdateConfig};
 use berth_release::index::{Index, MAX_INDEX_BYTES, Release, compare_versions};
 use berth_release::repo::{artifact_url, signature_url, split_index_url};
@@ -17,11 +17,11 @@ use berth_release::signature::MAX_SIGNATURE_BYTES;
 use berth_release::{ArtifactCheck, Timestamp, TrustedKeys, accept, rollout};
 use berth_slot::layout::ESP_PARTITION;
 use berth_slot::{Slot, TransitionError};
-use sha2::{Digest, Sha256};
 
 use crate::disk::{BootDisk, device_size};
 use crate::esp::{self, KernelFiles};
 use crate::http::{FetchError, Http};
+use crate::pipeline;
 use crate::state::{Phase, Progress, RolledBack, Staged, Staging, State};
 
 /// Image bytes per write.
@@ -222,9 +222,10 @@ impl Agent {
             downloaded_bytes: release.root.file.size,
             write_seconds,
             write_mib_per_s: mib / write_seconds.max(1e-9),
-            network_seconds: figures.network.as_secs_f64(),
-            disk_seconds: figures.disk.as_secs_f64(),
-            decompress_seconds: figures.decompress.as_secs_f64(),
+            decoders: figures.decoders,
+            receive_cpu_seconds: figures.network.as_secs_f64(),
+            decompress_cpu_seconds: figures.decompress.as_secs_f64(),
+            write_cpu_seconds: figures.disk.as_secs_f64(),
             verify_seconds,
         });
 
@@ -253,7 +254,7 @@ impl Agent {
         node: &Path,
         base: &str,
         release: &Release,
-    ) -> anyhow::Result<crate::pipeline::Figures> {
+    ) -> anyhow::Result<pipeline::Figures> {
         let root = &release.root;
         let url = artifact_url(base, &root.file.path);
         let reader = self.http.artifact(&url, ArtifactCheck::new(&root.file.path, root.file.size, root.file.sha256));
@@ -277,7 +278,7 @@ impl Agent {
                 last_save = Instant::now();
             }
         };
-        crate::pipeline::stream(reader, &root.file.path, root.image_size, dev, node, &mut progress)
+        pipeline::stream(reader, &root.file.path, root.image_size, dev, node, &mut progress)
     }
 
     /// Marks the booted slot good (after boot-complete.target), then notices a rollback.
@@ -410,19 +411,22 @@ impl Agent {
 fn verify_slot(dev: &File, node: &Path, release: &Release) -> anyhow::Result<()> {
     use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
     let size = release.root.image_size;
-    // Drop the cached pages so that the read comes from the device.
+    // O_DIRECT reads come from the device; a tail read through the page cache too, once the
+    // cached pages are dropped.
     let _ = posix_fadvise(dev, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    let mut direct = pipeline::open_direct(node, false);
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = pipeline::Aligned::new(CHUNK);
     let mut at = 0u64;
     while at < size {
         let n = usize::try_from((size - at).min(CHUNK as u64)).unwrap_or(CHUNK);
-        dev.read_exact_at(&mut buf[..n], at)
+        let bytes = &mut buf.all()[..n];
+        pipeline::read_exact_at(dev, &mut direct, bytes, at)
             .with_context(|| format!("reading {} back at byte {at}", node.display()))?;
-        hasher.update(&buf[..n]);
+        hasher.update(bytes);
         at += n as u64;
     }
-    let got = berth_release::index::Digest(hasher.finalize().into());
+    let got = hasher.finish();
     if got != release.root.image_sha256 {
         bail!(
             "{} read back: SHA-256 {got} does not match {} in the signed index (the disk did not keep what was written)",

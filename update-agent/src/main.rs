@@ -57,7 +57,8 @@ enum Command {
     Check,
     /// Check, stage the offered update into the passive slot, then reboot as the strategy says.
     Apply {
-        /// Also take a version that rolled back here before, or one the rollout has not reached.
+        /// Also take a version that rolled back here before, or one the rollout has not reached;
+        /// stage it again even when it is staged already.
         #[arg(long)]
         force: bool,
         /// Stage only; do not reboot whatever the strategy.
@@ -200,7 +201,7 @@ fn apply(agent: &Agent, st: &mut State, force: bool, reboot: bool) -> anyhow::Re
         }
         Found::Update(r) => r,
     };
-    if !agent.already_staged(st, &release) {
+    if force || !agent.already_staged(st, &release) {
         let url = agent.config.channel.clone().unwrap_or_default();
         agent.stage(st, &url, &release)?;
     }

@@ -1,74 +1,268 @@
-//! The staging pipeline: receiving and checking the compressed stream, zstd, and writing the
-//! slot each run on a thread of their own, joined by bounded channels, so that a host with more
-//! than one CPU overlaps them (on one CPU it costs a few context switches). Buffers of the
-//! writer are recycled, so the steady state allocates nothing.
+//! The staging pipeline. A root arrives as independent zstd frames, each declaring the size it
+//! expands to (berth-release's `Compression::Zstd`), so the work spreads over every CPU:
+//!
+//! - one thread receives the stream through its size and SHA-256 check and cuts it at frame
+//!   ends ([`Splitter`]);
+//! - a decoder per CPU expands whole frames, each into a buffer of its own;
+//! - the calling thread writes every expanded frame at its place in the slot, with `O_DIRECT`
+//!   where the device takes it: going through the page cache would cost a copy of every byte,
+//!   and the writeback threads' CPU, for pages the read-back drops anyway.
+//!
+//! Bounded channels hold a few frames per decoder; buffers are recycled, so the steady state
+//! allocates nothing.
 
 use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, channel, sync_channel};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::anyhow;
+use berth_release::index::ZSTD_FRAME_BYTES;
+use zstd::zstd_safe;
 
-use crate::http::{ArtifactReader, FetchError};
+use crate::http::ArtifactReader;
 
-/// Compressed bytes per message from the network stage.
-const IN_CHUNK: usize = 1 << 20;
-/// Image bytes per write.
-const OUT_CHUNK: usize = 4 << 20;
-/// Write buffers in flight (one being filled, the rest queued or being written).
-const OUT_BUFFERS: usize = 3;
+/// Compressed bytes per read from the network.
+const READ_CHUNK: usize = 256 << 10;
+/// Image bytes one frame may expand to.
+const FRAME: usize = ZSTD_FRAME_BYTES as usize;
+/// `O_DIRECT` alignment of buffers, offsets and lengths: the largest logical block size.
+const ALIGN: usize = 4096;
+/// The most bytes of a zstd frame header (magic number included).
+const FRAME_HEADER_MAX: usize = 18;
+/// Decoder threads at most (beyond this the network and the disk are the limit).
+const MAX_DECODERS: usize = 4;
 
-/// What a finished stream reports.
+/// What a finished stream reports. The times are CPU time of each stage's threads (they
+/// overlap, so together they may exceed the wall-clock time).
 pub struct Figures {
     /// Image bytes written.
     pub written: u64,
-    /// Time the network stage spent receiving and checking (not waiting for the others).
+    /// Decoder threads.
+    pub decoders: usize,
+    /// Receiving, checking and cutting the stream.
     pub network: Duration,
-    /// Time the writer spent writing and syncing.
-    pub disk: Duration,
-    /// Time the decoder spent decompressing (not waiting for the others).
+    /// Decompressing, all decoders together.
     pub decompress: Duration,
+    /// Writing and syncing.
+    pub disk: Duration,
 }
 
-/// The decoder's input: chunks from the network stage.
-struct ChannelReader {
-    rx: Receiver<Vec<u8>>,
-    chunk: Vec<u8>,
-    at: usize,
-    /// Time spent waiting for the network stage.
-    waiting: Duration,
+/// A frame cut from the stream: its bytes (`bytes[..len]`), the image bytes it expands to and
+/// where they go.
+struct Frame {
+    bytes: Vec<u8>,
+    len: usize,
+    size: usize,
+    at: u64,
 }
 
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.chunk.len() {
-            let t = Instant::now();
-            let next = self.rx.recv();
-            self.waiting += t.elapsed();
-            match next {
-                Ok(c) => {
-                    self.chunk = c;
-                    self.at = 0;
-                }
-                // The network stage ended (at the end, or with an error it reports itself).
-                Err(_) => return Ok(0),
-            }
+/// Cuts the compressed stream at frame ends, checking each frame's header on the way. The
+/// network reads straight into its buffer.
+struct Splitter {
+    what: String,
+    image_size: u64,
+    /// `pending[..filled]`: received bytes not yet cut off as a frame.
+    pending: Vec<u8>,
+    filled: usize,
+    /// Stream offset of `pending[0]` (for errors).
+    offset: u64,
+    /// Image offset of the next frame.
+    at: u64,
+    /// Buffers of frames the decoders are done with.
+    spare: Vec<Vec<u8>>,
+}
+
+/// A compressed frame and a read after it fit in a buffer of this size.
+fn buffer_size() -> usize {
+    zstd_safe::compress_bound(FRAME) + READ_CHUNK
+}
+
+impl Splitter {
+    fn new(what: &str, image_size: u64) -> Splitter {
+        Splitter {
+            what: what.into(),
+            image_size,
+            pending: vec![0; buffer_size()],
+            filled: 0,
+            offset: 0,
+            at: 0,
+            spare: Vec::new(),
         }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+    }
+
+    /// Where the next bytes are read to: at least [`READ_CHUNK`] of them.
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.pending[self.filled..]
+    }
+
+    /// `n` bytes were read into [`Splitter::space`].
+    fn received(&mut self, n: usize) {
+        self.filled += n;
+    }
+
+    /// The next whole frame of what has arrived, if there is one; an error when the stream
+    /// cannot be a root (checked as early as the bytes allow). After `Ok(None)` the buffer has
+    /// room for another read.
+    fn cut(&mut self) -> Result<Option<Frame>, String> {
+        if self.filled == 0 {
+            return Ok(None);
+        }
+        let pending = &self.pending[..self.filled];
+        let Ok(len) = zstd_safe::find_frame_compressed_size(pending) else {
+            if pending.len() >= FRAME_HEADER_MAX {
+                self.frame_size(pending)?;
+            }
+            if pending.len() > zstd_safe::compress_bound(FRAME) {
+                return Err(format!(
+                    "{}: the zstd frame at byte {} does not end within {} bytes",
+                    self.what,
+                    self.offset,
+                    pending.len()
+                ));
+            }
+            return Ok(None);
+        };
+        let size = self.frame_size(&pending[..len])?;
+        if self.at + size as u64 > self.image_size {
+            return Err(format!(
+                "{}: expands to more than the {} bytes the index announced",
+                self.what, self.image_size
+            ));
+        }
+        let mut rest = self.spare.pop().unwrap_or_else(|| vec![0; buffer_size()]);
+        rest[..self.filled - len].copy_from_slice(&pending[len..]);
+        let bytes = std::mem::replace(&mut self.pending, rest);
+        let frame = Frame { bytes, len, size, at: self.at };
+        self.filled -= len;
+        self.at += size as u64;
+        self.offset += len as u64;
+        Ok(Some(frame))
+    }
+
+    /// The image bytes the frame starting `bytes` expands to, from its header (a skippable
+    /// frame expands to none).
+    fn frame_size(&self, bytes: &[u8]) -> Result<usize, String> {
+        let at = self.offset;
+        match zstd_safe::get_frame_content_size(bytes) {
+            Err(_) => Err(format!("{}: no zstd frame header at byte {at}", self.what)),
+            Ok(None) => Err(format!(
+                "{}: the zstd frame at byte {at} does not declare its size (a root is published as frames that do)",
+                self.what
+            )),
+            Ok(Some(n)) if n > ZSTD_FRAME_BYTES => Err(format!(
+                "{}: the zstd frame at byte {at} expands to {n} bytes, more than the {ZSTD_FRAME_BYTES} a frame may",
+                self.what
+            )),
+            Ok(Some(n)) => Ok(n as usize),
+        }
+    }
+
+    /// At the end of the stream: nothing may be left over.
+    fn finish(&self) -> Result<(), String> {
+        match self.filled {
+            0 => Ok(()),
+            n => Err(format!(
+                "{}: the stream ends inside the zstd frame at byte {} ({n} bytes of it)",
+                self.what, self.offset
+            )),
+        }
     }
 }
 
-/// Streams `source` (zstd) into `dev` from byte 0; at most `image_size` bytes are written.
-/// `progress(received, written)` is called from this thread after each write is queued.
-/// Errors come in this order: the artifact's own check (a flipped byte is a SHA-256 mismatch,
-/// not a "corrupt block"), then decompression and size, then the disk.
+/// A buffer aligned for `O_DIRECT`.
+pub struct Aligned {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    /// `len` zero bytes.
+    pub fn new(len: usize) -> Aligned {
+        let raw = vec![0u8; len + ALIGN];
+        // Never more than ALIGN for bytes; a buffer that could not be aligned goes through
+        // the page cache.
+        let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Aligned { raw, start, len }
+    }
+
+    /// The whole buffer.
+    pub fn all(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+
+    fn bytes(&self, n: usize) -> &[u8] {
+        &self.raw[self.start..self.start + n]
+    }
+}
+
+/// `node` opened again with `O_DIRECT` (for writing, or reading), if its filesystem or device
+/// takes that.
+pub fn open_direct(node: &Path, write: bool) -> Option<File> {
+    File::options().read(!write).write(write).custom_flags(nix::libc::O_DIRECT).open(node).ok()
+}
+
+/// Reads `buf.len()` bytes at `at`: with `direct` when the place and length are aligned for
+/// it, else (or when the device refuses) through `dev`.
+pub fn read_exact_at(dev: &File, direct: &mut Option<File>, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    if let Some(d) = direct.as_ref()
+        && at.is_multiple_of(ALIGN as u64)
+        && buf.len().is_multiple_of(ALIGN)
+        && (buf.as_ptr() as usize).is_multiple_of(ALIGN)
+    {
+        match d.read_exact_at(buf, at) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => *direct = None,
+            r => return r,
+        }
+    }
+    dev.read_exact_at(buf, at)
+}
+
+/// Writes image bytes into the slot: the aligned part with `O_DIRECT` when the device takes
+/// it, the rest (and everything, on devices that refuse `O_DIRECT`) through the page cache.
+struct SlotWriter<'a> {
+    dev: &'a File,
+    direct: Option<File>,
+}
+
+impl SlotWriter<'_> {
+    fn write(&mut self, bytes: &[u8], at: u64) -> std::io::Result<()> {
+        let mut done = 0;
+        if let Some(direct) = &self.direct
+            && at.is_multiple_of(ALIGN as u64)
+            && (bytes.as_ptr() as usize).is_multiple_of(ALIGN)
+        {
+            let k = bytes.len() / ALIGN * ALIGN;
+            match direct.write_all_at(&bytes[..k], at) {
+                Ok(()) => done = k,
+                // Not for this device after all.
+                Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => self.direct = None,
+                Err(e) => return Err(e),
+            }
+        }
+        self.dev.write_all_at(&bytes[done..], at + done as u64)
+    }
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map(Duration::from).unwrap_or_default()
+}
+
+/// A lock whose holder cannot have left it half-changed (it only guards a receiver).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Streams `source` (zstd frames) into `dev` (opened read-write at `node`) from byte 0; at most
+/// `image_size` bytes are written. `progress(received, written)` is called from this thread
+/// after each write. Errors come in this order: the artifact's own check (a flipped byte is a
+/// SHA-256 mismatch, not a "corrupt block"), then the frames and their sizes, then the disk.
 pub fn stream(
     mut source: ArtifactReader<'_>,
     what: &str,
@@ -77,120 +271,225 @@ pub fn stream(
     node: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> anyhow::Result<Figures> {
-    let (in_tx, in_rx) = sync_channel::<Vec<u8>>(4);
-    let (out_tx, out_rx) = sync_channel::<(Vec<u8>, usize, u64)>(OUT_BUFFERS - 1);
-    let (free_tx, free_rx) = channel::<Vec<u8>>();
+    let decoders = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_DECODERS);
+    let max_buffers = decoders + 2;
+    let (frame_tx, frame_rx) = sync_channel::<Frame>(decoders);
+    let frame_rx = Mutex::new(frame_rx);
+    let (back_tx, back_rx) = channel::<Vec<u8>>();
+    let (out_tx, out_rx) = sync_channel::<(Aligned, usize, u64)>(max_buffers);
+    let (free_tx, free_rx) = channel::<Aligned>();
+    let free_rx = Mutex::new(free_rx);
+    let allocated = AtomicUsize::new(0);
     let received = AtomicU64::new(0);
-    let received = &received;
+    let (frame_rx, free_rx, allocated, received) = (&frame_rx, &free_rx, &allocated, &received);
+    let mut writer = SlotWriter { dev, direct: open_direct(node, true) };
+
     std::thread::scope(|scope| {
-        let network = scope.spawn(move || -> (Result<(), FetchError>, Duration) {
-            let mut busy = Duration::ZERO;
-            let mut live = true;
+        let network = scope.spawn(move || {
+            let mut splitter = Splitter::new(what, image_size);
+            let mut refused: Option<String> = None;
             loop {
-                let mut chunk = vec![0u8; IN_CHUNK];
-                let t = Instant::now();
-                let n = match source.next(&mut chunk) {
+                // Once the stream is refused, the rest is still read (into the same place) for
+                // the check.
+                let n = match source.next(&mut splitter.space()[..READ_CHUNK]) {
+                    Ok(0) => break,
                     Ok(n) => n,
-                    Err(e) => return (Err(e), busy + t.elapsed()),
+                    Err(e) => return (Err(e), refused, thread_cpu()),
                 };
-                busy += t.elapsed();
-                if n == 0 {
-                    break;
-                }
-                chunk.truncate(n);
                 received.fetch_add(n as u64, Ordering::Relaxed);
-                // Once the decoder has stopped, the rest is still read for the check.
-                if live && in_tx.send(chunk).is_err() {
-                    live = false;
+                if refused.is_some() {
+                    continue;
+                }
+                splitter.received(n);
+                splitter.spare.extend(back_rx.try_iter());
+                loop {
+                    match splitter.cut() {
+                        Ok(Some(frame)) if frame.size == 0 => splitter.spare.push(frame.bytes),
+                        Ok(Some(frame)) => {
+                            // The decoders drain the channel to its end, even after an error.
+                            let _ = frame_tx.send(frame);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            refused = Some(e);
+                            splitter.filled = 0;
+                            break;
+                        }
+                    }
                 }
             }
-            drop(in_tx);
-            let t = Instant::now();
-            let r = source.finish();
-            (r, busy + t.elapsed())
-        });
-        let writer = scope.spawn(move || -> (anyhow::Result<()>, Duration) {
-            let mut disk = Duration::ZERO;
-            for (buf, n, at) in out_rx {
-                let t = Instant::now();
-                if let Err(e) = dev.write_all_at(&buf[..n], at) {
-                    return (Err(anyhow!("writing {} at byte {at}: {e}", node.display())), disk);
-                }
-                disk += t.elapsed();
-                let _ = free_tx.send(buf);
+            drop(frame_tx);
+            if refused.is_none() {
+                refused = splitter.finish().err();
             }
-            let t = Instant::now();
-            let r = dev.sync_all().map_err(|e| anyhow!("syncing {}: {e}", node.display()));
-            (r, disk + t.elapsed())
+            (source.finish(), refused, thread_cpu())
         });
 
-        let input = ChannelReader { rx: in_rx, chunk: Vec::new(), at: 0, waiting: Duration::ZERO };
-        let mut written = 0u64;
-        let mut allocated = 0;
-        let started = Instant::now();
-        let mut blocked = Duration::ZERO;
-        let decoded: anyhow::Result<()> = (|| {
-            let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| anyhow!("starting zstd: {e}"))?;
-            let result = loop {
-                let t = Instant::now();
-                let mut buf = match free_rx.try_recv() {
-                    Ok(b) => b,
-                    Err(_) if allocated < OUT_BUFFERS => {
-                        allocated += 1;
-                        vec![0u8; OUT_CHUNK]
+        let decoding: Vec<_> = (0..decoders)
+            .map(|_| {
+                let (out_tx, back_tx, free_tx) = (out_tx.clone(), back_tx.clone(), free_tx.clone());
+                scope.spawn(move || {
+                    let mut failed: Option<String> = None;
+                    let mut dctx = match zstd::bulk::Decompressor::new() {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            failed = Some(format!("starting zstd: {e}"));
+                            None
+                        }
+                    };
+                    loop {
+                        let Ok(frame) = lock(frame_rx).recv() else { break };
+                        if let (None, Some(d)) = (&failed, dctx.as_mut()) {
+                            let mut buf = if allocated.fetch_add(1, Ordering::Relaxed) < max_buffers {
+                                Aligned::new(FRAME)
+                            } else {
+                                match lock(free_rx).recv() {
+                                    Ok(b) => b,
+                                    Err(_) => break,
+                                }
+                            };
+                            let end = frame.at + frame.size as u64;
+                            match d.decompress_to_buffer(&frame.bytes[..frame.len], &mut buf.all()[..frame.size]) {
+                                Ok(n) if n == frame.size => {
+                                    let _ = out_tx.send((buf, n, frame.at));
+                                }
+                                Ok(n) => {
+                                    failed = Some(format!(
+                                        "{what}: the zstd frame for image bytes {}..{end} expands to {n} bytes, not the {} it declares",
+                                        frame.at, frame.size
+                                    ));
+                                    let _ = free_tx.send(buf);
+                                }
+                                Err(e) => {
+                                    failed = Some(format!(
+                                        "{what}: decompressing the zstd frame for image bytes {}..{end}: {e}",
+                                        frame.at
+                                    ));
+                                    let _ = free_tx.send(buf);
+                                }
+                            }
+                        }
+                        let _ = back_tx.send(frame.bytes);
                     }
-                    Err(_) => match free_rx.recv() {
-                        Ok(b) => b,
-                        Err(_) => break Err(anyhow!("the writer stopped")),
-                    },
-                };
-                blocked += t.elapsed();
-                let n = match fill(&mut decoder, &mut buf) {
-                    Ok(n) => n,
-                    Err(e) => break Err(anyhow!("{what}: decompressing: {e}")),
-                };
-                if n == 0 {
-                    break Ok(());
+                    (failed, thread_cpu())
+                })
+            })
+            .collect();
+        drop((out_tx, back_tx));
+
+        // This thread writes, in whatever order the frames come.
+        let started_cpu = thread_cpu();
+        let mut written = 0u64;
+        let mut wrote: anyhow::Result<()> = Ok(());
+        for (buf, n, at) in out_rx {
+            if wrote.is_ok() {
+                match writer.write(buf.bytes(n), at) {
+                    Ok(()) => {
+                        written += n as u64;
+                        progress(received.load(Ordering::Relaxed), written);
+                    }
+                    Err(e) => wrote = Err(anyhow!("writing {} at byte {at}: {e}", node.display())),
                 }
-                if written + n as u64 > image_size {
-                    break Err(anyhow!("{what}: expands to more than the {image_size} bytes the index announced"));
-                }
-                let t = Instant::now();
-                if out_tx.send((buf, n, written)).is_err() {
-                    // The writer failed; it says why.
-                    break Ok(());
-                }
-                blocked += t.elapsed();
-                written += n as u64;
-                progress(received.load(Ordering::Relaxed), written);
-            };
-            blocked += decoder.get_ref().get_ref().waiting;
-            result
-        })();
-        let decompress = started.elapsed().saturating_sub(blocked);
-        drop(out_tx);
-        let (checked, network_time) = network.join().map_err(|_| anyhow!("{what}: the network thread panicked"))?;
-        let (wrote, disk) = writer.join().map_err(|_| anyhow!("{what}: the writer thread panicked"))?;
+            }
+            let _ = free_tx.send(buf);
+        }
+        drop(free_tx);
+        if wrote.is_ok() {
+            wrote = dev.sync_all().map_err(|e| anyhow!("syncing {}: {e}", node.display()));
+        }
+        let disk = thread_cpu().saturating_sub(started_cpu);
+
+        let (checked, refused, network) = network.join().map_err(|_| anyhow!("{what}: the network thread panicked"))?;
+        let mut decompress = Duration::ZERO;
+        let mut decode_error = None;
+        for d in decoding {
+            let (failed, cpu) = d.join().map_err(|_| anyhow!("{what}: a decoder thread panicked"))?;
+            decompress += cpu;
+            decode_error = decode_error.or(failed);
+        }
         checked?;
-        decoded?;
+        if let Some(e) = refused.or(decode_error) {
+            return Err(anyhow!(e));
+        }
         wrote?;
         if written != image_size {
             return Err(anyhow!("{what}: expands to {written} bytes, not the {image_size} the index announced"));
         }
-        Ok(Figures { written, network: network_time, disk, decompress })
+        Ok(Figures { written, decoders, network, decompress, disk })
     })
 }
 
-/// Reads until `buf` is full or the stream ends.
-fn fill(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Splits `image` into frames as `berth publish` does; for tests.
+#[cfg(test)]
+pub fn frames(image: &[u8], level: i32) -> Vec<u8> {
+    let mut c = zstd::bulk::Compressor::new(level).unwrap();
+    image.chunks(FRAME).flat_map(|chunk| c.compress(chunk).unwrap()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cuts `stream` as it arrives in `step`-byte pieces.
+    fn cut_all(stream: &[u8], image_size: u64, step: usize) -> Result<Vec<(usize, usize, u64)>, String> {
+        let mut s = Splitter::new("root.img.zst", image_size);
+        let mut out = Vec::new();
+        for piece in stream.chunks(step) {
+            s.space()[..piece.len()].copy_from_slice(piece);
+            s.received(piece.len());
+            while let Some(f) = s.cut()? {
+                out.push((f.len, f.size, f.at));
+            }
         }
+        s.finish()?;
+        Ok(out)
     }
-    Ok(n)
+
+    #[test]
+    fn frames_are_cut_where_they_end_whatever_the_pieces() {
+        let image: Vec<u8> = (0..10_000_000u32).map(|i| if i < 5_000_000 { 0 } else { (i % 253) as u8 }).collect();
+        let packed = frames(&image, 3);
+        for step in [1, 7, 4096, 1 << 20, packed.len()] {
+            let cut = cut_all(&packed, image.len() as u64, step).unwrap();
+            assert_eq!(cut.iter().map(|c| c.0).sum::<usize>(), packed.len(), "step {step}");
+            assert_eq!(
+                cut.iter().map(|c| (c.1, c.2)).collect::<Vec<_>>(),
+                [(FRAME, 0), (FRAME, FRAME as u64), (10_000_000 - 2 * FRAME, 2 * FRAME as u64)]
+            );
+        }
+        // A skippable frame in between expands to nothing.
+        let mut with_skippable = packed.clone();
+        let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3];
+        skippable.extend_from_slice(&with_skippable);
+        with_skippable = skippable;
+        let cut = cut_all(&with_skippable, image.len() as u64, 1000).unwrap();
+        assert_eq!(cut[0], (11, 0, 0));
+        assert_eq!(cut.len(), 4);
+    }
+
+    #[test]
+    fn streams_that_are_not_roots_are_refused_with_where() {
+        let image = vec![7u8; 3 * FRAME];
+        // One frame for the whole image: more than a frame may expand to.
+        let whole = zstd::bulk::compress(&image, 3).unwrap();
+        let e = cut_all(&whole, image.len() as u64, 4096).unwrap_err();
+        assert!(e.contains("expands to 12582912 bytes, more than the 4194304"), "{e}");
+        // A frame that does not declare its size (as a pipe into `zstd` writes).
+        let mut unsized_frame = Vec::new();
+        let mut enc = zstd::stream::Encoder::new(&mut unsized_frame, 3).unwrap();
+        std::io::Write::write_all(&mut enc, &image[..1000]).unwrap();
+        enc.finish().unwrap();
+        let e = cut_all(&unsized_frame, image.len() as u64, 4096).unwrap_err();
+        assert!(e.contains("at byte 0 does not declare its size"), "{e}");
+        // Not zstd at all.
+        let e = cut_all(&[0u8; 64], 64, 64).unwrap_err();
+        assert!(e.contains("no zstd frame header at byte 0"), "{e}");
+        // Good frames, then a cut-off one.
+        let packed = frames(&image, 3);
+        let e = cut_all(&packed[..packed.len() - 1], image.len() as u64, 4096).unwrap_err();
+        assert!(e.contains("ends inside the zstd frame at byte"), "{e}");
+        // More than the index announced.
+        let e = cut_all(&packed, image.len() as u64 - 1, 4096).unwrap_err();
+        assert!(e.contains("expands to more than the 12582911 bytes"), "{e}");
+    }
 }

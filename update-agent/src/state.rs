@@ -87,16 +87,19 @@ pub struct Staging {
     pub write_seconds: f64,
     /// Image MiB per second of that.
     pub write_mib_per_s: f64,
-    /// Receiving and checking the compressed stream (the stages overlap: these three may add
-    /// up to more than `write_seconds`).
+    /// Decoder threads (one per CPU, at most four).
     #[serde(default)]
-    pub network_seconds: f64,
-    /// Writing to the partition and syncing it.
+    pub decoders: usize,
+    /// CPU seconds of receiving, checking and cutting the compressed stream into frames (the
+    /// stages overlap: the three CPU times may add up to more than `write_seconds`).
     #[serde(default)]
-    pub disk_seconds: f64,
-    /// Decompressing.
+    pub receive_cpu_seconds: f64,
+    /// CPU seconds of decompressing, all decoders together.
     #[serde(default)]
-    pub decompress_seconds: f64,
+    pub decompress_cpu_seconds: f64,
+    /// CPU seconds of writing to the partition and syncing it.
+    #[serde(default)]
+    pub write_cpu_seconds: f64,
     /// Read back and hash, seconds.
     pub verify_seconds: f64,
 }
