@@ -4,7 +4,7 @@
 //!   without --force;
 //! - publish on small disks written with the builder's own disk, GPT and ESP writers (fast):
 //!   the index parses and is accepted with the public key, the sequence grows, the root image
-//!   expands to exactly ROOT-A, every artifact's size and SHA-256 match, the same version with
+//!   is frames of at most 4 MiB that declare their sizes and expands to exactly ROOT-A, every artifact's size and SHA-256 match, the same version with
 //!   other bytes is refused, the same bytes only re-sign, pull-back, two channels sharing a
 //!   release, errors (bad key, missing image, broken index, unknown version) leave the
 //!   repository byte for byte as it was, and the same disk at the same time gives the same
@@ -140,6 +140,16 @@ fn check_release(repo: &Path, index: &Index, version: &str, root: &[u8]) {
         c.finish().unwrap_or_else(|e| panic!("{e}"));
     }
     let compressed = std::fs::read(repo.join(&r.root.file.path)).unwrap();
+    // The agent's contract: frames that each declare their size, at most ZSTD_FRAME_BYTES.
+    let (mut rest, mut sizes) = (&compressed[..], Vec::new());
+    while !rest.is_empty() {
+        let len = zstd::zstd_safe::find_frame_compressed_size(rest).unwrap();
+        sizes.push(zstd::zstd_safe::get_frame_content_size(&rest[..len]).unwrap().expect("a declared size"));
+        rest = &rest[len..];
+    }
+    assert!(sizes.iter().all(|&n| n <= berth_release::index::ZSTD_FRAME_BYTES), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<u64>(), r.root.image_size);
+    assert_eq!(sizes.len() as u64, r.root.image_size.div_ceil(berth_release::index::ZSTD_FRAME_BYTES));
     let image = zstd::stream::decode_all(&compressed[..]).unwrap();
     assert_eq!(image.len() as u64, r.root.image_size);
     assert!(image == root, "root.img.zst does not expand to ROOT-A");
