@@ -32,11 +32,13 @@ pub const GUEST_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 100
 /// The `guestfwd` that connects [`GUEST_ADDR`]:80 to the server on `port`, one relay process
 /// (`relay`, the `berth-guestfwd-relay` binary of this package) per guest connection.
 pub fn guest_forward(relay: &Path, port: u16) -> crate::GuestForward {
-    crate::GuestForward {
-        addr: GUEST_ADDR,
-        port: 80,
-        target: crate::GuestTarget::Cmd(format!("{} {port}", relay.display())),
-    }
+    guest_forward_at(GUEST_ADDR, relay, port)
+}
+
+/// The `guestfwd` that connects `addr`:80 in the guest's network to a server on `port` of
+/// 127.0.0.1, through `relay`.
+pub fn guest_forward_at(addr: std::net::Ipv4Addr, relay: &Path, port: u16) -> crate::GuestForward {
+    crate::GuestForward { addr, port: 80, target: crate::GuestTarget::Cmd(format!("{} {port}", relay.display())) }
 }
 
 /// A request the server answered.

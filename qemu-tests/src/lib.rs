@@ -9,6 +9,7 @@
 //! 127.0.0.1 only.
 
 pub mod agent;
+pub mod fleetlock;
 pub mod http;
 pub mod oci;
 pub mod timing;

@@ -1,12 +1,14 @@
 //! Signed A/B updates end to end (DESIGN.md §2, §4): `container-host` images built at several
 //! versions, published with `berth publish` into a repository served on 127.0.0.1, found,
 //! staged and booted by the guest's `berth-update`; failed trials rolled back by bootmgr and
-//! recorded by the agent; power cuts at each step; releases the agent must refuse.
+//! recorded by the agent; power cuts at each step; releases the agent must refuse; reboots that
+//! wait for a FleetLock server's slot.
 
 mod common;
 
 use std::time::Duration;
 
+use berth_qemu_tests::fleetlock::FleetLockServer;
 use berth_qemu_tests::http::Fault;
 use common::host::{BOOT_COMPLETE, bash};
 use common::updates::*;
@@ -81,6 +83,58 @@ fn a_to_b_to_a() {
     // Every download came through the server, and the agent never asked for a file twice in full.
     let reqs = repo.server.requests();
     assert!(reqs.iter().any(|r| r.path.ends_with("/3.0.0/root.img.zst") && r.status == 200), "{reqs:?}");
+}
+
+/// Strategy fleetlock: a staged update waits while another host holds the group's reboot slot,
+/// reboots once the slot is free, and gives the slot back when the new slot is marked good.
+#[test]
+fn fleetlock_reboots_only_with_the_fleets_lock() {
+    let lock = FleetLockServer::start().expect("FleetLock server");
+    lock.hold("workers", "another-host");
+    let settings = format!(
+        "{}[update.fleetlock]\nurl = \"http://{}\"\ngroup = \"workers\"\n",
+        provision("fleetlock"),
+        berth_qemu_tests::fleetlock::GUEST_ADDR
+    );
+    let v1 = image("1.0.0", Flavour::Good);
+    let repo = Repo::new();
+    let mut m = boot_with(&v1, &repo, Some(settings), 1, Some(&lock));
+    m.wait_for(BOOT_COMPLETE, BOOT).unwrap_or_else(|e| panic!("{e}"));
+    let mut a = agent(&m);
+    wait_status(&mut a, Duration::from_secs(60), "slot a marked good", marked_good);
+    repo.publish(&image("2.0.0", Flavour::Good));
+
+    // Staged, but the slot is taken: no reboot, and status says why.
+    let s = wait_status(&mut a, STAGE_TIMEOUT, "2.0.0 staged, waiting for the lock", |s| {
+        state(s) == "staged" && last_error(s).contains("reboot lock was not given")
+    });
+    let e = last_error(&s);
+    assert!(e.contains("409") && e.contains("failed_lock") && e.contains("held by another-host"), "{e}");
+    let asked: Vec<_> = lock.requests().into_iter().filter(|r| r.operation == "pre-reboot").collect();
+    let me = asked.first().unwrap_or_else(|| panic!("no pre-reboot: {:?}", lock.requests())).id.clone();
+    assert!(asked.iter().all(|r| r.status == 409 && r.group == "workers" && r.id == me), "{asked:?}");
+    assert_eq!(me.len(), 32, "{me}");
+    assert_eq!(m.console().matches(BOOT_COMPLETE).count(), 1, "rebooted without the lock");
+    drop(a);
+
+    // The other host is done: this one takes the slot, reboots into b, and once b is marked
+    // good gives the slot back.
+    lock.free("workers");
+    wait_next_boot_complete(&mut m, BOOT);
+    let mut a = agent(&m);
+    let s = wait_status(&mut a, Duration::from_secs(120), "2.0.0 on b, marked good", |s| {
+        slot(s, "running").0 == "b" && marked_good(s)
+    });
+    assert_eq!(slot(&s, "running").1, "2.0.0", "{s:#}");
+    let start = std::time::Instant::now();
+    while lock.holder("workers").is_some() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let reqs = lock.requests();
+    assert_eq!(lock.holder("workers"), None, "the slot was not given back: {reqs:?}");
+    let granted = reqs.iter().position(|r| r.operation == "pre-reboot" && r.status == 200);
+    let released = reqs.iter().rposition(|r| r.operation == "steady-state" && r.status == 200 && r.id == me);
+    assert!(matches!((granted, released), (Some(g), Some(r)) if g < r), "{reqs:?}");
 }
 
 /// Publishes `flavour` as 1.5.0 over a running 1.0.0 and checks that the machine comes back on

@@ -7,7 +7,7 @@
 //! channel = "https://releases.example/channels/stable.json"
 //! keys = ["<64 hex digits>"]        # ed25519 public keys that sign the channel's index
 //! threshold = 1                     # signatures required
-//! strategy = "window"               # immediate | window | off (fleetlock: not yet)
+//! strategy = "window"               # immediate | window | fleetlock | off
 //! interval = "1h"                   # between checks
 //! jitter = "10m"                    # a random delay added to each, so a fleet does not ask at once
 //! tries = 3                         # trial boots of a new slot before bootmgr returns to the old one
@@ -17,6 +17,10 @@
 //! days = ["sat", "sun"]
 //! start = "02:00"
 //! length = "3h"
+//!
+//! [fleetlock]                       # strategy = "fleetlock": a reboot takes a fleet-wide lock
+//! url = "http://fleetlock.example:8080"
+//! group = "default"                 # hosts of one group share the lock's slots
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -38,8 +42,8 @@ pub enum Strategy {
     Immediate,
     /// In the next maintenance window.
     Window(Window),
-    /// FleetLock coordination (not implemented yet: staged updates wait as with `off`).
-    FleetLock,
+    /// When a FleetLock server gives this host the reboot lock.
+    FleetLock(FleetLock),
     /// Never by itself: the operator reboots.
     Off,
 }
@@ -50,10 +54,19 @@ impl Strategy {
         match self {
             Strategy::Immediate => "immediate",
             Strategy::Window(_) => "window",
-            Strategy::FleetLock => "fleetlock",
+            Strategy::FleetLock(_) => "fleetlock",
             Strategy::Off => "off",
         }
     }
+}
+
+/// A FleetLock server (DESIGN.md §4: `POST /v1/pre-reboot`, `POST /v1/steady-state`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetLock {
+    /// The server's base URL (the protocol's paths are under it).
+    pub url: String,
+    /// The group whose hosts share the lock.
+    pub group: String,
 }
 
 /// A weekly maintenance window, UTC.
@@ -173,6 +186,14 @@ struct Layer {
     tries: Option<u8>,
     health_timeout: Option<String>,
     window: Option<WindowLayer>,
+    fleetlock: Option<FleetLockLayer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetLockLayer {
+    url: String,
+    group: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +224,7 @@ impl UpdateConfig {
     pub fn from_texts(layers: &[(PathBuf, String)]) -> Result<UpdateConfig, ConfigError> {
         let mut c = UpdateConfig::default();
         let mut window: Option<(String, WindowLayer)> = None;
+        let mut fleetlock: Option<(String, FleetLockLayer)> = None;
         let mut strategy = ("(default)".to_string(), "immediate".to_string());
         for (n, (path, text)) in layers.iter().enumerate() {
             let name = path.display().to_string();
@@ -265,13 +287,24 @@ impl UpdateConfig {
             if let Some(w) = l.window {
                 window = Some((name.clone(), w));
             }
+            if let Some(f) = l.fleetlock {
+                fleetlock = Some((name.clone(), f));
+            }
             c.sources.push(path.clone());
         }
         let (from, s) = strategy;
         c.strategy = match s.as_str() {
             "immediate" => Strategy::Immediate,
             "off" => Strategy::Off,
-            "fleetlock" => Strategy::FleetLock,
+            "fleetlock" => {
+                let Some((ffrom, f)) = fleetlock else {
+                    return Err(ConfigError {
+                        path: from,
+                        why: "strategy \"fleetlock\" needs a [fleetlock] table".into(),
+                    });
+                };
+                Strategy::FleetLock(parse_fleetlock(f).map_err(|why| ConfigError { path: ffrom, why })?)
+            }
             "window" => {
                 let Some((wfrom, w)) = window else {
                     return Err(ConfigError { path: from, why: "strategy \"window\" needs a [window] table".into() });
@@ -293,6 +326,22 @@ impl UpdateConfig {
         }
         Ok(c)
     }
+}
+
+fn parse_fleetlock(f: FleetLockLayer) -> Result<FleetLock, String> {
+    let url = f.url.trim_end_matches('/').to_string();
+    let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    if host.is_none_or(|h| h.is_empty()) {
+        return Err(format!("fleetlock.url {:?} is not an http(s) URL", f.url));
+    }
+    let group = f.group.unwrap_or_else(|| "default".into());
+    if group.is_empty()
+        || group.len() > 64
+        || !group.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!("fleetlock.group {group:?} must be 1 to 64 letters, digits, '-' or '_'"));
+    }
+    Ok(FleetLock { url, group })
 }
 
 fn parse_window(w: &WindowLayer) -> Result<Window, String> {
@@ -357,6 +406,25 @@ mod tests {
         assert!(e.to_string().contains("[window]"), "{e}");
         assert!(load(&["channel = \"http://h/x.json\""]).is_err());
         assert!(load(&["channel = \"http://h/channels/s.json\""]).is_err(), "no keys");
+    }
+
+    #[test]
+    fn fleetlock() {
+        let c = load(&["strategy = \"fleetlock\"\n[fleetlock]\nurl = \"http://10.0.2.101/\"\n"]).unwrap();
+        assert_eq!(
+            c.strategy,
+            Strategy::FleetLock(FleetLock { url: "http://10.0.2.101".into(), group: "default".into() })
+        );
+        // The table may come from the operator's file, the strategy from the image's.
+        let c =
+            load(&["strategy = \"fleetlock\"", "[fleetlock]\nurl = \"https://fl\"\ngroup = \"workers\"\n"]).unwrap();
+        assert_eq!(c.strategy, Strategy::FleetLock(FleetLock { url: "https://fl".into(), group: "workers".into() }));
+        let e = load(&["strategy = \"fleetlock\""]).unwrap_err();
+        assert!(e.to_string().contains("needs a [fleetlock] table"), "{e}");
+        let e = load(&["strategy = \"fleetlock\"\n[fleetlock]\nurl = \"fl:8080\"\n"]).unwrap_err();
+        assert!(e.to_string().contains("fleetlock.url \"fl:8080\""), "{e}");
+        let e = load(&["strategy = \"fleetlock\"\n[fleetlock]\nurl = \"http://fl\"\ngroup = \"a b\"\n"]).unwrap_err();
+        assert!(e.to_string().contains("fleetlock.group"), "{e}");
     }
 
     #[test]

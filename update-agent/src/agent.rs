@@ -20,6 +20,7 @@ use berth_slot::{Slot, TransitionError};
 
 use crate::disk::{BootDisk, device_size};
 use crate::esp::{self, KernelFiles};
+use crate::fleetlock;
 use crate::http::{FetchError, Http};
 use crate::pipeline;
 use crate::state::{Phase, Progress, RolledBack, Staged, Staging, State};
@@ -360,7 +361,17 @@ impl Agent {
         let go = match &self.config.strategy {
             Strategy::Immediate => true,
             Strategy::Window(w) => w.contains(now),
-            Strategy::Off | Strategy::FleetLock => false,
+            Strategy::FleetLock(f) => match fleetlock::Client::new(&self.http, f, &self.machine_id).pre_reboot() {
+                Ok(()) => {
+                    println!("fleetlock {}: this host holds a reboot lock of group {}", f.url, f.group);
+                    true
+                }
+                Err(why) => bail!(
+                    "{} staged; the fleet's reboot lock was not given ({why}); asking again at the next check",
+                    staged.version
+                ),
+            },
+            Strategy::Off => false,
         };
         if !go {
             return Ok(match &self.config.strategy {
@@ -371,9 +382,6 @@ impl Agent {
                         w.describe(),
                         w.next_open(now)
                     )
-                }
-                Strategy::FleetLock => {
-                    format!("{} staged; strategy fleetlock is not supported yet: reboot by hand", staged.version)
                 }
                 _ => format!("{} staged; strategy off: reboot to switch (berthctl reboot)", staged.version),
             });
@@ -389,6 +397,17 @@ impl Agent {
             bail!("berthctl reboot: {status}");
         }
         Ok(format!("rebooting into {}", staged.version))
+    }
+
+    /// With strategy fleetlock, gives back any reboot lock this host holds (once the running
+    /// slot is good: after an update, or after a rollback); `None` with another strategy.
+    pub fn fleet_steady_state(&self) -> Option<Result<(), String>> {
+        let Strategy::FleetLock(f) = &self.config.strategy else { return None };
+        let r = fleetlock::Client::new(&self.http, f, &self.machine_id).steady_state();
+        if r.is_ok() {
+            println!("fleetlock {}: steady state reported; any reboot lock of this host is given back", f.url);
+        }
+        Some(r)
     }
 
     /// Manual rollback: the other slot (which must have booted to health) boots next.

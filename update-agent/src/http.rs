@@ -158,6 +158,20 @@ impl Http {
         })
     }
 
+    /// One `POST` of a JSON `body` with `headers`, not retried (the caller asks again at its next
+    /// turn): the status and at most 64 KiB of the answer, or why there is none.
+    pub fn post_json(&self, url: &str, headers: &[(&str, &str)], body: &str) -> Result<(u16, String), String> {
+        let mut req = self.agent.post(url).content_type("application/json");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let r = req.send(body).map_err(|e| format!("POST {url}: {e}"))?;
+        let status = r.status().as_u16();
+        let mut answer = String::new();
+        let _ = r.into_body().into_reader().take(64 << 10).read_to_string(&mut answer);
+        Ok((status, answer))
+    }
+
     /// A reader of the artifact at `url` whose every byte passes through `check`; the caller
     /// calls [`ArtifactReader::finish`] at the end.
     pub fn artifact(&self, url: &str, check: ArtifactCheck) -> ArtifactReader<'_> {

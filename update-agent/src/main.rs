@@ -10,12 +10,14 @@
 mod agent;
 mod disk;
 mod esp;
+mod fleetlock;
 mod http;
 mod pipeline;
 mod state;
 mod status;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -241,6 +243,11 @@ fn daemon() -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Whether this run of the daemon has reported steady state to the FleetLock server.
+static STEADY: AtomicBool = AtomicBool::new(false);
+/// How soon a staged host asks for the fleet's reboot lock again.
+const FLEETLOCK_RETRY: Duration = Duration::from_secs(300);
+
 /// One check (and stage, and reboot); returns how long to sleep.
 fn cycle(agent: &Agent) -> Duration {
     let jitter = rand::random_range(0..=agent.config.jitter.as_millis().min(u128::from(u64::MAX)) as u64);
@@ -259,6 +266,16 @@ fn cycle(agent: &Agent) -> Duration {
         agent.save(&st);
         return wait;
     }
+    // A good slot runs: a reboot lock taken before the reboot that led here is given back
+    // (once per run of the daemon, which is once per boot, until the server takes it).
+    if !STEADY.load(Ordering::Relaxed)
+        && let Some(r) = agent.fleet_steady_state()
+    {
+        match r {
+            Ok(()) => STEADY.store(true, Ordering::Relaxed),
+            Err(why) => st.error(&anyhow::anyhow!("fleetlock: {why}")),
+        }
+    }
     match apply(agent, &mut st, false, true) {
         Ok(msg) => println!("{msg}"),
         Err(e) => {
@@ -266,14 +283,18 @@ fn cycle(agent: &Agent) -> Duration {
             st.rest();
         }
     }
-    // A window strategy wakes up for its window.
-    if st.staged.is_some()
-        && let Strategy::Window(w) = &agent.config.strategy
-    {
-        let now = Timestamp::now();
-        let open = w.next_open(now);
-        let until = Duration::from_secs(u64::try_from(open.0 - now.0).unwrap_or(0).max(1));
-        wait = wait.min(until);
+    // A window strategy wakes up for its window; a host waiting for the fleet's reboot lock
+    // asks again within minutes.
+    if st.staged.is_some() {
+        match &agent.config.strategy {
+            Strategy::Window(w) => {
+                let now = Timestamp::now();
+                let open = w.next_open(now);
+                wait = wait.min(Duration::from_secs(u64::try_from(open.0 - now.0).unwrap_or(0).max(1)));
+            }
+            Strategy::FleetLock(_) => wait = wait.min(FLEETLOCK_RETRY),
+            _ => {}
+        }
     }
     agent.save(&st);
     wait

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use berth_builder::build::{BuildOptions, build};
 use berth_guest_agent::PORT_NAME;
 use berth_qemu_tests::agent::Agent;
+use berth_qemu_tests::fleetlock::FleetLockServer;
 use berth_qemu_tests::http::{self, RepoServer};
 use berth_qemu_tests::{Boot, Machine, Options};
 
@@ -220,12 +221,25 @@ pub fn boot(disk: &Path, repo: &Repo, provision: Option<String>) -> Machine {
 
 /// [`boot`] with `cpus` vCPUs.
 pub fn boot_on(disk: &Path, repo: &Repo, provision: Option<String>, cpus: u32) -> Machine {
+    boot_with(disk, repo, provision, cpus, None)
+}
+
+/// [`boot_on`], with a FleetLock server reachable at http://10.0.2.101/ too.
+pub fn boot_with(
+    disk: &Path,
+    repo: &Repo,
+    provision: Option<String>,
+    cpus: u32,
+    fleetlock: Option<&FleetLockServer>,
+) -> Machine {
     let relay = Path::new(env!("CARGO_BIN_EXE_berth-guestfwd-relay"));
+    let mut guest_forwards = vec![http::guest_forward(relay, repo.server.port())];
+    guest_forwards.extend(fleetlock.map(|f| f.guest_forward(relay)));
     let options = Options {
         overlay: true,
         network: true,
         serial_ports: vec![PORT_NAME.into()],
-        guest_forwards: vec![http::guest_forward(relay, repo.server.port())],
+        guest_forwards,
         provision,
         cpus: Some(cpus),
         ..Options::default()

@@ -1,0 +1,158 @@
+//! A FleetLock server on 127.0.0.1 (the protocol of DESIGN.md §4, as airlock serves it): one
+//! reboot slot per group. `POST /v1/pre-reboot` gives the slot to the asking id when it is
+//! free or already that id's, and answers 409 `{"kind": "failed_lock", …}` when another id
+//! holds it; `POST /v1/steady-state` frees the asking id's slot. Requests without the
+//! `fleet-lock-protocol: true` header are refused, as the protocol says. Every request is
+//! recorded. Guests reach it through a `guestfwd` at [`GUEST_ADDR`].
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where guests reach a [`FleetLockServer`]: http://10.0.2.101/ in QEMU's user network.
+pub const GUEST_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 101);
+
+/// A request the server answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockRequest {
+    /// `pre-reboot` or `steady-state` (or the path, for anything else).
+    pub operation: String,
+    pub id: String,
+    pub group: String,
+    /// The status answered.
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Group → the id holding its slot.
+    holders: HashMap<String, String>,
+    log: Vec<LockRequest>,
+}
+
+/// A running server (its thread lives as long as the test process).
+pub struct FleetLockServer {
+    port: u16,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl FleetLockServer {
+    /// Listens on a free port of 127.0.0.1.
+    pub fn start() -> std::io::Result<FleetLockServer> {
+        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                let _ = answer(stream, &s);
+            }
+        });
+        Ok(FleetLockServer { port, shared })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The `guestfwd` that connects [`GUEST_ADDR`]:80 to this server (`relay`: the
+    /// `berth-guestfwd-relay` binary).
+    pub fn guest_forward(&self, relay: &Path) -> crate::GuestForward {
+        crate::http::guest_forward_at(GUEST_ADDR, relay, self.port)
+    }
+
+    /// `id` takes `group`'s slot, as another host would.
+    pub fn hold(&self, group: &str, id: &str) {
+        self.lock().holders.insert(group.into(), id.into());
+    }
+
+    /// Frees `group`'s slot, as its holder's steady-state would.
+    pub fn free(&self, group: &str) {
+        self.lock().holders.remove(group);
+    }
+
+    /// Who holds `group`'s slot.
+    pub fn holder(&self, group: &str) -> Option<String> {
+        self.lock().holders.get(group).cloned()
+    }
+
+    /// Every request answered so far, in order.
+    pub fn requests(&self) -> Vec<LockRequest> {
+        self.lock().log.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn answer(stream: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut first = String::new();
+    reader.read_line(&mut first)?;
+    let (mut length, mut protocol) = (0usize, false);
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        let Some((name, value)) = h.split_once(':') else { continue };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = value.trim().parse().unwrap_or(0),
+            "fleet-lock-protocol" => protocol = value.trim() == "true",
+            _ => {}
+        }
+    }
+    let mut body = vec![0u8; length.min(1 << 16)];
+    reader.read_exact(&mut body)?;
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let params = &body["client_params"];
+    let (id, group) = (params["id"].as_str().unwrap_or(""), params["group"].as_str().unwrap_or(""));
+    let mut parts = first.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let operation = path.strip_prefix("/v1/").unwrap_or(path).to_string();
+
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let (status, reply) = if method != "POST" || !protocol || id.is_empty() || group.is_empty() {
+        (400, error("bad_request", "POST with fleet-lock-protocol: true and client_params id and group"))
+    } else {
+        match operation.as_str() {
+            "pre-reboot" => match s.holders.get(group) {
+                Some(h) if h != id => (409, error("failed_lock", &format!("group {group}'s one slot is held by {h}"))),
+                _ => {
+                    s.holders.insert(group.into(), id.into());
+                    (200, String::new())
+                }
+            },
+            "steady-state" => {
+                if s.holders.get(group).is_some_and(|h| h == id) {
+                    s.holders.remove(group);
+                }
+                (200, String::new())
+            }
+            _ => (404, error("not_found", path)),
+        }
+    };
+    s.log.push(LockRequest { operation, id: id.into(), group: group.into(), status });
+    drop(s);
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        409 => "Conflict",
+        _ => "Not Found",
+    };
+    let mut out = stream;
+    write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+        reply.len()
+    )
+}
+
+fn error(kind: &str, value: &str) -> String {
+    serde_json::json!({"kind": kind, "value": value}).to_string()
+}

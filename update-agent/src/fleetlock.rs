@@ -1,0 +1,171 @@
+//! The FleetLock client (DESIGN.md §4): before rebooting into a staged update a host asks the
+//! fleet's lock server for a reboot slot (`POST /v1/pre-reboot`), and gives it back once the
+//! new slot is marked good, or the old one is running again (`POST /v1/steady-state`). The
+//! server (for example airlock, with its semaphore in etcd) decides how many hosts of a group
+//! may reboot at once. Requests carry the `fleet-lock-protocol: true` header and
+//! `{"client_params": {"id": …, "group": …}}`; 200 grants, any other answer refuses, with a
+//! `{"kind": …, "value": …}` body saying why.
+
+use berth_release::artifact::Sha256;
+use berth_release::config::FleetLock;
+
+use crate::http::Http;
+
+/// A host's client of one FleetLock server.
+pub struct Client<'a> {
+    http: &'a Http,
+    server: &'a FleetLock,
+    id: String,
+}
+
+/// The id a host gives the server: derived from its machine-id (so it is stable across reboots
+/// and updates) without disclosing it.
+pub fn node_id(machine_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"berth fleetlock v1\0");
+    h.update(machine_id.trim().as_bytes());
+    berth_release::encode_hex(&h.finish().0[..16])
+}
+
+impl<'a> Client<'a> {
+    /// For the host with `machine_id`.
+    pub fn new(http: &'a Http, server: &'a FleetLock, machine_id: &str) -> Client<'a> {
+        Client { http, server, id: node_id(machine_id) }
+    }
+
+    /// Asks for the reboot lock; `Err` says why it was not given.
+    pub fn pre_reboot(&self) -> Result<(), String> {
+        self.call("pre-reboot")
+    }
+
+    /// Gives back any lock this host holds.
+    pub fn steady_state(&self) -> Result<(), String> {
+        self.call("steady-state")
+    }
+
+    fn call(&self, operation: &str) -> Result<(), String> {
+        let url = format!("{}/v1/{operation}", self.server.url);
+        let body = serde_json::json!({"client_params": {"id": self.id, "group": self.server.group}}).to_string();
+        let (status, answer) = self.http.post_json(&url, &[("fleet-lock-protocol", "true")], &body)?;
+        if status == 200 {
+            return Ok(());
+        }
+        let why = serde_json::from_str::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|v| Some(format!("{}: {}", v.get("kind")?.as_str()?, v.get("value")?.as_str().unwrap_or(""))))
+            .unwrap_or_else(|| answer.trim().chars().take(200).collect());
+        Err(format!("POST {url}: {status}: {why}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A request the test server saw: path, whether the protocol header was there, body.
+    type Seen = (String, bool, serde_json::Value);
+
+    /// A FleetLock server on 127.0.0.1 with one reboot slot: a lock held by another id is
+    /// refused; steady-state frees the holder's. Returns its URL and the requests seen
+    /// (path, the protocol header, body).
+    fn lock_server(holder: Option<&str>) -> (String, Arc<Mutex<Vec<Seen>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let mut holder = holder.map(String::from);
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut first = String::new();
+                r.read_line(&mut first).unwrap();
+                let (mut len, mut protocol) = (0, false);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    protocol |= lower.trim() == "fleet-lock-protocol: true";
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
+                let id = body["client_params"]["id"].as_str().unwrap_or("").to_string();
+                let (status, answer) = match path.as_str() {
+                    "/v1/pre-reboot" if holder.as_ref().is_none_or(|h| *h == id) => {
+                        holder = Some(id);
+                        ("200 OK", String::new())
+                    }
+                    "/v1/pre-reboot" => {
+                        ("409 Conflict", r#"{"kind":"failed_lock","value":"all 1 slots are taken"}"#.into())
+                    }
+                    "/v1/steady-state" => {
+                        if holder.as_ref() == Some(&id) {
+                            holder = None;
+                        }
+                        ("200 OK", String::new())
+                    }
+                    _ => ("404 Not Found", "no such operation".into()),
+                };
+                log.lock().unwrap().push((path, protocol, body));
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        (url, seen)
+    }
+
+    #[test]
+    fn the_lock_is_asked_for_refused_while_taken_and_given_back() {
+        let http = Http::new();
+        let (url, seen) = lock_server(Some("someone else"));
+        let server = FleetLock { url: url.clone(), group: "workers".into() };
+        let c = Client::new(&http, &server, "0123456789abcdef0123456789abcdef\n");
+        let e = c.pre_reboot().unwrap_err();
+        assert_eq!(e, format!("POST {url}/v1/pre-reboot: 409: failed_lock: all 1 slots are taken"));
+        c.steady_state().unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        for ((path, protocol, body), want) in seen.iter().zip(["/v1/pre-reboot", "/v1/steady-state"]) {
+            assert_eq!(path, want);
+            assert!(protocol, "the fleet-lock-protocol header");
+            assert_eq!(body["client_params"]["group"], "workers");
+            assert_eq!(body["client_params"]["id"], node_id("0123456789abcdef0123456789abcdef"));
+        }
+
+        // A free lock is given; the same host asking again keeps it; another host waits until
+        // steady-state gives it back.
+        let (url, _) = lock_server(None);
+        let server = FleetLock { url, group: "default".into() };
+        let (a, b) = (Client::new(&http, &server, "aaaa"), Client::new(&http, &server, "bbbb"));
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.id.len(), 32);
+        a.pre_reboot().unwrap();
+        a.pre_reboot().unwrap();
+        assert!(b.pre_reboot().is_err());
+        a.steady_state().unwrap();
+        b.pre_reboot().unwrap();
+    }
+
+    #[test]
+    fn an_unreachable_server_is_an_error_that_names_it() {
+        let http = Http::new();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = FleetLock { url: format!("http://127.0.0.1:{port}"), group: "default".into() };
+        let e = Client::new(&http, &server, "m").pre_reboot().unwrap_err();
+        assert!(e.starts_with(&format!("POST http://127.0.0.1:{port}/v1/pre-reboot: ")), "{e}");
+    }
+}
