@@ -106,8 +106,16 @@ impl Splitter {
 
     /// The next whole frame of what has arrived, if there is one; an error when the stream
     /// cannot be a root (checked as early as the bytes allow). After `Ok(None)` the buffer has
-    /// room for another read.
+    /// room for another read; after an error it is emptied, for the rest to be read through it.
     fn cut(&mut self) -> Result<Option<Frame>, String> {
+        let r = self.try_cut();
+        if r.is_err() {
+            self.filled = 0;
+        }
+        r
+    }
+
+    fn try_cut(&mut self) -> Result<Option<Frame>, String> {
         if self.filled == 0 {
             return Ok(None);
         }
@@ -312,7 +320,6 @@ pub fn stream(
                         Ok(None) => break,
                         Err(e) => {
                             refused = Some(e);
-                            splitter.filled = 0;
                             break;
                         }
                     }
