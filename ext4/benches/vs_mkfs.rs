@@ -72,6 +72,7 @@ fn scenario(title: &str, params: &Params) {
         timestamp: 1_700_000_000,
         journal: berth_ext4::Journal::None,
         bytes_per_inode: None,
+        reserved: berth_ext4::Reserved::None,
     };
     let ours = dir.path().join("berth.ext4");
     let mut report = None;

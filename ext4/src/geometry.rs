@@ -29,7 +29,8 @@ impl Geometry {
             blocks -= last;
         }
         let groups = blocks.div_ceil(BLOCKS_PER_GROUP);
-        if blocks < MIN_LAST_GROUP || groups > u64::from(u32::MAX) {
+        // Block numbers are 32 bits without the 64bit feature.
+        if blocks < MIN_LAST_GROUP || blocks > crate::MAX_BLOCKS {
             return None;
         }
         let groups = groups as u32;

@@ -11,6 +11,7 @@ mod csum;
 mod dir;
 mod geometry;
 mod plan;
+pub mod superblock;
 mod write;
 mod xattr;
 
@@ -25,6 +26,9 @@ use crate::plan::{Layout, Plan};
 
 /// Size of a filesystem block.
 pub const BLOCK_SIZE: u64 = 4096;
+/// The most blocks a filesystem may have: without the `64bit` feature (which this writer does
+/// not implement) block numbers are 32 bits, so 16 TiB - 4 KiB.
+pub const MAX_BLOCKS: u64 = u32::MAX as u64;
 
 /// How to lay out the filesystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +48,42 @@ pub struct Options {
     /// With a given size: at least one inode per this many bytes, so a writable filesystem
     /// has room for new files (mke2fs uses 16384). `None`: only the inodes the tree needs.
     pub bytes_per_inode: Option<u64>,
+    /// Blocks only root may allocate (`s_r_blocks_count`), so a full filesystem still takes
+    /// root's writes.
+    pub reserved: Reserved,
+}
+
+/// How many blocks to reserve for root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reserved {
+    /// None: a read-only filesystem.
+    #[default]
+    None,
+    /// Exactly this many blocks (at most half the filesystem, as e2fsck requires).
+    Blocks(u64),
+    /// `percent` of the blocks, but no more than `at_most` bytes (mke2fs's `-m`, with a cap so
+    /// a large disk does not lose hundreds of GiB to it).
+    Percent { percent: u8, at_most: u64 },
+}
+
+impl Reserved {
+    /// The reservation for `STATE`: 5% (mke2fs's default), at most 256 MiB.
+    pub const STATE: Reserved = Reserved::Percent { percent: 5, at_most: 256 << 20 };
+
+    /// Reserved blocks of a filesystem of `blocks` blocks.
+    pub fn blocks(self, blocks: u64) -> Result<u64, Error> {
+        let n = match self {
+            Reserved::None => 0,
+            Reserved::Blocks(n) => n,
+            Reserved::Percent { percent, at_most } => (blocks * u64::from(percent) / 100).min(at_most / BLOCK_SIZE),
+        };
+        if n > blocks / 2 {
+            return Err(Error::Invalid(format!(
+                "{n} reserved blocks is more than half of the filesystem's {blocks} blocks"
+            )));
+        }
+        Ok(n)
+    }
 }
 
 /// Whether and how large a journal to write.
@@ -79,16 +119,18 @@ impl Options {
             timestamp,
             journal: Journal::None,
             bytes_per_inode: None,
+            reserved: Reserved::None,
         }
     }
 
     /// Options for a writable, journaled filesystem of `size` bytes (STATE), with inodes for
-    /// one file per 16 KiB like mke2fs.
+    /// one file per 16 KiB like mke2fs and [`Reserved::STATE`] for root.
     pub fn writable(label: &str, seed: &[u8], timestamp: u32, size: u64) -> Options {
         Options {
             size: Some(size),
             journal: Journal::Default,
             bytes_per_inode: Some(16384),
+            reserved: Reserved::STATE,
             ..Options::derived(label, seed, timestamp)
         }
     }
@@ -107,6 +149,22 @@ impl Options {
         }
         if self.bytes_per_inode.is_some_and(|b| b < BLOCK_SIZE) {
             return Err(Error::Invalid("bytes per inode must be at least the block size (4096)".into()));
+        }
+        if let Reserved::Percent { percent, .. } = self.reserved
+            && percent > 50
+        {
+            return Err(Error::Invalid(format!("{percent}% reserved for root: at most 50% is allowed")));
+        }
+        if let Some(size) = self.size
+            && size / BLOCK_SIZE > MAX_BLOCKS
+        {
+            // Written anyway, the block count would be cut to 32 bits: a corrupt filesystem.
+            return Err(Error::Invalid(format!(
+                "a size of {size} bytes is {} blocks of 4 KiB, but without the 64bit feature (not \
+                 implemented) an ext4 filesystem has at most {MAX_BLOCKS} blocks ({} bytes, 16 TiB - 4 KiB)",
+                size / BLOCK_SIZE,
+                MAX_BLOCKS * BLOCK_SIZE
+            )));
         }
         Ok(())
     }
@@ -137,6 +195,8 @@ pub struct Report {
     pub free_blocks: u64,
     pub inodes: u32,
     pub free_inodes: u32,
+    /// Blocks reserved for root.
+    pub reserved_blocks: u64,
 }
 
 /// The smallest filesystem size in bytes that holds `tree` with these options.
@@ -197,10 +257,12 @@ pub fn write_at(tree: &Tree, file: &File, offset: u64, opts: &Options) -> Result
 }
 
 /// Like [`write_at`], for a device that may lose power meanwhile (STATE formatted at first
-/// boot): the superblock is zeroed and flushed first, and written last, after a flush of
-/// everything else, then flushed too. Until the filesystem is whole the range has no ext4
-/// magic number, so a power cut leads to formatting again, never to mounting half a
-/// filesystem.
+/// boot): the primary superblock is zeroed and flushed first, and written last, after a flush
+/// of everything else (the backup superblocks included), then flushed too. Until the
+/// filesystem is whole the range has no ext4 magic number where the primary superblock
+/// belongs, so a power cut never leads to mounting half a filesystem. The range's first 1024
+/// bytes (which ext4 leaves unused) are kept until then and zeroed only after the superblock
+/// is on the device: a "not yet formatted" marker there outlives a cut at any earlier point.
 pub fn write_at_durably(tree: &Tree, file: &File, offset: u64, opts: &Options) -> Result<Report, Error> {
     write_range(tree, file, offset, opts, write::Durable::SuperblockLast)
 }

@@ -299,3 +299,52 @@ fn writable_filesystem_over_garbage_is_clean_lazy_and_has_an_empty_journal() {
     assert_eq!(journal[..4], [0xC0, 0x3B, 0x39, 0x98]);
     assert!(journal[4096..].iter().all(|&b| b == 0), "stale bytes in the journal");
 }
+
+fn dumpe2fs_h(img: &std::path::Path) -> String {
+    let out = Command::new("dumpe2fs").arg("-h").arg(img).output().expect("dumpe2fs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn m7_writable_filesystem_reserves_blocks_for_root() {
+    let d = tempfile::tempdir().unwrap();
+    // 5% of a small one; 256 MiB (65536 blocks) of a large one, not 5%.
+    for (size, want) in [(300u64 << 20, 3840u64), (10 << 30, 65536)] {
+        let img = d.path().join(format!("state-{size}.img"));
+        let o = Options::writable("STATE", b"unit", 1_700_000_000, size);
+        let report = write_file(&Tree::new(meta(0o755)), &img, &o).unwrap();
+        assert_eq!(report.reserved_blocks, want);
+        let (ok, text) = e2fsck(&img);
+        assert!(ok, "e2fsck with {want} reserved blocks:\n{text}");
+        let dump = dumpe2fs_h(&img);
+        assert!(dump.contains(&format!("Reserved block count:     {want}\n")), "{dump}");
+    }
+    // The read-only root reserves nothing; more than half is refused.
+    let img = d.path().join("root.img");
+    write_file(&small_tree(3, 10), &img, &opts()).unwrap();
+    assert!(dumpe2fs_h(&img).contains("Reserved block count:     0\n"));
+    let o = Options { size: Some(64 << 20), reserved: crate::Reserved::Blocks(9000), ..opts() };
+    let e = write_file(&small_tree(3, 10), &d.path().join("half.img"), &o).unwrap_err();
+    assert!(e.to_string().contains("more than half"), "{e}");
+}
+
+#[test]
+fn m6_sixteen_tib_and_more_is_refused_not_written_corrupt() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("big.img");
+    for size in [16u64 << 40, (16 << 40) + (1 << 30), u64::MAX] {
+        let o = Options::writable("STATE", b"unit", 1_700_000_000, size);
+        match write_file(&Tree::new(meta(0o755)), &img, &o) {
+            Err(e @ Error::Invalid(_)) => {
+                let msg = e.to_string();
+                assert!(msg.contains("64bit") && msg.contains(&size.to_string()), "{msg}");
+            }
+            r => panic!("{size} bytes: expected a refusal, got {r:?}"),
+        }
+        assert!(std::fs::read_dir(d.path()).unwrap().next().is_none(), "left a file behind");
+    }
+    // The largest size without 64bit passes the check (writing it takes 1 GiB of bitmaps).
+    let o = Options::writable("STATE", b"unit", 1_700_000_000, crate::MAX_BLOCKS * crate::BLOCK_SIZE);
+    o.check().unwrap();
+    assert!(crate::geometry::Geometry::new(crate::MAX_BLOCKS + 1, 1).is_none());
+}

@@ -262,13 +262,14 @@ fn descriptors(layout: &Layout, u: &Usage, itable_zeroed: &[bool], fs_seed: u32)
     gdt
 }
 
-fn superblock(layout: &Layout, u: &Usage, plan: &Plan, opts: &Options, group: u32) -> Vec<u8> {
+fn superblock(layout: &Layout, u: &Usage, plan: &Plan, opts: &Options, reserved: u64, group: u32) -> Vec<u8> {
     let geo = &layout.geo;
     let mut s = vec![0u8; 1024];
     let free_blocks: u64 = u.group_free_blocks.iter().map(|&n| u64::from(n)).sum();
     let free_inodes: u32 = u.group_free_inodes.iter().sum();
     put32(&mut s, 0x00, geo.inodes());
     put32(&mut s, 0x04, geo.blocks as u32);
+    put32(&mut s, 0x08, reserved as u32);
     put32(&mut s, 0x0C, free_blocks as u32);
     put32(&mut s, 0x10, free_inodes);
     put32(&mut s, 0x18, 2); // log2(block size) - 10
@@ -318,6 +319,7 @@ fn superblock(layout: &Layout, u: &Usage, plan: &Plan, opts: &Options, group: u3
     put32(&mut s, 0x100, 0x000C); // default mount options: user_xattr, acl
     put32(&mut s, 0x108, opts.timestamp);
     put32(&mut s, 0x150, (geo.blocks >> 32) as u32);
+    put32(&mut s, 0x154, (reserved >> 32) as u32);
     put32(&mut s, 0x158, (free_blocks >> 32) as u32);
     put16(&mut s, 0x15C, EXTRA_ISIZE);
     put16(&mut s, 0x15E, EXTRA_ISIZE);
@@ -481,8 +483,9 @@ fn copy_range(
 pub(crate) enum Durable {
     /// Plain writes, no flushes (an image file, renamed into place when complete).
     No,
-    /// Block 0 (the primary superblock) zeroed and flushed first, written last after a flush
-    /// of everything else, and flushed: the magic number appears only on a whole filesystem.
+    /// The primary superblock zeroed and flushed first, written last after a flush of
+    /// everything else, and flushed: the magic number appears only on a whole filesystem. The
+    /// first 1024 bytes of block 0 are zeroed after that (see [`crate::write_at_durably`]).
     SuperblockLast,
 }
 
@@ -513,12 +516,13 @@ pub(crate) fn write(
     durable: Durable,
 ) -> Result<Report, Error> {
     let geo = &layout.geo;
+    let reserved = opts.reserved.blocks(geo.blocks)?;
     let at = |block: u64| base + block * BLOCK_SIZE;
     let put = |block: u64, bytes: &[u8]| out.write_all_at(bytes, at(block)).map_err(io_err(out_path));
     let flush = || out.sync_data().map_err(io_err(out_path));
     if durable == Durable::SuperblockLast {
         // An older filesystem's superblock must not describe the half-written new one.
-        put(0, &[0u8; BS])?;
+        out.write_all_at(&[0u8; BS - 1024], base + 1024).map_err(io_err(out_path))?;
         flush()?;
     }
 
@@ -596,22 +600,27 @@ pub(crate) fn write(
     put_runs(out, out_path, base, &layout.block_bitmap, &usage.block_bitmaps)?;
     put_runs(out, out_path, base, &layout.inode_bitmap, &usage.inode_bitmaps)?;
     let gdt = descriptors(layout, &usage, &itable_zeroed, plan.fs_seed);
+    let mut primary = None;
     for g in geo.super_groups() {
-        let sb = superblock(layout, &usage, plan, opts, g);
+        let sb = superblock(layout, &usage, plan, opts, reserved, g);
         let first = geo.group_first(g);
         let mut block = vec![0u8; BS];
         // The primary superblock sits 1024 bytes in; copies start their group's first block.
         let off = if g == 0 { 1024 } else { 0 };
         block[off..off + 1024].copy_from_slice(&sb);
         if g == 0 && durable == Durable::SuperblockLast {
-            put(first + 1, &gdt)?;
-            flush()?;
-            put(first, &block)?;
-            flush()?;
+            primary = Some(block);
         } else {
             put(first, &block)?;
-            put(first + 1, &gdt)?;
         }
+        put(first + 1, &gdt)?;
+    }
+    if let Some(block) = primary {
+        flush()?;
+        out.write_all_at(&block[1024..], base + 1024).map_err(io_err(out_path))?;
+        flush()?;
+        out.write_all_at(&block[..1024], base).map_err(io_err(out_path))?;
+        flush()?;
     }
     let free_blocks: u64 = usage.group_free_blocks.iter().map(|&n| u64::from(n)).sum();
     Ok(Report {
@@ -620,6 +629,7 @@ pub(crate) fn write(
         free_blocks,
         inodes: geo.inodes(),
         free_inodes: usage.group_free_inodes.iter().sum(),
+        reserved_blocks: reserved,
     })
 }
 

@@ -23,6 +23,7 @@ fn options() -> Options {
         timestamp: 1_700_000_000,
         journal: berth_ext4::Journal::None,
         bytes_per_inode: None,
+        reserved: berth_ext4::Reserved::None,
     }
 }
 

@@ -89,3 +89,83 @@ impl Slot {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The "unformatted STATE" marker
+
+/// Byte offset in STATE of the "unformatted STATE" marker: its first sector, which ext4 leaves
+/// unused (the superblock starts at 1024).
+pub const STATE_MARKER_OFFSET: u64 = 0;
+/// Length of the marker: one sector.
+pub const STATE_MARKER_LEN: usize = SECTOR_SIZE as usize;
+/// The marker's first bytes.
+const STATE_MARKER_MAGIC: &[u8; 32] = b"Berth STATE: never formatted\n\0\0\0";
+
+/// What the marker in STATE's first sector says. It is the only thing that lets berth-init
+/// format STATE (besides a legacy STATE of zeros): the builder writes [`StateMarker::Fresh`]
+/// into every image, berth-init replaces it with [`StateMarker::Formatting`] before it starts
+/// writing a filesystem, and the filesystem's own first sector replaces that once it is whole.
+/// Damage cannot forge it: it holds a magic string and the GUID of the disk it belongs to.
+///
+/// Layout: magic (32 bytes), disk GUID as the GPT stores it (16 bytes), phase (1 byte: 1 fresh,
+/// 2 formatting), zeros to the end of the sector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateMarker {
+    /// Written by the builder: STATE never held anything; the rest of its first MiB is zeros.
+    Fresh,
+    /// Written by berth-init just before formatting: a format started and may not have ended.
+    Formatting,
+}
+
+impl StateMarker {
+    /// The marker sector for the disk whose GPT disk GUID is `disk_guid`.
+    pub fn encode(self, disk_guid: &crate::gpt::Guid) -> [u8; STATE_MARKER_LEN] {
+        let mut s = [0u8; STATE_MARKER_LEN];
+        s[..32].copy_from_slice(STATE_MARKER_MAGIC);
+        s[32..48].copy_from_slice(&disk_guid.0);
+        s[48] = match self {
+            StateMarker::Fresh => 1,
+            StateMarker::Formatting => 2,
+        };
+        s
+    }
+
+    /// The marker in `sector` (STATE's first sector), if it is one for the disk `disk_guid`
+    /// exactly as [`StateMarker::encode`] writes it.
+    pub fn parse(sector: &[u8], disk_guid: &crate::gpt::Guid) -> Option<StateMarker> {
+        let s = sector.get(..STATE_MARKER_LEN)?;
+        if &s[..32] != STATE_MARKER_MAGIC || s[32..48] != disk_guid.0 || s[49..].iter().any(|&b| b != 0) {
+            return None;
+        }
+        match s[48] {
+            1 => Some(StateMarker::Fresh),
+            2 => Some(StateMarker::Formatting),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpt::Guid;
+
+    #[test]
+    fn state_marker_round_trips_and_names_its_disk() {
+        let disk = Guid::parse("01234567-89AB-CDEF-0123-456789ABCDEF").unwrap();
+        let other = Guid::parse("01234567-89AB-CDEF-0123-456789ABCDEE").unwrap();
+        for m in [StateMarker::Fresh, StateMarker::Formatting] {
+            let s = m.encode(&disk);
+            assert_eq!(StateMarker::parse(&s, &disk), Some(m));
+            assert_eq!(StateMarker::parse(&s, &other), None, "another disk's marker");
+            for i in [0, 31, 40, 48, 49, 511] {
+                let mut bad = s;
+                bad[i] ^= 0x40;
+                assert_eq!(StateMarker::parse(&bad, &disk), None, "byte {i} changed");
+            }
+            assert_eq!(StateMarker::parse(&s[..511], &disk), None);
+        }
+        assert_eq!(StateMarker::parse(&[0u8; 512], &disk), None);
+        assert_eq!(&StateMarker::Fresh.encode(&disk)[..29], b"Berth STATE: never formatted\n");
+    }
+}
