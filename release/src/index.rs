@@ -201,6 +201,20 @@ impl Index {
             if r.cmdline.len() > 4096 || r.cmdline.chars().any(|c| c.is_control()) {
                 return Err(invalid(at("cmdline"), "at most 4096 printable characters"));
             }
+            check_cmdline(&r.cmdline).map_err(|why| invalid(at("cmdline"), why))?;
+            if r.rollout.duration_seconds > MAX_ROLLOUT_SECONDS {
+                return Err(invalid(
+                    at("rollout.duration_seconds"),
+                    format!("{} is more than a year ({MAX_ROLLOUT_SECONDS})", r.rollout.duration_seconds),
+                ));
+            }
+            let latest_start = self.expires.plus(std::time::Duration::from_secs(MAX_ROLLOUT_SECONDS));
+            if r.rollout.start.0 < 0 || r.rollout.start > latest_start {
+                return Err(invalid(
+                    at("rollout.start"),
+                    format!("{} is not between 1970 and a year after the index expires", r.rollout.start),
+                ));
+            }
             for (name, a) in [("root", &r.root.file), ("vmlinuz", &r.vmlinuz), ("initrd", &r.initrd)] {
                 check_path(&at(&format!("{name}.path")), &a.path)?;
                 if a.size == 0 {
@@ -235,6 +249,36 @@ pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
         (Err(_), Ok(_)) => std::cmp::Ordering::Less,
         (Err(_), Err(_)) => a.cmp(b),
     }
+}
+
+/// The longest rollout: a year.
+pub const MAX_ROLLOUT_SECONDS: u64 = 365 * 86_400;
+
+/// Kernel parameters a release's command line may not set: bootmgr appends `root=` and
+/// `berth.slot=` itself, and the first one of a parameter must not differ from the last one
+/// (init and the agent read the slot from there); `init=` and `rd.*` would replace or steer
+/// stage 1; `--` would hand everything after it to init as arguments.
+pub const RESERVED_PARAMETERS: [&str; 3] = ["root", "berth.slot", "init"];
+
+/// Refuses a command line that sets a reserved parameter (see [`RESERVED_PARAMETERS`]), an
+/// `rd.*` parameter, or `--`.
+pub fn check_cmdline(cmdline: &str) -> Result<(), String> {
+    for word in cmdline.split_ascii_whitespace() {
+        // The kernel strips quotes around a parameter (`"root=x"` is root=x).
+        let word = word.trim_matches('"');
+        if word == "--" {
+            return Err("\"--\" is not allowed (it would end the kernel's parameters)".into());
+        }
+        let name = word.split_once('=').map_or(word, |(n, _)| n);
+        // The kernel treats `-` and `_` in parameter names alike.
+        let name = name.replace('-', "_");
+        if RESERVED_PARAMETERS.iter().any(|r| name == r.replace('-', "_")) || name.starts_with("rd.") {
+            return Err(format!(
+                "{word:?} is not allowed: root=, berth.slot=, init=, rd.* and -- are set by bootmgr or stage 1"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Channel names: what a file name can hold safely.

@@ -3,6 +3,7 @@
 //! A release repository is a tree of static files:
 //!
 //! ```text
+//! keys/<N>.json                  key set N: the signing keys, signed by the root keys
 //! channels/<channel>.json        the index (Index): releases, sequence, expiry
 //! channels/<channel>.json.sig    detached ed25519 signatures over the index's exact bytes
 //! releases/<version>/…           root.img.zst, vmlinuz, initrd.img
@@ -12,6 +13,7 @@
 //! - [`repo`]: where each file of a repository lives;
 //! - [`index`]: the index schema and its checked parser (never panics on any input);
 //! - [`signature`]: the signature file, signing, and threshold verification against trusted keys;
+//! - [`keyset`]: key sets, the root keys' document naming the signing keys, and the walk along them;
 //! - [`accept`]: everything an agent checks before it believes an index (signatures, expiry,
 //!   sequence), in that order;
 //! - [`artifact`]: the size and SHA-256 check of a downloaded artifact, fed as bytes arrive;
@@ -26,12 +28,13 @@ pub mod artifact;
 pub mod config;
 mod hex;
 pub mod index;
+pub mod keyset;
 pub mod repo;
 pub mod rollout;
 pub mod signature;
 pub mod time;
 
-pub use accept::{Rejected, accept};
+pub use accept::{Floor, Rejected, accept};
 pub use artifact::{ArtifactCheck, ArtifactError};
 pub use config::{Strategy, UpdateConfig};
 pub use hex::{decode_hex, encode_hex};

@@ -1,4 +1,12 @@
 //! Where the files of a release repository live (DESIGN.md §4).
+//!
+//! ```text
+//! keys/<N>.json                  key set version N (crate::keyset): the signing keys, signed by the root keys
+//! keys/<N>.json.sig              its detached signatures (the same format as an index's)
+//! channels/<channel>.json        the index, signed by the signing keys of the newest key set
+//! channels/<channel>.json.sig
+//! releases/<version>/…           root.img.zst, vmlinuz, initrd.img
+//! ```
 
 /// `channels/<channel>.json`, from the repository root.
 pub fn index_path(channel: &str) -> String {
@@ -13,6 +21,26 @@ pub fn signature_path(channel: &str) -> String {
 /// The signature file's URL: the index's URL with `.sig` appended.
 pub fn signature_url(index_url: &str) -> String {
     format!("{index_url}.sig")
+}
+
+/// The directory of the key sets, from the repository root.
+pub const KEYSET_DIR: &str = "keys";
+
+/// `keys/<version>.json`, from the repository root: every version stays, so that a host that
+/// missed some can walk the chain of root signatures from the one it trusts.
+pub fn keyset_path(version: u64) -> String {
+    format!("{KEYSET_DIR}/{version}.json")
+}
+
+/// `keys/<version>.json.sig`, from the repository root.
+pub fn keyset_signature_path(version: u64) -> String {
+    format!("{KEYSET_DIR}/{version}.json.sig")
+}
+
+/// The version of a key set file's name (`7.json` → 7); `None` for any other name.
+pub fn keyset_version(file_name: &str) -> Option<u64> {
+    let n = file_name.strip_suffix(".json")?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0')).then(|| n.parse().ok())?
 }
 
 /// The directory of a release's artifacts, from the repository root.
@@ -51,5 +79,8 @@ mod tests {
         assert_eq!(split_index_url("https://h/stable.json"), None);
         assert_eq!(artifact_url("http://h/", "releases/1/vmlinuz"), "http://h/releases/1/vmlinuz");
         assert_eq!(signature_url("http://h/channels/s.json"), "http://h/channels/s.json.sig");
+        assert_eq!(artifact_url("http://h", &keyset_path(3)), "http://h/keys/3.json");
+        assert_eq!(keyset_version("12.json"), Some(12));
+        assert_eq!([keyset_version("012.json"), keyset_version("0.json"), keyset_version("x.json")], [None; 3]);
     }
 }

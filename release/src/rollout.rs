@@ -26,7 +26,9 @@ pub fn progress(r: &Rollout, now: Timestamp) -> f64 {
     if r.duration_seconds == 0 {
         return 1.0;
     }
-    ((now.0 - r.start.0) as f64 / r.duration_seconds as f64).min(1.0)
+    // Saturating: a signed index can hold any start (Index::check bounds it, but this stays
+    // total for every input).
+    (now.0.saturating_sub(r.start.0) as f64 / r.duration_seconds as f64).min(1.0)
 }
 
 /// Whether a host at `position` may take a release with rollout `r` at `now`.
@@ -37,7 +39,8 @@ pub fn allowed(r: &Rollout, position: f64, now: Timestamp) -> bool {
 
 /// When a host at `position` may take it (the rollout's start plus its share of the duration).
 pub fn allowed_from(r: &Rollout, position: f64) -> Timestamp {
-    Timestamp(r.start.0 + (position * r.duration_seconds as f64).ceil() as i64)
+    // The float-to-int cast saturates; the addition must too.
+    Timestamp(r.start.0.saturating_add((position * r.duration_seconds as f64).ceil() as i64))
 }
 
 #[cfg(test)]

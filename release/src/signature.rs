@@ -100,6 +100,23 @@ impl TrustedKeys {
         self.threshold
     }
 
+    /// The distinct keys, hex, sorted.
+    pub fn keys_hex(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.keys.iter().map(|k| encode_hex(k.as_bytes())).collect();
+        v.sort();
+        v
+    }
+
+    /// Whether `other` is the same key set with the same threshold (order does not matter).
+    pub fn same_as(&self, other: &TrustedKeys) -> bool {
+        self.threshold == other.threshold && self.keys_hex() == other.keys_hex()
+    }
+
+    /// Whether `key` (hex) is one of these keys.
+    pub fn contains(&self, key: &str) -> bool {
+        parse_public_key(key).is_ok_and(|k| self.keys.contains(&k))
+    }
+
     /// Checks that at least `threshold` distinct trusted keys signed `message`; returns how
     /// many did.
     pub fn verify(&self, message: &[u8], signature_file: &[u8]) -> Result<usize, SignatureError> {

@@ -3,7 +3,7 @@
 
 use berth_release::index::{Artifact, Compression, Digest, Index, Release, Rollout, RootArtifact};
 use berth_release::signature::{Signatures, public_key_hex, secret_key_from_seed};
-use berth_release::{Timestamp, TrustedKeys, accept};
+use berth_release::{Floor, Timestamp, TrustedKeys, accept};
 use proptest::prelude::*;
 
 fn sample_index() -> Index {
@@ -37,9 +37,10 @@ fn a_signed_index_round_trips_and_is_accepted() {
     let bytes = sample_index().to_bytes();
     let sigs = Signatures::sign_all(&bytes, std::slice::from_ref(&key)).to_bytes();
     let trusted = TrustedKeys::new(&[public_key_hex(&key)], 1).unwrap();
-    let got = accept(&bytes, &sigs, &trusted, "stable", Timestamp(5_000), Some(5)).unwrap();
+    let floor = |sequence| Some(Floor { sequence, index_sha256: None });
+    let (got, _) = accept(&bytes, &sigs, &trusted, "stable", Timestamp(5_000), floor(5)).unwrap();
     assert_eq!(got, sample_index());
-    let e = accept(&bytes, &sigs, &trusted, "stable", Timestamp(5_000), Some(6)).unwrap_err();
+    let e = accept(&bytes, &sigs, &trusted, "stable", Timestamp(5_000), floor(6)).unwrap_err();
     assert!(e.to_string().contains("sequence 5 is lower than 6"), "{e}");
     let e = accept(&bytes, &sigs, &trusted, "stable", Timestamp(2_000_000_000), None).unwrap_err();
     assert!(e.to_string().contains("expired"), "{e}");
@@ -73,7 +74,7 @@ proptest! {
         let key = secret_key_from_seed([3; 32]);
         let trusted = TrustedKeys::new(&[public_key_hex(&key)], 1).unwrap();
         let _ = trusted.verify(&bytes, &bytes);
-        let _ = accept(&bytes, &bytes, &trusted, "stable", Timestamp(0), Some(1));
+        let _ = accept(&bytes, &bytes, &trusted, "stable", Timestamp(0), Some(Floor { sequence: 1, index_sha256: None }));
         let _ = berth_release::time::parse_duration(&String::from_utf8_lossy(&bytes));
         let _ = Timestamp::parse(&String::from_utf8_lossy(&bytes));
     }
@@ -93,7 +94,7 @@ proptest! {
         // another space-like byte) can still parse to the same signature; the index never.
         if !sig_side {
             prop_assert!(r.is_err());
-        } else if let Ok(idx) = r {
+        } else if let Ok((idx, _)) = r {
             prop_assert_eq!(idx, sample_index());
         }
     }

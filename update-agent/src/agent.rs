@@ -12,9 +12,10 @@ use anyhow::{Context, anyhow, bail};
 use berth_release::artifact::Sha256;
 use berth_release::config::{Strategy, UpdateConfig};
 use berth_release::index::{Index, MAX_INDEX_BYTES, Release, compare_versions};
-use berth_release::repo::{artifact_url, signature_url, split_index_url};
+use berth_release::keyset::{self, MAX_KEYSET_BYTES};
+use berth_release::repo::{artifact_url, keyset_path, signature_url, split_index_url};
 use berth_release::signature::MAX_SIGNATURE_BYTES;
-use berth_release::{ArtifactCheck, Timestamp, TrustedKeys, accept, rollout};
+use berth_release::{ArtifactCheck, Floor, Timestamp, TrustedKeys, accept, rollout};
 use berth_slot::layout::ESP_PARTITION;
 use berth_slot::{Slot, TransitionError};
 
@@ -24,6 +25,7 @@ use crate::fleetlock;
 use crate::http::{FetchError, Http};
 use crate::pipeline;
 use crate::state::{Phase, Progress, RolledBack, Staged, Staging, State};
+use crate::trust;
 
 /// Image bytes per write.
 const CHUNK: usize = 4 << 20;
@@ -97,15 +99,19 @@ impl Agent {
         let url = self.config.channel.as_deref().context(
             "no update channel: neither /usr/lib/berth/update.toml nor /etc/berth/update.toml sets `channel`",
         )?;
-        let (_, channel) = split_index_url(url).with_context(|| format!("channel {url:?}"))?;
-        let trusted = TrustedKeys::new(&self.config.keys, self.config.threshold)?;
+        let (base, channel) = split_index_url(url).with_context(|| format!("channel {url:?}"))?;
+        let now = Timestamp::now();
+        let trusted = self.trusted_index_keys(base, now)?;
         let index_bytes = self.http.get_small(url, MAX_INDEX_BYTES as u64)?;
         let sig_url = signature_url(url);
         let sig_bytes = self.http.get_small(&sig_url, MAX_SIGNATURE_BYTES as u64)?;
-        let now = Timestamp::now();
-        let index = accept(&index_bytes, &sig_bytes, &trusted, channel, now, st.last_sequence)
+        // The floor is the higher of state.json's and floor.json's (either may be lost).
+        let floor = Floor::max(st.floor(), trust::load_floor(&self.state_dir));
+        let (index, floor) = accept(&index_bytes, &sig_bytes, &trusted, channel, now, floor)
             .map_err(|e| anyhow!("{url}: refused: {e}"))?;
-        st.last_sequence = Some(st.last_sequence.unwrap_or(0).max(index.sequence));
+        // Kept before anything acts on the index.
+        trust::save_floor(&self.state_dir, floor).context("keeping the replay floor")?;
+        st.set_floor(floor);
         st.last_check = Some(now);
         st.last_error = None;
         let found = self.choose(&index, st, now, force);
@@ -115,6 +121,33 @@ impl Agent {
             Found::UpToDate => None,
         };
         Ok((index, found))
+    }
+
+    /// Walks the repository's key sets from what this host trusts (berth_release::keyset),
+    /// keeps the newest one accepted, and returns the keys an index must be signed by.
+    fn trusted_index_keys(&self, base: &str, now: Timestamp) -> anyhow::Result<TrustedKeys> {
+        let anchor = TrustedKeys::new(&self.config.keys, self.config.threshold)
+            .context("the root keys of update.toml (keys, threshold)")?;
+        let start = trust::load_trust(&self.state_dir, &anchor);
+        let fetch = |version: u64| -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
+            let url = artifact_url(base, &keyset_path(version));
+            let bytes = match self.http.get_small(&url, MAX_KEYSET_BYTES as u64) {
+                Ok(b) => b,
+                Err(e) if trust::not_found(&e) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let sig = self.http.get_small(&signature_url(&url), MAX_SIGNATURE_BYTES as u64)?;
+            Ok(Some((bytes, sig)))
+        };
+        let followed = keyset::follow(start, fetch).map_err(|e| anyhow!("{base}/keys: refused: {e:#}"))?;
+        for e in &followed.skipped {
+            println!("{base}/keys: skipped: {e}");
+        }
+        if let Some((document, signatures)) = &followed.newest {
+            trust::save_keyset(&self.state_dir, &anchor, document, signatures).context("keeping the key set")?;
+            println!("{base}/keys: key set {} accepted", followed.trust.version());
+        }
+        followed.trust.index_keys(now).map_err(|e| anyhow!("{base}/keys: {e}"))
     }
 
     /// The newest release above the running version that is not pulled, did not roll back

@@ -15,6 +15,7 @@ mod http;
 mod pipeline;
 mod state;
 mod status;
+mod trust;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -110,8 +110,11 @@ pub struct Staging {
 pub struct State {
     /// What the agent is doing.
     pub state: Phase,
-    /// The highest index sequence accepted.
+    /// The highest index sequence accepted (also kept in `floor.json`, see [`crate::trust`]).
     pub last_sequence: Option<u64>,
+    /// SHA-256 of the index accepted with `last_sequence`: an equal sequence is accepted again
+    /// only with these bytes.
+    pub last_index_sha256: Option<berth_release::index::Digest>,
     /// The last check that reached a verdict (success or refusal).
     pub last_check: Option<Timestamp>,
     /// The last error, cleared by a successful check.
@@ -136,6 +139,17 @@ pub struct State {
 }
 
 impl State {
+    /// The replay floor as this file records it.
+    pub fn floor(&self) -> Option<berth_release::Floor> {
+        self.last_sequence.map(|sequence| berth_release::Floor { sequence, index_sha256: self.last_index_sha256 })
+    }
+
+    /// Records `f` as the replay floor.
+    pub fn set_floor(&mut self, f: berth_release::Floor) {
+        self.last_sequence = Some(f.sequence);
+        self.last_index_sha256 = f.index_sha256;
+    }
+
     fn path(dir: &Path) -> PathBuf {
         dir.join(STATE_FILE)
     }

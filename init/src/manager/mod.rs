@@ -17,7 +17,7 @@ pub mod cgroup;
 mod exec;
 pub mod notify;
 mod service;
-mod syslog;
+pub(crate) mod syslog;
 pub mod users;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

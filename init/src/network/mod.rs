@@ -37,7 +37,7 @@
 pub mod dhcp;
 pub mod link;
 mod netlink;
-mod resolv;
+pub(crate) mod resolv;
 #[cfg(test)]
 mod tests;
 

@@ -7,12 +7,14 @@
 //! SIGUSR2 and SIGPWR power off. All signals it handles arrive through a signalfd, so the main
 //! loop is one `poll`.
 
+mod accounts;
 mod agent;
 mod health;
 mod identity;
 mod net;
 mod shutdown;
 mod storage;
+mod sysctl;
 mod watchdog;
 
 use std::io::{BufRead, BufReader, Write};
@@ -70,6 +72,10 @@ pub fn run() -> Result<(), String> {
     for line in crate::provision::run() {
         log::line(&line);
     }
+    // sysctl.d (provisioning may have written /etc/sysctl.d), before any unit starts.
+    for line in sysctl::run() {
+        log::line(&line);
+    }
     watchdog.feed();
     match identity::machine_id() {
         Ok((id, false)) => log::line(&format!("machine-id {id}")),
@@ -77,6 +83,11 @@ pub fn run() -> Result<(), String> {
         Err(e) => log::line(&format!("no machine-id: {e}")),
     }
     let host = identity::hostname();
+    match identity::write_hosts(std::path::Path::new(identity::HOSTS), &host) {
+        Ok("written") => log::line(&format!("{} written for {host}", identity::HOSTS)),
+        Ok(_) => {}
+        Err(e) => log::line(&e),
+    }
     match net::loopback_up() {
         Ok(()) => log::line(&format!("hostname {host}; lo up")),
         Err(e) => log::line(&format!("hostname {host}; {e}")),

@@ -8,8 +8,34 @@ use nix::mount::{MsFlags, mount};
 
 use crate::log;
 
-/// Where STATE is mounted (root-only: `/run/berth` is 0700).
-pub const STATE_MOUNT: &str = "/run/berth/state";
+/// PID 1's runtime directory, world-traversable (0755): every uid uses its public endpoints
+/// (`resolv.conf`, the sd_notify and syslog sockets, each with its own mode). What only root may
+/// reach has its own mode (`control.sock`, 0600 and SO_PEERCRED) or lives in [`PRIVATE_DIR`].
+pub const RUN_DIR: &str = "/run/berth";
+/// Root-only (0700): a second path to STATE's files must not bypass what `/var` and `/etc` show.
+pub const PRIVATE_DIR: &str = "/run/berth/private";
+/// Where STATE is mounted.
+pub const STATE_MOUNT: &str = "/run/berth/private/state";
+
+/// Creates (or corrects) [`RUN_DIR`] 0755, [`PRIVATE_DIR`] 0700 and [`STATE_MOUNT`], all root's.
+pub fn make_run_dirs(run: &Path, private: &Path, state: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    for (dir, mode) in [(run, 0o755), (private, 0o700), (state, 0o755)] {
+        match std::fs::DirBuilder::new().mode(mode).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("creating {}: {e}", dir.display())),
+        }
+        let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !meta.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
+        // The umask may have taken bits away; a directory from an earlier stage may differ.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {mode:o} {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
 
 /// How `/var` and `/etc` ended up.
 pub enum Storage {
@@ -20,10 +46,9 @@ pub enum Storage {
 }
 
 pub fn setup() -> Storage {
-    if let Err(e) = std::fs::create_dir_all(STATE_MOUNT) {
-        log::line(&format!("creating {STATE_MOUNT}: {e}"));
+    if let Err(e) = make_run_dirs(Path::new(RUN_DIR), Path::new(PRIVATE_DIR), Path::new(STATE_MOUNT)) {
+        log::line(&e);
     }
-    let _ = std::fs::set_permissions("/run/berth", std::os::unix::fs::PermissionsExt::from_mode(0o700));
     let storage = match mount_state() {
         Ok(device) => Storage::Persistent { device },
         Err(why) => {
@@ -99,7 +124,9 @@ fn bind_var(state: &Path) -> Result<(), String> {
 }
 
 /// Copies the directory and symlink skeleton of `from` into `to` (mode and owner kept; what
-/// exists is left alone). Returns how many entries were created.
+/// exists is left alone). Returns how many entries were created. It descends only into real
+/// directories of `to`: a symlink found there (one a user may have planted on STATE where the
+/// image has a directory) is neither followed nor replaced.
 fn seed_directories(from: &Path, to: &Path, depth: usize) -> usize {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let Ok(entries) = std::fs::read_dir(from) else { return 0 };
@@ -118,7 +145,8 @@ fn seed_directories(from: &Path, to: &Path, depth: usize) -> usize {
                 let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(meta.mode() & 0o7777));
                 let _ = std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid()));
             }
-            if depth < 8 {
+            let real_dir = std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_dir());
+            if depth < 8 && real_dir {
                 created += seed_directories(&source, &target, depth + 1);
             }
         }
@@ -131,6 +159,10 @@ fn overlay_etc(state: &Path) -> Result<(), String> {
     let work = state.join("etc/work");
     for d in [&upper, &work] {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    // Before the mount hides the image's /etc: its new users and groups into copied-up files.
+    for line in super::accounts::merge_into_upper(Path::new("/etc"), &upper) {
+        log::line(&line);
     }
     let data = format!("lowerdir=/etc,upperdir={},workdir={}", upper.display(), work.display());
     mount(Some("overlay"), "/etc", Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(data.as_str()))
@@ -150,4 +182,86 @@ fn cleanly_unmounted(device: &Path) -> Result<bool, String> {
     const INCOMPAT_RECOVER: u32 = 0x4;
     let incompat = u32::from_le_bytes([sb[0x60], sb[0x61], sb[0x62], sb[0x63]]);
     Ok(incompat & INCOMPAT_RECOVER == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// A directory every uid may traverse, as `/run` is.
+    fn open_tempdir() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        t
+    }
+
+    #[test]
+    fn h5_run_berth_is_world_traversable_and_only_state_private() {
+        // The path contracts: the public endpoints sit in RUN_DIR itself, STATE below PRIVATE_DIR.
+        for public in [crate::network::resolv::PATH, crate::manager::notify::SOCKET, crate::manager::syslog::SOCKET] {
+            assert_eq!(Path::new(public).parent(), Some(Path::new(RUN_DIR)), "{public}");
+        }
+        assert_eq!(Path::new(STATE_MOUNT).parent(), Some(Path::new(PRIVATE_DIR)));
+        assert_eq!(Path::new(PRIVATE_DIR).parent(), Some(Path::new(RUN_DIR)));
+
+        let t = open_tempdir();
+        let (run, private) = (t.path().join("berth"), t.path().join("berth/private"));
+        let state = private.join("state");
+        // As an older init left it.
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+        make_run_dirs(&run, &private, &state).unwrap();
+        assert_eq!((mode(&run), mode(&private), mode(&state)), (0o755, 0o700, 0o755));
+        make_run_dirs(&run, &private, &state).unwrap();
+
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("not root: the uid 65534 half is skipped");
+            return;
+        }
+        // What a non-root process does: read resolv.conf, send to the notify and syslog sockets.
+        crate::network::resolv::write(&run.join("resolv.conf"), "nameserver 10.0.2.3\n").unwrap();
+        let notify = run.join("notify");
+        let socket = crate::manager::notify::bind_datagram(notify.to_str().unwrap(), 0o777).unwrap();
+        let secret = state.join("secret");
+        std::fs::write(&secret, "x").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let as_nobody = |argv: &[&str]| {
+            std::process::Command::new(argv[0]).args(&argv[1..]).uid(65534).gid(65534).output().unwrap()
+        };
+        let cat = as_nobody(&["cat", run.join("resolv.conf").to_str().unwrap()]);
+        assert_eq!(String::from_utf8_lossy(&cat.stdout), "nameserver 10.0.2.3\n", "{cat:?}");
+        let logger = as_nobody(&["logger", "--socket-errors=on", "-d", "-u", notify.to_str().unwrap(), "READY=1"]);
+        assert!(logger.status.success(), "sending as uid 65534: {logger:?}");
+        let mut buf = [0u8; 256];
+        let got = crate::manager::notify::receive_one(&socket, &mut buf);
+        assert!(got.is_some_and(|(_, n)| String::from_utf8_lossy(&buf[..n]).contains("READY=1")), "{got:?}");
+        let denied = as_nobody(&["cat", secret.to_str().unwrap()]);
+        assert!(!denied.status.success(), "uid 65534 read a file on STATE through the private directory");
+    }
+
+    #[test]
+    fn l12_seed_directories_does_not_recurse_through_a_symlink_it_did_not_create() {
+        let t = tempfile::tempdir().unwrap();
+        let (image, state, victim) = (t.path().join("image"), t.path().join("state"), t.path().join("victim"));
+        std::fs::create_dir_all(image.join("lib/dpkg/info")).unwrap();
+        std::fs::create_dir_all(image.join("cache/apt")).unwrap();
+        std::os::unix::fs::symlink("../run/lock", image.join("lock")).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(&victim).unwrap();
+        // Planted on STATE where the image has a directory.
+        std::os::unix::fs::symlink(&victim, state.join("lib")).unwrap();
+
+        let created = seed_directories(&image, &state, 0);
+        assert_eq!(created, 3, "cache, cache/apt and the lock link");
+        assert!(std::fs::read_dir(&victim).unwrap().next().is_none(), "created through the planted symlink");
+        assert!(std::fs::symlink_metadata(state.join("lib")).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_link(state.join("lock")).unwrap(), Path::new("../run/lock"));
+        assert!(state.join("cache/apt").is_dir());
+    }
 }
