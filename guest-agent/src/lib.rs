@@ -24,6 +24,15 @@ pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 /// which leaves room for the path and the envelope under [`MAX_REQUEST_BYTES`].
 pub const WRITE_CHUNK_BYTES: usize = 4 << 20;
 
+/// How long [`Request::Exec`] lets a command run when the request names no limit: then the
+/// command (its whole process group) is killed and the reply is an error, so one hung command
+/// cannot hold the agent.
+pub const DEFAULT_EXEC_TIMEOUT_SECS: u64 = 600;
+
+/// The most bytes the agent holds of a command's stdout, of its stderr, or of a file it reads:
+/// past it the command is killed, or the read refused, with an error that says so.
+pub const MAX_OUTPUT_BYTES: usize = 64 << 20;
+
 /// A request or a reply with the id that pairs them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope<T> {
@@ -37,9 +46,15 @@ pub struct Envelope<T> {
 pub enum Request {
     /// Is the agent there?
     Ping,
-    /// Run `argv` (no shell; `PATH` is searched) and wait for it.
-    Exec { argv: Vec<String> },
-    /// A file's contents (lossy UTF-8).
+    /// Run `argv` (no shell; `PATH` is searched) and wait for it, at most `timeout_seconds`
+    /// [default: [`DEFAULT_EXEC_TIMEOUT_SECS`]]; stdout and stderr are each capped at
+    /// [`MAX_OUTPUT_BYTES`].
+    Exec {
+        argv: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_seconds: Option<u64>,
+    },
+    /// A file's contents (lossy UTF-8), at most [`MAX_OUTPUT_BYTES`].
     Read { path: String },
     /// Create or replace a file (written in place, then synced).
     Write { path: String, data: String },
@@ -74,6 +89,25 @@ impl Request {
                 append: i > 0,
             })
             .collect()
+    }
+}
+
+impl Request {
+    /// The request in a few words, for logs: the operation with its argv or path (never the
+    /// data written).
+    pub fn summary(&self) -> String {
+        match self {
+            Request::Ping => "ping".into(),
+            Request::Exec { argv, timeout_seconds: None } => format!("exec {argv:?}"),
+            Request::Exec { argv, timeout_seconds: Some(t) } => format!("exec {argv:?} (time limit {t} s)"),
+            Request::Read { path } => format!("read {path}"),
+            Request::Write { path, data } => format!("write {path} ({} bytes)", data.len()),
+            Request::WriteBase64 { path, data, append } => {
+                let verb = if *append { "append to" } else { "write" };
+                format!("{verb} {path} ({} bytes of base64)", data.len())
+            }
+            Request::Spawn { argv, output } => format!("spawn {argv:?} > {output}"),
+        }
     }
 }
 
@@ -126,9 +160,14 @@ mod tests {
 
     #[test]
     fn wire_format_is_one_flat_object() {
-        let r = Envelope { id: 7, body: Request::Exec { argv: vec!["berthctl".into(), "reboot".into()] } };
+        let argv = vec!["berthctl".into(), "reboot".into()];
+        let r = Envelope { id: 7, body: Request::Exec { argv: argv.clone(), timeout_seconds: None } };
         let line = serde_json::to_string(&r).unwrap();
         assert_eq!(line, r#"{"id":7,"op":"exec","argv":["berthctl","reboot"]}"#);
+        assert_eq!(serde_json::from_str::<Envelope<Request>>(&line).unwrap(), r);
+        let r = Envelope { id: 8, body: Request::Exec { argv, timeout_seconds: Some(5) } };
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(line, r#"{"id":8,"op":"exec","argv":["berthctl","reboot"],"timeout_seconds":5}"#);
         assert_eq!(serde_json::from_str::<Envelope<Request>>(&line).unwrap(), r);
         let e = Envelope { id: 7, body: Reply::Error { message: "x".into() } };
         assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"id":7,"reply":"error","message":"x"}"#);

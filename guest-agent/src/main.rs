@@ -4,9 +4,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use berth_guest_agent::{Envelope, ExecResult, MAX_REQUEST_BYTES, Reply, Request, decode_base64, leading_id};
+use berth_guest_agent::{
+    DEFAULT_EXEC_TIMEOUT_SECS, Envelope, ExecResult, MAX_OUTPUT_BYTES, MAX_REQUEST_BYTES, Reply, Request,
+    decode_base64, leading_id,
+};
 
 const USAGE: &str = "usage: berth-guest-agent DEVICE\n\
     Serves requests from the hypervisor on the virtio-serial port DEVICE (the port named \
@@ -40,15 +44,47 @@ fn main() {
     }
 }
 
+/// What the agent allows a request: the exec time limit when the request gives none, and the
+/// most bytes held of a command's output or of a file read.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    exec_timeout: Duration,
+    max_output: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { exec_timeout: Duration::from_secs(DEFAULT_EXEC_TIMEOUT_SECS), max_output: MAX_OUTPUT_BYTES }
+    }
+}
+
 fn serve(device: &str) -> Result<(), String> {
     let port = OpenOptions::new().read(true).write(true).open(device).map_err(|e| format!("opening {device}: {e}"))?;
-    let mut out = port.try_clone().map_err(|e| format!("{device}: {e}"))?;
-    let mut input = BufReader::new(port);
+    let out = port.try_clone().map_err(|e| format!("{device}: {e}"))?;
+    eprintln!(
+        "berth-guest-agent: serving {device} (exec time limit {DEFAULT_EXEC_TIMEOUT_SECS} s, output and reads up to {} MiB)",
+        MAX_OUTPUT_BYTES >> 20
+    );
+    serve_on(BufReader::new(port), out, &mut std::io::stderr(), device, Limits::default(), false)
+}
+
+/// Answers the requests read from `input` on `out`, logging each (and its outcome) to `log`
+/// (stderr: init hands the agent the console). With `stop_at_eof` it returns at end of input;
+/// otherwise end of input means no host is connected, and it waits for one.
+fn serve_on(
+    mut input: impl BufRead,
+    mut out: impl Write,
+    log: &mut impl Write,
+    device: &str,
+    limits: Limits,
+    stop_at_eof: bool,
+) -> Result<(), String> {
     let mut line = Vec::new();
     loop {
         line.clear();
         let reply = match read_line(&mut input, &mut line, MAX_REQUEST_BYTES) {
             // No host connected: the port reads as end-of-file until one is.
+            Ok(Line::Eof) if stop_at_eof => return Ok(()),
             Ok(Line::Eof) => {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
@@ -58,16 +94,27 @@ fn serve(device: &str) -> Result<(), String> {
                     // Noise from an earlier connection; the host matches replies by id.
                     continue;
                 };
-                Envelope { id: req.id, body: handle(req.body) }
+                let _ = writeln!(log, "berth-guest-agent: #{} {}", req.id, req.body.summary());
+                let started = Instant::now();
+                let body = handle_with(req.body, limits);
+                let _ = writeln!(
+                    log,
+                    "berth-guest-agent: #{} {} ({:.1} s)",
+                    req.id,
+                    outcome(&body),
+                    started.elapsed().as_secs_f64()
+                );
+                Envelope { id: req.id, body }
             }
             Ok(Line::TooLong) => {
                 let Some(id) = leading_id(&line) else { continue };
                 let message = format!("request longer than {MAX_REQUEST_BYTES} bytes; skipped");
+                let _ = writeln!(log, "berth-guest-agent: #{id} {message}");
                 Envelope { id, body: Reply::Error { message } }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                eprintln!("berth-guest-agent: reading {device}: {e}");
+                let _ = writeln!(log, "berth-guest-agent: reading {device}: {e}");
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
@@ -75,8 +122,24 @@ fn serve(device: &str) -> Result<(), String> {
         let mut text = serde_json::to_string(&reply).map_err(|e| e.to_string())?;
         text.push('\n');
         if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-            eprintln!("berth-guest-agent: writing to {device}: {e}");
+            let _ = writeln!(log, "berth-guest-agent: writing to {device}: {e}");
         }
+    }
+}
+
+/// A reply in a few words, for the log.
+fn outcome(reply: &Reply) -> String {
+    match reply {
+        Reply::Pong => "pong".into(),
+        Reply::Exited(r) => match (r.status, r.signal) {
+            (Some(code), _) => format!("exited with {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            (None, None) => "ended".into(),
+        },
+        Reply::Data { data } => format!("{} bytes read", data.len()),
+        Reply::Written => "written".into(),
+        Reply::Spawned { pid } => format!("started as pid {pid}"),
+        Reply::Error { message } => format!("error: {message}"),
     }
 }
 
@@ -118,11 +181,19 @@ fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> std::i
     }
 }
 
+#[cfg(test)]
 fn handle(req: Request) -> Reply {
+    handle_with(req, Limits::default())
+}
+
+fn handle_with(req: Request, limits: Limits) -> Reply {
     match req {
         Request::Ping => Reply::Pong,
-        Request::Exec { argv } => exec(&argv),
-        Request::Read { path } => match std::fs::read(&path) {
+        Request::Exec { argv, timeout_seconds } => {
+            let timeout = timeout_seconds.map_or(limits.exec_timeout, Duration::from_secs);
+            exec(&argv, timeout, limits.max_output)
+        }
+        Request::Read { path } => match read(&path, limits.max_output) {
             Ok(b) => Reply::Data { data: String::from_utf8_lossy(&b).into_owned() },
             Err(e) => Reply::Error { message: format!("reading {path}: {e}") },
         },
@@ -139,6 +210,18 @@ fn handle(req: Request) -> Reply {
         },
         Request::Spawn { argv, output } => spawn(&argv, &output),
     }
+}
+
+/// At most `max` bytes of the file (a longer one, or an endless one like /dev/zero, is an error).
+fn read(path: &str, max: usize) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    File::open(path)?.take(max as u64 + 1).read_to_end(&mut data)?;
+    if data.len() > max {
+        return Err(std::io::Error::other(format!(
+            "longer than {max} bytes, the most the agent reads (read it in parts, e.g. with exec dd)"
+        )));
+    }
+    Ok(data)
 }
 
 /// Starts `argv` through a middle process (this binary with [`DETACH`]) that exits at once, so
@@ -202,20 +285,119 @@ fn detach(output: &str, argv: &[String]) -> i32 {
     }
 }
 
-fn exec(argv: &[String]) -> Reply {
+/// What a reader thread of [`exec`] hands back: which stream, its bytes, whether it ran over.
+type Captured = (usize, Vec<u8>, bool);
+
+/// Reads `from` until its end, keeping at most `max` bytes; stops at the first byte past it.
+fn capture(mut from: impl Read, max: usize) -> (Vec<u8>, bool) {
+    let mut data = Vec::new();
+    match from.by_ref().take(max as u64 + 1).read_to_end(&mut data) {
+        Ok(_) if data.len() > max => {
+            data.truncate(max);
+            (data, true)
+        }
+        _ => (data, false),
+    }
+}
+
+/// Runs `argv` in a process group of its own, capturing stdout and stderr up to `max` bytes
+/// each, for at most `timeout`: past either limit the whole group is killed and the reply is
+/// an error that says which limit.
+fn exec(argv: &[String], timeout: Duration, max: usize) -> Reply {
     let Some((program, args)) = argv.split_first() else {
         return Reply::Error { message: "exec: empty argv".into() };
     };
-    let out = Command::new(program).args(args).env("PATH", PATH).stdin(Stdio::null()).output();
-    match out {
-        Ok(o) => Reply::Exited(ExecResult {
-            status: o.status.code(),
-            signal: o.status.signal(),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }),
-        Err(e) => Reply::Error { message: format!("running {program}: {e}") },
+    let child = Command::new(program)
+        .args(args)
+        .env("PATH", PATH)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return Reply::Error { message: format!("running {program}: {e}") },
+    };
+    let (tx, rx) = mpsc::channel::<Captured>();
+    let streams: [Option<Box<dyn Read + Send>>; 2] = [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ];
+    for (i, stream) in streams.into_iter().enumerate() {
+        let tx = tx.clone();
+        if let Some(stream) = stream {
+            std::thread::spawn(move || {
+                let (data, over) = capture(stream, max);
+                let _ = tx.send((i, data, over));
+            });
+        }
     }
+    drop(tx);
+    let kill_group = |child: &std::process::Child| {
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    };
+    let deadline = Instant::now() + timeout;
+    let mut captured: [Option<Vec<u8>>; 2] = [None, None];
+    let mut status = None;
+    let mut problem: Option<String> = None;
+    // After a kill, how long the pipes may take to close (a process that left the group may
+    // hold them): the reply does not wait on it longer.
+    let mut give_up: Option<Instant> = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(10)) {
+            Ok((i, data, over)) => {
+                if over && problem.is_none() {
+                    let name = ["stdout", "stderr"][i];
+                    problem = Some(format!(
+                        "its {name} passed {max} bytes, the most the agent keeps; the command was killed"
+                    ));
+                    kill_group(&child);
+                    give_up = Some(Instant::now() + Duration::from_secs(2));
+                }
+                captured[i] = Some(data);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if status.is_none() {
+            match child.try_wait() {
+                Ok(s) => status = s,
+                Err(e) => return Reply::Error { message: format!("waiting for {program}: {e}") },
+            }
+        }
+        let all_read = captured.iter().all(Option::is_some);
+        if status.is_some() && all_read {
+            break;
+        }
+        if problem.is_none() && Instant::now() >= deadline {
+            problem = Some(format!(
+                "still running after {} s, the time limit (timeout_seconds); the command was killed",
+                timeout.as_secs_f64()
+            ));
+            kill_group(&child);
+            give_up = Some(Instant::now() + Duration::from_secs(2));
+        }
+        if give_up.is_some_and(|t| Instant::now() >= t) {
+            if status.is_none() {
+                status = child.try_wait().ok().flatten();
+            }
+            break;
+        }
+    }
+    if let Some(p) = problem {
+        let stderr = captured[1].as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+        let tail: String = stderr.chars().rev().take(500).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail =
+            if tail.trim().is_empty() { String::new() } else { format!(" (stderr ends: {:?})", tail.trim_end()) };
+        return Reply::Error { message: format!("exec {argv:?}: {p}{tail}") };
+    }
+    let Some(status) = status else {
+        return Reply::Error { message: format!("exec {argv:?}: no exit status") };
+    };
+    let [stdout, stderr] = captured.map(|c| String::from_utf8_lossy(&c.unwrap_or_default()).into_owned());
+    Reply::Exited(ExecResult { status: status.code(), signal: status.signal(), stdout, stderr })
 }
 
 fn write(path: &str, data: &[u8], append: bool) -> std::io::Result<()> {
@@ -246,6 +428,85 @@ mod tests {
         read(Line::Complete, "no newline");
         read(Line::Eof, "");
         assert_eq!(leading_id(long.as_bytes()), Some(9));
+    }
+
+    /// H4: every request is logged with its operation and argv or path; a hung command is
+    /// killed at its time limit (with what it started) and the agent answers the next request;
+    /// output and reads past the cap are errors that say so.
+    #[test]
+    fn h4_requests_are_logged_exec_is_time_limited_and_output_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("bg.pid");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 5000]).unwrap();
+        let small = dir.path().join("small");
+        std::fs::write(&small, b"hello").unwrap();
+        let sh = |script: String, timeout: Option<u64>| Request::Exec {
+            argv: vec!["sh".into(), "-c".into(), script],
+            timeout_seconds: timeout,
+        };
+        let requests = [
+            // A command that hangs, with a child of its own that would hold the pipes open.
+            sh(format!("sleep 60 & echo $! > {}; wait", pidfile.display()), Some(1)),
+            Request::Ping,
+            sh("head -c 5000 /dev/zero".into(), None),
+            sh("head -c 5000 /dev/zero >&2".into(), None),
+            sh("echo fine; echo warn >&2; exit 3".into(), None),
+            Request::Read { path: big.display().to_string() },
+            Request::Read { path: "/dev/zero".into() },
+            Request::Read { path: small.display().to_string() },
+            Request::Write { path: dir.path().join("w").display().to_string(), data: "secret".into() },
+        ];
+        let input: String = requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| serde_json::to_string(&Envelope { id: i as u64, body: r.clone() }).unwrap() + "\n")
+            .collect();
+        let limits = Limits { exec_timeout: Duration::from_secs(30), max_output: 4096 };
+        let (mut out, mut log) = (Vec::new(), Vec::new());
+        let started = Instant::now();
+        serve_on(input.as_bytes(), &mut out, &mut log, "test", limits, true).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+        let replies: Vec<Envelope<Reply>> =
+            String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(replies.len(), requests.len());
+        let error = |i: usize| match &replies[i].body {
+            Reply::Error { message } => message.clone(),
+            other => panic!("request {i}: {other:?}"),
+        };
+        let e = error(0);
+        assert!(e.contains("still running after 1 s, the time limit") && e.contains("killed"), "{e}");
+        // The whole process group went: the background sleep too.
+        let bg: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let state = std::fs::read_to_string(format!("/proc/{bg}/stat")).unwrap_or_default();
+        assert!(state.is_empty() || state.contains(") Z "), "background child alive: {state}");
+        assert_eq!(replies[1].body, Reply::Pong);
+        assert!(error(2).contains("its stdout passed 4096 bytes, the most the agent keeps"), "{}", error(2));
+        assert!(error(3).contains("its stderr passed 4096 bytes"), "{}", error(3));
+        let Reply::Exited(r) = &replies[4].body else { panic!("{:?}", replies[4]) };
+        assert_eq!((r.status, r.stdout.as_str(), r.stderr.as_str()), (Some(3), "fine\n", "warn\n"));
+        assert!(error(5).contains("longer than 4096 bytes, the most the agent reads"), "{}", error(5));
+        assert!(error(6).contains("reading /dev/zero: longer than 4096 bytes"), "{}", error(6));
+        assert_eq!(replies[7].body, Reply::Data { data: "hello".into() });
+
+        let log = String::from_utf8(log).unwrap();
+        for want in [
+            "#0 exec [\"sh\", \"-c\", \"sleep 60 &",
+            "(time limit 1 s)",
+            "#0 error: exec",
+            "#1 ping",
+            "#4 exited with 3",
+            &format!("#5 read {}", big.display()),
+            "#6 read /dev/zero",
+            "#7 5 bytes read",
+            "#8 write ",
+        ] {
+            assert!(log.contains(want), "no {want:?} in the log:\n{log}");
+        }
+        assert!(!log.contains("secret"), "the log holds written data:\n{log}");
+        assert_eq!(DEFAULT_EXEC_TIMEOUT_SECS, 600);
+        assert_eq!(MAX_OUTPUT_BYTES, 64 << 20);
     }
 
     #[test]

@@ -102,7 +102,9 @@ impl Agent {
 
     /// Runs `argv` in the guest.
     pub fn exec(&mut self, argv: &[&str], timeout: Duration) -> Result<ExecResult, AgentError> {
-        let req = Request::Exec { argv: argv.iter().map(|s| s.to_string()).collect() };
+        // The guest kills the command when this side stops waiting for it.
+        let timeout_seconds = Some(timeout.as_secs().max(1));
+        let req = Request::Exec { argv: argv.iter().map(|s| s.to_string()).collect(), timeout_seconds };
         match self.request(&req, timeout)? {
             Reply::Exited(r) => Ok(r),
             other => Err(self.failed(&req, other)),
@@ -112,7 +114,7 @@ impl Agent {
     /// Runs `argv` in the guest without waiting for it (for commands that take the guest, and
     /// so the agent, down, like `berthctl reboot`).
     pub fn spawn(&mut self, argv: &[&str]) -> Result<(), AgentError> {
-        let req = Request::Exec { argv: argv.iter().map(|s| s.to_string()).collect() };
+        let req = Request::Exec { argv: argv.iter().map(|s| s.to_string()).collect(), timeout_seconds: None };
         match self.request(&req, Duration::from_secs(5)) {
             Ok(Reply::Exited(r)) if r.status != Some(0) => {
                 Err(AgentError::Failed { request: describe(&req), message: format!("{r:?}") })
@@ -178,13 +180,5 @@ impl Agent {
 }
 
 fn describe(req: &Request) -> String {
-    match req {
-        Request::Ping => "ping".into(),
-        Request::Exec { argv } => format!("exec {}", argv.join(" ")),
-        Request::Read { path } => format!("read {path}"),
-        Request::Write { path, .. } => format!("write {path}"),
-        Request::WriteBase64 { path, append: false, .. } => format!("write {path} (base64)"),
-        Request::WriteBase64 { path, append: true, .. } => format!("append to {path} (base64)"),
-        Request::Spawn { argv, output } => format!("spawn {} > {output}", argv.join(" ")),
-    }
+    req.summary()
 }
