@@ -54,18 +54,28 @@ pub fn source_date_epoch() -> Result<Option<i64>, String> {
     }
 }
 
+/// What a size in a file is, in words: serde's messages for a wrong type quote this.
+const SIZE_EXPECTED: &str = "a size: a string such as \"1G\" or a positive number of bytes";
+
 impl<'de> serde::Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(SIZE_EXPECTED)
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                u64::try_from(n).map(ByteSize).map_err(|_| E::custom(format!("{n} is not {SIZE_EXPECTED}")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                s.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Bytes(n) => Ok(ByteSize(n)),
-            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -86,5 +96,24 @@ mod tests {
         assert_eq!("1.5GiB".parse::<ByteSize>().unwrap().0, 3 << 29);
         assert!("12Q".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(3 << 29).to_string(), "1.5 GiB");
+    }
+
+    /// A size in a definition: a string with a unit or a number of bytes; anything else says so
+    /// in those words, not in the terms of an internal type.
+    #[test]
+    fn untagged_enum_raw_sizes_in_files_say_what_a_size_is() {
+        #[derive(serde::Deserialize, Debug)]
+        struct T {
+            #[allow(dead_code)]
+            size: ByteSize,
+        }
+        let size = |v: &str| toml::from_str::<T>(&format!("size = {v}")).map(|t| t.size.0).map_err(|e| e.to_string());
+        assert_eq!(size("1048576"), Ok(1 << 20));
+        assert_eq!(size("\"1M\""), Ok(1 << 20));
+        for bad in ["-5", "1.5", "true", "[1]"] {
+            let e = size(bad).unwrap_err();
+            assert!(e.contains("a string such as \"1G\" or a positive number of bytes"), "{bad}: {e}");
+            assert!(!e.contains("Raw") && !e.contains("untagged"), "{bad}: {e}");
+        }
     }
 }
