@@ -49,7 +49,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::log;
 use dhcp::client::{Action, Client, Config, Lease, Loss};
-use dhcp::io::Sockets;
+use dhcp::io::{Received, Sockets};
 use netlink::{Address, DefaultRoute, Netlink};
 
 /// How often to look for carrier on an interface just brought up.
@@ -115,9 +115,11 @@ impl Network {
     pub fn on_readable(&mut self, now: Instant) {
         let mut changed = false;
         for link in &mut self.links {
+            // Every packet read counts, well-formed or not (L4).
             for _ in 0..READ_BATCH {
                 let range = match link.sockets.receive(&mut self.buf) {
-                    Ok(Some(range)) => range,
+                    Ok(Some(Received::Payload(range))) => range,
+                    Ok(Some(Received::Skipped)) => continue,
                     Ok(None) => break,
                     Err(e) => {
                         log::line(&format!("{}: DHCP: {e}", link.name));
@@ -427,5 +429,61 @@ fn drive(net: &mut Network, until: Instant, done: impl Fn(&Network) -> bool) -> 
         if done(net) {
             return true;
         }
+    }
+}
+
+#[cfg(test)]
+mod l4 {
+    use std::net::UdpSocket;
+    use std::os::fd::OwnedFd;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A flood of packets that pass the filter but are not DHCP (here: any datagram socket as
+    /// the packet socket, so that what each one holds is not an IPv4 packet) is read
+    /// `READ_BATCH` at a time: the main loop gets its turn between batches.
+    #[test]
+    fn l4_malformed_packets_count_against_the_read_batch() {
+        let packet = UdpSocket::bind("127.0.0.1:0").unwrap();
+        packet.set_nonblocking(true).unwrap();
+        let probe = packet.try_clone().unwrap();
+        let to = packet.local_addr().unwrap();
+        let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent = 3 * READ_BATCH;
+        for _ in 0..sent {
+            flood.send_to(b"not an IPv4 packet", to).unwrap();
+        }
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.set_nonblocking(true).unwrap();
+        let now = Instant::now();
+        let config = Config { mac: [2, 0, 0, 0, 0, 1], host_name: None, max_message_size: 576, seed: 1 };
+        let dir = tempfile::tempdir().unwrap();
+        let mut net = Network {
+            links: vec![Link {
+                name: "flood0".into(),
+                index: 0,
+                sockets: Sockets::from_parts(OwnedFd::from(packet), udp),
+                client: Client::new(config, now),
+                carrier: None,
+                applied: None,
+            }],
+            netlink: None,
+            resolv_conf: dir.path().join("resolv.conf"),
+            buf: vec![0; 16384],
+        };
+        let left = || {
+            let mut n = 0;
+            let mut b = [0u8; 64];
+            while probe.recv(&mut b).is_ok() {
+                n += 1;
+            }
+            n
+        };
+        net.on_readable(now);
+        net.on_readable(now);
+        // Two rounds read two batches; the third is still queued (the old loop read them all
+        // in the first round).
+        assert_eq!(left(), sent - 2 * READ_BATCH);
     }
 }

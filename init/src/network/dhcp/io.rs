@@ -40,6 +40,15 @@ pub struct Sockets {
     udp: UdpSocket,
 }
 
+/// One packet read by [`Sockets::receive`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// A UDP payload to port 68, at this range of the buffer.
+    Payload(std::ops::Range<usize>),
+    /// Read and dropped: not a well-formed UDP packet to port 68.
+    Skipped,
+}
+
 /// Classic BPF over the IPv4 header (SOCK_DGRAM packet sockets start there): accept UDP to port
 /// 68 that is not a fragment, drop everything else in the kernel.
 fn filter() -> [libc::sock_filter; 9] {
@@ -71,6 +80,12 @@ impl Sockets {
         Ok(Sockets { packet: packet_socket(name, ifindex)?, udp: udp_socket(name)? })
     }
 
+    /// Sockets from descriptors made elsewhere (tests: any datagram socket as the packet socket).
+    #[cfg(test)]
+    pub fn from_parts(packet: OwnedFd, udp: UdpSocket) -> Sockets {
+        Sockets { packet, udp }
+    }
+
     /// What to poll for incoming packets.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.packet.as_fd()
@@ -87,9 +102,11 @@ impl Sockets {
             .map_err(|e| format!("sending to {what}: {e}"))
     }
 
-    /// The next DHCP payload received, `Ok(None)` when there is none left. Other UDP packets
-    /// to port 68 that pass the filter but are not well-formed are skipped.
-    pub fn receive(&self, buf: &mut [u8]) -> Result<Option<std::ops::Range<usize>>, String> {
+    /// Reads one packet: `Ok(None)` when there is none left. A UDP packet to port 68 that
+    /// passes the filter but is not well-formed is [`Received::Skipped`], not read past: every
+    /// packet read counts against the caller's batch, so a flood of malformed ones cannot keep
+    /// PID 1 in this loop (issue 15, L4).
+    pub fn receive(&self, buf: &mut [u8]) -> Result<Option<Received>, String> {
         loop {
             let n = match recv(self.packet.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(n) => n,
@@ -97,9 +114,10 @@ impl Sockets {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(format!("receiving: {e}")),
             };
-            if let Some(range) = udp_payload(buf.get(..n).unwrap_or_default(), CLIENT_PORT) {
-                return Ok(Some(range));
-            }
+            return Ok(Some(match udp_payload(buf.get(..n).unwrap_or_default(), CLIENT_PORT) {
+                Some(range) => Received::Payload(range),
+                None => Received::Skipped,
+            }));
         }
     }
 
