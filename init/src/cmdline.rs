@@ -11,7 +11,7 @@ pub struct Cmdline {
     pub partuuid: Option<String>,
     /// `root=` if it is not a PARTUUID.
     pub other_root: Option<String>,
-    /// `berth.slot=`.
+    /// `berth.slot=` (the last one before `--`: berth_slot::cmdline, shared with the agent).
     pub slot: Option<String>,
     /// `berth.rootwait=<seconds>`.
     pub root_wait: Duration,
@@ -32,8 +32,6 @@ impl Cmdline {
                     Some(u) => (c.partuuid, c.other_root) = (Some(u.to_ascii_lowercase()), None),
                     None => (c.partuuid, c.other_root) = (None, Some(root.to_string())),
                 }
-            } else if let Some(slot) = word.strip_prefix("berth.slot=") {
-                c.slot = Some(slot.to_string());
             } else if let Some(secs) = word.strip_prefix("berth.rootwait=")
                 && let Ok(s) = secs.parse::<u64>()
             {
@@ -44,6 +42,7 @@ impl Cmdline {
                 c.watchdog = Some(s);
             }
         }
+        c.slot = berth_slot::cmdline::slot_arg(text).map(str::to_string);
         c
     }
 
@@ -78,6 +77,14 @@ mod tests {
         let c = Cmdline::parse("berth.rootwait=soon root=/dev/vda2");
         assert_eq!(c.root_wait, DEFAULT_ROOT_WAIT);
         assert_eq!((c.partuuid, c.other_root.as_deref()), (None, Some("/dev/vda2")));
+    }
+
+    #[test]
+    fn m2_the_last_berth_slot_wins_as_in_the_update_agent() {
+        // bootmgr appends its berth.slot= after whatever the release's command line holds.
+        let c = Cmdline::parse("console=ttyS0 berth.slot=a root=PARTUUID=x berth.slot=b");
+        assert_eq!(c.slot.as_deref(), Some("b"));
+        assert_eq!(Cmdline::parse("berth.slot=b -- berth.slot=a").slot.as_deref(), Some("b"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `alloc` so that the UEFI boot manager links the very same logic as the agent and the builder.
 //!
 //! - [`layout`]: partitions, labels, GUIDs, [`Slot`].
+//! - [`cmdline`]: the booted slot from the kernel command line (`berth.slot=`, the last one).
 //! - [`attrs`]: one slot's {priority, tries, successful} and its bits in the attribute word.
 //! - [`Slots`]: both attribute words, kept whole so that other attribute bits survive a write.
 //! - `device` (feature `std`): a disk's GPT read from a file, with the backup as fallback.
@@ -40,6 +41,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod attrs;
+pub mod cmdline;
 #[cfg(feature = "std")]
 pub mod device;
 pub mod gpt;

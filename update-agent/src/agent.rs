@@ -94,6 +94,12 @@ impl Agent {
         }
     }
 
+    /// Saves the state, failing when it is not durable: for records a later step must not
+    /// outlive (a rollback's, before its slot is cleared or switched).
+    pub fn save_durably(&self, st: &State) -> anyhow::Result<()> {
+        st.save(&self.state_dir).with_context(|| format!("saving the agent's state in {}", self.state_dir.display()))
+    }
+
     /// Fetches and accepts the index; returns it and what it offers this host.
     pub fn check(&self, st: &mut State, force: bool) -> anyhow::Result<(Index, Found)> {
         let url = self.config.channel.as_deref().context(
@@ -186,8 +192,10 @@ impl Agent {
             })
     }
 
-    /// Stages `release` into the passive slot. `st` is saved as the steps go.
-    pub fn stage(&self, st: &mut State, index_url: &str, release: &Release) -> anyhow::Result<()> {
+    /// Stages `release` into the passive slot. `st` is saved as the steps go. Without `force`,
+    /// a passive slot that booted to health with a newer version than the running one is not
+    /// overwritten by anything but a version newer still (see [`Agent::may_overwrite`]).
+    pub fn stage(&self, st: &mut State, index_url: &str, release: &Release, force: bool) -> anyhow::Result<()> {
         let booted = self.disk.booted;
         let passive = self.disk.passive();
         let slots = self.disk.slots()?;
@@ -196,6 +204,9 @@ impl Agent {
         }
         let (base, _) = split_index_url(index_url).with_context(|| format!("channel {index_url:?}"))?;
         let version = &release.version;
+        if !force {
+            self.may_overwrite(st, slots, &release.version)?;
+        }
         println!("staging {version} into {} ({})", passive.label(), self.disk.slot_node(passive).display());
 
         // The kernel files first: a bad one is refused before the disk is touched.
@@ -206,11 +217,7 @@ impl Agent {
         let initrd = fetch(&release.initrd)?;
 
         let node = self.disk.slot_node(passive);
-        let dev = File::options()
-            .write(true)
-            .read(true)
-            .open(&node)
-            .with_context(|| format!("opening {}", node.display()))?;
+        let dev = self.disk.open_for_writing(&node)?;
         let capacity = device_size(&dev, &node)?;
         if release.root.image_size > capacity {
             bail!(
@@ -273,6 +280,8 @@ impl Agent {
         st.staged = Some(Staged { slot: passive.name().into(), version: version.clone(), at: Timestamp::now() });
         st.slots.insert(passive.name().into(), version.clone());
         st.download = None;
+        // Staged again (by `apply --force`): no longer held back; a failed trial records it anew.
+        st.rolled_back.retain(|r| &r.version != version);
         st.state = Phase::Staged;
         self.disk.write_slots(staged)?;
         self.save(st);
@@ -282,6 +291,26 @@ impl Agent {
 
     /// Streams the root image into the slot (see [`crate::pipeline`]).
     fn stream_root(
+    /// Refuses to clear a passive slot that is marked successful and holds a version newer than
+    /// the running one (a manual rollback left it) for a release not newer than that version.
+    pub fn may_overwrite(&self, st: &State, slots: berth_slot::Slots, version: &str) -> anyhow::Result<()> {
+        let passive = self.disk.passive();
+        if !slots.get(passive).successful {
+            return Ok(());
+        }
+        // A slot whose version the state does not know (a lost state.json) is not judged.
+        let Some(held) = st.slots.get(passive.name()) else { return Ok(()) };
+        if compare_versions(held, &self.version).is_gt() && !compare_versions(version, held).is_gt() {
+            bail!(
+                "{} holds {held}, which booted to health and is newer than the running {}: not overwritten \
+                 with {version} (it was rolled back from by hand); `berth-update apply --force` overwrites it",
+                passive.label(),
+                self.version
+            );
+        }
+        Ok(())
+    }
+
         &self,
         st: &mut State,
         dev: &File,
@@ -336,6 +365,7 @@ impl Agent {
         st.slots.insert(booted.name().into(), self.version.clone());
         if st.staged.as_ref().is_some_and(|s| s.slot == booted.name()) {
             st.staged = None;
+        st.drop_stale_available(&self.version);
         }
         if st.state != Phase::Downloading && st.state != Phase::Checking {
             st.rest();
@@ -348,6 +378,8 @@ impl Agent {
     /// the slot. Only once the running slot is marked good (clearing needs a good slot left).
     pub fn notice_rollback(&self, st: &mut State) -> anyhow::Result<()> {
         let booted = self.disk.booted;
+    /// The record is saved durably before the slot is cleared: if it cannot be (a full STATE),
+    /// this fails and the slot stays as it is, so the failed version is not offered again.
         let slots = self.disk.slots()?;
         // A staged record whose slot the attributes do not back (a cut before they were
         // written) is forgotten.
@@ -368,23 +400,30 @@ impl Agent {
             .map(|s| s.version.clone())
             .or_else(|| st.slots.get(failed.name()).cloned())
             .unwrap_or_else(|| "an unknown version".into());
-        self.disk.write_slots(slots.clear(failed)?)?;
+        let cleared = slots.clear(failed)?;
         let msg = format!(
             "rolled back: {version} in {} did not boot to health within its trial boots; {} ({}) runs again",
             failed.label(),
             booted.label(),
             self.version
         );
-        println!("{msg}");
         if !st.rolled_back(&version) {
-            st.rolled_back.push(RolledBack { version, slot: failed.name().into(), at: Timestamp::now() });
+            st.rolled_back.push(RolledBack {
+                version,
+                slot: failed.name().into(),
+                at: Timestamp::now(),
+                manual: false,
+            });
         }
         st.staged = None;
         st.slots.remove(failed.name());
         st.rollback_news = true;
         st.state = Phase::RolledBack;
-        st.last_error = Some(msg);
-        self.save(st);
+        st.last_error = Some(msg.clone());
+        self.save_durably(st)
+            .context("recording the rollback (the failed slot is left as it is until it is recorded)")?;
+        self.disk.write_slots(cleared)?;
+        println!("{msg}");
         Ok(())
     }
 
@@ -443,18 +482,32 @@ impl Agent {
         Some(r)
     }
 
-    /// Manual rollback: the other slot (which must have booted to health) boots next.
+    /// Manual rollback: the other slot (which must have booted to health) boots next, and the
+    /// running version is held back: recorded as rolled back (durably, before the switch), so no
+    /// check offers it again until a newer version appears or `apply --force`.
     pub fn rollback(&self, st: &mut State) -> anyhow::Result<String> {
         let other = self.disk.passive();
         let next = self.disk.slots()?.rollback(other)?;
-        self.disk.write_slots(next)?;
+        let booted = self.disk.booted;
+        st.rolled_back.retain(|r| r.version != self.version);
+        st.rolled_back.push(RolledBack {
+            version: self.version.clone(),
+            slot: booted.name().into(),
+            at: Timestamp::now(),
+            manual: true,
+        });
+        st.slots.insert(booted.name().into(), self.version.clone());
         st.staged = None;
         st.rest();
-        self.save(st);
+        self.save_durably(st).context("recording the rollback (nothing was switched)")?;
+        self.disk.write_slots(next)?;
+        st.available = None;
         Ok(format!(
-            "{} ({}) boots next; reboot to switch",
+            "{} ({}) boots next; reboot to switch. {} is held back: not installed again until a newer version \
+             appears or `berth-update apply --force`",
             other.label(),
-            st.slots.get(other.name()).map_or("version unknown", String::as_str)
+            st.slots.get(other.name()).map_or("version unknown", String::as_str),
+            self.version
         ))
     }
 }
@@ -512,4 +565,200 @@ fn os_release_version() -> anyhow::Result<String> {
         .find_map(|l| l.strip_prefix("VERSION_ID="))
         .map(|v| v.trim_matches('"').to_string())
         .context("/usr/lib/os-release has no VERSION_ID")
+}
+
+#[cfg(test)]
+impl Agent {
+    /// An agent on a disk image (tests): booted `booted`, running `version`, state in `state_dir`.
+    pub fn for_test(disk: BootDisk, version: &str, state_dir: &Path) -> Agent {
+        Agent {
+            config: UpdateConfig::default(),
+            disk,
+            version: version.into(),
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+            state_dir: state_dir.to_path_buf(),
+            http: Http::with_retries(1, Duration::from_millis(1)),
+        }
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use berth_release::index::{Artifact, Compression, Digest, Rollout, RootArtifact};
+    use berth_slot::{SlotAttrs, Slots};
+
+    /// A 16 MiB disk image with Berth's partitions, made by sgdisk (gdisk), slots as given.
+    pub fn disk_image(dir: &Path, slots: Slots) -> PathBuf {
+        let img = dir.join("disk.img");
+        std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+        let root = berth_slot::layout::ROOT_TYPE_GUID;
+        let out = std::process::Command::new("sgdisk")
+            .args(["-n", "1:2048:+2M", "-t", "1:ef00", "-c", "1:EFI-SYSTEM"])
+            .args(["-n", "2:0:+4M", "-t", &format!("2:{root}"), "-c", "2:ROOT-A"])
+            .args(["-n", "3:0:+4M", "-t", &format!("3:{root}"), "-c", "3:ROOT-B"])
+            .args(["-n", "4:0:0", "-c", "4:STATE"])
+            .arg(&img)
+            .output()
+            .expect("sgdisk (gdisk)");
+        assert!(out.status.success(), "sgdisk: {}", String::from_utf8_lossy(&out.stderr));
+        BootDisk::image(img.clone(), Slot::A).write_slots(slots).unwrap();
+        img
+    }
+
+    /// A release of `version` (its artifacts on an address nothing listens on).
+    pub fn release(version: &str) -> Release {
+        let a = |name: &str| Artifact { path: format!("releases/{version}/{name}"), size: 10, sha256: Digest([0; 32]) };
+        Release {
+            version: version.into(),
+            cmdline: "console=ttyS0".into(),
+            root: RootArtifact {
+                file: a("root.img.zst"),
+                compression: Compression::Zstd,
+                image_size: 1 << 20,
+                image_sha256: Digest([0; 32]),
+            },
+            vmlinuz: a("vmlinuz"),
+            initrd: a("initrd.img"),
+            rollout: Rollout { start: Timestamp(0), duration_seconds: 0 },
+            pulled: false,
+        }
+    }
+
+    fn index(versions: &[&str]) -> Index {
+        Index {
+            schema: berth_release::index::SCHEMA,
+            channel: "stable".into(),
+            sequence: 1,
+            issued: Timestamp(0),
+            expires: Timestamp(i64::from(u32::MAX)),
+            releases: versions.iter().map(|v| release(v)).collect(),
+        }
+    }
+
+    const GOOD: SlotAttrs = SlotAttrs { priority: 2, tries: 0, successful: true };
+
+    /// A to B (1.0.0 to 1.1.0), B marked good, then `berth-update rollback` on B and the reboot
+    /// into A: the next check offers 1.1.0 no more, nothing writes over B, status says why; a
+    /// newer 1.2.0 is taken, and `--force` takes 1.1.0 again.
+    #[test]
+    fn m1_a_manual_rollback_holds_the_version_it_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let fallback = SlotAttrs { priority: 1, ..GOOD };
+        let img = disk_image(dir.path(), Slots::new(fallback, GOOD));
+        let on_b = Agent::for_test(BootDisk::image(img.clone(), Slot::B), "1.1.0", &state);
+        let mut st = State { available: Some("1.1.0".into()), ..State::default() };
+        st.slots.insert("a".into(), "1.0.0".into());
+        st.slots.insert("b".into(), "1.1.0".into());
+        let msg = on_b.rollback(&mut st).unwrap();
+        assert!(msg.contains("ROOT-A (1.0.0) boots next") && msg.contains("1.1.0 is held back"), "{msg}");
+        let slots = on_b.disk.slots().unwrap();
+        assert!(slots.get(Slot::A).priority > slots.get(Slot::B).priority);
+
+        // The reboot into A; the state is what the rollback saved.
+        let on_a = Agent::for_test(BootDisk::image(img.clone(), Slot::A), "1.0.0", &state);
+        let mut st = on_a.load_state();
+        assert!(st.rolled_back.iter().any(|r| r.version == "1.1.0" && r.manual && r.slot == "b"), "{st:?}");
+        let now = Timestamp::now();
+        assert!(matches!(on_a.choose(&index(&["1.0.0", "1.1.0"]), &st, now, false), Found::UpToDate));
+        match on_a.choose(&index(&["1.0.0", "1.1.0", "1.2.0"]), &st, now, false) {
+            Found::Update(r) => assert_eq!(r.version, "1.2.0"),
+            other => panic!("{other:?}"),
+        }
+        match on_a.choose(&index(&["1.0.0", "1.1.0"]), &st, now, true) {
+            Found::Update(r) => assert_eq!(r.version, "1.1.0"),
+            other => panic!("{other:?}"),
+        }
+        // Staging over B, which booted to health with 1.1.0, is refused before anything is
+        // fetched or written, unless forced or newer.
+        let before = std::fs::read(&img).unwrap();
+        let e = on_a.stage(&mut st, "http://127.0.0.1:9/channels/stable.json", &release("1.1.0"), false).unwrap_err();
+        assert!(format!("{e:#}").contains("ROOT-B holds 1.1.0, which booted to health"), "{e:#}");
+        assert_eq!(std::fs::read(&img).unwrap(), before, "the disk was written");
+        assert!(on_a.may_overwrite(&st, on_a.disk.slots().unwrap(), "1.2.0").is_ok());
+        let e = on_a.stage(&mut st, "http://127.0.0.1:9/channels/stable.json", &release("1.1.0"), true).unwrap_err();
+        assert!(format!("{e:#}").contains("127.0.0.1:9"), "forced: it goes on to fetch: {e:#}");
+
+        let v = crate::status::to_json(&on_a, &st, None);
+        assert_eq!(v["rolled_back"][0]["manual"], true, "{v}");
+        assert_eq!(v["available"], serde_json::Value::Null, "{v}");
+    }
+
+    /// Mounts a tmpfs of 64 KiB at `dir` and fills it; returns the filler to delete. `None`
+    /// when mounting is not allowed (not root).
+    fn full_tmpfs(dir: &Path) -> Option<PathBuf> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        let filler = dir.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![1u8; 4096];
+        while std::io::Write::write_all(&mut f, &block).is_ok() {}
+        let _ = f.sync_all();
+        Some(filler)
+    }
+
+    /// STATE full when a failed update is noticed: the rollback record cannot be saved, so the
+    /// failed slot is left as it is (not cleared, so nothing can be staged over it and the
+    /// version is not lost from the record), no temporary file is left, and the cycle stops.
+    /// Once there is room, the record is saved and then the slot cleared.
+    #[test]
+    fn m7_a_rollback_record_that_cannot_be_saved_leaves_the_failed_slot_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let failed = SlotAttrs { priority: 2, tries: 0, successful: false };
+        let img = disk_image(dir.path(), Slots::new(SlotAttrs { priority: 1, ..GOOD }, failed));
+        let Some(filler) = full_tmpfs(&state) else {
+            panic!("mounting a tmpfs needs root (this test fills a filesystem)");
+        };
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _unmount = Unmount(state.clone());
+        let agent = Agent::for_test(BootDisk::image(img.clone(), Slot::A), "1.0.0", &state);
+        let mut st = State {
+            staged: Some(Staged { slot: "b".into(), version: "1.1.0".into(), at: Timestamp(0) }),
+            ..State::default()
+        };
+        st.slots.insert("b".into(), "1.1.0".into());
+        // What the cycle does first; the error ends the cycle (main.rs), and `apply` starts with it.
+        let e = agent.notice_rollback(&mut st).unwrap_err();
+        assert!(format!("{e:#}").contains("recording the rollback"), "{e:#}");
+        assert_eq!(agent.disk.slots().unwrap().get(Slot::B), failed, "the failed slot was cleared unrecorded");
+        let names: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["filler"], "left behind: {names:?}");
+
+        std::fs::remove_file(&filler).unwrap();
+        let mut st = agent.load_state();
+        st.slots.insert("b".into(), "1.1.0".into());
+        agent.notice_rollback(&mut st).unwrap();
+        assert_eq!(agent.disk.slots().unwrap().get(Slot::B), SlotAttrs::EMPTY);
+        assert!(agent.load_state().rolled_back("1.1.0"));
+    }
+
+    /// After the reboot into the update, `status` no longer offers the version that runs; the
+    /// daemon's start and mark-good forget it too.
+    #[test]
+    fn p9_status_shows_no_stale_available_for_the_running_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = disk_image(dir.path(), Slots::new(SlotAttrs { priority: 1, ..GOOD }, GOOD));
+        let agent = Agent::for_test(BootDisk::image(img, Slot::B), "1.1.0", &dir.path().join("state"));
+        let mut st = State { available: Some("1.1.0".into()), ..State::default() };
+        assert_eq!(crate::status::to_json(&agent, &st, None)["available"], serde_json::Value::Null);
+        st.available = Some("1.2.0".into());
+        assert_eq!(crate::status::to_json(&agent, &st, None)["available"], "1.2.0");
+        st.available = Some("1.1.0".into());
+        agent.mark_good(&mut st).unwrap();
+        assert_eq!(st.available, None);
+    }
 }

@@ -3,6 +3,10 @@
 //! dropped connection. Connection errors, timeouts and 5xx answers are retried with a doubling
 //! backoff, a bounded number of times; other answers are final. Never more bytes than announced
 //! are taken.
+//!
+//! A server cannot hold a transfer open for ever (TUF's "slow retrieval"): each file has a
+//! deadline from its size ([`Pace`]: 10 minutes plus the size at 100 KiB/s, retries included),
+//! and a connection that averages less than 1 KiB/s over a minute is dropped and retried.
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -15,11 +19,73 @@ pub const ATTEMPTS: u32 = 6;
 const BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How fast a transfer must go: its whole-file deadline and its minimum average rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Every file gets this much, whatever its size.
+    pub base: Duration,
+    /// Plus its size at this rate (bytes per second).
+    pub deadline_rate: u64,
+    /// A connection must average at least this (bytes per second) ...
+    pub min_rate: u64,
+    /// ... over each window of this length.
+    pub window: Duration,
+}
+
+impl Pace {
+    /// Berth's: 10 min + size at 100 KiB/s; at least 1 KiB/s over every minute.
+    pub const DEFAULT: Pace = Pace {
+        base: Duration::from_secs(600),
+        deadline_rate: 100 << 10,
+        min_rate: 1 << 10,
+        window: Duration::from_secs(60),
+    };
+
+    /// How long a file of `size` bytes may take, all attempts together.
+    pub fn deadline(&self, size: u64) -> Duration {
+        self.base + Duration::from_secs(size / self.deadline_rate.max(1))
+    }
+}
+
+/// Counts one connection's bytes against [`Pace::min_rate`], one window at a time.
+struct RateWindow {
+    pace: Pace,
+    start: Instant,
+    bytes: u64,
+}
+
+impl RateWindow {
+    fn new(pace: Pace) -> RateWindow {
+        RateWindow { pace, start: Instant::now(), bytes: 0 }
+    }
+
+    /// Counts `n` more bytes; an error when a window closed below the minimum rate.
+    fn count(&mut self, n: usize) -> Result<(), String> {
+        self.bytes += n as u64;
+        let elapsed = self.start.elapsed();
+        if elapsed < self.pace.window {
+            return Ok(());
+        }
+        let need = self.pace.min_rate.saturating_mul(elapsed.as_secs().max(1));
+        if self.bytes < need {
+            return Err(format!(
+                "too slow: {} bytes in {} s, below the minimum of {} bytes/s",
+                self.bytes,
+                elapsed.as_secs(),
+                self.pace.min_rate
+            ));
+        }
+        (self.start, self.bytes) = (Instant::now(), 0);
+        Ok(())
+    }
+}
+
 /// One blocking client.
 pub struct Http {
     agent: ureq::Agent,
     attempts: u32,
     backoff: Duration,
+    pace: Pace,
 }
 
 /// Why a request failed.
@@ -48,6 +114,25 @@ pub enum FetchError {
     /// The bytes are not the ones announced.
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
+    /// The file's deadline passed (retries included).
+    #[error(
+        "GET {url}: not done within {secs} s (the deadline for {size} bytes: {base} s plus the size at {rate} bytes/s; \
+         {received} bytes received)"
+    )]
+    Deadline {
+        /// The URL.
+        url: String,
+        /// The deadline, seconds.
+        secs: u64,
+        /// The file's size (or the most it may have).
+        size: u64,
+        /// The deadline's fixed part, seconds.
+        base: u64,
+        /// The deadline's rate, bytes per second.
+        rate: u64,
+        /// Bytes received by then.
+        received: u64,
+    },
 }
 
 /// The outcome of one attempt.
@@ -74,7 +159,7 @@ impl Http {
             .http_status_as_error(false)
             .user_agent(concat!("berth-update/", env!("CARGO_PKG_VERSION")))
             .build();
-        Http { agent: config.into(), attempts: ATTEMPTS, backoff: BACKOFF }
+        Http { agent: config.into(), attempts: ATTEMPTS, backoff: BACKOFF, pace: Pace::DEFAULT }
     }
 
     /// The same client with another retry policy (tests).
@@ -83,14 +168,44 @@ impl Http {
         Http { attempts, backoff, ..Http::new() }
     }
 
-    /// Runs `attempt` until it is done or final, backing off between retries.
-    fn retrying<T>(&self, url: &str, mut attempt: impl FnMut() -> Attempt<T>) -> Result<T, FetchError> {
+    /// The same client with another pace (tests).
+    #[cfg(test)]
+    pub fn with_pace(mut self, pace: Pace) -> Http {
+        self.pace = pace;
+        self
+    }
+
+    /// The deadline error for `url` of `size` bytes.
+    fn deadline_error(&self, url: &str, size: u64, received: u64) -> FetchError {
+        FetchError::Deadline {
+            url: url.to_string(),
+            secs: self.pace.deadline(size).as_secs(),
+            size,
+            base: self.pace.base.as_secs(),
+            rate: self.pace.deadline_rate,
+            received,
+        }
+    }
+
+    /// Runs `attempt` (given the time left before `deadline`) until it is done or final,
+    /// backing off between retries; `on_deadline` is the error once the deadline passed.
+    fn retrying<T>(
+        &self,
+        url: &str,
+        deadline: Instant,
+        on_deadline: impl Fn() -> FetchError,
+        mut attempt: impl FnMut(Duration) -> Attempt<T>,
+    ) -> Result<T, FetchError> {
         let start = Instant::now();
         let mut wait = self.backoff;
         let mut n = 0;
         loop {
             n += 1;
-            match attempt() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(on_deadline());
+            }
+            match attempt(left) {
                 Attempt::Done(v) => return Ok(v),
                 Attempt::Final(e) => return Err(e),
                 Attempt::Retry(why) if n >= self.attempts => {
@@ -110,9 +225,10 @@ impl Http {
         }
     }
 
-    /// One request: the response, or whether to retry.
-    fn open(&self, url: &str, from: u64) -> Attempt<ureq::http::Response<ureq::Body>> {
-        let mut req = self.agent.get(url);
+    /// One request that must be done (body read too) within `left`: the response, or whether
+    /// to retry.
+    fn open(&self, url: &str, from: u64, left: Duration) -> Attempt<ureq::http::Response<ureq::Body>> {
+        let mut req = self.agent.get(url).config().timeout_global(Some(left)).build();
         if from > 0 {
             req = req.header("Range", format!("bytes={from}-"));
         }
@@ -137,25 +253,48 @@ impl Http {
         }
     }
 
-    /// Reads all of `url`, refusing more than `limit` bytes.
+    /// Reads all of `url`, refusing more than `limit` bytes, within the deadline of `limit`
+    /// bytes.
     pub fn get_small(&self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
-        self.retrying(url, || {
-            let r = match self.open(url, 0) {
-                Attempt::Done(r) => r,
-                Attempt::Retry(w) => return Attempt::Retry(w),
-                Attempt::Final(e) => return Attempt::Final(e),
-            };
-            let mut body = Vec::new();
-            let mut reader = r.into_body().into_reader().take(limit + 1);
-            match reader.read_to_end(&mut body) {
-                Ok(_) if body.len() as u64 > limit => Attempt::Final(FetchError::Final {
-                    url: url.to_string(),
-                    why: format!("more than the {limit} bytes allowed"),
-                }),
-                Ok(_) => Attempt::Done(body),
-                Err(e) => Attempt::Retry(format!("connection dropped: {e}")),
-            }
-        })
+        let deadline = Instant::now() + self.pace.deadline(limit);
+        let received = std::cell::Cell::new(0u64);
+        self.retrying(
+            url,
+            deadline,
+            || self.deadline_error(url, limit, received.get()),
+            |left| {
+                let r = match self.open(url, 0, left) {
+                    Attempt::Done(r) => r,
+                    Attempt::Retry(w) => return Attempt::Retry(w),
+                    Attempt::Final(e) => return Attempt::Final(e),
+                };
+                let mut body = Vec::new();
+                let mut reader = r.into_body().into_reader().take(limit + 1);
+                let mut window = RateWindow::new(self.pace);
+                let mut buf = [0u8; 8192];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            body.extend_from_slice(&buf[..n]);
+                            received.set(body.len() as u64);
+                            if let Err(why) = window.count(n) {
+                                return Attempt::Retry(why);
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Attempt::Retry(format!("connection dropped: {e}")),
+                    }
+                }
+                if body.len() as u64 > limit {
+                    return Attempt::Final(FetchError::Final {
+                        url: url.to_string(),
+                        why: format!("more than the {limit} bytes allowed"),
+                    });
+                }
+                Attempt::Done(body)
+            },
+        )
     }
 
     /// One `POST` of a JSON `body` with `headers`, not retried (the caller asks again at its next
@@ -175,7 +314,18 @@ impl Http {
     /// A reader of the artifact at `url` whose every byte passes through `check`; the caller
     /// calls [`ArtifactReader::finish`] at the end.
     pub fn artifact(&self, url: &str, check: ArtifactCheck) -> ArtifactReader<'_> {
-        ArtifactReader { http: self, url: url.to_string(), check, body: None, failures: 0, started: Instant::now() }
+        let started = Instant::now();
+        let deadline = started + self.pace.deadline(check.size());
+        ArtifactReader {
+            http: self,
+            url: url.to_string(),
+            check,
+            body: None,
+            failures: 0,
+            started,
+            deadline,
+            window: RateWindow::new(self.pace),
+        }
     }
 }
 
@@ -187,6 +337,10 @@ pub struct ArtifactReader<'a> {
     body: Option<ureq::BodyReader<'static>>,
     failures: u32,
     started: Instant,
+    /// When the whole file must be in, retries included.
+    deadline: Instant,
+    /// The current connection's rate.
+    window: RateWindow,
 }
 
 impl ArtifactReader<'_> {
@@ -197,7 +351,11 @@ impl ArtifactReader<'_> {
         let url = self.url.clone();
         let http = self.http;
         loop {
-            let why = match http.open(&url, from) {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(http.deadline_error(&url, size, from));
+            }
+            let why = match http.open(&url, from, left) {
                 Attempt::Done(r) => {
                     let partial = r.status().as_u16() == 206;
                     let len: Option<u64> =
@@ -222,6 +380,7 @@ impl ArtifactReader<'_> {
                         }
                     }
                     self.body = Some(body);
+                    self.window = RateWindow::new(http.pace);
                     return Ok(());
                 }
                 Attempt::Retry(why) => why,
@@ -235,6 +394,9 @@ impl ArtifactReader<'_> {
     fn failed(&mut self, why: String) -> Result<(), FetchError> {
         self.failures += 1;
         self.body = None;
+        if Instant::now() >= self.deadline {
+            return Err(self.http.deadline_error(&self.url, self.check.size(), self.check.received()));
+        }
         if self.failures >= self.http.attempts {
             return Err(FetchError::GaveUp {
                 url: self.url.clone(),
@@ -285,6 +447,10 @@ impl ArtifactReader<'_> {
                 }
                 Ok(n) => {
                     self.check.feed(&buf[..n])?;
+                    if let Err(why) = self.window.count(n) {
+                        // These bytes are good; the next read reconnects from after them.
+                        self.failed(format!("{why} after {} of {} bytes", self.check.received(), self.check.size()))?;
+                    }
                     return Ok(n);
                 }
                 Err(e) => {
@@ -438,6 +604,100 @@ mod tests {
         let e = http.get_small(&format!("{url}/x"), 1000).unwrap_err().to_string();
         assert!(e.contains("404"), "{e}");
         assert_eq!(seen.lock().unwrap().len(), 1, "a 404 is final");
+    }
+
+    /// A loopback server that announces `size` bytes and then sends `chunk` bytes every
+    /// `every`, until the client goes away.
+    fn trickle(size: usize, chunk: usize, every: Duration) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(c.try_clone().unwrap());
+                    let mut line = String::new();
+                    while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                        line.clear();
+                    }
+                    let head = format!("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {size}\r\n\r\n");
+                    if c.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut sent = 0;
+                    while sent < size && c.write_all(&vec![7u8; chunk.min(size - sent)]).is_ok() {
+                        sent += chunk;
+                        std::thread::sleep(every);
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    /// Runs `f` on a thread; fails the test if it takes longer than `limit`.
+    fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit).unwrap_or_else(|_| panic!("still fetching after {limit:?}: no deadline"))
+    }
+
+    /// A server that keeps sending, but too slowly to finish, is given up on at the file's
+    /// deadline: the artifact and the index alike.
+    #[test]
+    fn m3_a_trickling_server_is_given_up_on_at_the_files_deadline() {
+        // 20 bytes every 50 ms (400 B/s) is above the minimum rate, so only the deadline ends it.
+        let url = trickle(300_000, 20, Duration::from_millis(50));
+        let pace = Pace {
+            base: Duration::from_secs(1),
+            deadline_rate: 1 << 30,
+            min_rate: 10,
+            window: Duration::from_secs(60),
+        };
+        let started = Instant::now();
+        let u = url.clone();
+        let e = within(Duration::from_secs(20), move || {
+            let http = Http::with_retries(6, Duration::from_millis(10)).with_pace(pace);
+            let check = ArtifactCheck::new("x", 300_000, berth_release::artifact::sha256(&[7u8; 300_000]));
+            http.artifact(&format!("{u}/x"), check).read_all().unwrap_err()
+        });
+        assert!(matches!(e, FetchError::Deadline { .. }), "{e}");
+        assert!(e.to_string().contains("not done within 1 s"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        let e = within(Duration::from_secs(20), move || {
+            let http = Http::with_retries(6, Duration::from_millis(10)).with_pace(pace);
+            http.get_small(&format!("{url}/channels/stable.json"), 1 << 20).unwrap_err()
+        });
+        assert!(matches!(e, FetchError::Deadline { .. }), "{e}");
+    }
+
+    /// A connection below the minimum average rate over a window is dropped and retried (and
+    /// the retries are bounded), rather than kept for as long as each read returns something.
+    #[test]
+    fn m3_a_connection_below_the_minimum_rate_is_dropped_and_retried() {
+        // 1 byte every 20 ms: 50 B/s, below the 1000 B/s asked for over 300 ms windows.
+        let url = trickle(300_000, 1, Duration::from_millis(20));
+        let pace = Pace {
+            base: Duration::from_secs(60),
+            deadline_rate: 1 << 30,
+            min_rate: 1000,
+            window: Duration::from_millis(300),
+        };
+        let u = url.clone();
+        let e = within(Duration::from_secs(20), move || {
+            let http = Http::with_retries(3, Duration::from_millis(10)).with_pace(pace);
+            let check = ArtifactCheck::new("x", 300_000, berth_release::artifact::sha256(&[7u8; 300_000]));
+            http.artifact(&format!("{u}/x"), check).read_all().unwrap_err()
+        });
+        let text = e.to_string();
+        assert!(matches!(e, FetchError::GaveUp { attempts: 3, .. }) && text.contains("too slow"), "{text}");
+        let e = within(Duration::from_secs(20), move || {
+            let http = Http::with_retries(2, Duration::from_millis(10)).with_pace(pace);
+            http.get_small(&format!("{url}/channels/stable.json"), 1 << 20).unwrap_err()
+        });
+        assert!(e.to_string().contains("too slow"), "{e}");
     }
 
     /// The staging pipeline end to end: zstd over HTTP into a file; a flipped byte in the

@@ -102,29 +102,49 @@ fn main() -> ExitCode {
     }
 }
 
-/// Holds the agent's lock (waiting for it) while alive.
+/// Holds the agent's lock (waiting for it) while alive: for the daemon, whose only rival is a
+/// command that gives up at once.
 fn lock() -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let f = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(LOCK_FILE)
-        .with_context(|| format!("opening {LOCK_FILE}"))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow::anyhow!("locking {LOCK_FILE}: {e}"))
+    state::lock_file(LOCK_FILE, true)?.context("the lock was not taken")
+}
+
+/// The agent's lock for a command someone waits for: taken at once, or an error saying what
+/// the daemon is doing (a download can take long; a command must not hang behind it).
+fn lock_now(agent: &Agent) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    match state::lock_file(LOCK_FILE, false)? {
+        Some(l) => Ok(l),
+        None => anyhow::bail!("{}; try again when it is done (`berth-update status` shows it)", busy(agent)),
+    }
+}
+
+/// What the holder of the lock is doing, as the state file says.
+fn busy(agent: &Agent) -> String {
+    let st = agent.load_state();
+    match (&st.state, &st.download) {
+        (Phase::Downloading, Some(d)) => format!(
+            "the daemon is busy (staging {}: {} of {} MiB written)",
+            d.version,
+            d.written >> 20,
+            d.image_size >> 20
+        ),
+        (Phase::Checking, _) => "the daemon is busy (checking the channel)".into(),
+        _ => "the daemon is busy (another berth-update holds its lock)".into(),
+    }
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Status { json } => {
             let agent = Agent::open()?;
+            // No lock: the state file is replaced whole (rename), so it reads consistently.
             let st = agent.load_state();
-            status::print(&agent, &st, json)?;
+            let busy = state::lock_file(LOCK_FILE, false).ok().is_some_and(|l| l.is_none()).then(|| busy(&agent));
+            status::print(&agent, &st, busy.as_deref(), json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {
             let agent = Agent::open()?;
-            let _lock = lock()?;
+            let _lock = lock_now(&agent)?;
             let mut st = agent.load_state();
             let r = agent.check(&mut st, false);
             let out = match r {
@@ -155,7 +175,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Apply { force, no_reboot } => {
             let agent = Agent::open()?;
-            let _lock = lock()?;
+            let _lock = lock_now(&agent)?;
             let mut st = agent.load_state();
             st.paused = None;
             let r = apply(&agent, &mut st, force, !no_reboot);
@@ -171,14 +191,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Rollback => {
             let agent = Agent::open()?;
-            let _lock = lock()?;
+            let _lock = lock_now(&agent)?;
             let mut st = agent.load_state();
             println!("{}", agent.rollback(&mut st)?);
+            st.drop_stale_available(&agent.version);
             Ok(ExitCode::SUCCESS)
         }
         Command::MarkGood => {
             let agent = Agent::open()?;
             let _lock = lock()?;
+            // A service, not a person: it waits (the daemon does not stage while on trial).
             let mut st = agent.load_state();
             let msg = agent.mark_good(&mut st)?;
             agent.save(&st);
@@ -192,6 +214,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 /// Check, and stage what is found; returns what happened.
 fn apply(agent: &Agent, st: &mut State, force: bool, reboot: bool) -> anyhow::Result<String> {
     st.state = Phase::Checking;
+    // A failed update not yet recorded (the record could not be saved) must be recorded
+    // before anything is staged over it.
+    agent.notice_rollback(st)?;
     let (_, found) = agent.check(st, force)?;
     let release = match found {
         Found::UpToDate => {
@@ -206,7 +231,7 @@ fn apply(agent: &Agent, st: &mut State, force: bool, reboot: bool) -> anyhow::Re
     };
     if force || !agent.already_staged(st, &release) {
         let url = agent.config.channel.clone().unwrap_or_default();
-        agent.stage(st, &url, &release)?;
+        agent.stage(st, &url, &release, force)?;
     }
     if reboot { agent.maybe_reboot(st, Timestamp::now()) } else { Ok(format!("{} staged", release.version)) }
 }
@@ -234,6 +259,8 @@ fn daemon() -> anyhow::Result<ExitCode> {
         }
         st.rest();
         if let Err(e) = agent.notice_rollback(&mut st) {
+        // The update that was available is the one running now.
+        st.drop_stale_available(&agent.version);
             st.error(&e);
         }
         agent.save(&st);
@@ -260,7 +287,11 @@ fn cycle(agent: &Agent) -> Duration {
     let mut st = agent.load_state();
     if let Err(e) = agent.notice_rollback(&mut st) {
         st.error(&e);
+        // The rollback is not recorded: nothing else this cycle (a stage would clear the
+        // failed slot and take the same version again).
     }
+        agent.save(&st);
+        return wait;
     let on_trial = agent.disk.slots().map(|s| !s.get(agent.disk.booted).successful).unwrap_or(true);
     if on_trial {
         println!("{} is on trial: no update checks until it is marked good", agent.disk.booted.label());

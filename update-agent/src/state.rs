@@ -18,6 +18,24 @@ const STATE_FILE: &str = "state.json";
 /// Held while checking or staging, so the daemon and a command never stage at once.
 pub const LOCK_FILE: &str = "/run/berth-update.lock";
 
+/// Opens and locks `path` (exclusive flock): waiting for it with `wait`, else `None` at once
+/// when another process holds it.
+pub fn lock_file(path: &str, wait: bool) -> anyhow::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {path}"))?;
+    let how = if wait { FlockArg::LockExclusive } else { FlockArg::LockExclusiveNonblock };
+    match Flock::lock(f, how) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
+        Err((_, e)) => Err(anyhow::anyhow!("locking {path}: {e}")),
+    }
+}
+
 /// What the agent is doing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -57,6 +75,10 @@ pub struct RolledBack {
     pub slot: String,
     /// When the rollback was noticed.
     pub at: Timestamp,
+    /// `berth-update rollback` left it (held back by the operator), rather than its trial boots
+    /// failing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
 }
 
 /// A download in progress.
@@ -173,24 +195,40 @@ impl State {
     }
 
     /// Writes the state: a temporary file, synced, renamed over the old one, directory synced.
+    /// On any failure (a full STATE) the temporary file is removed and the old state stays.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = State::path(dir);
         let tmp = dir.join(".state.json.tmp");
         let mut bytes = serde_json::to_vec_pretty(self).context("encoding the state")?;
         bytes.push(b'\n');
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            f.write_all(&bytes).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
+        written?;
+        // The rename is durable only once the directory is.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing the directory {}", dir.display()))?;
         Ok(())
     }
 
-    /// Whether `version` rolled back before.
+    /// Whether `version` rolled back before (or was left by `berth-update rollback`).
     pub fn rolled_back(&self, version: &str) -> bool {
         self.rolled_back.iter().any(|r| r.version == version)
+    }
+
+    /// Forgets `available` when it is not above `running` (the update that was available is
+    /// the one running now: it stays "available" only until the next check otherwise).
+    pub fn drop_stale_available(&mut self, running: &str) {
+        if self.available.as_deref().is_some_and(|a| !berth_release::index::compare_versions(a, running).is_gt()) {
+            self.available = None;
+        }
     }
 
     /// Records an error (and prints it for the journal).
@@ -216,6 +254,21 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command asks for the lock without waiting: while the daemon holds it (a long
+    /// download), the answer is "busy" at once, not a hang.
+    #[test]
+    fn m3_the_lock_is_not_waited_for_by_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let path = path.to_str().unwrap();
+        let daemon = lock_file(path, true).unwrap().unwrap();
+        let started = std::time::Instant::now();
+        assert!(lock_file(path, false).unwrap().is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        drop(daemon);
+        assert!(lock_file(path, false).unwrap().is_some());
+    }
 
     #[test]
     fn save_and_load_round_trip_and_a_corrupt_file_is_set_aside() {

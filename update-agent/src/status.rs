@@ -23,10 +23,12 @@ fn slot_json(agent: &Agent, st: &State, slots: Option<berth_slot::Slots>, slot: 
 }
 
 /// The state as the disk confirms it: between mark-good's GPT write and its state save, the
-/// state can still name the booted (now good) slot as staged.
+/// state can still name the booted (now good) slot as staged; the version that was available
+/// before the reboot is the running one now.
 fn settled(agent: &Agent, st: &State, slots: Option<berth_slot::Slots>) -> State {
     let booted = agent.disk.booted;
     let mut st = st.clone();
+    st.drop_stale_available(&agent.version);
     if st.staged.as_ref().is_some_and(|s| s.slot == booted.name()) && slots.is_some_and(|s| s.get(booted).successful) {
         st.staged = None;
         if matches!(st.state, Phase::Staged | Phase::Rebooting) {
@@ -36,8 +38,8 @@ fn settled(agent: &Agent, st: &State, slots: Option<berth_slot::Slots>) -> State
     st
 }
 
-/// Everything `status` shows, as one JSON object.
-pub fn to_json(agent: &Agent, st: &State) -> Value {
+/// Everything `status` shows, as one JSON object; `busy` says what the lock's holder does.
+pub fn to_json(agent: &Agent, st: &State, busy: Option<&str>) -> Value {
     let slots = agent.disk.slots();
     let gpt_error = slots.as_ref().err().map(|e| format!("{e:#}"));
     let slots = slots.ok();
@@ -53,6 +55,7 @@ pub fn to_json(agent: &Agent, st: &State) -> Value {
         "available": st.available,
         "staged": st.staged,
         "rolled_back": st.rolled_back,
+        "busy": busy,
         "sequence": st.last_sequence,
         "download": st.download,
         "paused": st.paused,
@@ -62,8 +65,8 @@ pub fn to_json(agent: &Agent, st: &State) -> Value {
 }
 
 /// Prints the status.
-pub fn print(agent: &Agent, st: &State, as_json: bool) -> anyhow::Result<()> {
-    let v = to_json(agent, st);
+pub fn print(agent: &Agent, st: &State, busy: Option<&str>, as_json: bool) -> anyhow::Result<()> {
+    let v = to_json(agent, st, busy);
     let st = &settled(agent, st, agent.disk.slots().ok());
     if as_json {
         println!("{}", serde_json::to_string(&v)?);
@@ -75,6 +78,9 @@ pub fn print(agent: &Agent, st: &State, as_json: bool) -> anyhow::Result<()> {
         other => other.to_string(),
     };
     println!("State:     {}", s(&v["state"]));
+    if let Some(b) = busy {
+        println!("Busy:      {b}");
+    }
     for (what, key) in [("Running:", "running"), ("Other:", "other")] {
         let x = &v[key];
         println!(
@@ -107,10 +113,18 @@ pub fn print(agent: &Agent, st: &State, as_json: bool) -> anyhow::Result<()> {
         );
     }
     for r in &st.rolled_back {
-        println!(
-            "Rolled back: {} (slot {}, {}); not retried until a newer version appears or apply --force",
-            r.version, r.slot, r.at
-        );
+        if r.manual {
+            println!(
+                "Held back: {} (left by berth-update rollback from slot {}, {}); not installed again until a \
+                 newer version appears or apply --force",
+                r.version, r.slot, r.at
+            );
+        } else {
+            println!(
+                "Rolled back: {} (slot {}, {}); not retried until a newer version appears or apply --force",
+                r.version, r.slot, r.at
+            );
+        }
     }
     if let Some(e) = &st.last_error {
         println!("Last error: {e}");
