@@ -8,7 +8,9 @@
 //! image it boots.
 //!
 //! PID 1 never panics and never exits: every stage runs under `catch_unwind`, and a fatal error
-//! syncs, waits 5 s and reboots (so a failed boot counts against the slot's tries).
+//! syncs, waits 5 s and reboots (so a failed boot counts against the slot's tries). A panic is
+//! logged with its location (console and `/dev/kmsg`); one in stage 2's main loop goes through
+//! the ordered shutdown, rate-limited when it repeats (`panics`).
 
 mod berthctl;
 mod child;
@@ -21,6 +23,8 @@ mod manager;
 mod modules;
 mod mounts;
 mod network;
+// The panic hook and the rate limit of panic reboots (L5).
+mod panics;
 // First-boot provisioning from fw_cfg; stage 2 runs it once STATE is up.
 mod provision;
 mod random;
@@ -46,11 +50,13 @@ fn main() {
     }
     let stage1 = args.first().is_some_and(|a| a == "/init")
         || (Path::new("/sysroot").is_dir() && !Path::new("/etc/os-release").exists());
+    panics::install_hook();
     let result = std::panic::catch_unwind(|| if stage1 { stage1::run() } else { stage2::run() });
     let message = match result {
         Ok(Err(e)) => e,
         Ok(Ok(())) => "stage returned".to_string(),
-        Err(_) => "panicked".to_string(),
+        // Before the main loop (which shuts down in order itself): the hook logged where.
+        Err(_) => "panicked (the line above says where)".to_string(),
     };
     fatal(&message)
 }

@@ -154,36 +154,68 @@ const UNITS_STOP_LIMIT: Duration = Duration::from_secs(180);
 impl Pid1 {
     /// The main loop; returns only to shut down (which does not return).
     fn serve(&mut self) -> ! {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let mut panicked = false;
         loop {
-            self.watchdog.feed_if_due();
-            self.agent.tick();
-            let mut request = self.wait_once();
-            // Judged on the previous tick's outcome (at most a poll round, a second, later).
-            if self.shutdown.is_none() && self.health.check(&self.manager).is_some() {
-                // As `berthctl reboot`: the ordered shutdown; bootmgr counts the try.
-                request = Some(ShutdownKind::Reboot);
-            }
-            if let Some(kind) = request
-                && self.shutdown.is_none()
-            {
-                self.manager.shutdown();
-                self.shutdown = Some((kind, Instant::now() + UNITS_STOP_LIMIT));
-            }
-            self.manager.tick(self.online);
-            self.answer_waiters();
-            if let Some((kind, limit)) = self.shutdown {
-                let late = Instant::now() >= limit;
-                if self.manager.stopped() || late {
-                    if late {
-                        log::line("units did not all stop in time; going on with the shutdown");
-                    } else {
-                        log::line("all units stopped");
+            match catch_unwind(AssertUnwindSafe(|| self.serve_once())) {
+                Ok(None) => crate::panics::settle(),
+                Ok(Some(kind)) => shutdown::run(kind, &mut self.agent, &mut self.watchdog),
+                // The hook logged where. Not fatal()'s bare reboot: the ordered shutdown (L5),
+                // through the units' stop jobs when the manager can still take them, else
+                // straight to stopping every process and unmounting.
+                Err(_) => {
+                    let first = !panicked;
+                    panicked = true;
+                    if first {
+                        crate::panics::before_reboot(&mut || self.watchdog.feed());
                     }
-                    self.manager.journal.stop_persisting();
-                    shutdown::run(kind, &mut self.agent, &mut self.watchdog);
+                    if first && self.shutdown.is_none() {
+                        log::line("panic in the main loop: stopping the units in order, then rebooting");
+                        if catch_unwind(AssertUnwindSafe(|| self.manager.shutdown())).is_ok() {
+                            self.shutdown = Some((ShutdownKind::Reboot, Instant::now() + UNITS_STOP_LIMIT));
+                            continue;
+                        }
+                    }
+                    log::line("panic in the main loop while shutting down: stopping every process and rebooting");
+                    let _ = catch_unwind(AssertUnwindSafe(|| self.manager.journal.stop_persisting()));
+                    shutdown::run(ShutdownKind::Reboot, &mut self.agent, &mut self.watchdog)
                 }
             }
         }
+    }
+
+    /// One round of the main loop; `Some(kind)` once a shutdown's units have stopped (or
+    /// were given up on) and the rest of it is due.
+    fn serve_once(&mut self) -> Option<ShutdownKind> {
+        self.watchdog.feed_if_due();
+        self.agent.tick();
+        let mut request = self.wait_once();
+        // Judged on the previous tick's outcome (at most a poll round, a second, later).
+        if self.shutdown.is_none() && self.health.check(&self.manager).is_some() {
+            // As `berthctl reboot`: the ordered shutdown; bootmgr counts the try.
+            request = Some(ShutdownKind::Reboot);
+        }
+        if let Some(kind) = request
+            && self.shutdown.is_none()
+        {
+            self.manager.shutdown();
+            self.shutdown = Some((kind, Instant::now() + UNITS_STOP_LIMIT));
+        }
+        self.manager.tick(self.online);
+        self.answer_waiters();
+        if let Some((kind, limit)) = self.shutdown {
+            let late = Instant::now() >= limit;
+            if self.manager.stopped() || late {
+                if late {
+                    log::line("units did not all stop in time; going on with the shutdown");
+                } else {
+                    log::line("all units stopped");
+                }
+                self.manager.journal.stop_persisting();
+                return Some(kind);
+            }
+        }
+        None
     }
 
     /// One poll round: signals, reaping, at most one control request. Returns a shutdown
