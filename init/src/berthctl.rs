@@ -42,6 +42,9 @@ machine:
   poweroff                the same, then switch the machine off
   is-system-running       print the system state (starting, running, degraded when a unit
                           failed, stopping); exit 0 when running
+  provision-status        whether the first-boot provisioning document was applied, or why
+                          it failed (exit 1; a failed document is not tried again until
+                          /var/lib/berth/provision-failed is removed)
 
 offline:
   verify [--root DIR] FILE...
@@ -96,6 +99,7 @@ enum Command {
     Reboot,
     Poweroff,
     IsSystemRunning,
+    ProvisionStatus,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +161,11 @@ pub fn main(args: &[String]) -> i32 {
         Command::Reboot => simple(&Request::Reboot),
         Command::Poweroff => simple(&Request::Poweroff),
         Command::IsSystemRunning => is_system_running(),
+        Command::ProvisionStatus => {
+            let (text, code) = crate::provision::status(Path::new("/"));
+            crate::log::out(&text);
+            code
+        }
     }
 }
 
@@ -181,7 +190,9 @@ fn parse(args: &[String]) -> Result<Command, String> {
         "status" => &["--json"],
         "logs" => &["--json", "--lines", "--follow"],
         "enable" | "disable" => &["--now", "--root"],
-        "start" | "stop" | "restart" | "reload" | "reboot" | "poweroff" | "is-system-running" => &[],
+        "start" | "stop" | "restart" | "reload" | "reboot" | "poweroff" | "is-system-running" | "provision-status" => {
+            &[]
+        }
         other => return Err(format!("unknown command `{other}`")),
     };
     if let Some(bad) = opts.given.iter().find(|o| !allowed.contains(o)) {
@@ -225,6 +236,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         }
         "reboot" => no_args().map(|()| Command::Reboot)?,
         "poweroff" => no_args().map(|()| Command::Poweroff)?,
+        "provision-status" => no_args().map(|()| Command::ProvisionStatus)?,
         _ => no_args().map(|()| Command::IsSystemRunning)?,
     })
 }

@@ -17,6 +17,8 @@ mod child;
 mod cmdline;
 mod control;
 mod disk_gpt;
+// Writing where users can write too (homes, service directories): by fd, never following links.
+mod fsat;
 mod journal;
 mod log;
 mod manager;

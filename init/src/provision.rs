@@ -41,13 +41,19 @@
 //!
 //! The whole document is parsed and checked against the machine before anything is written, so
 //! a malformed one changes nothing: the boot goes on with the image's defaults and the console
-//! says which line is wrong. Every file is replaced by rename. After a successful run the marker
-//! `/var/lib/berth/provisioned` (the document's SHA-256) keeps later boots from applying it again.
+//! says which line is wrong. Then every file is staged beside its target and, only when all are,
+//! renamed into place ([`apply`]). Files are written through [`crate::fsat`]: nothing is
+//! followed that a user could have planted, and inside a user's home PID 1 acts with the user's
+//! fsuid. After a successful run the marker `/var/lib/berth/provisioned` (the document's
+//! SHA-256) keeps later boots from applying it again; a document that failed is recorded in
+//! `/var/lib/berth/provision-failed` (SHA-256 and reason) and not tried again while that names
+//! it (`berthctl provision-status`; docs/provisioning.md).
 
 use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use berth_units::UnitName;
@@ -55,12 +61,19 @@ use berth_units::load::Loader;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::fsat::{self, Created, Dir, Walk};
+
 /// The fw_cfg item's name.
 pub const FW_CFG_NAME: &str = "opt/org.berth/config";
 /// Where the `qemu_fw_cfg` module shows the item.
 const FW_CFG_RAW: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.berth/config/raw";
-/// Written (relative to the root) once a document was applied.
+/// Written (relative to the root) once a document was applied: its SHA-256.
 pub const MARKER: &str = "var/lib/berth/provisioned";
+/// Written (relative to the root) when a document failed: its SHA-256 on the first line, why on
+/// the second. Later boots do not try that document again while this names it.
+pub const FAILED: &str = "var/lib/berth/provision-failed";
+/// A bigger `authorized_keys` in a user's home is refused rather than read into PID 1.
+const MAX_AUTHORIZED_KEYS: u64 = 1 << 20;
 /// A provisioning document is small; a bigger item is a mistake, not something to read into PID 1.
 const MAX_DOCUMENT: u64 = 1 << 20;
 /// Regular users' ids, as Debian's adduser picks them.
@@ -188,6 +201,8 @@ impl TryFrom<String> for Name {
         let ok = !s.is_empty()
             && s.len() <= 32
             && !s.starts_with('-')
+            && s != "."
+            && s != ".."
             && !s.bytes().all(|b| b.is_ascii_digit())
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
         if ok { Ok(Name(s)) } else { Err(format!("`{s}` is not a valid user or group name")) }
@@ -322,6 +337,12 @@ pub fn parse(text: &str) -> Result<Config, String> {
         if !names.insert(&u.name.0) {
             return Err(bad(format!("users[{i}]: user `{}` is listed twice", u.name.0)));
         }
+        if u.name.0 == "root" {
+            return Err(bad(format!(
+                "users[{i}]: `root` cannot be provisioned: its home /root is on the read-only root; \
+                 give the keys to a user in the `sudo` group instead"
+            )));
+        }
         if u.uid == Some(0) {
             return Err(bad(format!("users[{i}]: uid 0 is root's")));
         }
@@ -406,109 +427,273 @@ pub fn run_in(root: &Path, document: Result<Option<Vec<u8>>, String>) -> Vec<Str
         Ok(None) => return vec!["provisioning: no config in fw_cfg".into()],
         Err(e) => return vec![format!("provisioning: {e}; booting with the image's defaults")],
     };
-    let text = match std::str::from_utf8(&bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            return vec![format!(
-                "provisioning: config {FW_CFG_NAME} is not UTF-8 ({e}); nothing applied, booting with the image's defaults"
-            )];
-        }
-    };
-    let config = match parse(text) {
-        Ok(c) => c,
-        Err(e) => return vec![format!("provisioning: {e}; nothing applied, booting with the image's defaults")],
-    };
-    let mut lines = Vec::new();
-    match apply(&config, root) {
-        Ok(report) => lines.extend(report.actions.iter().map(|a| format!("provisioning: {a}"))),
-        Err(e) => {
-            lines.push(format!("provisioning: {e}; not marked as applied: it is tried again on the next boot"));
-            return lines;
-        }
+    let digest = sha256_hex(&bytes);
+    if let Some(f) = failed(root).filter(|f| f.digest == digest) {
+        return vec![format!(
+            "provisioning: {FW_CFG_NAME} (sha256 {digest}) failed on an earlier boot: {}; not tried again \
+             (to retry it: rm /{FAILED}, then reboot)",
+            f.reason
+        )];
     }
-    let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    let marker = root.join(MARKER);
-    let written = marker
-        .parent()
-        .map_or(Ok(()), |d| mkdir_all(root, d))
-        .and_then(|()| write_file(&marker, format!("{digest}\n").as_bytes(), 0o644, 0, 0));
-    match written {
-        Ok(()) => lines.push(format!("provisioning: applied {FW_CFG_NAME} (sha256 {digest}); marked in /{MARKER}")),
-        Err(e) => lines.push(format!("provisioning: applied, but {e}: it is applied again on the next boot")),
+    let outcome = std::str::from_utf8(&bytes)
+        .map_err(|e| Failure::before(format!("config {FW_CFG_NAME} is not UTF-8 ({e})")))
+        .and_then(|text| parse(text).map_err(Failure::before))
+        .and_then(|config| apply(&config, root));
+    let mut lines = Vec::new();
+    match outcome {
+        Ok(report) => {
+            lines.extend(report.actions.iter().map(|a| format!("provisioning: {a}")));
+            match write_state_file(root, MARKER, format!("{digest}\n").as_bytes()) {
+                Ok(()) => {
+                    lines.push(format!("provisioning: applied {FW_CFG_NAME} (sha256 {digest}); marked in /{MARKER}"))
+                }
+                Err(e) => lines.push(format!("provisioning: applied, but {e}: it is applied again on the next boot")),
+            }
+            if root.join(FAILED).symlink_metadata().is_ok()
+                && let Err(e) = fs::remove_file(root.join(FAILED))
+            {
+                lines.push(format!("provisioning: removing /{FAILED}: {e}"));
+            }
+        }
+        Err(f) => {
+            let what = if f.partly_applied {
+                "applied only in part (the lines above say what changed)"
+            } else {
+                "nothing applied, booting with the image's defaults"
+            };
+            lines.push(format!("provisioning: {}; {what}", f.reason));
+            let record = format!("{digest}\n{}\n", f.reason.replace(['\n', '\r'], " "));
+            match write_state_file(root, FAILED, record.as_bytes()) {
+                Ok(()) => lines.push(format!(
+                    "provisioning: recorded as failed in /{FAILED} (sha256 {digest}): not tried again on later boots; \
+                     `berthctl provision-status` shows why"
+                )),
+                Err(e) => lines.push(format!(
+                    "provisioning: {e}: the failure is not recorded, it is tried again on the next boot"
+                )),
+            }
+        }
     }
     lines
 }
 
-/// Applies `config` to the tree at `root` (`/` on the machine). Everything is checked first
-/// (users' groups, files' owners, units to enable), so an error leaves the tree untouched.
-pub fn apply(config: &Config, root: &Path) -> Result<Report, String> {
-    let mut report = Report::default();
-    let mut accounts = Accounts::read(root)?;
-    let users = accounts.plan(root, &config.users)?;
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A root-owned file of provisioning's own under `/var/lib/berth` (`rel` is [`MARKER`] or
+/// [`FAILED`]), replaced atomically.
+fn write_state_file(root: &Path, rel: &str, data: &[u8]) -> Result<(), String> {
+    let rel = Path::new(rel);
+    let (Some(dir), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(format!("{}: no file name", rel.display()));
+    };
+    let walked = Dir::open(root)?.walk(dir, &Walk { create: Some(0o755), root_links: true, owners: &[0] })?;
+    walked.dir.write_file(name, data, 0o644, Some((0, 0)))
+}
+
+/// A document that failed, as [`FAILED`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub digest: String,
+    pub reason: String,
+}
+
+/// What [`FAILED`] says, when it exists.
+pub fn failed(root: &Path) -> Option<Failed> {
+    let text = fs::read_to_string(root.join(FAILED)).ok()?;
+    let (digest, reason) = text.split_once('\n').unwrap_or((&text, ""));
+    Some(Failed { digest: digest.trim().to_string(), reason: reason.trim().to_string() })
+}
+
+/// `berthctl provision-status`: what provisioning did on this machine, from the files it
+/// leaves on STATE, and the exit code (1 when a document failed).
+pub fn status(root: &Path) -> (String, i32) {
+    let mut out = String::new();
+    if let Ok(digest) = fs::read_to_string(root.join(MARKER)) {
+        out.push_str(&format!(
+            "applied: {FW_CFG_NAME} with sha256 {} (/{MARKER}); later boots ignore fw_cfg\n",
+            digest.trim()
+        ));
+    }
+    let code = match failed(root) {
+        Some(f) => {
+            out.push_str(&format!(
+                "failed: {FW_CFG_NAME} with sha256 {}: {}\n\
+                 not tried again while /{FAILED} names it; to retry it: rm /{FAILED}, then reboot \
+                 (a changed document is tried on the next boot)\n",
+                f.digest, f.reason
+            ));
+            1
+        }
+        None => 0,
+    };
+    if out.is_empty() {
+        out.push_str("none applied: no document was offered through fw_cfg, or none could be read\n");
+    }
+    (out, code)
+}
+
+/// Why [`apply`] failed, and whether it had changed the machine by then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    /// Some files were replaced before the error (a rename or enabling a unit failed): the
+    /// checks and the staging before them leave nothing behind.
+    pub partly_applied: bool,
+}
+
+impl Failure {
+    fn before(reason: String) -> Failure {
+        Failure { reason, partly_applied: false }
+    }
+}
+
+/// Applies `config` to the tree at `root` (`/` on the machine), all or nothing as far as a
+/// filesystem allows: everything is checked first (users' groups and homes, files' owners,
+/// units to enable); then every file is written to a temporary file beside its target (and
+/// every missing directory made), so that any error removes them again and leaves the tree as
+/// it was; only then are they renamed into place, and the units enabled.
+pub fn apply(config: &Config, root: &Path) -> Result<Report, Failure> {
+    let mut accounts = Accounts::read(root).map_err(Failure::before)?;
+    let users = accounts.plan(root, &config.users).map_err(Failure::before)?;
     let mut files = Vec::new();
     for (i, f) in config.files.iter().enumerate() {
         let owner = f.owner.as_ref().map_or("root", |n| &n.0);
         let group = f.group.as_ref().map_or("root", |n| &n.0);
+        let path = f.path.0.display();
         let uid =
-            accounts.uid(owner).ok_or_else(|| format!("files[{i}] ({}): no user `{owner}`", f.path.0.display()))?;
+            accounts.uid(owner).ok_or_else(|| Failure::before(format!("files[{i}] ({path}): no user `{owner}`")))?;
         let gid =
-            accounts.gid(group).ok_or_else(|| format!("files[{i}] ({}): no group `{group}`", f.path.0.display()))?;
+            accounts.gid(group).ok_or_else(|| Failure::before(format!("files[{i}] ({path}): no group `{group}`")))?;
         files.push((f, uid, gid));
     }
-    // Units the image must already have (those given with content are written first).
+    // Units the image must already have (those given with content are written first), and
+    // units to enable must say where in their [Install] section.
     let loader = Loader::new(root, berth_units::HostInfo::detect(root));
-    for u in config.units.iter().filter(|u| u.content.is_none()) {
-        if loader.load(&u.name.0).fragment.is_none() {
-            return Err(format!("unit {}: no unit file in the image and no `content` to write", u.name.0));
+    for u in &config.units {
+        let install = match &u.content {
+            Some(text) => berth_units::Install::parse(&u.name.0, text).map_err(Failure::before)?,
+            None => {
+                let unit = loader.load(&u.name.0);
+                if unit.fragment.is_none() {
+                    let e = format!("unit {}: no unit file in the image and no `content` to write", u.name.0);
+                    return Err(Failure::before(e));
+                }
+                unit.install
+            }
+        };
+        if u.enable
+            && install.wanted_by.is_empty()
+            && install.required_by.is_empty()
+            && install.alias.is_empty()
+            && install.also.is_empty()
+        {
+            let e = format!("enabling {0}: {0} is static: it has no [Install] section to enable it by", u.name.0);
+            return Err(Failure::before(e));
         }
     }
 
-    if let Some(h) = &config.hostname {
-        write_file(&root.join("etc/hostname"), format!("{}\n", h.0).as_bytes(), 0o644, 0, 0)?;
-        report.actions.push(format!("hostname {}", h.0));
-    }
-    accounts.write(root)?;
-    for u in &users {
-        report.actions.push(u.create_home(root)?);
-    }
-    for (f, uid, gid) in files {
-        let path = root.join(f.path.0.strip_prefix("/").unwrap_or(&f.path.0));
-        if let Some(dir) = path.parent() {
-            mkdir_all(root, dir)?;
+    // Staged: nothing is visible yet, and dropping `tx` removes it all again.
+    let mut tx = Transaction::default();
+    let mut report = Report::default();
+    let staged = (|| -> Result<(), String> {
+        let top = Dir::open(root)?;
+        if let Some(h) = &config.hostname {
+            tx.file(&top, Path::new("etc/hostname"), format!("{}\n", h.0).as_bytes(), 0o644, (0, 0))?;
+            report.actions.push(format!("hostname {}", h.0));
         }
-        write_file(&path, f.bytes(), f.mode.0, uid, gid)?;
-        report.actions.push(format!(
-            "wrote {} ({:04o}, {uid}:{gid}, {} bytes)",
-            f.path.0.display(),
-            f.mode.0,
-            f.bytes().len()
-        ));
-    }
-    let unit_dir = root.join(berth_units::load::ADMIN_UNIT_DIR.trim_start_matches('/'));
-    for u in &config.units {
-        if let Some(text) = &u.content {
-            mkdir_all(root, &unit_dir)?;
-            write_file(&unit_dir.join(&u.name.0), text.as_bytes(), 0o644, 0, 0)?;
-            report.actions.push(format!("wrote unit {}", u.name.0));
+        accounts.stage(root, &top, &mut tx)?;
+        let skel = read_skel(root)?;
+        for u in &users {
+            report.actions.push(u.stage_home(&top, &skel, &mut tx)?);
         }
+        for (f, uid, gid) in files {
+            let rel = f.path.0.strip_prefix("/").unwrap_or(&f.path.0);
+            tx.file(&top, rel, f.bytes(), f.mode.0, (uid, gid))?;
+            report.actions.push(format!(
+                "wrote {} ({:04o}, {uid}:{gid}, {} bytes)",
+                f.path.0.display(),
+                f.mode.0,
+                f.bytes().len()
+            ));
+        }
+        let unit_dir = Path::new(berth_units::load::ADMIN_UNIT_DIR.trim_start_matches('/'));
+        for u in &config.units {
+            if let Some(text) = &u.content {
+                tx.file(&top, &unit_dir.join(&u.name.0), text.as_bytes(), 0o644, (0, 0))?;
+                report.actions.push(format!("wrote unit {}", u.name.0));
+            }
+        }
+        if let Some(update) = &config.update {
+            let text = toml::to_string(&update.0).map_err(|e| format!("update: {e}"))?;
+            let body = format!(
+                "# Written by first-boot provisioning ({FW_CFG_NAME}); overrides /usr/lib/berth/update.toml.\n{text}"
+            );
+            tx.file(&top, Path::new("etc/berth/update.toml"), body.as_bytes(), 0o644, (0, 0))?;
+            report.actions.push("wrote /etc/berth/update.toml".into());
+        }
+        Ok(())
+    })();
+    if let Err(e) = staged {
+        return Err(Failure::before(e));
     }
+    tx.commit().map_err(|reason| Failure { reason, partly_applied: true })?;
+
     let wanted: Vec<&str> = config.units.iter().filter(|u| u.enable).map(|u| u.name.0.as_str()).collect();
     if !wanted.is_empty() {
-        report.actions.extend(enable(root, &wanted)?);
-    }
-    if let Some(update) = &config.update {
-        let text = toml::to_string(&update.0).map_err(|e| format!("update: {e}"))?;
-        let path = root.join("etc/berth/update.toml");
-        if let Some(dir) = path.parent() {
-            mkdir_all(root, dir)?;
-        }
-        let body = format!(
-            "# Written by first-boot provisioning ({FW_CFG_NAME}); overrides /usr/lib/berth/update.toml.\n{text}"
-        );
-        write_file(&path, body.as_bytes(), 0o644, 0, 0)?;
-        report.actions.push("wrote /etc/berth/update.toml".into());
+        let actions = enable(root, &wanted).map_err(|e| Failure {
+            reason: format!("{e} (every file of the document was written; its units were not all enabled)"),
+            partly_applied: true,
+        })?;
+        report.actions.extend(actions);
     }
     Ok(report)
+}
+
+/// The files of a document, staged, and the directories made for them: [`Transaction::commit`]
+/// renames the files into place; dropping it uncommitted removes both again.
+#[derive(Default)]
+struct Transaction {
+    staged: Vec<fsat::Staged>,
+    created: Vec<fsat::Created>,
+}
+
+impl Transaction {
+    /// Stages `data` for `rel`, a path inside the root. Its directory is walked from the root:
+    /// missing directories are made (0755, root's), a symlink is followed only where only root
+    /// can have made it, and every directory on the way must be root's or the file's owner's.
+    fn file(&mut self, top: &Dir, rel: &Path, data: &[u8], mode: u32, (uid, gid): (u32, u32)) -> Result<(), String> {
+        let (Some(dir), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(format!("/{}: no file name", rel.display()));
+        };
+        let owners = [0, uid];
+        let walked = top.walk(dir, &Walk { create: Some(0o755), root_links: true, owners: &owners })?;
+        self.created.extend(walked.created);
+        self.staged.push(walked.dir.stage(name, data, mode, Some((uid, gid)))?);
+        Ok(())
+    }
+
+    fn commit(mut self) -> Result<(), String> {
+        let staged = std::mem::take(&mut self.staged);
+        let total = staged.len();
+        for (done, s) in staged.into_iter().enumerate() {
+            s.commit().map_err(|e| format!("{e} ({done} of the document's {total} files were replaced before it)"))?;
+        }
+        // Kept: they hold what was committed.
+        self.created.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        // The temporary files first (each removes its own), then the directories, innermost first.
+        self.staged.clear();
+        while let Some(dir) = self.created.pop() {
+            dir.remove();
+        }
+    }
 }
 
 /// Enables units with `berthctl enable`'s code (following `Also=`); returns what it did.
@@ -544,8 +729,9 @@ struct PlannedUser {
     uid: u32,
     gid: u32,
     home: String,
+    /// `home` without its leading `/`, checked to be under `home/` or `var/`.
+    home_rel: PathBuf,
     keys: Vec<String>,
-    created: bool,
     /// What the plan changed in the account files, for the report.
     summary: String,
 }
@@ -624,8 +810,12 @@ impl Accounts {
                     if u.uid.is_some() || u.shell.is_some() || u.password_hash.is_some() {
                         notes.push("uid, shell and password_hash left as they are".to_string());
                     }
-                    let uid = row[2].parse().unwrap_or(0);
-                    let gid = row[3].parse().unwrap_or(0);
+                    let (Ok(uid), Ok(gid)) = (row[2].parse::<u32>(), row[3].parse::<u32>()) else {
+                        return Err(format!("user {name}: /etc/passwd has no numeric uid and gid for it"));
+                    };
+                    if uid == 0 {
+                        return Err(format!("user {name}: it has uid 0 (root's), which provisioning does not touch"));
+                    }
                     (uid, gid, row[5].clone(), false)
                 }
                 None => {
@@ -690,21 +880,27 @@ impl Accounts {
                 notes.push(format!("added to {}", added.join(", ")));
             }
             self.changed |= created || !added.is_empty();
+            let home_rel = home_on_state(&home).ok_or_else(|| {
+                format!(
+                    "user {name}: its home {home} is not under /home or /var (the rest of the root is read-only); \
+                     provisioning writes homes only on STATE"
+                )
+            })?;
             planned.push(PlannedUser {
                 name,
                 uid,
                 gid,
                 home,
+                home_rel,
                 keys: u.ssh_authorized_keys.iter().map(|k| k.0.clone()).collect(),
-                created,
                 summary: notes.join("; "),
             });
         }
         Ok(planned)
     }
 
-    /// Writes the tables back (each file by rename, keeping its mode and owner).
-    fn write(&self, root: &Path) -> Result<(), String> {
+    /// Stages the tables (each file replaced by rename, keeping its mode and owner).
+    fn stage(&self, root: &Path, top: &Dir, tx: &mut Transaction) -> Result<(), String> {
         if !self.changed {
             return Ok(());
         }
@@ -717,43 +913,130 @@ impl Accounts {
         ];
         for (file, rows, (mode, gid)) in tables {
             let Some(rows) = rows else { continue };
-            let path = root.join(file);
-            let (mode, uid, gid) = match path.metadata() {
-                Ok(m) => (m.mode() & 0o7777, m.uid(), m.gid()),
-                Err(_) => (mode, 0, gid),
+            let (mode, uid, gid) = match root.join(file).symlink_metadata() {
+                Ok(m) if m.is_file() => (m.mode() & 0o7777, m.uid(), m.gid()),
+                _ => (mode, 0, gid),
             };
             let text: String = rows.iter().map(|r| r.join(":") + "\n").collect();
-            write_file(&path, text.as_bytes(), mode, uid, gid)?;
+            tx.file(top, Path::new(file), text.as_bytes(), mode, (uid, gid))?;
         }
         Ok(())
     }
 }
 
-impl PlannedUser {
-    /// The home directory (made from `/etc/skel` when new) with `~/.ssh/authorized_keys`.
-    fn create_home(&self, root: &Path) -> Result<String, String> {
-        let home = root.join(self.home.trim_start_matches('/'));
-        let (uid, gid) = (self.uid, self.gid);
-        let mut summary = self.summary.clone();
-        if home.symlink_metadata().is_err() {
-            if let Some(parent) = home.parent() {
-                mkdir_all(root, parent)?;
-            }
-            make_dir(&home, 0o700, uid, gid)?;
-            copy_skel(root, &home, uid, gid)?;
-        } else if self.created {
-            chown(&home, uid, gid)?;
+/// `home` (absolute, from `/etc/passwd` or made by the plan) without its leading `/`, when it
+/// lies under `/home` or `/var`: the only places on STATE a home can be.
+fn home_on_state(home: &str) -> Option<PathBuf> {
+    let rel = Path::new(home).strip_prefix("/").ok()?;
+    let mut parts = rel.components();
+    let top = parts.next()?;
+    let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
+    (plain && parts.next().is_some() && (top.as_os_str() == "home" || top.as_os_str() == "var"))
+        .then(|| rel.to_path_buf())
+}
+
+/// The regular files at the top of `/etc/skel` (Debian's `.bashrc`, `.profile`, …): name,
+/// bytes, mode.
+fn read_skel(root: &Path) -> Result<Vec<(OsString, Vec<u8>, u32)>, String> {
+    let Ok(entries) = fs::read_dir(root.join("etc/skel")) else { return Ok(Vec::new()) };
+    let mut skel = Vec::new();
+    for e in entries.flatten() {
+        let Ok(meta) = e.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
         }
-        if !self.keys.is_empty() {
-            let ssh = home.join(".ssh");
-            if ssh.symlink_metadata().is_err() {
-                make_dir(&ssh, 0o700, uid, gid)?;
+        let data = fs::read(e.path()).map_err(|err| format!("reading {}: {err}", e.path().display()))?;
+        skel.push((e.file_name(), data, meta.mode() & 0o777));
+    }
+    skel.sort();
+    Ok(skel)
+}
+
+impl PlannedUser {
+    /// Stages the home (made from `/etc/skel` when new) with `~/.ssh/authorized_keys`. The
+    /// home's own directory is opened without following a symlink and must be the user's;
+    /// inside it PID 1 acts with the user's fsuid and fsgid and follows no symlink, so that
+    /// nothing the user planted there reaches a file the user could not write.
+    fn stage_home(&self, top: &Dir, skel: &[(OsString, Vec<u8>, u32)], tx: &mut Transaction) -> Result<String, String> {
+        let who = format!("user {}", self.name);
+        let at = |e: String| format!("{who}: {e}");
+        let (uid, gid) = (self.uid, self.gid);
+        let (Some(above), Some(name)) = (self.home_rel.parent(), self.home_rel.file_name()) else {
+            return Err(at(format!("home {} has no name", self.home)));
+        };
+        // `/home` is root's link to `var/home`: followed, as links only root can have made are.
+        let walked = top.walk(above, &Walk { create: Some(0o755), root_links: true, owners: &[0] }).map_err(at)?;
+        tx.created.extend(walked.created);
+        if !walked.resolved.starts_with("var") {
+            return Err(at(format!(
+                "its home {} is /{}, which is not on STATE (/var); not provisioned",
+                self.home,
+                walked.resolved.join(name).display()
+            )));
+        }
+        let parent = walked.dir;
+        let (home, new) = match parent.open_dir(name).map_err(at)? {
+            Some(h) => {
+                let owner = h.stat().map_err(at)?.st_uid;
+                if owner != uid {
+                    return Err(at(format!(
+                        "{} belongs to uid {owner}, not to {} (uid {uid}); not changed",
+                        h.path().display(),
+                        self.name
+                    )));
+                }
+                (h, false)
             }
-            let file = ssh.join("authorized_keys");
-            let mut text = match fs::read_to_string(&file) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                Err(e) => return Err(format!("reading {}: {e}", file.display())),
+            None => {
+                let h = parent.make_dir(name, 0o700).map_err(at)?;
+                let h = h.ok_or_else(|| at(format!("{} appeared meanwhile", parent.path().join(name).display())))?;
+                tx.created.push(Created::new(&parent, name).map_err(at)?);
+                h.set_owner(uid, gid).map_err(at)?;
+                (h, true)
+            }
+        };
+
+        let _as_user = fsat::act_as(uid, gid).map_err(at)?;
+        if new {
+            for (file, data, mode) in skel {
+                tx.staged.push(home.stage(file, data, *mode, Some((uid, gid))).map_err(at)?);
+            }
+        }
+        let mut summary = self.summary.clone();
+        if !self.keys.is_empty() {
+            let ssh_name = OsStr::new(".ssh");
+            let ssh = match home.open_dir(ssh_name).map_err(at)? {
+                Some(d) => {
+                    let owner = d.stat().map_err(at)?.st_uid;
+                    if owner != uid {
+                        return Err(at(format!("{} belongs to uid {owner}; not used", d.path().display())));
+                    }
+                    d
+                }
+                None => {
+                    let d = home.make_dir(ssh_name, 0o700).map_err(at)?;
+                    let d = d.ok_or_else(|| at(format!("{}/.ssh appeared meanwhile", home.path().display())))?;
+                    tx.created.push(Created::new(&home, ssh_name).map_err(at)?);
+                    d
+                }
+            };
+            let keys_name = OsStr::new("authorized_keys");
+            let path = ssh.path().join(keys_name);
+            let mut text = match ssh.read_file(keys_name, MAX_AUTHORIZED_KEYS).map_err(at)? {
+                None => String::new(),
+                // A hard link to another file would have it rewritten as the user's.
+                Some((_, st)) if st.st_uid != uid || st.st_nlink != 1 => {
+                    return Err(at(format!(
+                        "{} belongs to uid {} and has {} links; only a file of the user's own with one link is \
+                         rewritten",
+                        path.display(),
+                        st.st_uid,
+                        st.st_nlink
+                    )));
+                }
+                Some((bytes, _)) => {
+                    String::from_utf8(bytes).map_err(|_| at(format!("{} is not UTF-8 text", path.display())))?
+                }
             };
             let have: BTreeSet<String> = text.lines().map(|l| l.trim().to_owned()).collect();
             let new: Vec<&String> = self.keys.iter().filter(|k| !have.contains(k.trim())).collect();
@@ -765,7 +1048,7 @@ impl PlannedUser {
                     text.push_str(k.trim());
                     text.push('\n');
                 }
-                write_file(&file, text.as_bytes(), 0o600, uid, gid)?;
+                tx.staged.push(ssh.stage(keys_name, text.as_bytes(), 0o600, Some((uid, gid))).map_err(at)?);
             }
             if !summary.is_empty() {
                 summary.push_str("; ");
@@ -775,87 +1058,8 @@ impl PlannedUser {
         if summary.is_empty() {
             summary = "nothing to change".into();
         }
-        Ok(format!("user {}: {summary}", self.name))
+        Ok(format!("{who}: {summary}"))
     }
-}
-
-/// Copies the regular files at the top of `/etc/skel` (Debian's `.bashrc`, `.profile`, …).
-fn copy_skel(root: &Path, home: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    let Ok(entries) = fs::read_dir(root.join("etc/skel")) else { return Ok(()) };
-    for e in entries.flatten() {
-        let Ok(meta) = e.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        let data = fs::read(e.path()).map_err(|err| format!("reading {}: {err}", e.path().display()))?;
-        write_file(&home.join(e.file_name()), &data, meta.mode() & 0o777, uid, gid)?;
-    }
-    Ok(())
-}
-
-/// `mkdir -p` for `dir` inside `root`, following symlinks on the way inside the root (so
-/// `/home` → `var/home` creates `/var/home`). New directories are 0755 root.
-fn mkdir_all(root: &Path, dir: &Path) -> Result<(), String> {
-    let rel = dir.strip_prefix(root).unwrap_or(dir);
-    let mut at = root.to_path_buf();
-    for part in rel.components() {
-        let Component::Normal(part) = part else { continue };
-        at.push(part);
-        let mut target = at.clone();
-        // Follow links inside the root (a bounded number of times).
-        for _ in 0..8 {
-            match fs::read_link(&target) {
-                Ok(to) if to.is_absolute() => target = root.join(to.strip_prefix("/").unwrap_or(&to)),
-                Ok(to) => target = target.parent().unwrap_or(root).join(to),
-                Err(_) => break,
-            }
-        }
-        if target != at {
-            if !target.is_dir() {
-                mkdir_all(root, &target)?;
-            }
-            at = target;
-            continue;
-        }
-        if !at.is_dir() {
-            make_dir(&at, 0o755, 0, 0)?;
-        }
-    }
-    Ok(())
-}
-
-fn make_dir(path: &Path, mode: u32, uid: u32, gid: u32) -> Result<(), String> {
-    match fs::create_dir(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
-        Err(e) => return Err(format!("creating {}: {e}", path.display())),
-    }
-    chown(path, uid, gid)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| format!("chmod {}: {e}", path.display()))
-}
-
-fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", path.display()))
-}
-
-/// Writes `data` to a temporary file beside `path` and renames it over `path`: a crash leaves
-/// the old file or the new one, never half of it. Ownership is set before the mode (chown
-/// clears set-id bits).
-fn write_file(path: &Path, data: &[u8], mode: u32, uid: u32, gid: u32) -> Result<(), String> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.berth-tmp"));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(data)?;
-        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
 /// Standard base64 with `=` padding; ASCII whitespace (line breaks) is skipped.

@@ -56,6 +56,7 @@ fn commands_parse() {
     assert_eq!(parsed("reboot"), Ok(Command::Reboot));
     assert_eq!(parsed("poweroff"), Ok(Command::Poweroff));
     assert_eq!(parsed("is-system-running"), Ok(Command::IsSystemRunning));
+    assert_eq!(parsed("provision-status"), Ok(Command::ProvisionStatus));
     assert_eq!(parsed("--help"), Ok(Command::Help));
     assert_eq!(parsed("status --help"), Ok(Command::Help));
     assert_eq!(parsed("-V"), Ok(Command::Version));

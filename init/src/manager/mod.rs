@@ -921,18 +921,36 @@ fn boot_complete_waits(jobs: &[(String, Vec<String>)]) -> Vec<String> {
     out
 }
 
-/// Directories of `RuntimeDirectory=` and friends, with their base.
-fn directories(s: &berth_units::Service) -> Vec<(PathBuf, u32, &'static str)> {
+/// One directory a service asks for with `RuntimeDirectory=` and friends.
+struct ServiceDir {
+    /// The directive, for messages: `StateDirectory=`.
+    directive: &'static str,
+    /// The directory it is under, which only root can change: `/var/lib`.
+    base: &'static str,
+    /// Relative to `base`; may have several components.
+    name: String,
+    mode: u32,
+    /// The environment variable that lists them: `STATE_DIRECTORY`.
+    var: &'static str,
+}
+
+impl ServiceDir {
+    fn path(&self) -> PathBuf {
+        PathBuf::from(self.base).join(&self.name)
+    }
+}
+
+fn directories(s: &berth_units::Service) -> Vec<ServiceDir> {
     let mut out = Vec::new();
-    for (dirs, base, var) in [
-        (&s.runtime_directory, "/run", "RUNTIME_DIRECTORY"),
-        (&s.state_directory, "/var/lib", "STATE_DIRECTORY"),
-        (&s.cache_directory, "/var/cache", "CACHE_DIRECTORY"),
-        (&s.logs_directory, "/var/log", "LOGS_DIRECTORY"),
-        (&s.configuration_directory, "/etc", "CONFIGURATION_DIRECTORY"),
+    for (dirs, directive, base, var) in [
+        (&s.runtime_directory, "RuntimeDirectory=", "/run", "RUNTIME_DIRECTORY"),
+        (&s.state_directory, "StateDirectory=", "/var/lib", "STATE_DIRECTORY"),
+        (&s.cache_directory, "CacheDirectory=", "/var/cache", "CACHE_DIRECTORY"),
+        (&s.logs_directory, "LogsDirectory=", "/var/log", "LOGS_DIRECTORY"),
+        (&s.configuration_directory, "ConfigurationDirectory=", "/etc", "CONFIGURATION_DIRECTORY"),
     ] {
         for name in &dirs.names {
-            out.push((PathBuf::from(base).join(name), dirs.mode, var));
+            out.push(ServiceDir { directive, base, name: name.clone(), mode: dirs.mode, var });
         }
     }
     out

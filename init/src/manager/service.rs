@@ -119,14 +119,15 @@ impl Manager {
             env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
         }
         let mut by_var: Vec<(&'static str, String)> = Vec::new();
-        for (path, mode, var) in directories(svc) {
-            make_directory(&path, mode, &account).map_err(|e| format!("{}: {e}", path.display()))?;
-            match by_var.iter_mut().find(|(v, _)| *v == var) {
+        for dir in directories(svc) {
+            let path = dir.path();
+            make_directory(&dir, &account).map_err(|e| format!("{}{}: {e}", dir.directive, dir.name))?;
+            match by_var.iter_mut().find(|(v, _)| *v == dir.var) {
                 Some((_, list)) => {
                     list.push(':');
                     list.push_str(&path.display().to_string());
                 }
-                None => by_var.push((var, path.display().to_string())),
+                None => by_var.push((dir.var, path.display().to_string())),
             }
         }
         for (var, value) in by_var {
@@ -380,8 +381,16 @@ impl Manager {
                         if failed {
                             self.phase_failed(unit, outcome, now);
                         } else {
-                            match forking_main_pid(unit, &svc) {
-                                Some(main) => {
+                            // PIDFile= is the service's to write: checked as MAINPID= is.
+                            let main = forking_main_pid(unit, &svc)
+                                .map(|p| self.check_main_pid(unit, &p.as_raw().to_string()));
+                            match main {
+                                Some(Err(why)) => {
+                                    let why =
+                                        format!("forking: PIDFile= names a process that cannot be the main one: {why}");
+                                    self.phase_failed(unit, Outcome::Resources(why), now);
+                                }
+                                Some(Ok(main)) => {
                                     self.pids.insert(main.as_raw(), (unit.to_string(), Role::Main));
                                     self.run_mut(unit).main_pid = Some(main);
                                     self.enter_start_post(unit, &svc);
@@ -600,8 +609,13 @@ impl Manager {
             cgroup::remove(&group);
         }
         if svc.runtime_directory_preserve == berth_units::service::Preserve::No {
-            for name in &svc.runtime_directory.names {
-                let _ = std::fs::remove_dir_all(std::path::Path::new("/run").join(name));
+            for dir in directories(&svc).iter().filter(|d| d.var == "RUNTIME_DIRECTORY") {
+                // Walked without following links: the service may have replaced a part by one.
+                if let Err(e) =
+                    crate::fsat::remove_tree(std::path::Path::new(dir.base), std::path::Path::new(&dir.name))
+                {
+                    self.say(unit, &format!("{}{}: not removed: {e}", dir.directive, dir.name));
+                }
             }
         }
         let shutting_down = self.shutting_down;
@@ -757,10 +771,14 @@ impl Manager {
         if let Some(text) = m.get("STATUS") {
             self.run_mut(&unit).status_text = Some(text.to_string());
         }
-        if let Some(p) = m.get("MAINPID").and_then(|p| p.parse::<i32>().ok()).filter(|p| *p > 0) {
-            let pid = Pid::from_raw(p);
-            self.pids.insert(p, (unit.clone(), Role::Main));
-            self.run_mut(&unit).main_pid = Some(pid);
+        if let Some(value) = m.get("MAINPID") {
+            match self.check_main_pid(&unit, value) {
+                Ok(pid) => {
+                    self.pids.insert(pid.as_raw(), (unit.clone(), Role::Main));
+                    self.run_mut(&unit).main_pid = Some(pid);
+                }
+                Err(why) => self.say(&unit, &format!("MAINPID={value} from pid {} ignored: {why}", m.pid)),
+            }
         }
         if m.get("WATCHDOG") == Some("1") {
             let run = self.run_mut(&unit);
@@ -784,6 +802,40 @@ impl Manager {
                 self.advance(&unit, now);
             }
         }
+    }
+}
+
+impl Manager {
+    /// The pid `value` names, if it may become `unit`'s main process; else why not. Only a
+    /// process in the unit's own cgroup qualifies, never PID 1 and never another unit's process:
+    /// otherwise a service could have the next stop signal any process (PID 1 takes SIGTERM as
+    /// a reboot).
+    fn check_main_pid(&self, unit: &str, value: &str) -> Result<Pid, String> {
+        let pid = match value.trim().parse::<i32>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err("not a process id".into()),
+        };
+        let owner = self.pids.get(&pid).map(|(u, _)| u.as_str());
+        match main_pid_refusal(unit, pid, owner, cgroup::unit_of(pid).as_deref()) {
+            None => Ok(Pid::from_raw(pid)),
+            Some(why) => Err(why),
+        }
+    }
+}
+
+/// [`Manager::main_pid_refusal`] with what it looked up: the unit the manager knows `pid` as a
+/// process of, and the unit whose cgroup `pid` is in (from `/proc/PID/cgroup`).
+fn main_pid_refusal(unit: &str, pid: i32, known_as: Option<&str>, in_cgroup_of: Option<&str>) -> Option<String> {
+    if pid == 1 {
+        return Some("pid 1 is berth-init".into());
+    }
+    if let Some(other) = known_as.filter(|u| *u != unit) {
+        return Some(format!("pid {pid} is a process of {other}"));
+    }
+    match in_cgroup_of {
+        Some(u) if u == unit => None,
+        Some(u) => Some(format!("pid {pid} is in the cgroup of {u}, not in {}", cgroup::display(unit))),
+        None => Some(format!("pid {pid} is not in {} (or no longer runs)", cgroup::display(unit))),
     }
 }
 
@@ -863,16 +915,17 @@ fn forking_main_pid(unit: &str, svc: &Service) -> Option<Pid> {
     (svc.guess_main_pid && pids.len() == 1).then(|| pids[0])
 }
 
-fn make_directory(path: &std::path::Path, mode: u32, account: &users::Account) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    nix::unistd::chown(
-        path,
-        Some(nix::unistd::Uid::from_raw(account.uid)),
-        Some(nix::unistd::Gid::from_raw(account.gid)),
+/// Creates or reuses a directory of `RuntimeDirectory=` and friends: walked from its base
+/// without following a symlink anywhere (the service's user owns the directory and could have
+/// replaced a part of a nested name by a link to `/etc`), with mode and owner set on the last
+/// component's descriptor ([`crate::fsat::service_directory`]).
+fn make_directory(dir: &super::ServiceDir, account: &users::Account) -> Result<(), String> {
+    crate::fsat::service_directory(
+        std::path::Path::new(dir.base),
+        std::path::Path::new(&dir.name),
+        dir.mode,
+        (account.uid, account.gid),
     )
-    .map_err(std::io::Error::from)
 }
 
 fn condition_env() -> condition::ConditionEnv {
@@ -926,6 +979,73 @@ mod tests {
         assert!(!should_restart(&s, &Outcome::ExitCode(255)));
         assert!(should_restart(&s, &Outcome::ExitCode(1)));
         assert!(!should_restart(&s, &Outcome::StartLimit));
+    }
+
+    /// M11: only a process in the unit's own cgroup becomes its main process.
+    #[test]
+    fn m11_mainpid_must_be_in_the_units_cgroup() {
+        let a = "a.service";
+        assert_eq!(main_pid_refusal(a, 77, None, Some(a)), None);
+        assert_eq!(main_pid_refusal(a, 77, Some(a), Some(a)), None);
+        assert_eq!(main_pid_refusal(a, 1, None, Some(a)).as_deref(), Some("pid 1 is berth-init"));
+        assert_eq!(
+            main_pid_refusal(a, 77, Some("b.service"), Some(a)).as_deref(),
+            Some("pid 77 is a process of b.service")
+        );
+        assert_eq!(
+            main_pid_refusal(a, 77, None, Some("b.service")).as_deref(),
+            Some("pid 77 is in the cgroup of b.service, not in /system.slice/a.service")
+        );
+        assert_eq!(
+            main_pid_refusal(a, 77, None, None).as_deref(),
+            Some("pid 77 is not in /system.slice/a.service (or no longer runs)")
+        );
+    }
+
+    /// H2: the directories of `StateDirectory=` and friends are made by walking from their
+    /// base without following links; a service that replaced a nested one by a link to /etc
+    /// does not get /etc (81879cc chmod'ed and chown'ed it through the link).
+    #[test]
+    fn h2_a_symlinked_state_directory_component_is_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("var/lib");
+        let etc = dir.path().join("etc");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::create_dir(&etc).unwrap();
+        let account = users::Account {
+            name: "foo".into(),
+            uid: 1001,
+            gid: 1001,
+            home: "/".into(),
+            shell: "/bin/sh".into(),
+            groups: Vec::new(),
+        };
+        // `StateDirectory=foo foo/sub` with `User=` uid 1001.
+        let base_str: &'static str = Box::leak(base.display().to_string().into_boxed_str());
+        let dirs = ["foo", "foo/sub"].map(|name| super::super::ServiceDir {
+            directive: "StateDirectory=",
+            base: base_str,
+            name: name.into(),
+            mode: 0o750,
+            var: "STATE_DIRECTORY",
+        });
+        for d in &dirs {
+            make_directory(d, &account).unwrap();
+        }
+        let owner = |p: &std::path::Path| {
+            let m = p.symlink_metadata().unwrap();
+            (m.uid(), m.mode() & 0o7777)
+        };
+        assert_eq!(owner(&base.join("foo/sub")), (1001, 0o750));
+        // The service swaps foo/sub for a link to /etc; the next start refuses it.
+        std::fs::remove_dir(base.join("foo/sub")).unwrap();
+        std::os::unix::fs::symlink(&etc, base.join("foo/sub")).unwrap();
+        std::os::unix::fs::lchown(base.join("foo/sub"), Some(1001), Some(1001)).unwrap();
+        make_directory(&dirs[0], &account).unwrap();
+        let e = make_directory(&dirs[1], &account).unwrap_err();
+        assert!(e.ends_with("var/lib/foo/sub is a symbolic link; not followed"), "{e}");
+        assert_eq!(owner(&etc), (0, 0o755));
     }
 
     #[test]

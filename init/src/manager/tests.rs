@@ -142,3 +142,33 @@ fn boot_complete_waits_for_everything_but_what_is_ordered_after_it() {
     ];
     assert_eq!(boot_complete_waits(&jobs), ["basic.target", "multi-user.target", "health.service"]);
 }
+
+/// M11: `MAINPID=` names a process outside the unit's cgroup (PID 1, another unit's main
+/// process, this test's own process, a pid that does not run): logged and ignored, the unit's
+/// main process and the other unit's entry stay as they were.
+#[test]
+fn m11_mainpid_outside_the_units_cgroup_is_ignored() {
+    let dir = root();
+    for name in ["a.service", "b.service"] {
+        write(dir.path(), name, "[Service]\nType=notify\nNotifyAccess=all\nExecStart=/bin/true\n");
+    }
+    let mut m = manager(dir.path());
+    m.set.load_more(&m.loader, &["a.service", "b.service"]);
+    let (a_main, b_main) = (4_000_001, 4_000_002);
+    m.pids.insert(a_main, ("a.service".into(), Role::Main));
+    m.pids.insert(b_main, ("b.service".into(), Role::Main));
+    m.run_mut("a.service").main_pid = Some(Pid::from_raw(a_main));
+    m.run_mut("b.service").main_pid = Some(Pid::from_raw(b_main));
+    let own = std::process::id().to_string();
+    for value in ["1", &b_main.to_string(), &own, "4000003", "-5", "x"] {
+        let fields = notify::parse(&format!("MAINPID={value}\nSTATUS=sent {value}\n"));
+        m.on_notify(notify::Message { pid: a_main, fields });
+        assert_eq!(m.runs["a.service"].main_pid, Some(Pid::from_raw(a_main)), "MAINPID={value} was taken");
+        // The rest of the message still counts.
+        assert_eq!(m.runs["a.service"].status_text.as_deref(), Some(format!("sent {value}").as_str()));
+    }
+    assert_eq!(m.pids.get(&b_main), Some(&("b.service".to_string(), Role::Main)));
+    assert_eq!(m.runs["b.service"].main_pid, Some(Pid::from_raw(b_main)));
+    assert!(!m.pids.contains_key(&1));
+    assert_eq!(m.pids.len(), 2, "{:?}", m.pids);
+}

@@ -1,4 +1,4 @@
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use super::*;
 
@@ -245,7 +245,7 @@ fn explicit_ids_shell_and_password() {
     assert!(read(r, "etc/shadow").contains("svc:$6$salt$hash:"));
     // A taken uid is refused.
     let e = apply(&parse("[[users]]\nname = \"x\"\nuid = 1000\n").unwrap(), r).unwrap_err();
-    assert!(e.contains("uid 1000 belongs to `core`"), "{e}");
+    assert!(e.reason.contains("uid 1000 belongs to `core`") && !e.partly_applied, "{e:?}");
 }
 
 #[test]
@@ -278,7 +278,7 @@ fn nothing_is_written_when_the_machine_refuses_the_document() {
         let dir = image();
         let r = dir.path();
         let e = apply(&parse(doc).unwrap(), r).unwrap_err();
-        assert!(e.contains(want), "{e}");
+        assert!(e.reason.contains(want) && !e.partly_applied, "{e:?}");
         assert!(!r.join("etc/hostname").exists());
         assert_eq!(read(r, "etc/passwd"), PASSWD);
         assert_eq!(read(r, "etc/group"), GROUP);
@@ -292,7 +292,9 @@ fn enabling_needs_an_install_section() {
     let r = dir.path();
     let doc = "[[units]]\nname = \"bare.service\"\ncontent = \"[Service]\\nExecStart=/bin/true\\n\"\nenable = true\n";
     let e = apply(&parse(doc).unwrap(), r).unwrap_err();
-    assert!(e.contains("enabling bare.service: bare.service is static: it has no [Install] section"), "{e}");
+    assert!(e.reason.contains("enabling bare.service: bare.service is static: it has no [Install] section"), "{e:?}");
+    // Found before anything was written.
+    assert!(!e.partly_applied && !r.join("etc/systemd/system/bare.service").exists());
 }
 
 #[test]
@@ -315,19 +317,16 @@ fn a_malformed_or_missing_document_changes_nothing() {
     let dir = image();
     let r = dir.path();
     let lines = run_in(r, Ok(Some(b"hostname = \"x\"\n[[users]]\nname = 7\n".to_vec())));
-    assert_eq!(lines.len(), 1);
+    assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
         lines[0].starts_with("provisioning: provisioning config opt/org.berth/config:3:8: invalid type"),
         "{lines:?}"
     );
     assert!(lines[0].ends_with("nothing applied, booting with the image's defaults"), "{lines:?}");
+    assert!(lines[1].starts_with("provisioning: recorded as failed in /var/lib/berth/provision-failed"), "{lines:?}");
     assert!(!r.join(MARKER).exists() && !r.join("etc/hostname").exists());
     assert_eq!(run_in(r, Ok(None)), ["provisioning: no config in fw_cfg"]);
     assert!(run_in(r, Ok(Some(vec![0xff, 0xfe])))[0].contains("not UTF-8"));
-    assert!(!r.join(MARKER).exists());
-    // A document the machine refuses is not marked either: fixing the machine is enough.
-    let lines = run_in(r, Ok(Some(b"[[users]]\nname = \"b\"\ngroups = [\"docker\"]\n".to_vec())));
-    assert!(lines[0].contains("no group `docker`; not marked as applied"), "{lines:?}");
     assert!(!r.join(MARKER).exists());
 }
 
@@ -350,4 +349,249 @@ fn base64() {
     assert_eq!(decode_base64("/+8=").unwrap(), [0xff, 0xef]);
     assert!(decode_base64("YQ=").is_err() && decode_base64("Y===").is_err() && decode_base64("YQ==YQ==").is_err());
     assert!(decode_base64("YQ*=").unwrap_err().contains("`*`"));
+}
+
+/// A symlink (or hard link) made by `uid`, as a user would plant it.
+fn plant(target: &Path, link: &Path, uid: u32) {
+    std::os::unix::fs::symlink(target, link).unwrap();
+    std::os::unix::fs::lchown(link, Some(uid), Some(uid)).unwrap();
+}
+
+/// Temporary files left in `dir`.
+fn leftovers(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains("berth-tmp")).collect()
+}
+
+fn alice_doc(key: &str) -> String {
+    format!("[[users]]\nname = \"alice\"\nssh_authorized_keys = [\"{key}\"]\n")
+}
+
+/// H1: a user plants symlinks where the code of 81879cc wrote as root (`.NAME.berth-tmp`
+/// beside each target: in the user's own `~/.ssh`, and in the world-writable `/var/tmp`, plus
+/// a link as the target itself), then the document is provisioned again as
+/// docs/provisioning.md says (the marker removed). Nothing is written through them: the
+/// victim (`/etc/shadow`) keeps its bytes, owner and mode.
+#[test]
+fn h1_provisioning_never_writes_through_a_planted_symlink() {
+    let dir = image();
+    let r = dir.path();
+    fs::create_dir_all(r.join("var/tmp")).unwrap();
+    fs::set_permissions(r.join("var/tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let doc = format!(
+        "{}\n[[files]]\npath = \"/var/tmp/app.conf\"\ncontent = \"app\\n\"\n\n\
+         [[files]]\npath = \"/var/tmp/linked.conf\"\ncontent = \"linked\\n\"\n",
+        alice_doc(KEY_A)
+    );
+    let first = run_in(r, Ok(Some(doc.clone().into_bytes())));
+    assert!(first.last().unwrap().contains("marked in /var/lib/berth/provisioned"), "{first:?}");
+    let victim = r.join("etc/shadow");
+    let before = (read(r, "etc/shadow"), meta(r, "etc/shadow"));
+
+    // alice (uid 1001) plants her links.
+    let ssh = r.join("var/home/alice/.ssh");
+    fs::remove_file(ssh.join("authorized_keys")).unwrap();
+    plant(&victim, &ssh.join(".authorized_keys.berth-tmp"), 1001);
+    plant(&victim, &r.join("var/tmp/.app.conf.berth-tmp"), 1001);
+    fs::remove_file(r.join("var/tmp/linked.conf")).unwrap();
+    plant(&victim, &r.join("var/tmp/linked.conf"), 1001);
+
+    // Provisioned again, as the docs say.
+    fs::remove_file(r.join(MARKER)).unwrap();
+    let again = run_in(r, Ok(Some(doc.into_bytes())));
+    assert!(again.iter().any(|l| l.contains("user alice: 1 SSH key(s) added")), "{again:?}");
+    assert!(again.last().unwrap().contains("marked in"), "{again:?}");
+
+    assert_eq!((read(r, "etc/shadow"), meta(r, "etc/shadow")), before, "the victim changed");
+    let keys = "var/home/alice/.ssh/authorized_keys";
+    assert!(r.join(keys).symlink_metadata().unwrap().is_file());
+    assert_eq!((read(r, keys), meta(r, keys)), (format!("{KEY_A}\n"), (0o600, 1001, 1001)));
+    assert_eq!((read(r, "var/tmp/app.conf"), meta(r, "var/tmp/app.conf")), ("app\n".into(), (0o644, 0, 0)));
+    // The link that was the target is replaced by the file, not written through.
+    assert!(r.join("var/tmp/linked.conf").symlink_metadata().unwrap().is_file());
+    assert_eq!(read(r, "var/tmp/linked.conf"), "linked\n");
+    // The planted names are left as they were, and nothing else is left over.
+    assert_eq!(fs::read_link(ssh.join(".authorized_keys.berth-tmp")).unwrap(), victim);
+    assert_eq!(fs::read_link(r.join("var/tmp/.app.conf.berth-tmp")).unwrap(), victim);
+    assert_eq!(leftovers(&ssh), [".authorized_keys.berth-tmp"]);
+    assert_eq!(leftovers(&r.join("var/tmp")), [".app.conf.berth-tmp"]);
+}
+
+/// H1: a symlink on the way into a home (`~/.ssh` replaced by a link to /etc, a home that is a
+/// link, a home inside a user's directory) is refused, and the document changes nothing.
+#[test]
+fn h1_a_symlinked_home_component_is_refused_and_nothing_is_written() {
+    let dir = image();
+    let r = dir.path();
+    apply(&parse(&format!("hostname = \"node-1\"\n{}", alice_doc(KEY_A))).unwrap(), r).unwrap();
+    let ssh = r.join("var/home/alice/.ssh");
+    fs::remove_dir_all(&ssh).unwrap();
+    plant(&r.join("etc"), &ssh, 1001);
+    let passwd = read(r, "etc/passwd");
+    let etc_before: Vec<_> = fs::read_dir(r.join("etc")).unwrap().map(|e| e.unwrap().file_name()).collect();
+
+    let doc = format!("hostname = \"node-2\"\n{}", alice_doc(KEY_C));
+    let e = apply(&parse(&doc).unwrap(), r).unwrap_err();
+    assert!(
+        e.reason.starts_with("user alice: ") && e.reason.ends_with("/.ssh is a symbolic link; not followed"),
+        "{e:?}"
+    );
+    assert!(!e.partly_applied);
+    assert!(!r.join("etc/authorized_keys").exists());
+    assert_eq!(read(r, "etc/hostname"), "node-1\n");
+    assert_eq!(read(r, "etc/passwd"), passwd);
+    let etc_after: Vec<_> = fs::read_dir(r.join("etc")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(etc_after, etc_before);
+
+    // A home that is a link; a home inside a directory a user owns.
+    fs::write(
+        r.join("etc/passwd"),
+        format!("{passwd}bob:x:1002:1002::/home/bob:/bin/sh\ncarol:x:1003:1003::/var/home/alice/carol:/bin/sh\n"),
+    )
+    .unwrap();
+    plant(&r.join("etc"), &r.join("var/home/bob"), 0);
+    let e = apply(&parse(&format!("[[users]]\nname = \"bob\"\nssh_authorized_keys = [\"{KEY_C}\"]\n")).unwrap(), r)
+        .unwrap_err();
+    assert!(e.reason.ends_with("/var/home/bob is a symbolic link; not followed"), "{e:?}");
+    assert!(!r.join("etc/.ssh").exists());
+    let e = apply(&parse(&format!("[[users]]\nname = \"carol\"\nssh_authorized_keys = [\"{KEY_C}\"]\n")).unwrap(), r)
+        .unwrap_err();
+    assert!(e.reason.contains("/var/home/alice belongs to uid 1001, not to root; not used"), "{e:?}");
+    assert!(!r.join("var/home/alice/carol").exists());
+}
+
+/// H1: an `authorized_keys` that is a symlink or a hard link to a root-only file is neither
+/// read (the code of 81879cc read it as root and wrote it into the user's file) nor replaced.
+#[test]
+fn h1_an_authorized_keys_link_is_neither_read_nor_replaced() {
+    let dir = image();
+    let r = dir.path();
+    apply(&parse(&alice_doc(KEY_A)).unwrap(), r).unwrap();
+    let before = (read(r, "etc/shadow"), meta(r, "etc/shadow"));
+    let keys = r.join("var/home/alice/.ssh/authorized_keys");
+    let doc = parse(&alice_doc(KEY_C)).unwrap();
+
+    fs::remove_file(&keys).unwrap();
+    plant(&r.join("etc/shadow"), &keys, 1001);
+    let e = apply(&doc, r).unwrap_err();
+    assert!(e.reason.ends_with("/.ssh/authorized_keys is a symbolic link; not followed"), "{e:?}");
+    assert!(keys.symlink_metadata().unwrap().file_type().is_symlink());
+
+    // A hard link: to /etc/shadow, alice (whose fsuid PID 1 takes in her home) cannot even
+    // open it; to a file she may read, it is not hers and has two links.
+    fs::remove_file(&keys).unwrap();
+    fs::hard_link(r.join("etc/shadow"), &keys).unwrap();
+    let e = apply(&doc, r).unwrap_err();
+    assert!(e.reason.ends_with("/.ssh/authorized_keys: Permission denied (os error 13)"), "{e:?}");
+    fs::remove_file(&keys).unwrap();
+    fs::hard_link(r.join("etc/passwd"), &keys).unwrap();
+    let e = apply(&doc, r).unwrap_err();
+    assert!(e.reason.contains("/.ssh/authorized_keys belongs to uid 0 and has 2 links"), "{e:?}");
+    assert_eq!((read(r, "etc/shadow"), meta(r, "etc/shadow")), before);
+    assert!(!read(r, "etc/passwd").contains("AAAAICore"));
+}
+
+/// H1 and L9: `root` is refused when the document is parsed; a user whose home is not on
+/// STATE (under /home or /var, and /home leading into /var) when it is checked, before any
+/// write.
+#[test]
+fn h1_root_and_homes_off_state_are_refused_before_anything_is_written() {
+    let e = parse(&format!("[[users]]\nname = \"root\"\nssh_authorized_keys = [\"{KEY_A}\"]\n")).unwrap_err();
+    assert!(e.contains("users[0]: `root` cannot be provisioned: its home /root is on the read-only root"), "{e}");
+    assert!(parse("[[users]]\nname = \"..\"\n").unwrap_err().contains("not a valid user or group name"));
+
+    let dir = image();
+    let r = dir.path();
+    let doc = format!("hostname = \"h\"\n[[users]]\nname = \"nobody\"\nssh_authorized_keys = [\"{KEY_A}\"]\n");
+    let e = apply(&parse(&doc).unwrap(), r).unwrap_err();
+    assert!(e.reason.contains("user nobody: its home /nonexistent is not under /home or /var"), "{e:?}");
+    assert!(!r.join("etc/hostname").exists());
+
+    // /home leading somewhere else than STATE.
+    fs::remove_file(r.join("home")).unwrap();
+    std::os::unix::fs::symlink("usr/home", r.join("home")).unwrap();
+    let e = apply(&parse(&format!("hostname = \"h\"\n{}", alice_doc(KEY_A))).unwrap(), r).unwrap_err();
+    assert!(e.reason.contains("its home /home/alice is /usr/home/alice, which is not on STATE"), "{e:?}");
+    assert!(!r.join("etc/hostname").exists() && !r.join("usr/home").exists());
+    assert_eq!(read(r, "etc/passwd"), PASSWD);
+}
+
+/// H1: a document that fails is recorded (hash and reason) and not tried again on the next
+/// boot, even once the machine would take it; `berthctl provision-status` says why; removing
+/// the record retries it, as docs/provisioning.md says.
+#[test]
+fn h1_a_failed_document_is_recorded_and_not_run_again() {
+    let dir = image();
+    let r = dir.path();
+    assert_eq!(status(r).1, 0);
+    assert!(status(r).0.starts_with("none applied"));
+    let bad = b"hostname = \"h\"\n[[users]]\nname = \"b\"\ngroups = [\"docker\"]\n".to_vec();
+    let digest: String = Sha256::digest(&bad).iter().map(|b| format!("{b:02x}")).collect();
+    let lines = run_in(r, Ok(Some(bad.clone())));
+    assert_eq!(lines[0], "provisioning: user b: no group `docker`; nothing applied, booting with the image's defaults");
+    assert!(lines[1].contains(&format!("recorded as failed in /var/lib/berth/provision-failed (sha256 {digest})")));
+    assert_eq!(read(r, FAILED), format!("{digest}\nuser b: no group `docker`\n"));
+    assert_eq!(meta(r, FAILED), (0o644, 0, 0));
+    let (text, code) = status(r);
+    assert_eq!(code, 1);
+    assert!(
+        text.starts_with(&format!("failed: opt/org.berth/config with sha256 {digest}: user b: no group `docker`\n"))
+    );
+    assert!(text.contains("to retry it: rm /var/lib/berth/provision-failed, then reboot"), "{text}");
+
+    // The next boot: not again, even though the machine now has the group.
+    fs::write(r.join("etc/group"), format!("{GROUP}docker:x:999:\n")).unwrap();
+    let lines = run_in(r, Ok(Some(bad.clone())));
+    assert_eq!(
+        lines,
+        [format!(
+            "provisioning: opt/org.berth/config (sha256 {digest}) failed on an earlier boot: user b: no group \
+             `docker`; not tried again (to retry it: rm /var/lib/berth/provision-failed, then reboot)"
+        )]
+    );
+    assert!(!r.join("etc/hostname").exists());
+
+    // Retried as the docs say: applied, and the record is gone.
+    fs::remove_file(r.join(FAILED)).unwrap();
+    let lines = run_in(r, Ok(Some(bad)));
+    assert!(lines.last().unwrap().contains("marked in /var/lib/berth/provisioned"), "{lines:?}");
+    assert_eq!(read(r, "etc/hostname"), "h\n");
+    assert!(!r.join(FAILED).exists());
+    assert_eq!(
+        status(r),
+        (
+            format!(
+                "applied: opt/org.berth/config with sha256 {digest} (/var/lib/berth/provisioned); later boots ignore fw_cfg\n"
+            ),
+            0
+        )
+    );
+
+    // Another document after a failed one is tried at once.
+    let dir = image();
+    let r = dir.path();
+    run_in(r, Ok(Some(b"[[users]]\nname = \"b\"\ngroups = [\"docker\"]\n".to_vec())));
+    let lines = run_in(r, Ok(Some(b"hostname = \"fixed\"\n".to_vec())));
+    assert_eq!(lines[0], "provisioning: hostname fixed");
+    assert!(!r.join(FAILED).exists());
+}
+
+/// H1: an error while the files are staged (here the last one's directory is a file) removes
+/// what was staged and made: the hostname, accounts, home and other files stay as they were.
+#[test]
+fn h1_a_failure_while_staging_leaves_nothing_behind() {
+    let dir = image();
+    let r = dir.path();
+    let doc = format!(
+        "hostname = \"h\"\n{}\n[[files]]\npath = \"/etc/app/a.conf\"\ncontent = \"a\"\n\n\
+         [[files]]\npath = \"/etc/passwd/x\"\ncontent = \"x\"\n",
+        alice_doc(KEY_A)
+    );
+    let e = apply(&parse(&doc).unwrap(), r).unwrap_err();
+    assert!(e.reason.ends_with("/etc/passwd is not a directory"), "{e:?}");
+    assert!(!e.partly_applied);
+    assert!(!r.join("etc/hostname").exists());
+    assert_eq!((read(r, "etc/passwd"), read(r, "etc/shadow")), (PASSWD.to_string(), SHADOW.to_string()));
+    assert!(!r.join("etc/app").exists() && !r.join("var/home").exists());
+    assert_eq!(leftovers(&r.join("etc")), Vec::<String>::new());
 }
