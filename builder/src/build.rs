@@ -579,6 +579,7 @@ fn write_disk(
     let file = create_image(&tmp_path, &plan)?;
     let cleanup = TempGuard(tmp_path.clone());
     write_gpt(&file, &plan)?;
+    crate::disk::write_state_marker(&file, &plan).context("marking STATE as new")?;
 
     let mut esp = EspContents::new();
     esp.add_file("EFI/BOOT/BOOTX64.EFI", bins.bootmgr.clone())?;

@@ -12,6 +12,8 @@
 //! [`FileRange`]), then [`write_gpt`] (or [`create_image`]) writes the tables into a sparse file
 //! of the planned size. Nothing outside the table sectors is written, so an image file stays
 //! sparse until the filesystems are written into it, and the same inputs give the same bytes.
+//! STATE gets one sector, [`write_state_marker`]: the mark of a STATE never used, the only one
+//! berth-init formats.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -509,6 +511,17 @@ pub fn write_slots(path: &Path, a: SlotAttrs, b: SlotAttrs) -> Result<(), DiskEr
     file.sync_data().map_err(file_err)
 }
 
+/// Writes STATE's initial content: the "unformatted STATE" marker of this disk
+/// ([`berth_slot::layout::StateMarker::Fresh`] with the plan's disk GUID) in its first sector.
+/// The rest of STATE stays zeros. berth-init formats STATE on first boot because of it, and
+/// otherwise only a legacy STATE of zeros: a damaged filesystem is repaired or left alone (H3).
+pub fn write_state_marker(file: &File, plan: &DiskPlan) -> Result<(), DiskError> {
+    use berth_slot::layout::{STATE_MARKER_OFFSET, StateMarker};
+    let disk = berth_slot::gpt::Guid(plan.disk_guid.to_bytes_le());
+    file.write_all_at(&StateMarker::Fresh.encode(&disk), plan.state().offset + STATE_MARKER_OFFSET)
+        .map_err(|source| DiskError::Io { what: "writing the marker of a new STATE", source })
+}
+
 /// A byte range `[offset, offset + len)` of a file, seen as a whole device with its own
 /// position: what a filesystem writer formats when it writes into one partition of a disk
 /// image. Reads and writes use positioned I/O, so several ranges of one file do not share
@@ -701,6 +714,29 @@ mod tests {
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&sector, SECTOR_SIZE).unwrap();
         let e = write_slots(&path, SlotAttrs::FRESH_ACTIVE, SlotAttrs::EMPTY).unwrap_err();
         assert!(matches!(e, DiskError::SlotGpt { what: "primary GPT header", .. }), "{e}");
+    }
+
+    #[test]
+    fn h3_a_new_images_state_carries_the_marker_of_its_own_disk() {
+        use berth_slot::gpt::Header;
+        use berth_slot::layout::StateMarker;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let plan = layout(DiskSize::Total(150 * MIB)).plan().unwrap();
+        let f = create_image(&path, &plan).unwrap();
+        write_state_marker(&f, &plan).unwrap();
+        // berth-init reads the disk GUID from the GPT, as here.
+        let mut sector = vec![0u8; SECTOR_SIZE as usize];
+        f.read_exact_at(&mut sector, SECTOR_SIZE).unwrap();
+        let disk = Header::parse(&sector).unwrap().disk_guid;
+        let mut first_mib = vec![0u8; MIB as usize];
+        f.read_exact_at(&mut first_mib, plan.state().offset).unwrap();
+        assert_eq!(StateMarker::parse(&first_mib, &disk), Some(StateMarker::Fresh));
+        assert!(first_mib[512..].iter().all(|&b| b == 0), "the rest of STATE's first MiB must be zeros");
+        // Nothing else of STATE, nor of the partition before it, was written.
+        let mut before = vec![0u8; 4096];
+        f.read_exact_at(&mut before, plan.state().offset - 4096).unwrap();
+        assert!(before.iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -30,7 +30,7 @@ impl Geometry {
         }
         let groups = blocks.div_ceil(BLOCKS_PER_GROUP);
         // Block numbers are 32 bits without the 64bit feature.
-        if blocks < MIN_LAST_GROUP || blocks > crate::MAX_BLOCKS {
+        if !(MIN_LAST_GROUP..=crate::MAX_BLOCKS).contains(&blocks) {
             return None;
         }
         let groups = groups as u32;

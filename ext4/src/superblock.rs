@@ -197,13 +197,13 @@ impl Superblock {
         (self.blocks - self.first_data_block).div_ceil(self.blocks_per_group)
     }
 
-    /// This backup made the primary: group number 0, "needs recovery" set when there is a
-    /// journal (a backup never records it; on an empty journal the kernel finds nothing to
-    /// replay), checksum recomputed.
-    pub fn as_primary(&self) -> Vec<u8> {
+    /// This backup made the primary: group number 0, "needs recovery" set if
+    /// `journal_needs_recovery` (a backup never records it, and without it the kernel would
+    /// discard the journal's transactions), checksum recomputed.
+    pub fn as_primary(&self, journal_needs_recovery: bool) -> Vec<u8> {
         let mut b = self.raw.clone();
         b[0x5A..0x5C].copy_from_slice(&0u16.to_le_bytes());
-        if self.has_journal {
+        if self.has_journal && journal_needs_recovery {
             let incompat = u32_at(&b, 0x60) | INCOMPAT_RECOVER;
             b[0x60..0x64].copy_from_slice(&incompat.to_le_bytes());
         }
@@ -212,6 +212,21 @@ impl Superblock {
             b[0x3FC..0x400].copy_from_slice(&c.to_le_bytes());
         }
         b
+    }
+
+    /// Byte offset of the journal's first block (its jbd2 superblock), from the copy of the
+    /// journal inode's extent root the superblock keeps (`s_jnl_blocks`); `None` without a
+    /// journal or when that copy is not a one-level extent tree starting at block 0.
+    pub fn journal_offset(&self) -> Option<u64> {
+        let i = &self.raw[0x10C..0x10C + 60];
+        if !self.has_journal || self.raw[0xFD] != 1 || u16_at(i, 0) != 0xF30A || u16_at(i, 2) == 0 {
+            return None;
+        }
+        if u16_at(i, 6) != 0 || u32_at(i, 12) != 0 {
+            return None;
+        }
+        let start = u64::from(u16_at(i, 18)) << 32 | u64::from(u32_at(i, 20));
+        (start > self.first_data_block && start < self.blocks).then_some(start * self.block_size)
     }
 
     /// Byte offset of the block after the primary superblock: the first block of group
@@ -260,6 +275,13 @@ impl Superblock {
         }
         Ok(())
     }
+}
+
+/// Whether the jbd2 superblock `jsb` (the journal's first bytes) says the journal is empty:
+/// its magic number and no start of a log to replay (`s_start` 0).
+pub fn journal_is_empty(jsb: &[u8]) -> bool {
+    let be = |at: usize| u32::from_be_bytes([jsb[at], jsb[at + 1], jsb[at + 2], jsb[at + 3]]);
+    jsb.len() >= 0x20 && be(0) == 0xC03B_3998 && be(0x1C) == 0
 }
 
 /// Where backup superblocks may be in a range of `bytes`: for each block size from 1 KiB to

@@ -5,15 +5,20 @@
 //!   is not on its last sector), moves the backup GPT to the end and extends STATE to the last
 //!   whole MiB, and extends a STATE that stops short of it likewise; tells the kernel with
 //!   `BLKPG_RESIZE_PARTITION` (`BLKRRPART` fails while the root on the same disk is mounted);
-//!   creates a journaled ext4 if STATE has none.
+//!   then [`settle`]s the filesystem: mounts what is there, repairs a damaged primary
+//!   superblock from a backup, and formats only a STATE that is provably new (the builder's
+//!   marker, `berth_slot::layout::StateMarker`, or, from images older than the marker, a first
+//!   MiB of zeros and no backup superblock anywhere). Anything else is an error: the boot goes
+//!   on with a volatile `/var`, and STATE is left as it is for someone to look at.
 //! - [`grow_filesystem`], after mounting: grows the ext4 online (`EXT4_IOC_RESIZE_FS`) when it
 //!   is smaller than the partition.
 //!
 //! A boot that finds everything in place changes nothing. Power cuts: the backup GPT copy is
 //! written and flushed before the primary changes (a cut in between leaves the old primary and
 //! its intact old backup; a torn primary leaves the new backup at the disk's end, where the
-//! kernel and bootmgr look, and the next boot rewrites both from it); a new filesystem gets its
-//! superblock last, so a cut leaves no filesystem (formatted again) or a whole one.
+//! kernel and bootmgr look, and the next boot rewrites both from it); a new filesystem is
+//! preceded by the "formatting" marker and gets its primary superblock last, so a cut leaves
+//! the marker (formatted again) or a whole filesystem.
 
 use std::ffi::{c_char, c_int, c_void};
 use std::fs::{File, OpenOptions};
@@ -23,14 +28,22 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use berth_ext4::superblock::{self as ext4sb, Health};
 use berth_fstree::{Metadata, Tree};
 use berth_slot::gpt::{Entry, Gpt, Guid};
-use berth_slot::layout::{PARTITION_ALIGNMENT, SECTOR_SIZE, STATE_LABEL, STATE_TYPE_GUID};
+use berth_slot::layout::{
+    PARTITION_ALIGNMENT, SECTOR_SIZE, STATE_LABEL, STATE_MARKER_LEN, STATE_MARKER_OFFSET, STATE_TYPE_GUID, StateMarker,
+};
 
 const SYS_BLOCK: &str = "/sys/class/block";
 /// The ext4 superblock starts 1024 bytes into the partition.
 const SUPERBLOCK: u64 = 1024;
 const EXT4_MAGIC: u16 = 0xEF53;
+/// A fresh image's STATE is zeros here besides the marker; so is a legacy one.
+const FIRST_MIB: u64 = 1 << 20;
+/// The largest filesystem put on STATE (M6): 32-bit block numbers (no `64bit` feature) less one
+/// block group, 16 TiB - 128 MiB; a larger partition keeps the rest unused.
+pub const MAX_FS_BYTES: u64 = (berth_ext4::MAX_BLOCKS + 1 - 32768) * berth_ext4::BLOCK_SIZE;
 
 /// `struct blkpg_partition` (linux/blkpg.h); start and length in bytes.
 #[repr(C)]
@@ -73,6 +86,10 @@ pub struct Prepared {
     pub repaired: Option<String>,
     /// A filesystem was created.
     pub created: Option<Created>,
+    /// The primary superblock was damaged and was rewritten from a backup: what was found.
+    pub fs_repaired: Option<String>,
+    /// The health the filesystem's superblock records (L8), when there is a filesystem.
+    pub health: Option<Health>,
     /// What went wrong without making STATE unusable (it was not grown, and why).
     pub warnings: Vec<String>,
 }
@@ -95,6 +112,10 @@ pub struct Created {
     pub bytes: u64,
     /// Inodes it has.
     pub inodes: u32,
+    /// Blocks reserved for root.
+    pub reserved_blocks: u64,
+    /// Why formatting was allowed.
+    pub why: &'static str,
     /// How long writing it took.
     pub took: Duration,
 }
@@ -133,17 +154,25 @@ impl Prepared {
         }
         if let Some(c) = &self.created {
             lines.push(format!(
-                "STATE {dev}: created ext4 of {} ({} inodes) in {} ms",
+                "STATE {dev}: created ext4 of {} ({} inodes, {} reserved for root) in {} ms: {}",
                 size_text(c.bytes),
                 c.inodes,
-                c.took.as_millis()
+                size_text(c.reserved_blocks * berth_ext4::BLOCK_SIZE),
+                c.took.as_millis(),
+                c.why
             ));
+        }
+        if let Some(r) = &self.fs_repaired {
+            lines.push(format!("STATE {dev}: REPAIRED: {r}"));
         }
         for w in &self.warnings {
             lines.push(format!("STATE {dev}: {w}"));
         }
         if lines.is_empty() {
             lines.push(format!("STATE {dev}: {}, ext4 present", size_text(self.bytes)));
+        }
+        if let Some(h) = &self.health {
+            lines.push(format!("STATE {dev}: {}", health_text(h, &self.device)));
         }
         lines
     }
@@ -169,6 +198,8 @@ pub fn prepare(root: &Path) -> Result<Prepared, String> {
         grown: None,
         repaired: None,
         created: None,
+        fs_repaired: None,
+        health: None,
         warnings: Vec::new(),
     };
 
@@ -239,12 +270,170 @@ pub fn prepare(root: &Path) -> Result<Prepared, String> {
         .open(node)
         .map_err(|e| format!("opening {} for writing: {e}", node.display()))?;
     report.bytes = dev.seek(SeekFrom::End(0)).map_err(|e| format!("size of {}: {e}", node.display()))?;
-    let mut magic = [0u8; 2];
-    dev.read_exact_at(&mut magic, SUPERBLOCK + 0x38).map_err(|e| format!("reading {}: {e}", node.display()))?;
-    if u16::from_le_bytes(magic) != EXT4_MAGIC {
-        report.created = Some(mkfs(node, &dev, report.bytes, &entry.unique_guid)?);
+    let settled = settle(&dev, node, report.bytes, &gpt.header().disk_guid, &entry.unique_guid)?;
+    report.created = settled.created;
+    report.fs_repaired = settled.repaired;
+    report.health = settled.health;
+    if settled.marker_cleared {
+        report.warnings.push("the format's marker outlived a cut after the format; cleared".into());
     }
     Ok(report)
+}
+
+/// What [`settle`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// A filesystem was created.
+    pub created: Option<Created>,
+    /// The primary superblock was rewritten from a backup: what was found.
+    pub repaired: Option<String>,
+    /// A marker left beside a whole filesystem (a cut just after formatting) was cleared.
+    pub marker_cleared: bool,
+    /// The health recorded in the (now valid) primary superblock.
+    pub health: Option<Health>,
+}
+
+/// Makes STATE (`dev`, `bytes` long, on the disk whose GPT disk GUID is `disk_guid`) hold a
+/// filesystem the kernel can mount, without ever destroying one (H3):
+///
+/// 1. A valid primary superblock: nothing to do.
+/// 2. The builder's [`StateMarker::Fresh`] with the rest of the first MiB zeros, or
+///    [`StateMarker::Formatting`] (a format that a cut interrupted): format.
+/// 3. A backup superblock (`sparse_super` groups, any block size) whose filesystem the primary
+///    group descriptors belong to: its copy becomes the primary.
+/// 4. No marker, no backup superblock anywhere and a first MiB of zeros (an image from before
+///    the marker): format.
+/// 5. Anything else: an error that says what was found; nothing is written.
+pub fn settle(dev: &File, node: &Path, bytes: u64, disk_guid: &Guid, part_guid: &Guid) -> Result<Settled, String> {
+    let name = node.display();
+    let read = |at: u64, len: usize| -> Result<Vec<u8>, String> {
+        let mut b = vec![0u8; len];
+        dev.read_exact_at(&mut b, at).map_err(|e| format!("reading {len} bytes of {name} at {at}: {e}"))?;
+        Ok(b)
+    };
+    let mut settled = Settled { created: None, repaired: None, marker_cleared: false, health: None };
+    if bytes < ext4sb::PRIMARY_OFFSET + ext4sb::SIZE as u64 {
+        return Err(format!("{name} is {bytes} bytes, too small for STATE"));
+    }
+    let marker_sector = read(STATE_MARKER_OFFSET, STATE_MARKER_LEN)?;
+    let marker = StateMarker::parse(&marker_sector, disk_guid);
+    let primary = ext4sb::Superblock::parse(&read(ext4sb::PRIMARY_OFFSET, ext4sb::SIZE)?);
+    let damage = match primary {
+        Ok(sb) => {
+            if marker.is_some() {
+                // The format finished but the cut came before its last write.
+                dev.write_all_at(&[0u8; STATE_MARKER_LEN], STATE_MARKER_OFFSET)
+                    .and_then(|()| dev.sync_data())
+                    .map_err(|e| format!("clearing the marker of {name}: {e}"))?;
+                settled.marker_cleared = true;
+            }
+            settled.health = Some(sb.health);
+            return Ok(settled);
+        }
+        Err(why) => why,
+    };
+
+    let first_mib = read(0, FIRST_MIB.min(bytes) as usize)?;
+    let rest_zero = first_mib[STATE_MARKER_LEN..].iter().all(|&b| b == 0);
+    let why = match marker {
+        Some(StateMarker::Fresh) if rest_zero => Some("new STATE (the image's marker)"),
+        Some(StateMarker::Formatting) => Some("new STATE (a format cut short is done again)"),
+        _ => None,
+    };
+    if let Some(why) = why {
+        settled.created = Some(format(dev, node, bytes, disk_guid, part_guid, why)?);
+        return Ok(settled);
+    }
+
+    // The primary superblock is damaged: look for the backups.
+    let mut found = Vec::new();
+    let mut magic_at = Vec::new();
+    for (at, bs, group) in ext4sb::backup_locations(bytes) {
+        let raw = read(at, ext4sb::SIZE)?;
+        if raw[0x38..0x3A] != EXT4_MAGIC.to_le_bytes() {
+            continue;
+        }
+        magic_at.push(at);
+        if let Ok(sb) = ext4sb::Superblock::parse(&raw)
+            && ext4sb::is_backup_at(&sb, at, bs, group)
+        {
+            found.push((at, group, sb));
+        }
+    }
+    let mut refused = Vec::new();
+    for (at, group, sb) in &found {
+        let gdt = read(sb.primary_descriptors_offset(), sb.block_size as usize)?;
+        if let Err(e) = sb.descriptors_match(&gdt) {
+            refused.push(format!("the backup in group {group} (byte {at}): {e}"));
+            continue;
+        }
+        if sb.blocks * sb.block_size > bytes {
+            refused.push(format!(
+                "the backup in group {group} describes {} bytes, more than {bytes}",
+                sb.blocks * sb.block_size
+            ));
+            continue;
+        }
+        // A journal that may hold transactions is replayed at mount: the copy must say so.
+        let replay = match sb.journal_offset() {
+            Some(at) => !ext4sb::journal_is_empty(&read(at, 1024)?),
+            None => sb.has_journal,
+        };
+        // What e2fsck -b does first; the group descriptors are the primary's own (they match).
+        dev.write_all_at(&sb.as_primary(replay), ext4sb::PRIMARY_OFFSET)
+            .and_then(|()| dev.sync_data())
+            .map_err(|e| format!("writing the repaired superblock of {name}: {e}"))?;
+        let again = ext4sb::Superblock::parse(&read(ext4sb::PRIMARY_OFFSET, ext4sb::SIZE)?)
+            .map_err(|e| format!("{name}: the superblock repaired from group {group} reads back bad: {e}"))?;
+        settled.repaired = Some(format!(
+            "primary superblock damaged ({damage}); rewritten from the backup in group {group} (block {} of {} \
+             bytes){}",
+            at / sb.block_size,
+            sb.block_size,
+            if replay { "; its journal is replayed at mount" } else { "" }
+        ));
+        settled.health = Some(again.health);
+        return Ok(settled);
+    }
+
+    if marker.is_none() && magic_at.is_empty() && first_mib.iter().all(|&b| b == 0) {
+        let why = "new STATE (zeros, from an image without the marker)";
+        settled.created = Some(format(dev, node, bytes, disk_guid, part_guid, why)?);
+        return Ok(settled);
+    }
+    let mut what = vec![format!("primary superblock: {damage}")];
+    match marker {
+        Some(_) => what.push("the image's marker is there but the rest of the first MiB is not zeros".into()),
+        None if first_mib.iter().all(|&b| b == 0) => what.push("the first MiB is zeros".into()),
+        None => what.push("no marker of a new STATE, and the first MiB holds data".into()),
+    }
+    if magic_at.is_empty() {
+        what.push("no backup superblock found".into());
+    } else if found.is_empty() {
+        what.push(format!("ext4 magic numbers at byte offsets {magic_at:?}, none a valid backup superblock"));
+    }
+    what.extend(refused);
+    Err(format!(
+        "{name} was NOT formatted, it may hold data: {}. Look at it with `dumpe2fs`/`e2fsck -n -b BLOCK` from another \
+         system; formatting it is a manual decision",
+        what.join("; ")
+    ))
+}
+
+/// Formats STATE: the "formatting" marker first, then an empty journaled ext4 over all of it
+/// (up to [`MAX_FS_BYTES`]), superblock last.
+fn format(
+    dev: &File,
+    node: &Path,
+    bytes: u64,
+    disk_guid: &Guid,
+    part_guid: &Guid,
+    why: &'static str,
+) -> Result<Created, String> {
+    dev.write_all_at(&StateMarker::Formatting.encode(disk_guid), STATE_MARKER_OFFSET)
+        .and_then(|()| dev.sync_data())
+        .map_err(|e| format!("writing the formatting marker to {}: {e}", node.display()))?;
+    mkfs(node, dev, bytes.min(MAX_FS_BYTES), part_guid, why)
 }
 
 /// Grows the ext4 on `device`, mounted on `mount_point`, to fill the partition. `Ok(None)`:
@@ -253,7 +442,9 @@ pub fn grow_filesystem(device: &Path, mount_point: &Path) -> Result<Option<FsGro
     let mut dev = File::open(device).map_err(|e| format!("opening {}: {e}", device.display()))?;
     let bytes = dev.seek(SeekFrom::End(0)).map_err(|e| format!("size of {}: {e}", device.display()))?;
     let sb = Superblock::read(&dev, device)?;
-    let target = sb.grow_target(bytes / sb.block_size);
+    // Without 64bit the block count stops at 32 bits (M6): the rest of a larger partition stays unused.
+    let limit = if sb.is_64bit { u64::MAX } else { MAX_FS_BYTES / sb.block_size };
+    let target = sb.grow_target((bytes / sb.block_size).min(limit));
     if target <= sb.blocks {
         return Ok(None);
     }
@@ -414,8 +605,8 @@ impl Part {
     }
 }
 
-/// Writes an empty journaled ext4 over all of `dev`, superblock last.
-fn mkfs(node: &Path, dev: &File, bytes: u64, guid: &Guid) -> Result<Created, String> {
+/// Writes an empty journaled ext4 over the first `bytes` of `dev`, superblock last.
+fn mkfs(node: &Path, dev: &File, bytes: u64, guid: &Guid, why: &'static str) -> Result<Created, String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let timestamp = u32::try_from(now.as_secs()).unwrap_or(u32::MAX);
     // The partition GUID comes from the image, the same on every machine booted from it: fresh
@@ -428,7 +619,13 @@ fn mkfs(node: &Path, dev: &File, bytes: u64, guid: &Guid) -> Result<Created, Str
     let started = Instant::now();
     let report = berth_ext4::write_at_durably(&tree, dev, 0, &opts)
         .map_err(|e| format!("creating ext4 on {}: {e}", node.display()))?;
-    Ok(Created { bytes: report.size, inodes: report.inodes, took: started.elapsed() })
+    Ok(Created {
+        bytes: report.size,
+        inodes: report.inodes,
+        reserved_blocks: report.reserved_blocks,
+        why,
+        took: started.elapsed(),
+    })
 }
 
 /// 16 bytes that differ between machines; the clock stands in on kernels before 5.6.
@@ -447,6 +644,7 @@ struct Superblock {
     itable_blocks: u64,
     desc_size: u64,
     reserved_gdt_blocks: u64,
+    is_64bit: bool,
 }
 
 impl Superblock {
@@ -480,6 +678,7 @@ impl Superblock {
             itable_blocks: (ipg * isize).div_ceil(block_size),
             desc_size: if is_64bit { u16_at(0xFE).max(32) } else { 32 },
             reserved_gdt_blocks: u16_at(0xCE),
+            is_64bit,
         })
     }
 
@@ -500,6 +699,23 @@ impl Superblock {
             part_blocks
         }
     }
+}
+
+/// STATE's health for the console (L8): one quiet line when the superblock records no error,
+/// a loud one with the first and last error when it does.
+pub fn health_text(h: &Health, device: &Path) -> String {
+    let base = format!("ext4 {}, errors={}", h.state_text(), h.errors_text());
+    if !h.has_errors() {
+        return format!("{base}, no errors recorded");
+    }
+    let mut s = format!("WARNING: the filesystem records {} error(s) ({base})", h.error_count);
+    if let Some(e) = &h.first_error {
+        s += &format!("; first {e}");
+    }
+    if let Some(e) = &h.last_error {
+        s += &format!("; last {e}");
+    }
+    s + &format!("; check it with `e2fsck -f {}` while it is not mounted", device.display())
 }
 
 fn read_u64(path: &Path) -> Option<u64> {

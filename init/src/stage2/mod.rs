@@ -107,6 +107,10 @@ pub fn run() -> Result<(), String> {
     let health = health::Deadline::start(&slot, started);
     watchdog.feed();
     let mut manager = crate::manager::Manager::new(started);
+    if let storage::Storage::Volatile { why } = &storage {
+        // Said again where `berthctl logs berth-init` finds it for as long as this boot lasts.
+        manager.journal.record("berth-init", None, &storage::volatile_warning(why));
+    }
     manager.boot();
     let mut pid1 = Pid1 {
         watchdog,

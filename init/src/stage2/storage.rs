@@ -52,7 +52,9 @@ pub fn setup() -> Storage {
     let storage = match mount_state() {
         Ok(device) => Storage::Persistent { device },
         Err(why) => {
-            log::line(&format!("STATE unusable: {why}; /var and /etc changes will NOT survive a reboot"));
+            for line in volatile_warning(&why).lines() {
+                log::line(line);
+            }
             let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
             if let Err(e) = mount(Some("tmpfs"), STATE_MOUNT, Some("tmpfs"), flags, Some("mode=0755")) {
                 log::line(&format!("mounting tmpfs on {STATE_MOUNT}: {e}"));
@@ -68,6 +70,16 @@ pub fn setup() -> Storage {
         log::line(&e);
     }
     storage
+}
+
+/// What the console (at the start of stage 2) and the journal (unit `berth-init`, once the
+/// service manager runs) say when STATE cannot be used: several lines, hard to miss.
+pub fn volatile_warning(why: &str) -> String {
+    format!(
+        "!!! STATE UNUSABLE: {why}\n\
+         !!! /var and /etc are on tmpfs: NOTHING written to them survives a reboot\n\
+         !!! STATE itself was left as it is; see docs/state.md for what to do"
+    )
 }
 
 /// The root partition (what `/` is mounted from), as a device node.
@@ -95,6 +107,7 @@ fn mount_state() -> Result<PathBuf, String> {
     mount(Some(&device), STATE_MOUNT, Some("ext4"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
         .map_err(|e| format!("mounting {} (ext4) on {STATE_MOUNT}: {e}", device.display()))?;
     log::line(&format!("STATE {} mounted on {STATE_MOUNT} ({clean})", device.display()));
+    report_usage(&device);
     match crate::state::grow_filesystem(&device, Path::new(STATE_MOUNT)) {
         Ok(Some(g)) => log::line(&format!(
             "STATE {}: filesystem grown online from {} to {} MiB in {} ms",
@@ -107,6 +120,24 @@ fn mount_state() -> Result<PathBuf, String> {
         Err(e) => log::line(&format!("growing STATE's filesystem: {e} (it keeps its size)")),
     }
     Ok(device)
+}
+
+/// A STATE above 90% full is said at every boot (M7): root's reserve is the last of it.
+fn report_usage(device: &Path) {
+    let Ok(st) = nix::sys::statvfs::statvfs(STATE_MOUNT) else { return };
+    let (total, free, frag) = (st.blocks(), st.blocks_free(), st.fragment_size());
+    if total == 0 {
+        return;
+    }
+    let used = total.saturating_sub(free) * 100 / total;
+    if used >= 90 {
+        log::line(&format!(
+            "STATE {}: WARNING: {used}% full ({} MiB free, {} MiB of it only for root): free space on /var",
+            device.display(),
+            (free * frag) >> 20,
+            ((free - st.blocks_available().min(free)) * frag) >> 20
+        ));
+    }
 }
 
 fn bind_var(state: &Path) -> Result<(), String> {

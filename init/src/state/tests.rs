@@ -67,12 +67,20 @@ fn log_lines_one_per_action() {
         grown: None,
         repaired: None,
         created: None,
+        fs_repaired: None,
+        health: None,
         warnings: Vec::new(),
     };
     assert_eq!(base.log_lines(), ["STATE /dev/vda4: 8.0 GiB, ext4 present"]);
     let first_boot = Prepared {
         grown: Some(Grown { old_bytes: 512 << 20, new_bytes: 8 << 30, backup_moved: true }),
-        created: Some(Created { bytes: 8 << 30, inodes: 524_288, took: Duration::from_millis(42) }),
+        created: Some(Created {
+            bytes: 8 << 30,
+            inodes: 524_288,
+            reserved_blocks: 65536,
+            why: "new STATE (the image's marker)",
+            took: Duration::from_millis(42),
+        }),
         warnings: vec!["something".into()],
         ..base.clone()
     };
@@ -80,7 +88,8 @@ fn log_lines_one_per_action() {
         first_boot.log_lines(),
         [
             "STATE /dev/vda4: partition grown from 512 MiB to 8.0 GiB, backup GPT moved to the end of /dev/vda",
-            "STATE /dev/vda4: created ext4 of 8.0 GiB (524288 inodes) in 42 ms",
+            "STATE /dev/vda4: created ext4 of 8.0 GiB (524288 inodes, 256 MiB reserved for root) in 42 ms: new STATE \
+             (the image's marker)",
             "STATE /dev/vda4: something",
         ]
     );
@@ -256,7 +265,10 @@ fn loop_device_first_boot_then_online_growth() {
     let second = prepare(&root).unwrap();
     assert_eq!((second.grown.is_none(), second.created.is_none()), (true, true), "{second:?}");
     assert!(second.warnings.is_empty() && second.repaired.is_none(), "{second:?}");
-    assert_eq!(second.log_lines().len(), 1);
+    // "ext4 present" and its health.
+    let lines = second.log_lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].ends_with("ext4 clean, errors=continue, no errors recorded"), "{lines:?}");
     lo.mount();
     assert_eq!(grow_filesystem(&first.device, &mnt), Ok(None));
     std::fs::write(mnt.join("machine-id"), b"0123456789abcdef0123456789abcdef\n").unwrap();
@@ -303,4 +315,248 @@ fn loop_device_first_boot_then_online_growth() {
     e2fsck_clean(&lo.part(4));
     let dump = run("dumpe2fs", &["-h", &lo.part(4)]);
     assert!(dump.contains(&format!("Block count:              {}", fs.new_bytes / 4096)), "{dump}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// settle(): when STATE may be formatted (H3, M7, M6, L8), on image files; e2fsprogs judges.
+
+const DISK: Guid = Guid([0x42; 16]);
+const PART: Guid = Guid([0x24; 16]);
+
+/// A STATE image of `size` bytes: zeros, or with `marker` in its first sector.
+fn state_image(dir: &Scratch, name: &str, size: u64, marker: Option<StateMarker>) -> (PathBuf, File) {
+    let img = dir.0.join(name);
+    let file = File::options().create(true).truncate(true).read(true).write(true).open(&img).unwrap();
+    file.set_len(size).unwrap();
+    if let Some(m) = marker {
+        file.write_all_at(&m.encode(&DISK), 0).unwrap();
+    }
+    (img, file)
+}
+
+/// A STATE image holding a filesystem with data (`/etc/upper/hostname` = `precious`), as a
+/// host that ran for a while has.
+fn state_with_data(dir: &Scratch, name: &str, size: u64) -> (PathBuf, File) {
+    let (img, file) = state_image(dir, name, size, Some(StateMarker::Fresh));
+    assert!(settle(&file, &img, size, &DISK, &PART).unwrap().created.is_some());
+    let host = dir.0.join("hostname");
+    std::fs::write(&host, "precious\n").unwrap();
+    for cmd in ["mkdir /etc", "mkdir /etc/upper", &format!("write {} /etc/upper/hostname", host.display())] {
+        run("debugfs", &["-w", "-R", cmd, &img.to_string_lossy()]);
+    }
+    assert_eq!(cat(&img, "/etc/upper/hostname"), "precious\n");
+    (img, file)
+}
+
+fn cat(img: &Path, path: &str) -> String {
+    let out = Command::new("debugfs").args(["-R", &format!("cat {path}")]).arg(img).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fsck(img: &Path) -> (bool, String) {
+    let out = Command::new("e2fsck").arg("-fn").arg(img).output().expect("e2fsck (e2fsprogs)");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+fn dumpe2fs(img: &Path) -> String {
+    run("dumpe2fs", &["-h", &img.to_string_lossy()])
+}
+
+fn sha(file: &Path) -> Vec<u8> {
+    use std::hash::{DefaultHasher, Hasher};
+    let data = std::fs::read(file).unwrap();
+    let mut h = DefaultHasher::new();
+    h.write(&data);
+    h.finish().to_le_bytes().to_vec()
+}
+
+/// Zeroes the ext4 magic number of the superblock at byte `at`.
+fn zero_magic(file: &File, at: u64) {
+    file.write_all_at(&[0, 0], at + 0x38).unwrap();
+}
+
+#[test]
+fn h3_the_builders_marker_is_formatted_once_and_then_gone() {
+    let dir = scratch("h3-fresh");
+    let size = 256u64 << 20;
+    let (img, file) = state_image(&dir, "state.img", size, Some(StateMarker::Fresh));
+    let first = settle(&file, &img, size, &DISK, &PART).unwrap();
+    let created = first.created.expect("formatted");
+    assert_eq!(created.why, "new STATE (the image's marker)");
+    assert_eq!(created.bytes, size);
+    let (ok, text) = fsck(&img);
+    assert!(ok, "e2fsck -fn after the first format:\n{text}");
+    let mut sector = [0u8; 512];
+    file.read_exact_at(&mut sector, 0).unwrap();
+    assert_eq!(sector, [0u8; 512], "the marker outlived the format");
+    // Every later boot: nothing to do, the health is reported.
+    let again = settle(&file, &img, size, &DISK, &PART).unwrap();
+    assert_eq!((again.created, again.repaired, again.marker_cleared), (None, None, false));
+    assert!(!again.health.expect("health").has_errors());
+}
+
+#[test]
+fn h3_damaged_primary_superblock_is_repaired_from_a_backup_not_formatted() {
+    let dir = scratch("h3-repair");
+    let size = 300u64 << 20;
+    let (img, file) = state_with_data(&dir, "state.img", size);
+    // Two bytes of the superblock lost: what formatted STATE before.
+    zero_magic(&file, 1024);
+    assert!(!dumpe2fs_ok(&img), "the damage must be visible to dumpe2fs");
+    let settled = settle(&file, &img, size, &DISK, &PART).unwrap();
+    assert_eq!(settled.created, None, "formatted a STATE holding data");
+    let repaired = settled.repaired.expect("repaired");
+    assert!(repaired.contains("no ext4 magic") && repaired.contains("group 1 (block 32768"), "{repaired}");
+    let (ok, text) = fsck(&img);
+    assert!(ok, "e2fsck -fn after the repair:\n{text}");
+    assert_eq!(cat(&img, "/etc/upper/hostname"), "precious\n");
+    assert!(dumpe2fs(&img).contains("Filesystem volume name:   STATE"));
+
+    // A checksum that does not match is damage too; the marker written over a used STATE
+    // (the rest of its first MiB is not zeros) is no licence to format it.
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, 1024 + 0x10).unwrap();
+    file.write_all_at(&[b[0] ^ 1], 1024 + 0x10).unwrap();
+    file.write_all_at(&StateMarker::Fresh.encode(&DISK), 0).unwrap();
+    let settled = settle(&file, &img, size, &DISK, &PART).unwrap();
+    assert_eq!(settled.created, None);
+    assert!(settled.repaired.expect("repaired").contains("checksum"));
+    assert_eq!(cat(&img, "/etc/upper/hostname"), "precious\n");
+}
+
+fn dumpe2fs_ok(img: &Path) -> bool {
+    Command::new("dumpe2fs").arg("-h").arg(img).output().unwrap().status.success()
+}
+
+#[test]
+fn h3_state_that_may_hold_data_is_never_formatted() {
+    let dir = scratch("h3-never");
+    let size = 300u64 << 20;
+    let (img, file) = state_with_data(&dir, "state.img", size);
+    // Primary and backup superblock both gone.
+    zero_magic(&file, 1024);
+    zero_magic(&file, 32768 * 4096);
+    let before = sha(&img);
+    let e = settle(&file, &img, size, &DISK, &PART).unwrap_err();
+    assert!(e.contains("NOT formatted") && e.contains("no backup superblock found"), "{e}");
+    assert_eq!(sha(&img), before, "STATE was written to");
+
+    // The backup is there but the primary group descriptors are not its filesystem's: no repair.
+    let (img, file) = state_with_data(&dir, "state2.img", size);
+    zero_magic(&file, 1024);
+    file.write_all_at(&[0xAB; 64], 4096).unwrap();
+    let before = sha(&img);
+    let e = settle(&file, &img, size, &DISK, &PART).unwrap_err();
+    assert!(e.contains("NOT formatted") && e.contains("the backup in group 1"), "{e}");
+    assert_eq!(sha(&img), before, "STATE was written to");
+
+    // Another disk's marker over zeros: not this image's STATE, not zeros either.
+    let (img, file) = state_image(&dir, "other.img", size, None);
+    let other = Guid([0x43; 16]);
+    file.write_all_at(&StateMarker::Fresh.encode(&other), 0).unwrap();
+    let e = settle(&file, &img, size, &DISK, &PART).unwrap_err();
+    assert!(e.contains("NOT formatted"), "{e}");
+}
+
+#[test]
+fn h3_legacy_state_of_zeros_is_formatted_only_without_any_backup_superblock() {
+    let dir = scratch("h3-legacy");
+    let size = 300u64 << 20;
+    // An image from before the marker: all zeros.
+    let (img, file) = state_image(&dir, "zeros.img", size, None);
+    let c = settle(&file, &img, size, &DISK, &PART).unwrap().created.expect("formatted");
+    assert_eq!(c.why, "new STATE (zeros, from an image without the marker)");
+    assert!(fsck(&img).0);
+    // A used STATE whose first MiB was lost: its backup superblock keeps it from formatting.
+    let (img, file) = state_with_data(&dir, "used.img", size);
+    file.write_all_at(&vec![0u8; 1 << 20], 0).unwrap();
+    let before = sha(&img);
+    let e = settle(&file, &img, size, &DISK, &PART).unwrap_err();
+    assert!(e.contains("NOT formatted") && e.contains("first MiB is zeros"), "{e}");
+    assert_eq!(sha(&img), before);
+}
+
+#[test]
+fn h3_a_format_cut_short_is_done_again() {
+    let dir = scratch("h3-cut");
+    let size = 300u64 << 20;
+    // What a power cut in the middle of the first format leaves: the formatting marker, metadata
+    // in the first MiB, a backup superblock, no primary.
+    let (img, file) = state_with_data(&dir, "state.img", size);
+    zero_magic(&file, 1024);
+    file.write_all_at(&StateMarker::Formatting.encode(&DISK), 0).unwrap();
+    let c = settle(&file, &img, size, &DISK, &PART).unwrap().created.expect("formatted again");
+    assert_eq!(c.why, "new STATE (a format cut short is done again)");
+    assert!(fsck(&img).0);
+    // A cut after the superblock but before the marker's sector was cleared: kept, marker cleared.
+    file.write_all_at(&StateMarker::Formatting.encode(&DISK), 0).unwrap();
+    let s = settle(&file, &img, size, &DISK, &PART).unwrap();
+    assert!(s.marker_cleared && s.created.is_none());
+    assert!(fsck(&img).0);
+}
+
+#[test]
+fn m7_state_is_formatted_with_blocks_reserved_for_root() {
+    let dir = scratch("m7");
+    let size = 256u64 << 20;
+    let (img, file) = state_image(&dir, "state.img", size, Some(StateMarker::Fresh));
+    let c = settle(&file, &img, size, &DISK, &PART).unwrap().created.unwrap();
+    // 5% of 65536 blocks.
+    assert_eq!(c.reserved_blocks, 3276);
+    assert!(dumpe2fs(&img).contains("Reserved block count:     3276\n"));
+}
+
+#[test]
+fn m6_state_filesystem_stays_below_16_tib() {
+    const { assert!(MAX_FS_BYTES / berth_ext4::BLOCK_SIZE <= berth_ext4::MAX_BLOCKS) };
+    assert_eq!(MAX_FS_BYTES, (16 << 40) - (128 << 20));
+    let tree = Tree::new(Metadata::root(0o755, 0));
+    let ok = berth_ext4::Options::writable(STATE_LABEL, b"t", 0, MAX_FS_BYTES);
+    berth_ext4::min_size(&tree, &ok).unwrap();
+    let too_big = berth_ext4::Options::writable(STATE_LABEL, b"t", 0, MAX_FS_BYTES + (128 << 20));
+    assert!(berth_ext4::min_size(&tree, &too_big).unwrap_err().to_string().contains("64bit"));
+    // Growth stops there too.
+    let sb = Superblock {
+        blocks: MAX_FS_BYTES / 4096 - 32768,
+        block_size: 4096,
+        first_data_block: 0,
+        blocks_per_group: 32768,
+        itable_blocks: 512,
+        desc_size: 32,
+        reserved_gdt_blocks: 0,
+        is_64bit: false,
+    };
+    let limit = MAX_FS_BYTES / 4096;
+    assert_eq!(sb.grow_target((20u64 << 40) / 4096).min(limit), limit);
+}
+
+#[test]
+fn l8_errors_recorded_in_state_are_reported_loudly() {
+    let dir = scratch("l8");
+    let size = 256u64 << 20;
+    let (img, file) = state_image(&dir, "state.img", size, Some(StateMarker::Fresh));
+    settle(&file, &img, size, &DISK, &PART).unwrap();
+    let quiet = health_text(&settle(&file, &img, size, &DISK, &PART).unwrap().health.unwrap(), Path::new("/dev/vda4"));
+    assert_eq!(quiet, "ext4 clean, errors=continue, no errors recorded");
+    for set in [
+        "state 3",
+        "error_count 2",
+        "first_error_time @1700000000",
+        "first_error_func ext4_lookup",
+        "first_error_line 1234",
+        "first_error_ino 12",
+        "last_error_time @1700000100",
+        "last_error_func ext4_readdir",
+        "last_error_line 99",
+    ] {
+        run("debugfs", &["-w", "-R", &format!("ssv {set}"), &img.to_string_lossy()]);
+    }
+    let h = settle(&file, &img, size, &DISK, &PART).unwrap().health.unwrap();
+    let text = health_text(&h, Path::new("/dev/vda4"));
+    assert_eq!(
+        text,
+        "WARNING: the filesystem records 2 error(s) (ext4 clean, errors, errors=continue); first at 1700000000 s in \
+         ext4_lookup:1234, inode 12; last at 1700000100 s in ext4_readdir:99; check it with `e2fsck -f /dev/vda4` \
+         while it is not mounted"
+    );
 }
