@@ -342,6 +342,7 @@ pub fn settle(dev: &File, node: &Path, bytes: u64, disk_guid: &Guid, part_guid: 
     };
     if let Some(why) = why {
         settled.created = Some(format(dev, node, bytes, disk_guid, part_guid, why)?);
+        settled.health = ext4sb::Superblock::parse(&read(ext4sb::PRIMARY_OFFSET, ext4sb::SIZE)?).ok().map(|s| s.health);
         return Ok(settled);
     }
 
@@ -399,6 +400,7 @@ pub fn settle(dev: &File, node: &Path, bytes: u64, disk_guid: &Guid, part_guid: 
     if marker.is_none() && magic_at.is_empty() && first_mib.iter().all(|&b| b == 0) {
         let why = "new STATE (zeros, from an image without the marker)";
         settled.created = Some(format(dev, node, bytes, disk_guid, part_guid, why)?);
+        settled.health = ext4sb::Superblock::parse(&read(ext4sb::PRIMARY_OFFSET, ext4sb::SIZE)?).ok().map(|s| s.health);
         return Ok(settled);
     }
     let mut what = vec![format!("primary superblock: {damage}")];

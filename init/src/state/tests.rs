@@ -384,6 +384,7 @@ fn h3_the_builders_marker_is_formatted_once_and_then_gone() {
     let created = first.created.expect("formatted");
     assert_eq!(created.why, "new STATE (the image's marker)");
     assert_eq!(created.bytes, size);
+    assert!(!first.health.expect("the new filesystem's health").has_errors());
     let (ok, text) = fsck(&img);
     assert!(ok, "e2fsck -fn after the first format:\n{text}");
     let mut sector = [0u8; 512];
