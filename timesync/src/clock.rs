@@ -43,8 +43,8 @@ pub fn adjust(offset_ns: i64) -> std::io::Result<Adjustment> {
         Ok(Adjustment::Step)
     } else {
         let tv = nix::libc::timeval {
-            tv_sec: offset_ns.div_euclid(1_000_000_000) as nix::libc::time_t,
-            tv_usec: (offset_ns.rem_euclid(1_000_000_000) / 1000) as nix::libc::suseconds_t,
+            tv_sec: offset_ns.div_euclid(1_000_000_000) as _,
+            tv_usec: (offset_ns.rem_euclid(1_000_000_000) / 1000) as _,
         };
         // SAFETY: `tv` is a valid timeval for the call; the old delta is not asked for.
         if unsafe { nix::libc::adjtime(&tv, std::ptr::null_mut()) } != 0 {
@@ -57,6 +57,6 @@ pub fn adjust(offset_ns: i64) -> std::io::Result<Adjustment> {
 /// Sets the clock to `t`.
 pub fn set(t: SystemTime) -> std::io::Result<()> {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).map_err(std::io::Error::other)?;
-    let ts = TimeSpec::new(d.as_secs() as nix::libc::time_t, i64::from(d.subsec_nanos()) as _);
+    let ts = TimeSpec::new(d.as_secs() as _, d.subsec_nanos() as _);
     clock_settime(ClockId::CLOCK_REALTIME, ts).map_err(std::io::Error::from)
 }
