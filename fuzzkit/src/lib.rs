@@ -136,9 +136,49 @@ impl std::ops::Deref for Bytes {
 }
 
 impl fmt::Debug for Bytes {
+    /// Escaped like a byte string literal, except that a run of 16 or more equal bytes is
+    /// written `{0x00 × 2000}` (a mutated disk sector is mostly zeros).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "b\"{}\" ({} bytes)", self.0.escape_ascii(), self.0.len())
+        write!(f, "b\"")?;
+        let mut rest = &self.0[..];
+        while let Some(&first) = rest.first() {
+            let run = rest.iter().take_while(|&&b| b == first).count();
+            if run >= 16 {
+                write!(f, "{{{first:#04x} × {run}}}")?;
+            } else {
+                write!(f, "{}", rest[..run].escape_ascii())?;
+            }
+            rest = &rest[run..];
+        }
+        write!(f, "\" ({} bytes)", self.0.len())
     }
+}
+
+thread_local! {
+    /// Set while a target's case runs on this thread: where its last panic was.
+    static PANICKED_AT: std::cell::RefCell<Option<Option<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A panic hook that, on a thread running a case, only records where (proptest reports the
+/// message; shrinking would print hundreds of backtraces), and otherwise does what the previous
+/// hook did.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let recorded = PANICKED_AT.with(|p| match &mut *p.borrow_mut() {
+                Some(at) => {
+                    *at = info.location().map(|l| l.to_string());
+                    true
+                }
+                None => false,
+            });
+            if !recorded {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// One change to a seed; positions are resolved against the length at the time.
@@ -212,6 +252,12 @@ impl Corpus {
     /// Adds tokens of the target's format (`ExecStart=`, `"sequence":`, …) to the insertions.
     pub fn tokens(mut self, extra: &[&str]) -> Corpus {
         Arc::make_mut(&mut self.tokens).extend(extra.iter().map(|t| t.as_bytes().to_vec()));
+        self
+    }
+
+    /// Like [`Corpus::tokens`] for binary formats (magic numbers, headers).
+    pub fn byte_tokens(mut self, extra: &[&[u8]]) -> Corpus {
+        Arc::make_mut(&mut self.tokens).extend(extra.iter().map(|t| t.to_vec()));
         self
     }
 
@@ -320,6 +366,8 @@ where
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
     });
+    install_panic_hook();
+    PANICKED_AT.with(|p| *p.borrow_mut() = Some(None));
     let started = Instant::now();
     let mut done = 0u64;
     let mut batch = 0u64;
@@ -337,16 +385,23 @@ where
         key[..8].copy_from_slice(&seed.to_le_bytes());
         key[8..16].copy_from_slice(&batch.to_le_bytes());
         let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &key));
-        match runner.run(&strategy, &test) {
-            Ok(()) => {}
-            Err(TestError::Abort(why)) => panic!("fuzz {name}: aborted: {why} (BERTH_FUZZ_SEED={seed})"),
-            Err(TestError::Fail(why, input)) => panic!(
-                "fuzz {name}: {why}\nminimal input: {input:?}\nreplay: BERTH_FUZZ_SEED={seed} (after {done} cases)"
-            ),
+        let result = runner.run(&strategy, &test);
+        if result.is_err() {
+            // The hook's record is of the last run, the minimal input's.
+            let at = PANICKED_AT.with(|p| p.borrow_mut().take().flatten());
+            let at = at.map_or(String::new(), |at| format!(" (panicked at {at})"));
+            match result {
+                Err(TestError::Abort(why)) => panic!("fuzz {name}: aborted: {why} (BERTH_FUZZ_SEED={seed})"),
+                Err(TestError::Fail(why, input)) => panic!(
+                    "fuzz {name}: {why}{at}\nminimal input: {input:?}\nreplay: BERTH_FUZZ_SEED={seed} (after {done} cases)"
+                ),
+                Ok(()) => {}
+            }
         }
         done += u64::from(n);
         batch += 1;
     }
+    PANICKED_AT.with(|p| *p.borrow_mut() = None);
     eprintln!("fuzz {name}: {done} cases in {:.1} s, no failure (seed {seed})", started.elapsed().as_secs_f64());
 }
 
@@ -371,8 +426,8 @@ mod tests {
         let seen = seen.into_inner().unwrap();
         assert!(seen.len() > 100, "only {} distinct inputs", seen.len());
         assert!(seen.iter().any(|b| b.windows(4).any(|w| w == b"4294")), "no big number");
-        let d = format!("{:?}", Bytes(b"a\n\xff".to_vec()));
-        assert_eq!(d, "b\"a\\n\\xff\" (3 bytes)");
+        let d = format!("{:?}", Bytes([&b"a\n\xff"[..], &[0; 20]].concat()));
+        assert_eq!(d, "b\"a\\n\\xff{0x00 × 20}\" (23 bytes)");
     }
 
     #[test]
@@ -386,5 +441,15 @@ mod tests {
         let e = r.unwrap_err();
         let msg = e.downcast_ref::<String>().unwrap();
         assert!(msg.contains("fuzz fuzzkit-fails") && msg.contains("minimal input: [7]"), "{msg}");
+        let r = std::panic::catch_unwind(|| {
+            run("fuzzkit-panics", 10_000, any::<u8>(), |v| {
+                let _ = 250u8 + v;
+                Ok(())
+            })
+        });
+        let e = r.unwrap_err();
+        let msg = e.downcast_ref::<String>().unwrap();
+        assert!(msg.contains("attempt to add with overflow (panicked at fuzzkit/src/lib.rs:"), "{msg}");
+        assert!(msg.contains("minimal input: 6"), "{msg}");
     }
 }
