@@ -14,8 +14,9 @@ use crate::layout::SECTOR_SIZE;
 
 fn read_at(file: &File, node: &Path, lba: u64, len: usize) -> Result<Vec<u8>, String> {
     let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, lba * SECTOR_SIZE)
-        .map_err(|e| format!("reading {} at LBA {lba}: {e}", node.display()))?;
+    // The LBA can come from the disk (a header's entry array): checked, not wrapped.
+    let at = lba.checked_mul(SECTOR_SIZE).ok_or_else(|| format!("{}: LBA {lba} is past any disk", node.display()))?;
+    file.read_exact_at(&mut buf, at).map_err(|e| format!("reading {} at LBA {lba}: {e}", node.display()))?;
     Ok(buf)
 }
 
@@ -91,5 +92,29 @@ mod tests {
         file.write_all_at(&[0u8; 8], (lbas - 1) * SECTOR_SIZE).unwrap();
         let e = read(&file, &img, lbas).unwrap_err();
         assert!(e.contains("no usable GPT") && e.contains("disk.img"), "{e}");
+    }
+
+    /// Found by the fuzz target (slot/tests/fuzz.rs): a header (CRC valid) whose entry array
+    /// is at LBA 2^55 overflowed `lba * 512`, a panic in PID 1's debug builds.
+    #[test]
+    fn an_entry_array_past_any_disk_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        let file = File::options().read(true).write(true).create_new(true).open(&img).unwrap();
+        file.set_len(64 * SECTOR_SIZE).unwrap();
+        let mut h = [0u8; 512];
+        h[..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[24..32].copy_from_slice(&1u64.to_le_bytes());
+        h[32..40].copy_from_slice(&63u64.to_le_bytes());
+        h[72..80].copy_from_slice(&(1u64 << 55).to_le_bytes());
+        h[80..84].copy_from_slice(&128u32.to_le_bytes());
+        h[84..88].copy_from_slice(&128u32.to_le_bytes());
+        let crc = crate::gpt::crc32(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        file.write_all_at(&h, SECTOR_SIZE).unwrap();
+        let e = read(&file, &img, 64).unwrap_err();
+        assert!(e.contains("LBA 36028797018963968 is past any disk"), "{e}");
     }
 }

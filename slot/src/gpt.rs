@@ -607,7 +607,10 @@ impl Gpt {
             gpt.header.set_last_usable_lba(entries_lba - 1);
         }
         let align = align_lbas.max(1);
-        let aligned_end = (gpt.header.last_usable_lba + 1) / align * align;
+        // Never past the backup entry array, whatever the header claims (it is read from the
+        // disk; u64::MAX overflowed here).
+        let last_usable = gpt.header.last_usable_lba.min(last_lba - entries_sectors - 1);
+        let aligned_end = (last_usable + 1) / align * align;
         let new_last_lba = aligned_end.saturating_sub(1).max(part.last_lba);
         if new_last_lba > part.last_lba {
             let in_the_way =
@@ -878,6 +881,24 @@ mod tests {
             Err(GptError::Blocked { number: 3, by: 4 })
         );
         assert!(GptError::Blocked { number: 3, by: 4 }.to_string().contains("partition 4"));
+    }
+
+    /// Found by the fuzz target (slot/tests/fuzz.rs): a header claiming u64::MAX as its last
+    /// usable LBA overflowed `last_usable_lba + 1` (a panic in PID 1's debug builds); the
+    /// partition ends before the backup entry array instead.
+    #[test]
+    fn grow_with_a_last_usable_lba_past_the_disk() {
+        let mut h = with_state(50_000, 45_055).encode().primary_header;
+        let e = with_state(50_000, 45_055).encode().entries;
+        h[48..56].copy_from_slice(&u64::MAX.to_le_bytes());
+        h[16..20].fill(0);
+        let crc = crc32(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        let gpt = Gpt::parse(&h, &e).unwrap();
+        let grown = gpt.grow_partition(50_000, 4, 2048).unwrap().unwrap();
+        assert_eq!((grown.backup_moved, grown.new_last_lba), (false, 49_151));
+        let grown = gpt.grow_partition(50_000, 4, 1).unwrap().unwrap();
+        assert_eq!(grown.new_last_lba, 49_999 - 32 - 1);
     }
 
     #[test]
