@@ -14,6 +14,7 @@ pub mod enablement;
 pub mod esp;
 pub mod inspect;
 pub mod kernel;
+pub mod keys;
 pub mod publish;
 pub mod qemu;
 pub mod system;

@@ -143,6 +143,10 @@ pub struct PublishOptions {
     pub now: Option<Timestamp>,
     /// A progress bar on stderr while the root image is compressed.
     pub progress: bool,
+    /// Publish an image whose own update.toml would not let its hosts update from this
+    /// channel again (no version, no channel, another channel, keys that do not lead to the
+    /// signing keys): refused without it.
+    pub force: bool,
 }
 
 impl Default for PublishOptions {
@@ -157,6 +161,7 @@ impl Default for PublishOptions {
             expires: DEFAULT_EXPIRES,
             now: None,
             progress: false,
+            force: false,
         }
     }
 }
@@ -256,6 +261,28 @@ pub fn publish(o: &PublishOptions) -> anyhow::Result<PublishReport> {
         Some(image) => Some(DiskSource::open(image)?),
         None => None,
     };
+    // The keys hosts will check the index against: the newest key set's signing keys, or
+    // without a key set the keys that sign (berth_release::keyset).
+    let keyset = crate::keys::newest_keyset(&o.repo)?;
+    if let Some(ks) = &keyset {
+        let trust = berth_release::keyset::Trust::from_keyset(ks.clone()).map_err(|e| anyhow!("{e}"))?;
+        let needed = trust.index_keys(now).map_err(|e| anyhow!("{}: {e}", o.repo.display()))?;
+        let probe = b"berth publish: which keys sign";
+        if let Err(e) = needed.verify(probe, &sign(probe).to_bytes()) {
+            bail!(
+                "{}: key set {} names the keys that sign channels, and --key does not meet it: {e}; sign with its \
+                 signing keys (berth keys sign changes them)",
+                o.repo.join(berth_release::repo::keyset_path(ks.version)).display(),
+                ks.version
+            );
+        }
+    }
+    if let Some(src) = &source
+        && !o.force
+    {
+        check_image_trust(src, &o.channel, &o.repo, &sign, now)
+            .map_err(|why| anyhow!("{}: {why} (--force publishes it anyway)", src.path.display()))?;
+    }
     std::fs::create_dir_all(o.repo.join("channels"))
         .with_context(|| format!("creating {}", o.repo.join("channels").display()))?;
     std::fs::create_dir_all(o.repo.join("releases"))
@@ -430,6 +457,8 @@ struct DiskSource {
     /// The manifest, and ROOT-A's SHA-256 as it records it.
     manifest: PathBuf,
     manifest_root_sha256: Option<String>,
+    /// ROOT-A's own update.toml, if it has one.
+    config: Option<berth_release::UpdateConfig>,
 }
 
 /// `<name>.manifest.json` beside `<name>.img`.
@@ -493,8 +522,9 @@ impl DiskSource {
         };
         let m = m.unwrap_or(serde_json::Value::Null);
         // The version the agent on a host will compare: the image's own update.toml.
-        let own = image_version(&file, root.offset, root.size)
+        let config = image_config(&file, root.offset, root.size)
             .map_err(|e| anyhow!("{}: {}: {e}", path.display(), berth_release::config::IMAGE_CONFIG))?;
+        let own = config.as_ref().and_then(|c| c.version.clone());
         let version = match (own, m["version"].as_str()) {
             (Some(v), Some(mv)) if v != mv => bail!(
                 "{}: the image's {} says version {v}, its manifest {} says {mv}: the manifest is of another build",
@@ -536,6 +566,7 @@ impl DiskSource {
             initrd,
             manifest,
             manifest_root_sha256,
+            config,
         })
     }
 }
@@ -556,9 +587,9 @@ impl ext4_view::Ext4Read for PartitionReader {
     }
 }
 
-/// The `version` of the root's `/usr/lib/berth/update.toml`; `None` when the partition holds no
-/// ext4 filesystem or no such file.
-fn image_version(file: &File, offset: u64, size: u64) -> anyhow::Result<Option<String>> {
+/// The root's `/usr/lib/berth/update.toml`; `None` when the partition holds no ext4
+/// filesystem or no such file.
+fn image_config(file: &File, offset: u64, size: u64) -> anyhow::Result<Option<berth_release::UpdateConfig>> {
     let reader = PartitionReader { file: file.try_clone()?, offset, size };
     let Ok(fs) = ext4_view::Ext4::load(Box::new(reader)) else { return Ok(None) };
     let config = berth_release::config::IMAGE_CONFIG;
@@ -569,7 +600,61 @@ fn image_version(file: &File, offset: u64, size: u64) -> anyhow::Result<Option<S
     };
     let c =
         berth_release::UpdateConfig::from_texts(&[(PathBuf::from(config), text)]).map_err(|e| anyhow!("{}", e.why))?;
-    Ok(c.version)
+    Ok(Some(c))
+}
+
+/// M10: whether hosts running the image can take the next update from this channel: its
+/// update.toml names its version, this channel, and root keys from which the repository's key
+/// sets lead to the keys that sign this publish (the walk the agent makes).
+fn check_image_trust(
+    src: &DiskSource,
+    channel: &str,
+    repo: &Path,
+    sign: &dyn Fn(&[u8]) -> Signatures,
+    now: Timestamp,
+) -> Result<(), String> {
+    let config = berth_release::config::IMAGE_CONFIG;
+    let Some(c) = &src.config else {
+        return Err(format!(
+            "{} holds no {config}: hosts that install it have no channel and trust no key, and never update again",
+            Slot::A.label()
+        ));
+    };
+    if c.version.is_none() {
+        return Err(format!("its {config} names no version: hosts could not tell it from the releases offered"));
+    }
+    let Some(url) = &c.channel else {
+        return Err(format!("its {config} names no channel: hosts that install it never update again"));
+    };
+    match berth_release::repo::split_index_url(url) {
+        Some((_, name)) if name == channel => {}
+        _ => {
+            return Err(format!(
+                "its {config} follows {url}, not channel {channel:?}: its hosts would leave this channel"
+            ));
+        }
+    }
+    let anchor = TrustedKeys::new(&c.keys, c.threshold)
+        .map_err(|e| format!("its {config}: {e}: hosts that install it trust no key"))?;
+    let walked = berth_release::keyset::follow(berth_release::keyset::Trust::anchor(anchor), |v| {
+        let read = |p: String| std::fs::read(repo.join(p));
+        match (read(berth_release::repo::keyset_path(v)), read(berth_release::repo::keyset_signature_path(v))) {
+            (Ok(b), Ok(s)) => Ok::<_, berth_release::keyset::KeySetError>(Some((b, s))),
+            _ => Ok(None),
+        }
+    })
+    .map_err(|e| format!("the repository's key sets: {e}"))?;
+    let needed = walked.trust.index_keys(now).map_err(|e| e.to_string())?;
+    let probe = b"berth publish: do its hosts trust these keys";
+    needed.verify(probe, &sign(probe).to_bytes()).map_err(|e| {
+        format!(
+            "its {config} trusts keys ({}, threshold {}) that do not accept these signing keys: {e}; its hosts would \
+             refuse every later index",
+            c.keys.iter().map(|k| &k[..k.len().min(16)]).collect::<Vec<_>>().join(", "),
+            c.threshold
+        )
+    })?;
+    Ok(())
 }
 
 /// A release's artifacts written into a temporary directory of the repository.
@@ -805,7 +890,7 @@ fn referenced(repo: &Path, rel_dir: &str) -> anyhow::Result<bool> {
 }
 
 /// One publish at a time per repository: an exclusive lock on its directory.
-fn lock_repo(repo: &Path) -> anyhow::Result<File> {
+pub(crate) fn lock_repo(repo: &Path) -> anyhow::Result<File> {
     let dir = File::open(repo).with_context(|| format!("opening {}", repo.display()))?;
     match rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(dir),
@@ -829,7 +914,7 @@ fn remove_stale_temporaries(repo: &Path, channel: &str) {
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, renamed (mode 0644).
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut tmp = tempfile::Builder::new()

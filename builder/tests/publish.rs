@@ -116,6 +116,9 @@ fn options(repo: &Path, image: Option<&Path>, keys: &[&Path]) -> PublishOptions 
         image: image.map(Path::to_path_buf),
         keys: keys.iter().map(|k| k.to_path_buf()).collect(),
         now: Some(NOW),
+        // These disks' ROOT-A is a pattern, not a root with update.toml (M10's checks are
+        // tested in publish_keys.rs).
+        force: true,
         ..PublishOptions::default()
     }
 }
@@ -126,7 +129,8 @@ fn accepted(repo: &Path, channel: &str, public: &[&str], now: Timestamp, last: O
     let sig = std::fs::read(repo.join(format!("channels/{channel}.json.sig"))).unwrap();
     let keys: Vec<String> = public.iter().map(|s| s.to_string()).collect();
     let trusted = TrustedKeys::new(&keys, keys.len() as u32).unwrap();
-    accept(&index, &sig, &trusted, channel, now, last).unwrap_or_else(|e| panic!("rejected: {e}"))
+    let floor = last.map(|sequence| berth_release::Floor { sequence, index_sha256: None });
+    accept(&index, &sig, &trusted, channel, now, floor).unwrap_or_else(|e| panic!("rejected: {e}")).0
 }
 
 /// Every artifact of the release: size and SHA-256 as announced, and the root image expands
@@ -395,7 +399,7 @@ fn publish_command_prints_a_summary_and_teaches() {
     let out = Command::new(BERTH)
         .args(["publish", "--repo"])
         .arg(&repo)
-        .args(["--channel", "edge", "--rollout", "1h30m", "--expires", "7d", "--image"])
+        .args(["--channel", "edge", "--rollout", "1h30m", "--expires", "7d", "--force", "--image"])
         .arg(&disk)
         .arg("--key")
         .arg(&k)

@@ -5,7 +5,9 @@
 //! ed25519 keys and signatures in hex. A key file holds the 32-byte ed25519 secret seed as 64
 //! hex digits and a newline (mode 0600); its public key is the 64 hex digits an image trusts.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+/// A secret key (ed25519); the builder handles keys only through this crate.
+pub use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signature, Signer, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::hex::{decode_hex, encode_hex};

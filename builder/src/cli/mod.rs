@@ -2,6 +2,7 @@
 
 mod build;
 mod fs;
+mod keys;
 mod publish;
 mod run;
 
@@ -60,12 +61,13 @@ enum Command {
     /// exits with QEMU's exit status.
     #[command(after_help = run::EXAMPLES)]
     Run(run::RunArgs),
-    /// Make an ed25519 key pair to sign releases with.
+    /// Make an ed25519 key pair to sign releases or key sets with.
     ///
     /// Writes BASE.key, the secret (64 hex digits, mode 0600, written beside and renamed, never
     /// over an existing key unless --force), and BASE.pub, the public key, which is also
-    /// printed: images list it in their definition's [update] keys to trust the channels it
-    /// signs.
+    /// printed. A root key (--root) is what images list in their definition's [update] keys;
+    /// it signs key sets (berth keys sign), which name the signing keys berth publish signs
+    /// channels with.
     #[command(after_help = publish::KEYGEN_EXAMPLES)]
     Keygen(publish::KeygenArgs),
     /// Publish a built disk as a signed release on a channel of a release repository.
@@ -81,6 +83,15 @@ enum Command {
     /// repository, and a failure leaves it as it was.
     #[command(after_help = publish::PUBLISH_EXAMPLES)]
     Publish(publish::PublishArgs),
+    /// Manage the key sets of a release repository: which keys sign channels, signed by the root keys.
+    ///
+    /// Images trust root keys ([update] keys); the root keys sign only key sets (keys/N.json),
+    /// which name the signing keys that sign channel indexes, how many must sign, and an expiry.
+    /// Root keys can stay offline: they are needed to add, replace or revoke a signing key, to
+    /// rotate the root keys, and to renew before the key set expires. Hosts follow each key
+    /// set the root keys they trust signed and refuse indexes signed by a key it left out.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 /// Runs the command; its exit code is berth's (QEMU's for `berth run`).
@@ -91,6 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => run::run(a),
         Command::Keygen(a) => publish::keygen(a).map(|()| ExitCode::SUCCESS),
         Command::Publish(a) => publish::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Keys(c) => keys::run(c).map(|()| ExitCode::SUCCESS),
         Command::Inspect { disk, json } => {
             let info = berth_builder::inspect::inspect(&disk)?;
             if json {

@@ -12,12 +12,15 @@ use berth_builder::units::ByteSize;
 
 pub const KEYGEN_EXAMPLES: &str = "\
 Examples:
-  berth keygen --out keys/release
-      writes keys/release.key (keep it secret) and keys/release.pub
-  Put the public key into the image definition, so its hosts trust the channel:
-      [update]
+  A root key, kept offline: images trust it, it signs only key sets (berth keys sign):
+      berth keygen --root --out keys/root
+      [update]                       # in the image definition
       channel = \"https://releases.example/channels/stable.json\"
-      keys = [\"<the 64 hex digits printed>\"]";
+      keys = [\"<the 64 hex digits printed>\"]
+  A signing key, used by berth publish; a key set names it:
+      berth keygen --out keys/release
+      berth keys sign --repo repo --root-key keys/root.key --signing-key keys/release.pub
+  Without any key set, the keys images trust sign channels themselves (one tier).";
 
 pub const PUBLISH_EXAMPLES: &str = "\
 Examples:
@@ -33,8 +36,12 @@ Examples:
   Two signatures, for images whose [update] threshold is 2:
       berth publish --repo repo --image out/x.img --key a.key --key b.key
 
-Upload the repository as static files (any HTTP server or object store): releases/ first,
-then channels/, so an index never names a file that is not there yet.";
+With a key set in the repository (keys/N.json, berth keys sign), sign with its signing keys.
+An image whose own update.toml names no version or channel, another channel, or keys that do not
+lead to the signing keys is refused: its hosts could not update again (--force publishes it).
+
+Upload the repository as static files (any HTTP server or object store): keys/ and releases/
+first, then channels/, so an index never names a file or key set that is not there yet.";
 
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
@@ -44,18 +51,40 @@ pub struct KeygenArgs {
     /// Replace existing key files (the old key is lost: hosts that trust only it stop updating).
     #[arg(long)]
     force: bool,
+    /// A root key: images list it in [update] keys; it signs key sets only (berth keys sign),
+    /// so keep it offline. Default --out: ./berth-root.
+    #[arg(long)]
+    root: bool,
 }
 
 pub fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
-    let k = generate_key(&a.out, a.force)?;
+    let out = match (&a.out, a.root) {
+        (o, true) if o.as_os_str() == DEFAULT_KEY_BASE => PathBuf::from("./berth-root"),
+        (o, _) => o.clone(),
+    };
+    let k = generate_key(&out, a.force)?;
     println!("{}", k.public);
-    eprintln!(
-        "secret key: {} (mode 0600; keep it off the hosts, sign with it: berth publish --key)",
-        k.secret_path.display()
-    );
-    eprintln!("public key: {} (list it in the image definition's [update] keys)", k.public_path.display());
+    if a.root {
+        eprintln!(
+            "root secret key: {} (mode 0600; keep it offline: it signs key sets only, berth keys sign --root-key)",
+            k.secret_path.display()
+        );
+        eprintln!("root public key: {} (list it in the image definition's [update] keys)", k.public_path.display());
+    } else {
+        eprintln!(
+            "secret key: {} (mode 0600; keep it off the hosts, sign with it: berth publish --key)",
+            k.secret_path.display()
+        );
+        eprintln!(
+            "public key: {} (name it in a key set: berth keys sign --signing-key; or, without key sets, list it in \
+             the image definition's [update] keys)",
+            k.public_path.display()
+        );
+    }
     Ok(())
 }
+
+const DEFAULT_KEY_BASE: &str = "./berth-release";
 
 fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration (such as 90s, 10m, 1h30m, 7d, 2w)"))
@@ -85,6 +114,10 @@ pub struct PublishArgs {
     /// Hosts refuse the index this long after now: publish again before then.
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = duration)]
     expires: Duration,
+    /// Publish an image whose own update.toml would strand its hosts (no version or channel,
+    /// another channel, keys that do not lead to the signing keys).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: PublishArgs) -> anyhow::Result<()> {
@@ -98,6 +131,7 @@ pub fn run(a: PublishArgs) -> anyhow::Result<()> {
         expires: a.expires,
         now: None,
         progress: std::io::stderr().is_terminal() || std::env::var_os("BERTH_PROGRESS").is_some(),
+        force: a.force,
     };
     let r = publish(&o)?;
     let what = match (&r.version, r.unchanged) {
