@@ -1096,3 +1096,6 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz;

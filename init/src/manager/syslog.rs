@@ -74,3 +74,6 @@ mod tests {
         assert_eq!(message("<x>odd"), "<x>odd");
     }
 }
+
+#[cfg(test)]
+mod fuzz;

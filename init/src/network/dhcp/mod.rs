@@ -3,3 +3,6 @@
 pub mod client;
 pub mod io;
 pub mod message;
+
+#[cfg(test)]
+mod fuzz;
