@@ -6,6 +6,7 @@
 //! initramfs; write the disk (GPT, ESP, ext4 root in slot A) and its manifest. Everything is
 //! written beside its final name and renamed at the end, so a failed build leaves no image.
 
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cpio::{self, CpioOptions};
 use crate::definition::{Definition, Loaded};
-use crate::disk::{DiskLayout, DiskSize, create_image, write_gpt};
+use crate::disk::{DiskLayout, DiskSize, write_gpt};
 use crate::esp::{EspContents, EspOptions, write_esp};
 use crate::kernel::{self, KernelPackage};
 use crate::units::ByteSize;
@@ -74,7 +75,8 @@ impl BuildOptions {
 struct Binaries {
     init: Vec<u8>,
     update: Vec<u8>,
-    agent: Vec<u8>,
+    /// Only for a definition with `[debug] guest-agent = true`.
+    agent: Option<Vec<u8>>,
     bootmgr: Vec<u8>,
 }
 
@@ -154,14 +156,21 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
     })?;
     let def = &loaded.definition;
 
-    let bins = st.run("getting berth-init, berth-update, the guest agent and bootmgr", || {
-        let b = binaries(opts)?;
+    let with_agent = def.debug.guest_agent;
+    let what = if with_agent {
+        "berth-init, berth-update, the guest agent and bootmgr"
+    } else {
+        "berth-init, berth-update and bootmgr"
+    };
+    let bins = st.run(&format!("getting {what}"), || {
+        let b = binaries(opts, with_agent)?;
+        let agent = b.agent.as_ref().map(|a| format!(" + {} (guest agent)", ByteSize(a.len() as u64)));
         let d = format!(
-            "{} + {} + {} + {}",
+            "{} + {} + {}{}",
             ByteSize(b.init.len() as u64),
             ByteSize(b.update.len() as u64),
-            ByteSize(b.agent.len() as u64),
-            ByteSize(b.bootmgr.len() as u64)
+            ByteSize(b.bootmgr.len() as u64),
+            agent.unwrap_or_default()
         );
         Ok((b, d))
     })?;
@@ -360,7 +369,10 @@ fn assemble_root(
     put_file(root, "usr/bin/berth-update", &bins.update, &exe)?;
     // The agent's units, enabled below with the image's own (the overlay may replace them).
     crate::agent_units::install(root, epoch)?;
-    put_file(root, berth_guest_agent::INSTALL_PATH.trim_start_matches('/'), &bins.agent, &exe)?;
+    // Unauthenticated root access for whoever reaches its virtio-serial port: test images only.
+    if let Some(agent) = bins.agent.as_ref().filter(|_| def.debug.guest_agent) {
+        put_file(root, berth_guest_agent::INSTALL_PATH.trim_start_matches('/'), agent, &exe)?;
+    }
     // berth-init's DHCP client writes the resolver configuration under /run (the root is
     // read-only); an admin may still replace the link through the /etc overlay.
     if root.lookup("etc/resolv.conf").is_none() {
@@ -528,7 +540,7 @@ impl OwnBinaries {
 }
 
 /// berth's binaries: prebuilt, or built with cargo from the workspace.
-fn binaries(opts: &BuildOptions) -> anyhow::Result<Binaries> {
+fn binaries(opts: &BuildOptions, with_agent: bool) -> anyhow::Result<Binaries> {
     let paths = match (&opts.prebuilt, &opts.workspace) {
         (Some(dir), _) => OwnBinaries::in_dir(dir),
         (None, Some(ws)) => OwnBinaries::build(ws)?,
@@ -541,7 +553,7 @@ fn binaries(opts: &BuildOptions) -> anyhow::Result<Binaries> {
     Ok(Binaries {
         init: read(&paths.init)?,
         update: read(&paths.update)?,
-        agent: read(&paths.agent)?,
+        agent: if with_agent { Some(read(&paths.agent)?) } else { None },
         bootmgr: read(&paths.bootmgr)?,
     })
 }
@@ -570,16 +582,17 @@ fn write_disk(
     };
     let plan = layout.plan()?;
     let final_path = opts.out_dir.join(format!("{}.img", def.name));
+    // The temporary file stays open and owned by `tmp` until it is persisted: a failure anywhere
+    // below removes it, and its name is never opened a second time (no race with a planted link).
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.img.", def.name))
         .tempfile_in(&opts.out_dir)
         .with_context(|| format!("creating a temporary file in {}", opts.out_dir.display()))?;
-    let tmp_path = tmp.path().to_path_buf();
-    drop(tmp);
-    let file = create_image(&tmp_path, &plan)?;
-    let cleanup = TempGuard(tmp_path.clone());
-    write_gpt(&file, &plan)?;
-    crate::disk::write_state_marker(&file, &plan).context("marking STATE as new")?;
+    let file = tmp.as_file();
+    write_gpt(file, &plan).with_context(|| {
+        format!("writing the partition table of {} ({} disk)", final_path.display(), ByteSize(plan.disk_size()))
+    })?;
+    crate::disk::write_state_marker(file, &plan).context("marking STATE as new")?;
 
     let mut esp = EspContents::new();
     esp.add_file("EFI/BOOT/BOOTX64.EFI", bins.bootmgr.clone())?;
@@ -591,16 +604,16 @@ fn write_disk(
     // malformed dot entries there (see esp::fix_dot_entries), so it exists from the start.
     esp.add_dir(Slot::B.esp_dir())?;
     let p = plan.esp();
-    write_esp(&file, p.offset, p.size, &esp, &EspOptions::from_seed(&seed, berth_slot::layout::ESP_LABEL, epoch))?;
+    write_esp(file, p.offset, p.size, &esp, &EspOptions::from_seed(&seed, berth_slot::layout::ESP_LABEL, epoch))?;
 
     let r = plan.root(Slot::A);
     let mut o = berth_ext4::Options::derived(Slot::A.label(), &seed, clamp_u32(epoch));
     o.size = Some(r.size);
-    berth_ext4::write_at(root, &file, r.offset, &o).context("writing the root filesystem into ROOT-A")?;
+    berth_ext4::write_at(root, file, r.offset, &o).context("writing the root filesystem into ROOT-A")?;
     file.sync_all().context("flushing the disk image")?;
 
     let ranges: Vec<(u64, u64)> = plan.partitions().iter().map(|p| (p.offset, p.size)).collect();
-    let part_sums = hash_ranges(&file, &ranges)?;
+    let part_sums = hash_ranges(file, &ranges)?;
     let parts = plan
         .partitions()
         .iter()
@@ -617,21 +630,19 @@ fn write_disk(
     let manifest = manifest(parts);
     let manifest_path = opts.out_dir.join(format!("{}.manifest.json", def.name));
     let json = serde_json::to_vec_pretty(&manifest)?;
-    let mtmp = tempfile::NamedTempFile::new_in(&opts.out_dir)?;
-    std::fs::write(mtmp.path(), &json)?;
-    std::fs::rename(&tmp_path, &final_path).with_context(|| format!("renaming into {}", final_path.display()))?;
-    std::mem::forget(cleanup);
-    mtmp.persist(&manifest_path).with_context(|| format!("writing {}", manifest_path.display()))?;
+    let mut mtmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.manifest.json.", def.name))
+        .tempfile_in(&opts.out_dir)
+        .with_context(|| format!("creating a temporary file in {}", opts.out_dir.display()))?;
+    mtmp.write_all(&json).with_context(|| format!("writing {}", mtmp.path().display()))?;
+    // tempfile creates 0600; outputs get what any other file the user creates gets.
+    crate::umask::apply(mtmp.as_file()).context("setting the manifest's mode")?;
+    crate::umask::apply(file).context("setting the image's mode")?;
+    tmp.persist(&final_path).map_err(|e| e.error).with_context(|| format!("renaming into {}", final_path.display()))?;
+    mtmp.persist(&manifest_path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", manifest_path.display()))?;
     Ok((final_path, manifest_path, manifest))
-}
-
-/// Removes a half-written image when the build fails.
-struct TempGuard(PathBuf);
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// SHA-256 of each byte range of the image, the ranges spread over two threads (the build

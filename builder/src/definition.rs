@@ -50,6 +50,9 @@ pub struct Definition {
     #[serde(default)]
     pub partitions: Partitions,
     pub update: Option<Update>,
+    /// Test and development aids, all off by default: none belongs in a production image.
+    #[serde(default)]
+    pub debug: DebugOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -146,6 +149,17 @@ impl Update {
     fn default_threshold() -> u32 {
         1
     }
+}
+
+/// `[debug]`: what only test and development images carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DebugOptions {
+    /// Install `berth-guest-agent`, which gives whoever reaches the hypervisor's virtio-serial
+    /// port unauthenticated root command execution and file access (the QEMU tests drive guests
+    /// with it) [default: false].
+    #[serde(default)]
+    pub guest_agent: bool,
 }
 
 /// A definition with the paths it names resolved against its own directory.
@@ -308,6 +322,28 @@ root = "512M"
         let text = GOOD.replace("packages =", "pakages =");
         let e = Definition::parse(&text, Path::new("images/t.toml")).unwrap_err().to_string();
         assert!(e.starts_with("images/t.toml:4:1: unknown field `pakages`"), "{e}");
+    }
+
+    #[test]
+    fn h4_debug_guest_agent_is_off_unless_asked_and_its_keys_are_checked() {
+        assert!(!Definition::parse(GOOD, Path::new("t.toml")).unwrap().debug.guest_agent);
+        let on = format!("{GOOD}\n[debug]\nguest-agent = true\n");
+        assert!(Definition::parse(&on, Path::new("t.toml")).unwrap().debug.guest_agent);
+        let typo = format!("{GOOD}\n[debug]\nguest_agent = true\n");
+        let e = Definition::parse(&typo, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:14:1: unknown field `guest_agent`"), "{e}");
+    }
+
+    #[test]
+    fn an_integer_size_is_bytes_and_a_negative_one_says_what_a_size_is() {
+        let d = Definition::parse(&GOOD.replace("\"512M\"", "536870912"), Path::new("t.toml")).unwrap();
+        assert_eq!(d.partitions.root.0, 512 << 20);
+        let e = Definition::parse(&GOOD.replace("\"512M\"", "-5"), Path::new("t.toml")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml:11:8: -5 is not a size: ")
+                && e.contains("a string such as \"1G\" or a positive number"),
+            "{e}"
+        );
     }
 
     #[test]

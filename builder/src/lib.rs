@@ -18,4 +18,5 @@ pub mod keys;
 pub mod publish;
 pub mod qemu;
 pub mod system;
+pub mod umask;
 pub mod units;

@@ -264,3 +264,89 @@ fn bad_inputs_are_one_line_errors_and_write_no_image() {
     let e = fails(root, cache, &definition(dir.path(), DEF), &out);
     assert!(e.contains(&format!("127.0.0.1:{}", dead.split(':').nth(2).unwrap().trim_end_matches("/debian/"))), "{e}");
 }
+
+/// `images/minimal.toml` with `extra` appended, the overlay-free production definition.
+fn minimal_with(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let text = std::fs::read_to_string(workspace().join("images/minimal.toml")).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{text}{extra}")).unwrap();
+    p
+}
+
+/// Runs `berth build` as the user does (the user's package cache), returning its output.
+fn build_with_user_cache(def: &Path, out: &Path, prebuilt: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("build")
+        .arg(def)
+        .arg("--out")
+        .arg(out)
+        .arg("--prebuilt")
+        .arg(prebuilt)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .output()
+        .expect("running berth build")
+}
+
+fn root_listing(out: &Path, scratch: &Path, dir: &str) -> String {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("minimal.manifest.json")).unwrap()).unwrap();
+    let p = m["partitions"].as_array().unwrap().iter().find(|p| p["label"] == "ROOT-A").unwrap();
+    let root = scratch.join("root.img");
+    extract(&out.join("minimal.img"), p["offset"].as_u64().unwrap(), p["size"].as_u64().unwrap(), &root);
+    judge(Command::new("debugfs").args(["-R", &format!("ls -p {dir}")]).arg(&root), "e2fsprogs")
+}
+
+/// H4: the guest agent (unauthenticated root exec over virtio-serial) is only in an image whose
+/// definition asks for it; L1: a build that fails leaves no temporary file; L11: the image and
+/// its manifest get 0666 & !umask, not the temporary files' 0600.
+#[test]
+fn h4_guest_agent_only_with_debug_l1_no_leftovers_l11_output_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let prebuilt = prebuilt(dir.path());
+    let agent_name = berth_guest_agent::INSTALL_PATH.rsplit('/').next().unwrap();
+    let agent_dir = berth_guest_agent::INSTALL_PATH.rsplit_once('/').unwrap().0;
+
+    // The production definition: no agent.
+    let out = dir.path().join("prod");
+    let o = build_with_user_cache(&workspace().join("images/minimal.toml"), &out, &prebuilt);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ls = root_listing(&out, dir.path(), "/usr/libexec");
+    assert!(!ls.contains(&format!("/{agent_name}/")), "production minimal carries the guest agent:\n{ls}");
+    // L11: modes as any new file of this process gets (the test's umask).
+    let want = berth_builder::umask::file_mode();
+    for f in ["minimal.img", "minimal.manifest.json"] {
+        let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, want, "{f}: mode {mode:o}, want {want:o} (0666 & !umask)");
+    }
+
+    // The same definition with the debug switch: the agent is there.
+    let out = dir.path().join("debug");
+    let def = minimal_with(dir.path(), "minimal-debug.toml", "\n[debug]\nguest-agent = true\n");
+    let o = build_with_user_cache(&def, &out, &prebuilt);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ls = root_listing(&out, dir.path(), agent_dir);
+    assert!(ls.contains(&format!("/{agent_name}/")), "[debug] guest-agent = true did not install it:\n{ls}");
+
+    // An unknown [debug] key is refused like any other.
+    let def = minimal_with(dir.path(), "typo.toml", "\n[debug]\nguest-agnet = true\n");
+    let o = build_with_user_cache(&def, &dir.path().join("typo"), &prebuilt);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("typo.toml") && err.contains("guest-agnet"), "{err}");
+
+    // L1: a disk larger than any file can be fails at its first write, after the whole root was
+    // built; the out directory is left as it was (here: holding only an unrelated file).
+    let out = dir.path().join("toolarge");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("keep"), b"x").unwrap();
+    let def = minimal_with(dir.path(), "huge.toml", "").with_file_name("huge.toml");
+    let text = std::fs::read_to_string(&def).unwrap().replace("root = \"512M\"", "root = \"4194304T\"");
+    assert!(text.contains("4194304T"));
+    std::fs::write(&def, text).unwrap();
+    let o = build_with_user_cache(&def, &out, &prebuilt);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a 8 EiB disk was built:\n{err}");
+    assert!(err.contains("minimal.img") && err.contains("partition table"), "the error names neither:\n{err}");
+    let left: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["keep"], "a failed build left temporary files");
+}

@@ -70,3 +70,37 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
         assert_eq!(std::fs::read_dir(&outdir).unwrap().count(), 0, "{args:?} left a file behind");
     }
 }
+
+/// L11: the image gets the mode any new file of the user gets (0666 & !umask), not the 0600 of
+/// the temporary file it was written as; a symlink at OUT is replaced, never followed.
+#[test]
+fn l11_output_mode_follows_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    sample_dir(&src);
+    for (umask, want) in [("022", 0o644), ("027", 0o640), ("002", 0o664)] {
+        let img = d.path().join(format!("u{umask}.img"));
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask}; exec \"$0\" fs ext4 \"$1\" \"$2\""))
+            .arg(env!("CARGO_BIN_EXE_berth"))
+            .arg(&src)
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mode = std::fs::symlink_metadata(&img).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, want, "umask {umask}: mode {mode:o}");
+    }
+    let target = d.path().join("target");
+    std::fs::write(&target, b"keep").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = d.path().join("link.img");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = berth(&["fs", "ext4", src.to_str().unwrap(), link.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+}

@@ -78,6 +78,8 @@ fn ext4(a: Ext4Args) -> anyhow::Result<()> {
     opts.size = a.size.map(|s| s.0);
     let report =
         berth_ext4::write_file(&tree, &a.out, &opts).with_context(|| format!("writing {}", a.out.display()))?;
+    // The writer's temporary file was 0600; the output is the user's like any other new file.
+    berth_builder::umask::apply_at(&a.out).with_context(|| format!("setting the mode of {}", a.out.display()))?;
     eprintln!(
         "wrote {}: ext4, {} ({} blocks, {} free), {} inodes ({} free), {} of file data in {:.2} s",
         a.out.display(),
