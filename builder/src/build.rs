@@ -39,7 +39,7 @@ pub struct BuildOptions {
     pub apt_root: PathBuf,
     /// Build from the cache alone.
     pub offline: bool,
-    /// Directory with `berth-init`, `berth-update` and `BOOTX64.EFI`; else built from `workspace`.
+    /// Directory with `berth-init`, `berth-update`, `berth-timesync` and `BOOTX64.EFI`; else built from `workspace`.
     pub prebuilt: Option<PathBuf>,
     /// The Berth source tree to build binaries from.
     pub workspace: Option<PathBuf>,
@@ -75,6 +75,7 @@ impl BuildOptions {
 struct Binaries {
     init: Vec<u8>,
     update: Vec<u8>,
+    timesync: Vec<u8>,
     /// Only for a definition with `[debug] guest-agent = true`.
     agent: Option<Vec<u8>>,
     bootmgr: Vec<u8>,
@@ -367,6 +368,7 @@ fn assemble_root(
     root.mkdir_all("usr/lib/berth", &dir)?;
     put_file(root, "usr/sbin/berth-init", &bins.init, &exe)?;
     put_file(root, "usr/bin/berth-update", &bins.update, &exe)?;
+    put_file(root, "usr/bin/berth-timesync", &bins.timesync, &exe)?;
     // The agent's units, enabled below with the image's own (the overlay may replace them).
     crate::agent_units::install(root, epoch)?;
     // Unauthenticated root access for whoever reaches its virtio-serial port: test images only.
@@ -470,6 +472,7 @@ pub fn default_cache_dir() -> anyhow::Result<PathBuf> {
 pub struct OwnBinaries {
     pub init: PathBuf,
     pub update: PathBuf,
+    pub timesync: PathBuf,
     pub agent: PathBuf,
     pub bootmgr: PathBuf,
 }
@@ -480,6 +483,7 @@ impl OwnBinaries {
         OwnBinaries {
             init: dir.join("berth-init"),
             update: dir.join("berth-update"),
+            timesync: dir.join("berth-timesync"),
             agent: dir.join("berth-guest-agent"),
             bootmgr: dir.join("BOOTX64.EFI"),
         }
@@ -506,7 +510,7 @@ impl OwnBinaries {
             }
             Ok(())
         };
-        let musl = ["-p", "berth-init", "-p", "berth-update", "-p", "berth-guest-agent"];
+        let musl = ["-p", "berth-init", "-p", "berth-update", "-p", "berth-timesync", "-p", "berth-guest-agent"];
         run(&[&["build", "-q", "--release", "--target", MUSL][..], &musl].concat())?;
         run(&["build", "-q", "--release", "--target", UEFI, "-p", "berth-bootmgr"])?;
         // Where cargo put them: CARGO_TARGET_DIR when set (relative to the workspace), as cargo reads it.
@@ -517,6 +521,7 @@ impl OwnBinaries {
         Ok(OwnBinaries {
             init: t.join(MUSL).join("release/berth-init"),
             update: t.join(MUSL).join("release/berth-update"),
+            timesync: t.join(MUSL).join("release/berth-timesync"),
             agent: t.join(MUSL).join("release/berth-guest-agent"),
             bootmgr: t.join(UEFI).join("release/berth-bootmgr.efi"),
         })
@@ -529,6 +534,7 @@ impl OwnBinaries {
         let pairs = [
             (&self.init, &to.init),
             (&self.update, &to.update),
+            (&self.timesync, &to.timesync),
             (&self.agent, &to.agent),
             (&self.bootmgr, &to.bootmgr),
         ];
@@ -545,14 +551,15 @@ fn binaries(opts: &BuildOptions, with_agent: bool) -> anyhow::Result<Binaries> {
         (Some(dir), _) => OwnBinaries::in_dir(dir),
         (None, Some(ws)) => OwnBinaries::build(ws)?,
         (None, None) => bail!(
-            "no berth sources to build berth-init, berth-update, berth-guest-agent and bootmgr from: pass \
-             --prebuilt DIR (holding berth-init, berth-update, berth-guest-agent and BOOTX64.EFI) or --workspace DIR"
+            "no berth sources to build berth-init, berth-update, berth-timesync, berth-guest-agent and bootmgr from: pass \
+             --prebuilt DIR (holding berth-init, berth-update, berth-timesync, berth-guest-agent and BOOTX64.EFI) or --workspace DIR"
         ),
     };
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     Ok(Binaries {
         init: read(&paths.init)?,
         update: read(&paths.update)?,
+        timesync: read(&paths.timesync)?,
         agent: if with_agent { Some(read(&paths.agent)?) } else { None },
         bootmgr: read(&paths.bootmgr)?,
     })

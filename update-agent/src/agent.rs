@@ -106,6 +106,8 @@ impl Agent {
             "no update channel: neither /usr/lib/berth/update.toml nor /etc/berth/update.toml sets `channel`",
         )?;
         let (base, channel) = split_index_url(url).with_context(|| format!("channel {url:?}"))?;
+        // Expiry, key sets and rollouts are judged by the clock: not before it is set (M5).
+        crate::clock::clock_ready(Path::new("/"), std::time::SystemTime::now())?;
         let now = Timestamp::now();
         let trusted = self.trusted_index_keys(base, now)?;
         let index_bytes = self.http.get_small(url, MAX_INDEX_BYTES as u64)?;

@@ -8,6 +8,7 @@
 //! `berth-mark-good.service` (after `boot-complete.target`).
 
 mod agent;
+mod clock;
 mod disk;
 mod esp;
 mod fleetlock;
@@ -311,6 +312,10 @@ fn cycle(agent: &Agent) -> Duration {
     match apply(agent, &mut st, false, true) {
         Ok(msg) => println!("{msg}"),
         Err(e) => {
+            // The clock is set within seconds of the network coming up: ask again soon.
+            if e.downcast_ref::<clock::ClockNotSet>().is_some() {
+                wait = wait.min(clock::CLOCK_RETRY);
+            }
             st.error(&e);
             st.rest();
         }
