@@ -500,3 +500,6 @@ mod tests {
         assert!(e.contains("expands to more than the 12582911 bytes"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod fuzz;
