@@ -204,11 +204,11 @@ impl Agent {
         if !slots.get(booted).successful {
             bail!("the running slot {} is on trial (not yet marked good): updates wait until it is", booted.label());
         }
-        let (base, _) = split_index_url(index_url).with_context(|| format!("channel {index_url:?}"))?;
-        let version = &release.version;
         if !force {
             self.may_overwrite(st, slots, &release.version)?;
         }
+        let (base, _) = split_index_url(index_url).with_context(|| format!("channel {index_url:?}"))?;
+        let version = &release.version;
         println!("staging {version} into {} ({})", passive.label(), self.disk.slot_node(passive).display());
 
         // The kernel files first: a bad one is refused before the disk is touched.
@@ -252,6 +252,9 @@ impl Agent {
         let write_seconds = started.elapsed().as_secs_f64();
         let verify_started = Instant::now();
         verify_slot(&dev, &node, release)?;
+        // M13: the slot must hold the version the index names, or the next check would offer
+        // the same release again after the switch (an endless update loop).
+        check_slot_version(&dev, &node, &release.version, release.root.image_size)?;
         let verify_seconds = verify_started.elapsed().as_secs_f64();
         let mib = written as f64 / f64::from(1 << 20);
         println!(
@@ -280,10 +283,10 @@ impl Agent {
 
         let staged = self.disk.slots()?.staged(passive, self.config.tries)?;
         st.staged = Some(Staged { slot: passive.name().into(), version: version.clone(), at: Timestamp::now() });
-        st.slots.insert(passive.name().into(), version.clone());
-        st.download = None;
         // Staged again (by `apply --force`): no longer held back; a failed trial records it anew.
         st.rolled_back.retain(|r| &r.version != version);
+        st.slots.insert(passive.name().into(), version.clone());
+        st.download = None;
         st.state = Phase::Staged;
         self.disk.write_slots(staged)?;
         self.save(st);
@@ -291,8 +294,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Streams the root image into the slot (see [`crate::pipeline`]).
-    fn stream_root(
     /// Refuses to clear a passive slot that is marked successful and holds a version newer than
     /// the running one (a manual rollback left it) for a release not newer than that version.
     pub fn may_overwrite(&self, st: &State, slots: berth_slot::Slots, version: &str) -> anyhow::Result<()> {
@@ -313,6 +314,8 @@ impl Agent {
         Ok(())
     }
 
+    /// Streams the root image into the slot (see [`crate::pipeline`]).
+    fn stream_root(
         &self,
         st: &mut State,
         dev: &File,
@@ -365,9 +368,29 @@ impl Agent {
             Err(e) => return Err(anyhow!("marking {} good: {e}", booted.label())),
         };
         st.slots.insert(booted.name().into(), self.version.clone());
+        st.drop_stale_available(&self.version);
+        if let Some(s) = st.staged.as_ref().filter(|s| s.slot == booted.name())
+            && s.version != self.version
+        {
+            // M13: the staged slot booted but runs another version than the index named:
+            // recorded like a rollback, so the release is not staged again every interval.
+            let msg = format!(
+                "{} was staged as {} but runs {}: the release's image is not the version its index names; {} is \
+                 not installed again",
+                booted.label(),
+                s.version,
+                self.version,
+                s.version
+            );
+            println!("{msg}");
+            if !st.rolled_back(&s.version) {
+                let at = Timestamp::now();
+                st.rolled_back.push(RolledBack { version: s.version.clone(), slot: s.slot.clone(), at, manual: false });
+            }
+            st.last_error = Some(msg);
+        }
         if st.staged.as_ref().is_some_and(|s| s.slot == booted.name()) {
             st.staged = None;
-        st.drop_stale_available(&self.version);
         }
         if st.state != Phase::Downloading && st.state != Phase::Checking {
             st.rest();
@@ -378,10 +401,10 @@ impl Agent {
 
     /// If the other slot holds an update that ran out of tries, records the rollback and clears
     /// the slot. Only once the running slot is marked good (clearing needs a good slot left).
-    pub fn notice_rollback(&self, st: &mut State) -> anyhow::Result<()> {
-        let booted = self.disk.booted;
     /// The record is saved durably before the slot is cleared: if it cannot be (a full STATE),
     /// this fails and the slot stays as it is, so the failed version is not offered again.
+    pub fn notice_rollback(&self, st: &mut State) -> anyhow::Result<()> {
+        let booted = self.disk.booted;
         let slots = self.disk.slots()?;
         // A staged record whose slot the attributes do not back (a cut before they were
         // written) is forgotten.
@@ -488,9 +511,9 @@ impl Agent {
     /// running version is held back: recorded as rolled back (durably, before the switch), so no
     /// check offers it again until a newer version appears or `apply --force`.
     pub fn rollback(&self, st: &mut State) -> anyhow::Result<String> {
+        let booted = self.disk.booted;
         let other = self.disk.passive();
         let next = self.disk.slots()?.rollback(other)?;
-        let booted = self.disk.booted;
         st.rolled_back.retain(|r| r.version != self.version);
         st.rolled_back.push(RolledBack {
             version: self.version.clone(),
@@ -500,10 +523,10 @@ impl Agent {
         });
         st.slots.insert(booted.name().into(), self.version.clone());
         st.staged = None;
+        st.available = None;
         st.rest();
         self.save_durably(st).context("recording the rollback (nothing was switched)")?;
         self.disk.write_slots(next)?;
-        st.available = None;
         Ok(format!(
             "{} ({}) boots next; reboot to switch. {} is held back: not installed again until a newer version \
              appears or `berth-update apply --force`",
@@ -542,6 +565,95 @@ fn verify_slot(dev: &File, node: &Path, release: &Release) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// The `version` of `/usr/lib/berth/update.toml` in the ext4 filesystem on `dev`: the version
+/// the agent will read when it runs from that root.
+pub fn slot_version(dev: &File, size: u64) -> anyhow::Result<Option<String>> {
+    struct Reader {
+        file: File,
+        size: u64,
+    }
+    impl ext4_view::Ext4Read for Reader {
+        fn read(&mut self, start: u64, dst: &mut [u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            use std::os::unix::fs::FileExt;
+            if start.checked_add(dst.len() as u64).is_none_or(|end| end > self.size) {
+                return Err("a read past the end of the image".into());
+            }
+            Ok(self.file.read_exact_at(dst, start)?)
+        }
+    }
+    let fs = ext4_view::Ext4::load(Box::new(Reader { file: dev.try_clone()?, size }))
+        .map_err(|e| anyhow!("not an ext4 filesystem: {e}"))?;
+    let path = berth_release::config::IMAGE_CONFIG;
+    let text = match fs.read_to_string(path) {
+        Ok(t) => t,
+        Err(ext4_view::Ext4Error::NotFound) => return Ok(None),
+        Err(e) => bail!("reading {path}: {e}"),
+    };
+    let c = UpdateConfig::from_texts(&[(PathBuf::from(path), text)]).map_err(|e| anyhow!("{e}"))?;
+    Ok(c.version)
+}
+
+/// Refuses a written slot whose own version is not the release's.
+fn check_slot_version(dev: &File, node: &Path, version: &str, image_size: u64) -> anyhow::Result<()> {
+    let own = slot_version(dev, image_size).with_context(|| format!("{}", node.display()))?;
+    match own {
+        Some(v) if v == version => Ok(()),
+        Some(v) => bail!(
+            "{}: the image says version {v}, the signed index {}: refused before the switch (the release is \
+             mislabelled)",
+            node.display(),
+            version
+        ),
+        None => bail!(
+            "{}: the image names no version in {}: refused before the switch (the signed index says {})",
+            node.display(),
+            berth_release::config::IMAGE_CONFIG,
+            version
+        ),
+    }
+}
+
+#[cfg(test)]
+mod m13_tests {
+    use super::*;
+
+    /// An ext4 image made by mke2fs (e2fsprogs, an independent writer) holding `toml` as the
+    /// image's update.toml.
+    fn image(dir: &Path, toml: Option<&str>) -> (File, u64) {
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join("usr/lib/berth")).unwrap();
+        if let Some(t) = toml {
+            std::fs::write(tree.join("usr/lib/berth/update.toml"), t).unwrap();
+        }
+        let img = dir.join("root.img");
+        let out = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&img)
+            .arg("4M")
+            .output()
+            .expect("mkfs.ext4 (e2fsprogs)");
+        assert!(out.status.success(), "{out:?}");
+        (File::open(&img).unwrap(), 4 << 20)
+    }
+
+    #[test]
+    fn m13_a_slot_whose_own_version_differs_from_the_index_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (f, size) = image(d.path(), Some("version = \"2.0.0\"\n"));
+        check_slot_version(&f, Path::new("/dev/vda3"), "2.0.0", size).unwrap();
+        let e = check_slot_version(&f, Path::new("/dev/vda3"), "3.0.0", size).unwrap_err().to_string();
+        assert!(e.contains("says version 2.0.0") && e.contains("3.0.0"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let (f, size) = image(d.path(), None);
+        let e = check_slot_version(&f, Path::new("/dev/vda3"), "2.0.0", size).unwrap_err().to_string();
+        assert!(e.contains("names no version"), "{e}");
+        let zero = File::open("/dev/zero").unwrap();
+        let e = format!("{:#}", check_slot_version(&zero, Path::new("/dev/zero"), "2.0.0", size).unwrap_err());
+        assert!(e.contains("not an ext4 filesystem"), "{e}");
+    }
 }
 
 /// Where a fault-injection point is named (on /run: a reboot or power cut forgets it).
