@@ -62,6 +62,27 @@ pub struct KeyPair {
 
 /// Makes an ed25519 key pair at `base.with_extension("key")` (secret) and `…("pub")`
 /// (public); refuses to replace either file. Returns the public key, hex.
+/// A key file's text and its permission bits, both from one open file.
+pub(crate) fn read_key_file(p: &Path) -> anyhow::Result<(String, u32)> {
+    let mut f = File::open(p).with_context(|| format!("reading the key {}", p.display()))?;
+    let mode = f.metadata().with_context(|| format!("reading the key {}", p.display()))?.permissions().mode();
+    let mut text = String::new();
+    f.read_to_string(&mut text).with_context(|| format!("reading the key {}", p.display()))?;
+    Ok((text, mode & 0o7777))
+}
+
+/// A secret key others can read is as good as leaked: refused, as ssh refuses such a key.
+pub(crate) fn check_secret_key_mode(p: &Path, mode: u32) -> anyhow::Result<()> {
+    if mode & 0o077 != 0 {
+        bail!(
+            "{}: secret key with mode {mode:04o}, open to group or others; make it private with: chmod 600 {}",
+            p.display(),
+            p.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn keygen(base: &Path) -> anyhow::Result<String> {
     generate_key(base, false).map(|k| k.public)
 }
@@ -233,7 +254,7 @@ pub fn publish(o: &PublishOptions) -> anyhow::Result<PublishReport> {
         .keys
         .iter()
         .map(|p| {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading the key {}", p.display()))?;
+            let (text, mode) = read_key_file(p)?;
             let key = parse_secret_key_file(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?;
             // A public key is 64 hex digits too: signing with it as a seed would make a key no
             // host trusts.
@@ -247,6 +268,7 @@ pub fn publish(o: &PublishOptions) -> anyhow::Result<PublishReport> {
             if is_public {
                 bail!("{}: a public key; sign with the secret key ({})", p.display(), sibling.display());
             }
+            check_secret_key_mode(p, mode)?;
             Ok(key)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

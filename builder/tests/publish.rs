@@ -525,3 +525,39 @@ fn publishes_the_minimal_image() {
     assert!(r2.unchanged);
     assert_eq!(accepted(&repo, "stable", &[&p], NOW, Some(1)).sequence, 2);
 }
+
+/// L10: a secret key file that group or others can read is refused, naming the file, its mode
+/// and the fix, before the repository is touched.
+#[test]
+fn l10_publish_refuses_a_secret_key_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let (k, _) = key(d.path(), "loose");
+    let (disk, _) = small_disk(&d.path().join("b"), "t", "1.0.0", 1);
+    let repo = d.path().join("repo");
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = format!("{:#}", publish(&options(&repo, Some(&disk), &[&k])).unwrap_err());
+        let want = format!("{}: secret key with mode {mode:04o}", k.display());
+        assert!(e.contains(&want) && e.contains(&format!("chmod 600 {}", k.display())), "{e}");
+        assert!(!repo.exists(), "a refused publish created the repository");
+    }
+    let out = Command::new(BERTH)
+        .args(["publish", "--repo"])
+        .arg(&repo)
+        .arg("--image")
+        .arg(&disk)
+        .arg("--key")
+        .arg(&k)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("mode 0604") && err.contains("chmod 600"), "{err}");
+    // 0600 (as keygen writes it) and 0400 pass this check.
+    for mode in [0o600, 0o400] {
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(mode)).unwrap();
+        if let Err(e) = publish(&options(&repo, Some(&disk), &[&k])) {
+            assert!(!format!("{e:#}").contains("chmod"), "{e:#}");
+        }
+    }
+}
