@@ -333,6 +333,18 @@ fn bad_releases_are_refused() {
     assert_eq!(r.status, Some(0), "{r:?}");
     let accepted = (std::fs::read(&index).unwrap(), std::fs::read(&sig).unwrap());
 
+    // M5: nothing is judged before berth-timesync has set the clock this boot.
+    bash(&mut a, "rm /run/berth/timesync/synchronized", Duration::from_secs(60));
+    refused(&mut a, "check", "clock not synchronised yet", &unchanged, "m5 clock not set");
+    let record = bash(
+        &mut a,
+        "berthctl restart berth-timesync.service && cat /run/berth/timesync/synchronized",
+        Duration::from_secs(120),
+    );
+    assert!(record.contains("\"server\": \"none\""), "{record}");
+    let r = common::host::run(&mut a, &["berth-update", "check"], Duration::from_secs(120));
+    assert_eq!(r.status, Some(0), "{r:?}");
+
     // An index past its expiry.
     repo.publish_expiring(&v2, "1s");
     std::thread::sleep(Duration::from_secs(2));

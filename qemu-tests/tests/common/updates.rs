@@ -208,6 +208,13 @@ impl Repo {
     }
 }
 
+/// Appended to every update test's first-boot document: `servers = []` for berth-timesync.
+pub const NO_NETWORK_TIME: &str = "
+[[files]]
+path = \"/etc/berth/timesync.toml\"
+content = \"servers = []\\n\"
+";
+
 /// Settings for the guest's agent: check every few seconds, no jitter.
 pub fn provision(strategy: &str) -> String {
     format!("[update]\nstrategy = {strategy:?}\ninterval = \"5s\"\njitter = \"0s\"\n")
@@ -232,6 +239,9 @@ pub fn boot_with(
     cpus: u32,
     fleetlock: Option<&FleetLockServer>,
 ) -> Machine {
+    // The guests reach no NTP server (their network ends at the test's own servers): the clock
+    // is trusted as QEMU's RTC sets it, which berth-timesync records at once.
+    let provision = Some(format!("{}{NO_NETWORK_TIME}", provision.unwrap_or_default()));
     let relay = Path::new(env!("CARGO_BIN_EXE_berth-guestfwd-relay"));
     let mut guest_forwards = vec![http::guest_forward(relay, repo.server.port())];
     guest_forwards.extend(fleetlock.map(|f| f.guest_forward(relay)));
