@@ -41,6 +41,39 @@ pub enum Error {
     Qmp { command: String, message: String },
 }
 
+/// The test image of a production definition: the same text (so package lists, sizes and
+/// units exist in one place, `images/`) plus `[debug] guest-agent = true`, the agent the tests
+/// drive guests with; a relative `overlay` is made absolute against `base`, the production
+/// file's directory, so that the text can be written anywhere.
+pub fn with_guest_agent(production: &str, base: &Path) -> String {
+    assert!(!production.contains("\n[debug]"), "the production definition has a [debug] table already");
+    let mut out = String::new();
+    for line in production.lines() {
+        match line.strip_prefix("overlay = ") {
+            Some(value) => {
+                let rel: String = serde_json::from_str(value.trim()).expect("overlay = \"PATH\"");
+                out.push_str(&format!("overlay = {:?}", base.join(rel).display().to_string()));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out.push_str("\n[debug]\nguest-agent = true\n");
+    out
+}
+
+/// `images/<name>.toml` of this workspace as a test image ([`with_guest_agent`]), written into
+/// `dir`; the definition's path.
+pub fn test_definition(name: &str, dir: &Path) -> PathBuf {
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images");
+    let production = images.join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&production).unwrap_or_else(|e| panic!("{}: {e}", production.display()));
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let def = dir.join(format!("{name}.toml"));
+    std::fs::write(&def, with_guest_agent(&text, &images)).unwrap_or_else(|e| panic!("{}: {e}", def.display()));
+    def
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
 }

@@ -1,5 +1,6 @@
 //! Keeps `berth-guest-agent` running while the hypervisor offers its virtio-serial port (named
-//! [`berth_guest_agent::PORT_NAME`]). Until units exist (issue 5) init starts it itself.
+//! [`berth_guest_agent::PORT_NAME`]), in images that carry it: test images only (the
+//! definition's `[debug] guest-agent = true`), since it is unauthenticated root access.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,24 +20,34 @@ pub struct Agent {
     /// Not started again before this.
     not_before: Option<Instant>,
     stopped: bool,
-    announced_missing: bool,
+    /// Whether the image carries the agent (only test images do: `[debug] guest-agent` in the
+    /// definition); looked up once, the root is read-only.
+    installed: Option<bool>,
 }
 
 impl Agent {
-    /// Starts the agent if its port exists and it is not running.
+    /// Starts the agent if the image carries it, its port exists and it is not running.
     pub fn tick(&mut self) {
         if self.stopped || self.pid.is_some() || self.not_before.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let Some(port) = find_port() else { return };
         let program = berth_guest_agent::INSTALL_PATH;
-        if !Path::new(program).exists() {
-            if !self.announced_missing {
-                log::line(&format!("virtio-serial port {} present but {program} is not in the image", port.display()));
-                self.announced_missing = true;
+        let installed = *self.installed.get_or_insert_with(|| {
+            let there = Path::new(program).exists();
+            if there {
+                log::line(&format!(
+                    "{program} is in this image (a test image): whoever reaches the virtio-serial port {} \
+                     runs commands as root; each request is logged",
+                    berth_guest_agent::PORT_NAME
+                ));
             }
+            there
+        });
+        // A production image: no agent, whatever ports the hypervisor offers, and nothing to say.
+        if !installed {
             return;
         }
+        let Some(port) = find_port() else { return };
         match crate::child::command(program).arg(&port).stdin(Stdio::null()).spawn() {
             Ok(child) => {
                 log::line(&format!("guest agent started on {} (pid {})", port.display(), child.id()));

@@ -18,7 +18,8 @@ pub const BOOT_COMPLETE: &str = "reached boot-complete.target";
 /// Guest memory: containerd, its shim and runc want more than the minimal image's 768 MiB.
 pub const MEMORY_MIB: u32 = 1024;
 
-/// `images/container-host.toml`, built on first use in this process (binaries from this
+/// `images/container-host.toml` as a test image (plus the guest agent,
+/// [`berth_qemu_tests::test_definition`]), built on first use in this process (binaries from this
 /// workspace, packages from the user's cache) under the target directory, one copy per test
 /// binary. Tests boot it through overlays only, so one build serves them all.
 pub fn container_host() -> &'static Path {
@@ -29,8 +30,8 @@ pub fn container_host() -> &'static Path {
         let who = exe.as_deref().and_then(Path::file_stem).map(|s| s.to_string_lossy().into_owned());
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("container-host").join(who.unwrap_or("tests".into()));
         let started = Instant::now();
-        let options = BuildOptions::for_workspace(&root, root.join("images/container-host.toml"), out)
-            .expect("a cache directory");
+        let def = berth_qemu_tests::test_definition("container-host", &out.join("definition"));
+        let options = BuildOptions::for_workspace(&root, def, out).expect("a cache directory");
         let report = build(&options).unwrap_or_else(|e| panic!("berth build images/container-host.toml: {e:#}"));
         eprintln!("built {} in {:.1} s", report.disk.display(), started.elapsed().as_secs_f64());
         report.disk

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use berth_builder::build::{BuildOptions, build};
+use berth_qemu_tests::test_definition;
 use berth_slot::Slot;
 
 /// Every wait for a console marker is bounded by this.
@@ -43,14 +44,15 @@ impl Image {
     }
 }
 
-/// `images/minimal.toml` built as a user would (binaries from this workspace, the user's cache).
+/// `images/minimal.toml` as a test image (plus the guest agent, [`test_definition`]), built as
+/// a user would (binaries from this workspace, the user's cache).
 pub fn build_minimal() -> Image {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::Builder::new().prefix("berth-boot-test-").tempdir().unwrap();
     let started = Instant::now();
-    let options = BuildOptions::for_workspace(&root, root.join("images/minimal.toml"), dir.path().to_path_buf())
-        .expect("a cache directory");
-    let report = build(&options).unwrap_or_else(|e| panic!("berth build images/minimal.toml: {e:#}"));
+    let def = test_definition("minimal", &dir.path().join("definition"));
+    let options = BuildOptions::for_workspace(&root, def, dir.path().to_path_buf()).expect("a cache directory");
+    let report = build(&options).unwrap_or_else(|e| panic!("berth build images/minimal.toml (test image): {e:#}"));
     eprintln!("built {} in {:.1} s", report.disk.display(), started.elapsed().as_secs_f64());
     let esp = report.manifest.partitions.iter().find(|p| p.number == 1).expect("ESP in the manifest");
     let guids = report.manifest.partitions.iter().map(|p| (p.number, p.guid.to_lowercase())).collect();

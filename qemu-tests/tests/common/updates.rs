@@ -112,7 +112,8 @@ fn definition(version: &str, flavour: Flavour, overlay: &Path) -> String {
     }
     let (_, public) = signing_key();
     out.push_str(&format!("\n[update]\nchannel = {:?}\nkeys = [{public:?}]\nthreshold = 1\n", channel_url()));
-    out
+    // The test image: the guest agent drives the updates.
+    berth_qemu_tests::with_guest_agent(&out, &workspace().join("images"))
 }
 
 /// Copies the directory tree `from` into `to` (files, directories and symlinks).
