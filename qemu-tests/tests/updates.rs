@@ -297,7 +297,11 @@ fn bad_releases_are_refused() {
     let v2 = image("2.0.0", Flavour::Good);
     let repo = Repo::new();
     // Checks only when asked: the daemon's first check comes before anything is published.
-    let settings = "[update]\nstrategy = \"off\"\ninterval = \"12h\"\njitter = \"0s\"\n".to_string();
+    // The root key as first-boot provisioning hands it (/etc/berth/update.toml's keys).
+    let (_, root_pub) = signing_key();
+    let settings = format!(
+        "[update]\nstrategy = \"off\"\ninterval = \"12h\"\njitter = \"0s\"\nkeys = [{root_pub:?}]\nthreshold = 1\n"
+    );
     let mut m = boot(&v1, &repo, Some(settings));
     m.wait_for(BOOT_COMPLETE, BOOT).unwrap_or_else(|e| panic!("{e}"));
     let mut a = agent(&m);
@@ -407,6 +411,33 @@ fn bad_releases_are_refused() {
     std::fs::write(&root, &flipped).unwrap();
     refused(&mut a, "apply", "sha-256", &unchanged, "root image hash mismatch");
     std::fs::write(&root, &good_root).unwrap();
+
+    // H6: key rotation. Key set 1: the provisioned (root) key names s1 as the signing key.
+    let (s1, s1_pub) = new_key("signing-1");
+    let (s2, s2_pub) = new_key("signing-2");
+    assert_eq!(repo.sign_keyset(&[&s1_pub]), 1);
+    repo.publish_signed(&v2, &s1);
+    let r = common::host::run(&mut a, &["berth-update", "check"], Duration::from_secs(120));
+    assert_eq!(r.status, Some(0), "key set 1: {r:?}");
+    assert!(r.stdout.contains("key set 1 accepted"), "{r:?}");
+    // Key set 2: s1 revoked, s2 signs.
+    assert_eq!(repo.sign_keyset(&[&s2_pub]), 2);
+    repo.publish_signed(&v2, &s2);
+    let r = common::host::run(&mut a, &["berth-update", "check"], Duration::from_secs(120));
+    assert_eq!(r.status, Some(0), "key set 2: {r:?}");
+    assert!(r.stdout.contains("key set 2 accepted"), "{r:?}");
+    let kept = bash(&mut a, "cat /var/lib/berth/update/keyset.json", Duration::from_secs(30));
+    assert!(kept.contains("\\\"version\\\": 2") && kept.contains(&s2_pub) && !kept.contains(&s1_pub), "{kept}");
+    // An index signed only by the revoked key (the current index's bytes, re-signed by s1):
+    // refused.
+    let rotated = (std::fs::read(&index).unwrap(), std::fs::read(&sig).unwrap());
+    restore(&rotated.0, &sign_with(&rotated.0, &s1));
+    refused(&mut a, "check", "unknown key", &unchanged, "index signed by a revoked key");
+    // Nor does the root key sign channels any more.
+    let (root, _) = signing_key();
+    restore(&rotated.0, &sign_with(&rotated.0, root));
+    refused(&mut a, "check", "unknown key", &unchanged, "index signed by the root key");
+    restore(&rotated.0, &rotated.1);
 
     // And after all that, the good release still goes in.
     let r = common::host::run(&mut a, &["berth-update", "apply"], Duration::from_secs(900));

@@ -185,14 +185,23 @@ impl Repo {
         self.publish_with(image, Some(berth_release::time::parse_duration(expires).expect("a duration")));
     }
 
+    /// `berth publish … --key KEY` (with a key set in the repository, its signing keys sign).
+    pub fn publish_signed(&self, image: &Path, key: &Path) {
+        self.publish_as(image, None, key);
+    }
+
     fn publish_with(&self, image: &Path, expires: Option<Duration>) {
         let (key, _) = signing_key();
+        self.publish_as(image, expires, key);
+    }
+
+    fn publish_as(&self, image: &Path, expires: Option<Duration>, key: &Path) {
         let started = Instant::now();
         let mut options = berth_builder::publish::PublishOptions {
             repo: self.dir.path().to_path_buf(),
             channel: CHANNEL.to_string(),
             image: Some(image.to_path_buf()),
-            keys: vec![key.clone()],
+            keys: vec![key.to_path_buf()],
             ..berth_builder::publish::PublishOptions::default()
         };
         if let Some(e) = expires {
@@ -201,6 +210,21 @@ impl Repo {
         berth_builder::publish::publish(&options)
             .unwrap_or_else(|e| panic!("berth publish {}: {e:#}", image.display()));
         eprintln!("published {} in {:.1} s", image.display(), started.elapsed().as_secs_f64());
+    }
+
+    /// `berth keys sign --root-key <the images' key> --signing-key …`: the next key set, whose
+    /// signing keys are `signing` (any signing key left out is revoked).
+    pub fn sign_keyset(&self, signing: &[&str]) -> u64 {
+        let (root, _) = signing_key();
+        let r = berth_builder::keys::sign_keyset(&berth_builder::keys::KeysOptions {
+            repo: self.dir.path().to_path_buf(),
+            root_keys: vec![root.clone()],
+            signing: signing.iter().map(|s| s.to_string()).collect(),
+            expires: Duration::from_secs(30 * 86_400),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("berth keys sign: {e:#}"));
+        r.keyset.version
     }
 
     /// A file of the repository.
@@ -304,6 +328,20 @@ pub fn write_var_marker(a: &mut Agent, name: &str) -> String {
         Duration::from_secs(30),
     );
     content
+}
+
+/// A key pair made for this test binary: (secret key file, public key hex).
+pub fn new_key(name: &str) -> (PathBuf, String) {
+    let base = scratch().join(name);
+    let public = berth_builder::publish::keygen(&base).unwrap_or_else(|e| panic!("berth keygen: {e:#}"));
+    (base.with_extension("key"), public)
+}
+
+/// A signature file over `index` by the secret key in `key`.
+pub fn sign_with(index: &[u8], key: &Path) -> Vec<u8> {
+    let text = std::fs::read_to_string(key).expect("a key file");
+    let key = berth_release::signature::parse_secret_key_file(&text).expect("a secret key");
+    berth_release::Signatures::sign_all(index, &[key]).to_bytes()
 }
 
 /// A signature file over `index` by a key made now, one no image trusts.
