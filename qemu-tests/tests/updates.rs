@@ -78,11 +78,56 @@ fn a_to_b_to_a() {
         assert!(cmdline.contains(&format!("berth.slot={to}")), "{cmdline}");
         let kept = bash(&mut a, "cat /var/lib/update-test/before-updates", Duration::from_secs(30));
         assert_eq!(kept.trim(), marker);
+        // The version that was available before the reboot is the one running now.
+        assert!(s["available"].is_null(), "a stale available: {s:#}");
         drop(a);
     }
     // Every download came through the server, and the agent never asked for a file twice in full.
     let reqs = repo.server.requests();
     assert!(reqs.iter().any(|r| r.path.ends_with("/3.0.0/root.img.zst") && r.status == 200), "{reqs:?}");
+
+    // M1: `berth-update rollback` back to 2.0.0 in b survives the next checks: 3.0.0 is held
+    // back, a (3.0.0, good) is neither cleared nor written, and nothing reboots.
+    let asked = repo.server.requests().len();
+    let mut a = agent(&m);
+    let out = bash(&mut a, &busy_retry("berth-update rollback"), Duration::from_secs(120));
+    assert!(out.contains("ROOT-B (2.0.0) boots next") && out.contains("3.0.0 is held back"), "{out}");
+    bash(&mut a, "berthctl reboot", Duration::from_secs(30));
+    drop(a);
+    wait_next_boot_complete(&mut m, BOOT);
+    let mut a = agent(&m);
+    let first = wait_status(&mut a, Duration::from_secs(120), "a check on b", |s| {
+        slot(s, "running").0 == "b" && !s["last_check"].is_null()
+    });
+    // Two more checks (every 5 s), so that one ran with b good and idle.
+    for n in 0..2 {
+        let before = first["last_check"].clone();
+        wait_status(&mut a, Duration::from_secs(120), &format!("check {n} after the rollback"), |s| {
+            s["last_check"] != before
+        });
+    }
+    let s = status(&mut a);
+    assert_eq!(slot(&s, "running"), ("b".into(), "2.0.0".into(), 2, 0, true), "{s:#}");
+    assert_eq!(slot(&s, "other"), ("a".into(), "3.0.0".into(), 1, 0, true), "a was touched: {s:#}");
+    assert_eq!(state(&s), "idle", "{s:#}");
+    assert!(last_error(&s).is_empty(), "{s:#}");
+    let held = s["rolled_back"].as_array().cloned().unwrap_or_default();
+    assert!(held.iter().any(|r| r["version"] == "3.0.0" && r["manual"] == true), "{s:#}");
+    let check = bash(&mut a, &busy_retry("berth-update check"), Duration::from_secs(120));
+    assert!(check.contains("up to date: 2.0.0"), "{check}");
+    let human = bash(&mut a, "berth-update status", Duration::from_secs(30));
+    assert!(human.contains("Held back: 3.0.0"), "{human}");
+    let reqs = repo.server.requests();
+    assert!(!reqs[asked..].iter().any(|r| r.path.ends_with("root.img.zst")), "downloaded again: {reqs:?}");
+}
+
+/// `cmd` in bash, run again while the daemon holds the agent's lock (a check every 5 s here):
+/// commands say "busy" instead of waiting for it.
+fn busy_retry(cmd: &str) -> String {
+    format!(
+        "for i in $(seq 60); do if out=$({cmd} 2>&1); then echo \"$out\"; exit 0; fi; \
+         case \"$out\" in *busy*) sleep 0.5;; *) echo \"$out\" >&2; exit 1;; esac; done; exit 1"
+    )
 }
 
 /// Strategy fleetlock: a staged update waits while another host holds the group's reboot slot,
