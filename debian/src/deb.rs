@@ -274,3 +274,6 @@ impl Read for MemberReader<'_> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod fuzz;

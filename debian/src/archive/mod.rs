@@ -261,3 +261,6 @@ fn open_source(ctx: &IndexContext<'_>, source: &Source, index: usize) -> Result<
     }
     Ok((release, packages, stats))
 }
+
+#[cfg(test)]
+mod fuzz;

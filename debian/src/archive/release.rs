@@ -330,7 +330,11 @@ pub fn parse_date(text: &str) -> Option<i64> {
     let year: i64 = year.parse().ok()?;
     let hms: Vec<i64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
     let [h, m, s] = hms[..] else { return None };
-    if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+    // Four-digit years (RFC 2822) and no negative fields: the arithmetic below cannot overflow.
+    if !(1..=31).contains(&day) || !(0..=9999).contains(&year) || !(0..=23).contains(&h) {
+        return None;
+    }
+    if !(0..=59).contains(&m) || !(0..=60).contains(&s) {
         return None;
     }
     let offset = match zone {
@@ -370,6 +374,20 @@ mod tests {
         assert_eq!(parse_date("Sat, 10 Foo 2024 09:37:51 UTC"), None);
         assert_eq!(parse_date("Sat, 10 Aug 2024 09:37 UTC"), None);
         assert_eq!(parse_date("Sat, 10 Aug 2024 09:37:51 PST"), None);
+    }
+
+    /// Found by the fuzz target (archive/fuzz.rs): a year of ±2^63 or a negative hour in
+    /// `Valid-Until` overflowed the day arithmetic (a panic with overflow checks, a wrong
+    /// expiry in release builds).
+    #[test]
+    fn dates_out_of_range_are_refused() {
+        assert_eq!(parse_date("Sat, 16 Nov 9223372036854775807 10:05:53 UTC"), None);
+        assert_eq!(parse_date("16 Feb -9223372036854775808 10:05:53 UTC"), None);
+        assert_eq!(parse_date("16 Nov 2024 -9223372036854775808:05:53 UTC"), None);
+        assert_eq!(parse_date("16 Nov 2024 10:-1:53 UTC"), None);
+        assert_eq!(parse_date("16 Nov 10000 10:05:53 UTC"), None);
+        assert_eq!(parse_date("1 Jan 9999 00:00:00 UTC"), Some(253_370_764_800));
+        assert_eq!(parse_date("1 Jan 0 00:00:00 UTC"), Some(-62_167_219_200));
     }
 
     #[test]

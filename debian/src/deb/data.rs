@@ -303,9 +303,22 @@ pub(super) fn read_tar(r: impl Read) -> Result<DataArchive, ReadError> {
     Ok(DataArchive { entries })
 }
 
+/// Up to this size a file's buffer is allocated from its header's size at once; a bigger one
+/// grows as its bytes arrive, so a header claiming terabytes is a short read, not an abort.
+const PREALLOCATE_MAX: usize = 64 << 20;
+
 /// Reads exactly `size` bytes into a shared buffer, allocated once (the tree keeps it as is).
 fn read_content(r: &mut impl Read, size: u64) -> io::Result<Arc<[u8]>> {
     let len = usize::try_from(size).map_err(|_| io::Error::other("file too large for memory"))?;
+    if len > PREALLOCATE_MAX {
+        let mut buf = Vec::with_capacity(PREALLOCATE_MAX);
+        r.take(size).read_to_end(&mut buf)?;
+        if buf.len() != len {
+            let why = format!("{} of the {size} bytes its header declares", buf.len());
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, why));
+        }
+        return Ok(Arc::from(buf));
+    }
     // Collecting an exact-size iterator allocates the Arc once; reading in place avoids a copy.
     let mut buf: Arc<[u8]> = std::iter::repeat_n(0u8, len).collect();
     let slice = Arc::get_mut(&mut buf).ok_or_else(|| io::Error::other("content buffer is shared"))?;
@@ -411,6 +424,30 @@ mod tests {
         assert_eq!(p.path.as_deref(), Some(&b"./a/very/long/name"[..]));
         assert!(Pax::default().add(b"99 path=x\n").is_err());
         assert!(Pax::default().add(b"9 pathx\n").is_err());
+    }
+
+    /// Found by the fuzz target (deb/fuzz.rs): a header's size was allocated (and zeroed)
+    /// before a byte was read, so a few hundred bytes claiming 2^62 aborted the builder and
+    /// 8 GiB wrote 8 GiB of zeros.
+    #[test]
+    fn a_size_the_stream_does_not_have_is_an_error_not_an_allocation() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(3);
+        b.append_data(&mut h, "./big", &b"abc"[..]).unwrap();
+        let mut data = b.into_inner().unwrap();
+        // Base-256 size field (GNU): 2^62 bytes.
+        data[124..136].copy_from_slice(&[0x80, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0]);
+        data[148..156].copy_from_slice(b"        ");
+        let sum: u32 = data[..512].iter().map(|&b| u32::from(b)).sum();
+        data[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let Err(ReadError::Io(e)) = read_tar(&data[..]) else { panic!("read a 2^62-byte file") };
+        assert!(e.to_string().contains("of the 4611686018427387904 bytes its header declares"), "{e}");
     }
 
     #[test]
