@@ -219,6 +219,22 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
     d.min(Duration::from_secs(300)).min(interval)
 }
 
+/// Tells the service manager the service is up (`Type=notify`), if it listens.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|a| UnixDatagram::unbound()?.send_to_addr(b"READY=1", &a));
+    if let Err(e) = sent {
+        println!("notifying the service manager on {path}: {e}");
+    }
+}
+
 fn daemon(root: &Path) -> anyhow::Result<ExitCode> {
     raise_to_floor(root);
     let config = Config::load(root)?;
@@ -228,14 +244,22 @@ fn daemon(root: &Path) -> anyhow::Result<ExitCode> {
         if config.servers.is_empty() { "none".to_string() } else { config.servers.join(", ") },
         format_duration(config.interval)
     );
+    if config.servers.is_empty() {
+        let msg = sync(root, &config, false)?;
+        println!("{msg}");
+        notify_ready();
+        // Stays (idle) rather than exiting: the unit is active while the clock is trusted.
+        loop {
+            std::thread::sleep(Duration::from_secs(86_400));
+        }
+    }
+    // Ready once the clock is at least the floor; the boot does not wait for a server.
+    notify_ready();
     let mut failures = 0u32;
     loop {
         match sync(root, &config, false) {
             Ok(msg) => {
                 println!("{msg}");
-                if config.servers.is_empty() {
-                    return Ok(ExitCode::SUCCESS);
-                }
                 failures = 0;
                 std::thread::sleep(config.interval);
             }
