@@ -1,0 +1,12 @@
+{
+  "signatures": [
+    {
+      "key": "ed4928c628d1c2c6eae90338905995612959273a5c63f93636c14614ac8737d1",
+      "signature": "dcf498dddef30da0be60aa54cad0058abf728d4998ca017295cdf96ad9ee2da06867adbebf8a3e04e1e5756ba4f5348f3ec6f9789ae5994470f45c3d5a3b6709"
+    },
+    {
+      "key": "ca93ac1705187071d67b83c7ff0efe8108e8ec4530575d7726879333dbdabe7c",
+      "signature": "0a75217b6338cdcef78d4fb3a43609ef669c3e5186c46b9e63360bce98a6ee8f0035ea9809ec92d6f939e1b9eafc30faea7b5c02122054bd9d7a247675e9fe0f"
+    }
+  ]
+}
