@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use berth_release::index::{Compression, Digest, RootArtifact, SCHEMA, ZSTD_FRAME_BYTES, check_name, compare_versions};
-use berth_release::repo::{INITRD_FILE, ROOT_FILE, VMLINUZ_FILE, index_path, release_dir, signature_path};
+use berth_release::repo::{FRAMES_FILE, INITRD_FILE, ROOT_FILE, VMLINUZ_FILE, index_path, release_dir, signature_path};
 use berth_release::signature::{
     SignatureEntry, parse_secret_key_file, public_key_hex, secret_key_file, secret_key_from_seed,
 };
@@ -753,6 +753,7 @@ impl Staged {
             HashingWriter { inner: io::BufWriter::with_capacity(1 << 20, out), hash: Sha256::new(), written: 0 };
         let bar = progress_bar(progress, src.root_size, format!("compressing {} {}", Slot::A.label(), src.version));
         let mut image_hash = Sha256::new();
+        let mut frame_list = berth_release::index::FrameList::default();
         // A frame per thread at a time; each frame depends only on its own bytes, so the file
         // is the same whatever the number of threads.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
@@ -781,7 +782,10 @@ impl Staged {
                     .collect()
             });
             for frame in frames {
-                sink.write_all(&frame.with_context(|| werr(ROOT_FILE))?).with_context(|| werr(ROOT_FILE))?;
+                let frame = frame.with_context(|| werr(ROOT_FILE))?;
+                // M8: each frame's size and SHA-256, for agents to check before decoding it.
+                frame_list.0.push((frame.len() as u64, digest(Sha256::new().chain_update(&frame))));
+                sink.write_all(&frame).with_context(|| werr(ROOT_FILE))?;
             }
             bar.set_position(at);
         }
@@ -801,13 +805,6 @@ impl Staged {
                 src.manifest.display()
             );
         }
-        let root = RootArtifact {
-            file: Artifact { path: format!("{rel_dir}/{ROOT_FILE}"), size: written, sha256: digest(hash) },
-            compression: Compression::Zstd,
-            image_size: src.root_size,
-            image_sha256,
-        };
-
         let small = |name: &str, data: &[u8]| -> anyhow::Result<Artifact> {
             let mut f = File::create(dir.path().join(name)).with_context(|| werr(name))?;
             f.write_all(data).and_then(|()| f.sync_all()).with_context(|| werr(name))?;
@@ -816,6 +813,14 @@ impl Staged {
                 size: data.len() as u64,
                 sha256: digest(Sha256::new().chain_update(data)),
             })
+        };
+        let frames = small(FRAMES_FILE, &frame_list.to_bytes())?;
+        let root = RootArtifact {
+            file: Artifact { path: format!("{rel_dir}/{ROOT_FILE}"), size: written, sha256: digest(hash) },
+            compression: Compression::Zstd,
+            image_size: src.root_size,
+            image_sha256,
+            frames: Some(frames),
         };
         let vmlinuz = small(VMLINUZ_FILE, &src.vmlinuz)?;
         let initrd = small(INITRD_FILE, &src.initrd)?;
@@ -848,8 +853,8 @@ fn differs(a: &Release, b: &Release) -> Option<&'static str> {
     }
 }
 
-fn artifacts_of(r: &Release) -> [&Artifact; 3] {
-    [&r.root.file, &r.vmlinuz, &r.initrd]
+fn artifacts_of(r: &Release) -> Vec<&Artifact> {
+    [&r.root.file, &r.vmlinuz, &r.initrd].into_iter().chain(r.root.frames.as_ref()).collect()
 }
 
 /// Whether the file at `path` has `size` bytes hashing to `sha256`.

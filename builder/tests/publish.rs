@@ -257,6 +257,7 @@ fn publish_versions_resign_pull_back_and_refuse() {
             "releases/1.0.0",
             "releases/1.0.0/initrd.img",
             "releases/1.0.0/root.img.zst",
+            "releases/1.0.0/root.img.zst.frames",
             "releases/1.0.0/vmlinuz"
         ]
     );

@@ -275,3 +275,30 @@ fn h6_the_commands_teach_root_keys_and_key_sets() {
     let out = Command::new(BERTH).args(["keys", "show", "--repo"]).arg(&repo).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"version\": 1"), "{out:?}");
 }
+
+#[test]
+fn m8_publish_signs_a_frame_list_that_cuts_and_authenticates_every_frame() {
+    let d = tempfile::tempdir().unwrap();
+    let (k, k_pub) = key(d.path(), "k");
+    let repo = d.path().join("repo");
+    let image = disk(&d.path().join("v"), "1.0.0", Some(&update_toml("1.0.0", "stable", &[&k_pub], 1)));
+    publish(&options(&repo, Some(&image), &[&k])).unwrap();
+    let index = berth_release::Index::parse(&std::fs::read(repo.join("channels/stable.json")).unwrap()).unwrap();
+    let root = &index.releases[0].root;
+    let list = root.frames.as_ref().expect("a frame list in the index");
+    assert_eq!(list.path, "releases/1.0.0/root.img.zst.frames");
+    let bytes = std::fs::read(repo.join(&list.path)).unwrap();
+    assert_eq!((bytes.len() as u64, berth_release::artifact::sha256(&bytes)), (list.size, list.sha256));
+    let frames = berth_release::index::FrameList::parse(&bytes, root.file.size, root.image_size).unwrap();
+    // 16 MiB of root: four frames of 4 MiB; each listed slice is one whole zstd frame.
+    assert_eq!(frames.0.len(), 4);
+    let zst = std::fs::read(repo.join(&root.file.path)).unwrap();
+    let mut at = 0usize;
+    for (n, sha) in &frames.0 {
+        let frame = &zst[at..at + *n as usize];
+        assert_eq!(berth_release::artifact::sha256(frame), *sha);
+        assert_eq!(zstd::bulk::decompress(frame, 4 << 20).unwrap().len(), 4 << 20);
+        at += *n as usize;
+    }
+    assert_eq!(at, zst.len());
+}

@@ -83,6 +83,60 @@ pub struct RootArtifact {
     pub image_size: u64,
     /// Of the filesystem image (what the slot holds after the write).
     pub image_sha256: Digest,
+    /// The frame list (`root.img.zst.frames`, [`FrameList`]): each frame's compressed size and
+    /// SHA-256, so that an agent authenticates every frame before it decodes it. Agents refuse a
+    /// release without one; older indexes parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<Artifact>,
+}
+
+/// The frame list of a zstd root: one line per frame, in stream order, `<compressed bytes>
+/// <SHA-256 of those bytes>\n`. Its own size and SHA-256 are in the signed index, so each frame
+/// is authenticated before any decoder sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FrameList(pub Vec<(u64, Digest)>);
+
+/// The most compressed bytes a frame of [`ZSTD_FRAME_BYTES`] may take (zstd's bound for
+/// incompressible data is a little above the input).
+pub const MAX_COMPRESSED_FRAME: u64 = ZSTD_FRAME_BYTES + ZSTD_FRAME_BYTES / 128 + 4096;
+
+impl FrameList {
+    /// The file's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.iter().map(|(n, d)| format!("{n} {d}\n")).collect::<String>().into_bytes()
+    }
+
+    /// Parses a frame list of the compressed file `file_size` bytes long that expands to
+    /// `image_size` bytes (the index's), checking that the frames add up to the file.
+    pub fn parse(bytes: &[u8], file_size: u64, image_size: u64) -> Result<FrameList, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "the frame list is not text".to_string())?;
+        let mut frames = Vec::new();
+        let mut total = 0u64;
+        // Every frame but skippable ones expands to at least a byte; a list longer than this is
+        // not of this image.
+        let most = image_size / 512 + 1;
+        for (i, line) in text.lines().enumerate() {
+            let bad = || format!("the frame list, line {}: {line:?} is not `<bytes> <sha256>`", i + 1);
+            let (n, d) = line.split_once(' ').ok_or_else(bad)?;
+            let n: u64 = n.parse().map_err(|_| bad())?;
+            let d = crate::hex::decode_hex::<32>(d).map(Digest).ok_or_else(bad)?;
+            if n == 0 || n > MAX_COMPRESSED_FRAME {
+                return Err(format!(
+                    "the frame list, line {}: a frame of {n} bytes (1 to {MAX_COMPRESSED_FRAME})",
+                    i + 1
+                ));
+            }
+            total = total.saturating_add(n);
+            frames.push((n, d));
+            if frames.len() as u64 > most {
+                return Err(format!("the frame list has more than {most} frames"));
+            }
+        }
+        if total != file_size {
+            return Err(format!("the frame list adds up to {total} bytes, the file is {file_size}"));
+        }
+        Ok(FrameList(frames))
+    }
 }
 
 /// Compression of the root image.
@@ -215,7 +269,10 @@ impl Index {
                     format!("{} is not between 1970 and a year after the index expires", r.rollout.start),
                 ));
             }
-            for (name, a) in [("root", &r.root.file), ("vmlinuz", &r.vmlinuz), ("initrd", &r.initrd)] {
+            let frames = r.root.frames.iter().map(|f| ("root.frames", f));
+            for (name, a) in
+                [("root", &r.root.file), ("vmlinuz", &r.vmlinuz), ("initrd", &r.initrd)].into_iter().chain(frames)
+            {
                 check_path(&at(&format!("{name}.path")), &a.path)?;
                 if a.size == 0 {
                     return Err(invalid(at(&format!("{name}.size")), "an artifact is never empty"));

@@ -50,6 +50,8 @@ pub fn release_dir(version: &str) -> String {
 
 /// File names inside a release directory.
 pub const ROOT_FILE: &str = "root.img.zst";
+/// The root's frame list (berth_release::index::FrameList), beside it.
+pub const FRAMES_FILE: &str = "root.img.zst.frames";
 /// The kernel's file name, in a release directory and in `berth/<slot>/` on the ESP.
 pub const VMLINUZ_FILE: &str = "vmlinuz";
 /// The initramfs' file name, in a release directory and in `berth/<slot>/` on the ESP.

@@ -51,3 +51,18 @@ fn l3_rollout_numbers_are_bounded_and_the_arithmetic_saturates() {
     assert!(rollout::allowed(&early, 0.5, Timestamp(i64::MAX)));
     assert_eq!(rollout::progress(&early, Timestamp(i64::MAX)), 1.0);
 }
+
+#[test]
+fn m8_the_frame_list_adds_up_to_the_signed_file() {
+    use berth_release::index::{Digest, FrameList, MAX_COMPRESSED_FRAME};
+    let list = FrameList(vec![(100, Digest([1; 32])), (50, Digest([2; 32]))]);
+    let bytes = list.to_bytes();
+    assert_eq!(FrameList::parse(&bytes, 150, 8 << 20), Ok(list.clone()));
+    assert!(FrameList::parse(&bytes, 151, 8 << 20).unwrap_err().contains("adds up to 150 bytes, the file is 151"));
+    assert!(FrameList::parse(b"100 zz\n", 100, 1 << 20).unwrap_err().contains("line 1"));
+    let huge = FrameList(vec![(MAX_COMPRESSED_FRAME + 1, Digest([1; 32]))]).to_bytes();
+    assert!(FrameList::parse(&huge, MAX_COMPRESSED_FRAME + 1, 8 << 20).unwrap_err().contains("a frame of"));
+    // More frames than the image has sectors: not this image's list.
+    let many = FrameList(vec![(1, Digest([0; 32])); 5]).to_bytes();
+    assert!(FrameList::parse(&many, 5, 1024).unwrap_err().contains("more than 3 frames"));
+}

@@ -22,6 +22,7 @@ fn sample_index() -> Index {
                 compression: Compression::Zstd,
                 image_size: 1 << 20,
                 image_sha256: Digest([9; 32]),
+                frames: Some(artifact("releases/2.0.0/root.img.zst.frames", 40)),
             },
             vmlinuz: artifact("releases/2.0.0/vmlinuz", 10),
             initrd: artifact("releases/2.0.0/initrd.img", 20),

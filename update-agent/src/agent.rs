@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use berth_release::artifact::Sha256;
 use berth_release::config::{Strategy, UpdateConfig};
-use berth_release::index::{Index, MAX_INDEX_BYTES, Release, compare_versions};
+use berth_release::index::{FrameList, Index, MAX_INDEX_BYTES, Release, compare_versions};
 use berth_release::keyset::{self, MAX_KEYSET_BYTES};
 use berth_release::repo::{artifact_url, keyset_path, signature_url, split_index_url};
 use berth_release::signature::MAX_SIGNATURE_BYTES;
@@ -217,6 +217,15 @@ impl Agent {
         };
         let vmlinuz = fetch(&release.vmlinuz)?;
         let initrd = fetch(&release.initrd)?;
+        // M8: the signed frame list, so that every frame is authenticated before it is decoded.
+        let list = release.root.frames.as_ref().with_context(|| {
+            format!(
+                "{version}: the index names no frame list for the root image (root.frames): refused, its frames \
+                 could not be authenticated before they are decoded"
+            )
+        })?;
+        let frames = FrameList::parse(&fetch(list)?, release.root.file.size, release.root.image_size)
+            .map_err(|e| anyhow!("{}: {e}", list.path))?;
 
         let node = self.disk.slot_node(passive);
         let dev = self.disk.open_for_writing(&node)?;
@@ -247,7 +256,7 @@ impl Agent {
         self.save(st);
 
         let started = Instant::now();
-        let figures = self.stream_root(st, &dev, &node, base, release)?;
+        let figures = self.stream_root(st, &dev, &node, base, release, frames)?;
         let written = figures.written;
         let write_seconds = started.elapsed().as_secs_f64();
         let verify_started = Instant::now();
@@ -322,6 +331,7 @@ impl Agent {
         node: &Path,
         base: &str,
         release: &Release,
+        frames: FrameList,
     ) -> anyhow::Result<pipeline::Figures> {
         let root = &release.root;
         let url = artifact_url(base, &root.file.path);
@@ -346,7 +356,7 @@ impl Agent {
                 last_save = Instant::now();
             }
         };
-        pipeline::stream(reader, &root.file.path, root.image_size, dev, node, &mut progress)
+        pipeline::stream_frames(reader, &root.file.path, root.image_size, frames, dev, node, &mut progress)
     }
 
     /// Marks the booted slot good (after boot-complete.target), then notices a rollback.
@@ -734,6 +744,7 @@ pub mod tests {
                 compression: Compression::Zstd,
                 image_size: 1 << 20,
                 image_sha256: Digest([0; 32]),
+                frames: Some(a("root.img.zst.frames")),
             },
             vmlinuz: a("vmlinuz"),
             initrd: a("initrd.img"),

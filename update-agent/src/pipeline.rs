@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use berth_release::index::ZSTD_FRAME_BYTES;
+use berth_release::index::{FrameList, ZSTD_FRAME_BYTES};
 use zstd::zstd_safe;
 
 use crate::http::ArtifactReader;
@@ -74,6 +74,10 @@ struct Splitter {
     at: u64,
     /// Buffers of frames the decoders are done with.
     spare: Vec<Vec<u8>>,
+    /// M8: the signed frame list and the next frame's place in it. With one, a frame is cut
+    /// where the list says and handed on only once its SHA-256 matches: no decoder (nor
+    /// libzstd's header parser) sees a byte that is not authenticated.
+    expected: Option<(FrameList, usize)>,
 }
 
 /// A compressed frame and a read after it fit in a buffer of this size.
@@ -91,7 +95,59 @@ impl Splitter {
             offset: 0,
             at: 0,
             spare: Vec::new(),
+            expected: None,
         }
+    }
+
+    /// Cuts by the signed frame list `frames` and authenticates each frame before it is used.
+    fn with_frames(mut self, frames: FrameList) -> Splitter {
+        self.expected = Some((frames, 0));
+        self
+    }
+
+    /// With a frame list: the length of the next frame once it has arrived whole and matches
+    /// its SHA-256 (`Ok(None)` until it has arrived).
+    fn authenticated(&mut self) -> Result<Option<usize>, String> {
+        let Some((list, next)) = &mut self.expected else { return Ok(None) };
+        let pending = &self.pending[..self.filled];
+        let Some(&(len, sha)) = list.0.get(*next) else {
+            return Err(format!(
+                "{}: byte {} is past the {} frames of the signed frame list",
+                self.what,
+                self.offset,
+                list.0.len()
+            ));
+        };
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > zstd_safe::compress_bound(FRAME) {
+            return Err(format!(
+                "{}: the signed frame list's frame {} is {len} bytes, more than a frame of {FRAME} bytes compresses to",
+                self.what, *next
+            ));
+        }
+        if pending.len() < len {
+            return Ok(None);
+        }
+        let got = berth_release::artifact::sha256(&pending[..len]);
+        if got != sha {
+            return Err(format!(
+                "{}: frame {} (bytes {}..{}) has SHA-256 {got}, not the {sha} of the signed frame list: refused before \
+                 it is decoded",
+                self.what,
+                *next,
+                self.offset,
+                self.offset + len as u64
+            ));
+        }
+        // Authenticated bytes from here on; the frame must also end where the list says.
+        if zstd_safe::find_frame_compressed_size(&pending[..len]) != Ok(len) {
+            return Err(format!(
+                "{}: frame {} at byte {} does not end where the signed frame list says ({len} bytes)",
+                self.what, *next, self.offset
+            ));
+        }
+        *next += 1;
+        Ok(Some(len))
     }
 
     /// Where the next bytes are read to: at least [`READ_CHUNK`] of them.
@@ -119,6 +175,10 @@ impl Splitter {
         if self.filled == 0 {
             return Ok(None);
         }
+        if self.expected.is_some() {
+            let Some(len) = self.authenticated()? else { return Ok(None) };
+            return self.take(len);
+        }
         let pending = &self.pending[..self.filled];
         let Ok(len) = zstd_safe::find_frame_compressed_size(pending) else {
             if pending.len() >= FRAME_HEADER_MAX {
@@ -134,6 +194,12 @@ impl Splitter {
             }
             return Ok(None);
         };
+        self.take(len)
+    }
+
+    /// Cuts the first `len` pending bytes off as a frame, checking its header.
+    fn take(&mut self, len: usize) -> Result<Option<Frame>, String> {
+        let pending = &self.pending[..self.filled];
         let size = self.frame_size(&pending[..len])?;
         if self.at + size as u64 > self.image_size {
             return Err(format!(
@@ -171,6 +237,15 @@ impl Splitter {
 
     /// At the end of the stream: nothing may be left over.
     fn finish(&self) -> Result<(), String> {
+        if let Some((list, next)) = &self.expected
+            && *next != list.0.len()
+        {
+            return Err(format!(
+                "{}: the stream ends after frame {next} of the {} the signed frame list names",
+                self.what,
+                list.0.len()
+            ));
+        }
         match self.filled {
             0 => Ok(()),
             n => Err(format!(
@@ -271,10 +346,37 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// `image_size` bytes are written. `progress(received, written)` is called from this thread
 /// after each write. Errors come in this order: the artifact's own check (a flipped byte is a
 /// SHA-256 mismatch, not a "corrupt block"), then the frames and their sizes, then the disk.
+#[cfg(test)]
 pub fn stream(
+    source: ArtifactReader<'_>,
+    what: &str,
+    image_size: u64,
+    dev: &File,
+    node: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Figures> {
+    stream_with(source, what, image_size, None, dev, node, progress)
+}
+
+/// [`stream`], each frame cut and authenticated by the signed frame list `frames` before it is
+/// decoded (M8): what the agent stages with.
+pub fn stream_frames(
+    source: ArtifactReader<'_>,
+    what: &str,
+    image_size: u64,
+    frames: FrameList,
+    dev: &File,
+    node: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Figures> {
+    stream_with(source, what, image_size, Some(frames), dev, node, progress)
+}
+
+fn stream_with(
     mut source: ArtifactReader<'_>,
     what: &str,
     image_size: u64,
+    frames: Option<FrameList>,
     dev: &File,
     node: &Path,
     progress: &mut dyn FnMut(u64, u64),
@@ -295,6 +397,9 @@ pub fn stream(
     std::thread::scope(|scope| {
         let network = scope.spawn(move || {
             let mut splitter = Splitter::new(what, image_size);
+            if let Some(f) = frames {
+                splitter = splitter.with_frames(f);
+            }
             let mut refused: Option<String> = None;
             loop {
                 // Once the stream is refused, the rest is still read (into the same place) for
@@ -450,6 +555,65 @@ mod tests {
         }
         s.finish()?;
         Ok(out)
+    }
+
+    /// Frames of `image` as `berth publish` makes them, and their signed list.
+    fn listed(image: &[u8]) -> (Vec<u8>, FrameList) {
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        let parts: Vec<Vec<u8>> = image.chunks(FRAME).map(|chunk| c.compress(chunk).unwrap()).collect();
+        let list = parts.iter().map(|p| (p.len() as u64, berth_release::artifact::sha256(p))).collect();
+        (parts.concat(), FrameList(list))
+    }
+
+    /// Feeds `stream` in `step`-byte pieces through a splitter with `list`; the frames handed
+    /// on (to the decoders) and the first refusal.
+    fn cut_listed(stream: &[u8], image_size: u64, list: FrameList, step: usize) -> (usize, Result<(), String>) {
+        let mut s = Splitter::new("root.img.zst", image_size).with_frames(list);
+        let mut handed = 0;
+        for piece in stream.chunks(step) {
+            s.space()[..piece.len()].copy_from_slice(piece);
+            s.received(piece.len());
+            loop {
+                match s.cut() {
+                    Ok(Some(_)) => handed += 1,
+                    Ok(None) => break,
+                    Err(e) => return (handed, Err(e)),
+                }
+            }
+        }
+        (handed, s.finish())
+    }
+
+    #[test]
+    fn m8_a_frame_is_authenticated_before_any_decoder_sees_it() {
+        let image: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8 ^ (i >> 16) as u8).collect();
+        let (packed, list) = listed(&image);
+        assert_eq!(list.0.len(), 3);
+        for step in [1000, 1 << 20, packed.len()] {
+            assert_eq!(cut_listed(&packed, image.len() as u64, list.clone(), step), (3, Ok(())), "step {step}");
+        }
+        // One byte changed in the second frame (a mirror's choice): the first frame is handed
+        // on, the second refused before anything parses it; nothing after it is handed on.
+        let mut bad = packed.clone();
+        let second = list.0[0].0 as usize + 100;
+        bad[second] ^= 0x40;
+        let (handed, r) = cut_listed(&bad, image.len() as u64, list.clone(), 4096);
+        assert_eq!(handed, 1);
+        let e = r.unwrap_err();
+        assert!(e.contains("frame 1") && e.contains("refused before it is decoded"), "{e}");
+        // A frame a mirror built itself (valid zstd, other bytes) is refused just the same.
+        let (other, _) = listed(&vec![0u8; image.len()]);
+        let (handed, r) = cut_listed(&other, image.len() as u64, list.clone(), 4096);
+        assert_eq!(handed, 0);
+        assert!(r.unwrap_err().contains("frame 0"));
+        // A stream that stops early, or runs on past the list, is refused.
+        let short = &packed[..(list.0[0].0 + list.0[1].0) as usize];
+        let (_, r) = cut_listed(short, image.len() as u64, list.clone(), 4096);
+        assert!(r.unwrap_err().contains("ends after frame 2 of the 3"));
+        let mut longer = packed.clone();
+        longer.extend_from_slice(&packed[..list.0[0].0 as usize]);
+        let (_, r) = cut_listed(&longer, image.len() as u64, list, 4096);
+        assert!(r.unwrap_err().contains("past the 3 frames"));
     }
 
     #[test]
