@@ -632,6 +632,36 @@ fn check_slot_version(dev: &File, node: &Path, version: &str, image_size: u64) -
 mod m13_tests {
     use super::*;
 
+    /// After the reboot into the staged slot, the running image says another version than the
+    /// one staged (a mislabelled release): recorded like a rollback, not offered again.
+    #[test]
+    fn m13_a_staged_slot_that_runs_another_version_is_not_staged_again() {
+        use berth_slot::{SlotAttrs, Slots};
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let on_trial = SlotAttrs { priority: 2, tries: 2, successful: false };
+        let fallback = SlotAttrs { priority: 1, tries: 0, successful: true };
+        let img = super::tests::disk_image(dir.path(), Slots::new(fallback, on_trial));
+        let on_b = Agent::for_test(BootDisk::image(img, Slot::B), "1.9.9", &state);
+        let mut st = State {
+            staged: Some(Staged { slot: "b".into(), version: "2.0.0".into(), at: Timestamp(0) }),
+            ..State::default()
+        };
+        on_b.mark_good(&mut st).unwrap();
+        assert!(st.rolled_back("2.0.0"), "{st:?}");
+        let e = st.last_error.clone().unwrap_or_default();
+        assert!(e.contains("staged as 2.0.0 but runs 1.9.9"), "{e}");
+        let index = Index {
+            schema: berth_release::index::SCHEMA,
+            channel: "stable".into(),
+            sequence: 1,
+            issued: Timestamp(0),
+            expires: Timestamp(i64::from(u32::MAX)),
+            releases: vec![super::tests::release("2.0.0")],
+        };
+        assert!(matches!(on_b.choose(&index, &st, Timestamp::now(), false), Found::UpToDate));
+    }
+
     /// An ext4 image made by mke2fs (e2fsprogs, an independent writer) holding `toml` as the
     /// image's update.toml.
     fn image(dir: &Path, toml: Option<&str>) -> (File, u64) {
