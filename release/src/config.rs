@@ -5,8 +5,9 @@
 //!
 //! ```toml
 //! channel = "https://releases.example/channels/stable.json"
-//! keys = ["<64 hex digits>"]        # ed25519 public keys that sign the channel's index
-//! threshold = 1                     # signatures required
+//! keys = ["<64 hex digits>"]        # the root keys (ed25519): they sign the repository's key
+//!                                   # sets (crate::keyset), or without key sets the index itself
+//! threshold = 1                     # root signatures required
 //! strategy = "window"               # immediate | window | fleetlock | off
 //! interval = "1h"                   # between checks
 //! jitter = "10m"                    # a random delay added to each, so a fleet does not ask at once
@@ -127,9 +128,10 @@ pub struct UpdateConfig {
     pub version: Option<String>,
     /// The channel's index URL; `None`: the image has no update channel.
     pub channel: Option<String>,
-    /// Trusted ed25519 public keys, hex.
+    /// The root keys (ed25519 public keys, hex): the trust anchor the agent walks the
+    /// repository's key sets from (berth_release::keyset).
     pub keys: Vec<String>,
-    /// Signatures required.
+    /// Root signatures required.
     pub threshold: u32,
     /// When to reboot.
     pub strategy: Strategy,
