@@ -203,7 +203,8 @@ impl Seek for Guarded {
         let next = match to {
             SeekFrom::Start(n) => Some(n),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            SeekFrom::End(d) => self.guard.borrow().file.metadata()?.len().checked_add_signed(d),
+            // The size from lseek: a block device's metadata says 0.
+            SeekFrom::End(d) => (&self.guard.borrow().file).seek(SeekFrom::End(0))?.checked_add_signed(d),
         };
         self.pos = next.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
         Ok(self.pos)
