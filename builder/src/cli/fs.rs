@@ -36,8 +36,9 @@ pub struct Ext4Args {
     /// Make every entry owned by root (uid 0, gid 0), for trees prepared without privileges.
     #[arg(long)]
     all_root: bool,
-    /// A filesystem to mount read-write: adds a journal and one inode per 16 KiB, like
-    /// mke2fs. Needs --size.
+    /// A filesystem to mount read-write: adds a journal, one inode per 16 KiB and 5% of the
+    /// blocks (at most 256 MiB) reserved for root, like mke2fs. Needs --size (at most
+    /// 16 TiB - 4 KiB: there is no 64bit feature).
     #[arg(long, requires = "size")]
     writable: bool,
     /// Volume label, at most 16 bytes.
