@@ -525,6 +525,9 @@ impl Agent {
         let other = self.disk.passive();
         let next = self.disk.slots()?.rollback(other)?;
         st.rolled_back.retain(|r| r.version != self.version);
+        // Rolling back to a version held back by an earlier rollback takes it back.
+        let to = st.slots.get(other.name()).cloned();
+        st.rolled_back.retain(|r| !(r.manual && Some(&r.version) == to.as_ref()));
         st.rolled_back.push(RolledBack {
             version: self.version.clone(),
             slot: booted.name().into(),
@@ -535,9 +538,6 @@ impl Agent {
         st.staged = None;
         st.available = None;
         st.rest();
-        // Rolling back to a version held back by an earlier rollback takes it back.
-        let to = st.slots.get(other.name()).cloned();
-        st.rolled_back.retain(|r| !(r.manual && Some(&r.version) == to.as_ref()));
         self.save_durably(st).context("recording the rollback (nothing was switched)")?;
         self.disk.write_slots(next)?;
         Ok(format!(
@@ -840,6 +840,12 @@ pub mod tests {
 
         let v = crate::status::to_json(&on_a, &st, None);
         assert_eq!(v["rolled_back"][0]["manual"], true, "{v}");
+
+        // Rolling back again (to 1.1.0) takes the hold back and holds 1.0.0 instead.
+        let mut st = on_a.load_state();
+        on_a.rollback(&mut st).unwrap();
+        let held: Vec<_> = st.rolled_back.iter().map(|r| r.version.as_str()).collect();
+        assert_eq!(held, ["1.0.0"], "{st:?}");
         assert_eq!(v["available"], serde_json::Value::Null, "{v}");
     }
 
@@ -851,12 +857,6 @@ pub mod tests {
             .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
             .arg(dir)
             .status()
-
-        // Rolling back again (to 1.1.0) takes the hold back and holds 1.0.0 instead.
-        let mut st = on_a.load_state();
-        on_a.rollback(&mut st).unwrap();
-        let held: Vec<_> = st.rolled_back.iter().map(|r| r.version.as_str()).collect();
-        assert_eq!(held, ["1.0.0"], "{st:?}");
             .is_ok_and(|s| s.success());
         if !ok {
             return None;
