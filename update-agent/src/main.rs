@@ -136,8 +136,8 @@ fn busy(agent: &Agent) -> String {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Status { json } => {
-            let agent = Agent::open()?;
             // No lock: the state file is replaced whole (rename), so it reads consistently.
+            let agent = Agent::open()?;
             let st = agent.load_state();
             let busy = state::lock_file(LOCK_FILE, false).ok().is_some_and(|l| l.is_none()).then(|| busy(&agent));
             status::print(&agent, &st, busy.as_deref(), json)?;
@@ -194,14 +194,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let agent = Agent::open()?;
             let _lock = lock_now(&agent)?;
             let mut st = agent.load_state();
-            println!("{}", agent.rollback(&mut st)?);
             st.drop_stale_available(&agent.version);
+            println!("{}", agent.rollback(&mut st)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::MarkGood => {
             let agent = Agent::open()?;
-            let _lock = lock()?;
             // A service, not a person: it waits (the daemon does not stage while on trial).
+            let _lock = lock()?;
             let mut st = agent.load_state();
             let msg = agent.mark_good(&mut st)?;
             agent.save(&st);
@@ -214,10 +214,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 /// Check, and stage what is found; returns what happened.
 fn apply(agent: &Agent, st: &mut State, force: bool, reboot: bool) -> anyhow::Result<String> {
-    st.state = Phase::Checking;
     // A failed update not yet recorded (the record could not be saved) must be recorded
     // before anything is staged over it.
     agent.notice_rollback(st)?;
+    st.state = Phase::Checking;
     let (_, found) = agent.check(st, force)?;
     let release = match found {
         Found::UpToDate => {
@@ -259,9 +259,9 @@ fn daemon() -> anyhow::Result<ExitCode> {
             st.state = Phase::Idle;
         }
         st.rest();
-        if let Err(e) = agent.notice_rollback(&mut st) {
         // The update that was available is the one running now.
         st.drop_stale_available(&agent.version);
+        if let Err(e) = agent.notice_rollback(&mut st) {
             st.error(&e);
         }
         agent.save(&st);
@@ -287,12 +287,12 @@ fn cycle(agent: &Agent) -> Duration {
     let Ok(_lock) = lock().map_err(|e| println!("error: {e:#}")) else { return wait };
     let mut st = agent.load_state();
     if let Err(e) = agent.notice_rollback(&mut st) {
-        st.error(&e);
         // The rollback is not recorded: nothing else this cycle (a stage would clear the
         // failed slot and take the same version again).
-    }
+        st.error(&e);
         agent.save(&st);
         return wait;
+    }
     let on_trial = agent.disk.slots().map(|s| !s.get(agent.disk.booted).successful).unwrap_or(true);
     if on_trial {
         println!("{} is on trial: no update checks until it is marked good", agent.disk.booted.label());
