@@ -19,7 +19,7 @@ use berth_release::repo::{KEYSET_DIR, keyset_path, keyset_signature_path, keyset
 use berth_release::signature::{Signatures, SigningKey, parse_secret_key_file, public_key_hex};
 use berth_release::{Timestamp, TrustedKeys};
 
-use crate::publish::{lock_repo, write_atomic};
+use crate::publish::{check_secret_key_mode, lock_repo, read_key_file, write_atomic};
 
 /// What `berth keys sign` is asked to do.
 #[derive(Debug, Clone, Default)]
@@ -87,21 +87,9 @@ pub fn newest_keyset(repo: &Path) -> anyhow::Result<Option<KeySet>> {
 /// A secret root key file; one others can read is refused (as `berth publish` refuses a loose
 /// signing key).
 fn load_root_key(p: &Path) -> anyhow::Result<SigningKey> {
-    use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
-    let mut f = std::fs::File::open(p).with_context(|| format!("reading the key {}", p.display()))?;
-    let mode = f.metadata().with_context(|| format!("reading the key {}", p.display()))?.permissions().mode();
-    let mut text = String::new();
-    f.read_to_string(&mut text).with_context(|| format!("reading the key {}", p.display()))?;
+    let (text, mode) = read_key_file(p)?;
     let key = parse_secret_key_file(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?;
-    if mode & 0o077 != 0 {
-        bail!(
-            "{}: secret key with mode {:04o}, open to group or others: chmod 600 {}",
-            p.display(),
-            mode & 0o7777,
-            p.display()
-        );
-    }
+    check_secret_key_mode(p, mode)?;
     Ok(key)
 }
 
