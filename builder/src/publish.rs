@@ -244,9 +244,6 @@ pub fn publish(o: &PublishOptions) -> anyhow::Result<PublishReport> {
     if o.image.is_none() && o.rollout.is_some() {
         bail!("--rollout applies to the release being published: give --image too");
     }
-    if o.image.is_none() && o.pull_back.is_empty() {
-        bail!("nothing to publish: give --image (a disk from `berth build`) or --pull-back VERSION");
-    }
     if o.keys.is_empty() {
         bail!("no signing key: pass --key FILE (a secret key made by `berth keygen`)");
     }
@@ -279,6 +276,15 @@ pub fn publish(o: &PublishOptions) -> anyhow::Result<PublishReport> {
     let index_file = o.repo.join(index_path(&o.channel));
     let sig_file = o.repo.join(signature_path(&o.channel));
     let old = read_index(&index_file, &o.channel)?;
+    // Without an image or a pull-back, an existing index is refreshed: a new sequence and expiry
+    // over the same releases. Done often with a short --expires by the online signing key, this
+    // is what TUF's timestamp role gives: a mirror can hide a newer index only until then.
+    if o.image.is_none() && o.pull_back.is_empty() && old.is_none() {
+        bail!(
+            "nothing to publish: channel {} has no index yet to refresh; give --image (a disk from `berth build`)",
+            o.channel
+        );
+    }
     let source = match &o.image {
         Some(image) => Some(DiskSource::open(image)?),
         None => None,

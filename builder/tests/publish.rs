@@ -315,8 +315,9 @@ fn publish_versions_resign_pull_back_and_refuse() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("--pull-back 9.9.9") && e.contains("1.0.0, 1.1.0"), "{e}");
-    let e = publish(&options(&repo, None, &[&k1])).unwrap_err().to_string();
-    assert!(e.contains("nothing to publish"), "{e}");
+    let e =
+        publish(&PublishOptions { channel: "beta".into(), ..options(&repo, None, &[&k1]) }).unwrap_err().to_string();
+    assert!(e.contains("nothing to publish") && e.contains("channel beta has no index"), "{e}");
     let e = publish(&PublishOptions { channel: "../x".into(), ..options(&repo, Some(&disk4), &[&k1]) })
         .unwrap_err()
         .to_string();
@@ -340,6 +341,16 @@ fn publish_versions_resign_pull_back_and_refuse() {
     assert!(!index.release("1.1.0").unwrap().pulled);
     let json = String::from_utf8(std::fs::read(repo.join("channels/stable.json")).unwrap()).unwrap();
     assert_eq!(json.matches("\"pulled\": true").count(), 1, "{json}");
+
+    // M4: a refresh without an image or a pull-back: sequence 5, a short expiry, the same
+    // releases.
+    let before = accepted(&repo, "stable", &[&p1], NOW, Some(4));
+    let r =
+        publish(&PublishOptions { expires: Duration::from_secs(2 * 86_400), ..options(&repo, None, &[&k1]) }).unwrap();
+    assert_eq!((r.version, r.sequence, r.pulled.is_empty()), (None, 5, true));
+    let index = accepted(&repo, "stable", &[&p1], NOW, Some(4));
+    assert_eq!(index.expires, NOW.plus(Duration::from_secs(2 * 86_400)));
+    assert_eq!(index.releases, before.releases);
 
     // A broken index is named, and left alone.
     std::fs::write(repo.join("channels/stable.json"), b"{\"schema\": 1").unwrap();

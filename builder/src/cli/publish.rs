@@ -31,8 +31,11 @@ Examples:
       berth publish --repo repo --image out/container-host.img --key release.key --rollout 24h
   A release turned out bad: pull it back (no host installs it any more):
       berth publish --repo repo --pull-back 1.4.0 --key release.key
-  Re-sign before the index expires (publishing the same image again changes nothing else):
-      berth publish --repo repo --image out/container-host.img --key release.key
+  Re-sign before the index expires (a new sequence and expiry, the releases unchanged):
+      berth publish --repo repo --key release.key
+  Keep hosts fresh: refresh daily with a short expiry (a mirror can then hide a newer index
+  for at most 2 days; the signing key is online, the root keys that name it stay offline):
+      berth publish --repo repo --key release.key --expires 2d
   Two signatures, for images whose [update] threshold is 2:
       berth publish --repo repo --image out/x.img --key a.key --key b.key
 
@@ -99,7 +102,8 @@ pub struct PublishArgs {
     #[arg(long, value_name = "NAME", default_value = "stable")]
     channel: String,
     /// The disk `berth build` wrote (OUT/<name>.img, with <name>.manifest.json beside it).
-    /// Leave out to only re-sign the index (with --pull-back).
+    /// Leave out to only re-sign the channel's index: a refresh (new sequence and expiry), or
+    /// with --pull-back.
     #[arg(long, value_name = "DISK")]
     image: Option<PathBuf>,
     /// Secret key file from `berth keygen`; repeat to sign with several keys.
