@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn mountinfo_lines() {
         let text = "22 1 254:2 / / ro,relatime shared:1 - ext4 /dev/vda2 ro\n\
-                    30 22 0:25 / /run/berth/state rw - ext4 /dev/vda4 rw\n\
+                    30 22 0:25 / /run/berth/private/state rw - ext4 /dev/vda4 rw\n\
                     31 22 0:26 / /my\\040dir rw - overlay overlay rw,lowerdir=/etc\n";
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 3);
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(m[2].mount_point, "/my dir");
         assert_eq!(unescape("/a\\04é\\134b\\"), "/a\\04é\\b\\");
         assert!(
-            kept_at_shutdown("/sys/fs/cgroup") && kept_at_shutdown("/run") && !kept_at_shutdown("/run/berth/state")
+            kept_at_shutdown("/sys/fs/cgroup") && kept_at_shutdown("/run") && !kept_at_shutdown("/run/berth/private/state")
         );
         assert!(!kept_at_shutdown("/var") && !kept_at_shutdown("/devices"));
     }
