@@ -77,16 +77,18 @@ struct Guard {
 impl Guard {
     /// The block at `n`: pending, or read from the device.
     fn block(&mut self, n: u64) -> io::Result<&mut [u8; BLOCK as usize]> {
-        if !self.pending.contains_key(&n) {
-            let mut b = Box::new([0u8; BLOCK as usize]);
-            let got = self.file.read_at(&mut b[..], n * BLOCK)?;
-            if got < BLOCK as usize {
-                // A volume ends on a whole sector; a short read past it is no block to write.
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "write past the end of the volume"));
+        match self.pending.entry(n) {
+            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let mut b = Box::new([0u8; BLOCK as usize]);
+                let got = self.file.read_at(&mut b[..], n * BLOCK)?;
+                if got < BLOCK as usize {
+                    // A volume ends on a whole sector; a short read past it is no block to write.
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "write past the end of the volume"));
+                }
+                Ok(v.insert(b))
             }
-            self.pending.insert(n, b);
         }
-        Ok(self.pending.get_mut(&n).expect("inserted above"))
     }
 
     /// Writes the pending blocks (runs of adjacent blocks at once) and syncs the device.
