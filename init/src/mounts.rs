@@ -182,7 +182,9 @@ mod tests {
         assert_eq!(m[2].mount_point, "/my dir");
         assert_eq!(unescape("/a\\04é\\134b\\"), "/a\\04é\\b\\");
         assert!(
-            kept_at_shutdown("/sys/fs/cgroup") && kept_at_shutdown("/run") && !kept_at_shutdown("/run/berth/private/state")
+            kept_at_shutdown("/sys/fs/cgroup")
+                && kept_at_shutdown("/run")
+                && !kept_at_shutdown("/run/berth/private/state")
         );
         assert!(!kept_at_shutdown("/var") && !kept_at_shutdown("/devices"));
     }
