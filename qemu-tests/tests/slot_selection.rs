@@ -174,7 +174,7 @@ fn unwritable_gpt_boots_the_successful_slot_instead_of_the_trial() {
     assert!(refused.contains("error:"), "{refused}");
     line_with(&console, "berth-bootmgr: -> booting A instead (normal): slot B's try cannot be recorded");
     assert_eq!(lines_with(&console, "berth-bootmgr 0.1.0").len(), 1, "no reset:\n{console}");
-    line_with(&console, "STATE unusable:");
+    line_with(&console, "STATE UNUSABLE:");
     line_with(&console, "STATE volatile:");
     let (a, b) = slots_after(&image.disk, "after the read-only boot");
     assert_eq!((a, b), (GOOD_A, trial), "nothing was written");
