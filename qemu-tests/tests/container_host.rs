@@ -150,7 +150,7 @@ fn busybox_container_runs_in_containerds_delegated_cgroup() {
     let images = run(&mut a, &["ctr", "image", "ls", "-q"], Duration::from_secs(60));
     assert!(images.stdout.lines().any(|l| l == REFERENCE), "{REFERENCE} not among the images: {images:?}");
 
-    let script = "echo hello from busybox; cat /proc/self/cgroup; sleep 30";
+    let script = "echo hello from busybox; cat /proc/self/cgroup; echo end of cgroup; sleep 30";
     let argv = [
         "ctr",
         "run",
@@ -172,7 +172,8 @@ fn busybox_container_runs_in_containerds_delegated_cgroup() {
     let (output, procs) = loop {
         let output = a.read(RUN_OUTPUT).unwrap_or_default();
         let procs = a.read(&procs_file).unwrap_or_default();
-        if output.contains("hello from busybox") && !procs.trim().is_empty() {
+        // The end marker, not the greeting: the file is read while the container still writes it.
+        if output.contains("hello from busybox") && output.contains("end of cgroup") && !procs.trim().is_empty() {
             break (output, procs);
         }
         if started.elapsed() > Duration::from_secs(120) {
