@@ -225,8 +225,12 @@ fn an_unhealthy_userspace_is_rolled_back() {
     rolls_back(Flavour::Unhealthy, "is on trial, rebooting");
 }
 
+/// Slow (five cuts, each a TCG boot): behind `BERTH_TEST_SLOW=1`.
 #[test]
 fn power_cuts_leave_a_bootable_machine() {
+    if !berth_qemu_tests::slow_enabled("power_cuts_leave_a_bootable_machine") {
+        return;
+    }
     let v1 = image("1.0.0", Flavour::Good);
     let v2 = image("2.0.0", Flavour::Good);
     let repo = Repo::new();
