@@ -162,7 +162,7 @@ pub fn main(args: &[String]) -> i32 {
         Command::Poweroff => simple(&Request::Poweroff),
         Command::IsSystemRunning => is_system_running(),
         Command::ProvisionStatus => {
-            let (text, code) = crate::provision::status(Path::new("/"));
+            let (text, code) = crate::stage2::provision::status(Path::new("/"));
             crate::log::out(&text);
             code
         }

@@ -27,13 +27,10 @@ mod mounts;
 mod network;
 // The panic hook and the rate limit of panic reboots (L5).
 mod panics;
-// First-boot provisioning from fw_cfg; stage 2 runs it once STATE is up.
-mod provision;
 mod random;
 mod root;
 mod stage1;
 mod stage2;
-mod state;
 // The unit loader; berthctl verify uses part of it, the runtime will use the rest.
 
 use std::path::Path;

@@ -35,7 +35,7 @@ impl Trial {
         let Some(s) = Slot::parse(slot) else {
             return Trial::Unknown(format!("booted slot {slot:?} unknown (no berth.slot= on the kernel command line)"));
         };
-        let attrs = super::storage::root_partition().and_then(|root| crate::state::slot_attrs(&root, s));
+        let attrs = super::storage::root_partition().and_then(|root| super::storage::partition::slot_attrs(&root, s));
         match attrs {
             Ok(a) if a.successful => Trial::Good(s),
             Ok(a) => Trial::Testing { slot: s, tries: a.tries },

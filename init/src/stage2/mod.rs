@@ -12,6 +12,8 @@ mod agent;
 mod health;
 mod identity;
 mod net;
+// First-boot provisioning from fw_cfg, run once STATE is up; berthctl reads its status.
+pub(crate) mod provision;
 mod shutdown;
 mod storage;
 mod sysctl;
@@ -69,7 +71,7 @@ pub fn run() -> Result<(), String> {
     let storage = storage::setup();
     watchdog.feed();
     // First-boot provisioning: after /var and /etc exist, before the hostname is set and units start.
-    for line in crate::provision::run() {
+    for line in provision::run() {
         log::line(&line);
     }
     // sysctl.d (provisioning may have written /etc/sysctl.d), before any unit starts.

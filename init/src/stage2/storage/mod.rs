@@ -1,4 +1,4 @@
-//! STATE and what lives on it: found (and grown or created) by [`crate::state`], mounted at
+//! STATE and what lives on it: found (and grown or created) by [`partition`], mounted at
 //! [`STATE_MOUNT`], `/var` bound from it and `/etc` an overlay whose upper layer is on it.
 //! Without a usable STATE the boot goes on with both on tmpfs, loudly: nothing written survives.
 
@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MsFlags, mount};
 
 use crate::log;
+
+pub(super) mod partition;
 
 /// PID 1's runtime directory, world-traversable (0755): every uid uses its public endpoints
 /// (`resolv.conf`, the sd_notify and syslog sockets, each with its own mode). What only root may
@@ -94,7 +96,7 @@ pub fn root_partition() -> Result<PathBuf, String> {
 
 fn mount_state() -> Result<PathBuf, String> {
     let root = root_partition()?;
-    let prepared = crate::state::prepare(&root)?;
+    let prepared = partition::prepare(&root)?;
     for line in prepared.log_lines() {
         log::line(&line);
     }
@@ -108,7 +110,7 @@ fn mount_state() -> Result<PathBuf, String> {
         .map_err(|e| format!("mounting {} (ext4) on {STATE_MOUNT}: {e}", device.display()))?;
     log::line(&format!("STATE {} mounted on {STATE_MOUNT} ({clean})", device.display()));
     report_usage(&device);
-    match crate::state::grow_filesystem(&device, Path::new(STATE_MOUNT)) {
+    match partition::grow_filesystem(&device, Path::new(STATE_MOUNT)) {
         Ok(Some(g)) => log::line(&format!(
             "STATE {}: filesystem grown online from {} to {} MiB in {} ms",
             device.display(),
@@ -192,7 +194,7 @@ fn overlay_etc(state: &Path) -> Result<(), String> {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     }
     // Before the mount hides the image's /etc: its new users and groups into copied-up files.
-    for line in super::accounts::merge_into_upper(Path::new("/etc"), &upper) {
+    for line in crate::stage2::accounts::merge_into_upper(Path::new("/etc"), &upper) {
         log::line(&line);
     }
     let data = format!("lowerdir=/etc,upperdir={},workdir={}", upper.display(), work.display());
