@@ -1,11 +1,11 @@
 //! The image-level configuration of the root after its packages are unpacked: the steps that
-//! replace maintainer scripts (implemented in `berth_debian::deb::postinst`, table in
+//! replace maintainer scripts (implemented in `berth_debian::deb::setup`, table in
 //! `debian/README.md`) in their documented order, then Berth's own files: `os-release` and the
 //! update agent's `/usr/lib/berth/update.toml`.
 
 use anyhow::Context;
 use berth_debian::deb::DebInfo;
-use berth_debian::deb::postinst::{self, Accounts, Group, OsRelease, User};
+use berth_debian::deb::setup::{self, Accounts, Group, OsRelease, User};
 use berth_fstree::{Metadata, Node, NodeKind, Tree};
 
 use crate::definition::Definition;
@@ -21,7 +21,7 @@ pub struct SystemReport {
 }
 
 pub fn configure(root: &mut Tree, def: &Definition, debs: &[DebInfo], epoch: i64) -> anyhow::Result<SystemReport> {
-    postinst::base_files(root, epoch).context("base-files setup")?;
+    setup::base_files(root, epoch).context("base-files setup")?;
 
     let accounts = Accounts {
         groups: def.groups.iter().map(|g| Group { name: g.name.clone(), gid: g.gid }).collect(),
@@ -39,26 +39,26 @@ pub fn configure(root: &mut Tree, def: &Definition, debs: &[DebInfo], epoch: i64
             })
             .collect(),
     };
-    postinst::users(root, &accounts, epoch).context("writing /etc/passwd and /etc/group")?;
+    setup::users(root, &accounts, epoch).context("writing /etc/passwd and /etc/group")?;
     if root.lookup("usr/share/ca-certificates").is_some() {
-        postinst::ca_bundle(root, epoch).context("building the CA bundle")?;
+        setup::ca_bundle(root, epoch).context("building the CA bundle")?;
     }
 
-    postinst::openssh_server(root, epoch).context("openssh-server setup")?;
-    postinst::pam_auth_update(root, epoch).context("PAM stacks (pam-auth-update)")?;
+    setup::openssh_server(root, epoch).context("openssh-server setup")?;
+    setup::pam_auth_update(root, epoch).context("PAM stacks (pam-auth-update)")?;
 
     let mut report = SystemReport::default();
     let mut alts = Vec::new();
     for d in debs {
         for s in d.scripts.iter().filter(|s| s.kind.file_name() == "postinst") {
-            let (found, unparsed) = postinst::parse_alternatives(&s.body);
+            let (found, unparsed) = setup::parse_alternatives(&s.body);
             alts.extend(found);
             report.unparsed_alternatives.extend(unparsed.into_iter().map(|u| format!("{}: {u}", d.package())));
         }
     }
-    postinst::alternatives(root, &alts, epoch).context("update-alternatives links")?;
+    setup::alternatives(root, &alts, epoch).context("update-alternatives links")?;
 
-    postinst::os_release(
+    setup::os_release(
         root,
         &OsRelease {
             name: "Berth".into(),
@@ -69,7 +69,7 @@ pub fn configure(root: &mut Tree, def: &Definition, debs: &[DebInfo], epoch: i64
         epoch,
     )
     .context("writing os-release")?;
-    postinst::dpkg_status(root, debs.iter().map(|d| &d.control), epoch).context("writing /var/lib/dpkg/status")?;
+    setup::dpkg_status(root, debs.iter().map(|d| &d.control), epoch).context("writing /var/lib/dpkg/status")?;
 
     home_on_state(root, epoch)?;
 

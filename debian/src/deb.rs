@@ -12,7 +12,7 @@
 //!   on several threads.
 //! * [`Unpacker`] applies data archives to the tree in order: merged-/usr, owners, modes, links
 //!   and xattrs as the tar headers say, directory and file-conflict rules (see [`unpack`]).
-//! * [`postinst`] holds the steps the builder performs instead of maintainer scripts.
+//! * [`setup`] holds the steps the builder performs instead of maintainer scripts.
 //!
 //! A typical build:
 //!
@@ -36,7 +36,7 @@ mod ar;
 mod control;
 mod data;
 mod path;
-pub mod postinst;
+pub mod setup;
 pub mod unpack;
 
 use std::fs::File;

@@ -9,12 +9,12 @@
 
 #[path = "deb/build.rs"]
 mod build;
-#[path = "deb/postinst.rs"]
-mod postinst;
 #[path = "deb/real.rs"]
 mod real;
 #[path = "deb/rules.rs"]
 mod rules;
+#[path = "deb/setup.rs"]
+mod setup;
 
 use std::path::Path;
 

@@ -112,7 +112,7 @@ pub struct UnpackReport {
     /// themselves.
     pub alias_loops: Vec<String>,
     /// Maintainer scripts the package has; none was run (the builder's replacements are in
-    /// [`postinst`](super::postinst)).
+    /// [`setup`](super::setup)).
     pub scripts_skipped: Vec<ScriptKind>,
 }
 

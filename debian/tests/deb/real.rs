@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use berth_debian::deb::postinst::{self, Accounts, OsRelease};
+use berth_debian::deb::setup::{self, Accounts, OsRelease};
 use berth_debian::deb::{DebFile, UnpackOptions, Unpacker};
 use berth_fstree::{NodeKind, Tree};
 
@@ -217,19 +217,19 @@ fn real_root_with_replacements() {
     let unpacked = start.elapsed().as_secs_f64();
     let mut tree: Tree = unpacker.into_tree();
     let t = 1_700_000_000;
-    let base = postinst::base_files(&mut tree, t).unwrap();
-    let users = postinst::users(&mut tree, &Accounts::default(), t).unwrap();
-    let ca = postinst::ca_bundle(&mut tree, t).unwrap();
+    let base = setup::base_files(&mut tree, t).unwrap();
+    let users = setup::users(&mut tree, &Accounts::default(), t).unwrap();
+    let ca = setup::ca_bundle(&mut tree, t).unwrap();
     let mut alts = Vec::new();
     for f in &files {
         for s in &f.info().scripts {
-            alts.extend(postinst::parse_alternatives(&s.body).0);
+            alts.extend(setup::parse_alternatives(&s.body).0);
         }
     }
-    let chosen = postinst::alternatives(&mut tree, &alts, t).unwrap();
+    let chosen = setup::alternatives(&mut tree, &alts, t).unwrap();
     let os = OsRelease { name: "Berth".into(), version_id: "0.1".into(), pretty_name: None, build_id: "test".into() };
-    postinst::os_release(&mut tree, &os, t).unwrap();
-    postinst::dpkg_status(&mut tree, files.iter().map(|f| &f.info().control), t).unwrap();
+    setup::os_release(&mut tree, &os, t).unwrap();
+    setup::dpkg_status(&mut tree, files.iter().map(|f| &f.info().control), t).unwrap();
     eprintln!(
         "{} packages, {} MiB: unpacked in {unpacked:.2}s; base-files {}, users {:?}, {} CA certificates, alternatives {:?}",
         files.len(),

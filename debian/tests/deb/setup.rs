@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use berth_debian::deb::Control;
-use berth_debian::deb::postinst::{
+use berth_debian::deb::setup::{
     Accounts, CaSource, Group, OsRelease, User, alternatives, base_files, ca_bundle, dpkg_status, openssh_server,
     os_release, pam_auth_update, parse_alternatives, users,
 };
