@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::size::ByteSize;
+use crate::units::ByteSize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionError {

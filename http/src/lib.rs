@@ -1,0 +1,462 @@
+//! Berth's one HTTP client: the client settings every Berth program uses ([`Client`]: timeouts,
+//! user agent, statuses as values), one retry/backoff policy ([`Retry`], each caller setting its
+//! attempts and backoff, as afterburn's `retry::Retry` does), why an attempt failed as a typed
+//! [`Error`] that says whether retrying can help, and a test-only base URL
+//! ([`ClientBuilder::test_base_url`], feature `test-base-url`) so tests point a client whose
+//! URLs are fixed at 127.0.0.1.
+//!
+//! What a caller does with a response (the update agent's deadlines and `Range` resumption,
+//! the archive client's size and hash checks) stays with the caller; this crate answers "what is
+//! one attempt, is it worth another, and how long to wait".
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+/// A response body as a reader.
+pub use ureq::BodyReader;
+
+/// Connecting may take this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The response's head must arrive within this.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A stalled transfer fails after this without data, however large the file.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No answer: refused, reset, a timeout, DNS, TLS. Worth retrying.
+    #[error("connection failed: {0}")]
+    Connection(#[source] ureq::Error),
+    /// The request cannot be made (a bad URL, a broken redirect): final.
+    #[error("{0}")]
+    Request(#[source] ureq::Error),
+    /// An answer other than the one asked for: worth retrying when it is a 5xx.
+    #[error("the server answered {0}")]
+    Status(u16),
+    /// The connection broke while the body was read. Worth retrying.
+    #[error("connection dropped: {0}")]
+    Read(#[source] std::io::Error),
+    /// The body is longer than the caller allows: final.
+    #[error("more than the {0} bytes allowed")]
+    TooLarge(u64),
+    /// The transfer went slower than the caller's minimum. Worth retrying.
+    #[error("too slow: {bytes} bytes in {secs} s, below the minimum of {min_rate} bytes/s")]
+    TooSlow {
+        /// Bytes received in the window.
+        bytes: u64,
+        /// The window, seconds.
+        secs: u64,
+        /// The minimum, bytes per second.
+        min_rate: u64,
+    },
+}
+
+impl Error {
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connection(_) | Error::Read(_) | Error::TooSlow { .. } => true,
+            Error::Status(s) => *s >= 500,
+            Error::Request(_) | Error::TooLarge(_) => false,
+        }
+    }
+}
+
+/// The outcome of one attempt: done, worth another (why not yet), or final (the caller's error).
+#[derive(Debug)]
+pub enum Attempt<T, E> {
+    Done(T),
+    Retry(Error),
+    Final(E),
+}
+
+impl<T, E> Attempt<T, E> {
+    /// `Retry` for a retryable error, else `Final` with the error `final_error` makes of it.
+    pub fn from_error(e: Error, final_error: impl FnOnce(Error) -> E) -> Attempt<T, E> {
+        if e.is_retryable() { Attempt::Retry(e) } else { Attempt::Final(final_error(e)) }
+    }
+}
+
+/// Why a retried operation failed.
+#[derive(Debug)]
+pub enum Failed<E> {
+    /// An attempt failed in a way another attempt will not change.
+    Final(E),
+    /// Every attempt failed; the last one for this reason.
+    GaveUp { last: Error, attempts: u32, elapsed: Duration },
+}
+
+/// How often an operation is tried and how long to wait between tries: `backoff` before the
+/// first retry, doubled after each, at most `max_backoff`. Built by its caller:
+/// `Retry::new().attempts(6).backoff(Duration::from_secs(1))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    attempts: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry::new()
+    }
+}
+
+impl Retry {
+    /// 3 attempts, 1 s before the first retry, at most 30 s between two.
+    pub const fn new() -> Retry {
+        Retry { attempts: 3, backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(30) }
+    }
+
+    /// Attempts in all, the first included (at least 1).
+    #[must_use]
+    pub const fn attempts(mut self, attempts: u32) -> Retry {
+        self.attempts = if attempts == 0 { 1 } else { attempts };
+        self
+    }
+
+    /// The wait before the first retry.
+    #[must_use]
+    pub const fn backoff(mut self, backoff: Duration) -> Retry {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The longest wait between two attempts.
+    #[must_use]
+    pub const fn max_backoff(mut self, max_backoff: Duration) -> Retry {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// Attempts in all.
+    pub fn max_attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The wait after the `failures`-th failed attempt (1 for the first).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.backoff.saturating_mul(1 << doublings).min(self.max_backoff)
+    }
+
+    /// Runs `attempt` (given its number, from 1) until it is done or final, or the attempts are
+    /// spent; `before_retry` hears each retryable failure and the wait that follows it.
+    pub fn run<T, E>(
+        &self,
+        mut attempt: impl FnMut(u32) -> Attempt<T, E>,
+        mut before_retry: impl FnMut(&Error, Duration),
+    ) -> Result<T, Failed<E>> {
+        let start = Instant::now();
+        let mut n = 0;
+        loop {
+            n += 1;
+            match attempt(n) {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Final(e) => return Err(Failed::Final(e)),
+                Attempt::Retry(last) if n >= self.attempts => {
+                    return Err(Failed::GaveUp { last, attempts: n, elapsed: start.elapsed() });
+                }
+                Attempt::Retry(why) => {
+                    let wait = self.delay(n);
+                    before_retry(&why, wait);
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+}
+
+/// A response whose status the request asked for (200, or 206 to a `Range` request).
+#[derive(Debug)]
+pub struct Response {
+    inner: ureq::http::Response<ureq::Body>,
+}
+
+impl Response {
+    pub fn status(&self) -> u16 {
+        self.inner.status().as_u16()
+    }
+
+    /// The first header called `name`, when it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.inner.headers().get(name)?.to_str().ok()
+    }
+
+    /// `Content-Length`.
+    pub fn content_length(&self) -> Option<u64> {
+        self.header("content-length")?.trim().parse().ok()
+    }
+
+    /// The total size a `206`'s `Content-Range: bytes A-B/TOTAL` announces.
+    pub fn range_total(&self) -> Option<u64> {
+        self.header("content-range")?.rsplit_once('/')?.1.trim().parse().ok()
+    }
+
+    /// The body.
+    pub fn into_reader(self) -> BodyReader<'static> {
+        self.inner.into_body().into_reader()
+    }
+
+    /// The whole body, refusing more than `limit` bytes.
+    pub fn read_to_vec(self, limit: u64) -> Result<Vec<u8>, Error> {
+        let mut body = Vec::new();
+        self.into_reader().take(limit + 1).read_to_end(&mut body).map_err(Error::Read)?;
+        if body.len() as u64 > limit {
+            return Err(Error::TooLarge(limit));
+        }
+        Ok(body)
+    }
+}
+
+/// A `GET` being built: see [`Client::get`].
+pub struct Get<'a> {
+    client: &'a Client,
+    url: String,
+    from: u64,
+    timeout: Option<Duration>,
+}
+
+impl Get<'_> {
+    /// Asks for the bytes from `from` on (`Range: bytes=from-`); a 206 is then accepted too.
+    #[must_use]
+    pub fn range_from(mut self, from: u64) -> Self {
+        self.from = from;
+        self
+    }
+
+    /// The whole request, body included, must be done within `timeout`.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// One attempt: the response when its status is the one asked for (200, or 206 for a range).
+    pub fn send(self) -> Result<Response, Error> {
+        let mut req = self.client.agent.get(&self.url);
+        if let Some(t) = self.timeout {
+            req = req.config().timeout_global(Some(t)).build();
+        }
+        if self.from > 0 {
+            req = req.header("Range", format!("bytes={}-", self.from));
+        }
+        let inner = req.call().map_err(classify)?;
+        match inner.status().as_u16() {
+            200 => Ok(Response { inner }),
+            206 if self.from > 0 => Ok(Response { inner }),
+            other => Err(Error::Status(other)),
+        }
+    }
+}
+
+fn classify(e: ureq::Error) -> Error {
+    match e {
+        ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl | ureq::Error::RedirectFailed => {
+            Error::Request(e)
+        }
+        e => Error::Connection(e),
+    }
+}
+
+/// Builds a [`Client`].
+pub struct ClientBuilder {
+    user_agent: String,
+    retry: Retry,
+    base: Option<String>,
+}
+
+impl ClientBuilder {
+    /// The policy [`Client::retry`] hands to the client's callers.
+    #[must_use]
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sends every request to `base` (e.g. `http://127.0.0.1:PORT`) instead of the scheme and
+    /// host its URL names, keeping the path and query. For tests of clients whose URLs are
+    /// fixed (a metadata service's address); never in a program.
+    #[cfg(feature = "test-base-url")]
+    #[must_use]
+    pub fn test_base_url(mut self, base: &str) -> Self {
+        self.base = Some(base.trim_end_matches('/').to_string());
+        self
+    }
+
+    pub fn build(self) -> Client {
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_recv_response(Some(RESPONSE_TIMEOUT))
+            .timeout_per_read(Some(READ_TIMEOUT))
+            .http_status_as_error(false)
+            .user_agent(self.user_agent.as_str())
+            .build();
+        Client { agent: config.into(), retry: self.retry, base: self.base }
+    }
+}
+
+/// One blocking HTTP client with Berth's settings.
+pub struct Client {
+    agent: ureq::Agent,
+    retry: Retry,
+    base: Option<String>,
+}
+
+impl Client {
+    /// A client that says `user_agent` (`berth-update/0.1.0`), with [`Retry::new`] until told
+    /// otherwise.
+    pub fn builder(user_agent: &str) -> ClientBuilder {
+        ClientBuilder { user_agent: user_agent.to_string(), retry: Retry::new(), base: None }
+    }
+
+    /// The client's retry policy.
+    pub fn retry(&self) -> Retry {
+        self.retry
+    }
+
+    /// `url` as the request goes out (see [`ClientBuilder::test_base_url`]).
+    pub fn resolve(&self, url: &str) -> String {
+        let Some(base) = &self.base else { return url.to_string() };
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let path = rest.find('/').map_or("", |i| &rest[i..]);
+        format!("{base}{path}")
+    }
+
+    /// A `GET` of `url`, sent by [`Get::send`].
+    pub fn get(&self, url: &str) -> Get<'_> {
+        Get { client: self, url: self.resolve(url), from: 0, timeout: None }
+    }
+
+    /// All of `url` (at most `limit` bytes), retried by the client's policy.
+    pub fn get_bytes(&self, url: &str, limit: u64) -> Result<Vec<u8>, Failed<Error>> {
+        self.retry.run(
+            |_| match self.get(url).send().and_then(|r| r.read_to_vec(limit)) {
+                Ok(body) => Attempt::Done(body),
+                Err(e) => Attempt::from_error(e, |e| e),
+            },
+            |_, _| {},
+        )
+    }
+
+    /// One `POST` of a JSON `body` with `headers`, not retried: the status, whatever it is, and
+    /// at most 64 KiB of the answer.
+    pub fn post_json(&self, url: &str, headers: &[(&str, &str)], body: &str) -> Result<(u16, String), Error> {
+        let mut req = self.agent.post(&self.resolve(url)).content_type("application/json");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let r = req.send(body).map_err(classify)?;
+        let status = r.status().as_u16();
+        let mut answer = String::new();
+        let _ = r.into_body().into_reader().take(64 << 10).read_to_string(&mut answer);
+        Ok((status, answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_testkit::{Response as Answer, Server};
+
+    fn client(attempts: u32) -> Client {
+        Client::builder("berth-test/1").retry(Retry::new().attempts(attempts).backoff(Duration::from_millis(5))).build()
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_maximum() {
+        let r = Retry::new().attempts(6).backoff(Duration::from_secs(1)).max_backoff(Duration::from_secs(5));
+        let waits: Vec<u64> = (1..=5).map(|n| r.delay(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 5, 5]);
+        assert_eq!(Retry::new().attempts(0).max_attempts(), 1);
+        assert_eq!(r.delay(1000), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn server_errors_are_retried_client_errors_are_final() {
+        let server = Server::start(|r| match r.path() {
+            "/flaky" if r.index < 2 => Answer::status(503).into(),
+            "/flaky" => Answer::ok("fine").into(),
+            _ => Answer::status(404).into(),
+        })
+        .unwrap();
+        let http = client(3);
+        assert_eq!(http.get_bytes(&format!("{}/flaky", server.url()), 100).unwrap(), b"fine");
+        assert_eq!(server.take_requests().len(), 3);
+        let e = http.get_bytes(&format!("{}/missing", server.url()), 100).unwrap_err();
+        assert!(matches!(e, Failed::Final(Error::Status(404))), "{e:?}");
+        assert_eq!(server.take_requests().len(), 1, "a 404 is final");
+    }
+
+    #[test]
+    fn the_attempts_are_bounded_and_the_last_reason_is_kept() {
+        let server = Server::start(|_| Answer::status(500).into()).unwrap();
+        let mut heard = Vec::new();
+        let http = client(4);
+        let e = http
+            .retry()
+            .run(
+                |_| match http.get(&format!("{}/x", server.url())).send() {
+                    Ok(_) => Attempt::Done(()),
+                    Err(e) => Attempt::<(), Error>::from_error(e, |e| e),
+                },
+                |why, wait| heard.push((why.to_string(), wait)),
+            )
+            .unwrap_err();
+        let Failed::GaveUp { last, attempts, .. } = e else { panic!("{e:?}") };
+        assert_eq!((last.to_string().as_str(), attempts), ("the server answered 500", 4));
+        let waits: Vec<u128> = heard.iter().map(|(_, w)| w.as_millis()).collect();
+        assert_eq!(waits, [5, 10, 20]);
+        assert_eq!(server.requests().len(), 4);
+    }
+
+    #[test]
+    fn a_connection_refused_is_retryable_and_a_bad_url_is_not() {
+        let e = client(1).get(&format!("http://127.0.0.1:{}/x", berth_testkit::dead_port())).send().unwrap_err();
+        assert!(matches!(e, Error::Connection(_)) && e.is_retryable(), "{e:?}");
+        let e = client(1).get("ftp://127.0.0.1/x").send().unwrap_err();
+        assert!(matches!(e, Error::Request(_)) && !e.is_retryable(), "{e:?}");
+    }
+
+    #[test]
+    fn bodies_over_the_limit_are_refused_and_ranges_asked_for() {
+        let server = Server::start(|r| {
+            let from = r.range_start() as usize;
+            let data = b"0123456789";
+            if from > 0 {
+                Answer::status(206).header("Content-Range", format!("bytes {from}-9/10")).body(&data[from..]).into()
+            } else {
+                Answer::ok(&data[..]).into()
+            }
+        })
+        .unwrap();
+        let http = client(1);
+        let e = http.get_bytes(&format!("{}/f", server.url()), 5).unwrap_err();
+        assert!(matches!(e, Failed::Final(Error::TooLarge(5))), "{e:?}");
+        let r = http.get(&format!("{}/f", server.url())).range_from(4).send().unwrap();
+        assert_eq!((r.status(), r.range_total(), r.content_length()), (206, Some(10), Some(6)));
+        assert_eq!(r.read_to_vec(100).unwrap(), b"456789");
+        assert_eq!(server.requests()[1].header("range"), Some("bytes=4-"));
+        assert_eq!(server.requests()[1].header("user-agent"), Some("berth-test/1"));
+    }
+
+    #[test]
+    fn post_json_returns_any_status_with_its_answer() {
+        let server = Server::start(|r| Answer::json(409, format!("{{\"got\":{}}}", r.body.len())).into()).unwrap();
+        let (status, answer) = client(1).post_json(&format!("{}/v1/x", server.url()), &[("a", "b")], "{}").unwrap();
+        assert_eq!((status, answer.as_str()), (409, "{\"got\":2}"));
+        let seen = server.requests();
+        assert_eq!((seen[0].method.as_str(), seen[0].header("a")), ("POST", Some("b")));
+    }
+
+    #[cfg(feature = "test-base-url")]
+    #[test]
+    fn a_test_base_url_sends_fixed_urls_to_the_loopback_server() {
+        let server = Server::start(|r| Answer::ok(r.target.clone()).into()).unwrap();
+        let http = Client::builder("t").test_base_url(&format!("{}/", server.url())).build();
+        let body = http.get_bytes("http://169.254.169.254/latest/meta-data?x=1", 100).unwrap();
+        assert_eq!(body, b"/latest/meta-data?x=1");
+        assert_eq!(http.resolve("https://example.invalid"), server.url());
+    }
+}
