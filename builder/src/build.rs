@@ -25,7 +25,7 @@ use crate::definition::{Definition, Loaded};
 use crate::disk::{DiskLayout, DiskSize, write_gpt};
 use crate::esp::{EspContents, EspOptions, write_esp};
 use crate::kernel::{self, KernelPackage};
-use crate::units::ByteSize;
+use crate::size::ByteSize;
 
 /// Inputs of a build besides the definition.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::units::ByteSize;
+use crate::size::ByteSize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionError {

@@ -14,7 +14,7 @@ use berth_slot::layout::{ESP_TYPE_GUID, ROOT_TYPE_GUID, SECTOR_SIZE, STATE_TYPE_
 use berth_slot::{Slot, SlotAttrs, Slots};
 use serde::Serialize;
 
-use crate::units::ByteSize;
+use crate::size::ByteSize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {

@@ -1,8 +1,9 @@
 //! The Berth image builder library: everything `berth` does, as functions.
 //!
-//! It owns the disk-level formats that surround the root filesystem (the GPT disk, the FAT32
-//! ESP, the initramfs cpio archive) and, later, image definitions and the build pipeline. The
-//! ext4 writer is its own crate (`berth-ext4`); the A/B contract lives in `berth-slot`. [`qemu`]
+//! It owns the image definitions ([`definition`]), the build pipeline ([`build`]), the
+//! disk-level formats that surround the root filesystem (the GPT disk, the FAT32 ESP, the
+//! initramfs cpio archive) and the release repository ([`publish`]). The ext4 writer is its own
+//! crate (`berth-ext4`); the A/B contract lives in `berth-slot`. [`qemu`]
 //! is the one place that knows how to boot a disk in QEMU (`berth run` and the QEMU tests).
 
 pub mod agent_units;
@@ -17,6 +18,6 @@ pub mod kernel;
 pub mod keys;
 pub mod publish;
 pub mod qemu;
+pub mod size;
 pub mod system;
 pub mod umask;
-pub mod units;

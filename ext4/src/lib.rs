@@ -7,6 +7,8 @@
 //! ([`Options::writable`]). The UUID, directory hash seed and every timestamp come from
 //! [`Options`], so the same tree and options give the same bytes.
 
+#![warn(missing_docs)]
+
 mod csum;
 mod dir;
 mod geometry;
@@ -63,7 +65,12 @@ pub enum Reserved {
     Blocks(u64),
     /// `percent` of the blocks, but no more than `at_most` bytes (mke2fs's `-m`, with a cap so
     /// a large disk does not lose hundreds of GiB to it).
-    Percent { percent: u8, at_most: u64 },
+    Percent {
+        /// Share of the blocks, 0 to 50.
+        percent: u8,
+        /// Cap in bytes.
+        at_most: u64,
+    },
 }
 
 impl Reserved {
@@ -170,18 +177,31 @@ impl Options {
     }
 }
 
+/// Why a filesystem could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The tree does not fit the size asked for (both in bytes).
     #[error("the tree needs {needed} bytes but only {available} bytes are available")]
-    TooSmall { needed: u64, available: u64 },
+    TooSmall {
+        /// What the tree and the filesystem's metadata need.
+        needed: u64,
+        /// What the size asked for gives.
+        available: u64,
+    },
+    /// Reading a file's content from the host or writing the image failed.
     #[error("{path}: {source}")]
     Io {
+        /// The host file read or the image written.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A tree operation failed (reading a file's content from the host, for one).
     #[error(transparent)]
     Tree(#[from] berth_fstree::TreeError),
+    /// The options are inconsistent, or the tree asks for something ext4 cannot hold (too many
+    /// hard links or inodes, an unsupported xattr…); the text says what.
     #[error("{0}")]
     Invalid(String),
 }
@@ -191,9 +211,13 @@ pub enum Error {
 pub struct Report {
     /// Filesystem size in bytes.
     pub size: u64,
+    /// Filesystem size in blocks.
     pub blocks: u64,
+    /// Blocks left free.
     pub free_blocks: u64,
+    /// Inodes the filesystem has room for.
     pub inodes: u32,
+    /// Inodes left free (the spare ones a writable filesystem gets, for one).
     pub free_inodes: u32,
     /// Blocks reserved for root.
     pub reserved_blocks: u64,

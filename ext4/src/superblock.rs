@@ -36,17 +36,27 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superblock {
     raw: Vec<u8>,
+    /// Block size in bytes.
     pub block_size: u64,
+    /// Filesystem size in blocks.
     pub blocks: u64,
+    /// `s_blocks_per_group`.
     pub blocks_per_group: u64,
+    /// `s_first_data_block`: 1 for 1 KiB blocks, else 0.
     pub first_data_block: u64,
     /// `s_block_group_nr`: the group this copy sits in (0 for the primary).
     pub group_nr: u16,
+    /// Size of a group descriptor in bytes (32, or `s_desc_size` with the 64bit feature).
     pub desc_size: u64,
+    /// The `metadata_csum` feature: metadata carries crc32c checksums.
     pub metadata_csum: bool,
+    /// The `64bit` feature.
     pub is_64bit: bool,
+    /// The `has_journal` feature.
     pub has_journal: bool,
+    /// The `sparse_super` feature: backup superblocks only in groups 0, 1 and powers of 3, 5, 7.
     pub sparse_super: bool,
+    /// State and recorded errors.
     pub health: Health,
 }
 
@@ -54,10 +64,15 @@ pub struct Superblock {
 /// `s_error_count` and the first and last error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
+    /// `s_state`: bit 0 cleanly unmounted, bit 1 errors detected, bit 2 orphans being recovered.
     pub state: u16,
+    /// `s_errors`: what the kernel does on an error (1 continue, 2 remount read-only, 3 panic).
     pub errors_behaviour: u16,
+    /// `s_error_count`.
     pub error_count: u32,
+    /// The first error recorded, if any.
     pub first_error: Option<ErrorRecord>,
+    /// The latest error recorded, if any.
     pub last_error: Option<ErrorRecord>,
 }
 
@@ -66,9 +81,13 @@ pub struct Health {
 pub struct ErrorRecord {
     /// Seconds since the epoch.
     pub time: u32,
+    /// The kernel function that reported it.
     pub function: String,
+    /// Its source line.
     pub line: u32,
+    /// The inode concerned (0 if none).
     pub inode: u32,
+    /// The block concerned (0 if none).
     pub block: u64,
 }
 

@@ -9,6 +9,8 @@
 //! Nodes live in an arena; a directory maps names to [`NodeId`]s. A hard link is a second name
 //! for the same `NodeId`, so link counts and inode sharing fall out of the structure.
 
+#![warn(missing_docs)]
+
 mod load;
 
 use std::collections::BTreeMap;
@@ -26,20 +28,33 @@ pub const ROOT: NodeId = 0;
 /// Longest name a directory entry may have (ext4 and most Linux filesystems).
 pub const MAX_NAME_LEN: usize = 255;
 
+/// Why an operation on a [`Tree`] failed; `path` is the path in the tree (or, for [`Io`], on
+/// the host) it was given.
+///
+/// [`Io`]: TreeError::Io
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // the fields are the path (and reason) the messages show
 pub enum TreeError {
+    /// Nothing at `path`, or a directory on the way is missing.
     #[error("{path}: no such file or directory in the tree")]
     NotFound { path: PathBuf },
+    /// A component before the last is not a directory.
     #[error("{path}: a parent is not a directory")]
     NotADirectory { path: PathBuf },
+    /// Something is already at `path`.
     #[error("{path}: already exists in the tree")]
     Exists { path: PathBuf },
+    /// `path` cannot name a node: `..`, a name over [`MAX_NAME_LEN`], or the root where a parent
+    /// is needed (`why` says which).
     #[error("{path}: invalid path for the tree ({why})")]
     InvalidPath { path: PathBuf, why: &'static str },
+    /// A hard link to a directory was asked for.
     #[error("{path}: cannot hard-link a directory")]
     LinkToDirectory { path: PathBuf },
+    /// A directory that still has entries was to be removed.
     #[error("{path}: directory not empty")]
     NotEmpty { path: PathBuf },
+    /// Reading a host file (loading a directory, or a [`FileData::Range`]) failed.
     #[error("reading {path}: {source}")]
     Io {
         path: PathBuf,
@@ -54,7 +69,9 @@ pub struct Metadata {
     /// Permission bits including setuid (0o4000), setgid (0o2000) and sticky (0o1000).
     /// The file type is not part of it: it follows from [`NodeKind`].
     pub mode: u16,
+    /// Owner's user id (numeric: no name lookup happens anywhere in the tree).
     pub uid: u32,
+    /// Owner's group id.
     pub gid: u32,
     /// Modification time, seconds since the epoch. Writers use it for every timestamp.
     pub mtime: i64,
@@ -75,10 +92,12 @@ pub enum FileData {
     /// Bytes held in memory (shared, so cloning a tree is cheap).
     Memory(Arc<[u8]>),
     /// `len` bytes starting at `offset` of a file on the host, read when the tree is written.
+    #[allow(missing_docs)] // the sentence above says what each field is
     Range { path: Arc<Path>, offset: u64, len: u64 },
 }
 
 impl FileData {
+    /// Size of the content in bytes.
     pub fn len(&self) -> u64 {
         match self {
             FileData::Memory(b) => b.len() as u64,
@@ -86,6 +105,7 @@ impl FileData {
         }
     }
 
+    /// Whether the content is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -121,20 +141,29 @@ impl From<&[u8]> for FileData {
 /// What a node is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeKind {
+    /// A regular file and its content.
     File(FileData),
     /// Entries by name, kept sorted so every walk is deterministic.
     Dir(BTreeMap<Vec<u8>, NodeId>),
     /// The link target, as bytes.
     Symlink(Vec<u8>),
+    /// A character device node.
     CharDevice {
+        /// Device major number.
         major: u32,
+        /// Device minor number.
         minor: u32,
     },
+    /// A block device node.
     BlockDevice {
+        /// Device major number.
         major: u32,
+        /// Device minor number.
         minor: u32,
     },
+    /// A named pipe.
     Fifo,
+    /// A Unix socket node (kept as tar and cpio carry it; nothing listens on it).
     Socket,
 }
 
@@ -152,18 +181,23 @@ impl NodeKind {
         }
     }
 
+    /// Whether this is a directory.
     pub fn is_dir(&self) -> bool {
         matches!(self, NodeKind::Dir(_))
     }
 }
 
+/// One inode: what it is and its metadata. Every name a hard link gives it shares both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
+    /// Owner, mode, time and extended attributes.
     pub meta: Metadata,
+    /// File, directory, symlink, device…
     pub kind: NodeKind,
 }
 
 impl Node {
+    /// A node of this kind with this metadata.
     pub fn new(kind: NodeKind, meta: Metadata) -> Self {
         Node { meta, kind }
     }
@@ -215,14 +249,17 @@ impl Tree {
         self.reachable().iter().filter(|&&r| r).count()
     }
 
+    /// The node `id`. Panics if `id` is not below [`Tree::node_count`] (ids come from this tree).
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id]
     }
 
+    /// The node `id`, to change; like [`Tree::node`].
     pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
         &mut self.nodes[id]
     }
 
+    /// Every node of the arena with its id, unlinked ones included (see [`Tree::reachable`]).
     pub fn nodes(&self) -> impl ExactSizeIterator<Item = (NodeId, &Node)> {
         self.nodes.iter().enumerate()
     }

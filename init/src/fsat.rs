@@ -6,7 +6,7 @@
 //! random name (`O_CREAT|O_EXCL|O_NOFOLLOW`) in the same directory and renaming it over the
 //! old one. systemd's `chase()` and its `openat`-based directory setup are the model.
 //!
-//! Errors are one line naming the path.
+//! Errors are [`FsError`]s, one line each naming the path.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -28,15 +28,71 @@ fn os(e: Errno) -> std::io::Error {
     std::io::Error::from(e)
 }
 
+/// Why an operation here failed, with the path it failed at (callers add whose file it was).
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// A system call failed; `op` says what PID 1 was doing (`opening`, `creating`, `chown`, …).
+    #[error("{op} {}: {source}", path.display())]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    /// Looking at what is there (`fstat`, duplicating a descriptor) failed.
+    #[error("{}: {source}", path.display())]
+    Stat { path: PathBuf, source: std::io::Error },
+    /// Writing a staged file failed; `step` names the step when it is not the write itself.
+    #[error("writing {}: {}{source}", path.display(), step.map_or(String::new(), |s| format!("{s}: ")))]
+    Write { path: PathBuf, step: Option<&'static str>, source: std::io::Error },
+    #[error("`{name}` is not a file name")]
+    BadName { name: String },
+    #[error("`{}` is not a relative path of plain names", path.display())]
+    NotPlain { path: PathBuf },
+    #[error("empty directory name")]
+    EmptyName,
+    #[error("{} is a symbolic link; not followed", path.display())]
+    Symlink { path: PathBuf },
+    #[error("{}: too many levels of symbolic links", path.display())]
+    TooManyLinks { path: PathBuf },
+    #[error("{} is not a directory", path.display())]
+    NotDirectory { path: PathBuf },
+    #[error("{} is not a regular file", path.display())]
+    NotRegular { path: PathBuf },
+    #[error("{} is larger than {max} bytes", path.display())]
+    TooLarge { path: PathBuf, max: u64 },
+    #[error("{} does not exist", path.display())]
+    Missing { path: PathBuf },
+    /// Made by someone else between two steps (a race with a user).
+    #[error("{} appeared meanwhile", path.display())]
+    Appeared { path: PathBuf },
+    #[error("{} vanished after it was created", path.display())]
+    Vanished { path: PathBuf },
+    /// A directory on the way belongs to someone the walk does not trust.
+    #[error("{} belongs to uid {uid}, not to {}; not used", path.display(), owners_text(owners))]
+    Owner { path: PathBuf, uid: u32, owners: Vec<u32> },
+    /// Cannot happen: `..` never pops the walk's first directory.
+    #[error("walk: lost its starting directory")]
+    LostStart,
+    #[error("{}: nested too deep", path.display())]
+    TooDeep { path: PathBuf },
+    /// `setfsuid`/`setfsgid` did not take.
+    #[error("{call}({id}) was refused")]
+    Identity { call: &'static str, id: u32 },
+}
+
+fn io(op: &'static str, path: &Path, e: Errno) -> FsError {
+    FsError::Io { op, path: path.to_owned(), source: os(e) }
+}
+
+fn stat_err(path: &Path, e: Errno) -> FsError {
+    FsError::Stat { path: path.to_owned(), source: os(e) }
+}
+
 fn is_kind(st: &FileStat, kind: nix::libc::mode_t) -> bool {
     st.st_mode & nix::libc::S_IFMT == kind
 }
 
 /// One path component: not empty, no `/`, not `.` or `..`.
-fn check_name(name: &OsStr) -> Result<(), String> {
+fn check_name(name: &OsStr) -> Result<(), FsError> {
     let b = name.as_bytes();
     if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
-        return Err(format!("`{}` is not a file name", name.to_string_lossy()));
+        return Err(FsError::BadName { name: name.to_string_lossy().into_owned() });
     }
     Ok(())
 }
@@ -59,10 +115,9 @@ impl Dir {
     /// Opens `path`, a directory only root can change (`/`, `/var/lib`): symlinks in `path`
     /// itself are followed. Everything below it is reached through [`Dir::walk`] or
     /// [`Dir::open_dir`].
-    pub fn open(path: &Path) -> Result<Dir, String> {
+    pub fn open(path: &Path) -> Result<Dir, FsError> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let fd = nix::fcntl::open(path, flags, Mode::empty())
-            .map_err(|e| format!("opening {}: {}", path.display(), os(e)))?;
+        let fd = nix::fcntl::open(path, flags, Mode::empty()).map_err(|e| io("opening", path, e))?;
         Ok(Dir { fd, path: path.to_path_buf() })
     }
 
@@ -75,27 +130,27 @@ impl Dir {
         self.path.join(name)
     }
 
-    pub fn try_clone(&self) -> Result<Dir, String> {
-        let fd = self.fd.try_clone().map_err(|e| format!("{}: {e}", self.path.display()))?;
+    pub fn try_clone(&self) -> Result<Dir, FsError> {
+        let fd = self.fd.try_clone().map_err(|e| FsError::Stat { path: self.path.clone(), source: e })?;
         Ok(Dir { fd, path: self.path.clone() })
     }
 
     /// The directory's own status.
-    pub fn stat(&self) -> Result<FileStat, String> {
-        fstat(&self.fd).map_err(|e| format!("{}: {}", self.path.display(), os(e)))
+    pub fn stat(&self) -> Result<FileStat, FsError> {
+        fstat(&self.fd).map_err(|e| stat_err(&self.path, e))
     }
 
     /// The status of `name` itself (a symlink is not followed); `None` when there is none.
-    pub fn entry(&self, name: &OsStr) -> Result<Option<FileStat>, String> {
+    pub fn entry(&self, name: &OsStr) -> Result<Option<FileStat>, FsError> {
         check_name(name)?;
         match fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(st)),
             Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(format!("{}: {}", self.child_path(name).display(), os(e))),
+            Err(e) => Err(stat_err(&self.child_path(name), e)),
         }
     }
 
-    fn child(&self, name: &OsStr) -> Result<Child, String> {
+    fn child(&self, name: &OsStr) -> Result<Child, FsError> {
         check_name(name)?;
         let path = self.child_path(name);
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -105,16 +160,16 @@ impl Dir {
             // O_NOFOLLOW on a symlink gives ELOOP; a symlink to a non-directory may say ENOTDIR.
             Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => match self.entry(name)? {
                 Some(st) if is_kind(&st, nix::libc::S_IFLNK) => Ok(Child::Symlink),
-                Some(_) if e == Errno::ENOTDIR => Err(format!("{} is not a directory", path.display())),
-                Some(_) | None => Err(format!("opening {}: {}", path.display(), os(e))),
+                Some(_) if e == Errno::ENOTDIR => Err(FsError::NotDirectory { path }),
+                Some(_) | None => Err(io("opening", &path, e)),
             },
-            Err(e) => Err(format!("opening {}: {}", path.display(), os(e))),
+            Err(e) => Err(io("opening", &path, e)),
         }
     }
 
     /// Opens the directory `name` (one component) without following a symlink; `None` when
     /// there is nothing by that name.
-    pub fn open_dir(&self, name: &OsStr) -> Result<Option<Dir>, String> {
+    pub fn open_dir(&self, name: &OsStr) -> Result<Option<Dir>, FsError> {
         match self.child(name)? {
             Child::Dir(d) => Ok(Some(d)),
             Child::Missing => Ok(None),
@@ -125,32 +180,30 @@ impl Dir {
     /// Creates the directory `name` with exactly `mode` (set on the new directory's descriptor,
     /// whatever the umask) and opens it; `None` when something by that name exists already.
     /// It belongs to whoever runs (root, or the fsuid of [`act_as`]).
-    pub fn make_dir(&self, name: &OsStr, mode: u32) -> Result<Option<Dir>, String> {
+    pub fn make_dir(&self, name: &OsStr, mode: u32) -> Result<Option<Dir>, FsError> {
         check_name(name)?;
         let path = self.child_path(name);
         match mkdirat(&self.fd, name, Mode::from_bits_truncate(0o700)) {
             Ok(()) => {}
             Err(Errno::EEXIST) => return Ok(None),
-            Err(e) => return Err(format!("creating {}: {}", path.display(), os(e))),
+            Err(e) => return Err(io("creating", &path, e)),
         }
-        let dir = self.open_dir(name)?.ok_or_else(|| format!("{} vanished after it was created", path.display()))?;
+        let dir = self.open_dir(name)?.ok_or(FsError::Vanished { path })?;
         dir.set_mode(mode)?;
         Ok(Some(dir))
     }
 
-    pub fn set_owner(&self, uid: u32, gid: u32) -> Result<(), String> {
-        fchown(&self.fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-            .map_err(|e| format!("chown {}: {}", self.path.display(), os(e)))
+    pub fn set_owner(&self, uid: u32, gid: u32) -> Result<(), FsError> {
+        fchown(&self.fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|e| io("chown", &self.path, e))
     }
 
-    pub fn set_mode(&self, mode: u32) -> Result<(), String> {
-        fchmod(&self.fd, Mode::from_bits_truncate(mode))
-            .map_err(|e| format!("chmod {}: {}", self.path.display(), os(e)))
+    pub fn set_mode(&self, mode: u32) -> Result<(), FsError> {
+        fchmod(&self.fd, Mode::from_bits_truncate(mode)).map_err(|e| io("chmod", &self.path, e))
     }
 
     /// Reads the regular file `name` (a symlink is refused, a FIFO or device is not opened for
     /// long: `O_NONBLOCK`, then checked); `None` when there is none. At most `max` bytes.
-    pub fn read_file(&self, name: &OsStr, max: u64) -> Result<Option<(Vec<u8>, FileStat)>, String> {
+    pub fn read_file(&self, name: &OsStr, max: u64) -> Result<Option<(Vec<u8>, FileStat)>, FsError> {
         check_name(name)?;
         let path = self.child_path(name);
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
@@ -158,19 +211,20 @@ impl Dir {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(None),
             Err(Errno::ELOOP) => return Err(symlink_refused(&path)),
-            Err(e) => return Err(format!("opening {}: {}", path.display(), os(e))),
+            Err(e) => return Err(io("opening", &path, e)),
         };
-        let st = fstat(&fd).map_err(|e| format!("{}: {}", path.display(), os(e)))?;
+        let st = fstat(&fd).map_err(|e| stat_err(&path, e))?;
         if !is_kind(&st, nix::libc::S_IFREG) {
-            return Err(format!("{} is not a regular file", path.display()));
+            return Err(FsError::NotRegular { path });
         }
         let mut bytes = Vec::new();
-        std::fs::File::from(fd)
-            .take(max + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        std::fs::File::from(fd).take(max + 1).read_to_end(&mut bytes).map_err(|source| FsError::Io {
+            op: "reading",
+            path: path.clone(),
+            source,
+        })?;
         if bytes.len() as u64 > max {
-            return Err(format!("{} is larger than {max} bytes", path.display()));
+            return Err(FsError::TooLarge { path, max });
         }
         Ok(Some((bytes, st)))
     }
@@ -179,10 +233,11 @@ impl Dir {
     /// nothing planted there is opened), sets `owner` (uid, gid) and then `mode` on its
     /// descriptor (chown clears set-id bits) and syncs it. [`Staged::commit`] renames it over
     /// `name`; dropping the [`Staged`] removes it.
-    pub fn stage(&self, name: &OsStr, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<Staged, String> {
+    pub fn stage(&self, name: &OsStr, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<Staged, FsError> {
         check_name(name)?;
         let path = self.child_path(name);
-        let failed = |what: String| format!("writing {}: {what}", path.display());
+        let failed =
+            |step: Option<&'static str>, source: std::io::Error| FsError::Write { path: path.clone(), step, source };
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mut tries = 0;
         let (fd, tmp) = loop {
@@ -190,37 +245,37 @@ impl Dir {
             match openat(&self.fd, tmp.as_os_str(), flags, Mode::from_bits_truncate(0o600)) {
                 Ok(fd) => break (fd, tmp),
                 Err(Errno::EEXIST) if tries < 8 => tries += 1,
-                Err(e) => return Err(failed(format!("creating a temporary file: {}", os(e)))),
+                Err(e) => return Err(failed(Some("creating a temporary file"), os(e))),
             }
         };
-        let dir = self.fd.try_clone().map_err(|e| failed(e.to_string()))?;
+        let dir = self.fd.try_clone().map_err(|e| failed(None, e))?;
         // From here on, dropping `staged` removes the temporary file.
         let staged = Staged { dir, tmp, name: name.to_owned(), path: path.clone(), committed: false };
         let mut file = std::fs::File::from(fd);
-        file.write_all(data).map_err(|e| failed(e.to_string()))?;
+        file.write_all(data).map_err(|e| failed(None, e))?;
         if let Some((uid, gid)) = owner {
             fchown(&file, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-                .map_err(|e| failed(format!("chown: {}", os(e))))?;
+                .map_err(|e| failed(Some("chown"), os(e)))?;
         }
-        fchmod(&file, Mode::from_bits_truncate(mode)).map_err(|e| failed(format!("chmod: {}", os(e))))?;
-        file.sync_all().map_err(|e| failed(e.to_string()))?;
+        fchmod(&file, Mode::from_bits_truncate(mode)).map_err(|e| failed(Some("chmod"), os(e)))?;
+        file.sync_all().map_err(|e| failed(None, e))?;
         Ok(staged)
     }
 
     /// [`Dir::stage`] and [`Staged::commit`] at once.
-    pub fn write_file(&self, name: &OsStr, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<(), String> {
+    pub fn write_file(&self, name: &OsStr, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<(), FsError> {
         self.stage(name, data, mode, owner)?.commit()
     }
 
     /// Walks `rel` (relative, plain components) from this directory, one component at a time
     /// without following symlinks, except as `how` allows. Returns the last directory.
-    pub fn walk(&self, rel: &Path, how: &Walk) -> Result<Walked, String> {
+    pub fn walk(&self, rel: &Path, how: &Walk) -> Result<Walked, FsError> {
         let mut todo = VecDeque::new();
         for c in rel.components() {
             match c {
                 Component::Normal(n) => todo.push_back(n.to_owned()),
                 Component::CurDir => {}
-                _ => return Err(format!("{}: not a plain relative path", rel.display())),
+                _ => return Err(FsError::NotPlain { path: rel.to_owned() }),
             }
         }
         // The directories walked through, this one first: `..` in a link's target goes back up.
@@ -239,25 +294,19 @@ impl Dir {
             if name == "." {
                 continue;
             }
-            let Some(cur) = stack.last() else { return Err("walk: lost its starting directory".into()) };
+            let Some(cur) = stack.last() else { return Err(FsError::LostStart) };
             let path = cur.child_path(&name);
             let next = match cur.child(&name)? {
                 Child::Dir(d) => {
                     let st = d.stat()?;
                     if !how.owners.is_empty() && !how.owners.contains(&st.st_uid) {
-                        return Err(format!(
-                            "{} belongs to uid {}, not to {}; not used",
-                            path.display(),
-                            st.st_uid,
-                            owners_text(how.owners)
-                        ));
+                        return Err(FsError::Owner { path, uid: st.st_uid, owners: how.owners.to_vec() });
                     }
                     d
                 }
                 Child::Missing => {
-                    let Some(mode) = how.create else { return Err(format!("{} does not exist", path.display())) };
-                    let d =
-                        cur.make_dir(&name, mode)?.ok_or_else(|| format!("{} appeared meanwhile", path.display()))?;
+                    let Some(mode) = how.create else { return Err(FsError::Missing { path }) };
+                    let d = cur.make_dir(&name, mode)?.ok_or(FsError::Appeared { path })?;
                     created.push(Created::new(cur, &name)?);
                     d
                 }
@@ -267,10 +316,9 @@ impl Dir {
                     }
                     links += 1;
                     if links > MAX_LINKS {
-                        return Err(format!("{}: too many levels of symbolic links", path.display()));
+                        return Err(FsError::TooManyLinks { path });
                     }
-                    let target = readlinkat(&cur.fd, name.as_os_str())
-                        .map_err(|e| format!("reading the link {}: {}", path.display(), os(e)))?;
+                    let target = readlinkat(&cur.fd, name.as_os_str()).map_err(|e| io("reading the link", &path, e))?;
                     let target = PathBuf::from(target);
                     let mut parts: Vec<OsString> = Vec::new();
                     for c in target.components() {
@@ -295,13 +343,13 @@ impl Dir {
             resolved.push(name);
             stack.push(next);
         }
-        let dir = stack.pop().ok_or("walk: lost its starting directory")?;
+        let dir = stack.pop().ok_or(FsError::LostStart)?;
         Ok(Walked { dir, created, resolved: resolved.iter().collect() })
     }
 
     /// Whether the symlink `name` can only have been made by root: it is root's, in a
     /// directory that is root's and that nobody else may write to.
-    fn only_root_made(&self, name: &OsStr) -> Result<bool, String> {
+    fn only_root_made(&self, name: &OsStr) -> Result<bool, FsError> {
         let here = self.stat()?;
         let link = self.entry(name)?;
         Ok(here.st_uid == 0 && here.st_mode & 0o022 == 0 && link.is_some_and(|l| l.st_uid == 0))
@@ -314,8 +362,8 @@ fn owners_text(owners: &[u32]) -> String {
     ids.join(" or ")
 }
 
-fn symlink_refused(path: &Path) -> String {
-    format!("{} is a symbolic link; not followed", path.display())
+fn symlink_refused(path: &Path) -> FsError {
+    FsError::Symlink { path: path.to_owned() }
 }
 
 /// `.NAME.XXXXXXXXXXXXXXXX.berth-tmp` with 64 random bits (or, should the kernel give none,
@@ -372,7 +420,7 @@ pub struct Created {
 
 impl Created {
     /// `name` in `parent`, which the caller just created.
-    pub fn new(parent: &Dir, name: &OsStr) -> Result<Created, String> {
+    pub fn new(parent: &Dir, name: &OsStr) -> Result<Created, FsError> {
         Ok(Created { parent: parent.try_clone()?.fd, name: name.to_owned() })
     }
 
@@ -395,11 +443,11 @@ pub struct Staged {
 impl Staged {
     /// Renames the temporary file over the target (whatever the target is: a symlink there is
     /// replaced, not followed) and syncs the directory.
-    pub fn commit(mut self) -> Result<(), String> {
+    pub fn commit(mut self) -> Result<(), FsError> {
         renameat(&self.dir, self.tmp.as_os_str(), &self.dir, self.name.as_os_str())
-            .map_err(|e| format!("renaming into {}: {}", self.path.display(), os(e)))?;
+            .map_err(|e| io("renaming into", &self.path, e))?;
         self.committed = true;
-        fsync(&self.dir).map_err(|e| format!("syncing the directory of {}: {}", self.path.display(), os(e)))
+        fsync(&self.dir).map_err(|e| io("syncing the directory of", &self.path, e))
     }
 }
 
@@ -422,19 +470,19 @@ pub struct FsIdentity {
 /// fsuid is not 0 the kernel also drops the file capabilities (CAP_DAC_OVERRIDE, CAP_CHOWN,
 /// CAP_FOWNER), so inside a user's home PID 1 can open, create and read only what the user
 /// could. Dropping the returned guard restores root's.
-pub fn act_as(uid: u32, gid: u32) -> Result<FsIdentity, String> {
+pub fn act_as(uid: u32, gid: u32) -> Result<FsIdentity, FsError> {
     let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
     // The group first: changing it needs the privileges the fsuid change drops.
     let old_gid = nix::unistd::setfsgid(g);
     if nix::unistd::setfsgid(g) != g {
         nix::unistd::setfsgid(old_gid);
-        return Err(format!("setfsgid({gid}) was refused"));
+        return Err(FsError::Identity { call: "setfsgid", id: gid });
     }
     let old_uid = nix::unistd::setfsuid(u);
     if nix::unistd::setfsuid(u) != u {
         nix::unistd::setfsuid(old_uid);
         nix::unistd::setfsgid(old_gid);
-        return Err(format!("setfsuid({uid}) was refused"));
+        return Err(FsError::Identity { call: "setfsuid", id: uid });
     }
     Ok(FsIdentity { uid: old_uid, gid: old_gid })
 }
@@ -451,10 +499,10 @@ impl Drop for FsIdentity {
 /// a symlink anywhere is refused. Directories created on the way are root's, 0755 (as
 /// systemd's); an existing one on the way must be root's or `owner`'s. Only the last
 /// component gets `mode` and `owner`, set on its descriptor.
-pub fn service_directory(base: &Path, name: &Path, mode: u32, owner: (u32, u32)) -> Result<(), String> {
+pub fn service_directory(base: &Path, name: &Path, mode: u32, owner: (u32, u32)) -> Result<(), FsError> {
     let start = Dir::open(base)?;
     let parts = plain_parts(name)?;
-    let (leaf, above) = parts.split_last().ok_or("empty directory name")?;
+    let (leaf, above) = parts.split_last().ok_or(FsError::EmptyName)?;
     let walked = start.walk(
         &above.iter().collect::<PathBuf>(),
         &Walk { create: Some(0o755), root_links: false, owners: &[0, owner.0] },
@@ -464,10 +512,9 @@ pub fn service_directory(base: &Path, name: &Path, mode: u32, owner: (u32, u32))
         None => match walked.dir.make_dir(leaf, mode)? {
             Some(d) => d,
             // Made by someone else in between: open what is there now, without following.
-            None => walked
-                .dir
-                .open_dir(leaf)?
-                .ok_or_else(|| format!("{} vanished", walked.dir.child_path(leaf).display()))?,
+            None => {
+                walked.dir.open_dir(leaf)?.ok_or_else(|| FsError::Vanished { path: walked.dir.child_path(leaf) })?
+            }
         },
     };
     // chown first: it clears set-id bits the mode may ask for.
@@ -478,10 +525,10 @@ pub fn service_directory(base: &Path, name: &Path, mode: u32, owner: (u32, u32))
 /// Removes the directory `name` (plain components) below the trusted `base` and everything in
 /// it, as `RuntimeDirectory=` wants when its service stops. Nothing is followed: a symlink on
 /// the way is an error, a symlink inside is removed itself. A missing directory is no error.
-pub fn remove_tree(base: &Path, name: &Path) -> Result<(), String> {
+pub fn remove_tree(base: &Path, name: &Path) -> Result<(), FsError> {
     let mut dir = Dir::open(base)?;
     let parts: Vec<&OsStr> = plain_parts(name)?;
-    let (leaf, above) = parts.split_last().ok_or("empty directory name")?;
+    let (leaf, above) = parts.split_last().ok_or(FsError::EmptyName)?;
     for part in above {
         dir = match dir.child(part)? {
             Child::Dir(d) => d,
@@ -494,19 +541,18 @@ pub fn remove_tree(base: &Path, name: &Path) -> Result<(), String> {
         Child::Missing => return Ok(()),
         Child::Symlink => return Err(symlink_refused(&dir.child_path(leaf))),
     }
-    unlinkat(&dir.fd, *leaf, UnlinkatFlags::RemoveDir)
-        .map_err(|e| format!("removing {}: {}", dir.child_path(leaf).display(), os(e)))
+    unlinkat(&dir.fd, *leaf, UnlinkatFlags::RemoveDir).map_err(|e| io("removing", &dir.child_path(leaf), e))
 }
 
 /// Removes everything in `dir` without following a symlink.
-fn empty(dir: &Dir, depth: usize) -> Result<(), String> {
+fn empty(dir: &Dir, depth: usize) -> Result<(), FsError> {
     if depth > 64 {
-        return Err(format!("{}: nested too deep", dir.path.display()));
+        return Err(FsError::TooDeep { path: dir.path.clone() });
     }
     // A descriptor of its own (the directory's offset is not shared with `dir`).
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let mut list = nix::dir::Dir::openat(&dir.fd, ".", flags, Mode::empty())
-        .map_err(|e| format!("reading {}: {}", dir.path.display(), os(e)))?;
+    let mut list =
+        nix::dir::Dir::openat(&dir.fd, ".", flags, Mode::empty()).map_err(|e| io("reading", &dir.path, e))?;
     let names: Vec<OsString> = list
         .iter()
         .filter_map(Result::ok)
@@ -525,22 +571,22 @@ fn empty(dir: &Dir, depth: usize) -> Result<(), String> {
         } else {
             unlinkat(&dir.fd, name.as_os_str(), UnlinkatFlags::NoRemoveDir)
         }
-        .map_err(|e| format!("removing {}: {}", dir.child_path(&name).display(), os(e)))?;
+        .map_err(|e| io("removing", &dir.child_path(&name), e))?;
     }
     Ok(())
 }
 
 /// The components of a relative path of plain names (no `/`, `.` or `..`).
-fn plain_parts(name: &Path) -> Result<Vec<&OsStr>, String> {
+fn plain_parts(name: &Path) -> Result<Vec<&OsStr>, FsError> {
     let mut parts = Vec::new();
     for c in name.components() {
         match c {
             Component::Normal(n) => parts.push(n),
-            _ => return Err(format!("`{}` is not a relative path of plain names", name.display())),
+            _ => return Err(FsError::NotPlain { path: name.to_owned() }),
         }
     }
     if parts.is_empty() {
-        return Err("empty directory name".into());
+        return Err(FsError::EmptyName);
     }
     Ok(parts)
 }

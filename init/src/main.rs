@@ -16,22 +16,18 @@ mod berthctl;
 mod child;
 mod cmdline;
 mod control;
-mod disk_gpt;
 // Writing where users can write too (homes, service directories): by fd, never following links.
 mod fsat;
 mod journal;
 mod log;
 mod manager;
-mod modules;
 mod mounts;
 mod network;
 // The panic hook and the rate limit of panic reboots (L5).
 mod panics;
 mod random;
-mod root;
 mod stage1;
 mod stage2;
-// The unit loader; berthctl verify uses part of it, the runtime will use the rest.
 
 use std::path::Path;
 use std::time::Duration;

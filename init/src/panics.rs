@@ -1,5 +1,5 @@
-//! PID 1's panic policy (issue 15, L5). PID 1 never unwinds out of `main`: a panic is caught
-//! (`main.rs`, and the stage 2 main loop), and
+//! PID 1's panic policy. PID 1 never unwinds out of `main`: a panic is caught (`main.rs`, and
+//! the stage 2 main loop), and
 //! - the hook installed here logs where it happened to the console and to `/dev/kmsg`, so
 //!   the location survives in the kernel's log even when the console is not kept;
 //! - a panic in the stage 2 main loop goes through the ordered shutdown (units stopped in

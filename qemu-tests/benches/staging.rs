@@ -39,7 +39,7 @@ fn main() {
     m.wait_for(BOOT_COMPLETE, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}"));
     let mut a = agent(&m);
     wait_status(&mut a, Duration::from_secs(60), "slot a marked good", |s| {
-        s["running"]["priority"] == 2 && s["running"]["successful"] == true
+        s.running.priority == Some(2) && s.running.successful == Some(true)
     });
     repo.publish(&v2);
 
@@ -55,24 +55,23 @@ fn main() {
         let r = run(&mut a, &args, Duration::from_secs(1800));
         assert_eq!(r.status, Some(0), "berth-update apply: {r:?}");
         let s = status(&mut a);
-        let st = &s["last_staging"];
-        bytes = st["image_bytes"].as_u64().unwrap_or(0);
-        downloaded = st["downloaded_bytes"].as_u64().unwrap_or(0);
-        let secs = st["write_seconds"].as_f64().unwrap_or(0.0);
-        assert!(bytes > 0 && secs > 0.0, "no staging figures: {s:#}");
+        let st = s.last_staging.clone().unwrap_or_else(|| panic!("no staging figures: {s:#?}"));
+        bytes = st.image_bytes;
+        downloaded = st.downloaded_bytes;
+        let secs = st.write_seconds;
+        assert!(bytes > 0 && secs > 0.0, "no staging figures: {s:#?}");
         best_staging = best_staging.min(secs);
-        let part = |k: &str| st[k].as_f64().unwrap_or(0.0);
         println!(
             "staging run {}: {secs:.2} s, {:.1} MiB/s; CPU time of its overlapping stages: receiving, checking and \
              cutting the stream {:.1} s, zstd on {} threads {:.1} s, writing and syncing {:.1} s; read back and \
              verified in {:.1} s",
             i + 1,
             mib(bytes) / secs,
-            part("receive_cpu_seconds"),
-            st["decoders"],
-            part("decompress_cpu_seconds"),
-            part("write_cpu_seconds"),
-            part("verify_seconds"),
+            st.receive_cpu_seconds,
+            st.decoders,
+            st.decompress_cpu_seconds,
+            st.write_cpu_seconds,
+            st.verify_seconds,
         );
     }
 

@@ -1,5 +1,5 @@
 //! What every host is expected to do for users other than root, checked on ONE boot of
-//! `container-host` (issue 15: H5, M9, point 9):
+//! `container-host`:
 //!
 //! - as uid 65534: `/etc/resolv.conf` (a link into `/run/berth`) is readable and names resolve
 //!   through `/etc/hosts` (localhost and the provisioned hostname); `logger` reaches the journal;

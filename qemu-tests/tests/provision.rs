@@ -4,7 +4,7 @@
 //! under /etc. A malformed document names its line on the console and the boot goes on with the
 //! image's defaults. Checked through the guest agent.
 //!
-//! H1 (issue 15): the user plants symlinks in her home, the document is provisioned again as
+//! The user plants symlinks in her home, the document is provisioned again as
 //! docs/provisioning.md says (the marker removed, a reboot), and nothing is written through them:
 //! `/etc/shadow` keeps its bytes, owner and mode. A document that fails is recorded, said on the
 //! console and by `berthctl provision-status`, changes nothing, and is not tried on the next boot.

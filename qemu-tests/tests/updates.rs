@@ -10,41 +10,15 @@ use std::time::Duration;
 
 use berth_qemu_tests::fleetlock::FleetLockServer;
 use berth_qemu_tests::http::Fault;
+use berth_update::report::{Phase, SlotStatus, Status};
 use common::host::{BOOT_COMPLETE, bash};
 use common::updates::*;
 
 const STAGE_TIMEOUT: Duration = Duration::from_secs(600);
 const BOOT: Duration = Duration::from_secs(300);
 
-/// `{slot, version, priority, tries, successful}` of `which` ("running" or "other").
-fn slot(s: &serde_json::Value, which: &str) -> (String, String, u64, u64, bool) {
-    let x = &s[which];
-    (
-        x["slot"].as_str().unwrap_or("?").to_string(),
-        x["version"].as_str().unwrap_or("").to_string(),
-        x["priority"].as_u64().unwrap_or(99),
-        x["tries"].as_u64().unwrap_or(99),
-        x["successful"].as_bool().unwrap_or(false),
-    )
-}
-
-/// The running slot is marked good: {priority 2, tries 0, successful} (a fresh image's A is
-/// successful already, with priority 1).
-fn marked_good(s: &serde_json::Value) -> bool {
-    let r = slot(s, "running");
-    (r.2, r.3, r.4) == (2, 0, true)
-}
-
-fn state(s: &serde_json::Value) -> &str {
-    s["state"].as_str().unwrap_or("?")
-}
-
-fn last_error(s: &serde_json::Value) -> String {
-    match &s["last_error"] {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::String(m) => m.clone(),
-        v => v["message"].as_str().unwrap_or("").to_string(),
-    }
+fn last_error(s: &Status) -> &str {
+    s.last_error.as_deref().unwrap_or("")
 }
 
 #[test]
@@ -55,7 +29,7 @@ fn a_to_b_to_a() {
     m.wait_for(BOOT_COMPLETE, BOOT).unwrap_or_else(|e| panic!("{e}"));
     let mut a = agent(&m);
     let s = wait_status(&mut a, Duration::from_secs(60), "slot a marked good", marked_good);
-    assert_eq!(slot(&s, "running"), ("a".into(), "1.0.0".into(), 2, 0, true), "{s:#}");
+    assert_eq!(slot(&s.running), ("a", "1.0.0", Some((2, 0, true))), "{s:#?}");
     let marker = write_var_marker(&mut a, "before-updates");
     // The agent's port takes one connection at a time.
     drop(a);
@@ -66,12 +40,16 @@ fn a_to_b_to_a() {
         wait_next_boot_complete(&mut m, STAGE_TIMEOUT + BOOT);
         let mut a = agent(&m);
         let s = wait_status(&mut a, Duration::from_secs(120), &format!("{version} on {to}, marked good"), |s| {
-            slot(s, "running").0 == to && marked_good(s) && state(s) == "idle"
+            s.running.slot.name() == to && marked_good(s) && s.state == Phase::Idle
         });
-        assert_eq!(slot(&s, "running"), (to.into(), version.into(), 2, 0, true), "{s:#}");
-        let other = slot(&s, "other");
-        assert_eq!((other.2, other.4), (1, true), "the old slot stays as the fallback: {s:#}");
-        assert_eq!(state(&s), "idle", "{s:#}");
+        assert_eq!(slot(&s.running), (to, version, Some((2, 0, true))), "{s:#?}");
+        let other = &s.other;
+        assert_eq!(
+            (other.priority, other.successful),
+            (Some(1), Some(true)),
+            "the old slot stays as the fallback: {s:#?}"
+        );
+        assert_eq!(s.state, Phase::Idle, "{s:#?}");
         let os = bash(&mut a, "grep ^VERSION_ID= /usr/lib/os-release", Duration::from_secs(30));
         assert!(os.contains(version), "{os}");
         let cmdline = bash(&mut a, "cat /proc/cmdline", Duration::from_secs(30));
@@ -79,7 +57,7 @@ fn a_to_b_to_a() {
         let kept = bash(&mut a, "cat /var/lib/update-test/before-updates", Duration::from_secs(30));
         assert_eq!(kept.trim(), marker);
         // The version that was available before the reboot is the one running now.
-        assert!(s["available"].is_null(), "a stale available: {s:#}");
+        assert_eq!(s.available, None, "a stale available: {s:#?}");
         drop(a);
     }
     // Every download came through the server, and the agent never asked for a file twice in full.
@@ -97,22 +75,21 @@ fn a_to_b_to_a() {
     wait_next_boot_complete(&mut m, BOOT);
     let mut a = agent(&m);
     let first = wait_status(&mut a, Duration::from_secs(120), "a check on b", |s| {
-        slot(s, "running").0 == "b" && !s["last_check"].is_null()
+        s.running.slot.name() == "b" && s.last_check.is_some()
     });
     // Two more checks (every 5 s), so that one ran with b good and idle.
     for n in 0..2 {
-        let before = first["last_check"].clone();
+        let before = first.last_check;
         wait_status(&mut a, Duration::from_secs(120), &format!("check {n} after the rollback"), |s| {
-            s["last_check"] != before
+            s.last_check != before
         });
     }
     let s = status(&mut a);
-    assert_eq!(slot(&s, "running"), ("b".into(), "2.0.0".into(), 2, 0, true), "{s:#}");
-    assert_eq!(slot(&s, "other"), ("a".into(), "3.0.0".into(), 1, 0, true), "a was touched: {s:#}");
-    assert_eq!(state(&s), "idle", "{s:#}");
-    assert!(last_error(&s).is_empty(), "{s:#}");
-    let held = s["rolled_back"].as_array().cloned().unwrap_or_default();
-    assert!(held.iter().any(|r| r["version"] == "3.0.0" && r["manual"] == true), "{s:#}");
+    assert_eq!(slot(&s.running), ("b", "2.0.0", Some((2, 0, true))), "{s:#?}");
+    assert_eq!(slot(&s.other), ("a", "3.0.0", Some((1, 0, true))), "a was touched: {s:#?}");
+    assert_eq!(s.state, Phase::Idle, "{s:#?}");
+    assert!(last_error(&s).is_empty(), "{s:#?}");
+    assert!(s.rolled_back.iter().any(|r| r.version == "3.0.0" && r.manual), "{s:#?}");
     let check = bash(&mut a, &busy_retry("berth-update check"), Duration::from_secs(120));
     assert!(check.contains("up to date: 2.0.0"), "{check}");
     let human = bash(&mut a, "berth-update status", Duration::from_secs(30));
@@ -149,12 +126,14 @@ fn fleetlock_reboots_only_with_the_fleets_lock() {
     wait_status(&mut a, Duration::from_secs(60), "slot a marked good", marked_good);
     repo.publish(&image("2.0.0", Flavour::Good));
 
-    // Staged, but the slot is taken: no reboot, and status says why.
+    // Staged, but the slot is taken: no reboot, and status says why (the protocol's kind).
     let s = wait_status(&mut a, STAGE_TIMEOUT, "2.0.0 staged, waiting for the lock", |s| {
-        state(s) == "staged" && last_error(s).contains("reboot lock was not given")
+        s.state == Phase::Staged && s.fleetlock.is_some()
     });
-    let e = last_error(&s);
-    assert!(e.contains("409") && e.contains("failed_lock") && e.contains("held by another-host"), "{e}");
+    let refused = s.fleetlock.clone().unwrap_or_else(|| panic!("{s:#?}"));
+    assert_eq!((refused.kind.as_str(), refused.status), ("failed_lock", Some(409)), "{s:#?}");
+    assert!(refused.message.contains("held by another-host"), "{refused:?}");
+    assert!(last_error(&s).contains("reboot lock was not given"), "{s:#?}");
     let asked: Vec<_> = lock.requests().into_iter().filter(|r| r.operation == "pre-reboot").collect();
     let me = asked.first().unwrap_or_else(|| panic!("no pre-reboot: {:?}", lock.requests())).id.clone();
     assert!(asked.iter().all(|r| r.status == 409 && r.group == "workers" && r.id == me), "{asked:?}");
@@ -168,9 +147,10 @@ fn fleetlock_reboots_only_with_the_fleets_lock() {
     wait_next_boot_complete(&mut m, BOOT);
     let mut a = agent(&m);
     let s = wait_status(&mut a, Duration::from_secs(120), "2.0.0 on b, marked good", |s| {
-        slot(s, "running").0 == "b" && marked_good(s)
+        s.running.slot.name() == "b" && marked_good(s)
     });
-    assert_eq!(slot(&s, "running").1, "2.0.0", "{s:#}");
+    assert_eq!(s.running.version.as_deref(), Some("2.0.0"), "{s:#?}");
+    assert_eq!(s.fleetlock, None, "the refusal is cleared once the lock was given: {s:#?}");
     let start = std::time::Instant::now();
     while lock.holder("workers").is_some() && start.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_secs(1));
@@ -200,19 +180,17 @@ fn rolls_back(flavour: Flavour, why: &str) {
     assert!(console.matches("berth.slot=b").count() > tried, "b was never tried:\n{console}");
     assert!(console.contains(why), "no {why:?} on the console:\n{console}");
     let mut a = agent(&m);
-    let s = wait_status(&mut a, Duration::from_secs(120), "the rollback recorded", |s| state(s) == "rolled-back");
-    assert_eq!(slot(&s, "running").0, "a", "{s:#}");
-    let rolled = s["rolled_back"].to_string();
-    assert!(rolled.contains("1.5.0"), "rolled-back versions: {s:#}");
-    let other = slot(&s, "other");
-    assert_eq!((other.2, other.3, other.4), (0, 0, false), "the failed slot is cleared: {s:#}");
+    let s = wait_status(&mut a, Duration::from_secs(120), "the rollback recorded", |s| s.state == Phase::RolledBack);
+    assert_eq!(s.running.slot.name(), "a", "{s:#?}");
+    assert!(s.rolled_back.iter().any(|r| r.version == "1.5.0" && !r.manual), "rolled-back versions: {s:#?}");
+    assert_eq!(s.other.attrs(), Some((0, 0, false)), "the failed slot is cleared: {s:#?}");
     // Not tried again: several check intervals later, nothing was staged.
     let booted = m.console().matches("berth.slot=").count();
     std::thread::sleep(Duration::from_secs(20));
     let s = status(&mut a);
-    assert_eq!(slot(&s, "other").2, 0, "1.5.0 was staged again: {s:#}");
+    assert_eq!(s.other.priority, Some(0), "1.5.0 was staged again: {s:#?}");
     assert_eq!(m.console().matches("berth.slot=").count(), booted, "the machine rebooted again");
-    assert!(s["last_check"].is_string() || s["last_check"].is_number(), "{s:#}");
+    assert!(s.last_check.is_some(), "{s:#?}");
 }
 
 #[test]
@@ -231,7 +209,9 @@ fn power_cuts_leave_a_bootable_machine() {
     if !berth_qemu_tests::slow_enabled("power_cuts_leave_a_bootable_machine") {
         return;
     }
-    let v1 = image("1.0.0", Flavour::Good);
+    // The first image's agent is a failpoints build (step 2 stops it at one); the releases it
+    // stages are as shipped.
+    let v1 = image("1.0.0", Flavour::Failpoints);
     let v2 = image("2.0.0", Flavour::Good);
     let repo = Repo::new();
     let mut m = boot(&v1, &repo, Some(provision("off")));
@@ -247,7 +227,7 @@ fn power_cuts_leave_a_bootable_machine() {
         let kept = bash(&mut a, "cat /var/lib/update-test/power", Duration::from_secs(30));
         assert_eq!(kept.trim(), marker, "after the cut {point}");
         let s = wait_status(&mut a, Duration::from_secs(120), "a slot marked good", marked_good);
-        eprintln!("after the cut {point}: {s}");
+        eprintln!("after the cut {point}: {s:?}");
         s
     };
 
@@ -255,47 +235,47 @@ fn power_cuts_leave_a_bootable_machine() {
     repo.publish(&v2);
     let root = "/releases/2.0.0/root.img.zst";
     repo.server.set_fault(root, Fault::Throttle { bytes_per_sec: 512 << 10 });
-    wait_status(&mut a, STAGE_TIMEOUT, "downloading", |s| state(s) == "downloading");
+    wait_status(&mut a, STAGE_TIMEOUT, "downloading", |s| s.state == Phase::Downloading);
     std::thread::sleep(Duration::from_secs(3));
     m.kill();
     drop(a);
     // The throttle stays: the agent of the next boot starts over, slowly, until step 2 stops it.
     let s = after_cut(&mut m, "mid-download");
-    assert_eq!(slot(&s, "running").0, "a", "{s:#}");
-    assert_eq!(slot(&s, "other").2, 0, "the half-written slot is not bootable: {s:#}");
+    assert_eq!(s.running.slot.name(), "a", "{s:#?}");
+    assert_eq!(s.other.priority, Some(0), "the half-written slot is not bootable: {s:#?}");
 
-    // 2. After the image is written, before the attributes change: the agent pauses there
-    //    when /run/berth-update.pause names that point (a fault-injection point of berth-update).
+    // 2. After the image is written, before the attributes change: the agent pauses at its
+    //    failpoint "verified" when /run/berth-update.failpoints arms it (failpoints builds only).
     let mut a = agent(&m);
     bash(
         &mut a,
-        "echo verified > /run/berth-update.pause && berthctl restart berth-update.service",
+        "echo verified=pause > /run/berth-update.failpoints && berthctl restart berth-update.service",
         Duration::from_secs(60),
     );
     repo.server.clear_faults();
-    wait_status(&mut a, STAGE_TIMEOUT, "paused after the write", |s| s["paused"].as_str() == Some("verified"));
+    wait_status(&mut a, STAGE_TIMEOUT, "paused after the write", |s| s.paused.as_deref() == Some("verified"));
     let before = status(&mut a);
-    assert_eq!(slot(&before, "other").2, 0, "attributes changed before the pause: {before:#}");
+    assert_eq!(before.other.priority, Some(0), "attributes changed before the pause: {before:#?}");
     m.kill();
     drop(a);
     let s = after_cut(&mut m, "after the write, before the attribute change");
-    assert_eq!(slot(&s, "running").0, "a", "{s:#}");
+    assert_eq!(s.running.slot.name(), "a", "{s:#?}");
 
     // 3. Right after the attribute change (strategy off: staged, no reboot).
-    // /run went with the cut, and the pause with it: the agent of this boot stages again.
+    // /run went with the cut, and the failpoint with it: the agent of this boot stages again.
     let mut a = agent(&m);
-    let s = wait_status(&mut a, STAGE_TIMEOUT, "staged", |s| state(s) == "staged");
-    assert_eq!(slot(&s, "other").2, 2, "{s:#}");
+    let s = wait_status(&mut a, STAGE_TIMEOUT, "staged", |s| s.state == Phase::Staged);
+    assert_eq!(s.other.priority, Some(2), "{s:#?}");
     m.kill();
     drop(a);
     // The staged slot is tried on the next power-on and reaches health.
     let s = after_cut(&mut m, "right after the attribute change");
-    assert_eq!((slot(&s, "running").0.as_str(), slot(&s, "running").1.as_str()), ("b", "2.0.0"), "{s:#}");
+    assert_eq!((slot(&s.running).0, slot(&s.running).1), ("b", "2.0.0"), "{s:#?}");
 
     // 4. During the first boot of a new slot: 3.0.0 goes to a; the cut comes in its stage 1.
     let mut a = agent(&m);
     repo.publish(&image("3.0.0", Flavour::Good));
-    wait_status(&mut a, STAGE_TIMEOUT, "3.0.0 staged", |s| state(s) == "staged");
+    wait_status(&mut a, STAGE_TIMEOUT, "3.0.0 staged", |s| s.state == Phase::Staged);
     let n = m.console().matches("berth.slot=a").count();
     bash(&mut a, "berthctl reboot", Duration::from_secs(30));
     m.wait_for_count("berth.slot=a", n + 1, BOOT).unwrap_or_else(|e| panic!("{e}"));
@@ -303,26 +283,26 @@ fn power_cuts_leave_a_bootable_machine() {
     drop(a);
     let s = after_cut(&mut m, "during the first boot of the new slot");
     // a had tries left: it is tried again and makes it.
-    assert_eq!((slot(&s, "running").0.as_str(), slot(&s, "running").1.as_str()), ("a", "3.0.0"), "{s:#}");
+    assert_eq!((slot(&s.running).0, slot(&s.running).1), ("a", "3.0.0"), "{s:#?}");
 }
 
 /// What a rejected check or apply must leave: the same slot attributes, and (unless the stream
 /// had begun) the same bytes in the passive slot.
 struct Unchanged {
-    running: (String, String, u64, u64, bool),
-    other: (String, String, u64, u64, bool),
+    running: SlotStatus,
+    other: SlotStatus,
 }
 
 impl Unchanged {
     fn now(a: &mut berth_qemu_tests::agent::Agent) -> Unchanged {
         let s = status(a);
-        Unchanged { running: slot(&s, "running"), other: slot(&s, "other") }
+        Unchanged { running: s.running, other: s.other }
     }
 
-    fn check(&self, a: &mut berth_qemu_tests::agent::Agent, case: &str) -> serde_json::Value {
+    fn check(&self, a: &mut berth_qemu_tests::agent::Agent, case: &str) -> Status {
         let s = status(a);
-        assert_eq!(slot(&s, "running"), self.running, "{case}: running slot changed: {s:#}");
-        assert_eq!(slot(&s, "other"), self.other, "{case}: passive slot's attributes changed: {s:#}");
+        assert_eq!(slot(&s.running), slot(&self.running), "{case}: running slot changed: {s:#?}");
+        assert_eq!(slot(&s.other), slot(&self.other), "{case}: passive slot's attributes changed: {s:#?}");
         s
     }
 }
@@ -336,7 +316,7 @@ fn refused(a: &mut berth_qemu_tests::agent::Agent, verb: &str, needle: &str, unc
     assert!(said.contains(needle), "{case}: berth-update {verb} said {said:?}, not {needle:?}");
     let s = unchanged.check(a, case);
     let e = last_error(&s).to_lowercase();
-    assert!(e.contains(needle), "{case}: status's last error is {e:?}, not {needle:?}: {s:#}");
+    assert!(e.contains(needle), "{case}: status's last error is {e:?}, not {needle:?}: {s:#?}");
     eprintln!("{case}: refused: {}", last_error(&s));
 }
 
@@ -492,6 +472,6 @@ fn bad_releases_are_refused() {
     let r = common::host::run(&mut a, &["berth-update", "apply"], Duration::from_secs(900));
     assert_eq!(r.status, Some(0), "{r:?}");
     let s = status(&mut a);
-    assert_eq!(state(&s), "staged", "{s:#}");
-    assert_eq!(slot(&s, "other").2, 2, "{s:#}");
+    assert_eq!(s.state, Phase::Staged, "{s:#?}");
+    assert_eq!(s.other.priority, Some(2), "{s:#?}");
 }

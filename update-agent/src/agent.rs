@@ -15,22 +15,23 @@ use berth_release::index::{FrameList, Index, MAX_INDEX_BYTES, Release, compare_v
 use berth_release::keyset::{self, MAX_KEYSET_BYTES};
 use berth_release::repo::{artifact_url, keyset_path, signature_url, split_index_url};
 use berth_release::signature::MAX_SIGNATURE_BYTES;
-use berth_release::{ArtifactCheck, Floor, Timestamp, TrustedKeys, accept, rollout};
+use berth_release::{ArtifactCheck, Floor, Rejected, Timestamp, TrustedKeys, accept, rollout};
+use berth_slot::TransitionError;
 use berth_slot::layout::ESP_PARTITION;
-use berth_slot::{Slot, TransitionError};
 
-use crate::disk::{BootDisk, device_size};
+use crate::disk::{BootDisk, SlotStore, device_size};
 use crate::esp::{self, KernelFiles};
 use crate::fleetlock;
 use crate::http::{FetchError, Http};
 use crate::pipeline;
-use crate::state::{Phase, Progress, RolledBack, Staged, Staging, State};
+use crate::state::{FleetLockRefusal, Progress, RolledBack, Staged, Staging, State};
 use crate::trust;
 
 /// Image bytes per write.
 const CHUNK: usize = 4 << 20;
 
-/// One run of the agent: its configuration, disk and state directory.
+/// One run of the agent: its configuration, disk, and the state it owns (loaded from and saved
+/// to its state directory). Phases change only through the state's guarded transitions.
 pub struct Agent {
     /// The configuration.
     pub config: UpdateConfig,
@@ -42,6 +43,12 @@ pub struct Agent {
     pub machine_id: String,
     /// Where the state lives.
     pub state_dir: PathBuf,
+    /// The remembered state, as loaded (and changed since).
+    pub state: State,
+    /// The slot attributes (the boot disk's GPT; in memory in unit tests).
+    store: Box<dyn SlotStore>,
+    /// What reboots the machine (`berthctl reboot`).
+    reboot_command: Vec<String>,
     http: Http,
 }
 
@@ -71,37 +78,53 @@ impl Agent {
             None => os_release_version().context("the image's version (update.toml or os-release)")?,
         };
         let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim().to_string();
+        let state_dir = PathBuf::from(crate::state::STATE_DIR);
         Ok(Agent {
             config,
+            store: Box::new(disk.clone()),
             disk,
             version,
             machine_id,
-            state_dir: PathBuf::from(crate::state::STATE_DIR),
+            state: State::load(&state_dir),
+            state_dir,
+            reboot_command: vec!["berthctl".into(), "reboot".into()],
             http: Http::new(),
         })
     }
 
-    /// The state, loaded.
-    pub fn load_state(&self) -> State {
-        State::load(&self.state_dir)
+    /// Reads the state again, as the holder of the agent's lock: a phase left in progress is
+    /// settled (see [`State::settle_stale`]).
+    pub fn reload_locked(&mut self) {
+        self.state = State::load(&self.state_dir);
+        self.state.settle_stale();
+    }
+
+    /// Reads the state again (for what the lock's holder is doing: nothing is settled).
+    pub fn reload(&mut self) {
+        self.state = State::load(&self.state_dir);
+    }
+
+    /// The slot attributes.
+    pub fn slots(&self) -> anyhow::Result<berth_slot::Slots> {
+        self.store.slots()
     }
 
     /// Saves the state, reporting (not failing on) an error: the state is advisory for
     /// everything but the sequence, which is saved before it matters.
-    pub fn save(&self, st: &State) {
-        if let Err(e) = st.save(&self.state_dir) {
-            println!("warning: {e:#}");
-        }
+    pub fn save(&self) {
+        save_state(&self.state_dir, &self.state);
     }
 
     /// Saves the state, failing when it is not durable: for records a later step must not
     /// outlive (a rollback's, before its slot is cleared or switched).
-    pub fn save_durably(&self, st: &State) -> anyhow::Result<()> {
-        st.save(&self.state_dir).with_context(|| format!("saving the agent's state in {}", self.state_dir.display()))
+    pub fn save_durably(&self) -> anyhow::Result<()> {
+        self.state
+            .save(&self.state_dir)
+            .with_context(|| format!("saving the agent's state in {}", self.state_dir.display()))
     }
 
     /// Fetches and accepts the index; returns it and what it offers this host.
-    pub fn check(&self, st: &mut State, force: bool) -> anyhow::Result<(Index, Found)> {
+    pub fn check(&mut self, force: bool) -> anyhow::Result<(Index, Found)> {
         let url = self.config.channel.as_deref().context(
             "no update channel: neither /usr/lib/berth/update.toml nor /etc/berth/update.toml sets `channel`",
         )?;
@@ -113,16 +136,15 @@ impl Agent {
         let index_bytes = self.http.get_small(url, MAX_INDEX_BYTES as u64)?;
         let sig_url = signature_url(url);
         let sig_bytes = self.http.get_small(&sig_url, MAX_SIGNATURE_BYTES as u64)?;
-        // The floor is the higher of state.json's and floor.json's (either may be lost).
-        let floor = Floor::max(st.floor(), trust::load_floor(&self.state_dir));
-        let (index, floor) = accept(&index_bytes, &sig_bytes, &trusted, channel, now, floor)
+        let (index, floor, found) = self
+            .judge(&index_bytes, &sig_bytes, &trusted, channel, now, force)
             .map_err(|e| anyhow!("{url}: refused: {e}"))?;
         // Kept before anything acts on the index.
         trust::save_floor(&self.state_dir, floor).context("keeping the replay floor")?;
+        let st = &mut self.state;
         st.set_floor(floor);
         st.last_check = Some(now);
         st.last_error = None;
-        let found = self.choose(&index, st, now, force);
         st.available = match &found {
             Found::Update(r) => Some(r.version.clone()),
             Found::Later { version, .. } => Some(version.clone()),
@@ -158,15 +180,34 @@ impl Agent {
         followed.trust.index_keys(now).map_err(|e| anyhow!("{base}/keys: {e}"))
     }
 
+    /// What a fetched index offers this host, at `now`: the index accepted (its signatures by
+    /// `trusted`, its channel, its expiry, and its sequence against the replay floor, which is
+    /// the higher of state.json's and floor.json's since either may be lost), the floor to keep,
+    /// and the release chosen from it ([`Agent::choose`]). Nothing is saved.
+    pub fn judge(
+        &self,
+        index: &[u8],
+        signatures: &[u8],
+        trusted: &TrustedKeys,
+        channel: &str,
+        now: Timestamp,
+        force: bool,
+    ) -> Result<(Index, Floor, Found), Rejected> {
+        let floor = Floor::max(self.state.floor(), trust::load_floor(&self.state_dir));
+        let (index, floor) = accept(index, signatures, trusted, channel, now, floor)?;
+        let found = self.choose(&index, now, force);
+        Ok((index, floor, found))
+    }
+
     /// The newest release above the running version that is not pulled, did not roll back
     /// here before (unless `force`), and whose rollout has reached this host (unless `force`).
-    fn choose(&self, index: &Index, st: &State, now: Timestamp, force: bool) -> Found {
+    pub fn choose(&self, index: &Index, now: Timestamp, force: bool) -> Found {
         let mut candidates: Vec<&Release> = index
             .releases
             .iter()
             .filter(|r| !r.pulled)
             .filter(|r| compare_versions(&r.version, &self.version).is_gt())
-            .filter(|r| force || !st.rolled_back(&r.version))
+            .filter(|r| force || !self.state.rolled_back(&r.version))
             .collect();
         candidates.sort_by(|a, b| compare_versions(&b.version, &a.version));
         let mut later = None;
@@ -184,28 +225,29 @@ impl Agent {
     }
 
     /// Whether `release` already waits in the passive slot.
-    pub fn already_staged(&self, st: &State, release: &Release) -> bool {
+    pub fn already_staged(&self, release: &Release) -> bool {
         let passive = self.disk.passive();
-        let staged = st.staged.as_ref().is_some_and(|s| s.slot == passive.name() && s.version == release.version);
+        let staged = self.state.staged.as_ref().is_some_and(|s| s.slot == passive && s.version == release.version);
         staged
-            && self.disk.slots().is_ok_and(|s| {
+            && self.store.slots().is_ok_and(|s| {
                 let p = s.get(passive);
                 p.priority > s.get(self.disk.booted).priority && p.tries > 0
             })
     }
 
-    /// Stages `release` into the passive slot. `st` is saved as the steps go. Without `force`,
+    /// Stages `release` into the passive slot (the agent is checking: the check found it). The
+    /// state is saved as the steps go. Without `force`,
     /// a passive slot that booted to health with a newer version than the running one is not
     /// overwritten by anything but a version newer still (see [`Agent::may_overwrite`]).
-    pub fn stage(&self, st: &mut State, index_url: &str, release: &Release, force: bool) -> anyhow::Result<()> {
+    pub fn stage(&mut self, index_url: &str, release: &Release, force: bool) -> anyhow::Result<()> {
         let booted = self.disk.booted;
         let passive = self.disk.passive();
-        let slots = self.disk.slots()?;
+        let slots = self.store.slots()?;
         if !slots.get(booted).successful {
             bail!("the running slot {} is on trial (not yet marked good): updates wait until it is", booted.label());
         }
         if !force {
-            self.may_overwrite(st, slots, &release.version)?;
+            self.may_overwrite(slots, &release.version)?;
         }
         let (base, _) = split_index_url(index_url).with_context(|| format!("channel {index_url:?}"))?;
         let version = &release.version;
@@ -241,22 +283,19 @@ impl Agent {
 
         // Unbootable before the first byte lands.
         let cleared = slots.begin_write(passive)?;
-        self.disk.write_slots(cleared)?;
-        st.slots.remove(passive.name());
-        st.staged = None;
-        st.rollback_news = false;
-        st.state = Phase::Downloading;
-        st.download = Some(Progress {
+        self.store.write_slots(cleared)?;
+        self.state.slots.remove(passive.name());
+        self.state.begin_download(Progress {
             version: version.clone(),
             received: 0,
             size: release.root.file.size,
             written: 0,
             image_size: release.root.image_size,
-        });
-        self.save(st);
+        })?;
+        self.save();
 
         let started = Instant::now();
-        let figures = self.stream_root(st, &dev, &node, base, release, frames)?;
+        let figures = self.stream_root(&dev, &node, base, release, frames)?;
         let written = figures.written;
         let write_seconds = started.elapsed().as_secs_f64();
         let verify_started = Instant::now();
@@ -271,7 +310,7 @@ impl Agent {
             passive.label(),
             mib / write_seconds.max(1e-9)
         );
-        st.last_staging = Some(Staging {
+        self.state.last_staging = Some(Staging {
             version: version.clone(),
             image_bytes: written,
             downloaded_bytes: release.root.file.size,
@@ -288,30 +327,29 @@ impl Agent {
         esp::write_slot(&esp, passive, &KernelFiles { vmlinuz: &vmlinuz, initrd: &initrd, cmdline: &release.cmdline })?;
         println!("{}: {}/ written ({} + {} bytes)", esp.display(), passive.esp_dir(), vmlinuz.len(), initrd.len());
 
-        pause_point(st, self, "verified");
+        // The power-cut test cuts here: the slot is written, its attributes not yet.
+        #[cfg(feature = "failpoints")]
+        self.fail_point("verified")?;
 
-        let staged = self.disk.slots()?.staged(passive, self.config.tries)?;
-        st.staged = Some(Staged { slot: passive.name().into(), version: version.clone(), at: Timestamp::now() });
+        let staged = self.store.slots()?.staged(passive, self.config.tries)?;
+        self.state.finish_staging(Staged { slot: passive, version: version.clone(), at: Timestamp::now() })?;
         // Staged again (by `apply --force`): no longer held back; a failed trial records it anew.
-        st.rolled_back.retain(|r| &r.version != version);
-        st.slots.insert(passive.name().into(), version.clone());
-        st.download = None;
-        st.state = Phase::Staged;
-        self.disk.write_slots(staged)?;
-        self.save(st);
+        self.state.rolled_back.retain(|r| &r.version != version);
+        self.store.write_slots(staged)?;
+        self.save();
         println!("{version} staged in {}: {} trial boot(s)", passive.label(), self.config.tries);
         Ok(())
     }
 
     /// Refuses to clear a passive slot that is marked successful and holds a version newer than
     /// the running one (a manual rollback left it) for a release not newer than that version.
-    pub fn may_overwrite(&self, st: &State, slots: berth_slot::Slots, version: &str) -> anyhow::Result<()> {
+    pub fn may_overwrite(&self, slots: berth_slot::Slots, version: &str) -> anyhow::Result<()> {
         let passive = self.disk.passive();
         if !slots.get(passive).successful {
             return Ok(());
         }
         // A slot whose version the state does not know (a lost state.json) is not judged.
-        let Some(held) = st.slots.get(passive.name()) else { return Ok(()) };
+        let Some(held) = self.state.slots.get(passive.name()) else { return Ok(()) };
         if compare_versions(held, &self.version).is_gt() && !compare_versions(version, held).is_gt() {
             bail!(
                 "{} holds {held}, which booted to health and is newer than the running {}: not overwritten \
@@ -325,8 +363,7 @@ impl Agent {
 
     /// Streams the root image into the slot (see [`crate::pipeline`]).
     fn stream_root(
-        &self,
-        st: &mut State,
+        &mut self,
         dev: &File,
         node: &Path,
         base: &str,
@@ -348,11 +385,11 @@ impl Agent {
                 next_percent = percent + 10;
             }
             if last_save.elapsed() > Duration::from_secs(2) {
-                if let Some(p) = st.download.as_mut() {
+                if let Some(p) = self.state.download.as_mut() {
                     p.written = written;
                     p.received = received;
                 }
-                self.save(st);
+                save_state(&self.state_dir, &self.state);
                 last_save = Instant::now();
             }
         };
@@ -360,12 +397,12 @@ impl Agent {
     }
 
     /// Marks the booted slot good (after boot-complete.target), then notices a rollback.
-    pub fn mark_good(&self, st: &mut State) -> anyhow::Result<String> {
+    pub fn mark_good(&mut self) -> anyhow::Result<String> {
         let booted = self.disk.booted;
-        let slots = self.disk.slots()?;
+        let slots = self.store.slots()?;
         let msg = match slots.mark_good(booted) {
             Ok(next) => {
-                let wrote = self.disk.write_slots(next)?;
+                let wrote = self.store.write_slots(next)?;
                 if wrote {
                     format!("marked {} ({}) good", booted.label(), self.version)
                 } else {
@@ -377,9 +414,10 @@ impl Agent {
             }
             Err(e) => return Err(anyhow!("marking {} good: {e}", booted.label())),
         };
+        let st = &mut self.state;
         st.slots.insert(booted.name().into(), self.version.clone());
         st.drop_stale_available(&self.version);
-        if let Some(s) = st.staged.as_ref().filter(|s| s.slot == booted.name())
+        if let Some(s) = st.staged.as_ref().filter(|s| s.slot == booted)
             && s.version != self.version
         {
             // M13: the staged slot booted but runs another version than the index named:
@@ -395,17 +433,16 @@ impl Agent {
             println!("{msg}");
             if !st.rolled_back(&s.version) {
                 let at = Timestamp::now();
-                st.rolled_back.push(RolledBack { version: s.version.clone(), slot: s.slot.clone(), at, manual: false });
+                st.rolled_back.push(RolledBack { version: s.version.clone(), slot: s.slot, at, manual: false });
             }
             st.last_error = Some(msg);
         }
-        if st.staged.as_ref().is_some_and(|s| s.slot == booted.name()) {
+        if st.staged.as_ref().is_some_and(|s| s.slot == booted) {
             st.staged = None;
         }
-        if st.state != Phase::Downloading && st.state != Phase::Checking {
-            st.rest();
-        }
-        self.notice_rollback(st)?;
+        // The lock is held: nothing is in progress.
+        st.rest();
+        self.notice_rollback()?;
         Ok(msg)
     }
 
@@ -413,13 +450,15 @@ impl Agent {
     /// the slot. Only once the running slot is marked good (clearing needs a good slot left).
     /// The record is saved durably before the slot is cleared: if it cannot be (a full STATE),
     /// this fails and the slot stays as it is, so the failed version is not offered again.
-    pub fn notice_rollback(&self, st: &mut State) -> anyhow::Result<()> {
+    pub fn notice_rollback(&mut self) -> anyhow::Result<()> {
         let booted = self.disk.booted;
-        let slots = self.disk.slots()?;
+        let slots = self.store.slots()?;
+        let st = &mut self.state;
         // A staged record whose slot the attributes do not back (a cut before they were
         // written) is forgotten.
         if let Some(s) = &st.staged
-            && Slot::parse(&s.slot).is_some_and(|slot| slot != booted && slots.get(slot).priority == 0)
+            && s.slot != booted
+            && slots.get(s.slot).priority == 0
         {
             st.staged = None;
             st.rest();
@@ -431,7 +470,7 @@ impl Agent {
         let version = st
             .staged
             .as_ref()
-            .filter(|s| s.slot == failed.name())
+            .filter(|s| s.slot == failed)
             .map(|s| s.version.clone())
             .or_else(|| st.slots.get(failed.name()).cloned())
             .unwrap_or_else(|| "an unknown version".into());
@@ -442,41 +481,37 @@ impl Agent {
             booted.label(),
             self.version
         );
-        if !st.rolled_back(&version) {
-            st.rolled_back.push(RolledBack {
-                version,
-                slot: failed.name().into(),
-                at: Timestamp::now(),
-                manual: false,
-            });
-        }
-        st.staged = None;
-        st.slots.remove(failed.name());
-        st.rollback_news = true;
-        st.state = Phase::RolledBack;
-        st.last_error = Some(msg.clone());
-        self.save_durably(st)
+        st.record_rollback(RolledBack { version, slot: failed, at: Timestamp::now(), manual: false }, msg.clone())?;
+        self.save_durably()
             .context("recording the rollback (the failed slot is left as it is until it is recorded)")?;
-        self.disk.write_slots(cleared)?;
+        self.store.write_slots(cleared)?;
         println!("{msg}");
         Ok(())
     }
 
     /// Reboots into the staged slot as the strategy allows at `now`; returns what happened.
-    pub fn maybe_reboot(&self, st: &mut State, now: Timestamp) -> anyhow::Result<String> {
-        let Some(staged) = st.staged.clone() else { return Ok("nothing staged".into()) };
+    pub fn maybe_reboot(&mut self, now: Timestamp) -> anyhow::Result<String> {
+        let Some(staged) = self.state.staged.clone() else { return Ok("nothing staged".into()) };
         let go = match &self.config.strategy {
             Strategy::Immediate => true,
             Strategy::Window(w) => w.contains(now),
             Strategy::FleetLock(f) => match fleetlock::Client::new(&self.http, f, &self.machine_id).pre_reboot() {
                 Ok(()) => {
                     println!("fleetlock {}: this host holds a reboot lock of group {}", f.url, f.group);
+                    self.state.fleetlock = None;
                     true
                 }
-                Err(why) => bail!(
-                    "{} staged; the fleet's reboot lock was not given ({why}); asking again at the next check",
-                    staged.version
-                ),
+                Err(why) => {
+                    self.state.fleetlock = Some(FleetLockRefusal {
+                        kind: why.error_kind(),
+                        status: why.status_code(),
+                        message: why.to_string(),
+                    });
+                    bail!(
+                        "{} staged; the fleet's reboot lock was not given ({why}); asking again at the next check",
+                        staged.version
+                    )
+                }
             },
             Strategy::Off => false,
         };
@@ -493,22 +528,26 @@ impl Agent {
                 _ => format!("{} staged; strategy off: reboot to switch (berthctl reboot)", staged.version),
             });
         }
-        st.state = Phase::Rebooting;
-        self.save(st);
-        println!("rebooting into {} ({})", staged.version, staged.slot);
-        let status =
-            std::process::Command::new("berthctl").arg("reboot").status().context("running berthctl reboot")?;
-        if !status.success() {
-            st.state = Phase::Staged;
-            self.save(st);
-            bail!("berthctl reboot: {status}");
+        self.state.begin_reboot()?;
+        self.save();
+        println!("rebooting into {} ({})", staged.version, staged.slot.name());
+        let command = self.reboot_command.join(" ");
+        let status = std::process::Command::new(&self.reboot_command[0])
+            .args(&self.reboot_command[1..])
+            .status()
+            .with_context(|| format!("running {command}"));
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            // Not rebooting after all: staged, as before.
+            self.state.rest();
+            self.save();
+            bail!("{command}: {}", status.map_or_else(|e| format!("{e:#}"), |s| s.to_string()));
         }
         Ok(format!("rebooting into {}", staged.version))
     }
 
     /// With strategy fleetlock, gives back any reboot lock this host holds (once the running
     /// slot is good: after an update, or after a rollback); `None` with another strategy.
-    pub fn fleet_steady_state(&self) -> Option<Result<(), String>> {
+    pub fn fleet_steady_state(&self) -> Option<Result<(), fleetlock::FleetLockError>> {
         let Strategy::FleetLock(f) = &self.config.strategy else { return None };
         let r = fleetlock::Client::new(&self.http, f, &self.machine_id).steady_state();
         if r.is_ok() {
@@ -520,17 +559,18 @@ impl Agent {
     /// Manual rollback: the other slot (which must have booted to health) boots next, and the
     /// running version is held back: recorded as rolled back (durably, before the switch), so no
     /// check offers it again until a newer version appears or `apply --force`.
-    pub fn rollback(&self, st: &mut State) -> anyhow::Result<String> {
+    pub fn rollback(&mut self) -> anyhow::Result<String> {
         let booted = self.disk.booted;
         let other = self.disk.passive();
-        let next = self.disk.slots()?.rollback(other)?;
+        let next = self.store.slots()?.rollback(other)?;
+        let st = &mut self.state;
         st.rolled_back.retain(|r| r.version != self.version);
         // Rolling back to a version held back by an earlier rollback takes it back.
         let to = st.slots.get(other.name()).cloned();
         st.rolled_back.retain(|r| !(r.manual && Some(&r.version) == to.as_ref()));
         st.rolled_back.push(RolledBack {
             version: self.version.clone(),
-            slot: booted.name().into(),
+            slot: booted,
             at: Timestamp::now(),
             manual: true,
         });
@@ -538,13 +578,13 @@ impl Agent {
         st.staged = None;
         st.available = None;
         st.rest();
-        self.save_durably(st).context("recording the rollback (nothing was switched)")?;
-        self.disk.write_slots(next)?;
+        self.save_durably().context("recording the rollback (nothing was switched)")?;
+        self.store.write_slots(next)?;
         Ok(format!(
             "{} ({}) boots next; reboot to switch. {} is held back: not installed again until a newer version \
              appears or `berth-update apply --force`",
             other.label(),
-            st.slots.get(other.name()).map_or("version unknown", String::as_str),
+            self.state.slots.get(other.name()).map_or("version unknown", String::as_str),
             self.version
         ))
     }
@@ -631,6 +671,7 @@ fn check_slot_version(dev: &File, node: &Path, version: &str, image_size: u64) -
 #[cfg(test)]
 mod m13_tests {
     use super::*;
+    use berth_slot::Slot;
 
     /// After the reboot into the staged slot, the running image says another version than the
     /// one staged (a mislabelled release): recorded like a rollback, not offered again.
@@ -642,12 +683,10 @@ mod m13_tests {
         let on_trial = SlotAttrs { priority: 2, tries: 2, successful: false };
         let fallback = SlotAttrs { priority: 1, tries: 0, successful: true };
         let img = super::tests::disk_image(dir.path(), Slots::new(fallback, on_trial));
-        let on_b = Agent::for_test(BootDisk::image(img, Slot::B), "1.9.9", &state);
-        let mut st = State {
-            staged: Some(Staged { slot: "b".into(), version: "2.0.0".into(), at: Timestamp(0) }),
-            ..State::default()
-        };
-        on_b.mark_good(&mut st).unwrap();
+        let mut on_b = Agent::for_test(BootDisk::image(img, Slot::B), "1.9.9", &state);
+        on_b.state.staged = Some(Staged { slot: Slot::B, version: "2.0.0".into(), at: Timestamp(0) });
+        on_b.mark_good().unwrap();
+        let st = &on_b.state;
         assert!(st.rolled_back("2.0.0"), "{st:?}");
         let e = st.last_error.clone().unwrap_or_default();
         assert!(e.contains("staged as 2.0.0 but runs 1.9.9"), "{e}");
@@ -659,7 +698,7 @@ mod m13_tests {
             expires: Timestamp(i64::from(u32::MAX)),
             releases: vec![super::tests::release("2.0.0")],
         };
-        assert!(matches!(on_b.choose(&index, &st, Timestamp::now(), false), Found::UpToDate));
+        assert!(matches!(on_b.choose(&index, Timestamp::now(), false), Found::UpToDate));
     }
 
     /// An ext4 image made by mke2fs (e2fsprogs, an independent writer) holding `toml` as the
@@ -699,19 +738,10 @@ mod m13_tests {
     }
 }
 
-/// Where a fault-injection point is named (on /run: a reboot or power cut forgets it).
-const PAUSE_FILE: &str = "/run/berth-update.pause";
-
-/// A fault-injection point for the power-cut tests: when [`PAUSE_FILE`] names this point the
-/// agent records that it waits here and waits until it is stopped.
-fn pause_point(st: &mut State, agent: &Agent, name: &str) {
-    if std::fs::read_to_string(PAUSE_FILE).is_ok_and(|v| v.trim() == name) {
-        st.paused = Some(name.into());
-        agent.save(st);
-        println!("pausing at {name:?} ({PAUSE_FILE})");
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
+/// Saves `state` in `dir`, reporting (not failing on) an error.
+fn save_state(dir: &Path, state: &State) {
+    if let Err(e) = state.save(dir) {
+        println!("warning: {e:#}");
     }
 }
 
@@ -726,23 +756,36 @@ fn os_release_version() -> anyhow::Result<String> {
 
 #[cfg(test)]
 impl Agent {
-    /// An agent on a disk image (tests): booted `booted`, running `version`, state in `state_dir`.
+    /// An agent on a disk image (tests): booted `booted`, running `version`, state in
+    /// `state_dir` (loaded from there).
     pub fn for_test(disk: BootDisk, version: &str, state_dir: &Path) -> Agent {
+        Agent::for_test_with(Box::new(disk.clone()), disk, version, state_dir)
+    }
+
+    /// [`Agent::for_test`] with the slot attributes in `store`.
+    pub fn for_test_with(store: Box<dyn SlotStore>, disk: BootDisk, version: &str, state_dir: &Path) -> Agent {
         Agent {
             config: UpdateConfig::default(),
+            store,
             disk,
             version: version.into(),
             machine_id: "0123456789abcdef0123456789abcdef".into(),
+            state: State::load(state_dir),
             state_dir: state_dir.to_path_buf(),
+            reboot_command: vec!["false".into()],
             http: Http::with_retries(1, Duration::from_millis(1)),
         }
     }
 }
 
 #[cfg(test)]
+mod policy_tests;
+
+#[cfg(test)]
 pub mod tests {
     use super::*;
     use berth_release::index::{Artifact, Compression, Digest, Rollout, RootArtifact};
+    use berth_slot::Slot;
     use berth_slot::{SlotAttrs, Slots};
 
     /// A 16 MiB disk image with Berth's partitions, made by sgdisk (gdisk), slots as given.
@@ -805,45 +848,46 @@ pub mod tests {
         let state = dir.path().join("state");
         let fallback = SlotAttrs { priority: 1, ..GOOD };
         let img = disk_image(dir.path(), Slots::new(fallback, GOOD));
-        let on_b = Agent::for_test(BootDisk::image(img.clone(), Slot::B), "1.1.0", &state);
-        let mut st = State { available: Some("1.1.0".into()), ..State::default() };
-        st.slots.insert("a".into(), "1.0.0".into());
-        st.slots.insert("b".into(), "1.1.0".into());
-        let msg = on_b.rollback(&mut st).unwrap();
+        let mut on_b = Agent::for_test(BootDisk::image(img.clone(), Slot::B), "1.1.0", &state);
+        on_b.state.available = Some("1.1.0".into());
+        on_b.state.slots.insert("a".into(), "1.0.0".into());
+        on_b.state.slots.insert("b".into(), "1.1.0".into());
+        let msg = on_b.rollback().unwrap();
         assert!(msg.contains("ROOT-A (1.0.0) boots next") && msg.contains("1.1.0 is held back"), "{msg}");
-        let slots = on_b.disk.slots().unwrap();
+        let slots = on_b.slots().unwrap();
         assert!(slots.get(Slot::A).priority > slots.get(Slot::B).priority);
 
         // The reboot into A; the state is what the rollback saved.
-        let on_a = Agent::for_test(BootDisk::image(img.clone(), Slot::A), "1.0.0", &state);
-        let mut st = on_a.load_state();
-        assert!(st.rolled_back.iter().any(|r| r.version == "1.1.0" && r.manual && r.slot == "b"), "{st:?}");
+        let mut on_a = Agent::for_test(BootDisk::image(img.clone(), Slot::A), "1.0.0", &state);
+        let st = &on_a.state;
+        assert!(st.rolled_back.iter().any(|r| r.version == "1.1.0" && r.manual && r.slot == Slot::B), "{st:?}");
         let now = Timestamp::now();
-        assert!(matches!(on_a.choose(&index(&["1.0.0", "1.1.0"]), &st, now, false), Found::UpToDate));
-        match on_a.choose(&index(&["1.0.0", "1.1.0", "1.2.0"]), &st, now, false) {
+        assert!(matches!(on_a.choose(&index(&["1.0.0", "1.1.0"]), now, false), Found::UpToDate));
+        match on_a.choose(&index(&["1.0.0", "1.1.0", "1.2.0"]), now, false) {
             Found::Update(r) => assert_eq!(r.version, "1.2.0"),
             other => panic!("{other:?}"),
         }
-        match on_a.choose(&index(&["1.0.0", "1.1.0"]), &st, now, true) {
+        match on_a.choose(&index(&["1.0.0", "1.1.0"]), now, true) {
             Found::Update(r) => assert_eq!(r.version, "1.1.0"),
             other => panic!("{other:?}"),
         }
         // Staging over B, which booted to health with 1.1.0, is refused before anything is
         // fetched or written, unless forced or newer.
         let before = std::fs::read(&img).unwrap();
-        let e = on_a.stage(&mut st, "http://127.0.0.1:9/channels/stable.json", &release("1.1.0"), false).unwrap_err();
+        let e = on_a.stage("http://127.0.0.1:9/channels/stable.json", &release("1.1.0"), false).unwrap_err();
         assert!(format!("{e:#}").contains("ROOT-B holds 1.1.0, which booted to health"), "{e:#}");
         assert_eq!(std::fs::read(&img).unwrap(), before, "the disk was written");
-        assert!(on_a.may_overwrite(&st, on_a.disk.slots().unwrap(), "1.2.0").is_ok());
-        let e = on_a.stage(&mut st, "http://127.0.0.1:9/channels/stable.json", &release("1.1.0"), true).unwrap_err();
+        assert!(on_a.may_overwrite(on_a.slots().unwrap(), "1.2.0").is_ok());
+        let e = on_a.stage("http://127.0.0.1:9/channels/stable.json", &release("1.1.0"), true).unwrap_err();
         assert!(format!("{e:#}").contains("127.0.0.1:9"), "forced: it goes on to fetch: {e:#}");
 
-        let v = crate::status::to_json(&on_a, &st, None);
+        let v = crate::status::to_json(&on_a, None);
         assert_eq!(v["rolled_back"][0]["manual"], true, "{v}");
 
         // Rolling back again (to 1.1.0) takes the hold back and holds 1.0.0 instead.
-        let mut st = on_a.load_state();
-        on_a.rollback(&mut st).unwrap();
+        on_a.reload_locked();
+        on_a.rollback().unwrap();
+        let st = &on_a.state;
         let held: Vec<_> = st.rolled_back.iter().map(|r| r.version.as_str()).collect();
         assert_eq!(held, ["1.0.0"], "{st:?}");
         assert_eq!(v["available"], serde_json::Value::Null, "{v}");
@@ -889,25 +933,23 @@ pub mod tests {
             }
         }
         let _unmount = Unmount(state.clone());
-        let agent = Agent::for_test(BootDisk::image(img.clone(), Slot::A), "1.0.0", &state);
-        let mut st = State {
-            staged: Some(Staged { slot: "b".into(), version: "1.1.0".into(), at: Timestamp(0) }),
-            ..State::default()
-        };
-        st.slots.insert("b".into(), "1.1.0".into());
-        // What the cycle does first; the error ends the cycle (main.rs), and `apply` starts with it.
-        let e = agent.notice_rollback(&mut st).unwrap_err();
+        let mut agent = Agent::for_test(BootDisk::image(img.clone(), Slot::A), "1.0.0", &state);
+        agent.state.staged = Some(Staged { slot: Slot::B, version: "1.1.0".into(), at: Timestamp(0) });
+        agent.state.slots.insert("b".into(), "1.1.0".into());
+        // What the cycle does first; the error ends the cycle (daemon.rs), and `apply` starts with it.
+        let e = agent.notice_rollback().unwrap_err();
         assert!(format!("{e:#}").contains("recording the rollback"), "{e:#}");
-        assert_eq!(agent.disk.slots().unwrap().get(Slot::B), failed, "the failed slot was cleared unrecorded");
+        assert_eq!(agent.slots().unwrap().get(Slot::B), failed, "the failed slot was cleared unrecorded");
         let names: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["filler"], "left behind: {names:?}");
 
         std::fs::remove_file(&filler).unwrap();
-        let mut st = agent.load_state();
-        st.slots.insert("b".into(), "1.1.0".into());
-        agent.notice_rollback(&mut st).unwrap();
-        assert_eq!(agent.disk.slots().unwrap().get(Slot::B), SlotAttrs::EMPTY);
-        assert!(agent.load_state().rolled_back("1.1.0"));
+        agent.reload_locked();
+        agent.state.slots.insert("b".into(), "1.1.0".into());
+        agent.notice_rollback().unwrap();
+        assert_eq!(agent.slots().unwrap().get(Slot::B), SlotAttrs::EMPTY);
+        agent.reload();
+        assert!(agent.state.rolled_back("1.1.0"));
     }
 
     /// After the reboot into the update, `status` no longer offers the version that runs; the
@@ -916,13 +958,13 @@ pub mod tests {
     fn p9_status_shows_no_stale_available_for_the_running_version() {
         let dir = tempfile::tempdir().unwrap();
         let img = disk_image(dir.path(), Slots::new(SlotAttrs { priority: 1, ..GOOD }, GOOD));
-        let agent = Agent::for_test(BootDisk::image(img, Slot::B), "1.1.0", &dir.path().join("state"));
-        let mut st = State { available: Some("1.1.0".into()), ..State::default() };
-        assert_eq!(crate::status::to_json(&agent, &st, None)["available"], serde_json::Value::Null);
-        st.available = Some("1.2.0".into());
-        assert_eq!(crate::status::to_json(&agent, &st, None)["available"], "1.2.0");
-        st.available = Some("1.1.0".into());
-        agent.mark_good(&mut st).unwrap();
-        assert_eq!(st.available, None);
+        let mut agent = Agent::for_test(BootDisk::image(img, Slot::B), "1.1.0", &dir.path().join("state"));
+        agent.state.available = Some("1.1.0".into());
+        assert_eq!(crate::status::status(&agent, None).available, None);
+        agent.state.available = Some("1.2.0".into());
+        assert_eq!(crate::status::status(&agent, None).available.as_deref(), Some("1.2.0"));
+        agent.state.available = Some("1.1.0".into());
+        agent.mark_good().unwrap();
+        assert_eq!(agent.state.available, None);
     }
 }

@@ -183,6 +183,41 @@ impl BootDisk {
     }
 }
 
+/// The slot attributes, behind the two operations the agent's policy needs: the boot disk's GPT
+/// in the agent, a value in memory in the policy's unit tests.
+pub trait SlotStore {
+    /// Both slots' attributes.
+    fn slots(&self) -> anyhow::Result<Slots>;
+    /// Writes `slots` if they differ from what is stored; whether anything was written.
+    fn write_slots(&self, slots: Slots) -> anyhow::Result<bool>;
+}
+
+impl SlotStore for BootDisk {
+    fn slots(&self) -> anyhow::Result<Slots> {
+        BootDisk::slots(self)
+    }
+
+    fn write_slots(&self, slots: Slots) -> anyhow::Result<bool> {
+        BootDisk::write_slots(self, slots)
+    }
+}
+
+/// Slot attributes in memory (unit tests of the agent's policy): no disk, no sgdisk.
+#[cfg(test)]
+#[derive(Debug)]
+pub struct MemorySlots(pub std::cell::Cell<Slots>);
+
+#[cfg(test)]
+impl SlotStore for MemorySlots {
+    fn slots(&self) -> anyhow::Result<Slots> {
+        Ok(self.0.get())
+    }
+
+    fn write_slots(&self, slots: Slots) -> anyhow::Result<bool> {
+        Ok(self.0.replace(slots) != slots)
+    }
+}
+
 /// The GPT (the backup copy when the primary is unusable), through berth-slot's reader.
 fn read_gpt(file: &File, node: &Path) -> anyhow::Result<Gpt> {
     let lbas = device_size(file, node)? / SECTOR_SIZE;

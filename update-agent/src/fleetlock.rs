@@ -11,6 +11,57 @@ use berth_release::config::FleetLock;
 
 use crate::http::Http;
 
+/// Why the server did not grant an operation: it could not be asked, or it answered with
+/// another status than 200 (with the protocol's `{"kind": …, "value": …}` body when it sent
+/// one). Callers and tests branch on [`FleetLockError::error_kind`], as zincati's do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FleetLockError {
+    /// The request did not reach the server or its answer did not come back.
+    #[error("{0}")]
+    Transport(String),
+    /// The server answered, and not with 200.
+    #[error("POST {url}: {status}: {}", describe(kind, value, body))]
+    Refused {
+        /// The operation's URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The protocol's error kind (`failed_lock`), when the body carried one.
+        kind: Option<String>,
+        /// The protocol's error value (the server's reason).
+        value: Option<String>,
+        /// The start of a body that was not the protocol's error document.
+        body: String,
+    },
+}
+
+fn describe(kind: &Option<String>, value: &Option<String>, body: &str) -> String {
+    match kind {
+        Some(k) => format!("{k}: {}", value.as_deref().unwrap_or("")),
+        None => body.to_string(),
+    }
+}
+
+impl FleetLockError {
+    /// The protocol's error kind (`failed_lock` for a lock held by others), `http_<status>`
+    /// for a refusal without one, or `transport` when the server was not reached.
+    pub fn error_kind(&self) -> String {
+        match self {
+            FleetLockError::Transport(_) => "transport".into(),
+            FleetLockError::Refused { kind: Some(k), .. } => k.clone(),
+            FleetLockError::Refused { status, .. } => format!("http_{status}"),
+        }
+    }
+
+    /// The HTTP status of a refusal.
+    pub fn status_code(&self) -> Option<u16> {
+        match self {
+            FleetLockError::Refused { status, .. } => Some(*status),
+            FleetLockError::Transport(_) => None,
+        }
+    }
+}
+
 /// A host's client of one FleetLock server.
 pub struct Client<'a> {
     http: &'a Http,
@@ -34,27 +85,29 @@ impl<'a> Client<'a> {
     }
 
     /// Asks for the reboot lock; `Err` says why it was not given.
-    pub fn pre_reboot(&self) -> Result<(), String> {
+    pub fn pre_reboot(&self) -> Result<(), FleetLockError> {
         self.call("pre-reboot")
     }
 
     /// Gives back any lock this host holds.
-    pub fn steady_state(&self) -> Result<(), String> {
+    pub fn steady_state(&self) -> Result<(), FleetLockError> {
         self.call("steady-state")
     }
 
-    fn call(&self, operation: &str) -> Result<(), String> {
+    fn call(&self, operation: &str) -> Result<(), FleetLockError> {
         let url = format!("{}/v1/{operation}", self.server.url);
         let body = serde_json::json!({"client_params": {"id": self.id, "group": self.server.group}}).to_string();
-        let (status, answer) = self.http.post_json(&url, &[("fleet-lock-protocol", "true")], &body)?;
+        let (status, answer) =
+            self.http.post_json(&url, &[("fleet-lock-protocol", "true")], &body).map_err(FleetLockError::Transport)?;
         if status == 200 {
             return Ok(());
         }
-        let why = serde_json::from_str::<serde_json::Value>(&answer)
-            .ok()
-            .and_then(|v| Some(format!("{}: {}", v.get("kind")?.as_str()?, v.get("value")?.as_str().unwrap_or(""))))
-            .unwrap_or_else(|| answer.trim().chars().take(200).collect());
-        Err(format!("POST {url}: {status}: {why}"))
+        let doc = serde_json::from_str::<serde_json::Value>(&answer).ok();
+        let field = |name: &str| doc.as_ref().and_then(|v| v.get(name)?.as_str().map(String::from));
+        let kind = field("kind");
+        let value = kind.as_ref().map(|_| field("value").unwrap_or_default());
+        let body = if kind.is_some() { String::new() } else { answer.trim().chars().take(200).collect() };
+        Err(FleetLockError::Refused { url, status, kind, value, body })
     }
 }
 
@@ -135,7 +188,8 @@ mod tests {
         let server = FleetLock { url: url.clone(), group: "workers".into() };
         let c = Client::new(&http, &server, "0123456789abcdef0123456789abcdef\n");
         let e = c.pre_reboot().unwrap_err();
-        assert_eq!(e, format!("POST {url}/v1/pre-reboot: 409: failed_lock: all 1 slots are taken"));
+        assert_eq!((e.error_kind().as_str(), e.status_code()), ("failed_lock", Some(409)), "{e:?}");
+        assert_eq!(e.to_string(), format!("POST {url}/v1/pre-reboot: 409: failed_lock: all 1 slots are taken"));
         c.steady_state().unwrap();
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 2);
@@ -155,7 +209,7 @@ mod tests {
         assert_eq!(a.id.len(), 32);
         a.pre_reboot().unwrap();
         a.pre_reboot().unwrap();
-        assert!(b.pre_reboot().is_err());
+        assert_eq!(b.pre_reboot().map_err(|e| e.error_kind()), Err("failed_lock".into()));
         a.steady_state().unwrap();
         b.pre_reboot().unwrap();
     }
@@ -166,6 +220,7 @@ mod tests {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let server = FleetLock { url: format!("http://127.0.0.1:{port}"), group: "default".into() };
         let e = Client::new(&http, &server, "m").pre_reboot().unwrap_err();
-        assert!(e.starts_with(&format!("POST http://127.0.0.1:{port}/v1/pre-reboot: ")), "{e}");
+        assert_eq!((e.error_kind().as_str(), e.status_code()), ("transport", None), "{e:?}");
+        assert!(e.to_string().starts_with(&format!("POST http://127.0.0.1:{port}/v1/pre-reboot: ")), "{e}");
     }
 }

@@ -9,8 +9,11 @@
 
 mod agent;
 mod clock;
+mod daemon;
 mod disk;
 mod esp;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod fleetlock;
 mod http;
 mod pipeline;
@@ -19,16 +22,12 @@ mod status;
 mod trust;
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use anyhow::Context;
 use berth_release::Timestamp;
-use berth_release::config::Strategy;
 use clap::{Parser, Subcommand};
 
 use crate::agent::{Agent, Found};
-use crate::state::{LOCK_FILE, Phase, State};
+use crate::state::{LOCK_FILE, Phase};
 
 #[derive(Parser)]
 #[command(
@@ -103,25 +102,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Holds the agent's lock (waiting for it) while alive: for the daemon, whose only rival is a
-/// command that gives up at once.
-fn lock() -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    state::lock_file(LOCK_FILE, true)?.context("the lock was not taken")
-}
-
-/// The agent's lock for a command someone waits for: taken at once, or an error saying what
-/// the daemon is doing (a download can take long; a command must not hang behind it).
-fn lock_now(agent: &Agent) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+/// The agent's lock for a command someone waits for: taken at once (and the state read again
+/// under it), or an error saying what the daemon is doing (a download can take long; a command
+/// must not hang behind it).
+fn lock_now(agent: &mut Agent) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     match state::lock_file(LOCK_FILE, false)? {
-        Some(l) => Ok(l),
+        Some(l) => {
+            agent.reload_locked();
+            Ok(l)
+        }
         None => anyhow::bail!("{}; try again when it is done (`berth-update status` shows it)", busy(agent)),
     }
 }
 
 /// What the holder of the lock is doing, as the state file says.
-fn busy(agent: &Agent) -> String {
-    let st = agent.load_state();
-    match (&st.state, &st.download) {
+fn busy(agent: &mut Agent) -> String {
+    agent.reload();
+    let st = &agent.state;
+    match (st.phase(), &st.download) {
         (Phase::Downloading, Some(d)) => format!(
             "the daemon is busy (staging {}: {} of {} MiB written)",
             d.version,
@@ -134,21 +132,17 @@ fn busy(agent: &Agent) -> String {
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let mut agent = Agent::open()?;
     match command {
         Command::Status { json } => {
             // No lock: the state file is replaced whole (rename), so it reads consistently.
-            let agent = Agent::open()?;
-            let st = agent.load_state();
-            let busy = state::lock_file(LOCK_FILE, false).ok().is_some_and(|l| l.is_none()).then(|| busy(&agent));
-            status::print(&agent, &st, busy.as_deref(), json)?;
+            let busy = state::lock_file(LOCK_FILE, false).ok().is_some_and(|l| l.is_none()).then(|| busy(&mut agent));
+            status::print(&agent, busy.as_deref(), json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {
-            let agent = Agent::open()?;
-            let _lock = lock_now(&agent)?;
-            let mut st = agent.load_state();
-            let r = agent.check(&mut st, false);
-            let out = match r {
+            let _lock = lock_now(&mut agent)?;
+            let out = match agent.check(false) {
                 Ok((index, found)) => {
                     println!(
                         "{}: sequence {}, expires {}",
@@ -166,173 +160,43 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    st.error(&e);
-                    st.last_check = Some(Timestamp::now());
+                    agent.state.error(&e);
+                    agent.state.last_check = Some(Timestamp::now());
                     Err(e)
                 }
             };
-            agent.save(&st);
+            agent.save();
             out
         }
         Command::Apply { force, no_reboot } => {
-            let agent = Agent::open()?;
-            let _lock = lock_now(&agent)?;
-            let mut st = agent.load_state();
-            st.paused = None;
-            let r = apply(&agent, &mut st, force, !no_reboot);
+            let _lock = lock_now(&mut agent)?;
+            let r = daemon::apply(&mut agent, force, !no_reboot);
             if let Err(e) = &r {
-                st.error(e);
-                st.rest();
+                agent.state.error(e);
+                agent.state.rest();
             }
-            agent.save(&st);
+            agent.save();
             r.map(|msg| {
                 println!("{msg}");
                 ExitCode::SUCCESS
             })
         }
         Command::Rollback => {
-            let agent = Agent::open()?;
-            let _lock = lock_now(&agent)?;
-            let mut st = agent.load_state();
-            st.drop_stale_available(&agent.version);
-            println!("{}", agent.rollback(&mut st)?);
+            let _lock = lock_now(&mut agent)?;
+            let version = agent.version.clone();
+            agent.state.drop_stale_available(&version);
+            println!("{}", agent.rollback()?);
             Ok(ExitCode::SUCCESS)
         }
         Command::MarkGood => {
-            let agent = Agent::open()?;
             // A service, not a person: it waits (the daemon does not stage while on trial).
-            let _lock = lock()?;
-            let mut st = agent.load_state();
-            let msg = agent.mark_good(&mut st)?;
-            agent.save(&st);
+            let _lock = state::wait_for_lock()?;
+            agent.reload_locked();
+            let msg = agent.mark_good()?;
+            agent.save();
             println!("{msg}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Daemon => daemon(),
+        Command::Daemon => daemon::Daemon::new(agent).run(),
     }
-}
-
-/// Check, and stage what is found; returns what happened.
-fn apply(agent: &Agent, st: &mut State, force: bool, reboot: bool) -> anyhow::Result<String> {
-    // A failed update not yet recorded (the record could not be saved) must be recorded
-    // before anything is staged over it.
-    agent.notice_rollback(st)?;
-    st.state = Phase::Checking;
-    let (_, found) = agent.check(st, force)?;
-    let release = match found {
-        Found::UpToDate => {
-            st.rest();
-            return Ok(format!("up to date: {} is the newest for this host", agent.version));
-        }
-        Found::Later { version, from } => {
-            st.rest();
-            return Ok(format!("{version} is rolling out; this host's turn comes at {from}"));
-        }
-        Found::Update(r) => r,
-    };
-    if force || !agent.already_staged(st, &release) {
-        let url = agent.config.channel.clone().unwrap_or_default();
-        agent.stage(st, &url, &release, force)?;
-    }
-    if reboot { agent.maybe_reboot(st, Timestamp::now()) } else { Ok(format!("{} staged", release.version)) }
-}
-
-/// The long-running agent.
-fn daemon() -> anyhow::Result<ExitCode> {
-    let agent = Agent::open()?;
-    println!(
-        "berth-update {}: running {} from {}; channel {}; strategy {}; every {} (+ up to {} jitter)",
-        env!("CARGO_PKG_VERSION"),
-        agent.version,
-        agent.disk.booted.label(),
-        agent.config.channel.as_deref().unwrap_or("(none: checks are off)"),
-        agent.config.strategy.name(),
-        berth_release::time::format_duration(agent.config.interval),
-        berth_release::time::format_duration(agent.config.jitter),
-    );
-    {
-        let _lock = lock()?;
-        let mut st = agent.load_state();
-        // A run cut short (a crash, a power cut) left its phase behind.
-        st.paused = None;
-        if matches!(st.state, Phase::Checking | Phase::Downloading | Phase::Rebooting) {
-            st.state = Phase::Idle;
-        }
-        st.rest();
-        // The update that was available is the one running now.
-        st.drop_stale_available(&agent.version);
-        if let Err(e) = agent.notice_rollback(&mut st) {
-            st.error(&e);
-        }
-        agent.save(&st);
-    }
-    loop {
-        let wait = cycle(&agent);
-        std::thread::sleep(wait);
-    }
-}
-
-/// Whether this run of the daemon has reported steady state to the FleetLock server.
-static STEADY: AtomicBool = AtomicBool::new(false);
-/// How soon a staged host asks for the fleet's reboot lock again.
-const FLEETLOCK_RETRY: Duration = Duration::from_secs(300);
-
-/// One check (and stage, and reboot); returns how long to sleep.
-fn cycle(agent: &Agent) -> Duration {
-    let jitter = rand::random_range(0..=agent.config.jitter.as_millis().min(u128::from(u64::MAX)) as u64);
-    let mut wait = agent.config.interval + Duration::from_millis(jitter);
-    if agent.config.channel.is_none() {
-        return wait;
-    }
-    let Ok(_lock) = lock().map_err(|e| println!("error: {e:#}")) else { return wait };
-    let mut st = agent.load_state();
-    if let Err(e) = agent.notice_rollback(&mut st) {
-        // The rollback is not recorded: nothing else this cycle (a stage would clear the
-        // failed slot and take the same version again).
-        st.error(&e);
-        agent.save(&st);
-        return wait;
-    }
-    let on_trial = agent.disk.slots().map(|s| !s.get(agent.disk.booted).successful).unwrap_or(true);
-    if on_trial {
-        println!("{} is on trial: no update checks until it is marked good", agent.disk.booted.label());
-        agent.save(&st);
-        return wait;
-    }
-    // A good slot runs: a reboot lock taken before the reboot that led here is given back
-    // (once per run of the daemon, which is once per boot, until the server takes it).
-    if !STEADY.load(Ordering::Relaxed)
-        && let Some(r) = agent.fleet_steady_state()
-    {
-        match r {
-            Ok(()) => STEADY.store(true, Ordering::Relaxed),
-            Err(why) => st.error(&anyhow::anyhow!("fleetlock: {why}")),
-        }
-    }
-    match apply(agent, &mut st, false, true) {
-        Ok(msg) => println!("{msg}"),
-        Err(e) => {
-            // The clock is set within seconds of the network coming up: ask again soon.
-            if e.downcast_ref::<clock::ClockNotSet>().is_some() {
-                wait = wait.min(clock::CLOCK_RETRY);
-            }
-            st.error(&e);
-            st.rest();
-        }
-    }
-    // A window strategy wakes up for its window; a host waiting for the fleet's reboot lock
-    // asks again within minutes.
-    if st.staged.is_some() {
-        match &agent.config.strategy {
-            Strategy::Window(w) => {
-                let now = Timestamp::now();
-                let open = w.next_open(now);
-                wait = wait.min(Duration::from_secs(u64::try_from(open.0 - now.0).unwrap_or(0).max(1)));
-            }
-            Strategy::FleetLock(_) => wait = wait.min(FLEETLOCK_RETRY),
-            _ => {}
-        }
-    }
-    agent.save(&st);
-    wait
 }

@@ -80,6 +80,59 @@ struct Splitter {
     expected: Option<(FrameList, usize)>,
 }
 
+/// Why the splitter refused a stream (`what` names the artifact, `at` is a byte offset in the
+/// compressed stream). Callers and tests branch on the variant, not on the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The stream runs on past the last frame of the signed frame list.
+    #[error("{what}: byte {at} is past the {frames} frames of the signed frame list")]
+    PastList { what: String, at: u64, frames: usize },
+    /// The signed frame list names a frame longer than a frame can compress to.
+    #[error(
+        "{what}: the signed frame list's frame {frame} is {len} bytes, more than a frame of {FRAME} bytes compresses to"
+    )]
+    ListedTooLong { what: String, frame: usize, len: usize },
+    /// A frame's bytes do not match the SHA-256 the signed frame list gives it.
+    #[error(
+        "{what}: frame {frame} (bytes {at}..{end}) has SHA-256 {got}, not the {want} of the signed frame list: refused \
+         before it is decoded"
+    )]
+    Unauthentic {
+        what: String,
+        frame: usize,
+        at: u64,
+        end: u64,
+        got: berth_release::index::Digest,
+        want: berth_release::index::Digest,
+    },
+    /// An authenticated frame does not end where the signed frame list says.
+    #[error("{what}: frame {frame} at byte {at} does not end where the signed frame list says ({len} bytes)")]
+    ListedEndMismatch { what: String, frame: usize, at: u64, len: usize },
+    /// No frame end within the most bytes a frame compresses to.
+    #[error("{what}: the zstd frame at byte {at} does not end within {len} bytes")]
+    Unterminated { what: String, at: u64, len: usize },
+    /// The frames expand past the image size the index announced.
+    #[error("{what}: expands to more than the {image_size} bytes the index announced")]
+    TooLong { what: String, image_size: u64 },
+    /// No zstd frame header where a frame must start.
+    #[error("{what}: no zstd frame header at byte {at}")]
+    NoHeader { what: String, at: u64 },
+    /// A frame whose header does not declare its expanded size.
+    #[error("{what}: the zstd frame at byte {at} does not declare its size (a root is published as frames that do)")]
+    UnsizedFrame { what: String, at: u64 },
+    /// A frame that declares more than a frame may expand to.
+    #[error(
+        "{what}: the zstd frame at byte {at} expands to {size} bytes, more than the {ZSTD_FRAME_BYTES} a frame may"
+    )]
+    FrameTooLarge { what: String, at: u64, size: u64 },
+    /// The stream ends before the last frame of the signed frame list.
+    #[error("{what}: the stream ends after frame {next} of the {frames} the signed frame list names")]
+    EndsEarly { what: String, next: usize, frames: usize },
+    /// The stream ends inside a frame.
+    #[error("{what}: the stream ends inside the zstd frame at byte {at} ({len} bytes of it)")]
+    EndsInsideFrame { what: String, at: u64, len: usize },
+}
+
 /// A compressed frame and a read after it fit in a buffer of this size.
 fn buffer_size() -> usize {
     zstd_safe::compress_bound(FRAME) + READ_CHUNK
@@ -107,44 +160,34 @@ impl Splitter {
 
     /// With a frame list: the length of the next frame once it has arrived whole and matches
     /// its SHA-256 (`Ok(None)` until it has arrived).
-    fn authenticated(&mut self) -> Result<Option<usize>, String> {
+    fn authenticated(&mut self) -> Result<Option<usize>, FrameError> {
         let Some((list, next)) = &mut self.expected else { return Ok(None) };
         let pending = &self.pending[..self.filled];
+        let what = || self.what.clone();
         let Some(&(len, sha)) = list.0.get(*next) else {
-            return Err(format!(
-                "{}: byte {} is past the {} frames of the signed frame list",
-                self.what,
-                self.offset,
-                list.0.len()
-            ));
+            return Err(FrameError::PastList { what: what(), at: self.offset, frames: list.0.len() });
         };
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         if len > zstd_safe::compress_bound(FRAME) {
-            return Err(format!(
-                "{}: the signed frame list's frame {} is {len} bytes, more than a frame of {FRAME} bytes compresses to",
-                self.what, *next
-            ));
+            return Err(FrameError::ListedTooLong { what: what(), frame: *next, len });
         }
         if pending.len() < len {
             return Ok(None);
         }
         let got = berth_release::artifact::sha256(&pending[..len]);
         if got != sha {
-            return Err(format!(
-                "{}: frame {} (bytes {}..{}) has SHA-256 {got}, not the {sha} of the signed frame list: refused before \
-                 it is decoded",
-                self.what,
-                *next,
-                self.offset,
-                self.offset + len as u64
-            ));
+            return Err(FrameError::Unauthentic {
+                what: what(),
+                frame: *next,
+                at: self.offset,
+                end: self.offset + len as u64,
+                got,
+                want: sha,
+            });
         }
         // Authenticated bytes from here on; the frame must also end where the list says.
         if zstd_safe::find_frame_compressed_size(&pending[..len]) != Ok(len) {
-            return Err(format!(
-                "{}: frame {} at byte {} does not end where the signed frame list says ({len} bytes)",
-                self.what, *next, self.offset
-            ));
+            return Err(FrameError::ListedEndMismatch { what: what(), frame: *next, at: self.offset, len });
         }
         *next += 1;
         Ok(Some(len))
@@ -163,7 +206,7 @@ impl Splitter {
     /// The next whole frame of what has arrived, if there is one; an error when the stream
     /// cannot be a root (checked as early as the bytes allow). After `Ok(None)` the buffer has
     /// room for another read; after an error it is emptied, for the rest to be read through it.
-    fn cut(&mut self) -> Result<Option<Frame>, String> {
+    fn cut(&mut self) -> Result<Option<Frame>, FrameError> {
         let r = self.try_cut();
         if r.is_err() {
             self.filled = 0;
@@ -171,7 +214,7 @@ impl Splitter {
         r
     }
 
-    fn try_cut(&mut self) -> Result<Option<Frame>, String> {
+    fn try_cut(&mut self) -> Result<Option<Frame>, FrameError> {
         if self.filled == 0 {
             return Ok(None);
         }
@@ -185,12 +228,7 @@ impl Splitter {
                 self.frame_size(pending)?;
             }
             if pending.len() > zstd_safe::compress_bound(FRAME) {
-                return Err(format!(
-                    "{}: the zstd frame at byte {} does not end within {} bytes",
-                    self.what,
-                    self.offset,
-                    pending.len()
-                ));
+                return Err(FrameError::Unterminated { what: self.what.clone(), at: self.offset, len: pending.len() });
             }
             return Ok(None);
         };
@@ -198,14 +236,11 @@ impl Splitter {
     }
 
     /// Cuts the first `len` pending bytes off as a frame, checking its header.
-    fn take(&mut self, len: usize) -> Result<Option<Frame>, String> {
+    fn take(&mut self, len: usize) -> Result<Option<Frame>, FrameError> {
         let pending = &self.pending[..self.filled];
         let size = self.frame_size(&pending[..len])?;
         if self.at + size as u64 > self.image_size {
-            return Err(format!(
-                "{}: expands to more than the {} bytes the index announced",
-                self.what, self.image_size
-            ));
+            return Err(FrameError::TooLong { what: self.what.clone(), image_size: self.image_size });
         }
         let mut rest = self.spare.pop().unwrap_or_else(|| vec![0; buffer_size()]);
         rest[..self.filled - len].copy_from_slice(&pending[len..]);
@@ -219,39 +254,26 @@ impl Splitter {
 
     /// The image bytes the frame starting `bytes` expands to, from its header (a skippable
     /// frame expands to none).
-    fn frame_size(&self, bytes: &[u8]) -> Result<usize, String> {
-        let at = self.offset;
+    fn frame_size(&self, bytes: &[u8]) -> Result<usize, FrameError> {
+        let (what, at) = (self.what.clone(), self.offset);
         match zstd_safe::get_frame_content_size(bytes) {
-            Err(_) => Err(format!("{}: no zstd frame header at byte {at}", self.what)),
-            Ok(None) => Err(format!(
-                "{}: the zstd frame at byte {at} does not declare its size (a root is published as frames that do)",
-                self.what
-            )),
-            Ok(Some(n)) if n > ZSTD_FRAME_BYTES => Err(format!(
-                "{}: the zstd frame at byte {at} expands to {n} bytes, more than the {ZSTD_FRAME_BYTES} a frame may",
-                self.what
-            )),
+            Err(_) => Err(FrameError::NoHeader { what, at }),
+            Ok(None) => Err(FrameError::UnsizedFrame { what, at }),
+            Ok(Some(size)) if size > ZSTD_FRAME_BYTES => Err(FrameError::FrameTooLarge { what, at, size }),
             Ok(Some(n)) => Ok(n as usize),
         }
     }
 
     /// At the end of the stream: nothing may be left over.
-    fn finish(&self) -> Result<(), String> {
+    fn finish(&self) -> Result<(), FrameError> {
         if let Some((list, next)) = &self.expected
             && *next != list.0.len()
         {
-            return Err(format!(
-                "{}: the stream ends after frame {next} of the {} the signed frame list names",
-                self.what,
-                list.0.len()
-            ));
+            return Err(FrameError::EndsEarly { what: self.what.clone(), next: *next, frames: list.0.len() });
         }
         match self.filled {
             0 => Ok(()),
-            n => Err(format!(
-                "{}: the stream ends inside the zstd frame at byte {} ({n} bytes of it)",
-                self.what, self.offset
-            )),
+            len => Err(FrameError::EndsInsideFrame { what: self.what.clone(), at: self.offset, len }),
         }
     }
 }
@@ -400,7 +422,7 @@ fn stream_with(
             if let Some(f) = frames {
                 splitter = splitter.with_frames(f);
             }
-            let mut refused: Option<String> = None;
+            let mut refused: Option<FrameError> = None;
             loop {
                 // Once the stream is refused, the rest is still read (into the same place) for
                 // the check.
@@ -520,7 +542,10 @@ fn stream_with(
             decode_error = decode_error.or(failed);
         }
         checked?;
-        if let Some(e) = refused.or(decode_error) {
+        if let Some(e) = refused {
+            return Err(e.into());
+        }
+        if let Some(e) = decode_error {
             return Err(anyhow!(e));
         }
         wrote?;
@@ -543,7 +568,7 @@ mod tests {
     use super::*;
 
     /// Cuts `stream` as it arrives in `step`-byte pieces.
-    fn cut_all(stream: &[u8], image_size: u64, step: usize) -> Result<Vec<(usize, usize, u64)>, String> {
+    fn cut_all(stream: &[u8], image_size: u64, step: usize) -> Result<Vec<(usize, usize, u64)>, FrameError> {
         let mut s = Splitter::new("root.img.zst", image_size);
         let mut out = Vec::new();
         for piece in stream.chunks(step) {
@@ -567,7 +592,7 @@ mod tests {
 
     /// Feeds `stream` in `step`-byte pieces through a splitter with `list`; the frames handed
     /// on (to the decoders) and the first refusal.
-    fn cut_listed(stream: &[u8], image_size: u64, list: FrameList, step: usize) -> (usize, Result<(), String>) {
+    fn cut_listed(stream: &[u8], image_size: u64, list: FrameList, step: usize) -> (usize, Result<(), FrameError>) {
         let mut s = Splitter::new("root.img.zst", image_size).with_frames(list);
         let mut handed = 0;
         for piece in stream.chunks(step) {
@@ -600,20 +625,22 @@ mod tests {
         let (handed, r) = cut_listed(&bad, image.len() as u64, list.clone(), 4096);
         assert_eq!(handed, 1);
         let e = r.unwrap_err();
-        assert!(e.contains("frame 1") && e.contains("refused before it is decoded"), "{e}");
+        assert!(matches!(e, FrameError::Unauthentic { frame: 1, .. }), "{e:?}");
+        assert!(e.to_string().contains("refused before it is decoded"), "{e}");
         // A frame a mirror built itself (valid zstd, other bytes) is refused just the same.
         let (other, _) = listed(&vec![0u8; image.len()]);
         let (handed, r) = cut_listed(&other, image.len() as u64, list.clone(), 4096);
         assert_eq!(handed, 0);
-        assert!(r.unwrap_err().contains("frame 0"));
+        // (Its first frame is shorter than the listed one: waited for whole, it never is.)
+        assert!(matches!(r, Err(FrameError::EndsEarly { next: 0, frames: 3, .. })), "{r:?}");
         // A stream that stops early, or runs on past the list, is refused.
         let short = &packed[..(list.0[0].0 + list.0[1].0) as usize];
         let (_, r) = cut_listed(short, image.len() as u64, list.clone(), 4096);
-        assert!(r.unwrap_err().contains("ends after frame 2 of the 3"));
+        assert_eq!(r, Err(FrameError::EndsEarly { what: "root.img.zst".into(), next: 2, frames: 3 }));
         let mut longer = packed.clone();
         longer.extend_from_slice(&packed[..list.0[0].0 as usize]);
         let (_, r) = cut_listed(&longer, image.len() as u64, list, 4096);
-        assert!(r.unwrap_err().contains("past the 3 frames"));
+        assert!(matches!(r, Err(FrameError::PastList { frames: 3, .. })), "{r:?}");
     }
 
     #[test]
@@ -644,24 +671,26 @@ mod tests {
         // One frame for the whole image: more than a frame may expand to.
         let whole = zstd::bulk::compress(&image, 3).unwrap();
         let e = cut_all(&whole, image.len() as u64, 4096).unwrap_err();
-        assert!(e.contains("expands to 12582912 bytes, more than the 4194304"), "{e}");
+        assert!(matches!(e, FrameError::FrameTooLarge { at: 0, size: 12582912, .. }), "{e:?}");
+        assert!(e.to_string().contains("expands to 12582912 bytes, more than the 4194304"), "{e}");
         // A frame that does not declare its size (as a pipe into `zstd` writes).
         let mut unsized_frame = Vec::new();
         let mut enc = zstd::stream::Encoder::new(&mut unsized_frame, 3).unwrap();
         std::io::Write::write_all(&mut enc, &image[..1000]).unwrap();
         enc.finish().unwrap();
         let e = cut_all(&unsized_frame, image.len() as u64, 4096).unwrap_err();
-        assert!(e.contains("at byte 0 does not declare its size"), "{e}");
+        assert!(matches!(e, FrameError::UnsizedFrame { at: 0, .. }), "{e:?}");
         // Not zstd at all.
         let e = cut_all(&[0u8; 64], 64, 64).unwrap_err();
-        assert!(e.contains("no zstd frame header at byte 0"), "{e}");
+        assert_eq!(e, FrameError::NoHeader { what: "root.img.zst".into(), at: 0 });
+        assert_eq!(e.to_string(), "root.img.zst: no zstd frame header at byte 0");
         // Good frames, then a cut-off one.
         let packed = frames(&image, 3);
         let e = cut_all(&packed[..packed.len() - 1], image.len() as u64, 4096).unwrap_err();
-        assert!(e.contains("ends inside the zstd frame at byte"), "{e}");
+        assert!(matches!(e, FrameError::EndsInsideFrame { .. }), "{e:?}");
         // More than the index announced.
         let e = cut_all(&packed, image.len() as u64 - 1, 4096).unwrap_err();
-        assert!(e.contains("expands to more than the 12582911 bytes"), "{e}");
+        assert_eq!(e, FrameError::TooLong { what: "root.img.zst".into(), image_size: 12582911 });
     }
 }
 

@@ -36,102 +36,35 @@ pub fn lock_file(path: &str, wait: bool) -> anyhow::Result<Option<nix::fcntl::Fl
     }
 }
 
-/// What the agent is doing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    /// Nothing to do, or waiting for the next check.
-    #[default]
-    Idle,
-    /// Fetching and verifying the index.
-    Checking,
-    /// Streaming an image into the passive slot.
-    Downloading,
-    /// An update waits in the passive slot for the reboot.
-    Staged,
-    /// Rebooting into the staged slot.
-    Rebooting,
-    /// The last update failed its trial boots; the machine is back on the old slot.
-    RolledBack,
+/// Holds the agent's lock (waiting for it) while alive: for the daemon and mark-good, whose only
+/// rival is a command that gives up at once.
+pub fn wait_for_lock() -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    lock_file(LOCK_FILE, true)?.context("the lock was not taken")
 }
 
-/// An update written into a slot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Staged {
-    /// `a` or `b`.
-    pub slot: String,
-    /// The version in it.
-    pub version: String,
-    /// When it was staged.
-    pub at: Timestamp,
+pub use berth_update::report::{FleetLockRefusal, Phase, Progress, RolledBack, Staged, Staging};
+
+/// A phase change the state machine does not make: from `from`, the agent cannot go to `to`
+/// (zincati's update agent asserts its transitions the same way; here the caller gets an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the agent's state is {from}: it does not go to {to} from there")]
+pub struct PhaseError {
+    /// The phase the agent was in.
+    pub from: Phase,
+    /// The phase asked for.
+    pub to: Phase,
 }
 
-/// A version that did not boot to health.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RolledBack {
-    /// The version.
-    pub version: String,
-    /// The slot it was tried in.
-    pub slot: String,
-    /// When the rollback was noticed.
-    pub at: Timestamp,
-    /// `berth-update rollback` left it (held back by the operator), rather than its trial boots
-    /// failing.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub manual: bool,
-}
-
-/// A download in progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    /// The version.
-    pub version: String,
-    /// Compressed bytes received.
-    pub received: u64,
-    /// Compressed bytes in all.
-    pub size: u64,
-    /// Image bytes written to the slot.
-    pub written: u64,
-    /// Image bytes in all.
-    pub image_size: u64,
-}
-
-/// Figures of the last staging.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Staging {
-    /// The version.
-    pub version: String,
-    /// Image bytes written.
-    pub image_bytes: u64,
-    /// Compressed bytes downloaded.
-    pub downloaded_bytes: u64,
-    /// Download, decompress and write, seconds.
-    pub write_seconds: f64,
-    /// Image MiB per second of that.
-    pub write_mib_per_s: f64,
-    /// Decoder threads (one per CPU, at most four).
-    #[serde(default)]
-    pub decoders: usize,
-    /// CPU seconds of receiving, checking and cutting the compressed stream into frames (the
-    /// stages overlap: the three CPU times may add up to more than `write_seconds`).
-    #[serde(default)]
-    pub receive_cpu_seconds: f64,
-    /// CPU seconds of decompressing, all decoders together.
-    #[serde(default)]
-    pub decompress_cpu_seconds: f64,
-    /// CPU seconds of writing to the partition and syncing it.
-    #[serde(default)]
-    pub write_cpu_seconds: f64,
-    /// Read back and hash, seconds.
-    pub verify_seconds: f64,
-}
+/// Phases at rest: nothing is in progress.
+const AT_REST: &[Phase] = &[Phase::Idle, Phase::Staged, Phase::RolledBack];
 
 /// The remembered state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct State {
-    /// What the agent is doing.
-    pub state: Phase,
+    /// What the agent is doing: changed only by the transitions below.
+    #[serde(rename = "state")]
+    phase: Phase,
     /// The highest index sequence accepted (also kept in `floor.json`, see [`crate::trust`]).
     pub last_sequence: Option<u64>,
     /// SHA-256 of the index accepted with `last_sequence`: an equal sequence is accepted again
@@ -154,10 +87,14 @@ pub struct State {
     pub rollback_news: bool,
     /// The download in progress.
     pub download: Option<Progress>,
-    /// Set while the agent waits at a fault-injection point (`BERTH_UPDATE_PAUSE`).
+    /// Set while the agent waits at a fault-injection point (builds with the `failpoints`
+    /// feature only).
     pub paused: Option<String>,
     /// Figures of the last staging.
     pub last_staging: Option<Staging>,
+    /// The FleetLock server's last refusal of the reboot lock; cleared when it is given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleetlock: Option<FleetLockRefusal>,
 }
 
 impl State {
@@ -238,16 +175,83 @@ impl State {
         self.last_error = Some(msg);
     }
 
-    /// Back to rest: idle, or rolled-back while a rollback is the latest news.
+    /// What the agent is doing.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    fn go(&mut self, from: &[Phase], to: Phase) -> Result<(), PhaseError> {
+        if !from.contains(&self.phase) {
+            return Err(PhaseError { from: self.phase, to });
+        }
+        self.phase = to;
+        Ok(())
+    }
+
+    /// At rest (idle, staged, rolled-back) to checking the channel.
+    pub fn begin_check(&mut self) -> Result<(), PhaseError> {
+        self.go(AT_REST, Phase::Checking)
+    }
+
+    /// Checking to downloading `progress`'s version (its slot was just cleared: nothing is
+    /// staged, and the last rollback is no longer the news).
+    pub fn begin_download(&mut self, progress: Progress) -> Result<(), PhaseError> {
+        self.go(&[Phase::Checking], Phase::Downloading)?;
+        self.staged = None;
+        self.rollback_news = false;
+        self.download = Some(progress);
+        Ok(())
+    }
+
+    /// Downloading to staged: `staged` waits in its slot.
+    pub fn finish_staging(&mut self, staged: Staged) -> Result<(), PhaseError> {
+        self.go(&[Phase::Downloading], Phase::Staged)?;
+        self.slots.insert(staged.slot.name().into(), staged.version.clone());
+        self.staged = Some(staged);
+        self.download = None;
+        Ok(())
+    }
+
+    /// Staged to rebooting into the staged slot.
+    pub fn begin_reboot(&mut self) -> Result<(), PhaseError> {
+        self.go(&[Phase::Staged], Phase::Rebooting)
+    }
+
+    /// At rest to rolled-back: the update in `record.slot` did not boot to health (noticed
+    /// only between runs, never mid-download or mid-reboot).
+    pub fn record_rollback(&mut self, record: RolledBack, message: String) -> Result<(), PhaseError> {
+        self.go(AT_REST, Phase::RolledBack)?;
+        self.slots.remove(record.slot.name());
+        if !self.rolled_back(&record.version) {
+            self.rolled_back.push(record);
+        }
+        self.staged = None;
+        self.rollback_news = true;
+        self.last_error = Some(message);
+        Ok(())
+    }
+
+    /// From any phase back to rest (the end of a run, or giving up on one): staged while an
+    /// update waits, rolled-back while a rollback is the latest news, else idle.
     pub fn rest(&mut self) {
         self.download = None;
-        self.state = if self.staged.is_some() {
+        self.phase = if self.staged.is_some() {
             Phase::Staged
         } else if self.rollback_news {
             Phase::RolledBack
         } else {
             Phase::Idle
         };
+    }
+
+    /// For the holder of the agent's lock: a phase in progress was left by a run that ended
+    /// without coming to rest (a crash, a power cut), since only the lock's holder makes one.
+    /// Back to rest, and no fault-injection point waits any more.
+    pub fn settle_stale(&mut self) {
+        self.paused = None;
+        if !AT_REST.contains(&self.phase) {
+            self.rest();
+        }
     }
 }
 
@@ -274,7 +278,7 @@ mod tests {
     fn save_and_load_round_trip_and_a_corrupt_file_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(State::load(dir.path()), State::default());
-        let mut s = State { last_sequence: Some(4), state: Phase::Staged, ..State::default() };
+        let mut s = State { last_sequence: Some(4), phase: Phase::Staged, ..State::default() };
         s.slots.insert("a".into(), "1.0.0".into());
         s.save(dir.path()).unwrap();
         assert_eq!(State::load(dir.path()), s);
@@ -283,5 +287,78 @@ mod tests {
         std::fs::write(dir.path().join("state.json"), b"{ torn").unwrap();
         assert_eq!(State::load(dir.path()), State::default());
         assert!(dir.path().join("state.json.corrupt").exists());
+    }
+
+    fn progress() -> Progress {
+        Progress { version: "2.0.0".into(), received: 0, size: 10, written: 0, image_size: 20 }
+    }
+
+    /// The happy path, check to staged to rebooting, with each step taken only from the phase
+    /// before it; any phase comes back to rest.
+    #[test]
+    fn phases_change_only_from_the_phase_before_them() {
+        let mut s = State::default();
+        let staged = Staged { slot: berth_slot::Slot::B, version: "2.0.0".into(), at: Timestamp(0) };
+        assert_eq!(s.begin_download(progress()), Err(PhaseError { from: Phase::Idle, to: Phase::Downloading }));
+        assert_eq!(s.finish_staging(staged.clone()), Err(PhaseError { from: Phase::Idle, to: Phase::Staged }));
+        assert_eq!(s.begin_reboot(), Err(PhaseError { from: Phase::Idle, to: Phase::Rebooting }));
+        s.begin_check().unwrap();
+        assert_eq!(s.begin_check(), Err(PhaseError { from: Phase::Checking, to: Phase::Checking }));
+        s.begin_download(progress()).unwrap();
+        assert_eq!(s.phase(), Phase::Downloading);
+        let r = RolledBack { version: "1.5.0".into(), slot: berth_slot::Slot::B, at: Timestamp(0), manual: false };
+        let e = s.record_rollback(r.clone(), "x".into()).unwrap_err();
+        assert_eq!(e.to_string(), "the agent's state is downloading: it does not go to rolled-back from there");
+        s.finish_staging(staged.clone()).unwrap();
+        assert_eq!((s.phase(), s.download.as_ref(), s.staged.as_ref()), (Phase::Staged, None, Some(&staged)));
+        assert_eq!(s.slots.get("b").map(String::as_str), Some("2.0.0"));
+        s.begin_reboot().unwrap();
+        assert_eq!(s.begin_check(), Err(PhaseError { from: Phase::Rebooting, to: Phase::Checking }));
+        // A reboot that did not happen: back to staged.
+        s.rest();
+        assert_eq!(s.phase(), Phase::Staged);
+        s.record_rollback(r, "rolled back".into()).unwrap();
+        assert_eq!((s.phase(), s.staged.as_ref(), s.slots.get("b")), (Phase::RolledBack, None, None));
+        assert!(s.rolled_back("1.5.0"));
+    }
+
+    /// The lock's holder finds a phase in progress that nobody is in: left by a power cut.
+    #[test]
+    fn a_phase_left_in_progress_by_a_cut_is_settled_by_the_locks_holder() {
+        let mut s = State::default();
+        s.begin_check().unwrap();
+        s.begin_download(progress()).unwrap();
+        s.paused = Some("verified".into());
+        s.settle_stale();
+        assert_eq!((s.phase(), s.download.as_ref(), s.paused.as_ref()), (Phase::Idle, None, None));
+        s.rollback_news = true;
+        s.settle_stale();
+        assert_eq!(s.phase(), Phase::Idle, "at rest already: left alone");
+    }
+
+    /// A state file written before slots were typed reads the same (and writes the same).
+    #[test]
+    fn a_state_file_of_an_earlier_agent_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{
+  "state": "staged",
+  "last_sequence": 7,
+  "slots": {"a": "1.0.0", "b": "1.1.0"},
+  "staged": {"slot": "b", "version": "1.1.0", "at": "2026-11-30T10:00:00Z"},
+  "rolled_back": [{"version": "1.0.5", "slot": "b", "at": "2026-11-29T10:00:00Z", "manual": true}],
+  "rollback_news": false,
+  "paused": null
+}
+"#;
+        std::fs::write(dir.path().join("state.json"), old).unwrap();
+        let s = State::load(dir.path());
+        assert_eq!(s.phase(), Phase::Staged);
+        assert_eq!(s.staged.as_ref().map(|s| s.slot), Some(berth_slot::Slot::B));
+        assert_eq!(s.rolled_back[0].slot, berth_slot::Slot::B);
+        assert!(s.rolled_back[0].manual);
+        s.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(text.contains("\"slot\": \"b\"") && text.contains("\"state\": \"staged\""), "{text}");
+        assert_eq!(State::load(dir.path()), s);
     }
 }

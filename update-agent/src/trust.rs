@@ -127,7 +127,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = Floor { sequence: 9, index_sha256: Some(berth_release::index::Digest([1; 32])) };
         save_floor(dir.path(), f).unwrap();
-        let st = crate::state::State { last_sequence: Some(9), ..Default::default() };
+        let mut st = crate::state::State::default();
+        st.last_sequence = Some(9);
         st.save(dir.path()).unwrap();
         std::fs::write(dir.path().join("state.json"), b"{ torn").unwrap();
         let st = crate::state::State::load(dir.path());

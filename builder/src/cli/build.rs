@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::Args;
 
 use berth_builder::build::{BuildOptions, build};
-use berth_builder::units::{ByteSize, source_date_epoch};
+use berth_builder::size::ByteSize;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -50,7 +50,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
         offline: a.offline,
         prebuilt: a.prebuilt,
         workspace,
-        source_date_epoch: source_date_epoch().map_err(anyhow::Error::msg)?,
+        source_date_epoch: super::source_date_epoch()?,
         progress: std::io::stderr().is_terminal() || std::env::var_os("BERTH_PROGRESS").is_some(),
     };
     let r = build(&opts)?;

@@ -8,7 +8,7 @@ use berth_fstree::{LoadOptions, Tree};
 use clap::{Args, Subcommand};
 use sha2::{Digest, Sha256};
 
-use berth_builder::units::{ByteSize, source_date_epoch};
+use berth_builder::size::ByteSize;
 
 #[derive(Debug, Subcommand)]
 pub enum FsCommand {
@@ -63,7 +63,7 @@ fn ext4(a: Ext4Args) -> anyhow::Result<()> {
     }
     let mtime = match a.timestamp {
         Some(t) => Some(t),
-        None => source_date_epoch().map_err(anyhow::Error::msg)?,
+        None => super::source_date_epoch()?,
     };
     let tree = Tree::from_dir(&a.src_dir, &LoadOptions { all_root: a.all_root, mtime })
         .with_context(|| format!("reading {}", a.src_dir.display()))?;

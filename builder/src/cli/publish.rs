@@ -8,7 +8,7 @@ use berth_release::time::{format_duration, parse_duration};
 use clap::Args;
 
 use berth_builder::publish::{PublishOptions, generate_key, publish};
-use berth_builder::units::ByteSize;
+use berth_builder::size::ByteSize;
 
 pub const KEYGEN_EXAMPLES: &str = "\
 Examples:

@@ -926,6 +926,7 @@ fn make_directory(dir: &super::ServiceDir, account: &users::Account) -> Result<(
         dir.mode,
         (account.uid, account.gid),
     )
+    .map_err(|e| e.to_string())
 }
 
 fn condition_env() -> condition::ConditionEnv {

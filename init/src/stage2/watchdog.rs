@@ -136,7 +136,7 @@ fn open(timeout: u32) -> Result<(File, String, u32), String> {
 fn load_softdog() -> Result<(), String> {
     let release = nix::sys::utsname::uname().map_err(|e| format!("uname: {e}"))?;
     let dir = Path::new("/usr/lib/modules").join(release.release());
-    crate::modules::load_one(&dir, "softdog")?;
+    crate::stage1::modules::load_one(&dir, "softdog")?;
     let until = Instant::now() + Duration::from_secs(2);
     while !Path::new(DEVICE).exists() {
         if Instant::now() >= until {

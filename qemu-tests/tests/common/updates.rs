@@ -2,19 +2,20 @@
 //! definitions at several versions that trust it, their builds, a release repository published
 //! with `berth publish`'s code and served on 127.0.0.1 (the guests reach it as
 //! http://10.0.2.100/ through a guestfwd), and `berth-update status --json` read through the
-//! guest agent.
+//! guest agent as the agent's own [`Status`] type.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use berth_builder::build::{BuildOptions, build};
+use berth_builder::build::{BuildOptions, OwnBinaries, build};
 use berth_guest_agent::PORT_NAME;
 use berth_qemu_tests::agent::Agent;
 use berth_qemu_tests::fleetlock::FleetLockServer;
 use berth_qemu_tests::http::{self, RepoServer};
 use berth_qemu_tests::{Boot, Machine, Options};
+use berth_update::report::{SlotStatus, Status};
 
 use super::host::{BOOT_COMPLETE, MEMORY_MIB, bash, run};
 
@@ -75,6 +76,9 @@ pub enum Flavour {
     Unhealthy,
     /// As shipped, with 512 MiB root slots (the staging benchmark's image).
     Root512,
+    /// As shipped, but its berth-update built with the `failpoints` feature (the power-cut
+    /// test's fault-injection points; no shipped image has them).
+    Failpoints,
 }
 
 /// Unit file of [`Flavour::Unhealthy`].
@@ -155,11 +159,42 @@ pub fn image(version: &str, flavour: Flavour) -> PathBuf {
     let def = dir.join("container-host.toml");
     std::fs::write(&def, definition(version, flavour, &overlay)).unwrap();
     let started = Instant::now();
-    let options = BuildOptions::for_workspace(&workspace(), def, dir.join("out")).expect("a cache directory");
+    let mut options = BuildOptions::for_workspace(&workspace(), def, dir.join("out")).expect("a cache directory");
+    if flavour == Flavour::Failpoints {
+        options.prebuilt = Some(failpoint_binaries());
+    }
     let report = build(&options).unwrap_or_else(|e| panic!("berth build ({version}, {flavour:?}): {e:#}"));
     eprintln!("built {} ({version}, {flavour:?}) in {:.1} s", report.disk.display(), started.elapsed().as_secs_f64());
     built.insert((version.to_string(), flavour), report.disk.clone());
     report.disk
+}
+
+/// A `--prebuilt` directory: the binaries `berth build` builds, but berth-update built with the
+/// `failpoints` feature. That build goes to a target directory of its own, so the production
+/// binary (target/x86_64-unknown-linux-musl/release/berth-update) is never a failpoints one.
+fn failpoint_binaries() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let shipped = OwnBinaries::build(&workspace()).unwrap_or_else(|e| panic!("building berth's binaries: {e:#}"));
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("failpoints-target");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let started = Instant::now();
+        let status = std::process::Command::new(cargo)
+            .current_dir(workspace())
+            .args(["build", "-q", "--release", "--target", "x86_64-unknown-linux-musl", "-p", "berth-update"])
+            .args(["--features", "failpoints", "--target-dir"])
+            .arg(&target)
+            .status()
+            .expect("running cargo");
+        assert!(status.success(), "cargo build -p berth-update --features failpoints: {status}");
+        eprintln!("built berth-update with failpoints in {:.1} s", started.elapsed().as_secs_f64());
+        let dir = scratch().join("failpoints-bin");
+        let to = shipped.copy_to(&dir).unwrap_or_else(|e| panic!("{e:#}"));
+        let built = target.join("x86_64-unknown-linux-musl/release/berth-update");
+        std::fs::copy(&built, &to.update).unwrap_or_else(|e| panic!("{}: {e}", built.display()));
+        dir
+    })
+    .clone()
 }
 
 /// A release repository on disk and the server that serves it.
@@ -296,27 +331,33 @@ pub fn agent(m: &Machine) -> Agent {
 }
 
 /// `berth-update status --json` in the guest.
-pub fn status(a: &mut Agent) -> serde_json::Value {
+pub fn status(a: &mut Agent) -> Status {
     let r = run(a, &["berth-update", "status", "--json"], Duration::from_secs(60));
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("berth-update status --json: {e}: {r:?}"))
 }
 
 /// Polls [`status`] every second until `done` holds, failing after `timeout` with the last one.
-pub fn wait_status(
-    a: &mut Agent,
-    timeout: Duration,
-    what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+pub fn wait_status(a: &mut Agent, timeout: Duration, what: &str, done: impl Fn(&Status) -> bool) -> Status {
     let start = Instant::now();
     loop {
         let s = status(a);
         if done(&s) {
             return s;
         }
-        assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}; last status: {s:#}");
+        assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}; last status: {s:#?}");
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// A slot as the tests compare it: which, the version it holds, (priority, tries, successful).
+pub fn slot(x: &SlotStatus) -> (&'static str, &str, Option<(u8, u8, bool)>) {
+    (x.slot.name(), x.version.as_deref().unwrap_or(""), x.attrs())
+}
+
+/// The running slot is marked good: {priority 2, tries 0, successful} (a fresh image's A is
+/// successful already, with priority 1).
+pub fn marked_good(s: &Status) -> bool {
+    s.running.attrs() == Some((2, 0, true))
 }
 
 /// Writes a marker file under /var and returns its content, to check after power cuts.

@@ -61,7 +61,104 @@ use berth_units::load::Loader;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::fsat::{self, Created, Dir, Walk};
+use crate::fsat::{self, Created, Dir, FsError, Walk};
+
+/// Why provisioning refused or could not apply a document. Each message is one line (it is
+/// also the reason [`FAILED`] records) naming the entry, user, file or unit concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The fw_cfg item could not be read (`op`: opening, reading).
+    #[error("{op} {}: {source}", path.display())]
+    Read { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{FW_CFG_NAME} is larger than {} KiB", MAX_DOCUMENT >> 10)]
+    TooLarge,
+    #[error("config {FW_CFG_NAME} is not UTF-8 ({0})")]
+    NotUtf8(std::str::Utf8Error),
+    /// TOML syntax, an unknown key or a value that does not fit ([`ValueError`]), where it is:
+    /// `key` is the dotted key on that line (`files.mode`), when there is one.
+    #[error("provisioning config {FW_CFG_NAME}:{line}:{column}: {message}")]
+    Syntax { line: usize, column: usize, key: Option<String>, message: String },
+    /// A check across entries: `entry` names the entry (`users[1]`, `files[0] (/etc/x)`).
+    #[error("provisioning config {FW_CFG_NAME}: {entry}: {why}")]
+    Invalid { entry: String, why: String },
+    #[error("reading {file}: {source}")]
+    AccountsRead { file: &'static str, source: std::io::Error },
+    /// An account file of the image (`/etc/passwd`, …) cannot be used.
+    #[error("{file}{}: {why}", line.map_or(String::new(), |n| format!(" line {n}")))]
+    Accounts { file: &'static str, line: Option<usize>, why: String },
+    /// A user of the document cannot be set up as asked.
+    #[error("user {user}: {why}")]
+    User { user: String, why: String },
+    /// A file operation for a user (its home, `~/.ssh`) failed or was refused.
+    #[error("user {user}: {source}")]
+    Home { user: String, source: FsError },
+    /// A file's `owner` or `group` (`what`) does not exist.
+    #[error("files[{index}] ({}): no {what} `{name}`", path.display())]
+    NoOwner { index: usize, path: PathBuf, what: &'static str, name: String },
+    #[error("unit {unit}: no unit file in the image and no `content` to write")]
+    NoUnit { unit: String },
+    /// A unit's `[Install]` section does not parse (the message names the unit and line).
+    #[error("{why}")]
+    Install { unit: String, why: String },
+    /// Enabling `unit` failed, or it has nothing to enable it by.
+    #[error("enabling {unit}: {why}")]
+    Enable { unit: String, why: String },
+    #[error("update: {0}")]
+    Update(toml::ser::Error),
+    #[error("reading {}: {source}", path.display())]
+    Skel { path: PathBuf, source: std::io::Error },
+    #[error("/{}: no file name", path.display())]
+    NoFileName { path: PathBuf },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// Renaming a staged file into place failed after `done` of `total` were.
+    #[error("{source} ({done} of the document's {total} files were replaced before it)")]
+    Commit { done: usize, total: usize, source: FsError },
+    #[error("{source} (every file of the document was written; its units were not all enabled)")]
+    NotAllEnabled { source: Box<ProvisionError> },
+}
+
+/// A single value that does not fit its key; the TOML error that carries it gives the value's
+/// line and column ([`ProvisionError::Syntax`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("`{0}` is not a valid hostname (letters, digits, `-`, `.`)")]
+    Hostname(String),
+    #[error("`{0}` is not a valid user or group name")]
+    Name(String),
+    #[error("`{}` must be one non-empty line", .0.escape_default())]
+    OneLine(String),
+    #[error("`{}` is not an absolute path without `:`", .0.escape_default())]
+    AbsolutePath(String),
+    #[error("`{0}` must be an absolute path of a file under /etc or /var (the rest of the root is read-only)")]
+    WritablePath(String),
+    #[error("base64: {}", base64_why(.0))]
+    Base64(base64::DecodeError),
+    #[error("`{0}` is not an octal file mode such as \"0644\"")]
+    Mode(String),
+    #[error("`{name}` is not a unit name{}", why.as_ref().map_or(String::new(), |w| format!(": {w}")))]
+    UnitName { name: String, why: Option<String> },
+    /// `update.{key}` (the table is free-form otherwise).
+    #[error("update.{key} {why}")]
+    Update { key: String, why: &'static str },
+    #[error("update.threshold {threshold} is more than the {keys} keys given")]
+    Threshold { threshold: i64, keys: usize },
+}
+
+fn base64_why(e: &base64::DecodeError) -> String {
+    match e {
+        base64::DecodeError::InvalidByte(_, b) if !b.is_ascii_graphic() => format!("byte {b:#04x} is not base64"),
+        base64::DecodeError::InvalidByte(_, b'=') => "misplaced `=` padding in base64 text".into(),
+        base64::DecodeError::InvalidByte(_, b) => format!("`{}` is not a base64 character", *b as char),
+        base64::DecodeError::InvalidLength(_) => "base64 text must be a multiple of 4 characters long".into(),
+        base64::DecodeError::InvalidLastSymbol(_, b) => {
+            format!("`{}` ends the base64 text with stray bits", *b as char)
+        }
+        base64::DecodeError::InvalidPadding => {
+            "base64 text must be padded with `=` to a multiple of 4 characters".into()
+        }
+    }
+}
 
 /// The fw_cfg item's name.
 pub const FW_CFG_NAME: &str = "opt/org.berth/config";
@@ -181,8 +278,8 @@ impl Default for Mode {
 }
 
 impl TryFrom<String> for Hostname {
-    type Error = String;
-    fn try_from(s: String) -> Result<Hostname, String> {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Hostname, ValueError> {
         let ok = s.len() <= 64
             && s.split('.').all(|l| {
                 !l.is_empty()
@@ -191,13 +288,13 @@ impl TryFrom<String> for Hostname {
                     && !l.ends_with('-')
                     && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
-        if ok { Ok(Hostname(s)) } else { Err(format!("`{s}` is not a valid hostname (letters, digits, `-`, `.`)")) }
+        if ok { Ok(Hostname(s)) } else { Err(ValueError::Hostname(s)) }
     }
 }
 
 impl TryFrom<String> for Name {
-    type Error = String;
-    fn try_from(s: String) -> Result<Name, String> {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Name, ValueError> {
         let ok = !s.is_empty()
             && s.len() <= 32
             && !s.starts_with('-')
@@ -205,33 +302,33 @@ impl TryFrom<String> for Name {
             && s != ".."
             && !s.bytes().all(|b| b.is_ascii_digit())
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-        if ok { Ok(Name(s)) } else { Err(format!("`{s}` is not a valid user or group name")) }
+        if ok { Ok(Name(s)) } else { Err(ValueError::Name(s)) }
     }
 }
 
 impl TryFrom<String> for OneLine {
-    type Error = String;
-    fn try_from(s: String) -> Result<OneLine, String> {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<OneLine, ValueError> {
         if s.trim().is_empty() || s.contains(['\n', '\r']) {
-            return Err(format!("`{}` must be one non-empty line", s.escape_default()));
+            return Err(ValueError::OneLine(s));
         }
         Ok(OneLine(s))
     }
 }
 
 impl TryFrom<String> for AbsolutePath {
-    type Error = String;
-    fn try_from(s: String) -> Result<AbsolutePath, String> {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<AbsolutePath, ValueError> {
         if !s.starts_with('/') || s.contains([':', '\n']) {
-            return Err(format!("`{}` is not an absolute path without `:`", s.escape_default()));
+            return Err(ValueError::AbsolutePath(s));
         }
         Ok(AbsolutePath(s))
     }
 }
 
 impl TryFrom<String> for WritablePath {
-    type Error = String;
-    fn try_from(s: String) -> Result<WritablePath, String> {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<WritablePath, ValueError> {
         let path = PathBuf::from(&s);
         let mut parts = path.components();
         let ok = parts.next() == Some(Component::RootDir)
@@ -239,77 +336,75 @@ impl TryFrom<String> for WritablePath {
             && parts.clone().next().is_some()
             && parts.all(|c| matches!(c, Component::Normal(_)));
         if !ok {
-            return Err(format!(
-                "`{s}` must be an absolute path of a file under /etc or /var (the rest of the root is read-only)"
-            ));
+            return Err(ValueError::WritablePath(s));
         }
         Ok(WritablePath(path))
     }
 }
 
 impl TryFrom<String> for Base64 {
-    type Error = String;
-    fn try_from(s: String) -> Result<Base64, String> {
-        decode_base64(&s).map(Base64)
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Base64, ValueError> {
+        decode_base64(&s).map(Base64).map_err(ValueError::Base64)
     }
 }
 
 impl TryFrom<String> for Mode {
-    type Error = String;
-    fn try_from(s: String) -> Result<Mode, String> {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Mode, ValueError> {
         let digits = s.strip_prefix("0o").unwrap_or(&s);
         match u32::from_str_radix(digits, 8) {
             Ok(m) if !digits.is_empty() && m <= 0o7777 => Ok(Mode(m)),
-            _ => Err(format!("`{s}` is not an octal file mode such as \"0644\"")),
+            _ => Err(ValueError::Mode(s)),
         }
     }
 }
 
 impl TryFrom<String> for UnitFileName {
-    type Error = String;
-    fn try_from(s: String) -> Result<UnitFileName, String> {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<UnitFileName, ValueError> {
         match UnitName::parse(&s) {
-            Ok(_) if s.contains('/') => Err(format!("`{s}` is not a unit name")),
+            Ok(_) if s.contains('/') => Err(ValueError::UnitName { name: s, why: None }),
             Ok(_) => Ok(UnitFileName(s)),
-            Err(e) => Err(format!("`{s}` is not a unit name: {e}")),
+            Err(e) => Err(ValueError::UnitName { name: s, why: Some(e.to_string()) }),
         }
     }
 }
 
 impl TryFrom<toml::Table> for Update {
-    type Error = String;
-    fn try_from(t: toml::Table) -> Result<Update, String> {
+    type Error = ValueError;
+    fn try_from(t: toml::Table) -> Result<Update, ValueError> {
         use toml::Value;
         let mut keys = None;
         for (key, value) in &t {
             let why = match (key.as_str(), value) {
-                ("version", _) => Some("is the image's own and cannot be configured".to_string()),
+                ("version", _) => Some("is the image's own and cannot be configured"),
                 ("channel", Value::String(s)) if s.starts_with("http://") || s.starts_with("https://") => None,
-                ("channel", _) => Some("must be an http(s) URL of a channel's index".into()),
+                ("channel", _) => Some("must be an http(s) URL of a channel's index"),
                 ("keys", Value::Array(a)) => {
                     let hex = |v: &Value| {
                         v.as_str().is_some_and(|k| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()))
                     };
                     keys = Some(a.len());
-                    (!a.iter().all(hex)).then(|| "must be ed25519 public keys, 64 hex digits each".into())
+                    (!a.iter().all(hex)).then_some("must be ed25519 public keys, 64 hex digits each")
                 }
-                ("keys", _) => Some("must be a list of ed25519 public keys".into()),
+                ("keys", _) => Some("must be a list of ed25519 public keys"),
                 ("threshold", Value::Integer(n)) if *n >= 1 => None,
-                ("threshold", _) => Some("must be a number of signatures, at least 1".into()),
+                ("threshold", _) => Some("must be a number of signatures, at least 1"),
                 ("strategy", Value::String(s)) if ["immediate", "window", "fleetlock", "off"].contains(&s.as_str()) => {
                     None
                 }
-                ("strategy", _) => Some("must be one of \"immediate\", \"window\", \"fleetlock\", \"off\"".into()),
+                ("strategy", _) => Some("must be one of \"immediate\", \"window\", \"fleetlock\", \"off\""),
                 _ => None,
             };
             if let Some(why) = why {
-                return Err(format!("update.{key} {why}"));
+                return Err(ValueError::Update { key: key.clone(), why });
             }
         }
         if let (Some(n), Some(Value::Integer(threshold))) = (keys, t.get("threshold"))
             && *threshold as u64 > n as u64
         {
-            return Err(format!("update.threshold {threshold} is more than the {n} keys given"));
+            return Err(ValueError::Threshold { threshold: *threshold, keys: n });
         }
         Ok(Update(t))
     }
@@ -326,54 +421,80 @@ impl File {
 }
 
 /// Parses and checks a document; errors name the fw_cfg item, line and column.
-pub fn parse(text: &str) -> Result<Config, String> {
+pub fn parse(text: &str) -> Result<Config, ProvisionError> {
     let config: Config = toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-        format!("provisioning config {FW_CFG_NAME}:{line}:{column}: {}", e.message().trim().replace('\n', " "))
+        let at = e.span().map_or(0, |s| s.start);
+        let (line, column) = e.span().map_or((1, 1), |_| line_col(text, at));
+        let key = e.span().and_then(|_| key_at(text, at));
+        ProvisionError::Syntax { line, column, key, message: e.message().trim().replace('\n', " ") }
     })?;
-    let bad = |what: String| format!("provisioning config {FW_CFG_NAME}: {what}");
+    let bad = |entry: String, why: String| ProvisionError::Invalid { entry, why };
     let mut names = BTreeSet::new();
     for (i, u) in config.users.iter().enumerate() {
         if !names.insert(&u.name.0) {
-            return Err(bad(format!("users[{i}]: user `{}` is listed twice", u.name.0)));
+            return Err(bad(format!("users[{i}]"), format!("user `{}` is listed twice", u.name.0)));
         }
         if u.name.0 == "root" {
-            return Err(bad(format!(
-                "users[{i}]: `root` cannot be provisioned: its home /root is on the read-only root; \
-                 give the keys to a user in the `sudo` group instead"
-            )));
+            return Err(bad(
+                format!("users[{i}]"),
+                "`root` cannot be provisioned: its home /root is on the read-only root; give the keys to a user in \
+                 the `sudo` group instead"
+                    .into(),
+            ));
         }
         if u.uid == Some(0) {
-            return Err(bad(format!("users[{i}]: uid 0 is root's")));
+            return Err(bad(format!("users[{i}]"), "uid 0 is root's".into()));
         }
         if u.password_hash.as_ref().is_some_and(|h| h.0.contains(':')) {
-            return Err(bad(format!("users[{i}]: password_hash must not contain `:`")));
+            return Err(bad(format!("users[{i}]"), "password_hash must not contain `:`".into()));
         }
     }
     let mut paths = BTreeSet::new();
     for (i, f) in config.files.iter().enumerate() {
         if f.content.is_some() == f.content_base64.is_some() {
-            return Err(bad(format!(
-                "files[{i}] ({}): give one of `content` and `content_base64`",
-                f.path.0.display()
-            )));
+            return Err(bad(
+                format!("files[{i}] ({})", f.path.0.display()),
+                "give one of `content` and `content_base64`".into(),
+            ));
         }
         if !paths.insert(&f.path.0) {
-            return Err(bad(format!("files[{i}]: {} is listed twice", f.path.0.display())));
+            return Err(bad(format!("files[{i}]"), format!("{} is listed twice", f.path.0.display())));
         }
     }
     let mut units = BTreeSet::new();
     for (i, u) in config.units.iter().enumerate() {
         if !units.insert(&u.name.0) {
-            return Err(bad(format!("units[{i}]: {} is listed twice", u.name.0)));
+            return Err(bad(format!("units[{i}]"), format!("{} is listed twice", u.name.0)));
         }
         if let Some(text) = &u.content
             && let Err(e) = berth_units::Install::parse(&u.name.0, text)
         {
-            return Err(bad(format!("units[{i}]: {e}")));
+            return Err(bad(format!("units[{i}]"), e.to_string()));
         }
     }
     Ok(config)
+}
+
+/// The dotted key of the line at `offset` (`files.mode` for `mode = …` under `[[files]]`), when
+/// that line assigns one.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with(['[', '#']) {
+        return None;
+    }
+    let table = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim().to_string());
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -403,22 +524,23 @@ pub fn run() -> Vec<String> {
 }
 
 /// The fw_cfg item's bytes, `None` when the machine offers none.
-fn read_fw_cfg(raw: &Path) -> Result<Option<Vec<u8>>, String> {
+fn read_fw_cfg(raw: &Path) -> Result<Option<Vec<u8>>, ProvisionError> {
+    let read = |op, source| ProvisionError::Read { op, path: raw.to_owned(), source };
     let file = match fs::File::open(raw) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("opening {}: {e}", raw.display())),
+        Err(e) => return Err(read("opening", e)),
     };
     let mut bytes = Vec::new();
-    file.take(MAX_DOCUMENT + 1).read_to_end(&mut bytes).map_err(|e| format!("reading {}: {e}", raw.display()))?;
+    file.take(MAX_DOCUMENT + 1).read_to_end(&mut bytes).map_err(|e| read("reading", e))?;
     if bytes.len() as u64 > MAX_DOCUMENT {
-        return Err(format!("{FW_CFG_NAME} is larger than {} KiB", MAX_DOCUMENT >> 10));
+        return Err(ProvisionError::TooLarge);
     }
     Ok(Some(bytes))
 }
 
 /// [`run`] on `root` with the document already read (`Ok(None)`: there is none).
-pub fn run_in(root: &Path, document: Result<Option<Vec<u8>>, String>) -> Vec<String> {
+pub fn run_in(root: &Path, document: Result<Option<Vec<u8>>, ProvisionError>) -> Vec<String> {
     if root.join(MARKER).exists() {
         return vec!["provisioning: already applied on first boot".into()];
     }
@@ -436,7 +558,7 @@ pub fn run_in(root: &Path, document: Result<Option<Vec<u8>>, String>) -> Vec<Str
         )];
     }
     let outcome = std::str::from_utf8(&bytes)
-        .map_err(|e| Failure::before(format!("config {FW_CFG_NAME} is not UTF-8 ({e})")))
+        .map_err(|e| Failure::before(ProvisionError::NotUtf8(e)))
         .and_then(|text| parse(text).map_err(Failure::before))
         .and_then(|config| apply(&config, root));
     let mut lines = Vec::new();
@@ -462,7 +584,7 @@ pub fn run_in(root: &Path, document: Result<Option<Vec<u8>>, String>) -> Vec<Str
                 "nothing applied, booting with the image's defaults"
             };
             lines.push(format!("provisioning: {}; {what}", f.reason));
-            let record = format!("{digest}\n{}\n", f.reason.replace(['\n', '\r'], " "));
+            let record = format!("{digest}\n{}\n", f.reason.to_string().replace(['\n', '\r'], " "));
             match write_state_file(root, FAILED, record.as_bytes()) {
                 Ok(()) => lines.push(format!(
                     "provisioning: recorded as failed in /{FAILED} (sha256 {digest}): not tried again on later boots; \
@@ -483,10 +605,10 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// A root-owned file of provisioning's own under `/var/lib/berth` (`rel` is [`MARKER`] or
 /// [`FAILED`]), replaced atomically.
-fn write_state_file(root: &Path, rel: &str, data: &[u8]) -> Result<(), String> {
+fn write_state_file(root: &Path, rel: &str, data: &[u8]) -> Result<(), FsError> {
     let rel = Path::new(rel);
     let (Some(dir), Some(name)) = (rel.parent(), rel.file_name()) else {
-        return Err(format!("{}: no file name", rel.display()));
+        return Err(FsError::EmptyName);
     };
     let walked = Dir::open(root)?.walk(dir, &Walk { create: Some(0o755), root_links: true, owners: &[0] })?;
     walked.dir.write_file(name, data, 0o644, Some((0, 0)))
@@ -535,16 +657,16 @@ pub fn status(root: &Path) -> (String, i32) {
 }
 
 /// Why [`apply`] failed, and whether it had changed the machine by then.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Failure {
-    pub reason: String,
+    pub reason: ProvisionError,
     /// Some files were replaced before the error (a rename or enabling a unit failed): the
     /// checks and the staging before them leave nothing behind.
     pub partly_applied: bool,
 }
 
 impl Failure {
-    fn before(reason: String) -> Failure {
+    fn before(reason: ProvisionError) -> Failure {
         Failure { reason, partly_applied: false }
     }
 }
@@ -561,11 +683,12 @@ pub fn apply(config: &Config, root: &Path) -> Result<Report, Failure> {
     for (i, f) in config.files.iter().enumerate() {
         let owner = f.owner.as_ref().map_or("root", |n| &n.0);
         let group = f.group.as_ref().map_or("root", |n| &n.0);
-        let path = f.path.0.display();
-        let uid =
-            accounts.uid(owner).ok_or_else(|| Failure::before(format!("files[{i}] ({path}): no user `{owner}`")))?;
-        let gid =
-            accounts.gid(group).ok_or_else(|| Failure::before(format!("files[{i}] ({path}): no group `{group}`")))?;
+        let path = &f.path.0;
+        let missing = |what, name: &str| {
+            Failure::before(ProvisionError::NoOwner { index: i, path: path.to_owned(), what, name: name.to_owned() })
+        };
+        let uid = accounts.uid(owner).ok_or_else(|| missing("user", owner))?;
+        let gid = accounts.gid(group).ok_or_else(|| missing("group", group))?;
         files.push((f, uid, gid));
     }
     // Units the image must already have (those given with content are written first), and
@@ -573,12 +696,12 @@ pub fn apply(config: &Config, root: &Path) -> Result<Report, Failure> {
     let loader = Loader::new(root, berth_units::HostInfo::detect(root));
     for u in &config.units {
         let install = match &u.content {
-            Some(text) => berth_units::Install::parse(&u.name.0, text).map_err(Failure::before)?,
+            Some(text) => berth_units::Install::parse(&u.name.0, text)
+                .map_err(|e| Failure::before(ProvisionError::Install { unit: u.name.0.clone(), why: e.to_string() }))?,
             None => {
                 let unit = loader.load(&u.name.0);
                 if unit.fragment.is_none() {
-                    let e = format!("unit {}: no unit file in the image and no `content` to write", u.name.0);
-                    return Err(Failure::before(e));
+                    return Err(Failure::before(ProvisionError::NoUnit { unit: u.name.0.clone() }));
                 }
                 unit.install
             }
@@ -589,15 +712,15 @@ pub fn apply(config: &Config, root: &Path) -> Result<Report, Failure> {
             && install.alias.is_empty()
             && install.also.is_empty()
         {
-            let e = format!("enabling {0}: {0} is static: it has no [Install] section to enable it by", u.name.0);
-            return Err(Failure::before(e));
+            let why = format!("{} is static: it has no [Install] section to enable it by", u.name.0);
+            return Err(Failure::before(ProvisionError::Enable { unit: u.name.0.clone(), why }));
         }
     }
 
     // Staged: nothing is visible yet, and dropping `tx` removes it all again.
     let mut tx = Transaction::default();
     let mut report = Report::default();
-    let staged = (|| -> Result<(), String> {
+    let staged = (|| -> Result<(), ProvisionError> {
         let top = Dir::open(root)?;
         if let Some(h) = &config.hostname {
             tx.file(&top, Path::new("etc/hostname"), format!("{}\n", h.0).as_bytes(), 0o644, (0, 0))?;
@@ -626,7 +749,7 @@ pub fn apply(config: &Config, root: &Path) -> Result<Report, Failure> {
             }
         }
         if let Some(update) = &config.update {
-            let text = toml::to_string(&update.0).map_err(|e| format!("update: {e}"))?;
+            let text = toml::to_string(&update.0).map_err(ProvisionError::Update)?;
             let body = format!(
                 "# Written by first-boot provisioning ({FW_CFG_NAME}); overrides /usr/lib/berth/update.toml.\n{text}"
             );
@@ -643,7 +766,7 @@ pub fn apply(config: &Config, root: &Path) -> Result<Report, Failure> {
     let wanted: Vec<&str> = config.units.iter().filter(|u| u.enable).map(|u| u.name.0.as_str()).collect();
     if !wanted.is_empty() {
         let actions = enable(root, &wanted).map_err(|e| Failure {
-            reason: format!("{e} (every file of the document was written; its units were not all enabled)"),
+            reason: ProvisionError::NotAllEnabled { source: Box::new(e) },
             partly_applied: true,
         })?;
         report.actions.extend(actions);
@@ -663,9 +786,16 @@ impl Transaction {
     /// Stages `data` for `rel`, a path inside the root. Its directory is walked from the root:
     /// missing directories are made (0755, root's), a symlink is followed only where only root
     /// can have made it, and every directory on the way must be root's or the file's owner's.
-    fn file(&mut self, top: &Dir, rel: &Path, data: &[u8], mode: u32, (uid, gid): (u32, u32)) -> Result<(), String> {
+    fn file(
+        &mut self,
+        top: &Dir,
+        rel: &Path,
+        data: &[u8],
+        mode: u32,
+        (uid, gid): (u32, u32),
+    ) -> Result<(), ProvisionError> {
         let (Some(dir), Some(name)) = (rel.parent(), rel.file_name()) else {
-            return Err(format!("/{}: no file name", rel.display()));
+            return Err(ProvisionError::NoFileName { path: rel.to_owned() });
         };
         let owners = [0, uid];
         let walked = top.walk(dir, &Walk { create: Some(0o755), root_links: true, owners: &owners })?;
@@ -674,11 +804,11 @@ impl Transaction {
         Ok(())
     }
 
-    fn commit(mut self) -> Result<(), String> {
+    fn commit(mut self) -> Result<(), ProvisionError> {
         let staged = std::mem::take(&mut self.staged);
         let total = staged.len();
         for (done, s) in staged.into_iter().enumerate() {
-            s.commit().map_err(|e| format!("{e} ({done} of the document's {total} files were replaced before it)"))?;
+            s.commit().map_err(|source| ProvisionError::Commit { done, total, source })?;
         }
         // Kept: they hold what was committed.
         self.created.clear();
@@ -697,12 +827,13 @@ impl Drop for Transaction {
 }
 
 /// Enables units with `berthctl enable`'s code (following `Also=`); returns what it did.
-fn enable(root: &Path, names: &[&str]) -> Result<Vec<String>, String> {
+fn enable(root: &Path, names: &[&str]) -> Result<Vec<String>, ProvisionError> {
     let mut actions = Vec::new();
     for name in names {
-        let changes = crate::berthctl::enable_links(root, name).map_err(|e| format!("enabling {name}: {e}"))?;
+        let failed = |why: String| ProvisionError::Enable { unit: name.to_string(), why };
+        let changes = crate::berthctl::enable_links(root, name).map_err(|e| failed(e.to_string()))?;
         if let Some(c @ crate::berthctl::Change::Static { .. }) = changes.first() {
-            return Err(format!("enabling {name}: {c}"));
+            return Err(failed(c.to_string()));
         }
         if changes.is_empty() {
             actions.push(format!("unit {name} was enabled already"));
@@ -737,19 +868,20 @@ struct PlannedUser {
 }
 
 impl Accounts {
-    fn read(root: &Path) -> Result<Accounts, String> {
-        let table = |file: &str, fields: usize, required: bool| -> Result<Option<Vec<Vec<String>>>, String> {
+    fn read(root: &Path) -> Result<Accounts, ProvisionError> {
+        let table = |file: &'static str, fields: usize, required: bool| {
             let path = root.join(file.trim_start_matches('/'));
             let text = match fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),
-                Err(e) => return Err(format!("reading {file}: {e}")),
+                Err(source) => return Err(ProvisionError::AccountsRead { file, source }),
             };
             let mut rows = Vec::new();
             for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 let row: Vec<String> = line.split(':').map(str::to_owned).collect();
                 if row.len() != fields {
-                    return Err(format!("{file} line {}: `{line}` does not have {fields} fields", n + 1));
+                    let why = format!("`{line}` does not have {fields} fields");
+                    return Err(ProvisionError::Accounts { file, line: Some(n + 1), why });
                 }
                 rows.push(row);
             }
@@ -764,7 +896,8 @@ impl Accounts {
         };
         for (file, rows, id) in [("/etc/passwd", &accounts.passwd, 2), ("/etc/group", &accounts.group, 2)] {
             if let Some(row) = rows.iter().find(|r| r[id].parse::<u32>().is_err()) {
-                return Err(format!("{file}: `{}` has no numeric id", row.join(":")));
+                let why = format!("`{}` has no numeric id", row.join(":"));
+                return Err(ProvisionError::Accounts { file, line: None, why });
             }
         }
         Ok(accounts)
@@ -788,7 +921,7 @@ impl Accounts {
 
     /// Adds the new users and groups memberships to the tables (in memory) and says what each
     /// user's home needs.
-    fn plan(&mut self, root: &Path, users: &[User]) -> Result<Vec<PlannedUser>, String> {
+    fn plan(&mut self, root: &Path, users: &[User]) -> Result<Vec<PlannedUser>, ProvisionError> {
         let day = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() / 86_400)
@@ -798,9 +931,10 @@ impl Accounts {
         let mut planned = Vec::new();
         for u in users {
             let name = u.name.0.clone();
+            let refused = |why: String| ProvisionError::User { user: u.name.0.clone(), why };
             for g in &u.groups {
                 if !self.group.iter().any(|r| r[0] == g.0) {
-                    return Err(format!("user {name}: no group `{}`", g.0));
+                    return Err(refused(format!("no group `{}`", g.0)));
                 }
             }
             let mut notes = Vec::new();
@@ -811,10 +945,10 @@ impl Accounts {
                         notes.push("uid, shell and password_hash left as they are".to_string());
                     }
                     let (Ok(uid), Ok(gid)) = (row[2].parse::<u32>(), row[3].parse::<u32>()) else {
-                        return Err(format!("user {name}: /etc/passwd has no numeric uid and gid for it"));
+                        return Err(refused("/etc/passwd has no numeric uid and gid for it".into()));
                     };
                     if uid == 0 {
-                        return Err(format!("user {name}: it has uid 0 (root's), which provisioning does not touch"));
+                        return Err(refused("it has uid 0 (root's), which provisioning does not touch".into()));
                     }
                     (uid, gid, row[5].clone(), false)
                 }
@@ -822,13 +956,13 @@ impl Accounts {
                     let uid = match u.uid {
                         Some(id) => {
                             if let Some(other) = self.uid_taken(id) {
-                                return Err(format!("user {name}: uid {id} belongs to `{other}`"));
+                                return Err(refused(format!("uid {id} belongs to `{other}`")));
                             }
                             id
                         }
                         None => (FIRST_ID..=LAST_ID)
                             .find(|&id| self.uid_taken(id).is_none() && self.gid_taken(id).is_none())
-                            .ok_or_else(|| format!("user {name}: no free uid from {FIRST_ID} to {LAST_ID}"))?,
+                            .ok_or_else(|| refused(format!("no free uid from {FIRST_ID} to {LAST_ID}")))?,
                     };
                     let gid = match self.gid(&name) {
                         Some(gid) => gid,
@@ -838,7 +972,7 @@ impl Accounts {
                             } else {
                                 (FIRST_ID..=LAST_ID)
                                     .find(|&id| self.gid_taken(id).is_none())
-                                    .ok_or_else(|| format!("user {name}: no free gid for its group"))?
+                                    .ok_or_else(|| refused("no free gid for its group".into()))?
                             };
                             self.group.push(vec![name.clone(), "x".into(), gid.to_string(), String::new()]);
                             if let Some(gs) = &mut self.gshadow {
@@ -881,10 +1015,10 @@ impl Accounts {
             }
             self.changed |= created || !added.is_empty();
             let home_rel = home_on_state(&home).ok_or_else(|| {
-                format!(
-                    "user {name}: its home {home} is not under /home or /var (the rest of the root is read-only); \
-                     provisioning writes homes only on STATE"
-                )
+                refused(format!(
+                    "its home {home} is not under /home or /var (the rest of the root is read-only); provisioning \
+                     writes homes only on STATE"
+                ))
             })?;
             planned.push(PlannedUser {
                 name,
@@ -900,7 +1034,7 @@ impl Accounts {
     }
 
     /// Stages the tables (each file replaced by rename, keeping its mode and owner).
-    fn stage(&self, root: &Path, top: &Dir, tx: &mut Transaction) -> Result<(), String> {
+    fn stage(&self, root: &Path, top: &Dir, tx: &mut Transaction) -> Result<(), ProvisionError> {
         if !self.changed {
             return Ok(());
         }
@@ -937,7 +1071,7 @@ fn home_on_state(home: &str) -> Option<PathBuf> {
 
 /// The regular files at the top of `/etc/skel` (Debian's `.bashrc`, `.profile`, …): name,
 /// bytes, mode.
-fn read_skel(root: &Path) -> Result<Vec<(OsString, Vec<u8>, u32)>, String> {
+fn read_skel(root: &Path) -> Result<Vec<(OsString, Vec<u8>, u32)>, ProvisionError> {
     let Ok(entries) = fs::read_dir(root.join("etc/skel")) else { return Ok(Vec::new()) };
     let mut skel = Vec::new();
     for e in entries.flatten() {
@@ -945,7 +1079,7 @@ fn read_skel(root: &Path) -> Result<Vec<(OsString, Vec<u8>, u32)>, String> {
         if !meta.is_file() {
             continue;
         }
-        let data = fs::read(e.path()).map_err(|err| format!("reading {}: {err}", e.path().display()))?;
+        let data = fs::read(e.path()).map_err(|source| ProvisionError::Skel { path: e.path(), source })?;
         skel.push((e.file_name(), data, meta.mode() & 0o777));
     }
     skel.sort();
@@ -957,18 +1091,24 @@ impl PlannedUser {
     /// home's own directory is opened without following a symlink and must be the user's;
     /// inside it PID 1 acts with the user's fsuid and fsgid and follows no symlink, so that
     /// nothing the user planted there reaches a file the user could not write.
-    fn stage_home(&self, top: &Dir, skel: &[(OsString, Vec<u8>, u32)], tx: &mut Transaction) -> Result<String, String> {
+    fn stage_home(
+        &self,
+        top: &Dir,
+        skel: &[(OsString, Vec<u8>, u32)],
+        tx: &mut Transaction,
+    ) -> Result<String, ProvisionError> {
         let who = format!("user {}", self.name);
-        let at = |e: String| format!("{who}: {e}");
+        let at = |source: FsError| ProvisionError::Home { user: self.name.clone(), source };
+        let refused = |why: String| ProvisionError::User { user: self.name.clone(), why };
         let (uid, gid) = (self.uid, self.gid);
         let (Some(above), Some(name)) = (self.home_rel.parent(), self.home_rel.file_name()) else {
-            return Err(at(format!("home {} has no name", self.home)));
+            return Err(refused(format!("home {} has no name", self.home)));
         };
         // `/home` is root's link to `var/home`: followed, as links only root can have made are.
         let walked = top.walk(above, &Walk { create: Some(0o755), root_links: true, owners: &[0] }).map_err(at)?;
         tx.created.extend(walked.created);
         if !walked.resolved.starts_with("var") {
-            return Err(at(format!(
+            return Err(refused(format!(
                 "its home {} is /{}, which is not on STATE (/var); not provisioned",
                 self.home,
                 walked.resolved.join(name).display()
@@ -979,7 +1119,7 @@ impl PlannedUser {
             Some(h) => {
                 let owner = h.stat().map_err(at)?.st_uid;
                 if owner != uid {
-                    return Err(at(format!(
+                    return Err(refused(format!(
                         "{} belongs to uid {owner}, not to {} (uid {uid}); not changed",
                         h.path().display(),
                         self.name
@@ -989,7 +1129,7 @@ impl PlannedUser {
             }
             None => {
                 let h = parent.make_dir(name, 0o700).map_err(at)?;
-                let h = h.ok_or_else(|| at(format!("{} appeared meanwhile", parent.path().join(name).display())))?;
+                let h = h.ok_or_else(|| at(FsError::Appeared { path: parent.path().join(name) }))?;
                 tx.created.push(Created::new(&parent, name).map_err(at)?);
                 h.set_owner(uid, gid).map_err(at)?;
                 (h, true)
@@ -1009,13 +1149,13 @@ impl PlannedUser {
                 Some(d) => {
                     let owner = d.stat().map_err(at)?.st_uid;
                     if owner != uid {
-                        return Err(at(format!("{} belongs to uid {owner}; not used", d.path().display())));
+                        return Err(refused(format!("{} belongs to uid {owner}; not used", d.path().display())));
                     }
                     d
                 }
                 None => {
                     let d = home.make_dir(ssh_name, 0o700).map_err(at)?;
-                    let d = d.ok_or_else(|| at(format!("{}/.ssh appeared meanwhile", home.path().display())))?;
+                    let d = d.ok_or_else(|| at(FsError::Appeared { path: home.path().join(ssh_name) }))?;
                     tx.created.push(Created::new(&home, ssh_name).map_err(at)?);
                     d
                 }
@@ -1026,7 +1166,7 @@ impl PlannedUser {
                 None => String::new(),
                 // A hard link to another file would have it rewritten as the user's.
                 Some((_, st)) if st.st_uid != uid || st.st_nlink != 1 => {
-                    return Err(at(format!(
+                    return Err(refused(format!(
                         "{} belongs to uid {} and has {} links; only a file of the user's own with one link is \
                          rewritten",
                         path.display(),
@@ -1035,7 +1175,7 @@ impl PlannedUser {
                     )));
                 }
                 Some((bytes, _)) => {
-                    String::from_utf8(bytes).map_err(|_| at(format!("{} is not UTF-8 text", path.display())))?
+                    String::from_utf8(bytes).map_err(|_| refused(format!("{} is not UTF-8 text", path.display())))?
                 }
             };
             let have: BTreeSet<String> = text.lines().map(|l| l.trim().to_owned()).collect();
@@ -1063,35 +1203,10 @@ impl PlannedUser {
 }
 
 /// Standard base64 with `=` padding; ASCII whitespace (line breaks) is skipped.
-fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
+fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine as _;
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if !digits.len().is_multiple_of(4) {
-        return Err("base64 text must be a multiple of 4 characters long".into());
-    }
-    let mut out = Vec::with_capacity(digits.len() / 4 * 3);
-    for (i, chunk) in digits.chunks(4).enumerate() {
-        let last = i + 1 == digits.len() / 4;
-        let pad = chunk.iter().rev().take_while(|&&b| b == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return Err("misplaced `=` padding in base64 text".into());
-        }
-        let mut n: u32 = 0;
-        for &b in &chunk[..4 - pad] {
-            let v = match b {
-                b'A'..=b'Z' => b - b'A',
-                b'a'..=b'z' => b - b'a' + 26,
-                b'0'..=b'9' => b - b'0' + 52,
-                b'+' => 62,
-                b'/' => 63,
-                _ => return Err(format!("`{}` is not a base64 character", b as char)),
-            };
-            n = n << 6 | u32::from(v);
-        }
-        n <<= 6 * pad as u32;
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..4 - pad]);
-    }
-    Ok(out)
+    base64::engine::general_purpose::STANDARD.decode(digits)
 }
 
 #[cfg(test)]

@@ -539,9 +539,9 @@ impl Disk {
     }
 
     /// The GPT, from the primary copy or, if that is unusable, the backup
-    /// ([`crate::disk_gpt::read`]).
+    /// ([`berth_slot::device::read`]).
     fn read_gpt(&self, file: &File) -> Result<(Gpt, Option<String>), String> {
-        crate::disk_gpt::read(file, &self.node, self.lbas)
+        berth_slot::device::read(file, &self.node, self.lbas)
     }
 
     /// Writes both GPT copies, the backup flushed before the primary is touched.

@@ -1,5 +1,9 @@
 //! Stage 1, `/init` in the initramfs: API filesystems, modules, root by PARTUUID, switch_root.
 
+// Stage 2 loads softdog with it too (stage2/watchdog.rs).
+pub(crate) mod modules;
+mod root;
+
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -9,7 +13,7 @@ use nix::mount::{MsFlags, mount};
 
 use crate::cmdline::Cmdline;
 use crate::mounts::{mount_api, mount_move};
-use crate::{VERSION, log, modules, root};
+use crate::{VERSION, log};
 
 const POLL: Duration = Duration::from_millis(100);
 

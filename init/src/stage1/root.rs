@@ -58,7 +58,7 @@ fn partition_number(name: &str, sys: &Path, want: &Guid) -> Result<Option<u32>, 
     let sectors = read_u64(&sys.join("size")).unwrap_or(0);
     let node = Path::new("/dev").join(name);
     let file = File::open(&node).map_err(|e| format!("{}: {e}", node.display()))?;
-    let (gpt, _) = crate::disk_gpt::read(&file, &node, sectors)?;
+    let (gpt, _) = berth_slot::device::read(&file, &node, sectors)?;
     Ok(gpt.partitions().find(|e| e.unique_guid == *want).map(|e| e.number))
 }
 

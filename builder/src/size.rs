@@ -1,4 +1,5 @@
-//! Byte sizes as people write them, and SOURCE_DATE_EPOCH.
+//! Byte sizes as people write them (`512M`, `1.5GiB`, `4096`), in image definitions and on the
+//! command line.
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,16 +42,6 @@ impl fmt::Display for ByteSize {
             u += 1;
         }
         if u == 0 { write!(f, "{} B", self.0) } else { write!(f, "{v:.1} {}", UNITS[u]) }
-    }
-}
-
-/// `SOURCE_DATE_EPOCH` from the environment, if set (reproducible-builds.org convention).
-pub fn source_date_epoch() -> Result<Option<i64>, String> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => {
-            v.trim().parse().map(Some).map_err(|_| format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds"))
-        }
-        Err(_) => Ok(None),
     }
 }
 
