@@ -14,18 +14,23 @@
 //! - Shutdown stops every active unit in reverse dependency order.
 
 pub mod cgroup;
+mod error;
 mod exec;
 pub mod notify;
 mod service;
 pub(crate) mod syslog;
 pub mod users;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+pub use error::JobError;
+pub use service::machine::{Outcome, State};
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use berth_units::command::ExecCommand;
+use service::machine::{Role, ServiceRun};
+
 use berth_units::{HostInfo, LoadState, Loader, UnitSet, UnitType};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
@@ -37,170 +42,11 @@ use crate::log;
 /// systemd-networkd-wait-online's default of 2 minutes, shorter: a Berth host's network is
 /// DHCP on a cloud or QEMU network, which answers in seconds when it answers at all).
 const NETWORK_ONLINE_TIMEOUT: Duration = Duration::from_secs(60);
-/// After SIGKILL, how long to wait for the processes to go before giving up on them.
-const SIGKILL_WAIT: Duration = Duration::from_secs(5);
 /// Bytes of output kept in memory per unit.
 const RING_BYTES: usize = 32 * 1024;
 
 pub const BOOT_COMPLETE: &str = "boot-complete.target";
 pub const NETWORK_ONLINE: &str = "network-online.target";
-
-/// Where a service is in its life (systemd's service states).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Dead,
-    Failed,
-    Condition,
-    StartPre,
-    Start,
-    StartPost,
-    Running,
-    Exited,
-    Reload,
-    Stop,
-    StopSigterm,
-    StopSigkill,
-    StopPost,
-    AutoRestart,
-}
-
-impl State {
-    /// systemd's "active state".
-    pub fn active(self) -> &'static str {
-        match self {
-            State::Dead => "inactive",
-            State::Failed => "failed",
-            State::Condition | State::StartPre | State::Start | State::StartPost | State::AutoRestart => "activating",
-            State::Running | State::Exited => "active",
-            State::Reload => "reloading",
-            State::Stop | State::StopSigterm | State::StopSigkill | State::StopPost => "deactivating",
-        }
-    }
-
-    /// systemd's "sub state".
-    pub fn sub(self) -> &'static str {
-        match self {
-            State::Dead => "dead",
-            State::Failed => "failed",
-            State::Condition => "condition",
-            State::StartPre => "start-pre",
-            State::Start => "start",
-            State::StartPost => "start-post",
-            State::Running => "running",
-            State::Exited => "exited",
-            State::Reload => "reload",
-            State::Stop => "stop",
-            State::StopSigterm => "stop-sigterm",
-            State::StopSigkill => "stop-sigkill",
-            State::StopPost => "stop-post",
-            State::AutoRestart => "auto-restart",
-        }
-    }
-
-    /// Up (reloading included).
-    pub fn is_active(self) -> bool {
-        matches!(self, State::Running | State::Exited | State::Reload)
-    }
-
-    /// Starting, reloading or stopping: a job on it has not finished.
-    pub fn is_busy(self) -> bool {
-        !matches!(self, State::Dead | State::Failed | State::Running | State::Exited)
-    }
-}
-
-/// Why a run of a unit ended badly (systemd's service "result").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    ExitCode(i32),
-    Signal(nix::sys::signal::Signal, bool),
-    Timeout,
-    Watchdog,
-    StartLimit,
-    Dependency(String),
-    Resources(String),
-}
-
-impl Outcome {
-    pub fn describe(&self) -> String {
-        match self {
-            Outcome::Success => "success".into(),
-            Outcome::ExitCode(c) => format!("exit status {c}"),
-            Outcome::Signal(s, core) => {
-                format!("killed by {}{}", s.as_str(), if *core { " (core dumped)" } else { "" })
-            }
-            Outcome::Timeout => "timed out".into(),
-            Outcome::Watchdog => "watchdog timeout".into(),
-            Outcome::StartLimit => "start limit hit".into(),
-            Outcome::Dependency(d) => format!("dependency {d} failed"),
-            Outcome::Resources(why) => why.clone(),
-        }
-    }
-}
-
-/// Which process of a unit a PID is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Main,
-    Control,
-}
-
-/// The runtime side of one unit.
-#[derive(Debug)]
-struct Run {
-    state: State,
-    main_pid: Option<Pid>,
-    control_pid: Option<Pid>,
-    /// Commands left in the current phase.
-    queue: VecDeque<ExecCommand>,
-    /// When the current state times out.
-    deadline: Option<Instant>,
-    watchdog_at: Option<Instant>,
-    restart_at: Option<Instant>,
-    /// Start times inside the start-limit interval.
-    starts: VecDeque<Instant>,
-    restarts: u32,
-    /// The start under way is an automatic restart.
-    restarting: bool,
-    outcome: Outcome,
-    last_exit: Option<String>,
-    status_text: Option<String>,
-    active_since: Option<SystemTime>,
-    env: Vec<(String, String)>,
-    account: Option<users::Account>,
-    /// An explicit stop: no restart afterwards.
-    stop_requested: bool,
-    /// Start again once stopped (`restart`).
-    then_start: bool,
-    /// The main process said STOPPING=1.
-    stopping: bool,
-}
-
-impl Run {
-    fn new() -> Run {
-        Run {
-            state: State::Dead,
-            main_pid: None,
-            control_pid: None,
-            queue: VecDeque::new(),
-            deadline: None,
-            watchdog_at: None,
-            restart_at: None,
-            starts: VecDeque::new(),
-            restarts: 0,
-            restarting: false,
-            outcome: Outcome::Success,
-            last_exit: None,
-            status_text: None,
-            active_since: None,
-            env: Vec::new(),
-            account: None,
-            stop_requested: false,
-            then_start: false,
-            stopping: false,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JobKind {
@@ -225,7 +71,9 @@ struct Job {
 pub struct Manager {
     loader: Loader,
     set: UnitSet,
-    runs: BTreeMap<String, Run>,
+    runs: BTreeMap<String, ServiceRun>,
+    /// Environment and account of each service's current start.
+    launches: BTreeMap<String, service::Launch>,
     jobs: Vec<Job>,
     pids: BTreeMap<i32, (String, Role)>,
     pub journal: Journal,
@@ -280,6 +128,7 @@ impl Manager {
             loader,
             set: UnitSet::new(),
             runs: BTreeMap::new(),
+            launches: BTreeMap::new(),
             jobs: Vec::new(),
             pids: BTreeMap::new(),
             journal,
@@ -315,7 +164,7 @@ impl Manager {
         }
         if let Err(e) = self.queue_start(BOOT_COMPLETE) {
             log::line(&format!("boot: {BOOT_COMPLETE}: {e}"));
-            self.boot_failed = Some(e);
+            self.boot_failed = Some(e.to_string());
         }
         // The job may have come with default.target's transaction (a unit of the boot that
         // requires boot-complete.target): it is found wherever it is.
@@ -386,7 +235,7 @@ impl Manager {
     }
 
     /// Plans starting `goal` and queues its jobs. Errors when the goal itself cannot start.
-    fn queue_start(&mut self, goal: &str) -> Result<String, String> {
+    fn queue_start(&mut self, goal: &str) -> Result<String, JobError> {
         self.set.load_more(&self.loader, &[goal]);
         self.report_load_problems();
         let active: Vec<String> =
@@ -396,23 +245,18 @@ impl Manager {
             log::line(&format!("{}: {p}", plan.goal));
         }
         let Some(name) = self.set.resolve(goal).map(str::to_string) else {
-            return Err(format!(
-                "{goal}: unit not found (searched {})",
-                berth_units::load::SYSTEM_UNIT_DIRS.join(", ")
-            ));
+            return Err(JobError::not_found(goal));
         };
         if plan.start.is_empty() {
             let state = self.set.get(&name).map(|u| u.state);
             return Err(match state {
-                Some(LoadState::Masked) => "unit is masked".to_string(),
-                Some(LoadState::NotFound) | None => {
-                    format!("unit not found (searched {})", berth_units::load::SYSTEM_UNIT_DIRS.join(", "))
-                }
-                Some(LoadState::Error) => "unit has errors (see berthctl verify)".to_string(),
-                Some(LoadState::Unsupported) => "unit type not supported by berth-init".to_string(),
+                Some(LoadState::Masked) => JobError::Masked { unit: name },
+                Some(LoadState::NotFound) | None => JobError::not_found(&name),
+                Some(LoadState::Error) => JobError::LoadError { unit: name },
+                Some(LoadState::Unsupported) => JobError::Unsupported { unit: name },
                 Some(LoadState::Loaded) => {
                     let why = plan.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ");
-                    format!("cannot start: {why}")
+                    JobError::Unstartable { unit: name, why }
                 }
             });
         }
@@ -460,34 +304,34 @@ impl Manager {
     }
 
     /// `berthctl start`: queues the unit (and what it pulls in). Returns the canonical name.
-    pub fn start(&mut self, unit: &str) -> Result<String, String> {
+    pub fn start(&mut self, unit: &str) -> Result<String, JobError> {
         if self.shutting_down {
-            return Err("the system is shutting down".to_string());
+            return Err(JobError::ShuttingDown);
         }
         let name = self.queue_start(unit)?;
         if let Some(u) = self.set.get(&name)
             && u.refuse_manual_start
         {
             self.jobs.retain(|j| j.running);
-            return Err("RefuseManualStart=yes".to_string());
+            return Err(JobError::RefusedManualStart { unit: name });
         }
         // A manual start forgets an earlier start-limit failure (systemctl reset-failed + start).
         if let Some(r) = self.runs.get_mut(&name) {
-            r.starts.clear();
+            r.reset_start_limit();
         }
         Ok(name)
     }
 
     /// `berthctl stop`: the unit and the active units that require it, in stop order.
-    pub fn stop(&mut self, unit: &str) -> Result<String, String> {
+    pub fn stop(&mut self, unit: &str) -> Result<String, JobError> {
         self.set.load_more(&self.loader, &[unit]);
         let Some(name) = self.set.resolve(unit).map(str::to_string) else {
-            return Err("unit not found".to_string());
+            return Err(JobError::not_found(unit));
         };
         if let Some(u) = self.set.get(&name)
             && u.refuse_manual_stop
         {
-            return Err("RefuseManualStop=yes".to_string());
+            return Err(JobError::RefusedManualStop { unit: name });
         }
         let mut names = vec![name.clone()];
         for (n, r) in &self.runs {
@@ -504,18 +348,17 @@ impl Manager {
     }
 
     /// `berthctl restart`.
-    pub fn restart(&mut self, unit: &str) -> Result<String, String> {
+    pub fn restart(&mut self, unit: &str) -> Result<String, JobError> {
         self.set.load_more(&self.loader, &[unit]);
         let Some(name) = self.set.resolve(unit).map(str::to_string) else {
-            return Err("unit not found".to_string());
+            return Err(JobError::not_found(unit));
         };
         let running = self.runs.get(&name).is_some_and(|r| r.state.is_active() || r.state.is_busy());
         if !running {
             return self.start(&name);
         }
         if let Some(r) = self.runs.get_mut(&name) {
-            r.then_start = true;
-            r.starts.clear();
+            r.restart_after_stop();
         }
         self.queue_stops(std::slice::from_ref(&name));
         Ok(name)
@@ -577,8 +420,7 @@ impl Manager {
             .map(|(n, _)| n.clone())
             .collect();
         for r in self.runs.values_mut() {
-            r.restart_at = None;
-            r.stop_requested = true;
+            r.shutdown();
         }
         log::line(&format!("stopping {} units", names.len()));
         self.queue_stops(&names);
@@ -632,9 +474,9 @@ impl Manager {
 
     /// The earliest deadline of any unit.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let busy = self.runs.values().any(|r| matches!(r.state, State::StopSigterm | State::StopSigkill));
+        let busy = self.runs.values().any(ServiceRun::awaits_processes);
         let soon = busy.then(|| Instant::now() + Duration::from_millis(50));
-        self.runs.values().flat_map(|r| [r.deadline, r.restart_at, r.watchdog_at]).flatten().chain(soon).min()
+        self.runs.values().filter_map(ServiceRun::deadline).chain(soon).min()
     }
 
     /// A child was reaped. Returns whether it belonged to a unit.
@@ -706,9 +548,7 @@ impl Manager {
                         });
                         if let Some(dep) = failed_dep.cloned() {
                             log::line(&format!("{}: not starting: it requires {dep}, which failed", job.unit));
-                            let run = self.run_mut(&job.unit);
-                            run.state = State::Failed;
-                            run.outcome = Outcome::Dependency(dep);
+                            self.run_mut(&job.unit).dependency_failed(dep);
                         } else {
                             self.start_unit(&job.unit, now);
                         }
@@ -753,8 +593,8 @@ impl Manager {
         }
     }
 
-    fn run_mut(&mut self, unit: &str) -> &mut Run {
-        self.runs.entry(unit.to_string()).or_insert_with(Run::new)
+    fn run_mut(&mut self, unit: &str) -> &mut ServiceRun {
+        self.runs.entry(unit.to_string()).or_default()
     }
 
     fn target_reached(&mut self, unit: &str) {
@@ -763,7 +603,7 @@ impl Manager {
             return;
         }
         run.state = State::Exited;
-        run.active_since = Some(SystemTime::now());
+        run.active_at = Some(Instant::now());
         // boot-complete says so itself once its job ends.
         if unit != BOOT_COMPLETE {
             log::line(&format!("reached {unit}"));
@@ -799,23 +639,20 @@ impl Manager {
                     && r.state.is_active()
                 {
                     r.state = State::Dead;
-                    r.active_since = None;
+                    r.active_at = None;
                 }
             }
         }
     }
 
     /// Status of one unit for berthctl.
-    pub fn status(&mut self, unit: &str) -> Result<crate::control::UnitStatus, String> {
+    pub fn status(&mut self, unit: &str) -> Result<crate::control::UnitStatus, JobError> {
         self.set.load_more(&self.loader, &[unit]);
         let Some(u) = self.set.get(unit) else {
-            return Err("unit not found".to_string());
+            return Err(JobError::not_found(unit));
         };
         if u.state == LoadState::NotFound {
-            return Err(format!(
-                "{unit}: unit not found (searched {})",
-                berth_units::load::SYSTEM_UNIT_DIRS.join(", ")
-            ));
+            return Err(JobError::not_found(unit));
         }
         Ok(self.status_of(&u.name.clone()))
     }
@@ -844,9 +681,10 @@ impl Manager {
             tasks: if has_group { cgroup::tasks_current(&group) } else { None },
             restarts: run.map_or(0, |r| r.restarts),
             last_exit: run.and_then(|r| r.last_exit.clone()),
-            active_since_us: run
-                .and_then(|r| r.active_since)
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_micros() as u64)),
+            active_since_us: run.and_then(|r| r.active_at).and_then(|at| {
+                let since = SystemTime::now().checked_sub(at.elapsed())?;
+                since.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_micros() as u64)
+            }),
             status_text: run.and_then(|r| r.status_text.clone()),
             cgroup: has_group.then(|| cgroup::display(name)),
             fragment: u.and_then(|u| u.fragment.as_ref()).map(|p| p.display().to_string()),
@@ -954,22 +792,6 @@ fn directories(s: &berth_units::Service) -> Vec<ServiceDir> {
         }
     }
     out
-}
-
-/// `2s`, `100ms`, `1min 30s`: how systemd writes spans.
-pub fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if !ms.is_multiple_of(1000) {
-        format!("{:.1}s", d.as_secs_f64())
-    } else if ms >= 60_000 && !ms.is_multiple_of(60_000) {
-        format!("{}min {}s", ms / 60_000, (ms % 60_000) / 1000)
-    } else if ms >= 60_000 {
-        format!("{}min", ms / 60_000)
-    } else {
-        format!("{}s", ms / 1000)
-    }
 }
 
 #[cfg(test)]

@@ -356,7 +356,7 @@ impl Pid1 {
                     let lines = self.manager.journal.tail(&status.name, 10);
                     Reply::ok(status.active.clone()).with_lines(lines).with_units(vec![status])
                 }
-                Err(e) => Reply::error(e),
+                Err(e) => Reply::error(e.to_string()),
             },
             Request::Start { .. } | Request::Stop { .. } | Request::Restart { .. } | Request::ReloadUnit { .. }
                 if self.shutdown.is_some() =>
@@ -394,14 +394,14 @@ impl Pid1 {
         &mut self,
         stream: UnixStream,
         verb: &'static str,
-        job: impl FnOnce(&mut crate::manager::Manager) -> Result<String, String>,
+        job: impl FnOnce(&mut crate::manager::Manager) -> Result<String, crate::manager::JobError>,
     ) -> Option<ShutdownKind> {
         match job(&mut self.manager) {
             Ok(unit) => {
                 log::line(&format!("berthctl: {verb} {unit}"));
                 self.waiters.push(Waiter { unit, verb, stream });
             }
-            Err(e) => send(&stream, &Reply::error(e)),
+            Err(e) => send(&stream, &Reply::error(e.to_string())),
         }
         None
     }
