@@ -10,6 +10,33 @@ use crate::log;
 
 pub(super) mod partition;
 
+/// Why STATE (or the directories on it) cannot be used; each message is one line naming the
+/// device, partition or path, as the console shows it.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A call on a device, file or mount failed: `what` says which and where.
+    #[error("{what}: {source}")]
+    Failed { what: String, source: Box<dyn std::error::Error + Send + Sync> },
+    /// The disk, its GPT or STATE's filesystem is not what a Berth disk has; left as it is.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(why: String) -> StorageError {
+    StorageError::Invalid(why)
+}
+
+/// Context for an error from a call: `.at(|| format!("opening {}", path.display()))`.
+trait At<T> {
+    fn at(self, what: impl FnOnce() -> String) -> Result<T, StorageError>;
+}
+
+impl<T, E: Into<Box<dyn std::error::Error + Send + Sync>>> At<T> for Result<T, E> {
+    fn at(self, what: impl FnOnce() -> String) -> Result<T, StorageError> {
+        self.map_err(|e| StorageError::Failed { what: what(), source: e.into() })
+    }
+}
+
 /// PID 1's runtime directory, world-traversable (0755): every uid uses its public endpoints
 /// (`resolv.conf`, the sd_notify and syslog sockets, each with its own mode). What only root may
 /// reach has its own mode (`control.sock`, 0600 and SO_PEERCRED) or lives in [`PRIVATE_DIR`].
@@ -20,21 +47,21 @@ pub const PRIVATE_DIR: &str = "/run/berth/private";
 pub const STATE_MOUNT: &str = "/run/berth/private/state";
 
 /// Creates (or corrects) [`RUN_DIR`] 0755, [`PRIVATE_DIR`] 0700 and [`STATE_MOUNT`], all root's.
-pub fn make_run_dirs(run: &Path, private: &Path, state: &Path) -> Result<(), String> {
+pub fn make_run_dirs(run: &Path, private: &Path, state: &Path) -> Result<(), StorageError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     for (dir, mode) in [(run, 0o755), (private, 0o700), (state, 0o755)] {
         match std::fs::DirBuilder::new().mode(mode).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("creating {}: {e}", dir.display())),
+            Err(e) => return Err(invalid(format!("creating {}: {e}", dir.display()))),
         }
-        let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let meta = std::fs::symlink_metadata(dir).at(|| format!("{}", dir.display()))?;
         if !meta.is_dir() {
-            return Err(format!("{} is not a directory", dir.display()));
+            return Err(invalid(format!("{} is not a directory", dir.display())));
         }
         // The umask may have taken bits away; a directory from an earlier stage may differ.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("chmod {mode:o} {}: {e}", dir.display()))?;
+            .at(|| format!("chmod {mode:o} {}", dir.display()))?;
     }
     Ok(())
 }
@@ -49,11 +76,12 @@ pub enum Storage {
 
 pub fn setup() -> Storage {
     if let Err(e) = make_run_dirs(Path::new(RUN_DIR), Path::new(PRIVATE_DIR), Path::new(STATE_MOUNT)) {
-        log::line(&e);
+        log::line(&e.to_string());
     }
     let storage = match mount_state() {
         Ok(device) => Storage::Persistent { device },
-        Err(why) => {
+        Err(e) => {
+            let why = e.to_string();
             for line in volatile_warning(&why).lines() {
                 log::line(line);
             }
@@ -66,10 +94,10 @@ pub fn setup() -> Storage {
     };
     let state = Path::new(STATE_MOUNT);
     if let Err(e) = bind_var(state) {
-        log::line(&e);
+        log::line(&e.to_string());
     }
     if let Err(e) = overlay_etc(state) {
-        log::line(&e);
+        log::line(&e.to_string());
     }
     storage
 }
@@ -85,16 +113,16 @@ pub fn volatile_warning(why: &str) -> String {
 }
 
 /// The root partition (what `/` is mounted from), as a device node.
-pub fn root_partition() -> Result<PathBuf, String> {
-    let st = nix::sys::stat::stat("/").map_err(|e| format!("stat /: {e}"))?;
+pub fn root_partition() -> Result<PathBuf, StorageError> {
+    let st = nix::sys::stat::stat("/").at(|| "stat /".to_string())?;
     let (major, minor) = (nix::sys::stat::major(st.st_dev), nix::sys::stat::minor(st.st_dev));
     let link = format!("/sys/dev/block/{major}:{minor}");
-    let target = std::fs::read_link(&link).map_err(|e| format!("{link}: {e}"))?;
-    let name = target.file_name().ok_or_else(|| format!("{link} -> {}: no device name", target.display()))?;
+    let target = std::fs::read_link(&link).at(|| link.clone())?;
+    let name = target.file_name().ok_or_else(|| invalid(format!("{link} -> {}: no device name", target.display())))?;
     Ok(Path::new("/dev").join(name))
 }
 
-fn mount_state() -> Result<PathBuf, String> {
+fn mount_state() -> Result<PathBuf, StorageError> {
     let root = root_partition()?;
     let prepared = partition::prepare(&root)?;
     for line in prepared.log_lines() {
@@ -107,7 +135,7 @@ fn mount_state() -> Result<PathBuf, String> {
         Err(e) => return Err(e),
     };
     mount(Some(&device), STATE_MOUNT, Some("ext4"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
-        .map_err(|e| format!("mounting {} (ext4) on {STATE_MOUNT}: {e}", device.display()))?;
+        .at(|| format!("mounting {} (ext4) on {STATE_MOUNT}", device.display()))?;
     log::line(&format!("STATE {} mounted on {STATE_MOUNT} ({clean})", device.display()));
     report_usage(&device);
     match partition::grow_filesystem(&device, Path::new(STATE_MOUNT)) {
@@ -142,9 +170,9 @@ fn report_usage(device: &Path) {
     }
 }
 
-fn bind_var(state: &Path) -> Result<(), String> {
+fn bind_var(state: &Path) -> Result<(), StorageError> {
     let var = state.join("var");
-    std::fs::create_dir_all(&var).map_err(|e| format!("creating {}: {e}", var.display()))?;
+    std::fs::create_dir_all(&var).at(|| format!("creating {}", var.display()))?;
     // The image's /var (package directories such as /var/tmp, /var/lib/dpkg, /var/log) is
     // hidden by the bind: its directories and symlinks are created on STATE where missing, so
     // a first boot (or an update that adds one) finds them. Files are the packages' business.
@@ -153,7 +181,7 @@ fn bind_var(state: &Path) -> Result<(), String> {
         log::line(&format!("/var: {created} directories and links from the image created on STATE"));
     }
     mount(Some(&var), "/var", None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| format!("binding {} on /var: {e}", var.display()))
+        .at(|| format!("binding {} on /var", var.display()))
 }
 
 /// Copies the directory and symlink skeleton of `from` into `to` (mode and owner kept; what
@@ -187,11 +215,11 @@ fn seed_directories(from: &Path, to: &Path, depth: usize) -> usize {
     created
 }
 
-fn overlay_etc(state: &Path) -> Result<(), String> {
+fn overlay_etc(state: &Path) -> Result<(), StorageError> {
     let upper = state.join("etc/upper");
     let work = state.join("etc/work");
     for d in [&upper, &work] {
-        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        std::fs::create_dir_all(d).at(|| format!("creating {}", d.display()))?;
     }
     // Before the mount hides the image's /etc: its new users and groups into copied-up files.
     for line in crate::stage2::accounts::merge_into_upper(Path::new("/etc"), &upper) {
@@ -199,18 +227,18 @@ fn overlay_etc(state: &Path) -> Result<(), String> {
     }
     let data = format!("lowerdir=/etc,upperdir={},workdir={}", upper.display(), work.display());
     mount(Some("overlay"), "/etc", Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(data.as_str()))
-        .map_err(|e| format!("mounting the /etc overlay ({data}): {e}"))
+        .at(|| format!("mounting the /etc overlay ({data})"))
 }
 
 /// From STATE's ext4 superblock: false when its journal still needs recovery (the last mount
 /// did not end with an unmount).
-fn cleanly_unmounted(device: &Path) -> Result<bool, String> {
+fn cleanly_unmounted(device: &Path) -> Result<bool, StorageError> {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(device).map_err(|e| format!("opening {}: {e}", device.display()))?;
+    let file = std::fs::File::open(device).at(|| format!("opening {}", device.display()))?;
     let mut sb = [0u8; 1024];
-    file.read_exact_at(&mut sb, 1024).map_err(|e| format!("reading {}'s superblock: {e}", device.display()))?;
+    file.read_exact_at(&mut sb, 1024).at(|| format!("reading {}'s superblock", device.display()))?;
     if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {
-        return Err(format!("{} holds no ext4 filesystem", device.display()));
+        return Err(invalid(format!("{} holds no ext4 filesystem", device.display())));
     }
     const INCOMPAT_RECOVER: u32 = 0x4;
     let incompat = u32::from_le_bytes([sb[0x60], sb[0x61], sb[0x62], sb[0x63]]);

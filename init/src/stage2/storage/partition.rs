@@ -28,6 +28,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::{At, StorageError, invalid};
 use berth_ext4::superblock::{self as ext4sb, Health};
 use berth_fstree::{Metadata, Tree};
 use berth_slot::gpt::{Entry, Gpt, Guid};
@@ -185,12 +186,12 @@ impl Prepared {
 /// Errors are what leaves no usable STATE (no STATE partition, no readable GPT, the kernel's
 /// partition not where the GPT says, formatting failed); a GPT that cannot be grown is only
 /// a warning in the report.
-pub fn prepare(root: &Path) -> Result<Prepared, String> {
+pub fn prepare(root: &Path) -> Result<Prepared, StorageError> {
     let disk = Disk::of_partition(root)?;
-    let file = File::open(&disk.node).map_err(|e| format!("opening {}: {e}", disk.node.display()))?;
+    let file = File::open(&disk.node).at(|| format!("opening {}", disk.node.display()))?;
     let (gpt, damaged) = disk.read_gpt(&file)?;
     drop(file);
-    let state = find_state(&gpt).map_err(|e| format!("{}: {e}", disk.node.display()))?;
+    let state = find_state(&gpt).at(|| format!("{}", disk.node.display()))?;
     let mut report = Prepared {
         device: PathBuf::new(),
         disk: disk.node.clone(),
@@ -238,12 +239,12 @@ pub fn prepare(root: &Path) -> Result<Prepared, String> {
     report.device = part.node.clone();
     let (start, sectors) = part.extent()?;
     if start != entry.first_lba {
-        return Err(format!(
+        return Err(invalid(format!(
             "{}: the kernel has partition {} at sector {start}, the GPT has STATE at {}; not touching it",
             part.node.display(),
             entry.number,
             entry.first_lba
-        ));
+        )));
     }
     let want = entry.last_lba + 1 - entry.first_lba;
     if sectors < want {
@@ -268,8 +269,8 @@ pub fn prepare(root: &Path) -> Result<Prepared, String> {
         .read(true)
         .write(true)
         .open(node)
-        .map_err(|e| format!("opening {} for writing: {e}", node.display()))?;
-    report.bytes = dev.seek(SeekFrom::End(0)).map_err(|e| format!("size of {}: {e}", node.display()))?;
+        .at(|| format!("opening {} for writing", node.display()))?;
+    report.bytes = dev.seek(SeekFrom::End(0)).at(|| format!("size of {}", node.display()))?;
     let settled = settle(&dev, node, report.bytes, &gpt.header().disk_guid, &entry.unique_guid)?;
     report.created = settled.created;
     report.fs_repaired = settled.repaired;
@@ -304,16 +305,22 @@ pub struct Settled {
 /// 4. No marker, no backup superblock anywhere and a first MiB of zeros (an image from before
 ///    the marker): format.
 /// 5. Anything else: an error that says what was found; nothing is written.
-pub fn settle(dev: &File, node: &Path, bytes: u64, disk_guid: &Guid, part_guid: &Guid) -> Result<Settled, String> {
+pub fn settle(
+    dev: &File,
+    node: &Path,
+    bytes: u64,
+    disk_guid: &Guid,
+    part_guid: &Guid,
+) -> Result<Settled, StorageError> {
     let name = node.display();
-    let read = |at: u64, len: usize| -> Result<Vec<u8>, String> {
+    let read = |at: u64, len: usize| -> Result<Vec<u8>, StorageError> {
         let mut b = vec![0u8; len];
-        dev.read_exact_at(&mut b, at).map_err(|e| format!("reading {len} bytes of {name} at {at}: {e}"))?;
+        dev.read_exact_at(&mut b, at).at(|| format!("reading {len} bytes of {name} at {at}"))?;
         Ok(b)
     };
     let mut settled = Settled { created: None, repaired: None, marker_cleared: false, health: None };
     if bytes < ext4sb::PRIMARY_OFFSET + ext4sb::SIZE as u64 {
-        return Err(format!("{name} is {bytes} bytes, too small for STATE"));
+        return Err(invalid(format!("{name} is {bytes} bytes, too small for STATE")));
     }
     let marker_sector = read(STATE_MARKER_OFFSET, STATE_MARKER_LEN)?;
     let marker = StateMarker::parse(&marker_sector, disk_guid);
@@ -324,7 +331,7 @@ pub fn settle(dev: &File, node: &Path, bytes: u64, disk_guid: &Guid, part_guid: 
                 // The format finished but the cut came before its last write.
                 dev.write_all_at(&[0u8; STATE_MARKER_LEN], STATE_MARKER_OFFSET)
                     .and_then(|()| dev.sync_data())
-                    .map_err(|e| format!("clearing the marker of {name}: {e}"))?;
+                    .at(|| format!("clearing the marker of {name}"))?;
                 settled.marker_cleared = true;
             }
             settled.health = Some(sb.health);
@@ -383,9 +390,9 @@ pub fn settle(dev: &File, node: &Path, bytes: u64, disk_guid: &Guid, part_guid: 
         // What e2fsck -b does first; the group descriptors are the primary's own (they match).
         dev.write_all_at(&sb.as_primary(replay), ext4sb::PRIMARY_OFFSET)
             .and_then(|()| dev.sync_data())
-            .map_err(|e| format!("writing the repaired superblock of {name}: {e}"))?;
+            .at(|| format!("writing the repaired superblock of {name}"))?;
         let again = ext4sb::Superblock::parse(&read(ext4sb::PRIMARY_OFFSET, ext4sb::SIZE)?)
-            .map_err(|e| format!("{name}: the superblock repaired from group {group} reads back bad: {e}"))?;
+            .at(|| format!("{name}: the superblock repaired from group {group} reads back bad"))?;
         settled.repaired = Some(format!(
             "primary superblock damaged ({damage}); rewritten from the backup in group {group} (block {} of {} \
              bytes){}",
@@ -415,11 +422,11 @@ pub fn settle(dev: &File, node: &Path, bytes: u64, disk_guid: &Guid, part_guid: 
         what.push(format!("ext4 magic numbers at byte offsets {magic_at:?}, none a valid backup superblock"));
     }
     what.extend(refused);
-    Err(format!(
+    Err(invalid(format!(
         "{name} was NOT formatted, it may hold data: {}. Look at it with `dumpe2fs`/`e2fsck -n -b BLOCK` from another \
          system; formatting it is a manual decision",
         what.join("; ")
-    ))
+    )))
 }
 
 /// Formats STATE: the "formatting" marker first, then an empty journaled ext4 over all of it
@@ -431,18 +438,18 @@ fn format(
     disk_guid: &Guid,
     part_guid: &Guid,
     why: &'static str,
-) -> Result<Created, String> {
+) -> Result<Created, StorageError> {
     dev.write_all_at(&StateMarker::Formatting.encode(disk_guid), STATE_MARKER_OFFSET)
         .and_then(|()| dev.sync_data())
-        .map_err(|e| format!("writing the formatting marker to {}: {e}", node.display()))?;
+        .at(|| format!("writing the formatting marker to {}", node.display()))?;
     mkfs(node, dev, bytes.min(MAX_FS_BYTES), part_guid, why)
 }
 
 /// Grows the ext4 on `device`, mounted on `mount_point`, to fill the partition. `Ok(None)`:
 /// it fills it already (up to a last block group too small for the kernel to add).
-pub fn grow_filesystem(device: &Path, mount_point: &Path) -> Result<Option<FsGrown>, String> {
-    let mut dev = File::open(device).map_err(|e| format!("opening {}: {e}", device.display()))?;
-    let bytes = dev.seek(SeekFrom::End(0)).map_err(|e| format!("size of {}: {e}", device.display()))?;
+pub fn grow_filesystem(device: &Path, mount_point: &Path) -> Result<Option<FsGrown>, StorageError> {
+    let mut dev = File::open(device).at(|| format!("opening {}", device.display()))?;
+    let bytes = dev.seek(SeekFrom::End(0)).at(|| format!("size of {}", device.display()))?;
     let sb = Superblock::read(&dev, device)?;
     // Without 64bit the block count stops at 32 bits (M6): the rest of a larger partition stays unused.
     let limit = if sb.is_64bit { u64::MAX } else { MAX_FS_BYTES / sb.block_size };
@@ -451,17 +458,17 @@ pub fn grow_filesystem(device: &Path, mount_point: &Path) -> Result<Option<FsGro
         return Ok(None);
     }
     // The ioctl resizes whatever filesystem holds the directory: make sure it is this one.
-    let on = std::fs::metadata(mount_point).map_err(|e| format!("{}: {e}", mount_point.display()))?.dev();
-    let rdev = dev.metadata().map_err(|e| format!("{}: {e}", device.display()))?.rdev();
+    let on = std::fs::metadata(mount_point).at(|| format!("{}", mount_point.display()))?.dev();
+    let rdev = dev.metadata().at(|| format!("{}", device.display()))?.rdev();
     if on != rdev {
-        return Err(format!("{} is not where {} is mounted", mount_point.display(), device.display()));
+        return Err(invalid(format!("{} is not where {} is mounted", mount_point.display(), device.display())));
     }
-    let dir = File::open(mount_point).map_err(|e| format!("opening {}: {e}", mount_point.display()))?;
+    let dir = File::open(mount_point).at(|| format!("opening {}", mount_point.display()))?;
     let started = Instant::now();
     // SAFETY: `target` outlives the call; the kernel only reads the u64 it points to.
-    unsafe { ext4_resize_fs(dir.as_raw_fd(), &target) }.map_err(|e| {
+    unsafe { ext4_resize_fs(dir.as_raw_fd(), &target) }.at(|| {
         format!(
-            "growing the ext4 on {} (mounted on {}) from {} to {target} blocks: {e}",
+            "growing the ext4 on {} (mounted on {}) from {} to {target} blocks",
             device.display(),
             mount_point.display(),
             sb.blocks
@@ -476,23 +483,24 @@ pub fn grow_filesystem(device: &Path, mount_point: &Path) -> Result<Option<FsGro
 /// STATE's entry: label `STATE` and the STATE type GUID, exactly one.
 /// The boot state of `slot` in the GPT of the disk `root` (a partition) is on: what stage 2's
 /// boot deadline reads to know whether the booted slot is on trial.
-pub fn slot_attrs(root: &Path, slot: berth_slot::layout::Slot) -> Result<berth_slot::attrs::SlotAttrs, String> {
+pub fn slot_attrs(root: &Path, slot: berth_slot::layout::Slot) -> Result<berth_slot::attrs::SlotAttrs, StorageError> {
     let disk = Disk::of_partition(root)?;
-    let file = File::open(&disk.node).map_err(|e| format!("opening {}: {e}", disk.node.display()))?;
+    let file = File::open(&disk.node).at(|| format!("opening {}", disk.node.display()))?;
     let (gpt, _) = disk.read_gpt(&file)?;
-    let slots = gpt.slots().map_err(|e| format!("{}: {e}", disk.node.display()))?;
+    let slots = gpt.slots().at(|| format!("{}", disk.node.display()))?;
     Ok(slots.get(slot))
 }
 
-fn find_state(gpt: &Gpt) -> Result<Entry, String> {
-    let ty = Guid::parse(STATE_TYPE_GUID).ok_or("the STATE type GUID does not parse")?;
+fn find_state(gpt: &Gpt) -> Result<Entry, StorageError> {
+    let ty = Guid::parse(STATE_TYPE_GUID).ok_or_else(|| invalid("the STATE type GUID does not parse".into()))?;
     let mut found = gpt.partitions().filter(|e| e.name == STATE_LABEL && e.type_guid == ty);
     match (found.next(), found.next()) {
         (Some(e), None) => Ok(e),
-        (None, _) => Err(format!("no partition labelled {STATE_LABEL} with type {STATE_TYPE_GUID}")),
-        (Some(a), Some(b)) => {
-            Err(format!("partitions {} and {} are both labelled {STATE_LABEL}: which is STATE?", a.number, b.number))
-        }
+        (None, _) => Err(invalid(format!("no partition labelled {STATE_LABEL} with type {STATE_TYPE_GUID}"))),
+        (Some(a), Some(b)) => Err(invalid(format!(
+            "partitions {} and {} are both labelled {STATE_LABEL}: which is STATE?",
+            a.number, b.number
+        ))),
     }
 }
 
@@ -517,72 +525,71 @@ struct Part {
 }
 
 impl Disk {
-    fn of_partition(root: &Path) -> Result<Disk, String> {
+    fn of_partition(root: &Path) -> Result<Disk, StorageError> {
         // `/dev/disk/by-*` links lead to the kernel's name.
         let node = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-        let name = node.file_name().ok_or_else(|| format!("{}: no device name", root.display()))?;
+        let name = node.file_name().ok_or_else(|| invalid(format!("{}: no device name", root.display())))?;
         let sys_part = Path::new(SYS_BLOCK).join(name);
         if !sys_part.join("partition").exists() {
-            return Err(format!("{}: not a partition (no {}/partition)", root.display(), sys_part.display()));
+            return Err(invalid(format!("{}: not a partition (no {}/partition)", root.display(), sys_part.display())));
         }
         // The partition's sysfs directory sits in its disk's.
         let sys = std::fs::canonicalize(sys_part.join(".."))
-            .map_err(|e| format!("the disk of {} ({}/..): {e}", root.display(), sys_part.display()))?;
-        let disk_name = sys.file_name().ok_or_else(|| format!("{}: no disk name", sys.display()))?;
+            .at(|| format!("the disk of {} ({}/..)", root.display(), sys_part.display()))?;
+        let disk_name = sys.file_name().ok_or_else(|| invalid(format!("{}: no disk name", sys.display())))?;
         let node = Path::new("/dev").join(disk_name);
         let lbs = read_u64(&sys.join("queue/logical_block_size")).unwrap_or(512);
         if lbs != SECTOR_SIZE {
-            return Err(format!("{}: {lbs}-byte sectors; a Berth disk has 512-byte sectors", node.display()));
+            return Err(invalid(format!("{}: {lbs}-byte sectors; a Berth disk has 512-byte sectors", node.display())));
         }
-        let lbas = read_u64(&sys.join("size")).ok_or_else(|| format!("{}/size unreadable", sys.display()))?;
+        let lbas = read_u64(&sys.join("size")).ok_or_else(|| invalid(format!("{}/size unreadable", sys.display())))?;
         Ok(Disk { node, sys, lbas })
     }
 
     /// The GPT, from the primary copy or, if that is unusable, the backup
     /// ([`berth_slot::device::read`]).
-    fn read_gpt(&self, file: &File) -> Result<(Gpt, Option<String>), String> {
-        berth_slot::device::read(file, &self.node, self.lbas)
+    fn read_gpt(&self, file: &File) -> Result<(Gpt, Option<String>), StorageError> {
+        berth_slot::device::read(file, &self.node, self.lbas).map_err(invalid)
     }
 
     /// Writes both GPT copies, the backup flushed before the primary is touched.
-    fn write_gpt(&self, gpt: &Gpt) -> Result<(), String> {
+    fn write_gpt(&self, gpt: &Gpt) -> Result<(), StorageError> {
         let node = self.node.display();
-        let file =
-            OpenOptions::new().read(true).write(true).open(&self.node).map_err(|e| format!("opening {node}: {e}"))?;
+        let file = OpenOptions::new().read(true).write(true).open(&self.node).at(|| format!("opening {node}"))?;
         let out = gpt.encode();
         for (copy, writes) in ["backup", "primary"].into_iter().zip(out.copies()) {
             for (lba, bytes) in &writes {
                 file.write_all_at(bytes, lba * SECTOR_SIZE)
-                    .map_err(|e| format!("writing the {copy} GPT to {node} at LBA {lba}: {e}"))?;
+                    .at(|| format!("writing the {copy} GPT to {node} at LBA {lba}"))?;
             }
-            file.sync_data().map_err(|e| format!("flushing the {copy} GPT to {node}: {e}"))?;
+            file.sync_data().at(|| format!("flushing the {copy} GPT to {node}"))?;
         }
         match self.read_gpt(&file)? {
             (again, None) if again.encode() == out => Ok(()),
-            _ => Err(format!("the GPT read back from {node} is not the one written")),
+            _ => Err(invalid(format!("the GPT read back from {node} is not the one written"))),
         }
     }
 
     /// The kernel's partition `number` of this disk.
-    fn partition(&self, number: u32) -> Result<Part, String> {
-        let dir = std::fs::read_dir(&self.sys).map_err(|e| format!("{}: {e}", self.sys.display()))?;
+    fn partition(&self, number: u32) -> Result<Part, StorageError> {
+        let dir = std::fs::read_dir(&self.sys).at(|| format!("{}", self.sys.display()))?;
         for entry in dir.filter_map(|e| e.ok()) {
             if read_u64(&entry.path().join("partition")) == Some(u64::from(number)) {
                 return Ok(Part { node: Path::new("/dev").join(entry.file_name()), sys: entry.path() });
             }
         }
-        Err(format!("{}: the kernel has no partition {number}", self.node.display()))
+        Err(invalid(format!("{}: the kernel has no partition {number}", self.node.display())))
     }
 
     /// `BLKPG_RESIZE_PARTITION`: partition `number` now has `sectors` sectors from `start`.
-    fn tell_kernel(&self, number: u32, start: u64, sectors: u64) -> Result<(), String> {
+    fn tell_kernel(&self, number: u32, start: u64, sectors: u64) -> Result<(), StorageError> {
         let node = self.node.display();
-        let file = File::open(&self.node).map_err(|e| format!("opening {node}: {e}"))?;
-        let bytes = |s: u64| i64::try_from(s * SECTOR_SIZE).map_err(|_| format!("{s} sectors: too large"));
+        let file = File::open(&self.node).at(|| format!("opening {node}"))?;
+        let bytes = |s: u64| i64::try_from(s * SECTOR_SIZE).map_err(|_| invalid(format!("{s} sectors: too large")));
         let mut part = BlkpgPartition {
             start: bytes(start)?,
             length: bytes(sectors)?,
-            pno: c_int::try_from(number).map_err(|_| format!("partition number {number}"))?,
+            pno: c_int::try_from(number).map_err(|_| invalid(format!("partition number {number}")))?,
             devname: [0; 64],
             volname: [0; 64],
         };
@@ -595,20 +602,22 @@ impl Disk {
         // SAFETY: `arg` and the partition it points to outlive the call; the kernel only reads.
         unsafe { blkpg(file.as_raw_fd(), &arg) }
             .map(|_| ())
-            .map_err(|e| format!("BLKPG_RESIZE_PARTITION of partition {number} on {node}: {e}"))
+            .at(|| format!("BLKPG_RESIZE_PARTITION of partition {number} on {node}"))
     }
 }
 
 impl Part {
     /// Start and size in 512-byte sectors, as the kernel has them.
-    fn extent(&self) -> Result<(u64, u64), String> {
-        let get = |f: &str| read_u64(&self.sys.join(f)).ok_or_else(|| format!("{}/{f} unreadable", self.sys.display()));
+    fn extent(&self) -> Result<(u64, u64), StorageError> {
+        let get = |f: &str| {
+            read_u64(&self.sys.join(f)).ok_or_else(|| invalid(format!("{}/{f} unreadable", self.sys.display())))
+        };
         Ok((get("start")?, get("size")?))
     }
 }
 
 /// Writes an empty journaled ext4 over the first `bytes` of `dev`, superblock last.
-fn mkfs(node: &Path, dev: &File, bytes: u64, guid: &Guid, why: &'static str) -> Result<Created, String> {
+fn mkfs(node: &Path, dev: &File, bytes: u64, guid: &Guid, why: &'static str) -> Result<Created, StorageError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let timestamp = u32::try_from(now.as_secs()).unwrap_or(u32::MAX);
     // The partition GUID comes from the image, the same on every machine booted from it: fresh
@@ -619,8 +628,8 @@ fn mkfs(node: &Path, dev: &File, bytes: u64, guid: &Guid, why: &'static str) -> 
     let tree = Tree::new(Metadata::root(0o755, i64::from(timestamp)));
     let opts = berth_ext4::Options::writable(STATE_LABEL, &seed, timestamp, bytes);
     let started = Instant::now();
-    let report = berth_ext4::write_at_durably(&tree, dev, 0, &opts)
-        .map_err(|e| format!("creating ext4 on {}: {e}", node.display()))?;
+    let report =
+        berth_ext4::write_at_durably(&tree, dev, 0, &opts).at(|| format!("creating ext4 on {}", node.display()))?;
     Ok(Created {
         bytes: report.size,
         inodes: report.inodes,
@@ -650,25 +659,24 @@ struct Superblock {
 }
 
 impl Superblock {
-    fn read(dev: &File, node: &Path) -> Result<Superblock, String> {
+    fn read(dev: &File, node: &Path) -> Result<Superblock, StorageError> {
         let mut b = [0u8; 1024];
-        dev.read_exact_at(&mut b, SUPERBLOCK)
-            .map_err(|e| format!("reading the superblock of {}: {e}", node.display()))?;
-        Superblock::parse(&b).map_err(|e| format!("{}: {e}", node.display()))
+        dev.read_exact_at(&mut b, SUPERBLOCK).at(|| format!("reading the superblock of {}", node.display()))?;
+        Superblock::parse(&b).at(|| format!("{}", node.display()))
     }
 
-    fn parse(b: &[u8; 1024]) -> Result<Superblock, String> {
+    fn parse(b: &[u8; 1024]) -> Result<Superblock, StorageError> {
         let u16_at = |at: usize| u64::from(u16::from_le_bytes([b[at], b[at + 1]]));
         let u32_at = |at: usize| u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]));
         if u16_at(0x38) != u64::from(EXT4_MAGIC) {
-            return Err("no ext4 superblock".into());
+            return Err(invalid("no ext4 superblock".into()));
         }
         let log = u32_at(0x18);
         let (per_group, ipg, isize) = (u32_at(0x20), u32_at(0x28), u16_at(0x58));
         if log > 6 || per_group == 0 || ipg == 0 || isize == 0 {
-            return Err(format!(
+            return Err(invalid(format!(
                 "implausible ext4 superblock (log block size {log}, {per_group} blocks and {ipg} inodes of {isize} bytes per group)"
-            ));
+            )));
         }
         let block_size = 1024 << log;
         let is_64bit = u32_at(0x60) & 0x80 != 0;

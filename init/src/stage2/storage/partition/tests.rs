@@ -55,7 +55,7 @@ fn superblock_of_a_fresh_state_and_what_the_kernel_would_grow_to() {
     let mut raw = [0u8; 1024];
     file.read_exact_at(&mut raw, SUPERBLOCK).unwrap();
     raw[0x38] = 0;
-    assert!(Superblock::parse(&raw).unwrap_err().contains("no ext4"));
+    assert!(matches!(Superblock::parse(&raw), Err(StorageError::Invalid(w)) if w.contains("no ext4")));
 }
 
 #[test]
@@ -270,7 +270,7 @@ fn loop_device_first_boot_then_online_growth() {
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[1].ends_with("ext4 clean, errors=continue, no errors recorded"), "{lines:?}");
     lo.mount();
-    assert_eq!(grow_filesystem(&first.device, &mnt), Ok(None));
+    assert!(matches!(grow_filesystem(&first.device, &mnt), Ok(None)));
     std::fs::write(mnt.join("machine-id"), b"0123456789abcdef0123456789abcdef\n").unwrap();
     lo.umount();
 
@@ -288,10 +288,10 @@ fn loop_device_first_boot_then_online_growth() {
     sgdisk_clean(&lo.dev);
     lo.mount();
     // Not the mount point of this device: refused.
-    assert!(grow_filesystem(&first.device, &dir.0).unwrap_err().contains("not where"));
+    assert!(grow_filesystem(&first.device, &dir.0).unwrap_err().to_string().contains("not where"));
     if !has_cap_sys_resource() {
         // Containers often drop it; PID 1 of a guest has it.
-        let e = grow_filesystem(&first.device, &mnt).unwrap_err();
+        let e = grow_filesystem(&first.device, &mnt).unwrap_err().to_string();
         assert!(e.contains("EPERM") && e.contains(&lo.part(4)), "{e}");
         println!("online growth not tried: no CAP_SYS_RESOURCE here ({e})");
         lo.umount();
@@ -307,7 +307,7 @@ fn loop_device_first_boot_then_online_growth() {
     );
     assert_eq!(fs.old_bytes, created.bytes);
     assert!(fs.new_bytes <= g.new_bytes && fs.new_bytes + (4 << 20) > g.new_bytes, "{fs:?} vs {g:?}");
-    assert_eq!(grow_filesystem(&first.device, &mnt), Ok(None), "growing again does nothing");
+    assert!(matches!(grow_filesystem(&first.device, &mnt), Ok(None)), "growing again does nothing");
     assert_eq!(std::fs::read(mnt.join("machine-id")).unwrap(), b"0123456789abcdef0123456789abcdef\n");
     let df = run("df", &["-B1", &mnt.to_string_lossy()]);
     println!("{df}");
@@ -438,7 +438,7 @@ fn h3_state_that_may_hold_data_is_never_formatted() {
     zero_magic(&file, 1024);
     zero_magic(&file, 32768 * 4096);
     let before = sha(&img);
-    let e = settle(&file, &img, size, &DISK, &PART).unwrap_err();
+    let e = settle(&file, &img, size, &DISK, &PART).unwrap_err().to_string();
     assert!(e.contains("NOT formatted") && e.contains("no backup superblock found"), "{e}");
     assert_eq!(sha(&img), before, "STATE was written to");
 
@@ -447,7 +447,7 @@ fn h3_state_that_may_hold_data_is_never_formatted() {
     zero_magic(&file, 1024);
     file.write_all_at(&[0xAB; 64], 4096).unwrap();
     let before = sha(&img);
-    let e = settle(&file, &img, size, &DISK, &PART).unwrap_err();
+    let e = settle(&file, &img, size, &DISK, &PART).unwrap_err().to_string();
     assert!(e.contains("NOT formatted") && e.contains("the backup in group 1"), "{e}");
     assert_eq!(sha(&img), before, "STATE was written to");
 
@@ -455,7 +455,7 @@ fn h3_state_that_may_hold_data_is_never_formatted() {
     let (img, file) = state_image(&dir, "other.img", size, None);
     let other = Guid([0x43; 16]);
     file.write_all_at(&StateMarker::Fresh.encode(&other), 0).unwrap();
-    let e = settle(&file, &img, size, &DISK, &PART).unwrap_err();
+    let e = settle(&file, &img, size, &DISK, &PART).unwrap_err().to_string();
     assert!(e.contains("NOT formatted"), "{e}");
 }
 
@@ -472,7 +472,7 @@ fn h3_legacy_state_of_zeros_is_formatted_only_without_any_backup_superblock() {
     let (img, file) = state_with_data(&dir, "used.img", size);
     file.write_all_at(&vec![0u8; 1 << 20], 0).unwrap();
     let before = sha(&img);
-    let e = settle(&file, &img, size, &DISK, &PART).unwrap_err();
+    let e = settle(&file, &img, size, &DISK, &PART).unwrap_err().to_string();
     assert!(e.contains("NOT formatted") && e.contains("first MiB is zeros"), "{e}");
     assert_eq!(sha(&img), before);
 }
