@@ -1,7 +1,10 @@
 //! `User=`/`Group=` lookups in /etc/passwd and /etc/group. berth-init is static (no NSS), and
-//! a Berth root has only files-based accounts, so reading the files is the whole lookup.
+//! a Berth root has only files-based accounts, so reading the files is the whole lookup. The
+//! line format is `berth_accounts`'; a line that is not an entry is skipped, as glibc does.
 
 use std::path::{Path, PathBuf};
+
+use berth_accounts::{Group, Passwd};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -14,10 +17,24 @@ pub struct Account {
     pub groups: Vec<u32>,
 }
 
+/// A `User=`, `Group=` or `SupplementaryGroups=` that names no account.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    #[error("user {0:?} not found in /etc/passwd")]
+    NoUser(String),
+    #[error("group {0:?} not found in /etc/group")]
+    NoGroup(String),
+}
+
 /// Resolves `User=` (a name or a number) and `Group=` under `root` (`/` on the machine).
-pub fn resolve(root: &Path, user: Option<&str>, group: Option<&str>, extra: &[String]) -> Result<Account, String> {
-    let passwd = read(root, "etc/passwd");
-    let groups = read(root, "etc/group");
+pub fn resolve(
+    root: &Path,
+    user: Option<&str>,
+    group: Option<&str>,
+    extra: &[String],
+) -> Result<Account, AccountError> {
+    let passwd: Vec<Passwd> = read(root, "etc/passwd");
+    let groups: Vec<Group> = read(root, "etc/group");
     let mut account = match user {
         None => Account {
             name: "root".into(),
@@ -27,16 +44,16 @@ pub fn resolve(root: &Path, user: Option<&str>, group: Option<&str>, extra: &[St
             shell: "/bin/sh".into(),
             groups: Vec::new(),
         },
-        Some(u) => find_user(&passwd, u).ok_or_else(|| format!("user {u:?} not found in /etc/passwd"))?,
+        Some(u) => find_user(&passwd, u).ok_or_else(|| AccountError::NoUser(u.to_string()))?,
     };
     if let Some(g) = group {
-        account.gid = find_group(&groups, g).ok_or_else(|| format!("group {g:?} not found in /etc/group"))?;
+        account.gid = find_group(&groups, g).ok_or_else(|| AccountError::NoGroup(g.to_string()))?;
     }
     if user.is_some() {
         account.groups = member_of(&groups, &account.name, account.gid);
     }
     for g in extra {
-        let gid = find_group(&groups, g).ok_or_else(|| format!("group {g:?} not found in /etc/group"))?;
+        let gid = find_group(&groups, g).ok_or_else(|| AccountError::NoGroup(g.clone()))?;
         if gid != account.gid && !account.groups.contains(&gid) {
             account.groups.push(gid);
         }
@@ -44,48 +61,33 @@ pub fn resolve(root: &Path, user: Option<&str>, group: Option<&str>, extra: &[St
     Ok(account)
 }
 
-fn read(root: &Path, rel: &str) -> String {
-    std::fs::read_to_string(root.join(rel)).unwrap_or_default()
+/// The entries of an account file; a missing file has none.
+fn read<T: berth_accounts::Entry>(root: &Path, rel: &str) -> Vec<T> {
+    let text = std::fs::read_to_string(root.join(rel)).unwrap_or_default();
+    text.lines().filter_map(|l| l.parse().ok()).collect()
 }
 
-fn find_user(passwd: &str, user: &str) -> Option<Account> {
-    passwd.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() < 7 || (f[0] != user && f[2] != user) {
-            return None;
-        }
-        Some(Account {
-            name: f[0].to_string(),
-            uid: f[2].parse().ok()?,
-            gid: f[3].parse().ok()?,
-            home: PathBuf::from(f[5]),
-            shell: f[6].to_string(),
-            groups: Vec::new(),
-        })
+fn find_user(passwd: &[Passwd], user: &str) -> Option<Account> {
+    let p = passwd.iter().find(|p| p.name == user || p.uid.to_string() == user)?;
+    Some(Account {
+        name: p.name.clone(),
+        uid: p.uid,
+        gid: p.gid,
+        home: PathBuf::from(&p.home),
+        shell: p.shell.clone(),
+        groups: Vec::new(),
     })
 }
 
-fn find_group(groups: &str, group: &str) -> Option<u32> {
+fn find_group(groups: &[Group], group: &str) -> Option<u32> {
     if let Ok(n) = group.parse::<u32>() {
         return Some(n);
     }
-    groups.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        (f.len() >= 3 && f[0] == group).then(|| f[2].parse().ok()).flatten()
-    })
+    groups.iter().find(|g| g.name == group).map(|g| g.gid)
 }
 
-fn member_of(groups: &str, user: &str, primary: u32) -> Vec<u32> {
-    groups
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            if f.len() < 4 || !f[3].split(',').any(|m| m == user) {
-                return None;
-            }
-            f[2].parse().ok().filter(|g| *g != primary)
-        })
-        .collect()
+fn member_of(groups: &[Group], user: &str, primary: u32) -> Vec<u32> {
+    groups.iter().filter(|g| g.gid != primary && g.members.iter().any(|m| m == user)).map(|g| g.gid).collect()
 }
 
 #[cfg(test)]
@@ -110,6 +112,7 @@ mod tests {
         assert_eq!((b.name.as_str(), b.gid), ("core", 27));
         assert_eq!(resolve(dir.path(), None, None, &[]).unwrap().uid, 0);
         let e = resolve(dir.path(), Some("nobody"), None, &[]).unwrap_err();
-        assert!(e.contains("\"nobody\" not found in /etc/passwd"), "{e}");
+        assert_eq!(e.to_string(), "user \"nobody\" not found in /etc/passwd");
+        assert_eq!(resolve(dir.path(), None, None, &["nogroup".into()]), Err(AccountError::NoGroup("nogroup".into())));
     }
 }
