@@ -474,33 +474,10 @@ pub fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
-/// `2026-11-22T09:01:02.123456Z` for a CLOCK_REALTIME time in µs.
+/// `2026-11-22T09:01:02.123456Z` for a CLOCK_REALTIME time in µs (Berth's one date module,
+/// [`berth_release::time`]).
 pub fn rfc3339(time_us: u64) -> String {
-    let secs = time_us / 1_000_000;
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let s = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        time_us % 1_000_000
-    )
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01 (H. Hinnant's `civil_from_days`,
-/// for days ≥ 0).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    berth_release::time::TimestampUs(time_us).to_string()
 }
 
 #[cfg(test)]

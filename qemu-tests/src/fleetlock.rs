@@ -6,11 +6,10 @@
 //! recorded. Guests reach it through a `guestfwd` at [`GUEST_ADDR`].
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+
+use berth_testkit::{Request, Response, Server};
 
 /// Where guests reach a [`FleetLockServer`]: http://10.0.2.101/ in QEMU's user network.
 pub const GUEST_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 101);
@@ -33,36 +32,29 @@ struct Shared {
     log: Vec<LockRequest>,
 }
 
-/// A running server (its thread lives as long as the test process).
+/// A running server; stopped when dropped.
 pub struct FleetLockServer {
-    port: u16,
+    server: Server,
     shared: Arc<Mutex<Shared>>,
 }
 
 impl FleetLockServer {
     /// Listens on a free port of 127.0.0.1.
     pub fn start() -> std::io::Result<FleetLockServer> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))?;
-        let port = listener.local_addr()?.port();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let s = shared.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                let _ = answer(stream, &s);
-            }
-        });
-        Ok(FleetLockServer { port, shared })
+        let server = Server::start(move |r| answer(r, &s).into())?;
+        Ok(FleetLockServer { server, shared })
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// The `guestfwd` that connects [`GUEST_ADDR`]:80 to this server (`relay`: the
     /// `berth-guestfwd-relay` binary).
     pub fn guest_forward(&self, relay: &Path) -> crate::GuestForward {
-        crate::http::guest_forward_at(GUEST_ADDR, relay, self.port)
+        crate::http::guest_forward_at(GUEST_ADDR, relay, self.port())
     }
 
     /// `id` takes `group`'s slot, as another host would.
@@ -90,30 +82,12 @@ impl FleetLockServer {
     }
 }
 
-fn answer(stream: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut first = String::new();
-    reader.read_line(&mut first)?;
-    let (mut length, mut protocol) = (0usize, false);
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
-        }
-        let Some((name, value)) = h.split_once(':') else { continue };
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => length = value.trim().parse().unwrap_or(0),
-            "fleet-lock-protocol" => protocol = value.trim() == "true",
-            _ => {}
-        }
-    }
-    let mut body = vec![0u8; length.min(1 << 16)];
-    reader.read_exact(&mut body)?;
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+fn answer(r: &Request, shared: &Mutex<Shared>) -> Response {
+    let protocol = r.header("fleet-lock-protocol").is_some_and(|v| v == "true");
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
     let params = &body["client_params"];
     let (id, group) = (params["id"].as_str().unwrap_or(""), params["group"].as_str().unwrap_or(""));
-    let mut parts = first.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (method, path) = (r.method.as_str(), r.target.as_str());
     let operation = path.strip_prefix("/v1/").unwrap_or(path).to_string();
 
     let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,18 +113,7 @@ fn answer(stream: TcpStream, shared: &Mutex<Shared>) -> std::io::Result<()> {
     };
     s.log.push(LockRequest { operation, id: id.into(), group: group.into(), status });
     drop(s);
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        409 => "Conflict",
-        _ => "Not Found",
-    };
-    let mut out = stream;
-    write!(
-        out,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-        reply.len()
-    )
+    Response::json(status, reply)
 }
 
 fn error(kind: &str, value: &str) -> String {

@@ -1,18 +1,20 @@
 //! A static HTTP/1.1 file server on 127.0.0.1 for release repositories, with the faults the
 //! update tests need: answer an error status, drop the connection part-way, or trickle the bytes
 //! slowly. It serves `GET` and `HEAD` with single `Range: bytes=N-[M]` requests, one request per
-//! connection (`Connection: close`), and records every request it answers.
+//! connection (`Connection: close`, the loopback server of [`berth_testkit`]), and records every
+//! request it answers with what it sent.
 //!
 //! Guests reach it through a `guestfwd` (see [`crate::Options::guest_forwards`]).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::TcpStream;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
+
+use berth_testkit::{Reply, Request, Response, Server};
 
 /// What the server does to requests for one path instead of serving it plainly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,35 +64,32 @@ struct Shared {
 
 /// A running server; stopped when dropped.
 pub struct RepoServer {
-    port: u16,
+    server: Server,
     shared: Arc<Mutex<Shared>>,
+    /// Ends throttled transfers still running when the server is dropped.
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl RepoServer {
     /// Serves the files under `root` on 127.0.0.1 on a free port.
     pub fn start(root: &Path) -> std::io::Result<RepoServer> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))?;
-        let port = listener.local_addr()?.port();
-        listener.set_nonblocking(true)?;
         let shared = Arc::new(Mutex::new(Shared::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let root = root.to_path_buf();
-        let thread = {
+        let server = {
             let (shared, stop) = (shared.clone(), stop.clone());
-            std::thread::spawn(move || accept_loop(listener, root, shared, stop))
+            Server::start(move |r| answer(r, &root, &shared, &stop))?
         };
-        Ok(RepoServer { port, shared, stop, thread: Some(thread) })
+        Ok(RepoServer { server, shared, stop })
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     /// Sets the fault for requests whose path is `path` (with its leading `/`).
@@ -116,26 +115,6 @@ impl RepoServer {
 impl Drop for RepoServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, root: PathBuf, shared: Arc<Mutex<Shared>>, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let (root, shared, stop) = (root.clone(), shared.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                    let _ = serve(stream, &root, &shared, &stop);
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
     }
 }
 
@@ -155,78 +134,75 @@ fn take_fault(shared: &Mutex<Shared>, path: &str) -> Option<Fault> {
     Some(*f)
 }
 
-fn serve(stream: TcpStream, root: &Path, shared: &Mutex<Shared>, stop: &AtomicBool) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("/").to_string());
-    let mut range = None;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = h.split_once(':')
-            && name.trim().eq_ignore_ascii_case("range")
-        {
-            range = Some(value.trim().to_string());
-        }
-    }
-    let path = target.split('?').next().unwrap_or("/").to_string();
-    let mut out = stream;
-    let log = |status: u16, sent: u64| {
-        let entry = Logged { method: method.clone(), path: path.clone(), range: range.clone(), status, sent };
-        shared.lock().unwrap_or_else(|p| p.into_inner()).log.push(entry);
+fn log(shared: &Mutex<Shared>, r: &Request, status: u16, sent: u64) {
+    let entry = Logged {
+        method: r.method.clone(),
+        path: r.path().to_string(),
+        range: r.header("range").map(str::to_string),
+        status,
+        sent,
     };
-    let simple = |out: &mut TcpStream, status: u16, reason: &str| -> std::io::Result<()> {
-        let body = format!("{status} {reason}\n");
-        write!(out, "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-    };
-    if method != "GET" && method != "HEAD" {
-        log(405, 0);
-        return simple(&mut out, 405, "Method Not Allowed");
+    shared.lock().unwrap_or_else(|p| p.into_inner()).log.push(entry);
+}
+
+/// A short text answer with `status`.
+fn simple(status: u16, reason: &str) -> Reply {
+    Response::status(status).body(format!("{status} {reason}\n")).into()
+}
+
+fn answer(r: &Request, root: &Path, shared: &Arc<Mutex<Shared>>, stop: &Arc<AtomicBool>) -> Reply {
+    let path = r.path().to_string();
+    if r.method != "GET" && r.method != "HEAD" {
+        log(shared, r, 405, 0);
+        return simple(405, "Method Not Allowed");
     }
     let fault = take_fault(shared, &path);
     if let Some(Fault::Status { code, .. }) = fault {
-        log(code, 0);
-        return simple(&mut out, code, "Injected Fault");
+        log(shared, r, code, 0);
+        return simple(code, "Injected Fault");
     }
-    let Some(file_path) = resolve(root, &path) else {
-        log(404, 0);
-        return simple(&mut out, 404, "Not Found");
+    let Some(mut file) = resolve(root, &path).and_then(|p| std::fs::File::open(p).ok()) else {
+        log(shared, r, 404, 0);
+        return simple(404, "Not Found");
     };
-    let Ok(mut file) = std::fs::File::open(&file_path) else {
-        log(404, 0);
-        return simple(&mut out, 404, "Not Found");
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        log(shared, r, 500, 0);
+        return simple(500, "Internal Server Error");
     };
-    let len = file.metadata()?.len();
-    let (status, start, end) = match range.as_deref().map(|r| parse_range(r, len)) {
+    let (status, start, end) = match r.header("range").map(|v| parse_range(v, len)) {
         None => (200, 0, len),
         Some(Some((s, e))) => (206, s, e),
         Some(None) => {
-            log(416, 0);
-            return write!(
-                out,
-                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
+            log(shared, r, 416, 0);
+            return Response::status(416).header("Content-Range", format!("bytes */{len}")).into();
         }
     };
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n",
-        if status == 200 { "OK" } else { "Partial Content" },
-        end - start
-    );
+    let mut head = Response::status(status).header("Accept-Ranges", "bytes");
     if status == 206 {
-        head += &format!("Content-Range: bytes {start}-{}/{len}\r\n", end.saturating_sub(1));
+        head = head.header("Content-Range", format!("bytes {start}-{}/{len}", end.saturating_sub(1)));
     }
-    head += "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n";
-    out.write_all(head.as_bytes())?;
-    if method == "HEAD" {
-        log(status, 0);
-        return Ok(());
+    let head = head.header("Content-Type", "application/octet-stream").announce(end - start).head();
+    let (r, shared, stop) = (r.clone(), shared.clone(), stop.clone());
+    Reply::stream(move |out| {
+        let sent = send(out, &head, &r.method, &mut file, (start, end), fault, &stop);
+        log(&shared, &r, status, sent);
+    })
+}
+
+/// Writes `head` and, for a `GET`, the file's bytes `start..end` with `fault`'s limit or rate;
+/// returns the body bytes written (the connection is closed after it either way).
+fn send(
+    out: &mut TcpStream,
+    head: &str,
+    method: &str,
+    file: &mut std::fs::File,
+    (start, end): (u64, u64),
+    fault: Option<Fault>,
+    stop: &AtomicBool,
+) -> u64 {
+    if out.write_all(head.as_bytes()).is_err() || method == "HEAD" {
+        return 0;
     }
-    file.seek(SeekFrom::Start(start))?;
     let limit = match fault {
         Some(Fault::DropAfter { bytes, .. }) => (end - start).min(bytes),
         _ => end - start,
@@ -237,7 +213,8 @@ fn serve(stream: TcpStream, root: &Path, shared: &Mutex<Shared>, stop: &AtomicBo
     };
     let mut buf = vec![0u8; if rate.is_some() { 16 << 10 } else { 1 << 20 }];
     let mut sent = 0u64;
-    let result = (|| -> std::io::Result<()> {
+    let _ = (|| -> std::io::Result<()> {
+        file.seek(SeekFrom::Start(start))?;
         while sent < limit && !stop.load(Ordering::SeqCst) {
             let n = (limit - sent).min(buf.len() as u64) as usize;
             file.read_exact(&mut buf[..n])?;
@@ -249,12 +226,9 @@ fn serve(stream: TcpStream, root: &Path, shared: &Mutex<Shared>, stop: &AtomicBo
         }
         Ok(())
     })();
-    log(status, sent);
-    if sent < end - start {
-        // A dropped connection, as a reset proxy or a crashed server would leave it.
-        let _ = out.shutdown(Shutdown::Both);
-    }
-    result
+    // Short of `end`, the server's shutdown after this reply is the dropped connection a reset
+    // proxy or a crashed server would leave.
+    sent
 }
 
 /// `bytes=N-` or `bytes=N-M` against a file of `len` bytes: the half-open range to send.

@@ -1,5 +1,10 @@
-//! Time as the index and the configuration write it: UTC timestamps in RFC 3339
-//! (`2026-12-06T19:00:00Z`) and durations such as `90s`, `10m`, `1h30m`, `7d`.
+//! Berth's one date and time module: UTC timestamps in RFC 3339 as the index and the
+//! configuration write them (`2026-12-06T19:00:00Z`, [`Timestamp`]) and as the journal writes
+//! them to the microsecond ([`TimestampUs`]); the proleptic Gregorian calendar under both
+//! ([`civil_from_days`], [`days_from_civil`], which the builder's FAT dates use too); and
+//! durations, as configuration writes them (`90s`, `10m`, `1h30m`, `7d`: [`parse_duration`],
+//! [`format_duration`]) and as people read them in the service manager's messages
+//! ([`human_duration`]: `250ms`, `1.5s`, `1min 30s`).
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -79,6 +84,20 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// Microseconds since the Unix epoch (`CLOCK_REALTIME` as the journal stores it); written as
+/// RFC 3339 with six decimals and a `Z` (`2026-11-22T09:01:02.123456Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimestampUs(pub u64);
+
+impl fmt::Display for TimestampUs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = i64::try_from(self.0 / 1_000_000).unwrap_or(i64::MAX);
+        let micros = if secs > MAX { 999_999 } else { self.0 % 1_000_000 };
+        let whole = Timestamp(secs).to_string();
+        write!(f, "{}.{micros:06}Z", whole.trim_end_matches('Z'))
+    }
+}
+
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -108,7 +127,7 @@ fn days_in_month(y: i64, m: i64) -> i64 {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -117,7 +136,9 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+/// The proleptic Gregorian (year, month, day) `z` days after 1970-01-01 (H. Hinnant's
+/// `civil_from_days`; `z` may be negative).
+pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -129,8 +150,8 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Parses a duration: one or more `<number><unit>` with units `ms`, `s`, `m` (minutes), `h`,
-/// `d`, `w`, optionally separated by spaces (`1h30m`, `90s`, `7d`); `0` alone is zero.
+/// Parses a duration: one or more `<number><unit>` with units `us`, `ms`, `s`, `m` (minutes),
+/// `h`, `d`, `w`, optionally separated by spaces (`1h30m`, `90s`, `7d`); `0` alone is zero.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s == "0" {
@@ -149,6 +170,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         rest = &rest[digits..];
         let unit = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let one = match &rest[..unit] {
+            "us" => Duration::from_micros(1),
             "ms" => Duration::from_millis(1),
             "s" | "sec" => Duration::from_secs(1),
             "m" | "min" => Duration::from_secs(60),
@@ -164,13 +186,10 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     any.then_some(total)
 }
 
-/// `d` the way [`parse_duration`] reads it back (`1h30m`, `5s`, `0s`).
+/// `d` the way [`parse_duration`] reads it back (`1h30m`, `5s`, `0s`, `1s500ms`), exact to the
+/// microsecond.
 pub fn format_duration(d: Duration) -> String {
     let mut secs = d.as_secs();
-    let ms = d.subsec_millis();
-    if secs == 0 && ms > 0 {
-        return format!("{ms}ms");
-    }
     let mut out = String::new();
     for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60)] {
         if secs >= len {
@@ -178,10 +197,34 @@ pub fn format_duration(d: Duration) -> String {
             secs %= len;
         }
     }
-    if secs > 0 || out.is_empty() {
+    let (ms, us) = (d.subsec_micros() / 1000, d.subsec_micros() % 1000);
+    if secs > 0 || (out.is_empty() && ms == 0 && us == 0) {
         out.push_str(&format!("{secs}s"));
     }
+    if ms > 0 {
+        out.push_str(&format!("{ms}ms"));
+    }
+    if us > 0 {
+        out.push_str(&format!("{us}us"));
+    }
     out
+}
+
+/// `d` as the service manager says it to people (as systemd does): `250ms` below a second,
+/// `1.5s` with a fraction, else `45s`, `2min` or `2min 5s`.
+pub fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if !ms.is_multiple_of(1000) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if ms >= 60_000 && !ms.is_multiple_of(60_000) {
+        format!("{}min {}s", ms / 60_000, (ms % 60_000) / 1000)
+    } else if ms >= 60_000 {
+        format!("{}min", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
 }
 
 #[cfg(test)]
@@ -222,5 +265,34 @@ mod tests {
             let d = Duration::from_secs(d);
             assert_eq!(parse_duration(&format_duration(d)), Some(d));
         }
+        for us in [1, 999, 1000, 250_000, 1_500_000, 90_000_001, 86_400_000_123] {
+            let d = Duration::from_micros(us);
+            assert_eq!(parse_duration(&format_duration(d)), Some(d), "{}", format_duration(d));
+        }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
+        assert_eq!(format_duration(Duration::from_micros(250)), "250us");
+    }
+
+    #[test]
+    fn durations_for_people() {
+        for (ms, said) in
+            [(0, "0ms"), (250, "250ms"), (1500, "1.5s"), (45_000, "45s"), (120_000, "2min"), (125_000, "2min 5s")]
+        {
+            assert_eq!(human_duration(Duration::from_millis(ms)), said);
+        }
+    }
+
+    #[test]
+    fn microsecond_timestamps_and_the_calendar() {
+        assert_eq!(TimestampUs(0).to_string(), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(TimestampUs(951_782_400_000_001).to_string(), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(TimestampUs(1_795_338_062_123_456).to_string(), "2026-11-22T09:01:02.123456Z");
+        assert_eq!(TimestampUs(4_107_542_399_999_999).to_string(), "2100-02-28T23:59:59.999999Z");
+        assert_eq!(TimestampUs(u64::MAX).to_string(), "9999-12-31T23:59:59.999999Z");
+        for days in [-719_468, -1, 0, 11_016, 19_000, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
 }

@@ -113,9 +113,9 @@ impl<'a> Client<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpListener;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
+
+    use berth_testkit::{Response, Server};
 
     use super::*;
 
@@ -123,75 +123,56 @@ mod tests {
     type Seen = (String, bool, serde_json::Value);
 
     /// A FleetLock server on 127.0.0.1 with one reboot slot: a lock held by another id is
-    /// refused; steady-state frees the holder's. Returns its URL and the requests seen
-    /// (path, the protocol header, body).
-    fn lock_server(holder: Option<&str>) -> (String, Arc<Mutex<Vec<Seen>>>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let mut holder = holder.map(String::from);
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(mut c) = c else { continue };
-                let mut r = BufReader::new(c.try_clone().unwrap());
-                let mut first = String::new();
-                r.read_line(&mut first).unwrap();
-                let (mut len, mut protocol) = (0, false);
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                    protocol |= lower.trim() == "fleet-lock-protocol: true";
+    /// refused; steady-state frees the holder's.
+    fn lock_server(holder: Option<&str>) -> Server {
+        let holder = Mutex::new(holder.map(String::from));
+        Server::start(move |r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            let id = body["client_params"]["id"].as_str().unwrap_or("").to_string();
+            let mut holder = holder.lock().unwrap();
+            match r.path() {
+                "/v1/pre-reboot" if holder.as_ref().is_none_or(|h| *h == id) => {
+                    *holder = Some(id);
+                    Response::status(200)
                 }
-                let mut body = vec![0; len];
-                r.read_exact(&mut body).unwrap();
-                let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
-                let id = body["client_params"]["id"].as_str().unwrap_or("").to_string();
-                let (status, answer) = match path.as_str() {
-                    "/v1/pre-reboot" if holder.as_ref().is_none_or(|h| *h == id) => {
-                        holder = Some(id);
-                        ("200 OK", String::new())
+                "/v1/pre-reboot" => Response::json(409, r#"{"kind":"failed_lock","value":"all 1 slots are taken"}"#),
+                "/v1/steady-state" => {
+                    if holder.as_ref() == Some(&id) {
+                        *holder = None;
                     }
-                    "/v1/pre-reboot" => {
-                        ("409 Conflict", r#"{"kind":"failed_lock","value":"all 1 slots are taken"}"#.into())
-                    }
-                    "/v1/steady-state" => {
-                        if holder.as_ref() == Some(&id) {
-                            holder = None;
-                        }
-                        ("200 OK", String::new())
-                    }
-                    _ => ("404 Not Found", "no such operation".into()),
-                };
-                log.lock().unwrap().push((path, protocol, body));
-                let _ = write!(
-                    c,
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
+                    Response::status(200)
+                }
+                _ => Response::status(404).body("no such operation"),
             }
-        });
-        (url, seen)
+            .into()
+        })
+        .unwrap()
+    }
+
+    /// The requests `server` saw: path, the protocol header, body.
+    fn seen(server: &Server) -> Vec<Seen> {
+        server
+            .requests()
+            .iter()
+            .map(|r| {
+                let body = serde_json::from_slice(&r.body).unwrap_or_default();
+                (r.path().to_string(), r.header("fleet-lock-protocol") == Some("true"), body)
+            })
+            .collect()
     }
 
     #[test]
     fn the_lock_is_asked_for_refused_while_taken_and_given_back() {
         let http = Http::new();
-        let (url, seen) = lock_server(Some("someone else"));
+        let lock = lock_server(Some("someone else"));
+        let url = lock.url();
         let server = FleetLock { url: url.clone(), group: "workers".into() };
         let c = Client::new(&http, &server, "0123456789abcdef0123456789abcdef\n");
         let e = c.pre_reboot().unwrap_err();
         assert_eq!((e.error_kind().as_str(), e.status_code()), ("failed_lock", Some(409)), "{e:?}");
         assert_eq!(e.to_string(), format!("POST {url}/v1/pre-reboot: 409: failed_lock: all 1 slots are taken"));
         c.steady_state().unwrap();
-        let seen = seen.lock().unwrap().clone();
+        let seen = seen(&lock);
         assert_eq!(seen.len(), 2);
         for ((path, protocol, body), want) in seen.iter().zip(["/v1/pre-reboot", "/v1/steady-state"]) {
             assert_eq!(path, want);
@@ -202,8 +183,8 @@ mod tests {
 
         // A free lock is given; the same host asking again keeps it; another host waits until
         // steady-state gives it back.
-        let (url, _) = lock_server(None);
-        let server = FleetLock { url, group: "default".into() };
+        let lock = lock_server(None);
+        let server = FleetLock { url: lock.url(), group: "default".into() };
         let (a, b) = (Client::new(&http, &server, "aaaa"), Client::new(&http, &server, "bbbb"));
         assert_ne!(a.id, b.id);
         assert_eq!(a.id.len(), 32);
@@ -217,7 +198,7 @@ mod tests {
     #[test]
     fn an_unreachable_server_is_an_error_that_names_it() {
         let http = Http::new();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = berth_testkit::dead_port();
         let server = FleetLock { url: format!("http://127.0.0.1:{port}"), group: "default".into() };
         let e = Client::new(&http, &server, "m").pre_reboot().unwrap_err();
         assert_eq!((e.error_kind().as_str(), e.status_code()), ("transport", None), "{e:?}");

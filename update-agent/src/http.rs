@@ -7,10 +7,14 @@
 //! A server cannot hold a transfer open for ever (TUF's "slow retrieval"): each file has a
 //! deadline from its size ([`Pace`]: 10 minutes plus the size at 100 KiB/s, retries included),
 //! and a connection that averages less than 1 KiB/s over a minute is dropped and retried.
+//!
+//! The client, its settings and the retry policy are Berth's one ([`berth_http`]); this module
+//! sets the agent's attempts and backoff and adds the deadlines and the resumption.
 
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+use berth_http::{Attempt, BodyReader, Client, Failed, Retry};
 use berth_release::{ArtifactCheck, ArtifactError};
 
 /// Attempts per request (the first and the retries).
@@ -60,7 +64,7 @@ impl RateWindow {
     }
 
     /// Counts `n` more bytes; an error when a window closed below the minimum rate.
-    fn count(&mut self, n: usize) -> Result<(), String> {
+    fn count(&mut self, n: usize) -> Result<(), berth_http::Error> {
         self.bytes += n as u64;
         let elapsed = self.start.elapsed();
         if elapsed < self.pace.window {
@@ -68,12 +72,11 @@ impl RateWindow {
         }
         let need = self.pace.min_rate.saturating_mul(elapsed.as_secs().max(1));
         if self.bytes < need {
-            return Err(format!(
-                "too slow: {} bytes in {} s, below the minimum of {} bytes/s",
-                self.bytes,
-                elapsed.as_secs(),
-                self.pace.min_rate
-            ));
+            return Err(berth_http::Error::TooSlow {
+                bytes: self.bytes,
+                secs: elapsed.as_secs(),
+                min_rate: self.pace.min_rate,
+            });
         }
         (self.start, self.bytes) = (Instant::now(), 0);
         Ok(())
@@ -82,9 +85,7 @@ impl RateWindow {
 
 /// One blocking client.
 pub struct Http {
-    agent: ureq::Agent,
-    attempts: u32,
-    backoff: Duration,
+    client: Client,
     pace: Pace,
 }
 
@@ -135,13 +136,6 @@ pub enum FetchError {
     },
 }
 
-/// The outcome of one attempt.
-enum Attempt<T> {
-    Done(T),
-    Retry(String),
-    Final(FetchError),
-}
-
 impl Default for Http {
     fn default() -> Self {
         Http::new()
@@ -149,23 +143,20 @@ impl Default for Http {
 }
 
 impl Http {
-    /// A client with Berth's timeouts and retry policy.
+    /// A client with Berth's timeouts and the agent's retry policy.
     pub fn new() -> Http {
-        let config = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            // A stalled transfer fails after a minute without data, however large the file.
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            .http_status_as_error(false)
-            .user_agent(concat!("berth-update/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Http { agent: config.into(), attempts: ATTEMPTS, backoff: BACKOFF, pace: Pace::DEFAULT }
+        Http::with_retry(Retry::new().attempts(ATTEMPTS).backoff(BACKOFF).max_backoff(MAX_BACKOFF))
+    }
+
+    fn with_retry(retry: Retry) -> Http {
+        let client = Client::builder(concat!("berth-update/", env!("CARGO_PKG_VERSION"))).retry(retry).build();
+        Http { client, pace: Pace::DEFAULT }
     }
 
     /// The same client with another retry policy (tests).
     #[cfg(test)]
     pub fn with_retries(attempts: u32, backoff: Duration) -> Http {
-        Http { attempts, backoff, ..Http::new() }
+        Http::with_retry(Retry::new().attempts(attempts).backoff(backoff).max_backoff(MAX_BACKOFF))
     }
 
     /// The same client with another pace (tests).
@@ -194,62 +185,29 @@ impl Http {
         url: &str,
         deadline: Instant,
         on_deadline: impl Fn() -> FetchError,
-        mut attempt: impl FnMut(Duration) -> Attempt<T>,
+        mut attempt: impl FnMut(Duration) -> Attempt<T, FetchError>,
     ) -> Result<T, FetchError> {
-        let start = Instant::now();
-        let mut wait = self.backoff;
-        let mut n = 0;
-        loop {
-            n += 1;
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(on_deadline());
+        let outcome = self.client.retry().run(
+            |_| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() { Attempt::Final(on_deadline()) } else { attempt(left) }
+            },
+            |why, wait| println!("GET {url}: {why}; retrying in {} s", wait.as_secs()),
+        );
+        outcome.map_err(|f| match f {
+            Failed::Final(e) => e,
+            Failed::GaveUp { last, attempts, elapsed } => {
+                FetchError::GaveUp { url: url.to_string(), last: last.to_string(), attempts, secs: elapsed.as_secs() }
             }
-            match attempt(left) {
-                Attempt::Done(v) => return Ok(v),
-                Attempt::Final(e) => return Err(e),
-                Attempt::Retry(why) if n >= self.attempts => {
-                    return Err(FetchError::GaveUp {
-                        url: url.to_string(),
-                        last: why,
-                        attempts: n,
-                        secs: start.elapsed().as_secs(),
-                    });
-                }
-                Attempt::Retry(why) => {
-                    println!("GET {url}: {why}; retrying in {} s", wait.as_secs());
-                    std::thread::sleep(wait);
-                    wait = (wait * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+        })
     }
 
     /// One request that must be done (body read too) within `left`: the response, or whether
     /// to retry.
-    fn open(&self, url: &str, from: u64, left: Duration) -> Attempt<ureq::http::Response<ureq::Body>> {
-        let mut req = self.agent.get(url).config().timeout_global(Some(left)).build();
-        if from > 0 {
-            req = req.header("Range", format!("bytes={from}-"));
-        }
-        match req.call() {
-            Ok(r) => {
-                let status = r.status();
-                if status.is_server_error() {
-                    Attempt::Retry(format!("the server answered {status}"))
-                } else if status.as_u16() == 200 || (from > 0 && status.as_u16() == 206) {
-                    Attempt::Done(r)
-                } else {
-                    Attempt::Final(FetchError::Final {
-                        url: url.to_string(),
-                        why: format!("the server answered {status}"),
-                    })
-                }
-            }
-            Err(e @ (ureq::Error::BadUri(_) | ureq::Error::InvalidProxyUrl | ureq::Error::RedirectFailed)) => {
-                Attempt::Final(FetchError::Final { url: url.to_string(), why: e.to_string() })
-            }
-            Err(e) => Attempt::Retry(format!("connection failed: {e}")),
+    fn open(&self, url: &str, from: u64, left: Duration) -> Attempt<berth_http::Response, FetchError> {
+        match self.client.get(url).range_from(from).timeout(left).send() {
+            Ok(r) => Attempt::Done(r),
+            Err(e) => Attempt::from_error(e, |e| FetchError::Final { url: url.to_string(), why: e.to_string() }),
         }
     }
 
@@ -269,7 +227,7 @@ impl Http {
                     Attempt::Final(e) => return Attempt::Final(e),
                 };
                 let mut body = Vec::new();
-                let mut reader = r.into_body().into_reader().take(limit + 1);
+                let mut reader = r.into_reader().take(limit + 1);
                 let mut window = RateWindow::new(self.pace);
                 let mut buf = [0u8; 8192];
                 loop {
@@ -283,14 +241,12 @@ impl Http {
                             }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Attempt::Retry(format!("connection dropped: {e}")),
+                        Err(e) => return Attempt::Retry(berth_http::Error::Read(e)),
                     }
                 }
                 if body.len() as u64 > limit {
-                    return Attempt::Final(FetchError::Final {
-                        url: url.to_string(),
-                        why: format!("more than the {limit} bytes allowed"),
-                    });
+                    let why = berth_http::Error::TooLarge(limit).to_string();
+                    return Attempt::Final(FetchError::Final { url: url.to_string(), why });
                 }
                 Attempt::Done(body)
             },
@@ -300,15 +256,7 @@ impl Http {
     /// One `POST` of a JSON `body` with `headers`, not retried (the caller asks again at its next
     /// turn): the status and at most 64 KiB of the answer, or why there is none.
     pub fn post_json(&self, url: &str, headers: &[(&str, &str)], body: &str) -> Result<(u16, String), String> {
-        let mut req = self.agent.post(url).content_type("application/json");
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        let r = req.send(body).map_err(|e| format!("POST {url}: {e}"))?;
-        let status = r.status().as_u16();
-        let mut answer = String::new();
-        let _ = r.into_body().into_reader().take(64 << 10).read_to_string(&mut answer);
-        Ok((status, answer))
+        self.client.post_json(url, headers, body).map_err(|e| format!("POST {url}: {e}"))
     }
 
     /// A reader of the artifact at `url` whose every byte passes through `check`; the caller
@@ -334,7 +282,7 @@ pub struct ArtifactReader<'a> {
     http: &'a Http,
     url: String,
     check: ArtifactCheck,
-    body: Option<ureq::BodyReader<'static>>,
+    body: Option<BodyReader<'static>>,
     failures: u32,
     started: Instant,
     /// When the whole file must be in, retries included.
@@ -357,20 +305,12 @@ impl ArtifactReader<'_> {
             }
             let why = match http.open(&url, from, left) {
                 Attempt::Done(r) => {
-                    let partial = r.status().as_u16() == 206;
-                    let len: Option<u64> =
-                        r.headers().get("content-length").and_then(|v| v.to_str().ok()?.trim().parse().ok());
-                    let total = if partial {
-                        r.headers()
-                            .get("content-range")
-                            .and_then(|v| v.to_str().ok()?.rsplit_once('/')?.1.trim().parse::<u64>().ok())
-                    } else {
-                        len
-                    };
+                    let partial = r.status() == 206;
+                    let total = if partial { r.range_total() } else { r.content_length() };
                     if total.is_some_and(|t| t > size) {
                         return Err(self.check.too_long().into());
                     }
-                    let mut body = r.into_body().into_reader();
+                    let mut body = r.into_reader();
                     if from > 0 && !partial {
                         // The server ignored Range: skip what was received before.
                         let skipped = std::io::copy(&mut (&mut body).take(from), &mut std::io::sink());
@@ -383,7 +323,7 @@ impl ArtifactReader<'_> {
                     self.window = RateWindow::new(http.pace);
                     return Ok(());
                 }
-                Attempt::Retry(why) => why,
+                Attempt::Retry(why) => why.to_string(),
                 Attempt::Final(e) => return Err(e),
             };
             self.failed(why)?;
@@ -397,7 +337,8 @@ impl ArtifactReader<'_> {
         if Instant::now() >= self.deadline {
             return Err(self.http.deadline_error(&self.url, self.check.size(), self.check.received()));
         }
-        if self.failures >= self.http.attempts {
+        let retry = self.http.client.retry();
+        if self.failures >= retry.max_attempts() {
             return Err(FetchError::GaveUp {
                 url: self.url.clone(),
                 last: why,
@@ -405,7 +346,7 @@ impl ArtifactReader<'_> {
                 secs: self.started.elapsed().as_secs(),
             });
         }
-        let wait = (self.http.backoff * 2u32.saturating_pow(self.failures - 1)).min(MAX_BACKOFF);
+        let wait = retry.delay(self.failures);
         println!("GET {}: {why}; resuming from byte {} in {} s", self.url, self.check.received(), wait.as_secs());
         std::thread::sleep(wait);
         Ok(())
@@ -492,54 +433,24 @@ impl ArtifactReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::TcpListener;
+    use berth_testkit::{Reply, Response, Server};
+    use std::io::Write;
 
-    /// A loopback server that answers each connection with `answer(request_line, range_start)`
-    /// and closes. Returns its URL prefix and the request lines it saw.
-    fn serve(
-        answer: impl Fn(usize, u64) -> Vec<u8> + Send + 'static,
-    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for (n, c) in l.incoming().enumerate() {
-                let Ok(mut c) = c else { continue };
-                let mut r = BufReader::new(c.try_clone().unwrap());
-                let mut range = 0;
-                let mut first = String::new();
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if first.is_empty() {
-                        first = line.trim().to_string();
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                        range = v.trim().trim_end_matches('-').parse().unwrap_or(0);
-                        first.push_str(&format!(" range={range}"));
-                    }
-                }
-                log.lock().unwrap().push(first);
-                let _ = c.write_all(&answer(n, range));
-            }
-        });
-        (url, seen)
+    /// A loopback server that answers each connection with `answer(connection number,
+    /// range start)` and closes.
+    fn serve(answer: impl Fn(usize, u64) -> Vec<u8> + Send + Sync + 'static) -> Server {
+        Server::start(move |r| Reply::Raw(answer(r.index, r.range_start()))).unwrap()
     }
 
-    fn response(status: &str, body: &[u8], range: Option<(u64, u64)>, announce: Option<u64>) -> Vec<u8> {
-        let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
-        head.push_str(&format!("Content-Length: {}\r\n", announce.unwrap_or(body.len() as u64)));
-        if let Some((from, total)) = range {
-            head.push_str(&format!("Content-Range: bytes {from}-{}/{total}\r\n", total - 1));
+    fn response(status: u16, body: &[u8], range: Option<(u64, u64)>, announce: Option<u64>) -> Vec<u8> {
+        let mut r = Response::status(status).body(body);
+        if let Some(length) = announce {
+            r = r.announce(length);
         }
-        head.push_str("\r\n");
-        let mut v = head.into_bytes();
-        v.extend_from_slice(body);
-        v
+        if let Some((from, total)) = range {
+            r = r.header("Content-Range", format!("bytes {from}-{}/{total}", total - 1));
+        }
+        r.to_bytes()
     }
 
     fn data() -> Vec<u8> {
@@ -551,43 +462,46 @@ mod tests {
         let d = data();
         let body = d.clone();
         // Every answer stops after 100 000 bytes while announcing the rest.
-        let (url, seen) = serve(move |_, from| {
+        let server = serve(move |_, from| {
             let rest = &body[from as usize..];
             let cut = rest.len().min(100_000);
-            let status = if from > 0 { "206 Partial Content" } else { "200 OK" };
+            let status = if from > 0 { 206 } else { 200 };
             let range = (from > 0).then_some((from, body.len() as u64));
             response(status, &rest[..cut], range, Some(rest.len() as u64))
         });
+        let url = server.url();
         let http = Http::with_retries(5, Duration::from_millis(10));
         let check = ArtifactCheck::new("x", d.len() as u64, berth_release::artifact::sha256(&d));
         let got = http.artifact(&format!("{url}/x"), check).read_all().unwrap();
         assert_eq!(got, d);
-        let seen = seen.lock().unwrap().clone();
+        let seen = server.requests();
         assert_eq!(seen.len(), 3, "{seen:?}");
-        assert!(seen[1].ends_with("range=100000") && seen[2].ends_with("range=200000"), "{seen:?}");
+        assert_eq!((seen[1].range_start(), seen[2].range_start()), (100_000, 200_000), "{seen:?}");
     }
 
     #[test]
     fn more_bytes_than_announced_are_refused() {
         let d = data();
         let body = d.clone();
-        let (url, _) = serve(move |_, _| {
+        let server = serve(move |_, _| {
             let mut longer = body.clone();
             longer.extend_from_slice(&[0; 10]);
-            response("200 OK", &longer, None, None)
+            response(200, &longer, None, None)
         });
+        let url = server.url();
         let http = Http::with_retries(2, Duration::from_millis(10));
         let check = ArtifactCheck::new("x", d.len() as u64, berth_release::artifact::sha256(&d));
         let e = http.artifact(&format!("{url}/x"), check).read_all().unwrap_err();
         assert!(e.to_string().contains("more than the 300000 bytes"), "{e}");
         // Without a Content-Length the extra byte is noticed at the end.
         let body = d.clone();
-        let (url, _) = serve(move |_, _| {
+        let server = serve(move |_, _| {
             let mut v = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
             v.extend_from_slice(&body);
             v.push(1);
             v
         });
+        let url = server.url();
         let check = ArtifactCheck::new("x", d.len() as u64, berth_release::artifact::sha256(&d));
         let e = http.artifact(&format!("{url}/x"), check).read_all().unwrap_err();
         assert!(e.to_string().contains("more than"), "{e}");
@@ -595,44 +509,34 @@ mod tests {
 
     #[test]
     fn server_errors_are_retried_then_reported() {
-        let (url, seen) = serve(|_, _| response("500 Internal Server Error", b"no", None, None));
+        let server = serve(|_, _| response(500, b"no", None, None));
         let http = Http::with_retries(3, Duration::from_millis(10));
-        let e = http.get_small(&format!("{url}/channels/s.json"), 1000).unwrap_err().to_string();
+        let e = http.get_small(&format!("{}/channels/s.json", server.url()), 1000).unwrap_err().to_string();
         assert!(e.contains("500") && e.contains("3 attempts"), "{e}");
-        assert_eq!(seen.lock().unwrap().len(), 3);
-        let (url, seen) = serve(|_, _| response("404 Not Found", b"no", None, None));
-        let e = http.get_small(&format!("{url}/x"), 1000).unwrap_err().to_string();
+        assert_eq!(server.requests().len(), 3);
+        let server = serve(|_, _| response(404, b"no", None, None));
+        let e = http.get_small(&format!("{}/x", server.url()), 1000).unwrap_err().to_string();
         assert!(e.contains("404"), "{e}");
-        assert_eq!(seen.lock().unwrap().len(), 1, "a 404 is final");
+        assert_eq!(server.requests().len(), 1, "a 404 is final");
     }
 
     /// A loopback server that announces `size` bytes and then sends `chunk` bytes every
     /// `every`, until the client goes away.
-    fn trickle(size: usize, chunk: usize, every: Duration) -> String {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(mut c) = c else { continue };
-                std::thread::spawn(move || {
-                    let mut r = BufReader::new(c.try_clone().unwrap());
-                    let mut line = String::new();
-                    while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
-                        line.clear();
-                    }
-                    let head = format!("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {size}\r\n\r\n");
-                    if c.write_all(head.as_bytes()).is_err() {
-                        return;
-                    }
-                    let mut sent = 0;
-                    while sent < size && c.write_all(&vec![7u8; chunk.min(size - sent)]).is_ok() {
-                        sent += chunk;
-                        std::thread::sleep(every);
-                    }
-                });
-            }
-        });
-        url
+    fn trickle(size: usize, chunk: usize, every: Duration) -> Server {
+        Server::start(move |_| {
+            Reply::stream(move |c| {
+                let head = Response::status(200).announce(size as u64).head();
+                if c.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let mut sent = 0;
+                while sent < size && c.write_all(&vec![7u8; chunk.min(size - sent)]).is_ok() {
+                    sent += chunk;
+                    std::thread::sleep(every);
+                }
+            })
+        })
+        .unwrap()
     }
 
     /// Runs `f` on a thread; fails the test if it takes longer than `limit`.
@@ -649,7 +553,8 @@ mod tests {
     #[test]
     fn m3_a_trickling_server_is_given_up_on_at_the_files_deadline() {
         // 20 bytes every 50 ms (400 B/s) is above the minimum rate, so only the deadline ends it.
-        let url = trickle(300_000, 20, Duration::from_millis(50));
+        let server = trickle(300_000, 20, Duration::from_millis(50));
+        let url = server.url();
         let pace = Pace {
             base: Duration::from_secs(1),
             deadline_rate: 1 << 30,
@@ -678,7 +583,8 @@ mod tests {
     #[test]
     fn m3_a_connection_below_the_minimum_rate_is_dropped_and_retried() {
         // 1 byte every 20 ms: 50 B/s, below the 1000 B/s asked for over 300 ms windows.
-        let url = trickle(300_000, 1, Duration::from_millis(20));
+        let server = trickle(300_000, 1, Duration::from_millis(20));
+        let url = server.url();
         let pace = Pace {
             base: Duration::from_secs(60),
             deadline_rate: 1 << 30,
@@ -714,7 +620,8 @@ mod tests {
                 body[mid] ^= 1;
             }
             let served = body.clone();
-            let (url, _) = serve(move |_, _| response("200 OK", &served, None, None));
+            let server = serve(move |_, _| response(200, &served, None, None));
+            let url = server.url();
             let http = Http::with_retries(2, Duration::from_millis(10));
             let check =
                 ArtifactCheck::new("root.img.zst", packed.len() as u64, berth_release::artifact::sha256(&packed));

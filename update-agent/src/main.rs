@@ -76,19 +76,9 @@ enum Command {
     Daemon,
 }
 
-/// The error and its causes on one line, skipping a cause its parent already says.
+/// The error and its causes on one line (Berth's one error-chain printer).
 pub fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
+    berth_error_line::one_line(e.as_ref())
 }
 
 fn main() -> ExitCode {

@@ -198,8 +198,3 @@ impl ArchiveError {
         ArchiveError::Io { path: path.into(), source }
     }
 }
-
-/// Squashes a foreign error text onto one line, so every [`ArchiveError`] stays one line.
-pub(crate) fn one_line(text: impl std::fmt::Display) -> String {
-    text.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
-}

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::PackageRef;
 use super::cache::{self, Pending};
-use super::error::{ArchiveError, one_line};
+use super::error::ArchiveError;
 use super::http::{Failure, Http};
 use super::release::{hex, parse_sha256};
 
@@ -184,7 +184,7 @@ fn download(http: &Http, job: &Job<'_>, overall: &ProgressBar, abort: &AtomicBoo
             let n = match reader.read(&mut buf) {
                 Ok(0) => break Ok(()),
                 Ok(n) => n,
-                Err(e) => break Err(Failure::Retry(one_line(e))),
+                Err(e) => break Err(Failure::Retry(berth_http::Error::Read(e))),
             };
             received += n as u64;
             overall.inc(n as u64);

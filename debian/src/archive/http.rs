@@ -1,10 +1,13 @@
-//! The HTTP side: one blocking client with timeouts, and retries with backoff for the failures
-//! that are worth retrying (connection errors, timeouts, 5xx). 4xx answers are final.
+//! The HTTP side: Berth's one client ([`berth_http`]) with the archive's retry policy, 3
+//! attempts 300 ms apart and doubling, for the failures worth retrying (connection errors,
+//! timeouts, 5xx); other answers are final.
 
-use std::io::Read;
 use std::time::Duration;
 
-use super::error::{ArchiveError, one_line};
+use berth_error_line::one_line;
+use berth_http::{Attempt, BodyReader, Client, Failed, Retry};
+
+use super::error::ArchiveError;
 
 /// How many times a request is tried before giving up.
 const ATTEMPTS: u32 = 3;
@@ -12,84 +15,75 @@ const ATTEMPTS: u32 = 3;
 const BACKOFF: Duration = Duration::from_millis(300);
 
 pub(crate) struct Http {
-    agent: ureq::Agent,
+    client: Client,
 }
 
 /// One failed attempt: worth retrying or final.
 pub(crate) enum Failure {
-    Retry(String),
+    Retry(berth_http::Error),
     Final(ArchiveError),
 }
 
 impl Http {
     pub fn new() -> Http {
-        let config = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            // A stalled transfer fails after a minute without data, however large the file.
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            .http_status_as_error(false)
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Http { agent: config.into() }
+        let retry = Retry::new().attempts(ATTEMPTS).backoff(BACKOFF);
+        Http { client: Client::builder(concat!("berth/", env!("CARGO_PKG_VERSION"))).retry(retry).build() }
+    }
+
+    /// One attempt at `url`: the response, or whether to retry.
+    fn send(&self, url: &str) -> Result<berth_http::Response, Failure> {
+        self.client.get(url).send().map_err(|e| match e {
+            e if e.is_retryable() => Failure::Retry(e),
+            berth_http::Error::Status(status) => {
+                Failure::Final(ArchiveError::HttpStatus { url: url.to_string(), status })
+            }
+            e => Failure::Final(ArchiveError::Unreachable { url: url.to_string(), msg: one_line(&e) }),
+        })
     }
 
     /// One attempt at `url`: the body reader and the announced length, or whether to retry.
-    pub fn open_once(&self, url: &str) -> Result<(ureq::BodyReader<'static>, Option<u64>), Failure> {
-        let response = self.agent.get(url).call().map_err(|e| match e {
-            ureq::Error::BadUri(_) | ureq::Error::InvalidProxyUrl | ureq::Error::RedirectFailed => {
-                Failure::Final(ArchiveError::Unreachable { url: url.to_string(), msg: one_line(e) })
-            }
-            other => Failure::Retry(one_line(other)),
-        })?;
-        let status = response.status().as_u16();
-        if status >= 500 {
-            return Err(Failure::Retry(format!("HTTP {status}")));
-        }
-        if status != 200 {
-            return Err(Failure::Final(ArchiveError::HttpStatus { url: url.to_string(), status }));
-        }
-        let len = response.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse().ok());
-        Ok((response.into_body().into_reader(), len))
+    pub fn open_once(&self, url: &str) -> Result<(BodyReader<'static>, Option<u64>), Failure> {
+        let response = self.send(url)?;
+        let len = response.content_length();
+        Ok((response.into_reader(), len))
     }
 
     /// Reads all of `url`, refusing more than `limit` bytes (an index or InRelease whose
     /// size is known from the signed Release, or a sane cap for InRelease itself).
     pub fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, ArchiveError> {
         self.with_retries(url, |_| {
-            let (reader, _) = self.open_once(url)?;
-            let mut body = Vec::new();
-            reader.take(limit + 1).read_to_end(&mut body).map_err(|e| Failure::Retry(one_line(e)))?;
-            if body.len() as u64 > limit {
-                return Err(Failure::Final(ArchiveError::Index {
+            let response = self.send(url)?;
+            response.read_to_vec(limit).map_err(|e| match e {
+                berth_http::Error::TooLarge(_) => Failure::Final(ArchiveError::Index {
                     url: url.to_string(),
                     msg: format!("larger than the {limit} bytes expected"),
-                }));
-            }
-            Ok(body)
+                }),
+                e => Failure::Retry(e),
+            })
         })
     }
 
-    /// Runs `attempt` up to [`ATTEMPTS`] times with doubling backoff while it asks for a retry;
-    /// the last retryable failure becomes an [`ArchiveError::Unreachable`] naming `url`.
+    /// Runs `attempt` by the client's policy while it asks for a retry; the last retryable
+    /// failure becomes an [`ArchiveError::Unreachable`] naming `url`.
     pub fn with_retries<T>(
         &self,
         url: &str,
         mut attempt: impl FnMut(u32) -> Result<T, Failure>,
     ) -> Result<T, ArchiveError> {
-        let mut delay = BACKOFF;
-        let mut last = String::new();
-        for n in 1..=ATTEMPTS {
-            match attempt(n) {
-                Ok(v) => return Ok(v),
-                Err(Failure::Final(e)) => return Err(e),
-                Err(Failure::Retry(msg)) => last = msg,
-            }
-            if n < ATTEMPTS {
-                std::thread::sleep(delay);
-                delay *= 2;
-            }
-        }
-        Err(ArchiveError::Unreachable { url: url.to_string(), msg: format!("{last} (tried {ATTEMPTS} times)") })
+        let outcome = self.client.retry().run(
+            |n| match attempt(n) {
+                Ok(v) => Attempt::Done(v),
+                Err(Failure::Retry(e)) => Attempt::Retry(e),
+                Err(Failure::Final(e)) => Attempt::Final(e),
+            },
+            |_, _| {},
+        );
+        outcome.map_err(|f| match f {
+            Failed::Final(e) => e,
+            Failed::GaveUp { last, attempts, .. } => ArchiveError::Unreachable {
+                url: url.to_string(),
+                msg: format!("{} (tried {attempts} times)", one_line(&last)),
+            },
+        })
     }
 }

@@ -8,9 +8,11 @@
 use std::io::Read;
 use std::path::Path;
 
+use berth_error_line::one_line;
+
 use super::cache;
 use super::deps::{Provide, parse_provides};
-use super::error::{ArchiveError, one_line};
+use super::error::ArchiveError;
 use super::http::Http;
 use super::release::{FileEntry, Release, hex, parse_sha256};
 use super::sources::Source;
@@ -213,9 +215,11 @@ pub(crate) fn decompress(path: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
     // Indexes compress about 5:1; reserving avoids repeated regrowth of a ~50 MB buffer.
     let mut out = Vec::with_capacity(bytes.len() * 5);
     if path.ends_with(".xz") {
-        liblzma::read::XzDecoder::new(bytes).read_to_end(&mut out).map_err(|e| format!("xz: {}", one_line(e)))?;
+        liblzma::read::XzDecoder::new(bytes).read_to_end(&mut out).map_err(|e| format!("xz: {}", one_line(&e)))?;
     } else if path.ends_with(".gz") {
-        flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out).map_err(|e| format!("gzip: {}", one_line(e)))?;
+        flate2::read::MultiGzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .map_err(|e| format!("gzip: {}", one_line(&e)))?;
     } else {
         out.clear();
         out.extend_from_slice(bytes);

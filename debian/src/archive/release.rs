@@ -13,8 +13,10 @@ use pgp::composed::{CleartextSignedMessage, Deserializable, SignedPublicKey, Sig
 use pgp::packet::{Signature, SignatureType};
 use pgp::types::KeyDetails;
 
+use berth_error_line::one_line;
+
 use super::deb822;
-use super::error::{ArchiveError, one_line};
+use super::error::ArchiveError;
 use super::sources::KeySource;
 
 /// The public keys a source's `InRelease` may be signed with.
@@ -50,7 +52,7 @@ impl Keyring {
                 KeySource::Inline { armored, .. } => armored.clone().into_bytes(),
             };
             let (iter, _) = SignedPublicKey::from_reader_many(std::io::Cursor::new(bytes))
-                .map_err(|e| keyring_err(format!("not an OpenPGP keyring: {}", one_line(e))))?;
+                .map_err(|e| keyring_err(format!("not an OpenPGP keyring: {}", one_line(&e))))?;
             let before = keys.len();
             keys.extend(iter.flatten());
             if keys.len() == before {
@@ -64,7 +66,7 @@ impl Keyring {
     pub fn from_bytes(bytes: &[u8], describe: &str) -> Result<Keyring, ArchiveError> {
         let keyring_err = |msg: String| ArchiveError::Keyring { keyring: describe.to_string(), msg };
         let (iter, _) = SignedPublicKey::from_reader_many(std::io::Cursor::new(bytes.to_vec()))
-            .map_err(|e| keyring_err(format!("not an OpenPGP keyring: {}", one_line(e))))?;
+            .map_err(|e| keyring_err(format!("not an OpenPGP keyring: {}", one_line(&e))))?;
         let keys: Vec<_> = iter.flatten().collect();
         if keys.is_empty() {
             return Err(keyring_err("holds no usable OpenPGP public key".into()));
@@ -90,7 +92,7 @@ impl Keyring {
     pub fn verify_inrelease(&self, data: &[u8], url: &str) -> Result<String, ArchiveError> {
         let format_err = |msg: String| ArchiveError::SignatureFormat { url: url.to_string(), msg };
         let text = std::str::from_utf8(data).map_err(|_| format_err("not UTF-8 text".into()))?;
-        let (msg, _) = CleartextSignedMessage::from_string(text).map_err(|e| format_err(one_line(e)))?;
+        let (msg, _) = CleartextSignedMessage::from_string(text).map_err(|e| format_err(one_line(&e)))?;
         if msg.signatures().is_empty() {
             return Err(format_err("no signature".into()));
         }

@@ -7,6 +7,8 @@
 use std::io::{self, BufRead, Read};
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use berth_fstree::Metadata;
 
 use super::path::normalize;
@@ -358,30 +360,16 @@ fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// libarchive writes the xattr values unpadded; a padded one is read too, as before.
+const PAX_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
 fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(u32::from(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        }))
-    };
-    let s: Vec<u8> = s.iter().copied().filter(|&c| c != b'=').collect();
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        if chunk.len() == 1 {
-            return None;
-        }
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c)? << (18 - 6 * i);
-        }
-        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    Some(out)
+    PAX_BASE64.decode(s).ok()
 }
 
 #[cfg(test)]
@@ -405,6 +393,9 @@ mod tests {
         assert_eq!(base64_decode(b"AQAAAg==").unwrap(), [1, 0, 0, 2]);
         assert_eq!(base64_decode(b"").unwrap(), b"");
         assert!(base64_decode(b"a").is_none());
+        // libarchive leaves the padding out.
+        assert_eq!(base64_decode(b"aGVsbG8").unwrap(), b"hello");
+        assert!(base64_decode(b"aGV*").is_none());
     }
 
     #[test]

@@ -6,16 +6,13 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use berth_debian::ArchiveConfig;
+use berth_testkit::Response;
 
 /// Runs a tool and returns its stdout; a missing tool fails naming the Debian package.
 pub fn run(cmd: &mut Command, package: &str) -> Vec<u8> {
@@ -112,40 +109,26 @@ impl Drop for Gpg {
     }
 }
 
-/// A minimal HTTP/1.1 file server on 127.0.0.1 that logs every request.
+/// A file server on 127.0.0.1 (Berth's loopback test server) that logs every request.
 pub struct Server {
-    port: u16,
+    server: berth_testkit::Server,
     files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
-    log: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
     pub fn start() -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (files, log, stop) = (files.clone(), log.clone(), stop.clone());
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let (files, log) = (files.clone(), log.clone());
-                    std::thread::spawn(move || serve(stream, &files, &log));
-                }
-            })
-        };
-        Server { port, files, log, stop, thread: Some(thread) }
+        let served = files.clone();
+        let server = berth_testkit::Server::start(move |r| match served.lock().unwrap().get(&r.target) {
+            Some(body) => Response::ok(body.clone()).into(),
+            None => Response::status(404).into(),
+        })
+        .unwrap();
+        Server { server, files }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     pub fn put(&self, path: &str, bytes: Vec<u8>) {
@@ -158,53 +141,7 @@ impl Server {
 
     /// Paths requested since the last call.
     pub fn take_requests(&self) -> Vec<String> {
-        std::mem::take(&mut *self.log.lock().unwrap())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve(stream: TcpStream, files: &Mutex<HashMap<String, Vec<u8>>>, log: &Mutex<Vec<String>>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut reader = BufReader::new(match stream.try_clone() {
-        Ok(s) => s,
-        Err(_) => return,
-    });
-    let mut writer = stream;
-    // Keep-alive: serve requests until the client closes the connection.
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" || header == "\n" {
-                break;
-            }
-        }
-        let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
-        log.lock().unwrap().push(path.clone());
-        let body = files.lock().unwrap().get(&path).cloned();
-        let ok = match body {
-            Some(body) => {
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                writer.write_all(head.as_bytes()).and_then(|_| writer.write_all(&body))
-            }
-            None => writer.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
-        };
-        if ok.is_err() {
-            return;
-        }
+        self.server.take_requests().into_iter().map(|r| r.target).collect()
     }
 }
 
@@ -394,6 +331,5 @@ fn sha256sum(work: &Path, bytes: &[u8]) -> String {
 
 /// A 127.0.0.1 port nothing listens on (bound, then released).
 pub fn dead_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    berth_testkit::dead_port()
 }

@@ -90,6 +90,9 @@ pub enum SetupError {
     },
     #[error("{what}: {why}")]
     Invalid { what: String, why: String },
+    /// A line of an account file (base-passwd's master files) is not an entry.
+    #[error(transparent)]
+    Accounts(#[from] berth_accounts::Error),
 }
 
 fn invalid(what: impl Into<String>, why: impl Into<String>) -> SetupError {

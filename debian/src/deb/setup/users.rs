@@ -1,5 +1,7 @@
 //! Users and groups: base-passwd's `preinst` and passwd's `shadowconfig on`, done on the tree.
+//! The files' line format is [`berth_accounts`]'s.
 
+use berth_accounts::{Gshadow, Passwd, Shadow};
 use berth_fstree::{Metadata, Tree};
 
 use super::{SetupError, invalid, put_file, read_file};
@@ -45,23 +47,6 @@ pub struct UsersReport {
     pub shadow_gid: u32,
 }
 
-struct PwEnt {
-    name: String,
-    password: String,
-    uid: u32,
-    gid: u32,
-    gecos: String,
-    home: String,
-    shell: String,
-}
-
-struct GrEnt {
-    name: String,
-    password: String,
-    gid: u32,
-    members: Vec<String>,
-}
-
 const PASSWD_MASTER: &str = "/usr/share/base-passwd/passwd.master";
 const GROUP_MASTER: &str = "/usr/share/base-passwd/group.master";
 
@@ -76,7 +61,7 @@ pub fn users(tree: &mut Tree, accounts: &Accounts, mtime: i64) -> Result<UsersRe
     let (mut pw, mut gr, base_passwd) = match (read_file(tree, PASSWD_MASTER), read_file(tree, GROUP_MASTER)) {
         (Some(p), Some(g)) => (parse_passwd(PASSWD_MASTER, &p)?, parse_group(GROUP_MASTER, &g)?, true),
         _ => {
-            let root = PwEnt {
+            let root = Passwd {
                 name: "root".into(),
                 password: "*".into(),
                 uid: 0,
@@ -85,13 +70,14 @@ pub fn users(tree: &mut Tree, accounts: &Accounts, mtime: i64) -> Result<UsersRe
                 home: "/root".into(),
                 shell: "/bin/sh".into(),
             };
-            let group = GrEnt { name: "root".into(), password: "*".into(), gid: 0, members: Vec::new() };
+            let group =
+                berth_accounts::Group { name: "root".into(), password: "*".into(), gid: 0, members: Vec::new() };
             (vec![root], vec![group], false)
         }
     };
 
-    let mut new_groups: Vec<GrEnt> = Vec::new();
-    let group_taken = |gr: &[GrEnt], new: &[GrEnt], name: &str, gid: u32| -> Option<String> {
+    let mut new_groups: Vec<berth_accounts::Group> = Vec::new();
+    let group_taken = |gr: &[berth_accounts::Group], new: &[berth_accounts::Group], name: &str, gid: u32| {
         gr.iter().chain(new).find(|g| g.name == name || g.gid == gid).map(|g| format!("{}:{}", g.name, g.gid))
     };
     for g in &accounts.groups {
@@ -99,7 +85,7 @@ pub fn users(tree: &mut Tree, accounts: &Accounts, mtime: i64) -> Result<UsersRe
         if let Some(other) = group_taken(&gr, &new_groups, &g.name, g.gid) {
             return Err(invalid(format!("group {}:{}", g.name, g.gid), format!("clashes with group {other}")));
         }
-        new_groups.push(GrEnt { name: g.name.clone(), password: "*".into(), gid: g.gid, members: Vec::new() });
+        new_groups.push(locked_group(&g.name, g.gid));
     }
     let mut users_sorted: Vec<&User> = accounts.users.iter().collect();
     users_sorted.sort_by(|a, b| (a.uid, &a.name).cmp(&(b.uid, &b.name)));
@@ -107,11 +93,11 @@ pub fn users(tree: &mut Tree, accounts: &Accounts, mtime: i64) -> Result<UsersRe
     for u in &users_sorted {
         check_name("user", &u.name)?;
         for field in [&u.gecos, &u.home, &u.shell] {
-            if field.contains([':', '\n']) {
+            if !berth_accounts::valid_field(field) {
                 return Err(invalid(format!("user {}", u.name), format!("`{field}` contains `:` or a newline")));
             }
         }
-        if let Some(other) = pw.iter().chain(&new_users).find(|p: &&PwEnt| p.name == u.name || p.uid == u.uid) {
+        if let Some(other) = pw.iter().chain(&new_users).find(|p: &&Passwd| p.name == u.name || p.uid == u.uid) {
             return Err(invalid(
                 format!("user {}:{}", u.name, u.uid),
                 format!("clashes with user {}:{}", other.name, other.uid),
@@ -124,9 +110,9 @@ pub fn users(tree: &mut Tree, accounts: &Accounts, mtime: i64) -> Result<UsersRe
                     format!("clashes with group {other}"),
                 ));
             }
-            new_groups.push(GrEnt { name: u.name.clone(), password: "*".into(), gid: u.gid, members: Vec::new() });
+            new_groups.push(locked_group(&u.name, u.gid));
         }
-        new_users.push(PwEnt {
+        new_users.push(Passwd {
             name: u.name.clone(),
             password: "*".into(),
             uid: u.uid,
@@ -151,29 +137,31 @@ pub fn users(tree: &mut Tree, accounts: &Accounts, mtime: i64) -> Result<UsersRe
     }
     pw.extend(new_users);
 
+    // The password itself goes to shadow; passwd and group say `x`.
     let day = mtime.max(0) / 86_400;
-    let mut passwd = String::new();
-    let mut shadow = String::new();
-    for p in &pw {
-        passwd += &format!("{}:x:{}:{}:{}:{}:{}\n", p.name, p.uid, p.gid, p.gecos, p.home, p.shell);
-        shadow += &format!("{}:{}:{day}:0:99999:7:::\n", p.name, p.password);
-    }
-    let mut group = String::new();
-    let mut gshadow = String::new();
-    for g in &gr {
-        let members = g.members.join(",");
-        group += &format!("{}:x:{}:{members}\n", g.name, g.gid);
-        gshadow += &format!("{}:{}::{members}\n", g.name, g.password);
-    }
+    let shadow: Vec<Shadow> = pw.iter().map(|p| Shadow::new(&p.name, &p.password, day)).collect();
+    let gshadow: Vec<Gshadow> = gr
+        .iter()
+        .map(|g| Gshadow {
+            name: g.name.clone(),
+            password: g.password.clone(),
+            admins: Vec::new(),
+            members: g.members.clone(),
+        })
+        .collect();
+    let passwd: Vec<Passwd> = pw.iter().map(|p| Passwd { password: "x".into(), ..p.clone() }).collect();
+    let group: Vec<berth_accounts::Group> =
+        gr.iter().map(|g| berth_accounts::Group { password: "x".into(), ..g.clone() }).collect();
     let shadow_gid = gr.iter().find(|g| g.name == "shadow").map(|g| g.gid);
     let secret = match shadow_gid {
         Some(gid) => Metadata { gid, ..Metadata::root(0o640, mtime) },
         None => Metadata::root(0o600, mtime),
     };
-    put_file(tree, "/etc/passwd", passwd.into_bytes(), Metadata::root(0o644, mtime))?;
-    put_file(tree, "/etc/group", group.into_bytes(), Metadata::root(0o644, mtime))?;
-    put_file(tree, "/etc/shadow", shadow.into_bytes(), secret.clone())?;
-    put_file(tree, "/etc/gshadow", gshadow.into_bytes(), secret)?;
+    let file = |text: String| text.into_bytes();
+    put_file(tree, "/etc/passwd", file(berth_accounts::format(&passwd)), Metadata::root(0o644, mtime))?;
+    put_file(tree, "/etc/group", file(berth_accounts::format(&group)), Metadata::root(0o644, mtime))?;
+    put_file(tree, "/etc/shadow", file(berth_accounts::format(&shadow)), secret.clone())?;
+    put_file(tree, "/etc/gshadow", file(berth_accounts::format(&gshadow)), secret)?;
     Ok(UsersReport {
         base_passwd,
         users: pw.into_iter().map(|p| p.name).collect(),
@@ -182,50 +170,28 @@ pub fn users(tree: &mut Tree, accounts: &Accounts, mtime: i64) -> Result<UsersRe
     })
 }
 
+/// A group with a locked password and no members yet.
+fn locked_group(name: &str, gid: u32) -> berth_accounts::Group {
+    berth_accounts::Group { name: name.into(), password: "*".into(), gid, members: Vec::new() }
+}
+
 /// A user or group name: what `useradd` accepts without `--badname`, roughly.
 fn check_name(what: &str, name: &str) -> Result<(), SetupError> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
-        && !name.starts_with('-')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b) || b == b'$');
-    if ok { Ok(()) } else { Err(invalid(format!("{what} `{name}`"), "is not a valid name")) }
+    if berth_accounts::valid_name(name) {
+        Ok(())
+    } else {
+        Err(invalid(format!("{what} `{name}`"), "is not a valid name"))
+    }
 }
 
-fn parse_passwd(file: &str, bytes: &[u8]) -> Result<Vec<PwEnt>, SetupError> {
+fn parse_passwd(file: &str, bytes: &[u8]) -> Result<Vec<Passwd>, SetupError> {
     let text = std::str::from_utf8(bytes).map_err(|_| invalid(file, "not UTF-8"))?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let f: Vec<&str> = line.split(':').collect();
-        let bad = || invalid(format!("{file} line {}", n + 1), format!("`{line}` is not a passwd entry"));
-        let [name, password, uid, gid, gecos, home, shell] = f[..] else { return Err(bad()) };
-        out.push(PwEnt {
-            name: name.into(),
-            password: password.into(),
-            uid: uid.parse().map_err(|_| bad())?,
-            gid: gid.parse().map_err(|_| bad())?,
-            gecos: gecos.into(),
-            home: home.into(),
-            shell: shell.into(),
-        });
-    }
-    Ok(out)
+    Ok(berth_accounts::parse(file, text)?)
 }
 
-fn parse_group(file: &str, bytes: &[u8]) -> Result<Vec<GrEnt>, SetupError> {
+fn parse_group(file: &str, bytes: &[u8]) -> Result<Vec<berth_accounts::Group>, SetupError> {
     let text = std::str::from_utf8(bytes).map_err(|_| invalid(file, "not UTF-8"))?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let f: Vec<&str> = line.split(':').collect();
-        let bad = || invalid(format!("{file} line {}", n + 1), format!("`{line}` is not a group entry"));
-        let [name, password, gid, members] = f[..] else { return Err(bad()) };
-        out.push(GrEnt {
-            name: name.into(),
-            password: password.into(),
-            gid: gid.parse().map_err(|_| bad())?,
-            members: members.split(',').filter(|m| !m.is_empty()).map(str::to_owned).collect(),
-        });
-    }
-    Ok(out)
+    Ok(berth_accounts::parse(file, text)?)
 }
 
 /// A group's id from `/etc/group`, else base-passwd's `group.master`.
