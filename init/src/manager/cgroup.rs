@@ -8,6 +8,17 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// A unit's group could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("creating cgroup {}: {source}", path.display())]
+    Create { path: PathBuf, source: std::io::Error },
+    #[error("enabling {controllers} in {}: {source}", group.display())]
+    Enable { group: PathBuf, controllers: String, source: std::io::Error },
+    #[error("{}/pids.max = {value}: {source}", group.display())]
+    PidsMax { group: PathBuf, value: String, source: std::io::Error },
+}
+
 pub const ROOT: &str = "/sys/fs/cgroup";
 pub const SLICE: &str = "system.slice";
 
@@ -36,10 +47,12 @@ pub fn init() -> Vec<String> {
 }
 
 /// The group of `unit` (created when absent).
-pub fn create(unit: &str) -> Result<PathBuf, String> {
+pub fn create(unit: &str) -> Result<PathBuf, CgroupError> {
     let path = path(unit);
-    mkdir(&path).map_err(|e| format!("creating cgroup {}: {e}", path.display()))?;
-    Ok(path)
+    match mkdir(&path) {
+        Ok(()) => Ok(path),
+        Err(source) => Err(CgroupError::Create { path, source }),
+    }
 }
 
 /// Where a `Delegate=` unit's own processes go, below its group (systemd's
@@ -51,15 +64,19 @@ pub const SUPERVISOR: &str = "supervisor";
 
 /// Creates the supervisor group of a delegated unit and enables every controller of the
 /// unit's group for its children. Returns the group its processes go to.
-pub fn delegate(unit: &str) -> Result<PathBuf, String> {
+pub fn delegate(unit: &str) -> Result<PathBuf, CgroupError> {
     let group = path(unit);
     let supervisor = group.join(SUPERVISOR);
-    mkdir(&supervisor).map_err(|e| format!("creating cgroup {}: {e}", supervisor.display()))?;
+    if let Err(source) = mkdir(&supervisor) {
+        return Err(CgroupError::Create { path: supervisor, source });
+    }
     let controllers = std::fs::read_to_string(group.join("cgroup.controllers")).unwrap_or_default();
     let enable: Vec<String> = controllers.split_whitespace().map(|c| format!("+{c}")).collect();
     if !enable.is_empty() {
-        std::fs::write(group.join("cgroup.subtree_control"), enable.join(" "))
-            .map_err(|e| format!("enabling {} in {}: {e}", enable.join(" "), group.display()))?;
+        let controllers = enable.join(" ");
+        if let Err(source) = std::fs::write(group.join("cgroup.subtree_control"), &controllers) {
+            return Err(CgroupError::Enable { group, controllers, source });
+        }
     }
     Ok(supervisor)
 }
@@ -129,8 +146,12 @@ pub fn signal_all(group: &Path, signal: Signal) -> usize {
 }
 
 /// `pids.max` (`TasksMax=`).
-pub fn set_pids_max(group: &Path, value: &str) -> Result<(), String> {
-    std::fs::write(group.join("pids.max"), value).map_err(|e| format!("{}/pids.max = {value}: {e}", group.display()))
+pub fn set_pids_max(group: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(group.join("pids.max"), value).map_err(|source| CgroupError::PidsMax {
+        group: group.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
 }
 
 pub fn memory_current(group: &Path) -> Option<u64> {

@@ -21,6 +21,19 @@ use super::{JobError, Manager, cgroup, directories, notify, users};
 use crate::journal::Journal;
 use crate::log;
 
+/// Why a start could not be prepared (after its conditions were met).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PrepareError {
+    #[error("User=/Group=: {0}")]
+    Account(#[from] users::AccountError),
+    #[error("{directive}{name}: {source}")]
+    Directory { directive: &'static str, name: String, source: crate::fsat::FsError },
+    #[error("EnvironmentFile={}: {source}", path.display())]
+    EnvironmentFile { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+}
+
 /// What every command of one start of a service shares (made by [`Effect::Prepare`]).
 pub(super) struct Launch {
     env: Vec<(String, String)>,
@@ -191,14 +204,13 @@ impl Host<'_> {
                 self.launches.insert(self.name.to_string(), launch);
                 Prepared::Ready
             }
-            Err(e) => Prepared::Failed(e),
+            Err(e) => Prepared::Failed(e.to_string()),
         }
     }
 
-    fn launch(&mut self, svc: &Service) -> Result<Launch, String> {
+    fn launch(&mut self, svc: &Service) -> Result<Launch, PrepareError> {
         let account =
-            users::resolve(Path::new("/"), svc.user.as_deref(), svc.group.as_deref(), &svc.supplementary_groups)
-                .map_err(|e| format!("User=/Group=: {e}"))?;
+            users::resolve(Path::new("/"), svc.user.as_deref(), svc.group.as_deref(), &svc.supplementary_groups)?;
         let mut env: Vec<(String, String)> = vec![("PATH".into(), exec::PATH.into())];
         if svc.user.is_some() {
             for (k, v) in [
@@ -219,7 +231,11 @@ impl Host<'_> {
         let mut by_var: Vec<(&'static str, String)> = Vec::new();
         for dir in directories(svc) {
             let path = dir.path();
-            make_directory(&dir, &account).map_err(|e| format!("{}{}: {e}", dir.directive, dir.name))?;
+            make_directory(&dir, &account).map_err(|source| PrepareError::Directory {
+                directive: dir.directive,
+                name: dir.name.clone(),
+                source,
+            })?;
             match by_var.iter_mut().find(|(v, _)| *v == dir.var) {
                 Some((_, list)) => {
                     list.push(':');
@@ -242,7 +258,7 @@ impl Host<'_> {
                     }
                 }
                 Err(e) if f.optional && e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("EnvironmentFile={}: {e}", f.path.display())),
+                Err(source) => return Err(PrepareError::EnvironmentFile { path: f.path.clone(), source }),
             }
         }
         let group = cgroup::create(self.name)?;
@@ -384,10 +400,8 @@ fn forking_main_pid(unit: &str, svc: &Service) -> Option<Pid> {
 /// without following a symlink anywhere (the service's user owns the directory and could have
 /// replaced a part of a nested name by a link to `/etc`), with mode and owner set on the last
 /// component's descriptor ([`crate::fsat::service_directory`]).
-fn make_directory(dir: &super::ServiceDir, account: &users::Account) -> Result<(), String> {
+fn make_directory(dir: &super::ServiceDir, account: &users::Account) -> Result<(), crate::fsat::FsError> {
     crate::fsat::service_directory(Path::new(dir.base), Path::new(&dir.name), dir.mode, (account.uid, account.gid))
-        .map_err(|e| e.to_string())
-        .map_err(|e| e.to_string())
 }
 
 fn condition_env() -> condition::ConditionEnv {
@@ -475,7 +489,7 @@ mod tests {
         std::os::unix::fs::symlink(&etc, base.join("foo/sub")).unwrap();
         std::os::unix::fs::lchown(base.join("foo/sub"), Some(1001), Some(1001)).unwrap();
         make_directory(&dirs[0], &account).unwrap();
-        let e = make_directory(&dirs[1], &account).unwrap_err();
+        let e = make_directory(&dirs[1], &account).unwrap_err().to_string();
         assert!(e.ends_with("var/lib/foo/sub is a symbolic link; not followed"), "{e}");
         assert_eq!(owner(&etc), (0, 0o755));
     }
