@@ -92,3 +92,45 @@ impl fmt::Display for Ignored {
         write!(f, "{}: {}: {}", location(&self.file, self.line), self.unit, self.message())
     }
 }
+
+/// A value that does not parse as its type: a time span, a size, a boolean, or the quoting and
+/// C escapes of systemd.syntax(7). The directive parsers fold it into the reason of
+/// [`ErrorKind::Value`], which names the section, key and line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("`{text}` is not a time span ({why})")]
+    TimeSpan { text: String, why: &'static str },
+    #[error("`{0}` is not a size (a number with an optional K, M, G, T, P or E suffix)")]
+    Size(String),
+    #[error("`{0}` is not a boolean (yes/no, true/false, on/off, 1/0)")]
+    Bool(String),
+    #[error("trailing backslash")]
+    TrailingBackslash,
+    #[error("unterminated quote {0}")]
+    UnterminatedQuote(char),
+    #[error("an escape produces invalid UTF-8")]
+    InvalidUtf8,
+    /// `escape` is the escape as written, without its backslash (`x4`).
+    #[error("short escape \\{escape}")]
+    ShortEscape { escape: String },
+    #[error("bad escape \\{escape}")]
+    BadEscape { escape: String },
+    #[error("\\{escape} (NUL) is not allowed")]
+    Nul { escape: &'static str },
+    #[error("\\{escape} is not a valid character")]
+    InvalidChar { escape: String },
+    #[error("octal escapes need three digits")]
+    OctalDigits,
+    #[error("octal escape \\{0:o} is out of range")]
+    OctalRange(u32),
+    #[error("unknown escape \\{0}")]
+    UnknownEscape(char),
+}
+
+/// The directive parsers still carry their reasons as text ([`ErrorKind::Value`]); a
+/// [`ValueError`] becomes that text at this seam.
+impl From<ValueError> for String {
+    fn from(e: ValueError) -> String {
+        e.to_string()
+    }
+}

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use condition::Condition;
-pub use error::{ErrorKind, Ignored, UnitError};
+pub use error::{ErrorKind, Ignored, UnitError, ValueError};
 pub use graph::{Plan, Problem};
 pub use load::Loader;
 pub use name::UnitName;

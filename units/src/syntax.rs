@@ -12,7 +12,7 @@
 //!   first section (systemd only warns about the last two and skips the line: a unit that
 //!   silently loses a line is a bug waiting, so berth reports them as errors).
 
-use super::error::ErrorKind;
+use super::error::{ErrorKind, ValueError};
 
 /// Characters systemd calls whitespace in unit files.
 pub const WHITESPACE: &[char] = &[' ', '\t', '\n', '\r'];
@@ -141,7 +141,7 @@ impl Split {
 /// Takes the next word off `input` (leading whitespace skipped), unquoting per
 /// systemd.syntax(7): `'…'` and `"…"` keep whitespace, may start anywhere in a word and are
 /// removed; backslash escapes work inside and outside quotes. `Ok(None)` at the end of input.
-pub fn extract_word(input: &mut &str, split: Split) -> Result<Option<String>, String> {
+pub fn extract_word(input: &mut &str, split: Split) -> Result<Option<String>, ValueError> {
     let rest = input.trim_start_matches(WHITESPACE);
     if rest.is_empty() {
         *input = rest;
@@ -166,7 +166,7 @@ pub fn extract_word(input: &mut &str, split: Split) -> Result<Option<String>, St
                         out.push(b'\\');
                         continue;
                     }
-                    return Err("trailing backslash".into());
+                    return Err(ValueError::TrailingBackslash);
                 }
                 if split.c_escapes {
                     match c_unescape_one(after) {
@@ -188,14 +188,14 @@ pub fn extract_word(input: &mut &str, split: Split) -> Result<Option<String>, St
     if let Some(q) = quote
         && !split.relax
     {
-        return Err(format!("unterminated quote {q}"));
+        return Err(ValueError::UnterminatedQuote(q));
     }
     *input = &rest[end..];
-    String::from_utf8(out).map(Some).map_err(|_| "an escape produces invalid UTF-8".into())
+    String::from_utf8(out).map(Some).map_err(|_| ValueError::InvalidUtf8)
 }
 
 /// Splits a whole value into words with [`extract_word`].
-pub fn split_words(value: &str, split: Split) -> Result<Vec<String>, String> {
+pub fn split_words(value: &str, split: Split) -> Result<Vec<String>, ValueError> {
     let mut input = value;
     let mut words = Vec::new();
     while let Some(word) = extract_word(&mut input, split)? {
@@ -218,10 +218,10 @@ fn skip(chars: &mut std::str::CharIndices<'_>, bytes: usize) {
 
 /// Decodes one C escape; `text` starts right after the backslash. Returns the bytes it stands
 /// for and how many bytes of `text` it used. NUL is refused (it cannot be in an argument).
-pub fn c_unescape_one(text: &str) -> Result<(Vec<u8>, usize), String> {
+pub fn c_unescape_one(text: &str) -> Result<(Vec<u8>, usize), ValueError> {
     let bytes = text.as_bytes();
     let Some(&first) = bytes.first() else {
-        return Err("trailing backslash".into());
+        return Err(ValueError::TrailingBackslash);
     };
     let simple = match first {
         b'a' => Some(0x07),
@@ -241,16 +241,16 @@ pub fn c_unescape_one(text: &str) -> Result<(Vec<u8>, usize), String> {
         return Ok((vec![b], 1));
     }
     let shown = |n: usize| text.chars().take(n + 1).collect::<String>();
-    let digits = |n: usize, radix: u32| -> Result<u32, String> {
-        let s = text.get(1..1 + n).ok_or_else(|| format!("short escape \\{}", shown(n)))?;
+    let digits = |n: usize, radix: u32| -> Result<u32, ValueError> {
+        let s = text.get(1..1 + n).ok_or_else(|| ValueError::ShortEscape { escape: shown(n) })?;
         if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("bad escape \\{}", shown(n)));
+            return Err(ValueError::BadEscape { escape: shown(n) });
         }
-        u32::from_str_radix(s, radix).map_err(|_| format!("bad escape \\{}", shown(n)))
+        u32::from_str_radix(s, radix).map_err(|_| ValueError::BadEscape { escape: shown(n) })
     };
     match first {
         b'x' => match digits(2, 16)? {
-            0 => Err("\\x00 (NUL) is not allowed".into()),
+            0 => Err(ValueError::Nul { escape: "x00" }),
             v => Ok((vec![v as u8], 3)),
         },
         b'u' | b'U' => {
@@ -262,28 +262,28 @@ pub fn c_unescape_one(text: &str) -> Result<(Vec<u8>, usize), String> {
                     push_char(&mut out, c);
                     Ok((out, n + 1))
                 }
-                _ => Err(format!("\\{} is not a valid character", shown(n))),
+                _ => Err(ValueError::InvalidChar { escape: shown(n) }),
             }
         }
         b'0'..=b'7' => {
             let s = text.get(..3).filter(|s| s.bytes().all(|b| (b'0'..=b'7').contains(&b)));
-            let v = s.and_then(|s| u32::from_str_radix(s, 8).ok()).ok_or("octal escapes need three digits")?;
+            let v = s.and_then(|s| u32::from_str_radix(s, 8).ok()).ok_or(ValueError::OctalDigits)?;
             match v {
-                0 => Err("\\000 (NUL) is not allowed".into()),
+                0 => Err(ValueError::Nul { escape: "000" }),
                 1..=255 => Ok((vec![v as u8], 3)),
-                _ => Err(format!("octal escape \\{:o} is out of range", v)),
+                _ => Err(ValueError::OctalRange(v)),
             }
         }
-        _ => Err(format!("unknown escape \\{}", text.chars().next().unwrap_or(' '))),
+        _ => Err(ValueError::UnknownEscape(text.chars().next().unwrap_or(' '))),
     }
 }
 
 /// systemd booleans: `1 yes y true t on` and `0 no n false f off`, any case.
-pub fn parse_bool(value: &str) -> Result<bool, String> {
+pub fn parse_bool(value: &str) -> Result<bool, ValueError> {
     match value.to_ascii_lowercase().as_str() {
         "1" | "yes" | "y" | "true" | "t" | "on" => Ok(true),
         "0" | "no" | "n" | "false" | "f" | "off" => Ok(false),
-        _ => Err(format!("`{value}` is not a boolean (yes/no, true/false, on/off, 1/0)")),
+        _ => Err(ValueError::Bool(value.to_string())),
     }
 }
 

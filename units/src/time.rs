@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::error::ValueError;
+
 /// A time span that may be infinite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TimeSpan {
@@ -68,26 +70,26 @@ const UNITS: &[(&str, u128)] = &[
 ];
 
 /// Parses a time span; a number without a unit is in seconds.
-pub fn parse_timespan(text: &str) -> Result<TimeSpan, String> {
+pub fn parse_timespan(text: &str) -> Result<TimeSpan, ValueError> {
     parse_with_default(text, USEC_PER_SEC)
 }
 
 /// Parses a time span whose bare numbers are microseconds (`LimitRTTIME=`).
-pub fn parse_timespan_usec(text: &str) -> Result<TimeSpan, String> {
+pub fn parse_timespan_usec(text: &str) -> Result<TimeSpan, ValueError> {
     parse_with_default(text, 1)
 }
 
 /// Like [`parse_timespan`], but `0` means "no limit" (systemd's `parse_sec_fix_0`, used by
 /// `TimeoutStartSec=`/`TimeoutStopSec=`/`TimeoutSec=`).
-pub fn parse_timeout(text: &str) -> Result<TimeSpan, String> {
+pub fn parse_timeout(text: &str) -> Result<TimeSpan, ValueError> {
     match parse_timespan(text)? {
         TimeSpan::Finite(d) if d.is_zero() => Ok(TimeSpan::Infinity),
         t => Ok(t),
     }
 }
 
-fn parse_with_default(text: &str, default_unit: u128) -> Result<TimeSpan, String> {
-    let bad = |why: &str| format!("`{text}` is not a time span ({why})");
+fn parse_with_default(text: &str, default_unit: u128) -> Result<TimeSpan, ValueError> {
+    let bad = |why: &'static str| ValueError::TimeSpan { text: text.to_string(), why };
     let trimmed = text.trim();
     if trimmed == "infinity" {
         return Ok(TimeSpan::Infinity);
@@ -131,8 +133,8 @@ fn parse_with_default(text: &str, default_unit: u128) -> Result<TimeSpan, String
 }
 
 /// Parses a byte count with an optional 1024-based suffix (`K`, `M`, `G`, `T`, `P`, `E`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = || format!("`{text}` is not a size (a number with an optional K, M, G, T, P or E suffix)");
+pub fn parse_size(text: &str) -> Result<u64, ValueError> {
+    let bad = || ValueError::Size(text.to_string());
     let t = text.trim();
     let (number, shift) = match t.char_indices().last() {
         Some((at, c)) if c.is_ascii_alphabetic() => {
