@@ -1,23 +1,31 @@
-//! Enabling systemd units at build time, as `systemctl enable` would: each unit's `[Install]`
-//! section becomes `.wants/` and `.requires/` links under `/etc/systemd/system`, plus `Alias=`
-//! links, following `Also=`. The service manager (berth-init) reads exactly these links.
+//! Enabling systemd units at build time, as `systemctl enable` would, with the engine
+//! `berthctl enable` and provisioning use ([`berth_units::install`]): it plans the `.wants/`,
+//! `.requires/` and `Alias=` links under `/etc/systemd/system` (following `Also=`) by reading the
+//! image tree through [`TreeDirs`], and this module applies them to the tree. The service
+//! manager (berth-init) reads exactly these links.
 
-use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
 
-use berth_fstree::{Metadata, Node, NodeKind, Tree};
-
-const ADMIN_DIR: &str = "etc/systemd/system";
-/// Where packages put units, searched in this order (merged-/usr: `/lib` is `/usr/lib`).
-const UNIT_DIRS: [&str; 2] = ["etc/systemd/system", "usr/lib/systemd/system"];
+use berth_fstree::{Metadata, Node, NodeId, NodeKind, Tree};
+use berth_units::install::{self, Change, InstallError};
+use berth_units::load::{Entry, SYSTEM_UNIT_DIRS, UnitDirs};
+use berth_units::{HostInfo, Loader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnableError {
-    #[error("unit {unit}: not found in /etc/systemd/system or /usr/lib/systemd/system (is its package in `packages`?)")]
+    #[error("unit {unit}: not found in {} (is its package in `packages`?)", SYSTEM_UNIT_DIRS.join(", "))]
     NotFound { unit: String },
     #[error("unit {unit}: its [Install] section names nothing to enable it by (no WantedBy, RequiredBy or Alias)")]
     NothingToEnable { unit: String },
-    #[error("unit {unit}: {why}")]
-    Invalid { unit: String, why: String },
+    #[error("unit {unit}: {source}")]
+    Plan {
+        unit: String,
+        #[source]
+        source: InstallError,
+    },
     #[error("unit {unit}: {source}")]
     Tree {
         unit: String,
@@ -26,134 +34,159 @@ pub enum EnableError {
     },
 }
 
-/// Finds a unit file; for an instance `foo@bar.service`, its template `foo@.service`.
-fn find_unit(tree: &Tree, unit: &str) -> Option<(String, String)> {
-    let template = unit.split_once('@').and_then(|(pre, rest)| {
-        let (inst, suffix) = rest.rsplit_once('.')?;
-        (!inst.is_empty()).then(|| format!("{pre}@.{suffix}"))
-    });
-    for name in std::iter::once(unit.to_string()).chain(template) {
-        for dir in UNIT_DIRS {
-            let path = format!("{dir}/{name}");
-            let Some(mut id) = tree.lookup(&path) else { continue };
-            // Follow one level of symlink (units linked to their real file, e.g. aliases).
-            if let NodeKind::Symlink(target) = &tree.node(id).kind {
-                let t = String::from_utf8_lossy(target);
-                let resolved = if let Some(abs) = t.strip_prefix('/') { abs.to_string() } else { format!("{dir}/{t}") };
-                id = tree.lookup(&resolved)?;
-            }
-            if let NodeKind::File(data) = &tree.node(id).kind {
-                let text = String::from_utf8_lossy(&data.read_all().ok()?).into_owned();
-                return Some((format!("/{path}"), text));
-            }
-        }
+/// Symlink hops before giving up (as the kernel's ELOOP limit).
+const MAX_LINKS: usize = 40;
+
+/// The image tree as the unit loader reads it: paths are absolute inside the tree, symlinks
+/// (absolute ones inside the tree) are followed in the middle of a path.
+#[derive(Clone, Copy)]
+pub struct TreeDirs<'a>(pub &'a Tree);
+
+impl std::fmt::Debug for TreeDirs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TreeDirs")
     }
-    None
 }
 
-fn link(tree: &mut Tree, at: &str, target: &str, unit: &str, mtime: i64) -> Result<bool, EnableError> {
-    let err = |source| EnableError::Tree { unit: unit.to_string(), source };
-    let dir = match at.rsplit_once('/') {
-        Some((d, _)) => d,
-        None => "",
-    };
-    tree.mkdir_all(dir, &Metadata::root(0o755, mtime)).map_err(err)?;
-    if tree.lookup(at).is_some() {
-        return Ok(false);
-    }
-    tree.insert(at, Node::new(NodeKind::Symlink(target.as_bytes().to_vec()), Metadata::root(0o777, mtime)))
-        .map_err(err)?;
-    Ok(true)
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: not in the image tree", path.display()))
 }
 
-/// Enables `units` in `tree`. Returns the links created, as `path -> target` strings.
-pub fn enable(tree: &mut Tree, units: &[String], mtime: i64) -> Result<Vec<String>, EnableError> {
-    let mut done = BTreeSet::new();
-    let mut todo: Vec<String> = units.iter().rev().cloned().collect();
-    let mut made = Vec::new();
-    while let Some(unit) = todo.pop() {
-        if !done.insert(unit.clone()) {
-            continue;
-        }
-        let (path, text) = find_unit(tree, &unit).ok_or_else(|| EnableError::NotFound { unit: unit.clone() })?;
-        // The same reading of [Install] berth-init's loader does.
-        let install = berth_units::Install::parse(&unit, &text)
-            .map_err(|why| EnableError::Invalid { unit: unit.clone(), why })?;
-        if install.wanted_by.is_empty() && install.required_by.is_empty() && install.alias.is_empty() {
-            return Err(EnableError::NothingToEnable { unit });
-        }
-        // A template is enabled as its default instance when none is given.
-        let name = match (unit.split_once('@'), &install.default_instance) {
-            (Some((pre, rest)), Some(inst)) if rest.starts_with('.') => format!("{pre}@{inst}{rest}"),
-            (Some((_, rest)), None) if rest.starts_with('.') => {
-                return Err(EnableError::Invalid {
-                    unit,
-                    why: "a template needs an instance or DefaultInstance=".into(),
-                });
+impl TreeDirs<'_> {
+    /// The node at `path`, following symlinks on the way (and the last one if `follow_last`).
+    fn find(&self, path: &Path, follow_last: bool) -> io::Result<NodeId> {
+        let mut done = PathBuf::from("/");
+        let mut hops = 0;
+        // Components still to walk, next one last.
+        let mut stack: Vec<OsString> = Vec::new();
+        push_components(&mut stack, path);
+        while let Some(c) = stack.pop() {
+            if c == ".." {
+                done.pop();
+                continue;
             }
-            _ => unit.clone(),
-        };
-        for (kind, targets) in [("wants", &install.wanted_by), ("requires", &install.required_by)] {
-            for t in targets {
-                let at = format!("{ADMIN_DIR}/{t}.{kind}/{name}");
-                if link(tree, &at, &path, &unit, mtime)? {
-                    made.push(format!("/{at} -> {path}"));
+            let candidate = done.join(&c);
+            let id = self.0.lookup(&candidate).ok_or_else(|| not_found(path))?;
+            match &self.0.node(id).kind {
+                NodeKind::Symlink(target) if follow_last || !stack.is_empty() => {
+                    hops += 1;
+                    if hops > MAX_LINKS {
+                        return Err(io::Error::other(format!("{}: too many levels of symbolic links", path.display())));
+                    }
+                    let target = Path::new(OsStr::from_bytes(target));
+                    if target.is_absolute() {
+                        done = PathBuf::from("/");
+                    }
+                    push_components(&mut stack, target);
                 }
+                _ => done = candidate,
             }
         }
-        for a in &install.alias {
-            if a.contains('/') {
-                return Err(EnableError::Invalid { unit, why: format!("Alias={a} is not a unit name") });
+        self.0.lookup(&done).ok_or_else(|| not_found(path))
+    }
+}
+
+/// Pushes the components of `p` so that the first one is popped first.
+fn push_components(stack: &mut Vec<OsString>, p: &Path) {
+    for c in p.components().rev() {
+        match c {
+            Component::Normal(n) => stack.push(n.to_owned()),
+            Component::ParentDir => stack.push("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+}
+
+impl UnitDirs for TreeDirs<'_> {
+    fn entry(&self, path: &Path) -> io::Result<Entry> {
+        let node = self.0.node(self.find(path, false)?);
+        Ok(match &node.kind {
+            NodeKind::File(data) => Entry::File { len: data.len(), executable: node.meta.mode & 0o111 != 0 },
+            NodeKind::Dir(_) => Entry::Dir,
+            NodeKind::Symlink(_) => Entry::Symlink,
+            _ => Entry::Other,
+        })
+    }
+
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        match &self.0.node(self.find(path, true)?).kind {
+            NodeKind::File(data) => {
+                let bytes = data.read_all().map_err(io::Error::other)?;
+                String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
             }
-            let at = format!("{ADMIN_DIR}/{a}");
-            if link(tree, &at, &path, &unit, mtime)? {
-                made.push(format!("/{at} -> {path}"));
+            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: not a file", path.display()))),
+        }
+    }
+
+    fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
+        match &self.0.node(self.find(path, false)?).kind {
+            NodeKind::Symlink(target) => Ok(PathBuf::from(OsStr::from_bytes(target))),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: not a symlink", path.display()))),
+        }
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        let id = self.find(path, true)?;
+        if !self.0.node(id).kind.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{}: not a directory", path.display())));
+        }
+        Ok(self.0.entries(id).map(|(name, _)| OsStr::from_bytes(name).to_owned()).collect())
+    }
+}
+
+/// The changes enabling `unit` (and its `Also=` units) makes in `tree`.
+pub fn plan(tree: &Tree, unit: &str) -> Result<Vec<Change>, EnableError> {
+    let loader = Loader::over(TreeDirs(tree), HostInfo::default());
+    install::plan_enable(&loader, unit).map_err(|source| match source {
+        InstallError::NotFound { unit: missing, .. } if missing == unit => EnableError::NotFound { unit: missing },
+        source => EnableError::Plan { unit: unit.to_string(), source },
+    })
+}
+
+/// Applies `changes` to `tree`; links get `mtime`, new directories too.
+pub fn apply(tree: &mut Tree, changes: &[Change], unit: &str, mtime: i64) -> Result<(), EnableError> {
+    let err = |source| EnableError::Tree { unit: unit.to_string(), source };
+    for change in changes {
+        match change {
+            Change::Created { link, target } => {
+                if let Some(dir) = link.parent() {
+                    tree.mkdir_all(dir, &Metadata::root(0o755, mtime)).map_err(err)?;
+                }
+                // The plan replaces only links.
+                if tree.lookup(link).is_some() {
+                    tree.unlink(link).map_err(err)?;
+                }
+                let node =
+                    Node::new(NodeKind::Symlink(target.as_os_str().as_bytes().to_vec()), Metadata::root(0o777, mtime));
+                tree.insert(link, node).map_err(err)?;
+            }
+            Change::Removed { link } => {
+                tree.unlink(link).map_err(err)?;
+            }
+            Change::Static { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// Enables `units` in `tree`, in order. Returns the links created, as `path -> target` strings.
+/// A unit without `[Install]` is an error here: the image asked to enable it.
+pub fn enable(tree: &mut Tree, units: &[String], mtime: i64) -> Result<Vec<String>, EnableError> {
+    let mut made = Vec::new();
+    for unit in units {
+        let changes = plan(tree, unit)?;
+        if let [Change::Static { .. }] = changes.as_slice() {
+            return Err(EnableError::NothingToEnable { unit: unit.clone() });
+        }
+        apply(tree, &changes, unit, mtime)?;
+        for change in &changes {
+            if let Change::Created { link, target } = change {
+                made.push(format!("{} -> {}", link.display(), target.display()));
             }
         }
-        todo.extend(install.also.iter().rev().cloned());
     }
     Ok(made)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tree_with(units: &[(&str, &str)]) -> Tree {
-        let mut t = Tree::new(Metadata::root(0o755, 0));
-        for (path, text) in units {
-            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
-            t.mkdir_all(dir, &Metadata::root(0o755, 0)).unwrap();
-            t.insert(path, Node::new(NodeKind::File(text.as_bytes().into()), Metadata::root(0o644, 0))).unwrap();
-        }
-        t
-    }
-
-    #[test]
-    fn enables_like_systemctl() {
-        let ssh = "[Unit]\nDescription=x\n[Service]\nExecStart=/x\n[Install]\nWantedBy=multi-user.target \\\n  other.target\nAlias=sshd.service\nAlso=ssh.socket\n";
-        let sock = "[Socket]\nListenStream=22\n[Install]\nWantedBy=sockets.target\n";
-        let mut t =
-            tree_with(&[("usr/lib/systemd/system/ssh.service", ssh), ("usr/lib/systemd/system/ssh.socket", sock)]);
-        let made = enable(&mut t, &["ssh.service".into()], 0).unwrap();
-        assert_eq!(made.len(), 4, "{made:?}");
-        let l = t.lookup("etc/systemd/system/multi-user.target.wants/ssh.service").unwrap();
-        assert_eq!(t.node(l).kind, NodeKind::Symlink(b"/usr/lib/systemd/system/ssh.service".to_vec()));
-        assert!(t.lookup("etc/systemd/system/other.target.wants/ssh.service").is_some());
-        assert!(t.lookup("etc/systemd/system/sshd.service").is_some());
-        assert!(t.lookup("etc/systemd/system/sockets.target.wants/ssh.socket").is_some());
-    }
-
-    #[test]
-    fn templates_and_errors() {
-        let getty = "[Install]\nWantedBy=getty.target\nDefaultInstance=tty1\n";
-        let plain = "[Service]\nExecStart=/x\n";
-        let mut t =
-            tree_with(&[("usr/lib/systemd/system/getty@.service", getty), ("usr/lib/systemd/system/p.service", plain)]);
-        enable(&mut t, &["getty@.service".into(), "getty@ttyS0.service".into()], 0).unwrap();
-        assert!(t.lookup("etc/systemd/system/getty.target.wants/getty@tty1.service").is_some());
-        assert!(t.lookup("etc/systemd/system/getty.target.wants/getty@ttyS0.service").is_some());
-        assert!(matches!(enable(&mut t, &["nope.service".into()], 0), Err(EnableError::NotFound { .. })));
-        assert!(matches!(enable(&mut t, &["p.service".into()], 0), Err(EnableError::NothingToEnable { .. })));
-    }
-}
+mod tests;

@@ -10,7 +10,7 @@
 //! no `ExecStart=`, …) set [`LoadState::Error`].
 //!
 //! Modules: [`syntax`] (lines, sections, quoting), [`name`], [`specifiers`], [`time`],
-//! [`command`], [`env`], [`condition`], [`service`], [`load`], [`builtin`], [`graph`].
+//! [`command`], [`env`], [`condition`], [`service`], [`load`], [`install`], [`builtin`], [`graph`].
 
 pub mod builtin;
 pub mod command;
@@ -18,6 +18,7 @@ pub mod condition;
 pub mod env;
 pub mod error;
 pub mod graph;
+pub mod install;
 pub mod load;
 pub mod name;
 pub mod service;
@@ -141,7 +142,7 @@ pub struct Dependencies {
     pub before: Vec<String>,
 }
 
-/// The `[Install]` section: what enabling the unit creates (see [`load::install_links`]).
+/// The `[Install]` section: what enabling the unit creates (see [`install::install_links`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Install {
     pub wanted_by: Vec<String>,

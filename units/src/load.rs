@@ -13,10 +13,11 @@
 //!   directory hides the same name below it (a `/dev/null` link hides it without replacement);
 //!   the survivors apply in file-name order, after the unit file;
 //! - `<name>.wants/` and `<name>.requires/` directories add `Wants=`/`Requires=` on the units
-//!   named by their entries (this is what enabling a unit creates, see [`install_links`]).
+//!   named by their entries (this is what enabling a unit creates, see [`crate::install`]).
 //!
-//! Everything is looked up inside a root directory (`/` at run time, an image tree for
-//! `berthctl verify --root`); absolute symlinks are resolved inside that root.
+//! Everything is looked up inside a root through [`UnitDirs`]: a directory ([`RootDir`]: `/` at
+//! run time, an image tree for `berthctl verify --root`) or the image builder's in-memory tree;
+//! absolute symlinks are resolved inside that root.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -33,13 +34,17 @@ use super::syntax;
 use super::unit_section::{self, Outcome};
 use super::{LoadState, Unit, UnitType, push_unique};
 
-/// The system unit directories, highest priority first.
+/// The system unit directories, highest priority first: the one list for the runtime, `berthctl`
+/// and the image builder. `/lib/systemd/system` stays although Debian images are merged-/usr
+/// (there it is `/usr/lib/systemd/system` again, found first, so it costs nothing): packages not
+/// yet moved to `/usr` install their units there, and a tree without the merge has it as a real
+/// directory.
 pub const SYSTEM_UNIT_DIRS: &[&str] = &["/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
 
 /// The instance a template is verified as.
 pub const VERIFY_INSTANCE: &str = "test_instance";
 
-/// Where enabling writes its links.
+/// Where enabling writes its links (the first of [`SYSTEM_UNIT_DIRS`]).
 pub const ADMIN_UNIT_DIR: &str = "/etc/systemd/system";
 
 /// Symlink hops before giving up (as the kernel's ELOOP limit).
@@ -47,10 +52,98 @@ const MAX_LINKS: usize = 40;
 /// Alias chains (`a -> b -> c`) before giving up.
 const MAX_ALIAS_DEPTH: usize = 8;
 
-/// Loads units from the unit directories of a root.
+/// What is at a path inside the root, the final symlink not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    File {
+        len: u64,
+        executable: bool,
+    },
+    Dir,
+    Symlink,
+    /// A device, fifo or socket.
+    Other,
+}
+
+/// How the loader reads a root: paths are absolute inside it, symlinks in the middle of a
+/// path are followed (a final one only where the method says so). Implemented for a directory
+/// ([`RootDir`]) here and for the image builder's in-memory tree in the builder.
+pub trait UnitDirs {
+    /// What `path` is; a final symlink is not followed.
+    fn entry(&self, path: &Path) -> io::Result<Entry>;
+    /// The text of the file at `path`.
+    fn read_to_string(&self, path: &Path) -> io::Result<String>;
+    /// The target of the symlink at `path`, as written.
+    fn read_link(&self, path: &Path) -> io::Result<PathBuf>;
+    /// The names in the directory at `path`, in no particular order.
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>>;
+    /// `path` as messages show it (its place on this machine for a directory root).
+    fn shown(&self, path: &Path) -> PathBuf {
+        path.to_path_buf()
+    }
+}
+
+/// A root directory on this machine (`/`, or an image tree).
 #[derive(Debug, Clone)]
-pub struct Loader {
+pub struct RootDir {
     root: PathBuf,
+}
+
+impl RootDir {
+    pub fn new(root: impl Into<PathBuf>) -> RootDir {
+        RootDir { root: root.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The real path of `path` (absolute, inside the root) on this machine.
+    pub fn host_path(&self, path: &Path) -> PathBuf {
+        if self.root == Path::new("/") {
+            return path.to_path_buf();
+        }
+        self.root.join(path.strip_prefix("/").unwrap_or(path))
+    }
+}
+
+impl UnitDirs for RootDir {
+    fn entry(&self, path: &Path) -> io::Result<Entry> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = self.host_path(path).symlink_metadata()?;
+        let kind = meta.file_type();
+        Ok(if kind.is_symlink() {
+            Entry::Symlink
+        } else if kind.is_file() {
+            Entry::File { len: meta.len(), executable: meta.permissions().mode() & 0o111 != 0 }
+        } else if kind.is_dir() {
+            Entry::Dir
+        } else {
+            Entry::Other
+        })
+    }
+
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(self.host_path(path))
+    }
+
+    fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
+        std::fs::read_link(self.host_path(path))
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        Ok(std::fs::read_dir(self.host_path(path))?.flatten().map(|e| e.file_name()).collect())
+    }
+
+    fn shown(&self, path: &Path) -> PathBuf {
+        self.host_path(path)
+    }
+}
+
+/// Loads units from the unit directories of a root (a directory unless told otherwise).
+#[derive(Debug, Clone)]
+pub struct Loader<D = RootDir> {
+    files: D,
     dirs: Vec<PathBuf>,
     host: HostInfo,
     /// Built-in targets fill in for missing files (off for tests that want a bare tree).
@@ -73,55 +166,119 @@ enum Resolved {
     DevNull,
 }
 
-impl Loader {
+impl Loader<RootDir> {
     /// A loader for the system unit directories under `root` (`/` on the running system).
     pub fn new(root: impl Into<PathBuf>, host: HostInfo) -> Loader {
-        let dirs = SYSTEM_UNIT_DIRS.iter().map(PathBuf::from).collect();
-        Loader::with_dirs(root, dirs, host)
+        Loader::over(RootDir::new(root), host)
     }
 
     /// A loader for other unit directories (absolute paths inside `root`), highest first.
     pub fn with_dirs(root: impl Into<PathBuf>, dirs: Vec<PathBuf>, host: HostInfo) -> Loader {
-        let mut loader = Loader { root: root.into(), dirs, host, builtins: true, aliases: BTreeMap::new() };
+        Loader::over_dirs(RootDir::new(root), dirs, host)
+    }
+
+    pub fn root(&self) -> &Path {
+        self.files.path()
+    }
+
+    /// The real path of `path` (absolute, inside the root) on this machine.
+    pub fn host_path(&self, path: &Path) -> PathBuf {
+        self.files.host_path(path)
+    }
+
+    /// Loads a unit file given by path, outside the unit directories (`berthctl verify`):
+    /// the name is the file name, the drop-ins are `<path>.d/*.conf`, no `.wants/`. A template
+    /// is loaded as the instance [`VERIFY_INSTANCE`] (as `systemd-analyze verify` does), so
+    /// that its `%i` makes sense. An empty file or a link to /dev/null loads as masked.
+    pub fn load_file(&self, path: &Path) -> Unit {
+        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let parsed = UnitName::parse(file_name).and_then(|n| match n.is_template() {
+            true => n.instantiate(VERIFY_INSTANCE),
+            false => Ok(n),
+        });
+        let name = match parsed {
+            Ok(n) => n,
+            Err(reason) => {
+                let mut unit = self.bad_name(file_name, reason);
+                if let Some(e) = unit.errors.first_mut() {
+                    e.file = path.to_path_buf();
+                }
+                return unit;
+            }
+        };
+        let masked = std::fs::read_link(path).is_ok_and(|t| t == Path::new("/dev/null"))
+            || path.metadata().is_ok_and(|m| m.is_file() && m.len() == 0);
+        if masked {
+            let mut unit = Unit::new(&name, LoadState::Masked);
+            unit.fragment = Some(path.to_path_buf());
+            return unit;
+        }
+        let mut dir = path.as_os_str().to_owned();
+        dir.push(".d");
+        let mut dropins: Vec<PathBuf> = match std::fs::read_dir(PathBuf::from(dir)) {
+            Ok(entries) => {
+                entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "conf")).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        dropins.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+        let text = std::fs::read_to_string(path);
+        // The paths are the caller's, not inside the root, and no unit directory is involved.
+        let alone = Loader {
+            files: RootDir::new("/"),
+            dirs: Vec::new(),
+            host: self.host.clone(),
+            builtins: self.builtins,
+            aliases: BTreeMap::new(),
+        };
+        alone.build(&name, Some(path.to_path_buf()), text, dropins)
+    }
+}
+
+impl<D: UnitDirs> Loader<D> {
+    /// A loader for the system unit directories of the root `files` reads.
+    pub fn over(files: D, host: HostInfo) -> Loader<D> {
+        let dirs = SYSTEM_UNIT_DIRS.iter().map(PathBuf::from).collect();
+        Loader::over_dirs(files, dirs, host)
+    }
+
+    /// A loader for other unit directories (absolute paths inside the root), highest first.
+    pub fn over_dirs(files: D, dirs: Vec<PathBuf>, host: HostInfo) -> Loader<D> {
+        let mut loader = Loader { files, dirs, host, builtins: true, aliases: BTreeMap::new() };
         loader.aliases = loader.scan_aliases();
         loader
     }
 
     /// Turns the built-in targets off (or on).
-    pub fn builtins(mut self, on: bool) -> Loader {
+    pub fn builtins(mut self, on: bool) -> Loader<D> {
         self.builtins = on;
         self
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// What the loader reads the root through.
+    pub fn files(&self) -> &D {
+        &self.files
+    }
+
+    /// The unit directories, highest priority first (absolute paths inside the root).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
     }
 
     pub fn host(&self) -> &HostInfo {
         &self.host
     }
 
-    /// The real path of `path` (absolute, inside the root) on this machine.
-    pub fn host_path(&self, path: &Path) -> PathBuf {
-        if self.root == Path::new("/") {
-            return path.to_path_buf();
-        }
-        self.root.join(path.strip_prefix("/").unwrap_or(path))
-    }
-
     /// Where `program` (the path of an `Exec*=` command, or a bare name looked up in
     /// [`EXEC_SEARCH_PATH`]) is an executable file inside the root, if it is.
     pub fn find_program(&self, program: &str) -> Option<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
         let candidates: Vec<PathBuf> = if program.starts_with('/') {
             vec![PathBuf::from(program)]
         } else {
             EXEC_SEARCH_PATH.iter().map(|d| Path::new(d).join(program)).collect()
         };
         candidates.into_iter().find(|c| match self.resolve(c) {
-            Ok(Resolved::Path(p)) => {
-                self.host_path(&p).metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            }
+            Ok(Resolved::Path(p)) => matches!(self.files.entry(&p), Ok(Entry::File { executable: true, .. })),
             _ => false,
         })
     }
@@ -174,7 +331,7 @@ impl Loader {
             Some(Found::Broken(path, reason)) => {
                 let mut unit = Unit::new(&name, LoadState::Error);
                 unit.errors.push(UnitError {
-                    file: self.host_path(&path),
+                    file: self.files.shown(&path),
                     line: 0,
                     unit: name.full.clone(),
                     kind: ErrorKind::Link(reason),
@@ -182,7 +339,7 @@ impl Loader {
                 unit
             }
             Some(Found::File(path)) => {
-                let text = std::fs::read_to_string(self.host_path(&path));
+                let text = self.files.read_to_string(&path);
                 let dropins = self.dropins(&name);
                 self.build(&name, Some(path), text, dropins)
             }
@@ -199,48 +356,6 @@ impl Loader {
                 None => Unit::new(&name, LoadState::NotFound),
             },
         }
-    }
-
-    /// Loads a unit file given by path, outside the unit directories (`berthctl verify`):
-    /// the name is the file name, the drop-ins are `<path>.d/*.conf`, no `.wants/`. A template
-    /// is loaded as the instance [`VERIFY_INSTANCE`] (as `systemd-analyze verify` does), so
-    /// that its `%i` makes sense. An empty file or a link to /dev/null loads as masked.
-    pub fn load_file(&self, path: &Path) -> Unit {
-        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let parsed = UnitName::parse(file_name).and_then(|n| match n.is_template() {
-            true => n.instantiate(VERIFY_INSTANCE),
-            false => Ok(n),
-        });
-        let name = match parsed {
-            Ok(n) => n,
-            Err(reason) => {
-                let mut unit = self.bad_name(file_name, reason);
-                if let Some(e) = unit.errors.first_mut() {
-                    e.file = path.to_path_buf();
-                }
-                return unit;
-            }
-        };
-        let masked = std::fs::read_link(path).is_ok_and(|t| t == Path::new("/dev/null"))
-            || path.metadata().is_ok_and(|m| m.is_file() && m.len() == 0);
-        if masked {
-            let mut unit = Unit::new(&name, LoadState::Masked);
-            unit.fragment = Some(path.to_path_buf());
-            return unit;
-        }
-        let mut dir = path.as_os_str().to_owned();
-        dir.push(".d");
-        let mut dropins: Vec<PathBuf> = match std::fs::read_dir(PathBuf::from(dir)) {
-            Ok(entries) => {
-                entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "conf")).collect()
-            }
-            Err(_) => Vec::new(),
-        };
-        dropins.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-        let text = std::fs::read_to_string(path);
-        // The paths are the caller's, not inside the root, and no unit directory is involved.
-        let alone = Loader { root: PathBuf::from("/"), dirs: Vec::new(), aliases: BTreeMap::new(), ..self.clone() };
-        alone.build(&name, Some(path.to_path_buf()), text, dropins)
     }
 
     fn bad_name(&self, requested: &str, reason: String) -> Unit {
@@ -273,7 +388,7 @@ impl Loader {
         unit.aliases = self.aliases.get(&name.full).cloned().unwrap_or_default();
         unit.fragment = fragment.clone();
         let fragment_file = match &fragment {
-            Some(p) => self.host_path(p),
+            Some(p) => self.files.shown(p),
             None => PathBuf::from(format!("<built-in>/{}", name.full)),
         };
         let spec = Specifiers { name, fragment: fragment.as_deref(), host: &self.host };
@@ -289,8 +404,8 @@ impl Loader {
             }),
         }
         for dropin in dropins {
-            let host = self.host_path(&dropin);
-            match std::fs::read_to_string(&host) {
+            let host = self.files.shown(&dropin);
+            match self.files.read_to_string(&dropin) {
                 Ok(text) => self.apply_text(&mut unit, &mut service, &spec, &host, &text),
                 Err(e) => unit.errors.push(UnitError {
                     file: host.clone(),
@@ -408,29 +523,27 @@ impl Loader {
     fn find(&self, name: &str) -> Option<Found> {
         for dir in &self.dirs {
             let path = dir.join(name);
-            let host = self.host_path(&path);
-            let Ok(meta) = host.symlink_metadata() else { continue };
-            if meta.file_type().is_symlink() {
-                return Some(match self.resolve(&path) {
+            return Some(match self.files.entry(&path) {
+                Err(_) => continue,
+                Ok(Entry::Symlink) => match self.resolve(&path) {
                     Ok(Resolved::DevNull) => Found::Masked(path),
                     Ok(Resolved::Path(target)) => self.link_target(name, path, target),
                     Err(e) => Found::Broken(path, format!("cannot follow the link: {e}")),
-                });
-            }
-            if meta.is_file() {
-                return Some(if meta.len() == 0 { Found::Masked(path) } else { Found::File(path) });
-            }
-            return Some(Found::Broken(path, "not a regular file".into()));
+                },
+                Ok(Entry::File { len: 0, .. }) => Found::Masked(path),
+                Ok(Entry::File { .. }) => Found::File(path),
+                Ok(_) => Found::Broken(path, "not a regular file".into()),
+            });
         }
         None
     }
 
     /// A unit directory entry `path` named `name` that links to `target`.
     fn link_target(&self, name: &str, path: PathBuf, target: PathBuf) -> Found {
-        let host = self.host_path(&target);
-        match host.metadata() {
-            Ok(m) if m.is_file() && m.len() == 0 => return Found::Masked(path),
-            Ok(m) if m.is_file() => {}
+        // `target` is resolved: no symlink left to follow.
+        match self.files.entry(&target) {
+            Ok(Entry::File { len: 0, .. }) => return Found::Masked(path),
+            Ok(Entry::File { .. }) => {}
             Ok(_) => return Found::Broken(path, format!("links to {}, not a file", target.display())),
             Err(e) => return Found::Broken(path, format!("links to {}: {e}", target.display())),
         }
@@ -470,9 +583,7 @@ impl Loader {
             if candidate == Path::new("/dev/null") && stack.is_empty() {
                 return Ok(Resolved::DevNull);
             }
-            let host = self.host_path(&candidate);
-            let meta = host.symlink_metadata()?;
-            if !meta.file_type().is_symlink() {
+            if self.files.entry(&candidate)? != Entry::Symlink {
                 done = candidate;
                 continue;
             }
@@ -480,7 +591,7 @@ impl Loader {
             if hops > MAX_LINKS {
                 return Err(io::Error::other("too many levels of symbolic links"));
             }
-            let target = std::fs::read_link(&host)?;
+            let target = self.files.read_link(&candidate)?;
             // /dev/null need not exist in an image tree.
             if target == Path::new("/dev/null") && stack.is_empty() {
                 return Ok(Resolved::DevNull);
@@ -522,8 +633,7 @@ impl Loader {
         for dir in &self.dirs {
             for dir_name in &dir_names {
                 let d = dir.join(format!("{dir_name}.d"));
-                let Ok(entries) = std::fs::read_dir(self.host_path(&d)) else { continue };
-                let mut files: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
+                let Ok(mut files) = self.files.read_dir(&d) else { continue };
                 files.sort();
                 for file in files {
                     if !file.to_string_lossy().ends_with(".conf") || chosen.contains_key(&file) {
@@ -532,7 +642,7 @@ impl Loader {
                     let path = d.join(&file);
                     let masked = match self.resolve(&path) {
                         Ok(Resolved::DevNull) => true,
-                        Ok(Resolved::Path(p)) => self.host_path(&p).metadata().is_ok_and(|m| m.len() == 0),
+                        Ok(Resolved::Path(p)) => matches!(self.files.entry(&p), Ok(Entry::File { len: 0, .. })),
                         Err(_) => false,
                     };
                     chosen.insert(file, (!masked).then_some(path));
@@ -553,9 +663,8 @@ impl Loader {
             for (owner, is_template_dir) in &owners {
                 for (suffix, requires) in [(".wants", false), (".requires", true)] {
                     let d = dir.join(format!("{owner}{suffix}"));
-                    let Ok(entries) = std::fs::read_dir(self.host_path(&d)) else { continue };
-                    let mut files: Vec<String> =
-                        entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+                    let Ok(entries) = self.files.read_dir(&d) else { continue };
+                    let mut files: Vec<String> = entries.into_iter().filter_map(|e| e.into_string().ok()).collect();
                     files.sort();
                     for file in files {
                         let wanted = match UnitName::parse(&file) {
@@ -569,7 +678,7 @@ impl Loader {
                             Ok(n) if !n.is_template() => n.full,
                             _ => {
                                 unit.ignored.push(Ignored {
-                                    file: self.host_path(&d.join(&file)),
+                                    file: self.files.shown(&d.join(&file)),
                                     line: 0,
                                     unit: unit.name.clone(),
                                     what: IgnoredWhat::Note(format!(
@@ -593,11 +702,11 @@ impl Loader {
         let mut aliases: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut seen: Vec<String> = Vec::new();
         for dir in &self.dirs {
-            let Ok(entries) = std::fs::read_dir(self.host_path(dir)) else { continue };
+            let Ok(entries) = self.files.read_dir(dir) else { continue };
             let mut names: Vec<String> = entries
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
-                .filter_map(|e| e.file_name().into_string().ok())
+                .into_iter()
+                .filter_map(|e| e.into_string().ok())
+                .filter(|name| self.files.entry(&dir.join(name)).is_ok_and(|e| e == Entry::Symlink))
                 .collect();
             names.sort();
             for name in names {
@@ -673,43 +782,4 @@ fn add_default_dependencies(unit: &mut Unit) {
         }
         _ => {}
     }
-}
-
-/// One symlink that enabling a unit creates: `link` (inside the root) pointing at `target`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstallLink {
-    pub link: PathBuf,
-    pub target: PathBuf,
-}
-
-/// The links `berthctl enable` creates for `unit` under [`ADMIN_UNIT_DIR`] (its `[Install]`
-/// section: `WantedBy=` → `.wants/`, `RequiredBy=` → `.requires/`, `Alias=`). A template is
-/// enabled as its `DefaultInstance=`. Units named by `Also=` are the caller's to enable too.
-pub fn install_links(unit: &Unit) -> Result<Vec<InstallLink>, String> {
-    let target = unit.fragment.clone().ok_or_else(|| format!("{} has no unit file to link to", unit.name))?;
-    let name = UnitName::parse(&unit.name)?;
-    let link_name = if name.is_template() {
-        let instance = unit
-            .install
-            .default_instance
-            .as_deref()
-            .ok_or_else(|| format!("{} is a template without DefaultInstance=; enable an instance", unit.name))?;
-        name.instantiate(instance)?.full
-    } else {
-        unit.name.clone()
-    };
-    let admin = Path::new(ADMIN_UNIT_DIR);
-    let mut links = Vec::new();
-    for (list, suffix) in [(&unit.install.wanted_by, "wants"), (&unit.install.required_by, "requires")] {
-        for by in list {
-            links.push(InstallLink {
-                link: admin.join(format!("{by}.{suffix}")).join(&link_name),
-                target: target.clone(),
-            });
-        }
-    }
-    for alias in &unit.install.alias {
-        links.push(InstallLink { link: admin.join(alias), target: target.clone() });
-    }
-    Ok(links)
 }

@@ -172,13 +172,13 @@ fn boot_plan_for_enabled_debian_units() {
     let ssh = loader.load("sshd.service");
     assert_eq!(ssh.name, "ssh.service", "sshd.service is an alias");
     assert_eq!(ssh.aliases, vec!["sshd.service"]);
-    let links = load::install_links(&ssh).unwrap();
+    let links = crate::install::install_links(&ssh).unwrap();
     let target = PathBuf::from("/lib/systemd/system/ssh.service");
     assert_eq!(
         links,
         vec![
-            load::InstallLink { link: PathBuf::from(wants).join("ssh.service"), target: target.clone() },
-            load::InstallLink { link: "/etc/systemd/system/sshd.service".into(), target },
+            (PathBuf::from(wants).join("ssh.service"), target.clone()),
+            ("/etc/systemd/system/sshd.service".into(), target),
         ]
     );
 
@@ -358,8 +358,8 @@ fn templates_and_instances() {
 
     // Enabling the template enables its default instance.
     let template = loader.load("kube@.service");
-    let links = load::install_links(&template).unwrap();
-    assert_eq!(links[0].link, PathBuf::from("/etc/systemd/system/default.target.wants/kube@etc-kube-web.yaml.service"));
+    let links = crate::install::install_links(&template).unwrap();
+    assert_eq!(links[0].0, PathBuf::from("/etc/systemd/system/default.target.wants/kube@etc-kube-web.yaml.service"));
     // A template's own settings resolve %i to "".
     assert!(loader.load("missing@x.service").state == LoadState::NotFound);
 }

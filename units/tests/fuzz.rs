@@ -88,7 +88,9 @@ fn fuzz_unit_files() {
         }
         let loader = Loader::new(root.path(), host.clone());
         let unit = loader.load(name);
-        let _ = load::install_links(&unit);
+        let _ = berth_units::install::install_links(&unit);
+        let _ = berth_units::install::plan_enable(&loader, name);
+        let _ = berth_units::install::plan_disable(&loader, name);
         let _ = loader.load_file(&etc.join(file));
         let set = UnitSet::load(&loader, &[name]);
         let plan = set.plan_start(name, &[]);

@@ -1,4 +1,6 @@
-use super::*;
+use super::args::{Command, DEFAULT_LOG_LINES, Verb, parse, unit_name};
+use super::status::{ago, human_bytes, list_table, status_text};
+use crate::control::{LogLine, UnitStatus};
 
 fn args(line: &str) -> Vec<String> {
     line.split_whitespace().map(String::from).collect()
@@ -179,139 +181,16 @@ fn human_units() {
     assert_eq!(ago(3 * 86_400_000_000), "3 days 0h");
 }
 
-/// An image tree with unit files in /lib/systemd/system.
-fn tree(units: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let lib = dir.path().join("lib/systemd/system");
-    std::fs::create_dir_all(&lib).unwrap();
-    for (name, text) in units {
-        std::fs::write(lib.join(name), text).unwrap();
-    }
-    dir
-}
-
-const SERVICE: &str = "[Service]\nExecStart=/bin/true\n";
-
 #[test]
-fn enable_and_disable_make_and_remove_the_links() {
-    let web = format!("{SERVICE}[Install]\nWantedBy=multi-user.target\nAlias=www.service\nAlso=helper.service\n");
-    let helper = format!("{SERVICE}[Install]\nRequiredBy=web.service\n");
-    let dir = tree(&[("web.service", &web), ("helper.service", &helper)]);
-    let root = dir.path();
-    let web_file = Path::new("/lib/systemd/system/web.service");
-    let wants = Path::new("/etc/systemd/system/multi-user.target.wants/web.service");
-    let changes = enable_links(root, "web.service").unwrap();
+fn is_enabled_parses() {
     assert_eq!(
-        changes,
-        [
-            Change::Created { link: wants.into(), target: web_file.into() },
-            Change::Created { link: "/etc/systemd/system/www.service".into(), target: web_file.into() },
-            Change::Created {
-                link: "/etc/systemd/system/web.service.requires/helper.service".into(),
-                target: "/lib/systemd/system/helper.service".into()
-            },
-        ]
+        parsed("is-enabled ssh getty@tty1"),
+        Ok(Command::IsEnabled { units: vec!["ssh.service".into(), "getty@tty1.service".into()], root: None })
     );
     assert_eq!(
-        changes[0].to_string(),
-        "Created symlink /etc/systemd/system/multi-user.target.wants/web.service → /lib/systemd/system/web.service."
+        parsed("is-enabled --root / ssh"),
+        Ok(Command::IsEnabled { units: vec!["ssh.service".into()], root: Some("/".into()) })
     );
-    let link = root.join("etc/systemd/system/multi-user.target.wants/web.service");
-    assert_eq!(std::fs::read_link(&link).unwrap(), web_file);
-    assert!(
-        !std::fs::read_dir(link.parent().unwrap())
-            .unwrap()
-            .any(|e| { e.unwrap().file_name().to_string_lossy().contains("berthctl") })
-    );
-    // The loader now sees the unit as wanted by the target, and as enabled.
-    let loader = loader(root);
-    assert!(loader.load("multi-user.target").deps.wants.contains(&"web.service".to_string()));
-    assert_eq!(enablement(root, &loader.load("web.service")), "enabled");
-    // Enabling again changes nothing.
-    assert_eq!(enable_links(root, "web.service").unwrap(), []);
-
-    let changes = disable_links(root, "web.service").unwrap();
-    assert_eq!(
-        changes,
-        [
-            Change::Removed { link: wants.into() },
-            Change::Removed { link: "/etc/systemd/system/www.service".into() },
-            Change::Removed { link: "/etc/systemd/system/web.service.requires/helper.service".into() },
-        ]
-    );
-    assert_eq!(changes[0].to_string(), "Removed /etc/systemd/system/multi-user.target.wants/web.service.");
-    assert!(link.symlink_metadata().is_err());
-    assert_eq!(enablement(root, &loader.load("web.service")), "disabled");
-    assert!(!loader.load("multi-user.target").deps.wants.contains(&"web.service".to_string()));
-    assert_eq!(disable_links(root, "web.service").unwrap(), []);
-}
-
-#[test]
-fn enable_replaces_a_stale_link_but_not_a_file() {
-    let web = format!("{SERVICE}[Install]\nWantedBy=multi-user.target\nAlias=www.service\n");
-    let dir = tree(&[("web.service", &web)]);
-    let root = dir.path();
-    let wants = root.join("etc/systemd/system/multi-user.target.wants");
-    std::fs::create_dir_all(&wants).unwrap();
-    std::os::unix::fs::symlink("/usr/lib/systemd/system/old.service", wants.join("web.service")).unwrap();
-    std::fs::write(root.join("etc/systemd/system/www.service"), SERVICE).unwrap();
-    let err = enable_links(root, "web.service").unwrap_err();
-    assert!(err.contains("/etc/systemd/system/www.service exists and is not a symlink"), "{err}");
-    assert_eq!(std::fs::read_link(wants.join("web.service")).unwrap(), Path::new("/lib/systemd/system/web.service"));
-}
-
-#[test]
-fn static_masked_and_missing_units() {
-    let masked = tree(&[("plain.service", SERVICE)]);
-    let root = masked.path();
-    assert_eq!(enable_links(root, "plain.service").unwrap(), [Change::Static { unit: "plain.service".into() }]);
-    assert!(Change::Static { unit: "plain.service".into() }.to_string().starts_with("plain.service is static"));
-    assert_eq!(disable_links(root, "plain.service").unwrap(), [Change::Static { unit: "plain.service".into() }]);
-    assert_eq!(enablement(root, &loader(root).load("plain.service")), "static");
-    assert!(root.join("etc").symlink_metadata().is_err(), "nothing was created");
-
-    let err = enable_links(root, "absent.service").unwrap_err();
-    assert_eq!(
-        err,
-        format!(
-            "unit not found (searched /etc/systemd/system, /usr/lib/systemd/system, /lib/systemd/system in {})",
-            root.display()
-        )
-    );
-    assert!(disable_links(root, "absent.service").unwrap_err().starts_with("unit not found"));
-    // Links of a unit whose file is gone can still be removed.
-    let wants = root.join("etc/systemd/system/multi-user.target.wants");
-    std::fs::create_dir_all(&wants).unwrap();
-    std::os::unix::fs::symlink("/lib/systemd/system/gone.service", wants.join("gone.service")).unwrap();
-    assert_eq!(
-        disable_links(root, "gone.service").unwrap(),
-        [Change::Removed { link: "/etc/systemd/system/multi-user.target.wants/gone.service".into() }]
-    );
-
-    let admin = root.join("etc/systemd/system");
-    std::os::unix::fs::symlink("/dev/null", admin.join("plain.service")).unwrap();
-    let err = enable_links(root, "plain.service").unwrap_err();
-    assert!(err.contains("masked"), "{err}");
-    let broken = tree(&[("bad.service", "[Service]\nType=bogus\n[Install]\nWantedBy=multi-user.target\n")]);
-    let err = enable_links(broken.path(), "bad.service").unwrap_err();
-    assert!(err.starts_with("the unit has errors: ") && err.contains("bad.service:2"), "{err}");
-}
-
-#[test]
-fn templates_enable_their_default_instance() {
-    let kube = format!("{SERVICE}[Install]\nWantedBy=multi-user.target\nDefaultInstance=web\n");
-    let dir = tree(&[("kube@.service", &kube)]);
-    let root = dir.path();
-    let changes = enable_links(root, "kube@.service").unwrap();
-    assert_eq!(
-        changes,
-        [Change::Created {
-            link: "/etc/systemd/system/multi-user.target.wants/kube@web.service".into(),
-            target: "/lib/systemd/system/kube@.service".into()
-        }]
-    );
-    assert_eq!(
-        disable_links(root, "kube@.service").unwrap(),
-        [Change::Removed { link: "/etc/systemd/system/multi-user.target.wants/kube@web.service".into() }]
-    );
+    assert!(parsed("is-enabled --now ssh").unwrap_err().contains("option --now does not apply here"));
+    assert!(parsed("is-enabled").unwrap_err().contains("name at least one unit"));
 }

@@ -688,7 +688,7 @@ impl Manager {
             status_text: run.and_then(|r| r.status_text.clone()),
             cgroup: has_group.then(|| cgroup::display(name)),
             fragment: u.and_then(|u| u.fragment.as_ref()).map(|p| p.display().to_string()),
-            enabled: u.map(|u| crate::berthctl::enablement(std::path::Path::new("/"), u).to_string()),
+            enabled: u.map(|u| berth_units::install::enablement(&self.loader, u).to_string()),
             error: run.filter(|r| r.state == State::Failed).map(|r| r.outcome.describe()),
         }
     }

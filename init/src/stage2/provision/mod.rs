@@ -826,13 +826,19 @@ impl Drop for Transaction {
     }
 }
 
-/// Enables units with `berthctl enable`'s code (following `Also=`); returns what it did.
+/// Enables units with the engine `berthctl enable` and the image builder use (following
+/// `Also=`); returns what it did.
 fn enable(root: &Path, names: &[&str]) -> Result<Vec<String>, ProvisionError> {
+    use berth_units::install::{self, Change};
     let mut actions = Vec::new();
     for name in names {
         let failed = |why: String| ProvisionError::Enable { unit: name.to_string(), why };
-        let changes = crate::berthctl::enable_links(root, name).map_err(|e| failed(e.to_string()))?;
-        if let Some(c @ crate::berthctl::Change::Static { .. }) = changes.first() {
+        // A fresh loader for each unit: the links of the one before are part of what it reads.
+        let loader = Loader::new(root, berth_units::HostInfo::detect(root));
+        let changes = install::plan_enable(&loader, name)
+            .and_then(|changes| install::apply(root, &changes).map(|()| changes))
+            .map_err(|e| failed(e.to_string()))?;
+        if let Some(c @ Change::Static { .. }) = changes.first() {
             return Err(failed(c.to_string()));
         }
         if changes.is_empty() {
