@@ -5,6 +5,7 @@
 use std::cell::Cell;
 use std::path::Path;
 
+use berth_release::config::FleetLock;
 use berth_release::index::Rollout;
 use berth_release::signature::{public_key_hex, secret_key_from_seed};
 use berth_release::{IndexError, Signatures};
@@ -357,4 +358,38 @@ fn a_reboot_is_refused_unless_the_agent_is_at_staged() {
     let e = agent.maybe_reboot(NOW).unwrap_err();
     assert_eq!(e.downcast_ref::<PhaseError>(), Some(&PhaseError { from: Phase::Checking, to: Phase::Rebooting }));
     assert!(!marker.exists(), "rebooted from the wrong phase");
+}
+
+#[test]
+fn strategy_fleetlock_reboots_only_with_the_lock_and_records_why_not() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let free = Arc::new(AtomicBool::new(false));
+    let lock_free = free.clone();
+    let server = berth_testkit::Server::start(move |r| {
+        let granted = r.path() == "/v1/pre-reboot" && lock_free.load(Ordering::SeqCst);
+        if granted {
+            berth_testkit::Response::status(200).into()
+        } else {
+            berth_testkit::Response::json(409, r#"{"kind":"failed_lock","value":"held by another-host"}"#).into()
+        }
+    })
+    .unwrap();
+    let f = FleetLock { url: server.url(), group: "workers".into() };
+    let (mut agent, _d, marker) = staged_host(Strategy::FleetLock(f));
+    let e = agent.maybe_reboot(NOW).unwrap_err();
+    assert!(format!("{e:#}").contains("reboot lock was not given"), "{e:#}");
+    let refusal = agent.state.fleetlock.clone().unwrap();
+    assert_eq!((refusal.kind.as_str(), refusal.status), ("failed_lock", Some(409)));
+    assert!(refusal.message.ends_with("409: failed_lock: held by another-host"), "{}", refusal.message);
+    assert!(!marker.exists(), "rebooted without the lock");
+    assert_eq!(agent.state.phase(), Phase::Staged);
+    // The status shows the refusal's kind.
+    let s = crate::status::status(&agent, None);
+    assert_eq!(s.fleetlock.as_ref().map(|f| f.kind.as_str()), Some("failed_lock"));
+
+    free.store(true, Ordering::SeqCst);
+    assert_eq!(agent.maybe_reboot(NOW).unwrap(), "rebooting into 2.0.0");
+    assert!(marker.exists());
+    assert_eq!(agent.state.fleetlock, None, "the refusal is cleared once the lock is given");
 }
