@@ -39,7 +39,8 @@ pub struct BuildOptions {
     pub apt_root: PathBuf,
     /// Build from the cache alone.
     pub offline: bool,
-    /// Directory with `berth-init`, `berth-update`, `berth-timesync` and `BOOTX64.EFI`; else built from `workspace`.
+    /// Directory with `berth-init`, `berth-update`, `berth-timesync`, `berth-netd` and `BOOTX64.EFI`; else built from
+    /// `workspace`.
     pub prebuilt: Option<PathBuf>,
     /// The Berth source tree to build binaries from.
     pub workspace: Option<PathBuf>,
@@ -76,6 +77,7 @@ struct Binaries {
     init: Vec<u8>,
     update: Vec<u8>,
     timesync: Vec<u8>,
+    netd: Vec<u8>,
     /// Only for a definition with `[debug] guest-agent = true`.
     agent: Option<Vec<u8>>,
     bootmgr: Vec<u8>,
@@ -369,13 +371,16 @@ fn assemble_root(
     put_file(root, "usr/sbin/berth-init", &bins.init, &exe)?;
     put_file(root, "usr/bin/berth-update", &bins.update, &exe)?;
     put_file(root, "usr/bin/berth-timesync", &bins.timesync, &exe)?;
-    // The agent's units, enabled below with the image's own (the overlay may replace them).
+    put_file(root, "usr/bin/berth-netd", &bins.netd, &exe)?;
+    // The agent's units, berth-netd's and (test images) the guest agent's, enabled below with the
+    // image's own (the overlay may replace them).
     crate::agent_units::install(root, epoch)?;
+    crate::service_units::install(root, epoch, def.debug.guest_agent)?;
     // Unauthenticated root access for whoever reaches its virtio-serial port: test images only.
     if let Some(agent) = bins.agent.as_ref().filter(|_| def.debug.guest_agent) {
         put_file(root, berth_guest_agent::INSTALL_PATH.trim_start_matches('/'), agent, &exe)?;
     }
-    // berth-init's DHCP client writes the resolver configuration under /run (the root is
+    // berth-netd's DHCP client writes the resolver configuration under /run (the root is
     // read-only); an admin may still replace the link through the /etc overlay.
     if root.lookup("etc/resolv.conf").is_none() {
         root.mkdir_all("etc", &dir)?;
@@ -411,6 +416,7 @@ fn assemble_root(
     // After the overlay, so that units it ships can be enabled too. The update agent's units
     // first: every image carries the agent.
     let mut enable = crate::agent_units::names();
+    enable.extend(crate::service_units::names(def.debug.guest_agent));
     enable.extend(def.units.enable.iter().cloned());
     crate::enablement::enable(root, &enable, epoch)?;
     Ok(report.kept)
@@ -473,6 +479,7 @@ pub struct OwnBinaries {
     pub init: PathBuf,
     pub update: PathBuf,
     pub timesync: PathBuf,
+    pub netd: PathBuf,
     pub agent: PathBuf,
     pub bootmgr: PathBuf,
 }
@@ -484,12 +491,13 @@ impl OwnBinaries {
             init: dir.join("berth-init"),
             update: dir.join("berth-update"),
             timesync: dir.join("berth-timesync"),
+            netd: dir.join("berth-netd"),
             agent: dir.join("berth-guest-agent"),
             bootmgr: dir.join("BOOTX64.EFI"),
         }
     }
 
-    /// Builds berth-init, berth-update and berth-guest-agent (static, musl) and bootmgr (UEFI) with cargo in the
+    /// Builds berth-init, berth-update, berth-timesync, berth-netd and berth-guest-agent (static, musl) and bootmgr (UEFI) with cargo in the
     /// Berth source tree `workspace`, and returns where cargo put them.
     pub fn build(workspace: &Path) -> anyhow::Result<OwnBinaries> {
         const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -510,8 +518,9 @@ impl OwnBinaries {
             }
             Ok(())
         };
-        let musl = ["-p", "berth-init", "-p", "berth-update", "-p", "berth-timesync", "-p", "berth-guest-agent"];
-        run(&[&["build", "-q", "--release", "--target", MUSL][..], &musl].concat())?;
+        let packages = ["berth-init", "berth-update", "berth-timesync", "berth-net", "berth-guest-agent"];
+        let musl: Vec<&str> = packages.iter().flat_map(|p| ["-p", p]).collect();
+        run(&[&["build", "-q", "--release", "--target", MUSL][..], &musl[..]].concat())?;
         run(&["build", "-q", "--release", "--target", UEFI, "-p", "berth-bootmgr"])?;
         // Where cargo put them: CARGO_TARGET_DIR when set (relative to the workspace), as cargo reads it.
         let t = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
@@ -522,6 +531,7 @@ impl OwnBinaries {
             init: t.join(MUSL).join("release/berth-init"),
             update: t.join(MUSL).join("release/berth-update"),
             timesync: t.join(MUSL).join("release/berth-timesync"),
+            netd: t.join(MUSL).join("release/berth-netd"),
             agent: t.join(MUSL).join("release/berth-guest-agent"),
             bootmgr: t.join(UEFI).join("release/berth-bootmgr.efi"),
         })
@@ -535,6 +545,7 @@ impl OwnBinaries {
             (&self.init, &to.init),
             (&self.update, &to.update),
             (&self.timesync, &to.timesync),
+            (&self.netd, &to.netd),
             (&self.agent, &to.agent),
             (&self.bootmgr, &to.bootmgr),
         ];
@@ -551,8 +562,9 @@ fn binaries(opts: &BuildOptions, with_agent: bool) -> anyhow::Result<Binaries> {
         (Some(dir), _) => OwnBinaries::in_dir(dir),
         (None, Some(ws)) => OwnBinaries::build(ws)?,
         (None, None) => bail!(
-            "no berth sources to build berth-init, berth-update, berth-timesync, berth-guest-agent and bootmgr from: pass \
-             --prebuilt DIR (holding berth-init, berth-update, berth-timesync, berth-guest-agent and BOOTX64.EFI) or --workspace DIR"
+            "no berth sources to build berth-init, berth-update, berth-timesync, berth-netd, berth-guest-agent and bootmgr \
+             from: pass --prebuilt DIR (holding berth-init, berth-update, berth-timesync, berth-netd, berth-guest-agent and \
+             BOOTX64.EFI) or --workspace DIR"
         ),
     };
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
@@ -560,6 +572,7 @@ fn binaries(opts: &BuildOptions, with_agent: bool) -> anyhow::Result<Binaries> {
         init: read(&paths.init)?,
         update: read(&paths.update)?,
         timesync: read(&paths.timesync)?,
+        netd: read(&paths.netd)?,
         agent: if with_agent { Some(read(&paths.agent)?) } else { None },
         bootmgr: read(&paths.bootmgr)?,
     })

@@ -18,6 +18,7 @@ pub mod kernel;
 pub mod keys;
 pub mod publish;
 pub mod qemu;
+pub mod service_units;
 pub mod size;
 pub mod system;
 pub mod umask;

@@ -154,6 +154,16 @@ pub struct ExecResult {
     pub stderr: String,
 }
 
+/// `/dev/vportNpM` of the port named [`PORT_NAME`]. Berth has no udev, so there are no
+/// `/dev/virtio-ports/` links: the names are in sysfs.
+pub fn find_port() -> Option<std::path::PathBuf> {
+    let dir = std::fs::read_dir("/sys/class/virtio-ports").ok()?;
+    dir.filter_map(|e| e.ok()).find_map(|e| {
+        let name = std::fs::read_to_string(e.path().join("name")).ok()?;
+        (name.trim() == PORT_NAME).then(|| std::path::Path::new("/dev").join(e.file_name()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

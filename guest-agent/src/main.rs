@@ -12,9 +12,11 @@ use berth_guest_agent::{
     decode_base64, leading_id,
 };
 
-const USAGE: &str = "usage: berth-guest-agent DEVICE\n\
-    Serves requests from the hypervisor on the virtio-serial port DEVICE (the port named \
-    org.berth.agent.0; berth-init starts the agent when that port exists).\n";
+const USAGE: &str = "usage: berth-guest-agent [DEVICE]\n\
+    \x20      berth-guest-agent --find-port\n\
+    Serves requests from the hypervisor on the virtio-serial port DEVICE (by default the port named \
+    org.berth.agent.0, looked up in sysfs). --find-port prints that port and exits 1 when there is none \
+    (berth-guest-agent.service's ExecCondition=, in test images only).\n";
 
 /// The hidden first argument of the agent re-run as a short-lived middle process for
 /// [`Request::Spawn`]: `berth-guest-agent --detach OUTPUT PROGRAM [ARG...]`.
@@ -32,6 +34,23 @@ fn main() {
         [flag, output, argv @ ..] if flag == DETACH && !argv.is_empty() => {
             std::process::exit(detach(output, argv));
         }
+        [flag] if flag == "--find-port" => match berth_guest_agent::find_port() {
+            Some(port) => {
+                println!("{}", port.display());
+                return;
+            }
+            None => {
+                eprintln!("berth-guest-agent: no virtio-serial port named {}", berth_guest_agent::PORT_NAME);
+                std::process::exit(1);
+            }
+        },
+        [] => match berth_guest_agent::find_port() {
+            Some(port) => port.display().to_string(),
+            None => {
+                eprintln!("berth-guest-agent: no virtio-serial port named {}", berth_guest_agent::PORT_NAME);
+                std::process::exit(1);
+            }
+        },
         [device] => device.clone(),
         _ => {
             eprint!("{USAGE}");

@@ -22,7 +22,6 @@ mod journal;
 mod log;
 mod manager;
 mod mounts;
-mod network;
 // The panic hook and the rate limit of panic reboots (L5).
 mod panics;
 mod random;
@@ -56,7 +55,7 @@ fn main() {
     fatal(&message)
 }
 
-/// Not PID 1: `--version`, `--dhcp-once`, or usage.
+/// Not PID 1: `--version`, or usage.
 fn not_pid1(args: &[String]) -> i32 {
     match args.get(1).map(String::as_str) {
         Some("--version") | Some("-V") => {
@@ -67,8 +66,6 @@ fn not_pid1(args: &[String]) -> i32 {
             log::out(&usage());
             0
         }
-        // Debugging aid, deliberately not in the usage: see network's module docs.
-        Some("--dhcp-once") => network::dhcp_once(args.get(2..).unwrap_or_default()),
         _ => {
             log::err(&usage());
             2

@@ -18,9 +18,9 @@ const MAX_SEARCH: usize = 6;
 pub fn render(leases: &[(&str, &Lease)]) -> String {
     let names: Vec<&str> = leases.iter().map(|(n, _)| *n).collect();
     let mut text = if names.is_empty() {
-        "# Written by berth-init: no DHCP lease.\n".to_string()
+        "# Written by berth-netd: no DHCP lease.\n".to_string()
     } else {
-        format!("# Written by berth-init from DHCP on {}.\n", names.join(", "))
+        format!("# Written by berth-netd from DHCP on {}.\n", names.join(", "))
     };
     let mut servers: Vec<Ipv4Addr> = Vec::new();
     let mut search: Vec<&str> = Vec::new();
@@ -95,7 +95,7 @@ mod tests {
         let b = lease(&[[1, 1, 1, 1], [8, 8, 8, 8], [9, 9, 9, 9]], &["b.example", "c.example"]);
         assert_eq!(
             render(&[("eth0", &a), ("eth1", &b)]),
-            "# Written by berth-init from DHCP on eth0, eth1.\nnameserver 10.0.2.3\nnameserver 1.1.1.1\n\
+            "# Written by berth-netd from DHCP on eth0, eth1.\nnameserver 10.0.2.3\nnameserver 1.1.1.1\n\
              nameserver 8.8.8.8\nsearch a.example b.example c.example\n"
         );
     }
@@ -104,9 +104,9 @@ mod tests {
     fn without_dns_or_leases_the_file_says_so() {
         assert_eq!(
             render(&[("eth0", &lease(&[], &[]))]),
-            "# Written by berth-init from DHCP on eth0.\n# The DHCP servers named no DNS server.\n"
+            "# Written by berth-netd from DHCP on eth0.\n# The DHCP servers named no DNS server.\n"
         );
-        assert_eq!(render(&[]), "# Written by berth-init: no DHCP lease.\n");
+        assert_eq!(render(&[]), "# Written by berth-netd: no DHCP lease.\n");
     }
 
     #[test]

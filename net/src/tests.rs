@@ -219,7 +219,7 @@ fn client(control: &Control, tid: Receiver<Option<i32>>, moved: Sender<()>, serv
     );
     assert_eq!(
         std::fs::read_to_string(&resolv).unwrap(),
-        format!("# Written by berth-init from DHCP on {CLIENT_IF}.\nnameserver {DNS}\nsearch test.example\n")
+        format!("# Written by berth-netd from DHCP on {CLIENT_IF}.\nnameserver {DNS}\nsearch test.example\n")
     );
     let first = net.leases()[0].1.clone();
     assert_eq!((first.address, first.prefix_len, first.server), (OFFERED, 24, SERVER));
@@ -238,7 +238,7 @@ fn client(control: &Control, tid: Receiver<Option<i32>>, moved: Sender<()>, serv
     assert!(!net.online());
     assert_eq!(ip(&format!("-4 -o addr show dev {CLIENT_IF}")), "");
     assert_eq!(ip("-4 route show default"), "");
-    assert_eq!(std::fs::read_to_string(&resolv).unwrap(), "# Written by berth-init: no DHCP lease.\n");
+    assert_eq!(std::fs::read_to_string(&resolv).unwrap(), "# Written by berth-netd: no DHCP lease.\n");
     assert_eq!(control.wait_for(1), [(MessageType::Discover, Ipv4Addr::UNSPECIFIED, false)]);
 
     // The server is back; a NAK to the next renewal takes the lease away too.

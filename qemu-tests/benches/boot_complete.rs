@@ -32,6 +32,10 @@ fn main() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| h.fail(format!("no VmRSS in /proc/1/status:\n{status}")));
 
+    // What PID 1 holds open (a packet socket here would mean DHCP runs inside PID 1).
+    let fds = a.exec(&["ls", "-l", "/proc/1/fd"], Duration::from_secs(30)).unwrap_or_else(|e| h.fail(e));
+    println!("PID 1's open files at boot-complete (ls -l /proc/1/fd):\n{}", fds.stdout.trim_end());
+
     let timeline = h.machine.timeline();
     let line = |needles: &[&str]| {
         first_line(&timeline, needles).unwrap_or_else(|| h.fail(format!("no console line with {needles:?}")))

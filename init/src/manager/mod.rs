@@ -8,8 +8,8 @@
 //! - Services ([`service`]): the systemd state machine (start-pre, start, start-post, running,
 //!   stop, stop-sigterm, stop-sigkill, stop-post, auto-restart), with sd_notify ([`notify`]),
 //!   timeouts, `Restart=` and the start limit, KillMode, and one cgroup per unit ([`cgroup`]).
-//! - Targets are active as soon as their job runs; `network-online.target` once PID 1's DHCP
-//!   client has an address.
+//! - Targets are active as soon as their job runs; `network-online.target` like any other
+//!   (it requires `berth-netd.service`, which is ready once DHCP has applied a lease).
 //! - Output of every command goes to the [`crate::journal`].
 //! - Shutdown stops every active unit in reverse dependency order.
 
@@ -38,10 +38,6 @@ use nix::unistd::Pid;
 use crate::journal::Journal;
 use crate::log;
 
-/// How long `network-online.target` waits for an address before it fails (like
-/// systemd-networkd-wait-online's default of 2 minutes, shorter: a Berth host's network is
-/// DHCP on a cloud or QEMU network, which answers in seconds when it answers at all).
-const NETWORK_ONLINE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes of output kept in memory per unit.
 const RING_BYTES: usize = 32 * 1024;
 
@@ -64,8 +60,6 @@ struct Job {
     requires: Vec<String>,
     /// Has been dispatched (the unit is now starting or stopping).
     running: bool,
-    /// When the job began waiting (network-online's timeout).
-    since: Instant,
 }
 
 pub struct Manager {
@@ -86,7 +80,6 @@ pub struct Manager {
     /// Why `boot-complete.target` failed (it could not be queued, or its job ended failed).
     boot_failed: Option<String>,
     shutting_down: bool,
-    network_online: bool,
     /// Unit names whose ignored directives were logged already.
     warned: BTreeSet<String>,
 }
@@ -139,7 +132,6 @@ impl Manager {
             boot_complete: false,
             boot_failed: None,
             shutting_down: false,
-            network_online: false,
             warned: BTreeSet::new(),
         }
     }
@@ -155,7 +147,7 @@ impl Manager {
             log::line(&format!("unit logs stay in memory: {e}"));
         }
         let goal = berth_units::builtin::DEFAULT_TARGET;
-        // network-online.target is loaded even when nothing wants it: it shows when the network came up.
+        // network-online.target is loaded even when nothing wants it: `berthctl status` names it.
         self.set.load_more(&self.loader, &[goal, BOOT_COMPLETE, NETWORK_ONLINE]);
         self.report_load_problems();
         let first = self.queue_start(goal);
@@ -260,16 +252,8 @@ impl Manager {
                 }
             });
         }
-        let now = Instant::now();
         for unit in plan.stop {
-            self.push_job(Job {
-                unit,
-                kind: JobKind::Stop,
-                after: Vec::new(),
-                requires: Vec::new(),
-                running: false,
-                since: now,
-            });
+            self.push_job(Job { unit, kind: JobKind::Stop, after: Vec::new(), requires: Vec::new(), running: false });
         }
         for unit in &plan.start {
             let active = self.runs.get(unit).is_some_and(|r| r.state.is_active());
@@ -282,14 +266,7 @@ impl Manager {
                 .get(unit)
                 .map(|u| u.deps.requires.iter().map(|r| self.set.resolve(r).unwrap_or(r).to_string()).collect())
                 .unwrap_or_default();
-            self.push_job(Job {
-                unit: unit.clone(),
-                kind: JobKind::Start,
-                after,
-                requires,
-                running: false,
-                since: now,
-            });
+            self.push_job(Job { unit: unit.clone(), kind: JobKind::Start, after, requires, running: false });
         }
         Ok(name)
     }
@@ -383,19 +360,11 @@ impl Manager {
         for p in problems {
             log::line(&format!("stopping: {p}"));
         }
-        let now = Instant::now();
         for (i, unit) in order.iter().enumerate() {
             // Units earlier in the stop order that are ordered after this one stop first.
             let after: Vec<String> =
                 order[..i].iter().filter(|other| self.ordered_after(other, unit)).cloned().collect();
-            self.push_job(Job {
-                unit: unit.clone(),
-                kind: JobKind::Stop,
-                after,
-                requires: Vec::new(),
-                running: false,
-                since: now,
-            });
+            self.push_job(Job { unit: unit.clone(), kind: JobKind::Stop, after, requires: Vec::new(), running: false });
         }
     }
 
@@ -489,12 +458,8 @@ impl Manager {
     }
 
     /// Timeouts, restarts, processes gone, and jobs that can run now.
-    pub fn tick(&mut self, network_online: bool) {
+    pub fn tick(&mut self) {
         let now = Instant::now();
-        if network_online && !self.network_online {
-            self.network_online = true;
-            self.target_reached(NETWORK_ONLINE);
-        }
         let names: Vec<String> = self.runs.keys().cloned().collect();
         for name in names {
             self.unit_tick(&name, now);
@@ -525,16 +490,6 @@ impl Manager {
             for job in pending {
                 let waiting = job.after.iter().any(|a| self.jobs.iter().any(|j| &j.unit == a && j.unit != job.unit));
                 if waiting {
-                    continue;
-                }
-                if job.kind == JobKind::Start && job.unit == NETWORK_ONLINE && !self.network_online {
-                    if now.duration_since(job.since) < NETWORK_ONLINE_TIMEOUT {
-                        continue;
-                    }
-                    log::line(&format!("{NETWORK_ONLINE}: no address after {NETWORK_ONLINE_TIMEOUT:?}; failed"));
-                    self.run_mut(NETWORK_ONLINE).state = State::Failed;
-                    self.jobs.retain(|j| j.unit != job.unit);
-                    changed = true;
                     continue;
                 }
                 if let Some(j) = self.jobs.iter_mut().find(|j| j.unit == job.unit && j.kind == job.kind) {
@@ -619,12 +574,7 @@ impl Manager {
             return;
         }
         match u.kind {
-            UnitType::Target => {
-                if unit == NETWORK_ONLINE && !self.network_online {
-                    return;
-                }
-                self.target_reached(unit);
-            }
+            UnitType::Target => self.target_reached(unit),
             UnitType::Service => self.start_service(unit, now),
             other => log::line(&format!("{unit}: {} units are not run by berth-init", other.suffix())),
         }

@@ -9,7 +9,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::agent::Agent;
 use super::watchdog::Watchdog;
 use crate::log;
 
@@ -33,10 +32,9 @@ impl Kind {
     }
 }
 
-pub fn run(kind: Kind, agent: &mut Agent, watchdog: &mut Watchdog) -> ! {
+pub fn run(kind: Kind, watchdog: &mut Watchdog) -> ! {
     let started = Instant::now();
     log::line(&format!("shutdown: {}", kind.verb()));
-    agent.stop();
     // Every process but PID 1 (and kernel threads).
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
     let _ = kill(Pid::from_raw(-1), Signal::SIGCONT);

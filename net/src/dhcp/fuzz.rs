@@ -1,7 +1,7 @@
 //! Fuzz targets (berth-fuzzkit) for what arrives from the link: DHCP messages (decode, and
 //! encode back), the client state machine fed replies and time, and the IPv4/UDP framing
-//! around them. Seeds: `init/fuzz/corpus/dhcp/` (OFFER, ACK, NAK, a split option list without
-//! END, a DISCOVER) and `init/fuzz/corpus/ipv4-udp/` (the same in IPv4 frames, with options,
+//! around them. Seeds: `net/fuzz/corpus/dhcp/` (OFFER, ACK, NAK, a split option list without
+//! END, a DISCOVER) and `net/fuzz/corpus/ipv4-udp/` (the same in IPv4 frames, with options,
 //! padding, a fragment). PID 1 runs this code: no input may panic it (overflow checks on).
 
 use std::net::Ipv4Addr;
@@ -32,7 +32,7 @@ fn normalized(mut m: Message) -> Message {
 #[test]
 fn fuzz_dhcp_messages() {
     let corpus = Corpus::load(&[corpus("dhcp")]);
-    run("init/dhcp-message", 50_000, corpus.inputs(), |input| {
+    run("net/dhcp-message", 50_000, corpus.inputs(), |input| {
         if let Ok(m) = message::decode(&input) {
             let again = message::decode(&m.encode());
             prop_assert_eq!(again, Ok(normalized(m)));
@@ -44,7 +44,7 @@ fn fuzz_dhcp_messages() {
 #[test]
 fn fuzz_ipv4_udp_frames() {
     let corpus = Corpus::load(&[corpus("ipv4-udp")]);
-    run("init/udp-payload", 50_000, (corpus.inputs(), prop_oneof![Just(CLIENT_PORT), any::<u16>()]), |(ip, port)| {
+    run("net/udp-payload", 50_000, (corpus.inputs(), prop_oneof![Just(CLIENT_PORT), any::<u16>()]), |(ip, port)| {
         if let Some(r) = udp_payload(&ip, port) {
             prop_assert!(r.start <= r.end && r.end <= ip.len(), "{r:?} of {} bytes", ip.len());
             let payload = &ip[r];
@@ -105,7 +105,7 @@ fn sent_xid(actions: Vec<Action>) -> Result<Option<u32>, TestCaseError> {
 fn fuzz_dhcp_client() {
     let corpus = Corpus::load(&[corpus("dhcp")]);
     let events = proptest::collection::vec(event(&corpus), 1..24);
-    run("init/dhcp-client", 10_000, (events, any::<u64>()), |(events, seed)| {
+    run("net/dhcp-client", 10_000, (events, any::<u64>()), |(events, seed)| {
         let start = Instant::now();
         let mut now = start;
         let config = Config { mac: MAC, host_name: Some("berth".into()), max_message_size: 1472, seed };

@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn h5_run_berth_is_world_traversable_and_only_state_private() {
         // The path contracts: the public endpoints sit in RUN_DIR itself, STATE below PRIVATE_DIR.
-        for public in [crate::network::resolv::PATH, crate::manager::notify::SOCKET, crate::manager::syslog::SOCKET] {
+        for public in [berth_net::resolv::PATH, crate::manager::notify::SOCKET, crate::manager::syslog::SOCKET] {
             assert_eq!(Path::new(public).parent(), Some(Path::new(RUN_DIR)), "{public}");
         }
         assert_eq!(Path::new(STATE_MOUNT).parent(), Some(Path::new(PRIVATE_DIR)));
@@ -286,7 +286,7 @@ mod tests {
             return;
         }
         // What a non-root process does: read resolv.conf, send to the notify and syslog sockets.
-        crate::network::resolv::write(&run.join("resolv.conf"), "nameserver 10.0.2.3\n").unwrap();
+        berth_net::resolv::write(&run.join("resolv.conf"), "nameserver 10.0.2.3\n").unwrap();
         let notify = run.join("notify");
         let socket = crate::manager::notify::bind_datagram(notify.to_str().unwrap(), 0o777).unwrap();
         let secret = state.join("secret");

@@ -1,0 +1,169 @@
+//! The control socket's server side (`berthctl` talks to it; the wire protocol is
+//! [`crate::control`]): accepting a connection, reading one request from root within a second,
+//! answering it, and keeping the clients of start/stop/restart jobs until their job has finished.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use super::{Pid1, ShutdownKind};
+use crate::control::{self, Reply, Request};
+use crate::log;
+
+/// A berthctl client waiting for a start, stop or restart job to finish.
+pub(super) struct Waiter {
+    unit: String,
+    verb: &'static str,
+    stream: UnixStream,
+}
+
+impl Pid1 {
+    /// Serves one berthctl connection.
+    pub(super) fn accept(&mut self) -> Option<ShutdownKind> {
+        let stream = match self.control.as_ref()?.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(e) => {
+                log::line(&format!("accepting on {}: {e}", control::SOCKET));
+                return None;
+            }
+        };
+        let request = match read_request(&stream) {
+            Ok(r) => r,
+            Err(e) => {
+                send(&stream, &Reply::error(e));
+                return None;
+            }
+        };
+        let mut kind = None;
+        let reply = match request {
+            Request::Reboot => {
+                kind = Some(ShutdownKind::Reboot);
+                Reply::ok("rebooting")
+            }
+            Request::Poweroff => {
+                kind = Some(ShutdownKind::Poweroff);
+                Reply::ok("powering off")
+            }
+            Request::IsSystemRunning => {
+                let state = self.manager.system_state();
+                if state == "running" { Reply::ok(state) } else { Reply::error(state) }
+            }
+            Request::List { all } => Reply::ok(self.manager.system_state()).with_units(self.manager.list(all)),
+            Request::Status { unit } => match self.manager.status(&unit) {
+                Ok(status) => {
+                    let lines = self.manager.journal.tail(&status.name, 10);
+                    Reply::ok(status.active.clone()).with_lines(lines).with_units(vec![status])
+                }
+                Err(e) => Reply::error(e.to_string()),
+            },
+            Request::Start { .. } | Request::Stop { .. } | Request::Restart { .. } | Request::ReloadUnit { .. }
+                if self.shutdown.is_some() =>
+            {
+                Reply::error("the system is shutting down")
+            }
+            Request::Start { unit } => return self.queue_waiter(stream, "start", |m| m.start(&unit)),
+            Request::Stop { unit } => return self.queue_waiter(stream, "stop", |m| m.stop(&unit)),
+            Request::Restart { unit } => return self.queue_waiter(stream, "restart", |m| m.restart(&unit)),
+            Request::ReloadUnit { unit } => return self.queue_waiter(stream, "reload", |m| m.reload_unit(&unit)),
+            Request::Reload => {
+                let n = self.manager.reload();
+                Reply::ok(format!("reloaded {n} units"))
+            }
+            Request::Logs { unit, lines, follow } => {
+                let name = self.manager.resolve(&unit).unwrap_or(unit);
+                let lines = self.manager.journal.tail(&name, lines);
+                send(&stream, &Reply::ok(name.clone()).with_lines(lines));
+                if follow {
+                    let _ = stream.set_nonblocking(true);
+                    self.manager.journal.follow(&name, stream);
+                }
+                return None;
+            }
+        };
+        if let Some(k) = kind {
+            log::line(&format!("berthctl: {}", k.verb()));
+        }
+        send(&stream, &reply);
+        kind
+    }
+
+    /// Queues a job and keeps the client until it has finished.
+    fn queue_waiter(
+        &mut self,
+        stream: UnixStream,
+        verb: &'static str,
+        job: impl FnOnce(&mut crate::manager::Manager) -> Result<String, crate::manager::JobError>,
+    ) -> Option<ShutdownKind> {
+        match job(&mut self.manager) {
+            Ok(unit) => {
+                log::line(&format!("berthctl: {verb} {unit}"));
+                self.waiters.push(Waiter { unit, verb, stream });
+            }
+            Err(e) => send(&stream, &Reply::error(e.to_string())),
+        }
+        None
+    }
+
+    /// Answers the clients whose jobs have finished.
+    pub(super) fn answer_waiters(&mut self) {
+        let mut still = Vec::new();
+        for w in std::mem::take(&mut self.waiters) {
+            if self.manager.has_job(&w.unit) {
+                still.push(w);
+                continue;
+            }
+            let (active, failure) = self.manager.outcome(&w.unit);
+            let reply = match (w.verb, failure) {
+                ("stop", _) => Reply::ok(format!("{}: {active}", w.unit)),
+                (_, Some(why)) => {
+                    Reply::error(format!("{}: {} failed: {why} (see berthctl status {})", w.unit, w.verb, w.unit))
+                }
+                (_, None) => Reply::ok(format!("{}: {active}", w.unit)),
+            };
+            send(&w.stream, &reply);
+        }
+        self.waiters = still;
+    }
+}
+
+fn send(stream: &UnixStream, reply: &Reply) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = (&*stream).write_all(reply.to_line().as_bytes());
+}
+
+/// Reads one request, from root only, within a second (PID 1 must not wait on a client).
+fn read_request(stream: &UnixStream) -> Result<Request, String> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("reading the peer's credentials: {e}"))?;
+    if cred.uid() != 0 {
+        return Err(format!("uid {} may not control init; berthctl needs root", cred.uid()));
+    }
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).map_err(|e| format!("reading the request: {e}"))?;
+    serde_json::from_str(line.trim_end()).map_err(|e| format!("bad request {:?}: {e}", line.trim_end()))
+}
+
+/// The control socket, root-only.
+pub(super) fn listen() -> Option<UnixListener> {
+    let path = control::SOCKET;
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let listener = match UnixListener::bind(path) {
+        Ok(l) => l,
+        Err(e) => {
+            log::line(&format!("control socket {path}: {e}; berthctl will not work"));
+            return None;
+        }
+    };
+    let _ = std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+    if let Err(e) = listener.set_nonblocking(true) {
+        log::line(&format!("control socket {path}: {e}"));
+    }
+    Some(listener)
+}
