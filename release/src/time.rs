@@ -197,7 +197,7 @@ pub fn format_duration(d: Duration) -> String {
             secs %= len;
         }
     }
-    let (ms, us) = (d.subsec_micros() / 1000, d.subsec_micros() % 1000);
+    let (ms, us) = (d.subsec_millis(), d.subsec_micros() % 1000);
     if secs > 0 || (out.is_empty() && ms == 0 && us == 0) {
         out.push_str(&format!("{secs}s"));
     }
