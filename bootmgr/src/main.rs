@@ -3,7 +3,7 @@
 //! It reads the GPT of its own disk, picks slot A or B with `berth-slot`'s selection, writes the
 //! spent try back (backup GPT first, then primary) and starts that slot's kernel from the ESP
 //! with its `cmdline` plus `root=PARTUUID=… berth.slot=a|b`, handing the initrd over through the
-//! LoadFile2 protocol on the LINUX_EFI_INITRD_MEDIA_GUID device path (DESIGN.md §3). Every
+//! LoadFile2 protocol on the LINUX_EFI_INITRD_MEDIA_GUID device path (docs/design.md §3). Every
 //! decision and error goes to the console; on an error it says why, waits, and resets.
 #![cfg_attr(target_os = "uefi", no_std, no_main)]
 

@@ -1,4 +1,4 @@
-//! The update agent's units and the clock's, shipped and enabled in every image (DESIGN.md §4):
+//! The update agent's units and the clock's, shipped and enabled in every image (docs/design.md §4):
 //! `berth-update.service` runs the agent (check, download, stage, reboot),
 //! `berth-mark-good.service` marks the booted slot good once `boot-complete.target` is reached,
 //! and `berth-timesync.service` sets the clock (SNTP) so that the agent can judge expiry and

@@ -1,4 +1,4 @@
-//! `berth build`: an image definition to a bootable disk (DESIGN.md §2, §3, §6).
+//! `berth build`: an image definition to a bootable disk (docs/design.md §2, §3, §6).
 //!
 //! Stages, each timed and reported: load the definition; get berth's own binaries (built from
 //! the workspace or given prebuilt); open the Debian archive and resolve; fetch the `.deb`s;

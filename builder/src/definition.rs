@@ -101,7 +101,7 @@ pub struct User {
     pub shell: Option<String>,
 }
 
-/// Partition sizes (DESIGN.md §2).
+/// Partition sizes (docs/design.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Partitions {

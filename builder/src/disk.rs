@@ -1,4 +1,4 @@
-//! The GPT disk of DESIGN.md §2: where each partition lies, and its partition table.
+//! The GPT disk of docs/design.md §2: where each partition lies, and its partition table.
 //!
 //! This module owns the *placement* of the four partitions (1 `EFI-SYSTEM`, 2 `ROOT-A`,
 //! 3 `ROOT-B`, 4 `STATE`, each starting and ending on the 1 MiB alignment), the GUIDs derived
@@ -194,7 +194,7 @@ pub struct DiskPlan {
 }
 
 impl DiskLayout {
-    /// A layout with the default ESP and root sizes of DESIGN.md §2.
+    /// A layout with the default ESP and root sizes of docs/design.md §2.
     pub fn new(size: DiskSize, seed: impl Into<Vec<u8>>) -> Self {
         DiskLayout { esp_size: DEFAULT_ESP_SIZE, root_size: DEFAULT_ROOT_SIZE, size, seed: seed.into() }
     }

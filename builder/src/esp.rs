@@ -2,7 +2,7 @@
 //!
 //! This module owns the ESP's *filesystem*: formatting FAT32 (UEFI requires it for the system
 //! partition; the cluster size is chosen so the volume really is FAT32), and writing the files
-//! DESIGN.md §2 puts there (`EFI/BOOT/BOOTX64.EFI`, `berth/<slot>/{vmlinuz,initrd.img,cmdline}`)
+//! docs/design.md §2 puts there (`EFI/BOOT/BOOTX64.EFI`, `berth/<slot>/{vmlinuz,initrd.img,cmdline}`)
 //! in a deterministic order with fixed timestamps, a given volume id and label. Which files go
 //! there is the caller's business ([`EspContents`]); where the partition lies is `disk`'s.
 //!

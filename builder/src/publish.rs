@@ -1,4 +1,4 @@
-//! `berth keygen` and `berth publish`: signing keys, and the release repository of DESIGN.md §4.
+//! `berth keygen` and `berth publish`: signing keys, and the release repository of docs/design.md §4.
 //!
 //! ```text
 //! channels/<channel>.json        the index (berth_release::Index)

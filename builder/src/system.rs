@@ -100,7 +100,7 @@ pub fn home_on_state(root: &mut Tree, epoch: i64) -> anyhow::Result<()> {
 /// Where `/home` points (relative, so it also resolves inside an image mounted elsewhere).
 pub const HOME_LINK: &str = "var/home";
 
-/// The update agent's settings from the definition (DESIGN.md §4).
+/// The update agent's settings from the definition (docs/design.md §4).
 fn update_config(def: &Definition) -> String {
     let mut s = String::from("# Berth update settings of this image; /etc/berth/update.toml overrides them.\n");
     s.push_str(&format!("version = {:?}\n", def.version));

@@ -1,5 +1,5 @@
 //! The disk formats the builder writes itself (GPT, FAT32 ESP, cpio initramfs), judged by
-//! independent host tools (DESIGN.md §6–§7): `sgdisk -v`/`-i` for the partition tables,
+//! independent host tools (docs/design.md §6–§7): `sgdisk -v`/`-i` for the partition tables,
 //! `fsck.fat -n` and mtools for the ESP, `zstd` and GNU `cpio` for the initramfs. The `gpt`
 //! crate reads the tables back too. The judges are required: a missing one fails the test and
 //! names the Debian package that provides it, so a machine without them cannot pass silently.

@@ -3,7 +3,7 @@
 //! As `/init` in the initramfs (stage 1) it loads the storage modules, waits for the root
 //! partition and `switch_root`s into it; as PID 1 of the root (stage 2) it mounts the API
 //! filesystems and STATE, sets up the machine's identity, supervises, reaps and shuts down in
-//! order (DESIGN.md §3, §5); units come next. Started as `berthctl` it is the control tool.
+//! order and runs the units' service manager (docs/design.md §3, §5). Started as `berthctl` it is the control tool.
 //! It is built as a static `x86_64-unknown-linux-musl` binary so that it needs nothing from the
 //! image it boots.
 //!
@@ -13,23 +13,16 @@
 //! the ordered shutdown, rate-limited when it repeats (`panics`).
 
 mod berthctl;
-mod child;
-mod cmdline;
 mod control;
-// Writing where users can write too (homes, service directories): by fd, never following links.
-mod fsat;
-mod journal;
-mod log;
 mod manager;
-mod mounts;
-// The panic hook and the rate limit of panic reboots (L5).
-mod panics;
-mod random;
 mod stage1;
 mod stage2;
+mod sys;
 
 use std::path::Path;
 use std::time::Duration;
+
+use sys::{log, panics};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 

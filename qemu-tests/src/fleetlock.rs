@@ -1,4 +1,4 @@
-//! A FleetLock server on 127.0.0.1 (the protocol of DESIGN.md §4, as airlock serves it): one
+//! A FleetLock server on 127.0.0.1 (the protocol of docs/design.md §4, as airlock serves it): one
 //! reboot slot per group. `POST /v1/pre-reboot` gives the slot to the asking id when it is
 //! free or already that id's, and answers 409 `{"kind": "failed_lock", …}` when another id
 //! holds it; `POST /v1/steady-state` frees the asking id's slot. Requests without the

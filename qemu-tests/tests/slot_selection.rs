@@ -1,4 +1,4 @@
-//! A/B slot selection end to end (DESIGN.md §2, §3): slot B holds a copy of A's root and kernel,
+//! A/B slot selection end to end (docs/design.md §2, §3): slot B holds a copy of A's root and kernel,
 //! as an update would leave it, and is offered as a trial through the GPT attributes. bootmgr
 //! spends a try before the kernel starts; a trial that never gets marked successful (here
 //! nothing marks it) runs out of tries, and bootmgr goes back to A by itself, whether B booted,

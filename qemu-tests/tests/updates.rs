@@ -1,4 +1,4 @@
-//! Signed A/B updates end to end (DESIGN.md §2, §4): `container-host` images built at several
+//! Signed A/B updates end to end (docs/design.md §2, §4): `container-host` images built at several
 //! versions, published with `berth publish` into a repository served on 127.0.0.1, found,
 //! staged and booted by the guest's `berth-update`; failed trials rolled back by bootmgr and
 //! recorded by the agent; power cuts at each step; releases the agent must refuse; reboots that

@@ -1,4 +1,4 @@
-//! `update.toml`: the agent's configuration (DESIGN.md §4). The image carries
+//! `update.toml`: the agent's configuration (docs/design.md §4). The image carries
 //! `/usr/lib/berth/update.toml` (channel and trusted keys from its definition); an operator's
 //! `/etc/berth/update.toml` (written by first-boot provisioning, or by hand) overrides it key by
 //! key. berth-init reads `health-timeout` from the same files.
@@ -61,7 +61,7 @@ impl Strategy {
     }
 }
 
-/// A FleetLock server (DESIGN.md §4: `POST /v1/pre-reboot`, `POST /v1/steady-state`).
+/// A FleetLock server (docs/design.md §4: `POST /v1/pre-reboot`, `POST /v1/steady-state`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetLock {
     /// The server's base URL (the protocol's paths are under it).

@@ -1,4 +1,4 @@
-//! The channel index, `channels/<channel>.json` (DESIGN.md §4): for the channel, a sequence
+//! The channel index, `channels/<channel>.json` (docs/design.md §4): for the channel, a sequence
 //! number that only grows and an expiry; for each release, its version, artifacts (path, size,
 //! SHA-256), kernel command line and rollout.
 //!

@@ -1,5 +1,5 @@
 //! Key sets: the split of trust between root keys and signing keys (TUF's root and targets
-//! roles, DESIGN.md §4).
+//! roles, docs/design.md §4).
 //!
 //! The **root keys** are the trust anchor an image or host names in `update.toml`'s `keys`
 //! (`threshold` of them must sign). They sign only a short document, the key set

@@ -1,4 +1,4 @@
-//! The release contract of DESIGN.md §4, defined once for `berth publish` and `berth-update`.
+//! The release contract of docs/design.md §4, defined once for `berth publish` and `berth-update`.
 //!
 //! A release repository is a tree of static files:
 //!

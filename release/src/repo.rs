@@ -1,4 +1,4 @@
-//! Where the files of a release repository live (DESIGN.md §4).
+//! Where the files of a release repository live (docs/design.md §4).
 //!
 //! ```text
 //! keys/<N>.json                  key set version N (crate::keyset): the signing keys, signed by the root keys

@@ -1,4 +1,4 @@
-//! A host's place in a staged rollout (DESIGN.md §4): its position is a hash of its machine-id
+//! A host's place in a staged rollout (docs/design.md §4): its position is a hash of its machine-id
 //! and the release's version, a number in [0, 1) that differs per release (the same hosts are
 //! not always first); it may take the release once the rollout's progress passes it.
 

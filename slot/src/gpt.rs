@@ -1,6 +1,6 @@
 //! The one GPT rewriter of Berth: parses a GPT (header + partition entry array) from sector
 //! buffers, reads the attribute words of `ROOT-A`/`ROOT-B`, and encodes both headers and the
-//! entry array again with new attributes and correct CRC32s (DESIGN.md §2). bootmgr and the
+//! entry array again with new attributes and correct CRC32s (docs/design.md §2). bootmgr and the
 //! update agent both write the slot state through this module; it does no I/O itself.
 //!
 //! Writing order (the caller's job): the backup entries and backup header first, then the

@@ -1,4 +1,4 @@
-//! The partition layout of a Berth disk (DESIGN.md §2).
+//! The partition layout of a Berth disk (docs/design.md §2).
 
 /// GPT partition type GUID of the EFI system partition.
 pub const ESP_TYPE_GUID: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";

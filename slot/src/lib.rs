@@ -1,4 +1,4 @@
-//! The A/B slot contract of DESIGN.md §2, defined once for every Berth binary.
+//! The A/B slot contract of docs/design.md §2, defined once for every Berth binary.
 //!
 //! This crate owns the partition layout (labels, type GUIDs, default sizes) and the boot state
 //! kept in the GPT attribute bits of `ROOT-A` and `ROOT-B` (ChromeOS layout): how it is encoded,

@@ -1,4 +1,4 @@
-//! Slot selection: what bootmgr decides on every boot (DESIGN.md §2, "Selection").
+//! Slot selection: what bootmgr decides on every boot (docs/design.md §2, "Selection").
 
 use core::fmt;
 
@@ -116,7 +116,7 @@ impl fmt::Display for NoBootableSlot {
 impl core::error::Error for NoBootableSlot {}
 
 impl Slots {
-    /// Chooses the slot to boot (DESIGN.md §2).
+    /// Chooses the slot to boot (docs/design.md §2).
     ///
     /// Eligible slots have priority > 0 and (successful or tries > 0); the highest priority wins
     /// and a tie goes to A. A winner that is not yet successful is booted as a

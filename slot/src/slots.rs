@@ -9,7 +9,7 @@ use crate::layout::Slot;
 ///
 /// The whole 64-bit words are kept, not just the decoded [`SlotAttrs`], so that writing a new
 /// state back changes only the slot bits and leaves every other attribute bit as it was
-/// (DESIGN.md §2). Selection and transitions are pure functions from one `Slots` to the next; the
+/// (docs/design.md §2). Selection and transitions are pure functions from one `Slots` to the next; the
 /// caller reads the words from the partition entries and writes [`Slots::raw`] back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Slots {

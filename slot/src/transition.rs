@@ -1,4 +1,4 @@
-//! Slot transitions: what the update agent writes (DESIGN.md §2, "Transitions").
+//! Slot transitions: what the update agent writes (docs/design.md §2, "Transitions").
 //!
 //! Each transition is a pure function from the current [`Slots`] to the next; the agent writes
 //! the result to the GPT before the step that depends on it. The functions refuse, with a

@@ -246,7 +246,7 @@ proptest! {
         prop_assert_eq!(after.raw(slot) & !SLOT_BITS_MASK, before.raw(slot) & !SLOT_BITS_MASK);
     }
 
-    /// Selection follows the rules of DESIGN.md §2 on any disk, checked from a direct restatement.
+    /// Selection follows the rules of docs/design.md §2 on any disk, checked from a direct restatement.
     #[test]
     fn select_follows_the_rules(a in any::<u64>(), b in any::<u64>()) {
         let disk = Slots::from_raw(a, b);

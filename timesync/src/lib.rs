@@ -1,4 +1,4 @@
-//! Berth's time synchronisation (DESIGN.md §4's clock): an SNTP client (RFC 4330,
+//! Berth's time synchronisation (docs/design.md §4's clock): an SNTP client (RFC 4330,
 //! RFC 5905 client mode) run as `berth-timesync.service`, not in PID 1.
 //!
 //! - [`ntp`]: the packet, the reply checks (origin echo, kiss-o'-death, unsynchronised

@@ -1,4 +1,4 @@
-//! systemd unit files for berth-init (DESIGN.md §5): the parser, the loader (search path,
+//! systemd unit files for berth-init (docs/design.md §5): the parser, the loader (search path,
 //! drop-ins, templates, aliases, masks, `.wants/`), typed `[Service]` configuration, and the
 //! start/stop ordering of a goal target. Running units is the runtime's job; everything here
 //! is pure data plus file reads, so `berthctl verify` uses the same code offline.

@@ -1,4 +1,4 @@
-//! The update flow of DESIGN.md §4: check the channel, pick a release, stage it into the
+//! The update flow of docs/design.md §4: check the channel, pick a release, stage it into the
 //! passive slot (kernel files fetched and checked first, the slot cleared, the image streamed in
 //! while hashed, read back and verified, the kernel files written, then the attributes set),
 //! mark a healthy boot good, notice a rollback. Every slot change goes through berth-slot's

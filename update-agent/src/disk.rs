@@ -1,6 +1,6 @@
 //! The boot disk as the agent sees it: which disk and slot the running system came from, the
 //! GPT slot attributes (read with the backup as fallback, written backup first then primary,
-//! as DESIGN.md §2 asks), and the partitions' device nodes.
+//! as docs/design.md §2 asks), and the partitions' device nodes.
 //!
 //! The booted slot is the one whose partition holds `/` (by device number), and the kernel
 //! command line's `berth.slot=` (read by berth_slot::cmdline, as init reads it) must agree: a

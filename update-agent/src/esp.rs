@@ -2,7 +2,7 @@
 //! starts for a slot, written on the unmounted FAT32 partition. Only the passive slot's
 //! directory is ever written, and only while that slot's attributes make it unbootable.
 //!
-//! A power cut must not cost the running slot or bootmgr (DESIGN.md §2 has one ESP for both
+//! A power cut must not cost the running slot or bootmgr (docs/design.md §2 has one ESP for both
 //! slots and bootmgr), so (docs/updates.md, "The ESP"):
 //! - the new files are written under temporary names and synced; then for each file the old one
 //!   is renamed aside, the new one renamed in and the old one removed, synced after each: a cut

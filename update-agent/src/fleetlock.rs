@@ -1,4 +1,4 @@
-//! The FleetLock client (DESIGN.md §4): before rebooting into a staged update a host asks the
+//! The FleetLock client (docs/design.md §4): before rebooting into a staged update a host asks the
 //! fleet's lock server for a reboot slot (`POST /v1/pre-reboot`), and gives it back once the
 //! new slot is marked good, or the old one is running again (`POST /v1/steady-state`). The
 //! server (for example airlock, with its semaphore in etcd) decides how many hosts of a group

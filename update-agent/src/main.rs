@@ -1,4 +1,4 @@
-//! `berth-update`: Berth's on-host update agent (DESIGN.md §4).
+//! `berth-update`: Berth's on-host update agent (docs/design.md §4).
 //!
 //! It owns the update flow on a host: it checks the signed channel, streams a new image into
 //! the passive slot, switches slots through berth-slot's transitions, reboots as the strategy

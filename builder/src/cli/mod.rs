@@ -72,7 +72,7 @@ enum Command {
     Keygen(publish::KeygenArgs),
     /// Publish a built disk as a signed release on a channel of a release repository.
     ///
-    /// The repository is a directory of static files (DESIGN.md §4): channels/NAME.json, the
+    /// The repository is a directory of static files (docs/design.md §4): channels/NAME.json, the
     /// index of the channel's releases, with channels/NAME.json.sig, ed25519 signatures over its
     /// exact bytes; and releases/VERSION/ with root.img.zst (ROOT-A of the disk, zstd), vmlinuz
     /// and initrd.img (slot A's from the ESP). The version comes from the build's manifest, the

@@ -48,7 +48,7 @@
 //! its dependencies and of its `pre:` soft dependencies (and before its `post:` ones). depmod
 //! writes lines in `modules.order` order instead; no consumer depends on line order (modprobe
 //! reads only the binary index, below), so each line is depmod's and the line order is
-//! Berth's. The contract for stage 1 of `berth-init` (DESIGN.md §3) is then simply:
+//! Berth's. The contract for stage 1 of `berth-init` (docs/design.md §3) is then simply:
 //!
 //! > Read `/usr/lib/modules/<kver>/modules.dep`. For each line in file order: for each path
 //! > in the dependency list from last to first, then for the module's own path, unless

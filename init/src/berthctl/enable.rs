@@ -30,11 +30,11 @@ pub(super) fn install(enable: bool, units: &[String], now: bool, root: Option<&P
             Ok(changes) => {
                 for change in changes {
                     changed |= !matches!(change, Change::Static { .. });
-                    crate::log::out(&format!("{change}\n"));
+                    crate::sys::log::out(&format!("{change}\n"));
                 }
             }
             Err(e) => {
-                crate::log::err(&format!("berthctl: {verb}: {e}\n"));
+                crate::sys::log::err(&format!("berthctl: {verb}: {e}\n"));
                 code = 1;
             }
         }
@@ -43,7 +43,7 @@ pub(super) fn install(enable: bool, units: &[String], now: bool, root: Option<&P
         return code;
     }
     if changed && let Err(e) = ask(&Request::Reload) {
-        crate::log::err(&format!("berthctl: {verb}: the links are changed, but berth-init did not reload: {e}\n"));
+        crate::sys::log::err(&format!("berthctl: {verb}: the links are changed, but berth-init did not reload: {e}\n"));
         code = 1;
     }
     if now && code == 0 {
@@ -60,13 +60,13 @@ pub(super) fn is_enabled(units: &[String], root: Option<&Path>) -> i32 {
     for unit in units {
         match install::enablement_of(&loader, unit) {
             Some(state) => {
-                crate::log::out(&format!("{state}\n"));
+                crate::sys::log::out(&format!("{state}\n"));
                 if matches!(state, install::Enablement::Disabled | install::Enablement::Masked) {
                     code = 1;
                 }
             }
             None => {
-                crate::log::err(&format!("berthctl: is-enabled: {unit}: no such unit\n"));
+                crate::sys::log::err(&format!("berthctl: is-enabled: {unit}: no such unit\n"));
                 code = 1;
             }
         }

@@ -12,7 +12,7 @@ pub(super) fn logs(unit: &str, lines: usize, follow: bool, json: bool) -> i32 {
     let (reply, mut rest) = match ask(&Request::Logs { unit: unit.to_string(), lines, follow }) {
         Ok(r) => r,
         Err(e) => {
-            crate::log::err(&format!("berthctl: logs {unit}: {e}\n"));
+            crate::sys::log::err(&format!("berthctl: logs {unit}: {e}\n"));
             return 1;
         }
     };
@@ -38,12 +38,12 @@ pub(super) fn logs(unit: &str, lines: usize, follow: bool, json: bool) -> i32 {
                 Ok(line) if show(&line) => {}
                 Ok(_) => return 0,
                 Err(e) => {
-                    crate::log::err(&format!("berthctl: logs {unit}: bad line from berth-init: {e}\n"));
+                    crate::sys::log::err(&format!("berthctl: logs {unit}: bad line from berth-init: {e}\n"));
                     return 1;
                 }
             },
             Err(e) => {
-                crate::log::err(&format!("berthctl: logs {unit}: {e}\n"));
+                crate::sys::log::err(&format!("berthctl: logs {unit}: {e}\n"));
                 return 1;
             }
         }

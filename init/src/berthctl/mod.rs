@@ -24,17 +24,17 @@ pub fn main(args: &[String]) -> i32 {
     let command = match parse(args) {
         Ok(c) => c,
         Err(e) => {
-            crate::log::err(&format!("berthctl: {e}\n(berthctl --help lists the commands)\n"));
+            crate::sys::log::err(&format!("berthctl: {e}\n(berthctl --help lists the commands)\n"));
             return 2;
         }
     };
     match command {
         Command::Help => {
-            crate::log::out(USAGE);
+            crate::sys::log::out(USAGE);
             0
         }
         Command::Version => {
-            crate::log::out(&format!("berthctl {}\n", crate::VERSION));
+            crate::sys::log::out(&format!("berthctl {}\n", crate::VERSION));
             0
         }
         Command::Verify(args) => verify::verify(&args),
@@ -49,7 +49,7 @@ pub fn main(args: &[String]) -> i32 {
         Command::IsSystemRunning => is_system_running(),
         Command::ProvisionStatus => {
             let (text, code) = crate::stage2::provision::status(Path::new("/"));
-            crate::log::out(&text);
+            crate::sys::log::out(&text);
             code
         }
     }
@@ -65,11 +65,11 @@ fn ask(request: &Request) -> Result<(Reply, std::io::BufReader<std::os::unix::ne
 fn simple(request: &Request) -> i32 {
     match ask(request) {
         Ok((reply, _)) => {
-            crate::log::out(&format!("{}\n", reply.message));
+            crate::sys::log::out(&format!("{}\n", reply.message));
             0
         }
         Err(e) => {
-            crate::log::err(&format!("berthctl: {e}\n"));
+            crate::sys::log::err(&format!("berthctl: {e}\n"));
             1
         }
     }
@@ -79,11 +79,11 @@ fn simple(request: &Request) -> i32 {
 fn is_system_running() -> i32 {
     match control::round_trip(&Request::IsSystemRunning) {
         Ok((reply, _)) => {
-            crate::log::out(&format!("{}\n", reply.message));
+            crate::sys::log::out(&format!("{}\n", reply.message));
             if reply.ok && reply.message == "running" { 0 } else { 1 }
         }
         Err(e) => {
-            crate::log::err(&format!("berthctl: {e}\n"));
+            crate::sys::log::err(&format!("berthctl: {e}\n"));
             1
         }
     }
@@ -94,7 +94,7 @@ fn jobs(verb: Verb, units: &[String]) -> i32 {
     let mut code = 0;
     for unit in units {
         if let Err(e) = ask(&verb.request(unit)) {
-            crate::log::err(&format!("berthctl: {} {unit}: {e}\n", verb.word()));
+            crate::sys::log::err(&format!("berthctl: {} {unit}: {e}\n", verb.word()));
             code = 1;
         }
     }

@@ -20,14 +20,14 @@ pub(super) fn list(all: bool, json: bool) -> i32 {
     let reply = match ask(&Request::List { all }) {
         Ok((reply, _)) => reply,
         Err(e) => {
-            crate::log::err(&format!("berthctl: list: {e}\n"));
+            crate::sys::log::err(&format!("berthctl: list: {e}\n"));
             return 1;
         }
     };
     if json {
-        crate::log::out(&format!("{}\n", serde_json::to_string_pretty(&reply.units).unwrap_or_default()));
+        crate::sys::log::out(&format!("{}\n", serde_json::to_string_pretty(&reply.units).unwrap_or_default()));
     } else {
-        crate::log::out(&list_table(&reply.units, all));
+        crate::sys::log::out(&list_table(&reply.units, all));
     }
     0
 }
@@ -66,18 +66,18 @@ pub(super) fn status(units: &[String], json: bool) -> i32 {
         let reply = match control::round_trip(&Request::Status { unit: unit.clone() }) {
             Ok((reply, _)) if reply.ok => reply,
             Ok((reply, _)) => {
-                crate::log::err(&format!("berthctl: status {unit}: {}\n", reply.message));
+                crate::sys::log::err(&format!("berthctl: status {unit}: {}\n", reply.message));
                 code = code.max(4);
                 continue;
             }
             // Not an answer about the unit: berth-init is not there.
             Err(e) => {
-                crate::log::err(&format!("berthctl: status {unit}: {e}\n"));
+                crate::sys::log::err(&format!("berthctl: status {unit}: {e}\n"));
                 return 1;
             }
         };
         let Some(s) = reply.units.into_iter().next() else {
-            crate::log::err(&format!("berthctl: status {unit}: berth-init sent no status\n"));
+            crate::sys::log::err(&format!("berthctl: status {unit}: berth-init sent no status\n"));
             code = code.max(4);
             continue;
         };
@@ -87,7 +87,7 @@ pub(super) fn status(units: &[String], json: bool) -> i32 {
             _ => 3,
         });
         if json {
-            crate::log::out(&format!("{}\n", serde_json::to_string_pretty(&s).unwrap_or_default()));
+            crate::sys::log::out(&format!("{}\n", serde_json::to_string_pretty(&s).unwrap_or_default()));
             continue;
         }
         let lines = if reply.lines.is_empty() {
@@ -99,7 +99,7 @@ pub(super) fn status(units: &[String], json: bool) -> i32 {
         let mut text = if first { String::new() } else { "\n".to_string() };
         first = false;
         text.push_str(&status_text(&s, &lines, now_us()));
-        crate::log::out(&text);
+        crate::sys::log::out(&text);
     }
     code
 }

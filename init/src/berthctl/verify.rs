@@ -21,26 +21,26 @@ pub(super) fn verify(args: &[String]) -> i32 {
             "--root" if options => match iter.next() {
                 Some(dir) => root = Some(PathBuf::from(dir)),
                 None => {
-                    crate::log::err("berthctl verify: --root needs a directory\n");
+                    crate::sys::log::err("berthctl verify: --root needs a directory\n");
                     return 2;
                 }
             },
             a if options && a.starts_with("--root=") => root = Some(PathBuf::from(&a["--root=".len()..])),
             a if options && a.starts_with('-') && a.len() > 1 => {
-                crate::log::err(&format!("berthctl verify: unknown option `{a}`\n\n{USAGE}"));
+                crate::sys::log::err(&format!("berthctl verify: unknown option `{a}`\n\n{USAGE}"));
                 return 2;
             }
             a => files.push(PathBuf::from(a)),
         }
     }
     if files.is_empty() {
-        crate::log::err(&format!("berthctl verify: name at least one unit file\n\n{USAGE}"));
+        crate::sys::log::err(&format!("berthctl verify: name at least one unit file\n\n{USAGE}"));
         return 2;
     }
     if let Some(r) = &root
         && !r.is_dir()
     {
-        crate::log::err(&format!("berthctl verify: --root {}: not a directory\n", r.display()));
+        crate::sys::log::err(&format!("berthctl verify: --root {}: not a directory\n", r.display()));
         return 2;
     }
     let root_dir = root.clone().unwrap_or_else(|| PathBuf::from("/"));
@@ -63,7 +63,7 @@ pub(super) fn verify(args: &[String]) -> i32 {
             check_against_root(&loader, &unit, &mut states, &mut report);
         }
         errors += report.errors;
-        crate::log::err(&report.sorted(&unit));
+        crate::sys::log::err(&report.sorted(&unit));
     }
     if errors > 0 { 1 } else { 0 }
 }

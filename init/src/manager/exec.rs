@@ -44,7 +44,7 @@ pub fn spawn(ctx: &Context, cmd: &ExecCommand, extra_env: &[(String, String)], o
     }
     let argv = cmd.argv_with_env(&env);
     let program = find_program(&cmd.path).ok_or_else(|| format!("{}: no such executable", cmd.path))?;
-    let mut command = crate::child::command(&program);
+    let mut command = crate::sys::child::command(&program);
     if let Some(arg0) = argv.first() {
         command.arg0(arg0);
     }

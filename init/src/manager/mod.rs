@@ -1,4 +1,4 @@
-//! The service manager of stage 2 (DESIGN.md §5): runs the units `berth-units` loads, as
+//! The service manager of stage 2 (docs/design.md §5): runs the units `berth-units` loads, as
 //! systemd would, from PID 1's single poll loop (no threads).
 //!
 //! - Jobs: booting is one transaction (`default.target`, then `boot-complete.target` once
@@ -10,12 +10,13 @@
 //!   timeouts, `Restart=` and the start limit, KillMode, and one cgroup per unit ([`cgroup`]).
 //! - Targets are active as soon as their job runs; `network-online.target` like any other
 //!   (it requires `berth-netd.service`, which is ready once DHCP has applied a lease).
-//! - Output of every command goes to the [`crate::journal`].
+//! - Output of every command goes to the [`crate::manager::journal`].
 //! - Shutdown stops every active unit in reverse dependency order.
 
 pub mod cgroup;
 mod error;
 mod exec;
+pub(crate) mod journal;
 pub mod notify;
 mod service;
 pub(crate) mod syslog;
@@ -35,8 +36,8 @@ use berth_units::{HostInfo, LoadState, Loader, UnitSet, UnitType};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use crate::journal::Journal;
-use crate::log;
+use crate::manager::journal::Journal;
+use crate::sys::log;
 
 /// Bytes of output kept in memory per unit.
 const RING_BYTES: usize = 32 * 1024;

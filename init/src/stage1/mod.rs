@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use berth_slot::gpt::Guid;
 use nix::mount::{MsFlags, mount};
 
-use crate::cmdline::Cmdline;
-use crate::mounts::{mount_api, mount_move};
-use crate::{VERSION, log};
+use crate::VERSION;
+use crate::sys::cmdline::Cmdline;
+use crate::sys::log;
+use crate::sys::mounts::{mount_api, mount_move};
 
 const POLL: Duration = Duration::from_millis(100);
 
@@ -101,10 +102,10 @@ fn switch_root(slot: &str) -> Result<(), String> {
         if !Path::new(&to).is_dir() {
             // The root is read-only: without a mount point the API filesystem is left behind.
             missing.push(api);
-            crate::mounts::detach(api);
+            crate::sys::mounts::detach(api);
         } else if let Err(e) = mount_move(api, &to) {
             log::line(&format!("could not move {api} to {to}: {e}; detaching it"));
-            crate::mounts::detach(api);
+            crate::sys::mounts::detach(api);
         }
     }
     if !missing.is_empty() {

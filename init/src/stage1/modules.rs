@@ -12,7 +12,7 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::kmod::{ModuleInitFlags, finit_module};
 
-use crate::log;
+use crate::sys::log;
 
 /// The load order `modules.dep` text implies (each path once).
 pub fn load_order(dep: &str) -> Vec<&str> {

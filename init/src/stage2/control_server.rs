@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{Pid1, ShutdownKind};
 use crate::control::{self, Reply, Request};
-use crate::log;
+use crate::sys::log;
 
 /// A berthctl client waiting for a start, stop or restart job to finish.
 pub(super) struct Waiter {

@@ -1,4 +1,4 @@
-//! The boot deadline (DESIGN.md §2 "A boot that never reaches healthy"): `boot-complete.target`
+//! The boot deadline (docs/design.md §2 "A boot that never reaches healthy"): `boot-complete.target`
 //! must be reached, every unit it requires active, within `health-timeout` of update.toml
 //! (berth-release's `UpdateConfig`, default 10 minutes) after stage 2 began.
 //!
@@ -16,8 +16,8 @@ use berth_release::config::UpdateConfig;
 use berth_release::time::format_duration;
 use berth_slot::Slot;
 
-use crate::log;
 use crate::manager::{BOOT_COMPLETE, BootHealth, Manager};
+use crate::sys::log;
 
 /// Whether the booted slot is on trial.
 #[derive(Debug, Clone, PartialEq, Eq)]

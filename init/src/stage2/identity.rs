@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use crate::log;
+use crate::sys::log;
 
 const MACHINE_ID: &str = "/etc/machine-id";
 pub const HOSTS: &str = "/etc/hosts";
@@ -27,9 +27,9 @@ pub fn machine_id() -> Result<(String, bool), String> {
     Ok((id, true))
 }
 
-/// 16 random bytes ([`crate::random::bytes16`], else /dev/urandom on kernels before 5.6).
+/// 16 random bytes ([`crate::sys::random::bytes16`], else /dev/urandom on kernels before 5.6).
 fn random_bytes() -> Result<[u8; 16], String> {
-    if let Some(b) = crate::random::bytes16() {
+    if let Some(b) = crate::sys::random::bytes16() {
         return Ok(b);
     }
     let mut b = [0u8; 16];

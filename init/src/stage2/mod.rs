@@ -30,8 +30,9 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
-use crate::cmdline::Cmdline;
-use crate::{VERSION, log};
+use crate::VERSION;
+use crate::sys::cmdline::Cmdline;
+use crate::sys::log;
 pub use shutdown::Kind as ShutdownKind;
 
 const HANDLED: [Signal; 6] =
@@ -53,7 +54,7 @@ pub fn run() -> Result<(), String> {
         log::line(&format!("routing Ctrl-Alt-Del to init: {e}"));
     }
 
-    crate::mounts::api_filesystems();
+    crate::sys::mounts::api_filesystems();
     let (slot, watchdog_timeout) = match Cmdline::read() {
         Ok(c) => (c.slot, c.watchdog),
         Err(e) => {
@@ -139,7 +140,7 @@ impl Pid1 {
         let mut panicked = false;
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.serve_once())) {
-                Ok(None) => crate::panics::settle(),
+                Ok(None) => crate::sys::panics::settle(),
                 Ok(Some(kind)) => shutdown::run(kind, &mut self.watchdog),
                 // The hook logged where. Not fatal()'s bare reboot: the ordered shutdown (L5),
                 // through the units' stop jobs when the manager can still take them, else
@@ -148,7 +149,7 @@ impl Pid1 {
                     let first = !panicked;
                     panicked = true;
                     if first {
-                        crate::panics::before_reboot(&mut || self.watchdog.feed());
+                        crate::sys::panics::before_reboot(&mut || self.watchdog.feed());
                     }
                     if first && self.shutdown.is_none() {
                         log::line("panic in the main loop: stopping the units in order, then rebooting");

@@ -10,7 +10,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::watchdog::Watchdog;
-use crate::log;
+use crate::sys::log;
 
 /// How long processes get between SIGTERM and SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,7 +49,7 @@ pub fn run(kind: Kind, watchdog: &mut Watchdog) -> ! {
     }
     watchdog.feed();
     nix::unistd::sync();
-    let left = crate::mounts::unmount_all();
+    let left = crate::sys::mounts::unmount_all();
     nix::unistd::sync();
     if left.is_empty() {
         log::line(&format!("shutdown: filesystems unmounted; {} ({} ms)", kind.verb(), started.elapsed().as_millis()));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::libc::c_int;
 
-use crate::log;
+use crate::sys::log;
 
 /// The default timeout (`berth.watchdog=` changes it).
 pub const DEFAULT_TIMEOUT: u32 = 60;

@@ -18,8 +18,8 @@ use nix::unistd::Pid;
 use self::machine::{Effect, Exit, KillTarget, Notice, Prepared, Probe, Role, ServiceRun, StartLimit, State};
 use super::exec::{self, Output};
 use super::{JobError, Manager, cgroup, directories, notify, users};
-use crate::journal::Journal;
-use crate::log;
+use crate::manager::journal::Journal;
+use crate::sys::log;
 
 /// Why a start could not be prepared (after its conditions were met).
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +27,7 @@ pub(super) enum PrepareError {
     #[error("User=/Group=: {0}")]
     Account(#[from] users::AccountError),
     #[error("{directive}{name}: {source}")]
-    Directory { directive: &'static str, name: String, source: crate::fsat::FsError },
+    Directory { directive: &'static str, name: String, source: crate::sys::fsat::FsError },
     #[error("EnvironmentFile={}: {source}", path.display())]
     EnvironmentFile { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -338,7 +338,7 @@ impl Host<'_> {
         }
         for dir in directories(svc).iter().filter(|d| d.var == "RUNTIME_DIRECTORY") {
             // Walked without following links: the service may have replaced a part by one.
-            if let Err(e) = crate::fsat::remove_tree(Path::new(dir.base), Path::new(&dir.name)) {
+            if let Err(e) = crate::sys::fsat::remove_tree(Path::new(dir.base), Path::new(&dir.name)) {
                 self.say(&format!("{}{}: not removed: {e}", dir.directive, dir.name));
             }
         }
@@ -399,9 +399,9 @@ fn forking_main_pid(unit: &str, svc: &Service) -> Option<Pid> {
 /// Creates or reuses a directory of `RuntimeDirectory=` and friends: walked from its base
 /// without following a symlink anywhere (the service's user owns the directory and could have
 /// replaced a part of a nested name by a link to `/etc`), with mode and owner set on the last
-/// component's descriptor ([`crate::fsat::service_directory`]).
-fn make_directory(dir: &super::ServiceDir, account: &users::Account) -> Result<(), crate::fsat::FsError> {
-    crate::fsat::service_directory(Path::new(dir.base), Path::new(&dir.name), dir.mode, (account.uid, account.gid))
+/// component's descriptor ([`crate::sys::fsat::service_directory`]).
+fn make_directory(dir: &super::ServiceDir, account: &users::Account) -> Result<(), crate::sys::fsat::FsError> {
+    crate::sys::fsat::service_directory(Path::new(dir.base), Path::new(&dir.name), dir.mode, (account.uid, account.gid))
 }
 
 fn condition_env() -> condition::ConditionEnv {

@@ -1,4 +1,4 @@
-//! First-boot provisioning (DESIGN.md §3): one TOML document handed to the machine through
+//! First-boot provisioning (docs/design.md §3): one TOML document handed to the machine through
 //! QEMU's fw_cfg as `opt/org.berth/config` (`-fw_cfg name=opt/org.berth/config,file=…`; the
 //! `qemu_fw_cfg` module in the initramfs shows it under `/sys/firmware/qemu_fw_cfg`). Stage 2
 //! applies it once, after `/var` and the `/etc` overlay are up and before the hostname is set
@@ -42,7 +42,7 @@
 //! The whole document is parsed and checked against the machine before anything is written, so
 //! a malformed one changes nothing: the boot goes on with the image's defaults and the console
 //! says which line is wrong. Then every file is staged beside its target and, only when all are,
-//! renamed into place ([`apply`]). Files are written through [`crate::fsat`]: nothing is
+//! renamed into place ([`apply`]). Files are written through [`crate::sys::fsat`]: nothing is
 //! followed that a user could have planted, and inside a user's home PID 1 acts with the user's
 //! fsuid. After a successful run the marker `/var/lib/berth/provisioned` (the document's
 //! SHA-256) keeps later boots from applying it again; a document that failed is recorded in
@@ -61,7 +61,7 @@ use berth_units::load::Loader;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::fsat::{self, Created, Dir, FsError, Walk};
+use crate::sys::fsat::{self, Created, Dir, FsError, Walk};
 
 /// Why provisioning refused or could not apply a document. Each message is one line (it is
 /// also the reason [`FAILED`] records) naming the entry, user, file or unit concerned.
@@ -266,7 +266,7 @@ pub struct Mode(pub u32);
 #[serde(try_from = "String")]
 pub struct UnitFileName(pub String);
 
-/// The `[update]` table, free-form for the update agent; the keys DESIGN.md §4 names are checked.
+/// The `[update]` table, free-form for the update agent; the keys docs/design.md §4 names are checked.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "toml::Table")]
 pub struct Update(pub toml::Table);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
 
-use crate::log;
+use crate::sys::log;
 
 pub(super) mod partition;
 

@@ -1,4 +1,4 @@
-//! STATE at every boot (DESIGN.md §2, §3), before and after stage 2 mounts it.
+//! STATE at every boot (docs/design.md §2, §3), before and after stage 2 mounts it.
 //!
 //! - [`prepare`], before mounting: finds STATE (label `STATE`, type GUID from
 //!   `berth_slot::layout`) on the disk of the root partition; if the disk grew (the backup GPT
@@ -641,7 +641,7 @@ fn mkfs(node: &Path, dev: &File, bytes: u64, guid: &Guid, why: &'static str) -> 
 
 /// 16 bytes that differ between machines; the clock stands in on kernels before 5.6.
 fn random16(now: Duration) -> [u8; 16] {
-    crate::random::bytes16().unwrap_or_else(|| now.as_nanos().to_le_bytes())
+    crate::sys::random::bytes16().unwrap_or_else(|| now.as_nanos().to_le_bytes())
 }
 
 /// The fields of an ext4 superblock that growing needs.

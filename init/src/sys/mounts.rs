@@ -6,7 +6,7 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-use crate::log;
+use crate::sys::log;
 
 /// Mounts an API filesystem; one that is there already (EBUSY) is fine.
 pub fn mount_api(what: &str, at: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {

@@ -271,7 +271,7 @@ impl Journal {
             && !store.reported
         {
             store.reported = true;
-            crate::log::line(&format!("journal: {e}; further write errors are not reported"));
+            crate::sys::log::line(&format!("journal: {e}; further write errors are not reported"));
         }
         if self.followers.iter().any(|f| f.unit == unit) {
             let line =
@@ -466,7 +466,7 @@ fn echo(unit: &str, pid: Option<i32>, text: &[u8]) {
         Err(_) => (0, 0),
     };
     let text = String::from_utf8_lossy(text);
-    crate::log::err(&format!("[{sec:5}.{:06}] {}: {text}\n", nsec / 1000, prefix(unit, pid)));
+    crate::sys::log::err(&format!("[{sec:5}.{:06}] {}: {text}\n", nsec / 1000, prefix(unit, pid)));
 }
 
 /// CLOCK_REALTIME in µs (0 if the clock is before 1970).

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::log;
+use crate::sys::log;
 
 /// Where the panic reboots in a row are counted.
 pub const RECORD: &str = "/var/lib/berth/init-panics";
@@ -148,7 +148,7 @@ mod tests {
         let here = std::panic::Location::caller();
         let line = describe(Some(here), &"boom");
         assert_eq!(line, format!("panic at {}:{}:{}: boom", here.file(), here.line(), here.column()));
-        assert!(line.starts_with("panic at init/src/panics.rs:"), "{line}");
+        assert!(line.starts_with("panic at init/src/sys/panics.rs:"), "{line}");
         assert_eq!(describe(None, &String::from("owned")), "panic (no location): owned");
         assert_eq!(describe(None, &5u8), "panic (no location): (no message)");
     }
