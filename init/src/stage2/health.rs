@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_release::config::UpdateConfig;
-use berth_release::time::format_duration;
+use berth_release::time::human_duration;
 use berth_slot::Slot;
 
 use crate::manager::{BOOT_COMPLETE, BootHealth, Manager};
@@ -73,7 +73,7 @@ pub fn decide(
         BootHealth::Failed(why) => format!("{BOOT_COMPLETE} failed: {why}"),
         BootHealth::Pending => match timeout {
             Some(t) if elapsed >= t => {
-                let mut m = format!("{BOOT_COMPLETE} not reached within {}", format_duration(t));
+                let mut m = format!("{BOOT_COMPLETE} not reached within {}", human_duration(t));
                 if !waiting.is_empty() {
                     const SHOWN: usize = 8;
                     let mut names = waiting.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
@@ -115,14 +115,14 @@ impl Deadline {
         let timeout = match UpdateConfig::load(Path::new("/")) {
             Ok(c) => c.health_timeout,
             Err(e) => {
-                log::line(&format!("health: {e}; using the default health-timeout {}", format_duration(default)));
+                log::line(&format!("health: {e}; using the default health-timeout {}", human_duration(default)));
                 default
             }
         };
         let timeout = (!timeout.is_zero()).then_some(timeout);
         let trial = Trial::read(slot);
         let deadline = match timeout {
-            Some(t) => format!("{BOOT_COMPLETE} must be reached within {}", format_duration(t)),
+            Some(t) => format!("{BOOT_COMPLETE} must be reached within {}", human_duration(t)),
             None => format!("no deadline for {BOOT_COMPLETE} (health-timeout 0)"),
         };
         let state = match &trial {
@@ -217,7 +217,7 @@ mod tests {
         assert_eq!(
             decide(&trial(), &BootHealth::Pending, MIN10, Some(MIN10), &w[..1]),
             Action::Reboot(
-                "boot-complete.target not reached within 10m (still waiting for u0.service); slot b is on \
+                "boot-complete.target not reached within 10min (still waiting for u0.service); slot b is on \
                  trial, rebooting so that the boot manager can fall back"
                     .into()
             )
@@ -240,7 +240,7 @@ mod tests {
         assert_eq!(
             decide(&Trial::Good(Slot::A), &BootHealth::Pending, MIN10, Some(MIN10), &[]),
             Action::Log(
-                "boot-complete.target not reached within 10m; slot a is marked successful, not rebooting".into()
+                "boot-complete.target not reached within 10min; slot a is marked successful, not rebooting".into()
             )
         );
         let unknown = Trial::Unknown("booted slot \"?\" unknown".into());

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use berth_release::time::format_duration;
+use berth_release::time::human_duration;
 use berth_units::Service;
 use berth_units::command::ExecCommand;
 use berth_units::service::{KillMode, NotifyAccess, Preserve, Restart, ServiceType};
@@ -327,7 +327,7 @@ impl ServiceRun {
                 fx.push(Effect::Say(format!(
                     "start limit hit ({} starts within {}); failed, not starting again",
                     self.limit.burst,
-                    format_duration(interval)
+                    human_duration(interval)
                 )));
                 return fx;
             }
@@ -874,7 +874,7 @@ impl ServiceRun {
             let what = if failed { format!("failed: {}", outcome.describe()) } else { "exited".into() };
             fx.push(Effect::Say(format!(
                 "{what}; restarting in {} (restart {})",
-                format_duration(svc.restart_sec),
+                human_duration(svc.restart_sec),
                 self.restarts + 1
             )));
             return;
