@@ -7,11 +7,11 @@
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use berth_fstree::{Metadata, Node, NodeId, NodeKind, Tree};
 use berth_units::install::{self, Change, InstallError};
-use berth_units::load::{Entry, SYSTEM_UNIT_DIRS, UnitDirs};
+use berth_units::load::{Entry, Lookup, Resolved, SYSTEM_UNIT_DIRS, UnitDirs};
 use berth_units::{HostInfo, Loader};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +34,6 @@ pub enum EnableError {
     },
 }
 
-/// Symlink hops before giving up (as the kernel's ELOOP limit).
-const MAX_LINKS: usize = 40;
-
 /// The image tree as the unit loader reads it: paths are absolute inside the tree, symlinks
 /// (absolute ones inside the tree) are followed in the middle of a path.
 #[derive(Clone, Copy)]
@@ -48,56 +45,28 @@ impl std::fmt::Debug for TreeDirs<'_> {
     }
 }
 
-fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{}: not in the image tree", path.display()))
-}
-
 impl TreeDirs<'_> {
-    /// The node at `path`, following symlinks on the way (and the last one if `follow_last`).
+    /// The node at `path`, following symlinks on the way (and the last one if `follow_last`)
+    /// with the unit loader's own walk.
     fn find(&self, path: &Path, follow_last: bool) -> io::Result<NodeId> {
-        let mut done = PathBuf::from("/");
-        let mut hops = 0;
-        // Components still to walk, next one last.
-        let mut stack: Vec<OsString> = Vec::new();
-        push_components(&mut stack, path);
-        while let Some(c) = stack.pop() {
-            if c == ".." {
-                done.pop();
-                continue;
-            }
-            let candidate = done.join(&c);
-            let id = self.0.lookup(&candidate).ok_or_else(|| not_found(path))?;
-            match &self.0.node(id).kind {
-                NodeKind::Symlink(target) if follow_last || !stack.is_empty() => {
-                    hops += 1;
-                    if hops > MAX_LINKS {
-                        return Err(io::Error::other(format!("{}: too many levels of symbolic links", path.display())));
-                    }
-                    let target = Path::new(OsStr::from_bytes(target));
-                    if target.is_absolute() {
-                        done = PathBuf::from("/");
-                    }
-                    push_components(&mut stack, target);
-                }
-                _ => done = candidate,
-            }
-        }
-        self.0.lookup(&done).ok_or_else(|| not_found(path))
-    }
-}
-
-/// Pushes the components of `p` so that the first one is popped first.
-fn push_components(stack: &mut Vec<OsString>, p: &Path) {
-    for c in p.components().rev() {
-        match c {
-            Component::Normal(n) => stack.push(n.to_owned()),
-            Component::ParentDir => stack.push("..".into()),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
+        let (at, why) = match self.resolve(path, follow_last)? {
+            // The walk saw every component of the path it returns.
+            Resolved::Path(done) => (done, "not in the image tree"),
+            Resolved::DevNull => (PathBuf::from("/dev/null"), "links to /dev/null, which the image tree does not have"),
+        };
+        self.0.lookup(&at).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{}: {why}", path.display())))
     }
 }
 
 impl UnitDirs for TreeDirs<'_> {
+    fn lookup(&self, path: &Path) -> io::Result<Lookup> {
+        Ok(match self.0.lookup(path).map(|id| &self.0.node(id).kind) {
+            None => Lookup::Missing,
+            Some(NodeKind::Symlink(target)) => Lookup::Symlink(PathBuf::from(OsStr::from_bytes(target))),
+            Some(_) => Lookup::Other,
+        })
+    }
+
     fn entry(&self, path: &Path) -> io::Result<Entry> {
         let node = self.0.node(self.find(path, false)?);
         Ok(match &node.kind {

@@ -178,14 +178,24 @@ pub fn enablement_of<D: UnitDirs>(loader: &Loader<D>, name: &str) -> Option<Enab
 /// or point elsewhere. Empty when all are in place; `[Change::Static]` for a unit without
 /// `[Install]`.
 pub fn plan_enable<D: UnitDirs>(loader: &Loader<D>, name: &str) -> Result<Vec<Change>, InstallError> {
+    plan_with_also(loader, name, enable_one)
+}
+
+/// What enabling or disabling plans for one unit (loaded, asked for by a name), `Also=` aside.
+type PlanOne<D> = fn(&Loader<D>, &str, &Unit, &mut Vec<Change>) -> Result<(), InstallError>;
+
+/// The changes `one` plans for `name` and then, each once, for the units its `Also=` names (and
+/// theirs): the walk enabling and disabling share.
+fn plan_with_also<D: UnitDirs>(loader: &Loader<D>, name: &str, one: PlanOne<D>) -> Result<Vec<Change>, InstallError> {
     let mut changes = Vec::new();
-    enable_one(loader, name, &mut changes, &mut BTreeSet::new())?;
+    visit_with_also(loader, name, one, &mut changes, &mut BTreeSet::new())?;
     Ok(changes)
 }
 
-fn enable_one<D: UnitDirs>(
+fn visit_with_also<D: UnitDirs>(
     loader: &Loader<D>,
     name: &str,
+    one: PlanOne<D>,
     changes: &mut Vec<Change>,
     seen: &mut BTreeSet<String>,
 ) -> Result<(), InstallError> {
@@ -193,37 +203,48 @@ fn enable_one<D: UnitDirs>(
         return Ok(());
     }
     let unit = loader.load(name);
+    one(loader, name, &unit, changes)?;
+    for also in &unit.install.also {
+        visit_with_also(loader, also, one, changes, seen).map_err(|cause| InstallError::Also {
+            unit: unit.name.clone(),
+            also: also.clone(),
+            cause: Box::new(cause),
+        })?;
+    }
+    Ok(())
+}
+
+/// The links that enable `unit` (called `name`), `Also=` aside.
+fn enable_one<D: UnitDirs>(
+    loader: &Loader<D>,
+    name: &str,
+    unit: &Unit,
+    changes: &mut Vec<Change>,
+) -> Result<(), InstallError> {
     match unit.state {
         LoadState::Loaded | LoadState::Unsupported => {}
         LoadState::NotFound => return Err(not_found(loader, name)),
         LoadState::Masked => {
             let path = unit.fragment.clone().unwrap_or_else(|| PathBuf::from(&unit.name));
-            return Err(InstallError::Masked { unit: unit.name, path });
+            return Err(InstallError::Masked { unit: unit.name.clone(), path });
         }
         LoadState::Error => {
             let (path, line, reason) = match unit.errors.first() {
                 Some(e) => (e.file.clone(), e.line, e.kind.to_string()),
                 None => (PathBuf::from(&unit.name), 0, "unusable".into()),
             };
-            return Err(InstallError::Invalid { unit: unit.name, path, line, reason });
+            return Err(InstallError::Invalid { unit: unit.name.clone(), path, line, reason });
         }
     }
-    if is_static(&unit) {
-        changes.push(Change::Static { unit: unit.name });
+    if is_static(unit) {
+        changes.push(Change::Static { unit: unit.name.clone() });
         return Ok(());
     }
-    for (link, target) in install_links(&unit)? {
+    for (link, target) in install_links(unit)? {
         let planned = changes.iter().any(|c| matches!(c, Change::Created { link: l, .. } if *l == link));
         if !planned && needs_link(loader.files(), &unit.name, &link, &target)? {
             changes.push(Change::Created { link, target });
         }
-    }
-    for also in &unit.install.also {
-        enable_one(loader, also, changes, seen).map_err(|cause| InstallError::Also {
-            unit: unit.name.clone(),
-            also: also.clone(),
-            cause: Box::new(cause),
-        })?;
     }
     Ok(())
 }
@@ -244,22 +265,17 @@ fn needs_link(files: &impl UnitDirs, unit: &str, link: &Path, target: &Path) -> 
 /// template's default instance), and its `Alias=` links. Masks (links to `/dev/null`) stay.
 /// A unit whose file is gone can still be disabled.
 pub fn plan_disable<D: UnitDirs>(loader: &Loader<D>, name: &str) -> Result<Vec<Change>, InstallError> {
-    let mut changes = Vec::new();
-    disable_one(loader, name, &mut changes, &mut BTreeSet::new())?;
-    Ok(changes)
+    plan_with_also(loader, name, disable_one)
 }
 
+/// The links to remove to disable `unit` (asked for as `name`), `Also=` aside.
 fn disable_one<D: UnitDirs>(
     loader: &Loader<D>,
     name: &str,
+    unit: &Unit,
     changes: &mut Vec<Change>,
-    seen: &mut BTreeSet<String>,
 ) -> Result<(), InstallError> {
-    if !seen.insert(name.to_string()) {
-        return Ok(());
-    }
     let files = loader.files();
-    let unit = loader.load(name);
     let before = changes.len();
     let mut names: BTreeSet<String> = unit.names().map(str::to_string).collect();
     names.insert(name.to_string());
@@ -294,15 +310,8 @@ fn disable_one<D: UnitDirs>(
     if unit.state == LoadState::NotFound && changes.len() == before {
         return Err(not_found(loader, name));
     }
-    if is_static(&unit) && unit.state != LoadState::NotFound && changes.len() == before {
+    if is_static(unit) && unit.state != LoadState::NotFound && changes.len() == before {
         changes.push(Change::Static { unit: unit.name.clone() });
-    }
-    for also in &unit.install.also {
-        disable_one(loader, also, changes, seen).map_err(|cause| InstallError::Also {
-            unit: unit.name.clone(),
-            also: also.clone(),
-            cause: Box::new(cause),
-        })?;
     }
     Ok(())
 }

@@ -65,10 +65,34 @@ pub enum Entry {
     Other,
 }
 
+/// What is at one path inside the root whose directories are already resolved (no symlink
+/// among them): all that [`UnitDirs::resolve`] asks at each step of its walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Missing,
+    /// A symlink and its target, as written.
+    Symlink(PathBuf),
+    /// A directory, file, device, fifo or socket.
+    Other,
+}
+
+/// Where a path leads inside the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// The path with its symlinks followed (the final one only if asked); it exists.
+    Path(PathBuf),
+    /// `/dev/null` (a mask), which an image tree need not have.
+    DevNull,
+}
+
 /// How the loader reads a root: paths are absolute inside it, symlinks in the middle of a
 /// path are followed (a final one only where the method says so). Implemented for a directory
-/// ([`RootDir`]) here and for the image builder's in-memory tree in the builder.
+/// ([`RootDir`]) here and for the image builder's in-memory tree in the builder; both follow
+/// symlinks with the one walk of [`UnitDirs::resolve`], so that build time and run time see the
+/// same units.
 pub trait UnitDirs {
+    /// What `path` is, the final symlink not followed; the walk's one question.
+    fn lookup(&self, path: &Path) -> io::Result<Lookup>;
     /// What `path` is; a final symlink is not followed.
     fn entry(&self, path: &Path) -> io::Result<Entry>;
     /// The text of the file at `path`.
@@ -80,6 +104,53 @@ pub trait UnitDirs {
     /// `path` as messages show it (its place on this machine for a directory root).
     fn shown(&self, path: &Path) -> PathBuf {
         path.to_path_buf()
+    }
+
+    /// Follows the symlinks in `path` (absolute, inside the root) as if the root were `/`, the
+    /// final one too if `follow_last`: a relative target is relative to the link's directory,
+    /// an absolute one to the root. Errors name `path` (as [`UnitDirs::shown`]).
+    fn resolve(&self, path: &Path, follow_last: bool) -> io::Result<Resolved> {
+        let named = |e: &dyn std::fmt::Display| format!("{}: {e}", self.shown(path).display());
+        let mut done = PathBuf::from("/");
+        let mut hops = 0;
+        // Components still to walk, next one last.
+        let mut stack: Vec<OsString> = Vec::new();
+        push_components(&mut stack, path);
+        while let Some(c) = stack.pop() {
+            if c == ".." {
+                done.pop();
+                continue;
+            }
+            let candidate = done.join(&c);
+            if candidate == Path::new("/dev/null") && stack.is_empty() {
+                return Ok(Resolved::DevNull);
+            }
+            let target = match self.lookup(&candidate) {
+                Ok(Lookup::Symlink(target)) if follow_last || !stack.is_empty() => target,
+                Ok(Lookup::Missing) => {
+                    return Err(io::Error::new(io::ErrorKind::NotFound, named(&"no such file or directory")));
+                }
+                Ok(_) => {
+                    done = candidate;
+                    continue;
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), named(&e))),
+            };
+            hops += 1;
+            if hops > MAX_LINKS {
+                return Err(io::Error::other(named(&"too many levels of symbolic links")));
+            }
+            // /dev/null need not exist in an image tree.
+            if target == Path::new("/dev/null") && stack.is_empty() {
+                return Ok(Resolved::DevNull);
+            }
+            // A relative target is relative to the link's directory, which `done` still is.
+            if target.is_absolute() {
+                done = PathBuf::from("/");
+            }
+            push_components(&mut stack, &target);
+        }
+        Ok(Resolved::Path(done))
     }
 }
 
@@ -108,6 +179,15 @@ impl RootDir {
 }
 
 impl UnitDirs for RootDir {
+    fn lookup(&self, path: &Path) -> io::Result<Lookup> {
+        match self.entry(path) {
+            Ok(Entry::Symlink) => Ok(Lookup::Symlink(self.read_link(path)?)),
+            Ok(_) => Ok(Lookup::Other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Lookup::Missing),
+            Err(e) => Err(e),
+        }
+    }
+
     fn entry(&self, path: &Path) -> io::Result<Entry> {
         use std::os::unix::fs::PermissionsExt;
         let meta = self.host_path(path).symlink_metadata()?;
@@ -158,12 +238,6 @@ enum Found {
     Masked(PathBuf),
     Alias(String),
     Broken(PathBuf, String),
-}
-
-/// What a path resolves to inside the root.
-enum Resolved {
-    Path(PathBuf),
-    DevNull,
 }
 
 impl Loader<RootDir> {
@@ -277,7 +351,7 @@ impl<D: UnitDirs> Loader<D> {
         } else {
             EXEC_SEARCH_PATH.iter().map(|d| Path::new(d).join(program)).collect()
         };
-        candidates.into_iter().find(|c| match self.resolve(c) {
+        candidates.into_iter().find(|c| match self.files.resolve(c, true) {
             Ok(Resolved::Path(p)) => matches!(self.files.entry(&p), Ok(Entry::File { executable: true, .. })),
             _ => false,
         })
@@ -525,7 +599,7 @@ impl<D: UnitDirs> Loader<D> {
             let path = dir.join(name);
             return Some(match self.files.entry(&path) {
                 Err(_) => continue,
-                Ok(Entry::Symlink) => match self.resolve(&path) {
+                Ok(Entry::Symlink) => match self.files.resolve(&path, true) {
                     Ok(Resolved::DevNull) => Found::Masked(path),
                     Ok(Resolved::Path(target)) => self.link_target(name, path, target),
                     Err(e) => Found::Broken(path, format!("cannot follow the link: {e}")),
@@ -567,44 +641,6 @@ impl<D: UnitDirs> Loader<D> {
         Found::Alias(target_name.to_string())
     }
 
-    /// Follows symlinks in `path` (absolute, inside the root) as if the root were `/`.
-    fn resolve(&self, path: &Path) -> io::Result<Resolved> {
-        let mut done = PathBuf::from("/");
-        let mut hops = 0;
-        // Components still to walk, next one last.
-        let mut stack: Vec<OsString> = Vec::new();
-        push_components(&mut stack, path);
-        while let Some(c) = stack.pop() {
-            if c == ".." {
-                done.pop();
-                continue;
-            }
-            let candidate = done.join(&c);
-            if candidate == Path::new("/dev/null") && stack.is_empty() {
-                return Ok(Resolved::DevNull);
-            }
-            if self.files.entry(&candidate)? != Entry::Symlink {
-                done = candidate;
-                continue;
-            }
-            hops += 1;
-            if hops > MAX_LINKS {
-                return Err(io::Error::other("too many levels of symbolic links"));
-            }
-            let target = self.files.read_link(&candidate)?;
-            // /dev/null need not exist in an image tree.
-            if target == Path::new("/dev/null") && stack.is_empty() {
-                return Ok(Resolved::DevNull);
-            }
-            // A relative target is relative to the link's directory, which `done` still is.
-            if target.is_absolute() {
-                done = PathBuf::from("/");
-            }
-            push_components(&mut stack, &target);
-        }
-        Ok(Resolved::Path(done))
-    }
-
     /// The names of a unit's drop-in directories, most specific first.
     fn dropin_dir_names(&self, name: &UnitName) -> Vec<String> {
         let suffix = name.kind.suffix();
@@ -640,7 +676,7 @@ impl<D: UnitDirs> Loader<D> {
                         continue;
                     }
                     let path = d.join(&file);
-                    let masked = match self.resolve(&path) {
+                    let masked = match self.files.resolve(&path, true) {
                         Ok(Resolved::DevNull) => true,
                         Ok(Resolved::Path(p)) => matches!(self.files.entry(&p), Ok(Entry::File { len: 0, .. })),
                         Err(_) => false,

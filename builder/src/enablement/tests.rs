@@ -170,3 +170,64 @@ fn build_and_run_time_agree() {
     assert_eq!(install::enablement_of(&tree_loader, "legacy.service"), Some(install::Enablement::Enabled));
     assert_eq!(install::enablement_of(&tree_loader, "ssh.service"), Some(install::Enablement::Disabled));
 }
+
+/// The one symlink walk reads the tree and a directory alike: relative and absolute links, `..`,
+/// masks (with no /dev in either root), a loop stopped by the hop limit, and errors that name the
+/// path asked for.
+#[test]
+fn tree_and_directory_resolve_alike() {
+    let mut t = tree_with(&[("usr/lib/systemd/system/a.service", "x"), ("opt/b.service", "y")]);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
+    std::fs::create_dir_all(root.join("opt")).unwrap();
+    std::fs::write(root.join("usr/lib/systemd/system/a.service"), "x").unwrap();
+    std::fs::write(root.join("opt/b.service"), "y").unwrap();
+    let links = [
+        ("lib", "usr/lib"),
+        ("usr/lib/systemd/system/rel.service", "../../../../opt/b.service"),
+        ("usr/lib/systemd/system/abs.service", "/lib/systemd/system/a.service"),
+        ("usr/lib/systemd/system/masked.service", "/dev/null"),
+        ("usr/lib/systemd/system/via-mask.service", "masked.service"),
+        ("usr/lib/systemd/system/loop.service", "loop.service"),
+        ("usr/lib/systemd/system/gone.service", "/opt/gone.service"),
+    ];
+    for (path, target) in links {
+        std::os::unix::fs::symlink(target, root.join(path)).unwrap();
+        let node = Node::new(NodeKind::Symlink(target.as_bytes().to_vec()), Metadata::root(0o777, 0));
+        t.insert(path, node).unwrap();
+    }
+    let tree = TreeDirs(&t);
+    let run_time = berth_units::load::RootDir::new(root);
+    let path = |name: &str| PathBuf::from(format!("/lib/systemd/system/{name}"));
+    let file = |p: &str| Ok(Resolved::Path(PathBuf::from(p)));
+    let cases = [
+        ("a.service", file("/usr/lib/systemd/system/a.service")),
+        ("rel.service", file("/opt/b.service")),
+        ("abs.service", file("/usr/lib/systemd/system/a.service")),
+        ("masked.service", Ok(Resolved::DevNull)),
+        ("via-mask.service", Ok(Resolved::DevNull)),
+        ("loop.service", Err("too many levels of symbolic links")),
+        ("gone.service", Err("no such file or directory")),
+        ("nope.service", Err("no such file or directory")),
+    ];
+    for (name, expected) in cases {
+        let (built, ran) = (tree.resolve(&path(name), true), run_time.resolve(&path(name), true));
+        match expected {
+            Ok(expected) => {
+                assert_eq!(built.unwrap(), expected, "{name}");
+                assert_eq!(ran.unwrap(), expected, "{name}");
+            }
+            Err(why) => {
+                let (built, ran) = (built.unwrap_err().to_string(), ran.unwrap_err().to_string());
+                assert_eq!(built, format!("{}: {why}", path(name).display()));
+                assert_eq!(ran, format!("{}: {why}", run_time.host_path(&path(name)).display()));
+            }
+        }
+    }
+    // Not following the last link: the link itself.
+    let link = path("loop.service");
+    let expected = Resolved::Path(PathBuf::from("/usr/lib/systemd/system/loop.service"));
+    assert_eq!(tree.resolve(&link, false).unwrap(), expected);
+    assert_eq!(run_time.resolve(&link, false).unwrap(), expected);
+}
