@@ -11,6 +11,13 @@
 //!   copy and the account is the image's (same name and id in the merged `passwd`/`group`).
 //! - Local lines are never changed, reordered or removed, and a name present in both keeps its
 //!   local entry (its password, shell, group members).
+//! - An image line is read as `berth_accounts` reads its file, and one that is not an entry of
+//!   it (a field too many or too few, an id that is not a number) is logged and left out rather
+//!   than copied into the local file. Comments and NIS `+`/`-` lines of the image are skipped.
+//!
+//! The local copies are not parsed as entries: they must be kept byte for byte, including what
+//! `berth_accounts` refuses (NIS `+`/`-` lines, comments, a line a tool left half-written), and
+//! every line of them that names an account claims its name and id ([`claims`]).
 //!
 //! Each file is rewritten atomically (a new file, fsync, rename) with the upper copy's owner and
 //! mode, `shadow` and `gshadow` before `passwd` and `group` (a cut in between leaves a shadow
@@ -21,6 +28,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
+use berth_accounts::{Entry, Group, Gshadow, Passwd, Shadow};
 use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fchmod, fstat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
@@ -30,10 +38,23 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 pub struct Db {
     pub file: &'static str,
     pub shadow: &'static str,
+    /// The image's lines of `file` and of `shadow` as entries.
+    read_file: fn(&str) -> Parsed,
+    read_shadow: fn(&str) -> Parsed,
 }
 
-pub const PASSWD: Db = Db { file: "passwd", shadow: "shadow" };
-pub const GROUP: Db = Db { file: "group", shadow: "gshadow" };
+pub const PASSWD: Db = Db {
+    file: "passwd",
+    shadow: "shadow",
+    read_file: |text| image_entries::<Passwd>("passwd", text, |e| Some(e.uid)),
+    read_shadow: |text| image_entries::<Shadow>("shadow", text, |_| None),
+};
+pub const GROUP: Db = Db {
+    file: "group",
+    shadow: "gshadow",
+    read_file: |text| image_entries::<Group>("group", text, |e| Some(e.gid)),
+    read_shadow: |text| image_entries::<Gshadow>("gshadow", text, |_| None),
+};
 
 /// The result of merging one database's text.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -48,16 +69,54 @@ pub struct Merged {
     pub skipped: Vec<String>,
 }
 
-/// `name:x:id:...` lines of `text` as (name, id, line), skipping comments, blanks and NIS
-/// `+`/`-` lines.
-fn entries(text: &str) -> Vec<(&str, Option<&str>, &str)> {
+/// An image file's entries, each as its name, id (none for a shadow file) and line as
+/// `berth_accounts` formats it, and why each line that is not an entry was left out.
+#[derive(Debug, Default)]
+struct Parsed {
+    entries: Vec<(String, Option<u32>, String)>,
+    refused: Vec<String>,
+}
+
+/// Lines that name no account, which both readings skip silently: blanks, comments and NIS
+/// `+`/`-` lines (`berth_accounts` would refuse them as entries).
+fn not_an_account(line: &str) -> bool {
+    line.trim().is_empty() || line.starts_with(['#', '+', '-'])
+}
+
+/// The image's `file` (named in the reasons) parsed line by line.
+fn image_entries<T: Entry>(file: &str, text: &str, id: fn(&T) -> Option<u32>) -> Parsed {
+    let mut parsed = Parsed::default();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !not_an_account(l)) {
+        match line.parse::<T>() {
+            Ok(e) => parsed.entries.push((e.name().to_owned(), id(&e), e.to_string())),
+            Err(source) => {
+                let kind = T::KIND;
+                let e = berth_accounts::Error {
+                    file: format!("image /etc/{file}"),
+                    line: n + 1,
+                    kind,
+                    text: line.into(),
+                    source,
+                };
+                parsed.refused.push(format!("{e}; not added"));
+            }
+        }
+    }
+    parsed
+}
+
+/// The names and ids a local (upper) file claims: the first and the third `:`-separated field
+/// of every line but blanks, comments and NIS lines, whether or not the rest of the line is a
+/// well-formed entry. A thin splitter rather than `berth_accounts`, which refuses a malformed
+/// line: here such a line must still keep its name and id from being given to an image entry.
+fn claims(text: &str) -> Vec<(&str, Option<u32>)> {
     text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with(['#', '+', '-']))
+        .filter(|l| !not_an_account(l))
         .filter_map(|l| {
             let mut f = l.split(':');
             let name = f.next().filter(|n| !n.is_empty())?;
-            let id = f.nth(1);
-            Some((name, id, l))
+            let id = f.nth(1).and_then(|id| id.parse().ok());
+            Some((name, id))
         })
         .collect()
 }
@@ -78,15 +137,16 @@ fn append(local: &str, lines: &[&str]) -> String {
 /// no copy of that file, so the image's shows through and nothing is merged into it).
 pub fn merge(db: Db, image: &str, image_shadow: &str, local: Option<&str>, local_shadow: Option<&str>) -> Merged {
     let mut m = Merged::default();
-    let image_entries = entries(image);
-    let merged_ids: HashMap<String, Option<String>> = match local {
+    let image_file = (db.read_file)(image);
+    let merged_ids: HashMap<String, Option<u32>> = match local {
         Some(local) => {
-            let have = entries(local);
-            let names: HashSet<&str> = have.iter().map(|(n, _, _)| *n).collect();
-            let mut ids: HashMap<&str, &str> = have.iter().filter_map(|(n, id, _)| Some(((*id)?, *n))).collect();
+            m.skipped.extend(image_file.refused.iter().cloned());
+            let have = claims(local);
+            let names: HashSet<&str> = have.iter().map(|(n, _)| *n).collect();
+            let mut ids: HashMap<u32, &str> = have.iter().filter_map(|(n, id)| Some(((*id)?, *n))).collect();
             let mut add = Vec::new();
-            for (name, id, line) in &image_entries {
-                if names.contains(name) {
+            for (name, id, line) in &image_file.entries {
+                if names.contains(name.as_str()) {
                     continue;
                 }
                 if let Some(id) = id
@@ -100,41 +160,41 @@ pub fn merge(db: Db, image: &str, image_shadow: &str, local: Option<&str>, local
                     continue;
                 }
                 if let Some(id) = id {
-                    ids.insert(id, name);
+                    ids.insert(*id, name);
                 }
-                add.push(*line);
-                m.added.push(name.to_string());
+                add.push(line.as_str());
+                m.added.push(name.clone());
             }
             if !add.is_empty() {
                 m.file = Some(append(local, &add));
             }
-            let all = entries(m.file.as_deref().unwrap_or(local));
-            all.iter().map(|(n, id, _)| (n.to_string(), id.map(str::to_string))).collect()
+            let all = claims(m.file.as_deref().unwrap_or(local));
+            all.iter().map(|(n, id)| (n.to_string(), *id)).collect()
         }
         // The image's own file shows through: every image account is there.
-        None => image_entries.iter().map(|(n, id, _)| (n.to_string(), id.map(str::to_string))).collect(),
+        None => image_file.entries.iter().map(|(n, id, _)| (n.clone(), *id)).collect(),
     };
     if let Some(local_shadow) = local_shadow {
-        let have: HashSet<&str> = entries(local_shadow).iter().map(|(n, _, _)| *n).collect();
-        let image_ids: HashMap<&str, Option<&str>> = image_entries.iter().map(|(n, id, _)| (*n, *id)).collect();
-        let add: Vec<&str> = text_lines_by_name(image_shadow)
-            .into_iter()
-            .filter(|(name, _)| !have.contains(name))
-            .filter(|(name, _)| {
+        let have: HashSet<&str> = claims(local_shadow).iter().map(|(n, _)| *n).collect();
+        let image_ids: HashMap<&str, Option<u32>> =
+            image_file.entries.iter().map(|(n, id, _)| (n.as_str(), *id)).collect();
+        let shadow = (db.read_shadow)(image_shadow);
+        m.skipped.extend(shadow.refused);
+        let add: Vec<&str> = shadow
+            .entries
+            .iter()
+            .filter(|(name, _, _)| !have.contains(name.as_str()))
+            .filter(|(name, _, _)| {
                 // The account is the image's: same name and id in the merged file.
-                image_ids.get(name).is_some_and(|id| merged_ids.get(*name).is_some_and(|m| m.as_deref() == *id))
+                image_ids.get(name.as_str()).is_some_and(|id| merged_ids.get(name).is_some_and(|m| m == id))
             })
-            .map(|(_, line)| line)
+            .map(|(_, _, line)| line.as_str())
             .collect();
         if !add.is_empty() {
             m.shadow = Some(append(local_shadow, &add));
         }
     }
     m
-}
-
-fn text_lines_by_name(text: &str) -> Vec<(&str, &str)> {
-    entries(text).into_iter().map(|(n, _, l)| (n, l)).collect()
 }
 
 /// A regular file in `dir` read without following a symlink: its text and its fd (for the
@@ -282,6 +342,40 @@ mod tests {
         // A file without a trailing newline stays a valid file.
         let m = merge(GROUP, image, image_gshadow, Some("root:x:0:"), None);
         assert_eq!(m.file.as_deref(), Some("root:x:0:\nsudo:x:27:core\n_chrony:x:102:\n"));
+    }
+
+    /// Local lines berth_accounts would refuse stay byte for byte, and still claim their name
+    /// and id; an image line that is not an entry (the old splitter copied it) is left out and
+    /// said why.
+    #[test]
+    fn h7_local_lines_are_kept_verbatim_and_image_lines_that_are_not_entries_are_not_added() {
+        let local = "# local accounts\nroot:x:0:0:root:/root:/bin/bash\n+@admins::::::\n-mallory::::::\n\
+                     carol:x:1002\n+\n";
+        let image = "root:x:0:0:root:/root:/bin/bash\n# a comment\n+::::::\ncarol:x:1003:1003::/home/carol:/bin/sh\n\
+                     dave:x:1002:1002::/home/dave:/bin/sh\nodd:x:1500:staff::/home/odd:/bin/sh\nshort:x:1600\n\
+                     _chrony:x:101:102:Chrony daemon:/var/lib/chrony:/usr/sbin/nologin\n";
+        let image_shadow = "_chrony:!:19000::::::\nodd:!:19000::::::\nbad:!:x::::::\n";
+        let m = merge(PASSWD, image, image_shadow, Some(local), Some("root:*:19000:0:99999:7:::\n"));
+        assert_eq!(m.added, ["_chrony"]);
+        assert_eq!(
+            m.file.as_deref(),
+            Some(&*format!("{local}_chrony:x:101:102:Chrony daemon:/var/lib/chrony:/usr/sbin/nologin\n"))
+        );
+        assert_eq!(m.shadow.as_deref(), Some("root:*:19000:0:99999:7:::\n_chrony:!:19000::::::\n"));
+        assert_eq!(
+            m.skipped,
+            [
+                "image /etc/passwd line 6: `odd:x:1500:staff::/home/odd:/bin/sh` is not a passwd entry: its gid \
+                 `staff` is not a number; not added",
+                "image /etc/passwd line 7: `short:x:1600` is not a passwd entry: 3 fields, not 7; not added",
+                "passwd: image entry dave not added: uid 1002 is local carol's",
+                "image /etc/shadow line 3: `bad:!:x::::::` is not a shadow entry: its last change day `x` is not a \
+                 number; not added",
+            ]
+        );
+        // An id compares as a number: a local `01002` is uid 1002.
+        let m = merge(PASSWD, image, "", Some("carol:x:01002:1002::/home/carol:/bin/sh\n"), None);
+        assert!(m.skipped.iter().any(|s| s.ends_with("uid 1002 is local carol's")), "{:?}", m.skipped);
     }
 
     #[test]

@@ -56,6 +56,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
+use berth_accounts::{Entry, Group, Gshadow, Passwd, Shadow};
 use berth_units::UnitName;
 use berth_units::load::Loader;
 use serde::Deserialize;
@@ -83,9 +84,9 @@ pub enum ProvisionError {
     Invalid { entry: String, why: String },
     #[error("reading {file}: {source}")]
     AccountsRead { file: &'static str, source: std::io::Error },
-    /// An account file of the image (`/etc/passwd`, …) cannot be used.
-    #[error("{file}{}: {why}", line.map_or(String::new(), |n| format!(" line {n}")))]
-    Accounts { file: &'static str, line: Option<usize>, why: String },
+    /// A line of an account file of the image (`/etc/passwd`, …) is not an entry of that file.
+    #[error(transparent)]
+    Accounts(#[from] berth_accounts::Error),
     /// A user of the document cannot be set up as asked.
     #[error("user {user}: {why}")]
     User { user: String, why: String },
@@ -231,7 +232,8 @@ pub struct Unit {
 #[serde(try_from = "String")]
 pub struct Hostname(pub String);
 
-/// A user or group name (what `useradd` accepts without `--badname`).
+/// A user or group name: what [`berth_accounts::valid_name`] accepts, less `$` (a machine
+/// account's mark), `.`, `..` and names of digits only (which tools would read as an id).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Name(pub String);
@@ -241,7 +243,7 @@ pub struct Name(pub String);
 #[serde(try_from = "String")]
 pub struct OneLine(pub String);
 
-/// An absolute path without `:` (a passwd field).
+/// An absolute path that fits a passwd field ([`berth_accounts::valid_field`]).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct AbsolutePath(pub String);
@@ -295,13 +297,12 @@ impl TryFrom<String> for Hostname {
 impl TryFrom<String> for Name {
     type Error = ValueError;
     fn try_from(s: String) -> Result<Name, ValueError> {
-        let ok = !s.is_empty()
-            && s.len() <= 32
-            && !s.starts_with('-')
+        // Stricter than the line format needs: these names are also path components (homes).
+        let ok = berth_accounts::valid_name(&s)
+            && !s.contains('$')
             && s != "."
             && s != ".."
-            && !s.bytes().all(|b| b.is_ascii_digit())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            && !s.bytes().all(|b| b.is_ascii_digit());
         if ok { Ok(Name(s)) } else { Err(ValueError::Name(s)) }
     }
 }
@@ -319,7 +320,7 @@ impl TryFrom<String> for OneLine {
 impl TryFrom<String> for AbsolutePath {
     type Error = ValueError;
     fn try_from(s: String) -> Result<AbsolutePath, ValueError> {
-        if !s.starts_with('/') || s.contains([':', '\n']) {
+        if !s.starts_with('/') || !berth_accounts::valid_field(&s) {
             return Err(ValueError::AbsolutePath(s));
         }
         Ok(AbsolutePath(s))
@@ -445,7 +446,7 @@ pub fn parse(text: &str) -> Result<Config, ProvisionError> {
         if u.uid == Some(0) {
             return Err(bad(format!("users[{i}]"), "uid 0 is root's".into()));
         }
-        if u.password_hash.as_ref().is_some_and(|h| h.0.contains(':')) {
+        if u.password_hash.as_ref().is_some_and(|h| !berth_accounts::valid_field(&h.0)) {
             return Err(bad(format!("users[{i}]"), "password_hash must not contain `:`".into()));
         }
     }
@@ -849,14 +850,14 @@ fn enable(root: &Path, names: &[&str]) -> Result<Vec<String>, ProvisionError> {
     Ok(actions)
 }
 
-/// `/etc/passwd`, `/etc/group`, `/etc/shadow` and `/etc/gshadow` as colon-separated fields,
-/// with what provisioning adds.
+/// `/etc/passwd`, `/etc/group`, `/etc/shadow` and `/etc/gshadow` as entries (their line format
+/// is `berth_accounts`'), with what provisioning adds.
 struct Accounts {
-    passwd: Vec<Vec<String>>,
-    group: Vec<Vec<String>>,
+    passwd: Vec<Passwd>,
+    group: Vec<Group>,
     /// `None`: the file does not exist (`/etc/shadow` is then created, `/etc/gshadow` is not).
-    shadow: Option<Vec<Vec<String>>>,
-    gshadow: Option<Vec<Vec<String>>>,
+    shadow: Option<Vec<Shadow>>,
+    gshadow: Option<Vec<Gshadow>>,
     changed: bool,
 }
 
@@ -874,55 +875,41 @@ struct PlannedUser {
 }
 
 impl Accounts {
+    /// Every file whole: a line that is not an entry of its file (another number of fields, an
+    /// id or day count that is not a number) refuses the document, naming the file and line.
     fn read(root: &Path) -> Result<Accounts, ProvisionError> {
-        let table = |file: &'static str, fields: usize, required: bool| {
+        fn table<T: Entry>(root: &Path, file: &'static str, required: bool) -> Result<Option<Vec<T>>, ProvisionError> {
             let path = root.join(file.trim_start_matches('/'));
             let text = match fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),
                 Err(source) => return Err(ProvisionError::AccountsRead { file, source }),
             };
-            let mut rows = Vec::new();
-            for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let row: Vec<String> = line.split(':').map(str::to_owned).collect();
-                if row.len() != fields {
-                    let why = format!("`{line}` does not have {fields} fields");
-                    return Err(ProvisionError::Accounts { file, line: Some(n + 1), why });
-                }
-                rows.push(row);
-            }
-            Ok(Some(rows))
-        };
-        let accounts = Accounts {
-            passwd: table("/etc/passwd", 7, true)?.unwrap_or_default(),
-            group: table("/etc/group", 4, true)?.unwrap_or_default(),
-            shadow: table("/etc/shadow", 9, false)?,
-            gshadow: table("/etc/gshadow", 4, false)?,
-            changed: false,
-        };
-        for (file, rows, id) in [("/etc/passwd", &accounts.passwd, 2), ("/etc/group", &accounts.group, 2)] {
-            if let Some(row) = rows.iter().find(|r| r[id].parse::<u32>().is_err()) {
-                let why = format!("`{}` has no numeric id", row.join(":"));
-                return Err(ProvisionError::Accounts { file, line: None, why });
-            }
+            Ok(Some(berth_accounts::parse(file, &text)?))
         }
-        Ok(accounts)
+        Ok(Accounts {
+            passwd: table(root, "/etc/passwd", true)?.unwrap_or_default(),
+            group: table(root, "/etc/group", true)?.unwrap_or_default(),
+            shadow: table(root, "/etc/shadow", false)?,
+            gshadow: table(root, "/etc/gshadow", false)?,
+            changed: false,
+        })
     }
 
     fn uid(&self, name: &str) -> Option<u32> {
-        self.passwd.iter().find(|r| r[0] == name).and_then(|r| r[2].parse().ok())
+        self.passwd.iter().find(|e| e.name == name).map(|e| e.uid)
     }
 
     fn gid(&self, name: &str) -> Option<u32> {
-        self.group.iter().find(|r| r[0] == name).and_then(|r| r[2].parse().ok())
+        self.group.iter().find(|e| e.name == name).map(|e| e.gid)
     }
 
     fn uid_taken(&self, id: u32) -> Option<&str> {
-        self.passwd.iter().find(|r| r[2].parse() == Ok(id)).map(|r| r[0].as_str())
+        self.passwd.iter().find(|e| e.uid == id).map(|e| e.name.as_str())
     }
 
     fn gid_taken(&self, id: u32) -> Option<&str> {
-        self.group.iter().find(|r| r[2].parse() == Ok(id)).map(|r| r[0].as_str())
+        self.group.iter().find(|e| e.gid == id).map(|e| e.name.as_str())
     }
 
     /// Adds the new users and groups memberships to the tables (in memory) and says what each
@@ -930,8 +917,7 @@ impl Accounts {
     fn plan(&mut self, root: &Path, users: &[User]) -> Result<Vec<PlannedUser>, ProvisionError> {
         let day = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() / 86_400)
-            .to_string();
+            .map_or(0, |d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0));
         let default_shell =
             if root.join("bin/bash").exists() || root.join("usr/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
         let mut planned = Vec::new();
@@ -939,24 +925,21 @@ impl Accounts {
             let name = u.name.0.clone();
             let refused = |why: String| ProvisionError::User { user: u.name.0.clone(), why };
             for g in &u.groups {
-                if !self.group.iter().any(|r| r[0] == g.0) {
+                if !self.group.iter().any(|e| e.name == g.0) {
                     return Err(refused(format!("no group `{}`", g.0)));
                 }
             }
             let mut notes = Vec::new();
-            let existing = self.passwd.iter().find(|r| r[0] == name).cloned();
+            let existing = self.passwd.iter().find(|e| e.name == name).cloned();
             let (uid, gid, home, created) = match existing {
-                Some(row) => {
+                Some(entry) => {
                     if u.uid.is_some() || u.shell.is_some() || u.password_hash.is_some() {
                         notes.push("uid, shell and password_hash left as they are".to_string());
                     }
-                    let (Ok(uid), Ok(gid)) = (row[2].parse::<u32>(), row[3].parse::<u32>()) else {
-                        return Err(refused("/etc/passwd has no numeric uid and gid for it".into()));
-                    };
-                    if uid == 0 {
+                    if entry.uid == 0 {
                         return Err(refused("it has uid 0 (root's), which provisioning does not touch".into()));
                     }
-                    (uid, gid, row[5].clone(), false)
+                    (entry.uid, entry.gid, entry.home, false)
                 }
                 None => {
                     let uid = match u.uid {
@@ -980,38 +963,52 @@ impl Accounts {
                                     .find(|&id| self.gid_taken(id).is_none())
                                     .ok_or_else(|| refused("no free gid for its group".into()))?
                             };
-                            self.group.push(vec![name.clone(), "x".into(), gid.to_string(), String::new()]);
+                            self.group.push(Group {
+                                name: name.clone(),
+                                password: "x".into(),
+                                gid,
+                                members: Vec::new(),
+                            });
                             if let Some(gs) = &mut self.gshadow {
-                                gs.push(vec![name.clone(), "*".into(), String::new(), String::new()]);
+                                gs.push(Gshadow {
+                                    name: name.clone(),
+                                    password: "*".into(),
+                                    admins: Vec::new(),
+                                    members: Vec::new(),
+                                });
                             }
                             gid
                         }
                     };
                     let home = format!("/home/{name}");
                     let shell = u.shell.as_ref().map_or(default_shell, |s| &s.0);
-                    self.passwd.push(
-                        [&name, "x", &uid.to_string(), &gid.to_string(), "", &home, shell].map(str::to_owned).to_vec(),
-                    );
+                    self.passwd.push(Passwd {
+                        name: name.clone(),
+                        password: "x".into(),
+                        uid,
+                        gid,
+                        gecos: String::new(),
+                        home: home.clone(),
+                        shell: shell.to_owned(),
+                    });
+                    // Locked (`*`) unless a hash is given.
                     let hash = u.password_hash.as_ref().map_or("*", |h| &h.0);
                     let shadow = self.shadow.get_or_insert_with(Vec::new);
-                    shadow.retain(|r| r[0] != name);
-                    shadow.push([&name, hash, &day, "0", "99999", "7", "", "", ""].map(str::to_owned).to_vec());
+                    shadow.retain(|e| e.name != name);
+                    shadow.push(Shadow::new(&name, hash, day));
                     notes.push(format!("created with uid {uid}, gid {gid}, home {home}, shell {shell}"));
                     (uid, gid, home, true)
                 }
             };
             let mut added = Vec::new();
             for g in &u.groups {
-                for table in std::iter::once(&mut self.group).chain(self.gshadow.as_mut()) {
-                    if let Some(row) = table.iter_mut().find(|r| r[0] == g.0) {
-                        let mut members: Vec<String> =
-                            row[3].split(',').filter(|m| !m.is_empty()).map(str::to_owned).collect();
-                        if !members.contains(&name) {
-                            members.push(name.clone());
-                            row[3] = members.join(",");
-                            if !added.contains(&g.0) {
-                                added.push(g.0.clone());
-                            }
+                let in_group = self.group.iter_mut().find(|e| e.name == g.0).map(|e| &mut e.members);
+                let in_gshadow = self.gshadow.iter_mut().flatten().find(|e| e.name == g.0).map(|e| &mut e.members);
+                for members in in_group.into_iter().chain(in_gshadow) {
+                    if !members.contains(&name) {
+                        members.push(name.clone());
+                        if !added.contains(&g.0) {
+                            added.push(g.0.clone());
                         }
                     }
                 }
@@ -1046,18 +1043,17 @@ impl Accounts {
         }
         let secret = self.gid("shadow").map_or((0o600, 0), |g| (0o640, g));
         let tables = [
-            ("etc/passwd", Some(&self.passwd), (0o644, 0)),
-            ("etc/group", Some(&self.group), (0o644, 0)),
-            ("etc/shadow", self.shadow.as_ref(), secret),
-            ("etc/gshadow", self.gshadow.as_ref(), secret),
+            ("etc/passwd", Some(berth_accounts::format(&self.passwd)), (0o644, 0)),
+            ("etc/group", Some(berth_accounts::format(&self.group)), (0o644, 0)),
+            ("etc/shadow", self.shadow.as_deref().map(berth_accounts::format), secret),
+            ("etc/gshadow", self.gshadow.as_deref().map(berth_accounts::format), secret),
         ];
-        for (file, rows, (mode, gid)) in tables {
-            let Some(rows) = rows else { continue };
+        for (file, text, (mode, gid)) in tables {
+            let Some(text) = text else { continue };
             let (mode, uid, gid) = match root.join(file).symlink_metadata() {
                 Ok(m) if m.is_file() => (m.mode() & 0o7777, m.uid(), m.gid()),
                 _ => (mode, 0, gid),
             };
-            let text: String = rows.iter().map(|r| r.join(":") + "\n").collect();
             tx.file(top, Path::new(file), text.as_bytes(), mode, (uid, gid))?;
         }
         Ok(())

@@ -144,6 +144,11 @@ fn rejects_what_cannot_be_applied() {
         ("[[users]]\nname = \"a\"\n[[users]]\nname = \"a\"\n", "user `a` is listed twice"),
         ("[[users]]\nname = \"a\"\nuid = 0\n", "uid 0"),
         ("[[users]]\nname = \"a\"\npassword_hash = \"x:y\"\n", "password_hash"),
+        // Stricter than berth_accounts::valid_name, which lets these stand in a line.
+        ("[[users]]\nname = \"host$\"\n", "`host$` is not a valid user or group name"),
+        ("[[users]]\nname = \"..\"\n", "`..` is not a valid user or group name"),
+        ("[[users]]\nname = \"1000\"\n", "`1000` is not a valid user or group name"),
+        ("[[users]]\nname = \"a\"\nshell = \"/bin/a:b\"\n", "not an absolute path without `:`"),
         ("[[users]]\nname = \"a\"\nssh_authorized_keys = [\"k\\nk\"]\n", "one non-empty line"),
         ("[update]\nversion = \"9.9.9\"\n", "update.version is the image's own"),
         ("[update]\nstrategy = \"sometimes\"\n", "update.strategy must be one of"),
@@ -291,6 +296,40 @@ fn nothing_is_written_when_the_machine_refuses_the_document() {
         assert!(!r.join("etc/hostname").exists());
         assert_eq!(read(r, "etc/passwd"), PASSWD);
         assert_eq!(read(r, "etc/group"), GROUP);
+        assert!(!r.join("var/home").exists());
+    }
+}
+
+/// The image's account files are read whole as berth_accounts entries: a line that is not one
+/// refuses the document before anything is written, naming the file and line. The old reader
+/// checked only the field count and the first id, so it let the first two of these through.
+#[test]
+fn an_account_line_that_is_not_an_entry_refuses_the_document() {
+    let odd = "odd:x:1500:staff::/home/odd:/bin/sh";
+    for (file, text, want) in [
+        (
+            "etc/passwd",
+            format!("{PASSWD}{odd}\n"),
+            format!("/etc/passwd line 4: `{odd}` is not a passwd entry: its gid `staff` is not a number"),
+        ),
+        (
+            "etc/shadow",
+            format!("{SHADOW}odd:*:soon:0:99999:7:::\n"),
+            "/etc/shadow line 4: `odd:*:soon:0:99999:7:::` is not a shadow entry: its last change day `soon`".into(),
+        ),
+        (
+            "etc/group",
+            GROUP.replace("sudo:x:27:core", "sudo:x:27"),
+            "/etc/group line 2: `sudo:x:27` is not a group entry: 3 fields, not 4".into(),
+        ),
+    ] {
+        let dir = image();
+        let r = dir.path();
+        fs::write(r.join(file), &text).unwrap();
+        let e = apply(&parse(&alice_doc(KEY_A)).unwrap(), r).unwrap_err();
+        assert!(matches!(e.reason, ProvisionError::Accounts(_)) && !e.partly_applied, "{e:?}");
+        assert!(e.reason.to_string().starts_with(&want), "{}", e.reason);
+        assert_eq!(read(r, file), text);
         assert!(!r.join("var/home").exists());
     }
 }
