@@ -44,6 +44,8 @@ const RING_BYTES: usize = 32 * 1024;
 
 pub const BOOT_COMPLETE: &str = "boot-complete.target";
 pub const NETWORK_ONLINE: &str = "network-online.target";
+/// What the shutdown stops: the units that conflict with it (systemd's default dependencies).
+const SHUTDOWN_TARGET: &str = "shutdown.target";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum JobKind {
@@ -386,7 +388,7 @@ impl Manager {
         let names: Vec<String> = self
             .runs
             .iter()
-            .filter(|(_, r)| r.state != State::Dead && r.state != State::Failed)
+            .filter(|(n, r)| r.state != State::Dead && r.state != State::Failed && self.stops_for_shutdown(n))
             .map(|(n, _)| n.clone())
             .collect();
         for r in self.runs.values_mut() {
@@ -396,10 +398,21 @@ impl Manager {
         self.queue_stops(&names);
     }
 
-    /// Every unit is down (after [`Manager::shutdown`]).
+    /// Whether the shutdown stops `unit` in order: as systemd's shutdown.target, the units that
+    /// conflict with it (every unit with default dependencies). The others (`DefaultDependencies=no`
+    /// without that conflict, e.g. the guest agent, which must still answer the request that
+    /// began the shutdown) run until the final SIGTERM to every process.
+    fn stops_for_shutdown(&self, unit: &str) -> bool {
+        let Some(u) = self.set.get(unit) else { return true };
+        u.deps.conflicts.iter().any(|c| self.set.resolve(c).unwrap_or(c) == SHUTDOWN_TARGET)
+    }
+
+    /// Every unit the shutdown stops is down (after [`Manager::shutdown`]).
     pub fn stopped(&self) -> bool {
         self.jobs.is_empty()
-            && self.runs.values().all(|r| matches!(r.state, State::Dead | State::Failed | State::AutoRestart))
+            && self.runs.iter().all(|(n, r)| {
+                matches!(r.state, State::Dead | State::Failed | State::AutoRestart) || !self.stops_for_shutdown(n)
+            })
     }
 
     /// `is-system-running`: starting, running, degraded or stopping.

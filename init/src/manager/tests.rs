@@ -177,3 +177,33 @@ fn m11_mainpid_outside_the_units_cgroup_is_ignored() {
     assert!(!m.pids.contains_key(&1));
     assert_eq!(m.pids.len(), 2, "{:?}", m.pids);
 }
+
+/// As systemd's shutdown.target: a unit with `DefaultDependencies=no` (the guest agent, which must
+/// answer the request that began the shutdown) is not stopped in order; it goes with the final
+/// SIGTERM to every process, and the ordered stop is done without it.
+#[test]
+fn the_shutdown_stops_what_conflicts_with_it_and_leaves_default_dependencies_no_to_the_end() {
+    let dir = root();
+    write(
+        dir.path(),
+        "early.target",
+        "[Unit]\nDescription=Early\nDefaultDependencies=no\n[Install]\nWantedBy=sysinit.target\n",
+    );
+    link(dir.path(), "sysinit.target.wants", "early.target");
+    let mut m = manager(dir.path());
+    m.boot();
+    for _ in 0..10 {
+        m.tick();
+    }
+    assert_eq!(state(&m, "early.target"), "active");
+    assert_eq!(state(&m, "multi-user.target"), "active");
+    m.shutdown();
+    assert!(!m.jobs.iter().any(|j| j.unit == "early.target"), "early.target queued to stop");
+    assert!(m.jobs.iter().any(|j| j.unit == "multi-user.target"), "multi-user.target not queued to stop");
+    for _ in 0..10 {
+        m.tick();
+    }
+    assert_eq!(state(&m, "multi-user.target"), "inactive");
+    assert_eq!(state(&m, "early.target"), "active");
+    assert!(m.stopped(), "the ordered stop waits for a unit it does not stop");
+}
