@@ -87,7 +87,7 @@ fn host_basics_for_non_root_users_sysctl_hosts_sudo_and_ctr_net_host() {
     let resolv = loop {
         let r = as_nobody(&mut a, "cat /etc/resolv.conf");
         // restrict=on: QEMU's DHCP names no DNS server, so the file may say just that.
-        if r.status == Some(0) && r.stdout.starts_with("# Written by berth-init from DHCP") {
+        if r.status == Some(0) && r.stdout.starts_with("# Written by berth-netd from DHCP") {
             break r;
         }
         if waited.elapsed() > Duration::from_secs(90) {
