@@ -92,7 +92,12 @@ pub fn install(root: &mut Tree, epoch: i64) -> anyhow::Result<()> {
         root.unlink(CLOCK_EPOCH)?;
     }
     root.insert(CLOCK_EPOCH, Node::new(NodeKind::File(b"".as_slice().into()), Metadata::root(0o644, epoch)))?;
-    for (name, text) in UNITS {
+    put_units(root, epoch, &UNITS)
+}
+
+/// Writes Berth's own unit files into [`UNIT_DIR`], replacing what a package may have put there.
+pub(crate) fn put_units(root: &mut Tree, epoch: i64, units: &[(&str, &str)]) -> anyhow::Result<()> {
+    for (name, text) in units {
         let path = format!("{UNIT_DIR}/{name}");
         if root.lookup(&path).is_some() {
             root.unlink(&path)?;

@@ -4,7 +4,7 @@
 //! `/usr/lib/systemd/system` before the image's overlay (which may replace them) and are enabled
 //! with the image's own `[units] enable` list.
 
-use berth_fstree::{Metadata, Node, NodeKind, Tree};
+use berth_fstree::{Metadata, Tree};
 
 use crate::agent_units::UNIT_DIR;
 
@@ -75,14 +75,7 @@ pub fn names(with_agent: bool) -> Vec<String> {
 /// Writes the unit files into the root (replacing what a package may have put there).
 pub fn install(root: &mut Tree, epoch: i64, with_agent: bool) -> anyhow::Result<()> {
     root.mkdir_all(UNIT_DIR, &Metadata::root(0o755, epoch))?;
-    for (name, text) in units(with_agent) {
-        let path = format!("{UNIT_DIR}/{name}");
-        if root.lookup(&path).is_some() {
-            root.unlink(&path)?;
-        }
-        root.insert(&path, Node::new(NodeKind::File(text.as_bytes().into()), Metadata::root(0o644, epoch)))?;
-    }
-    Ok(())
+    crate::agent_units::put_units(root, epoch, &units(with_agent))
 }
 
 #[cfg(test)]
@@ -99,7 +92,10 @@ mod tests {
             let made = crate::enablement::enable(&mut t, &names(with_agent), 7).unwrap();
             assert!(t.lookup("etc/systemd/system/multi-user.target.wants/berth-netd.service").is_some(), "{made:?}");
             let l = t.lookup("etc/systemd/system/network-online.target.requires/berth-netd.service").unwrap();
-            assert_eq!(t.node(l).kind, NodeKind::Symlink(b"/usr/lib/systemd/system/berth-netd.service".to_vec()));
+            assert_eq!(
+                t.node(l).kind,
+                berth_fstree::NodeKind::Symlink(b"/usr/lib/systemd/system/berth-netd.service".to_vec())
+            );
             let agent = t.lookup("etc/systemd/system/sysinit.target.wants/berth-guest-agent.service");
             assert_eq!(agent.is_some(), with_agent);
             assert_eq!(t.lookup("usr/lib/systemd/system/berth-guest-agent.service").is_some(), with_agent);
