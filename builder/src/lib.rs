@@ -21,4 +21,5 @@ pub mod qemu;
 pub mod service_units;
 pub mod size;
 pub mod system;
+pub mod tar;
 pub mod umask;
