@@ -3,6 +3,10 @@
 //! started with `berthctl`: `Restart=` waits `RestartSec=` and counts, `StartLimitBurst=` stops
 //! a unit that keeps failing, PID 1 reaps the orphans a unit leaves, and poweroff stops units in
 //! reverse dependency order, killing one that ignores SIGTERM after its `TimeoutStopSec=`.
+//!
+//! All four on ONE boot (each boot of the container host costs CI minutes under TCG), in an
+//! order where one check cannot disturb the next: the restarted unit is stopped before the
+//! orphan count, and the poweroff comes last.
 
 mod common;
 
@@ -13,12 +17,16 @@ use berth_qemu_tests::timing::kernel_stamp;
 use common::SERIAL;
 use common::host::{Host, bash, boot_host, first_line, install_unit, run, unit_status, wait_exit_timed, wait_unit};
 
-/// A booted container host with the agent connected.
-fn booted() -> (Host, Agent) {
+#[test]
+fn service_manager_restarts_limits_reaps_and_stops_in_order() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut h = boot_host(None, false);
     h.wait_boot_complete();
-    let a = h.agent();
-    (h, a)
+    let mut a = h.agent();
+    restart_always_waits_restart_sec_and_counts(&h, &mut a);
+    start_limit_burst_leaves_a_failing_unit_failed(&mut a);
+    orphans_of_a_unit_are_reaped(&mut a);
+    poweroff_stops_units_in_reverse_order_and_kills_what_ignores_term(h, a);
 }
 
 /// `berthctl start UNIT`, whatever it answers (a failing unit's start may report the failure).
@@ -26,20 +34,18 @@ fn start(a: &mut Agent, unit: &str) -> berth_guest_agent::ExecResult {
     run(a, &["berthctl", "start", unit], Duration::from_secs(60))
 }
 
-#[test]
-fn restart_always_waits_restart_sec_and_counts() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (h, mut a) = booted();
+fn restart_always_waits_restart_sec_and_counts(h: &Host, a: &mut Agent) {
+    eprintln!("--- Restart= waits RestartSec= and counts");
     let unit = "berth-restart.service";
     install_unit(
-        &mut a,
+        a,
         unit,
         "[Unit]\nDescription=restarted after RestartSec\n\n\
          [Service]\nExecStart=/bin/sleep infinity\nRestart=always\nRestartSec=2\n",
     );
-    let r = start(&mut a, unit);
+    let r = start(a, unit);
     assert_eq!(r.status, Some(0), "berthctl start {unit}: {r:?}");
-    let first = wait_unit(&mut a, unit, Duration::from_secs(30), |s| s.active == "active" && s.main_pid.is_some());
+    let first = wait_unit(a, unit, Duration::from_secs(30), |s| s.active == "active" && s.main_pid.is_some());
     let old = first.main_pid.unwrap_or_default();
     assert_eq!(first.restarts.unwrap_or(0), 0, "{}", first.json);
     assert_eq!(a.read(&format!("/proc/{old}/comm")).unwrap().trim(), "sleep");
@@ -47,10 +53,10 @@ fn restart_always_waits_restart_sec_and_counts() {
     // Timed from before the kill is sent, so the time to the new pid is at least RestartSec
     // however long the agent took.
     let killed = Instant::now();
-    bash(&mut a, &format!("kill -9 {old}"), Duration::from_secs(30));
+    bash(a, &format!("kill -9 {old}"), Duration::from_secs(30));
     let mut seen_waiting = None;
     let next = loop {
-        let s = unit_status(&mut a, unit);
+        let s = unit_status(a, unit);
         if s.main_pid.is_some_and(|pid| pid != old) && s.active == "active" {
             break s;
         }
@@ -72,31 +78,32 @@ fn restart_always_waits_restart_sec_and_counts() {
     assert_eq!(a.read(&format!("/proc/{pid}/comm")).unwrap().trim(), "sleep");
     let cgroup = a.read(&format!("/proc/{pid}/cgroup")).unwrap();
     assert_eq!(cgroup, format!("0::/system.slice/{unit}\n"));
+    // Its `sleep` would count as a leftover in the orphan check.
+    let r = run(a, &["berthctl", "stop", unit], Duration::from_secs(60));
+    assert_eq!(r.status, Some(0), "berthctl stop {unit}: {r:?}");
 }
 
-#[test]
-fn start_limit_burst_leaves_a_failing_unit_failed() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_h, mut a) = booted();
+fn start_limit_burst_leaves_a_failing_unit_failed(a: &mut Agent) {
+    eprintln!("--- StartLimitBurst= leaves a failing unit failed");
     let unit = "berth-flaky.service";
     install_unit(
-        &mut a,
+        a,
         unit,
         "[Unit]\nDescription=fails at once, always restarted\nStartLimitBurst=3\nStartLimitIntervalSec=10\n\n\
          [Service]\nExecStart=/bin/false\nRestart=always\nRestartSec=100ms\n",
     );
-    let r = start(&mut a, unit);
+    let r = start(a, unit);
     eprintln!("berthctl start {unit}: {r:?}");
-    let failed = wait_unit(&mut a, unit, Duration::from_secs(20), |s| s.active == "failed");
+    let failed = wait_unit(a, unit, Duration::from_secs(20), |s| s.active == "failed");
     eprintln!("{unit}: {}", failed.json);
-    let human = run(&mut a, &["berthctl", "status", unit], Duration::from_secs(30));
+    let human = run(a, &["berthctl", "status", unit], Duration::from_secs(30));
     assert!(human.stdout.contains("failed"), "berthctl status {unit}: {human:?}");
     let restarts = failed.restarts.unwrap_or_else(|| panic!("no restart count: {}", failed.json));
     assert!((2..=3).contains(&restarts), "3 starts allowed in 10 s, yet {restarts} restarts: {}", failed.json);
 
     // It stays down: no further start within the interval or after it.
     std::thread::sleep(Duration::from_secs(3));
-    let later = unit_status(&mut a, unit);
+    let later = unit_status(a, unit);
     assert_eq!((later.active.as_str(), later.restarts), ("failed", Some(restarts)), "{}", later.json);
     assert_eq!(later.main_pid, None, "{}", later.json);
 }
@@ -107,30 +114,28 @@ fn states(stat_lines: &str) -> Vec<(char, &str)> {
     (stat_lines.lines()).filter_map(|l| Some((l.rsplit_once(") ")?.1.chars().next()?, l))).collect()
 }
 
-#[test]
-fn orphans_of_a_unit_are_reaped() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_h, mut a) = booted();
+fn orphans_of_a_unit_are_reaped(a: &mut Agent) {
+    eprintln!("--- the orphans of a unit are reaped");
     let unit = "berth-orphans.service";
     // Each subshell exits at once, leaving its `sleep` an orphan for PID 1 to inherit and reap.
     install_unit(
-        &mut a,
+        a,
         unit,
         "[Unit]\nDescription=leaves 1000 orphans\n\n\
          [Service]\nType=oneshot\nRemainAfterExit=yes\n\
          ExecStart=/bin/bash -c 'for i in $(seq 1000); do (sleep 0.2 &) ; done'\n",
     );
     let started = Instant::now();
-    let r = run(&mut a, &["berthctl", "start", unit], Duration::from_secs(300));
+    let r = run(a, &["berthctl", "start", unit], Duration::from_secs(300));
     assert_eq!(r.status, Some(0), "berthctl start {unit}: {r:?}");
-    let done = wait_unit(&mut a, unit, Duration::from_secs(300), |s| s.active == "active" || s.active == "failed");
+    let done = wait_unit(a, unit, Duration::from_secs(300), |s| s.active == "active" || s.active == "failed");
     assert_eq!(done.active, "active", "{}", done.json);
     eprintln!("{unit}: 1000 orphans made in {:.1} s", started.elapsed().as_secs_f64());
 
     // The last sleeps end 0.2 s after the unit; one second after that, none is left over.
     std::thread::sleep(Duration::from_millis(1200));
     let stat = bash(
-        &mut a,
+        a,
         "for f in /proc/[0-9]*/stat; do read -r l < \"$f\" 2>/dev/null && printf '%s\\n' \"$l\"; done",
         Duration::from_secs(60),
     );
@@ -154,10 +159,8 @@ fn graceful(name: &str, extra: &str) -> String {
     )
 }
 
-#[test]
-fn poweroff_stops_units_in_reverse_order_and_kills_what_ignores_term() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (mut h, mut a) = booted();
+fn poweroff_stops_units_in_reverse_order_and_kills_what_ignores_term(mut h: Host, mut a: Agent) {
+    eprintln!("--- poweroff stops units in reverse order and kills what ignores SIGTERM");
     install_unit(&mut a, "shut-a.service", &graceful("shut-a", ""));
     install_unit(&mut a, "shut-b.service", &graceful("shut-b", "After=shut-a.service\nRequires=shut-a.service\n"));
     // SIG_IGN is inherited, so its sleep ignores SIGTERM too.
