@@ -6,13 +6,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use berth_qemu_tests::oci;
 use common::SERIAL;
-use common::host::{Host, bash, boot_host, run, unit_status, wait_unit};
+use common::host::{Host, bash, boot_host, keygen, run, ssh, unit_status, wait_unit};
 
 const CONTAINERD: &str = "containerd.service";
 
@@ -60,29 +58,6 @@ fn boots_to_boot_complete_with_containerd_active_after_ready() {
     assert!(human.stdout.contains("active (running)"), "berthctl status containerd: {human:?}");
     assert_eq!(unit_status(&mut a, CONTAINERD).main_pid, Some(pid), "containerd's main pid changed");
     eprintln!("berthctl status containerd:\n{}", human.stdout);
-}
-
-fn ssh(key: &Path, port: u16, command: &str) -> Output {
-    Command::new("ssh")
-        .args(["-F", "/dev/null", "-i"])
-        .arg(key)
-        .args(["-p", &port.to_string()])
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
-        .args(["-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"])
-        .arg("core@127.0.0.1")
-        .arg(command)
-        .output()
-        .expect("running ssh (install openssh-client)")
-}
-
-fn keygen(path: &Path) -> String {
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "berth-test", "-f"])
-        .arg(path)
-        .output()
-        .expect("running ssh-keygen (install openssh-client)");
-    assert!(out.status.success(), "ssh-keygen: {out:?}");
-    std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_string()
 }
 
 #[test]

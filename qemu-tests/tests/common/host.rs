@@ -1,9 +1,10 @@
 //! What the container-host tests (and the boot benchmark) share: `images/container-host.toml`
 //! built once per test binary, a boot with the guest agent, a network and optionally an SSH
-//! forward and a provisioning document, and `berthctl` driven through the agent.
+//! forward and a provisioning document (on this disk or another one made from it, with the
+//! devices a test adds), `berthctl` driven through the agent, and the host's `ssh` client.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -45,11 +46,45 @@ pub struct Host {
     pub ssh_port: Option<u16>,
 }
 
+/// One partition of [`container_host`] as its build manifest lists it.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub number: u32,
+    /// The GPT partition name (`EFI-SYSTEM`, `ROOT-A`, `ROOT-B`, `STATE`).
+    pub label: String,
+    /// The unique partition GUID, lower case (what `/dev/disk/by-partuuid/` names).
+    pub guid: String,
+    pub offset: u64,
+}
+
+/// The partitions of [`container_host`], from the manifest `berth build` wrote next to it.
+pub fn container_host_partitions() -> Vec<Partition> {
+    let manifest = container_host().with_extension("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    let parts = json["partitions"].as_array().unwrap_or_else(|| panic!("{}: no partitions", manifest.display()));
+    (parts.iter())
+        .map(|p| Partition {
+            number: p["number"].as_u64().expect("partition number") as u32,
+            label: p["label"].as_str().expect("partition label").to_string(),
+            guid: p["guid"].as_str().expect("partition guid").to_lowercase(),
+            offset: p["offset"].as_u64().expect("partition offset"),
+        })
+        .collect()
+}
+
 /// Boots [`container_host`] on an overlay with the guest agent's port and a network (with
 /// `ssh`: 127.0.0.1:<free port> forwarded to port 22), handing it `provision` (TOML) as its
 /// first-boot provisioning document.
 pub fn boot_host(provision: Option<String>, ssh: bool) -> Host {
-    let disk = container_host();
+    boot_host_on(container_host(), "raw", provision, ssh, Options::default())
+}
+
+/// Boots `disk` (`raw` or `qcow2`: [`container_host`] or one made from it) as [`boot_host`]
+/// does, with what `extra` adds (a disk bus, devices, QMP); its overlay, network, forwards,
+/// ports and provisioning document are the ones [`boot_host`] gives (`provision: None` and no
+/// fw_cfg document: the guest finds its own, e.g. on the ESP).
+pub fn boot_host_on(disk: &Path, format: &str, provision: Option<String>, ssh: bool, extra: Options) -> Host {
     let ssh_port = ssh.then(|| free_local_port().expect("a free port on 127.0.0.1"));
     let options = Options {
         overlay: true,
@@ -57,9 +92,9 @@ pub fn boot_host(provision: Option<String>, ssh: bool) -> Host {
         forwards: ssh_port.map(|host| Forward { host, guest: 22 }).into_iter().collect(),
         serial_ports: vec![PORT_NAME.into()],
         provision,
-        ..Options::default()
+        ..extra
     };
-    let machine = Machine::start_with(&Boot { disk, format: "raw", memory_mib: MEMORY_MIB }, &options)
+    let machine = Machine::start_with(&Boot { disk, format, memory_mib: MEMORY_MIB }, &options)
         .unwrap_or_else(|e| panic!("starting QEMU: {e}"));
     Host { machine, ssh_port }
 }
@@ -162,4 +197,82 @@ pub fn wait_exit_timed(m: &mut Machine, timeout: Duration) -> ExitStatus {
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+}
+
+/// The `ssh` client's arguments up to the destination: the key, the forwarded port, nothing
+/// from the user's configuration or known hosts, and a dead connection noticed within 15 s
+/// (a guest that reboots or powers off under it).
+fn ssh_command(key: &Path, port: u16) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-i"])
+        .arg(key)
+        .args(["-p", &port.to_string()])
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"])
+        .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"])
+        .arg("core@127.0.0.1");
+    cmd
+}
+
+/// Runs `command` as `core` over SSH on 127.0.0.1:`port` with `key`.
+pub fn ssh(key: &Path, port: u16, command: &str) -> Output {
+    ssh_command(key, port).arg(command).output().expect("running ssh (install openssh-client)")
+}
+
+/// [`ssh`] again every 2 s until it succeeds or `timeout` passes (sshd starts once its host keys
+/// exist); the last answer.
+pub fn ssh_retry(key: &Path, port: u16, command: &str, timeout: Duration) -> Output {
+    let started = Instant::now();
+    loop {
+        let out = ssh(key, port, command);
+        if out.status.success() || started.elapsed() > timeout {
+            return out;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Runs `command` as `core` over SSH without waiting for it (one that takes the machine down
+/// may never get its connection closed cleanly); the caller reaps or kills it.
+pub fn ssh_spawn(key: &Path, port: u16, command: &str) -> std::process::Child {
+    (ssh_command(key, port).arg(command))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running ssh (install openssh-client)")
+}
+
+/// A fresh ed25519 key pair at `path` (and `path.pub`); the public key's line.
+pub fn keygen(path: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "berth-test", "-f"])
+        .arg(path)
+        .output()
+        .expect("running ssh-keygen (install openssh-client)");
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_string()
+}
+
+/// `e2fsck -fn` on the ext4 filesystem that starts `offset` bytes into `disk` (`raw` or
+/// `qcow2`, with its backing chain), from a sparse raw copy in `work`: QEMU's raw driver reads
+/// from the offset to the end of the disk (a filesystem smaller than its device is fine for
+/// e2fsck). Whether it found it clean, with what it printed.
+pub fn e2fsck_at(disk: &Path, format: &str, offset: u64, work: &Path) -> (bool, String) {
+    let spec = serde_json::json!({
+        "driver": "raw",
+        "offset": offset,
+        "file": { "driver": format, "file": { "driver": "file", "filename": disk } },
+    });
+    let part = work.join(format!("part-{offset}.raw"));
+    let out = Command::new("qemu-img")
+        .args(["convert", "-O", "raw", &format!("json:{spec}")])
+        .arg(&part)
+        .output()
+        .expect("running qemu-img (install qemu-utils)");
+    assert!(out.status.success(), "qemu-img convert {spec}: {}", String::from_utf8_lossy(&out.stderr));
+    let fsck = Command::new("e2fsck").arg("-fn").arg(&part).output().expect("running e2fsck (install e2fsprogs)");
+    let _ = std::fs::remove_file(&part);
+    let report = String::from_utf8_lossy(&fsck.stdout).into_owned() + &String::from_utf8_lossy(&fsck.stderr);
+    (fsck.status.success(), report)
 }
