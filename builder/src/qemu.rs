@@ -232,6 +232,45 @@ pub enum GuestTarget {
     Local(u16),
 }
 
+/// How the boot disk is attached: the controller the guest's kernel must have a driver for.
+/// Each platform's hypervisor offers another (docs/design.md §8); booting the same disk on each
+/// shows the image carries every platform's storage driver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskBus {
+    /// A virtio-blk PCI device (`-drive if=virtio`): QEMU's and libvirt's usual disk.
+    #[default]
+    VirtioBlk,
+    /// A SCSI disk (`scsi-hd`) on a virtio-scsi PCI controller: VirtualBox's VirtioSCSI.
+    VirtioScsi,
+    /// An NVMe controller with the disk as its namespace: the disk of cloud instances.
+    Nvme,
+}
+
+impl DiskBus {
+    /// The serial number of the NVMe controller (QEMU requires one); the guest sees it in
+    /// /sys/class/nvme/nvme0/serial and in /dev/disk/by-id names.
+    pub const NVME_SERIAL: &str = "berth-disk0";
+
+    /// The word used in this crate's docs and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskBus::VirtioBlk => "virtio-blk",
+            DiskBus::VirtioScsi => "virtio-scsi",
+            DiskBus::Nvme => "nvme",
+        }
+    }
+}
+
+impl fmt::Display for DiskBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The id of the PCI Express root port [`QemuConfig::hotplug_port`] adds: `device_add
+/// DRIVER,bus=hp0` plugs a device into it while the guest runs (q35's root bus takes none).
+pub const HOTPLUG_PORT_ID: &str = "hp0";
+
 /// Guest networking.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Network {
@@ -272,6 +311,8 @@ pub struct QemuConfig {
     pub firmware_vars: PathBuf,
     pub disk: PathBuf,
     pub format: DiskFormat,
+    /// The controller the disk hangs on [default: virtio-blk].
+    pub disk_bus: DiskBus,
     /// The guest cannot write the disk (writes fail as on write-protected media).
     pub read_only: bool,
     pub memory_mib: u32,
@@ -285,6 +326,10 @@ pub struct QemuConfig {
     /// fw_cfg items the guest reads (`name`, file with the contents), e.g. the first-boot
     /// provisioning document as [`PROVISION_FW_CFG`].
     pub fw_cfg: Vec<(String, PathBuf)>,
+    /// Extra devices, each one `-device SPEC` (QEMU's own syntax, e.g. `virtio-rng-pci`).
+    pub devices: Vec<String>,
+    /// An empty PCI Express root port with id [`HOTPLUG_PORT_ID`] for hot-plugging a device.
+    pub hotplug_port: bool,
     /// Appended verbatim after everything else.
     pub extra_args: Vec<OsString>,
 }
@@ -303,6 +348,7 @@ impl QemuConfig {
             firmware_vars: vars_copy.into(),
             disk: disk.into(),
             format,
+            disk_bus: DiskBus::VirtioBlk,
             read_only: false,
             memory_mib: 2048,
             cpus: 2,
@@ -312,6 +358,8 @@ impl QemuConfig {
             virtio_ports: Vec::new(),
             qmp_socket: None,
             fw_cfg: Vec::new(),
+            devices: Vec::new(),
+            hotplug_port: false,
             extra_args: Vec::new(),
         }
     }
@@ -328,14 +376,31 @@ impl QemuConfig {
         a.push(["-display", "none", "-no-user-config"]);
         a.opt("-drive", ["if=pflash,format=raw,readonly=on,file=".into(), escape(&self.firmware_code)]);
         a.opt("-drive", ["if=pflash,format=raw,file=".into(), escape(&self.firmware_vars)]);
-        a.opt(
-            "-drive",
-            [
-                "file=".into(),
-                escape(&self.disk),
-                format!(",if=virtio,format={}{}", self.format, if self.read_only { ",readonly=on" } else { "" }).into(),
-            ],
-        );
+        let read_only = if self.read_only { ",readonly=on" } else { "" };
+        match self.disk_bus {
+            DiskBus::VirtioBlk => a.opt(
+                "-drive",
+                ["file=".into(), escape(&self.disk), format!(",if=virtio,format={}{read_only}", self.format).into()],
+            ),
+            // The other buses take a drive without a device of its own (`if=none`), attached by id.
+            DiskBus::VirtioScsi | DiskBus::Nvme => {
+                if self.disk_bus == DiskBus::VirtioScsi {
+                    a.push(["-device", "virtio-scsi-pci,id=scsi0"]);
+                }
+                a.opt(
+                    "-drive",
+                    [
+                        "file=".into(),
+                        escape(&self.disk),
+                        format!(",if=none,id=disk0,format={}{read_only}", self.format).into(),
+                    ],
+                );
+                match self.disk_bus {
+                    DiskBus::VirtioScsi => a.push(["-device", "scsi-hd,bus=scsi0.0,drive=disk0"]),
+                    _ => a.opt("-device", [format!("nvme,serial={},drive=disk0", DiskBus::NVME_SERIAL).into()]),
+                }
+            }
+        }
 
         match &self.network {
             Network::None => a.push(["-nic", "none"]),
@@ -382,6 +447,13 @@ impl QemuConfig {
         }
         for (name, file) in &self.fw_cfg {
             a.opt("-fw_cfg", ["name=".into(), escape(OsStr::new(name)), ",file=".into(), escape(file)]);
+        }
+        if self.hotplug_port {
+            // chassis and slot must be unique among root ports; nothing else here adds one.
+            a.opt("-device", [format!("pcie-root-port,id={HOTPLUG_PORT_ID},chassis=1,slot=1").into()]);
+        }
+        for spec in &self.devices {
+            a.opt("-device", [spec.into()]);
         }
         a.0.extend(self.extra_args.iter().cloned());
         a.0
@@ -590,6 +662,56 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn disk_buses_attach_the_same_drive_to_their_controller() {
+        let mut c = QemuConfig::new(&fw(), "/t/vars.fd", "/t/a,b.img", DiskFormat::Raw);
+        let default_line = strings(&c.args()).join(" ");
+        c.disk_bus = DiskBus::VirtioBlk;
+        assert_eq!(strings(&c.args()).join(" "), default_line, "virtio-blk is the default");
+
+        c.disk_bus = DiskBus::VirtioScsi;
+        c.read_only = true;
+        let line = strings(&c.args()).join(" ");
+        assert!(
+            line.contains(
+                " -device virtio-scsi-pci,id=scsi0 -drive file=/t/a,,b.img,if=none,id=disk0,format=raw,readonly=on \
+                 -device scsi-hd,bus=scsi0.0,drive=disk0 -nic none "
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("if=virtio"), "{line}");
+
+        c.disk_bus = DiskBus::Nvme;
+        c.read_only = false;
+        c.format = DiskFormat::Qcow2;
+        let line = strings(&c.args()).join(" ");
+        assert!(
+            line.contains(
+                " -drive file=/t/a,,b.img,if=none,id=disk0,format=qcow2 -device nvme,serial=berth-disk0,drive=disk0 \
+                 -nic none "
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("scsi") && !line.contains("if=virtio"), "{line}");
+    }
+
+    #[test]
+    fn extra_devices_and_the_hotplug_port_come_before_the_pass_through() {
+        let mut c = QemuConfig::new(&fw(), "/t/vars.fd", "/t/d.img", DiskFormat::Raw);
+        c.devices = vec!["virtio-rng-pci".into(), "pvpanic".into()];
+        c.hotplug_port = true;
+        c.extra_args = vec!["-no-reboot".into()];
+        let line = strings(&c.args()).join(" ");
+        assert!(
+            line.ends_with(
+                " -serial mon:stdio -device pcie-root-port,id=hp0,chassis=1,slot=1 -device virtio-rng-pci \
+                 -device pvpanic -no-reboot"
+            ),
+            "{line}"
+        );
+        assert_eq!(HOTPLUG_PORT_ID, "hp0");
     }
 
     #[test]

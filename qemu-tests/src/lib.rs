@@ -21,7 +21,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_builder::qemu::{self, Accel, DiskFormat, Firmware, Network, QemuConfig, Serial, UserNet, VirtioPort};
-pub use berth_builder::qemu::{Forward, GuestForward, GuestTarget};
+pub use berth_builder::qemu::{DiskBus, Forward, GuestForward, GuestTarget, HOTPLUG_PORT_ID};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -125,7 +125,8 @@ pub struct Options {
     /// With `overlay`: the overlay's virtual size in bytes, when the guest should see a disk
     /// bigger than the image (as a resized cloud volume).
     pub overlay_size: Option<u64>,
-    /// A QMP socket, for [`Machine::send_keys`].
+    /// A QMP socket, for [`Machine::qmp`], [`Machine::send_keys`], [`Machine::device_add`] and
+    /// [`Machine::system_powerdown`]. Implied by `hotplug_port`.
     pub qmp: bool,
     /// The guest cannot write its disk (a write-protected or failing disk).
     pub read_only: bool,
@@ -134,6 +135,14 @@ pub struct Options {
     /// A first-boot provisioning document (TOML text), written to the scratch directory and
     /// handed to the guest through fw_cfg as `opt/org.berth/config` (`berth run --config`).
     pub provision: Option<String>,
+    /// The controller of the boot disk [default: virtio-blk]; virtio-scsi is VirtualBox's, NVMe
+    /// a cloud's (`berth run --platform`).
+    pub disk_bus: DiskBus,
+    /// Extra devices present from power-on, each a `-device` spec (e.g. `virtio-rng-pci`).
+    pub devices: Vec<String>,
+    /// An empty PCI Express root port with id [`HOTPLUG_PORT_ID`] (`hp0`) and a QMP socket, so
+    /// that `machine.device_add("virtio-rng-pci,id=rng1,bus=hp0")` hot-adds a device.
+    pub hotplug_port: bool,
 }
 
 impl Machine {
@@ -168,6 +177,9 @@ impl Machine {
 
         let mut config = QemuConfig::new(&firmware, &vars, disk, disk_format);
         config.memory_mib = boot.memory_mib;
+        config.disk_bus = options.disk_bus;
+        config.devices = options.devices.clone();
+        config.hotplug_port = options.hotplug_port;
         config.read_only = options.read_only;
         // One vCPU: a single TCG thread per guest keeps boots steady on a 2-core host that is
         // also compiling (two vCPUs under load stalled a guest kernel for minutes in CI).
@@ -185,7 +197,7 @@ impl Machine {
         config.virtio_ports = (options.serial_ports.iter().enumerate())
             .map(|(i, name)| VirtioPort { name: name.clone(), socket: dir.path().join(format!("port{i}.sock")) })
             .collect();
-        let qmp = options.qmp.then(|| dir.path().join("qmp.sock"));
+        let qmp = (options.qmp || options.hotplug_port).then(|| dir.path().join("qmp.sock"));
         config.qmp_socket = qmp.clone();
         if let Some(text) = &options.provision {
             let file = dir.path().join("provision.toml");
@@ -325,11 +337,44 @@ impl Machine {
     /// `ctrl`, `alt`, `delete`). Needs [`Options::qmp`].
     pub fn send_keys(&mut self, keys: &[&str]) -> Result<(), Error> {
         let keys: Vec<String> = keys.iter().map(|k| format!(r#"{{"type":"qcode","data":"{k}"}}"#)).collect();
-        self.qmp_command(&format!(r#"{{"execute":"send-key","arguments":{{"keys":[{}]}}}}"#, keys.join(",")))
+        self.qmp(&format!(r#"{{"execute":"send-key","arguments":{{"keys":[{}]}}}}"#, keys.join(","))).map(drop)
     }
 
-    /// Runs one QMP command on a fresh connection and waits for its `return`.
-    fn qmp_command(&mut self, command: &str) -> Result<(), Error> {
+    /// Presses the ACPI power button (QMP `system_powerdown`, what `virsh shutdown` and a
+    /// hypervisor's "shut down" do). Returns once QEMU has pressed it; the guest decides what
+    /// follows: wait for it with [`Machine::wait_exit`]. Needs [`Options::qmp`].
+    pub fn system_powerdown(&mut self) -> Result<(), Error> {
+        self.qmp(r#"{"execute":"system_powerdown"}"#).map(drop)
+    }
+
+    /// Plugs a device into the running machine, `spec` written as for `-device` (e.g.
+    /// `virtio-rng-pci,id=rng1,bus=hp0` with [`Options::hotplug_port`]). Returns once QEMU has
+    /// added it; the guest sees it through PCIe hot-plug a moment later.
+    pub fn device_add(&mut self, spec: &str) -> Result<(), Error> {
+        // Through the human monitor, whose device_add parses `spec` exactly as `-device` does
+        // (QMP's own device_add wants typed JSON values: `"chassis": 2`, not `"2"`). It answers
+        // an error as text instead of a QMP error.
+        let command = serde_json::json!({
+            "execute": "human-monitor-command",
+            "arguments": { "command-line": format!("device_add {spec}") },
+        });
+        let answer = self.qmp(&command.to_string())?;
+        match serde_json::from_str::<serde_json::Value>(&answer) {
+            Ok(serde_json::Value::String(text)) if text.trim().is_empty() => Ok(()),
+            Ok(serde_json::Value::String(text)) => {
+                Err(Error::Qmp { command: format!("device_add {spec}"), message: text.trim().to_string() })
+            }
+            _ => Err(Error::Qmp {
+                command: format!("device_add {spec}"),
+                message: format!("unexpected answer {answer}"),
+            }),
+        }
+    }
+
+    /// Runs one QMP command (a JSON object such as `{"execute":"query-status"}`) on a fresh
+    /// connection and returns the JSON text of its `return` value; a QMP error is an
+    /// [`Error::Qmp`]. Events QEMU sends meanwhile are skipped. Needs [`Options::qmp`].
+    pub fn qmp(&mut self, command: &str) -> Result<String, Error> {
         let fail = |message: String| Error::Qmp { command: command.to_string(), message };
         let path = self.qmp.clone().ok_or_else(|| fail("the machine was started without Options::qmp".into()))?;
         let stream = UnixStream::connect(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
@@ -339,14 +384,19 @@ impl Machine {
         let mut line = String::new();
         // The greeting, then capability negotiation, then the command; events are skipped.
         reader.read_line(&mut line).map_err(|e| fail(format!("reading the greeting: {e}")))?;
+        let mut answer = String::new();
         for cmd in [r#"{"execute":"qmp_capabilities"}"#, command] {
             writer.write_all(format!("{cmd}\n").as_bytes()).map_err(|e| fail(e.to_string()))?;
             loop {
                 line.clear();
-                reader.read_line(&mut line).map_err(|e| fail(format!("reading the answer: {e}")))?;
+                let n = reader.read_line(&mut line).map_err(|e| fail(format!("reading the answer: {e}")))?;
+                if n == 0 {
+                    return Err(fail("QEMU closed the connection before answering".into()));
+                }
                 let v: serde_json::Value =
                     serde_json::from_str(line.trim()).map_err(|e| fail(format!("{e}: {line:?}")))?;
-                if v.get("return").is_some() {
+                if let Some(r) = v.get("return") {
+                    answer = r.to_string();
                     break;
                 }
                 if let Some(e) = v.get("error") {
@@ -354,7 +404,7 @@ impl Machine {
                 }
             }
         }
-        Ok(())
+        Ok(answer)
     }
 
     /// Kills QEMU (a power cut for the guest) and reaps it; nothing happens if it has exited.
@@ -376,7 +426,6 @@ fn read_lossy(path: &Path) -> String {
     std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago, for a forward's host side.
 /// The switch for suites too long for every CI run (each takes minutes of TCG boots): set
 /// `BERTH_TEST_SLOW=1` to run them. Without it a slow test says on stderr that it was skipped and
 /// how to run it, and returns; they are run by hand before an issue that touches them is resolved.
@@ -388,6 +437,7 @@ pub fn slow_enabled(test: &str) -> bool {
     on
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a forward's host side.
 pub fn free_local_port() -> Result<u16, Error> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(io(Path::new("127.0.0.1:0")))?;
     Ok(listener.local_addr().map_err(io(Path::new("127.0.0.1:0")))?.port())
@@ -396,5 +446,61 @@ pub fn free_local_port() -> Result<u16, Error> {
 impl Drop for Machine {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The QMP helpers against a real QEMU running only the firmware (the disk is blank, so no
+    /// guest boots: a few seconds of TCG).
+    #[test]
+    fn qmp_helpers_drive_a_real_qemu() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("blank.img");
+        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        let boot = Boot { disk: &disk, format: "raw", memory_mib: 256 };
+        let options = Options {
+            disk_bus: DiskBus::Nvme,
+            devices: vec!["virtio-rng-pci,id=rng0".into()],
+            hotplug_port: true,
+            ..Options::default()
+        };
+        let mut m = Machine::start_with(&boot, &options).unwrap();
+        let type_of = |m: &mut Machine, id: &str| {
+            m.qmp(&format!(
+                r#"{{"execute":"qom-get","arguments":{{"path":"/machine/peripheral/{id}","property":"type"}}}}"#
+            ))
+        };
+        // QEMU may still be creating its socket.
+        let start = Instant::now();
+        let status = loop {
+            match m.qmp(r#"{"execute":"query-status"}"#) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() > Duration::from_secs(20) => panic!("{e}; stderr: {}", m.qemu_stderr()),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        assert!(status.contains(r#""status":"running""#), "{status}");
+        assert_eq!(type_of(&mut m, "rng0").unwrap(), r#""virtio-rng-pci""#);
+        assert_eq!(type_of(&mut m, "hp0").unwrap(), r#""pcie-root-port""#);
+
+        m.device_add("virtio-balloon-pci,id=balloon1,bus=hp0").unwrap();
+        assert_eq!(type_of(&mut m, "balloon1").unwrap(), r#""virtio-balloon-pci""#);
+        let e = m.device_add("no-such-device,id=x").unwrap_err().to_string();
+        assert!(e.contains("device_add no-such-device,id=x") && e.contains("no-such-device"), "{e}");
+        let e = m.qmp(r#"{"execute":"no-such-command"}"#).unwrap_err().to_string();
+        assert!(e.contains("CommandNotFound"), "{e}");
+        m.system_powerdown().unwrap();
+
+        let disks = m.qmp(r#"{"execute":"query-block"}"#).unwrap();
+        assert!(disks.contains(r#""device":"disk0""#), "{disks}");
+        m.kill();
+
+        // Without QMP the helpers say what is missing.
+        let mut m = Machine::start_with(&boot, &Options::default()).unwrap();
+        let e = m.system_powerdown().unwrap_err().to_string();
+        assert!(e.contains("without Options::qmp"), "{e}");
     }
 }
