@@ -490,7 +490,7 @@ pub fn fat32_min_size() -> u64 {
 
 /// A clock that always says the same time: the one `fatfs` stamps entries with.
 #[derive(Debug)]
-struct FixedClock(DateTime);
+pub(crate) struct FixedClock(DateTime);
 
 impl TimeProvider for FixedClock {
     fn get_current_date(&self) -> Date {
@@ -504,7 +504,7 @@ impl TimeProvider for FixedClock {
 
 /// The clock for `epoch`. fatfs 0.3 only takes a `&'static` time provider, so each distinct
 /// (clamped, FAT-representable) time gets one leaked clock, kept for reuse: a build uses one.
-fn fixed_clock(epoch: i64) -> &'static FixedClock {
+pub(crate) fn fixed_clock(epoch: i64) -> &'static FixedClock {
     static CLOCKS: Mutex<BTreeMap<i64, &'static FixedClock>> = Mutex::new(BTreeMap::new());
     let dt = dos_datetime(epoch);
     let key = i64::from(dt.date.year) << 40

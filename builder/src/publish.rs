@@ -728,7 +728,7 @@ fn digest(h: Sha256) -> Digest {
     Digest(h.finalize().into())
 }
 
-fn progress_bar(show: bool, len: u64, msg: String) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(show: bool, len: u64, msg: String) -> indicatif::ProgressBar {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let bar = ProgressBar::with_draw_target(
         Some(len),
