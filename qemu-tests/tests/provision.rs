@@ -104,7 +104,7 @@ mode = "0755"
     let console = m.console();
     line_with(&console, "provisioning: hostname node-1");
     line_with(&console, "provisioning: user alice: created with uid 1000");
-    line_with(&console, "provisioning: applied opt/org.berth/config (sha256 ");
+    line_with(&console, "provisioning: applied fw_cfg opt/org.berth/config (sha256 ");
     // Provisioning ran before the hostname was set, so stage 2 set the provisioned one.
     line_with(&console, "hostname node-1; ");
     let mut a = agent(&m);
@@ -116,10 +116,12 @@ mode = "0755"
     assert_eq!(a.read("/home/alice/.ssh/authorized_keys").unwrap(), format!("{KEY}\n"));
     assert_eq!(a.read("/var/home/alice/.ssh/authorized_keys").unwrap(), format!("{KEY}\n"));
     let marker = a.read("/var/lib/berth/provisioned").unwrap();
-    assert_eq!(marker.trim().len(), 64, "{marker:?}");
+    // The document's SHA-256, then its source.
+    let (digest, source) = marker.split_once('\n').unwrap_or_else(|| panic!("{marker:?}"));
+    assert_eq!((digest.len(), source), (64, "fw_cfg opt/org.berth/config\n"), "{marker:?}");
     let r = run(&mut a, &["berthctl", "provision-status"]);
     assert_eq!(r.status, Some(0), "{r:?}");
-    assert!(r.stdout.starts_with(&format!("applied: opt/org.berth/config with sha256 {}", marker.trim())), "{r:?}");
+    assert!(r.stdout.starts_with(&format!("applied: fw_cfg opt/org.berth/config with sha256 {digest}")), "{r:?}");
 
     // H1: alice deletes her authorized_keys and plants the temporary name 81879cc wrote
     // through, a link to /etc/shadow; the admin provisions again, as the docs say.
@@ -144,7 +146,7 @@ mode = "0755"
     assert_eq!(run(&mut a, &[BUSYBOX, "rm", "/var/lib/berth/provisioned"]).status, Some(0));
     let mut a = reboot(&mut m, a, 2);
     let console = m.console();
-    assert_eq!(console.matches("provisioning: applied opt/org.berth/config").count(), 2, "{console}");
+    assert_eq!(console.matches("provisioning: applied fw_cfg opt/org.berth/config").count(), 2, "{console}");
     assert_eq!(console.matches("1 SSH key(s) added to /home/alice/.ssh/authorized_keys").count(), 2, "{console}");
     assert_eq!(a.read("/etc/shadow").unwrap(), shadow, "/etc/shadow was written through the planted link");
     assert_eq!(stat(&mut a, "/etc/shadow"), shadow_stat);
@@ -169,7 +171,7 @@ mode = "0755"
     assert_eq!(stat(&mut a, "/etc/shadow"), shadow_stat);
     let r = run(&mut a, &["berthctl", "provision-status"]);
     assert_eq!(r.status, Some(1), "{r:?}");
-    assert!(r.stdout.contains("failed: opt/org.berth/config with sha256 "), "{r:?}");
+    assert!(r.stdout.contains("failed: fw_cfg opt/org.berth/config with sha256 "), "{r:?}");
     assert!(r.stdout.contains(": user alice: /var/home/alice/.ssh is a symbolic link; not followed\n"), "{r:?}");
 
     // The next boot does not try it again.

@@ -1,7 +1,8 @@
 //! First-boot provisioning (docs/design.md §3): one TOML document handed to the machine through
 //! QEMU's fw_cfg as `opt/org.berth/config` (`-fw_cfg name=opt/org.berth/config,file=…`; the
-//! `qemu_fw_cfg` module in the initramfs shows it under `/sys/firmware/qemu_fw_cfg`). Stage 2
-//! applies it once, after `/var` and the `/etc` overlay are up and before the hostname is set
+//! `qemu_fw_cfg` module in the initramfs shows it under `/sys/firmware/qemu_fw_cfg`) or, when
+//! fw_cfg has none (VirtualBox, Vagrant, bare metal), as `berth/provision.toml` on the ESP
+//! ([`esp`], read from the unmounted partition, never written). Stage 2 applies it once, after `/var` and the `/etc` overlay are up and before the hostname is set
 //! and any unit starts; everything it writes lands on STATE, so it survives updates.
 //!
 //! The document (unknown keys are errors; every key is optional):
@@ -71,17 +72,20 @@ pub enum ProvisionError {
     /// The fw_cfg item could not be read (`op`: opening, reading).
     #[error("{op} {}: {source}", path.display())]
     Read { op: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("{FW_CFG_NAME} is larger than {} KiB", MAX_DOCUMENT >> 10)]
-    TooLarge,
-    #[error("config {FW_CFG_NAME} is not UTF-8 ({0})")]
-    NotUtf8(std::str::Utf8Error),
+    /// The ESP or its `berth/provision.toml` could not be found or read ([`esp`]).
+    #[error("ESP {}: {why}", esp::ESP_PATH)]
+    Esp { why: String },
+    #[error("{} is larger than {} KiB", .0.location(), MAX_DOCUMENT >> 10)]
+    TooLarge(Source),
+    #[error("config {} is not UTF-8 ({why})", from.location())]
+    NotUtf8 { from: Source, why: std::str::Utf8Error },
     /// TOML syntax, an unknown key or a value that does not fit ([`ValueError`]), where it is:
     /// `key` is the dotted key on that line (`files.mode`), when there is one.
-    #[error("provisioning config {FW_CFG_NAME}:{line}:{column}: {message}")]
-    Syntax { line: usize, column: usize, key: Option<String>, message: String },
+    #[error("provisioning config {}:{line}:{column}: {message}", from.location())]
+    Syntax { from: Source, line: usize, column: usize, key: Option<String>, message: String },
     /// A check across entries: `entry` names the entry (`users[1]`, `files[0] (/etc/x)`).
-    #[error("provisioning config {FW_CFG_NAME}: {entry}: {why}")]
-    Invalid { entry: String, why: String },
+    #[error("provisioning config {}: {entry}: {why}", from.location())]
+    Invalid { from: Source, entry: String, why: String },
     #[error("reading {file}: {source}")]
     AccountsRead { file: &'static str, source: std::io::Error },
     /// A line of an account file of the image (`/etc/passwd`, …) is not an entry of that file.
@@ -163,6 +167,48 @@ fn base64_why(e: &base64::DecodeError) -> String {
 
 /// The fw_cfg item's name.
 pub const FW_CFG_NAME: &str = "opt/org.berth/config";
+
+/// Where a document came from. fw_cfg wins: the ESP is read only when fw_cfg has no document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// QEMU's fw_cfg item [`FW_CFG_NAME`].
+    FwCfg,
+    /// [`esp::ESP_PATH`] on the ESP.
+    Esp,
+}
+
+impl Source {
+    pub const ALL: [Source; 2] = [Source::FwCfg, Source::Esp];
+
+    /// The source as the log, the markers and `berthctl provision-status` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::FwCfg => "fw_cfg opt/org.berth/config",
+            Source::Esp => "ESP berth/provision.toml",
+        }
+    }
+
+    /// The document as errors locate it (`…:line:column`).
+    pub fn location(self) -> &'static str {
+        match self {
+            Source::FwCfg => FW_CFG_NAME,
+            Source::Esp => "ESP berth/provision.toml",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// A document as read from its source, not yet parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub source: Source,
+    pub bytes: Vec<u8>,
+}
+
+mod esp;
 /// Where the `qemu_fw_cfg` module shows the item.
 const FW_CFG_RAW: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.berth/config/raw";
 /// Written (relative to the root) once a document was applied: its SHA-256.
@@ -421,15 +467,21 @@ impl File {
     }
 }
 
-/// Parses and checks a document; errors name the fw_cfg item, line and column.
+/// Parses and checks a document from fw_cfg (the tests' and the fuzz target's shorthand).
+#[cfg(test)]
 pub fn parse(text: &str) -> Result<Config, ProvisionError> {
+    parse_from(Source::FwCfg, text)
+}
+
+/// Parses and checks a document; errors name its source (`from`), line and column.
+pub fn parse_from(from: Source, text: &str) -> Result<Config, ProvisionError> {
     let config: Config = toml::from_str(text).map_err(|e| {
         let at = e.span().map_or(0, |s| s.start);
         let (line, column) = e.span().map_or((1, 1), |_| line_col(text, at));
         let key = e.span().and_then(|_| key_at(text, at));
-        ProvisionError::Syntax { line, column, key, message: e.message().trim().replace('\n', " ") }
+        ProvisionError::Syntax { from, line, column, key, message: e.message().trim().replace('\n', " ") }
     })?;
-    let bad = |entry: String, why: String| ProvisionError::Invalid { entry, why };
+    let bad = |entry: String, why: String| ProvisionError::Invalid { from, entry, why };
     let mut names = BTreeSet::new();
     for (i, u) in config.users.iter().enumerate() {
         if !names.insert(&u.name.0) {
@@ -511,17 +563,31 @@ pub struct Report {
     pub actions: Vec<String>,
 }
 
-/// Reads the fw_cfg item and applies it once (see the module docs). Returns the lines to log;
-/// never fails the boot.
+/// Reads the document (fw_cfg's, else the ESP's) and applies it once (see the module docs).
+/// Returns the lines to log; never fails the boot.
 pub fn run() -> Vec<String> {
     let root = Path::new("/");
     if root.join(MARKER).exists() {
         return vec!["provisioning: already applied on first boot".into()];
     }
-    let document = read_fw_cfg(Path::new(FW_CFG_RAW));
+    let document = read_document(Path::new(FW_CFG_RAW), esp::device);
     let lines = run_in(root, document);
     nix::unistd::sync();
     lines
+}
+
+/// The document to apply: the fw_cfg item at `fw_cfg` if the machine offers one, else
+/// `berth/provision.toml` on the ESP (`esp_device` finds the partition; it is not looked for
+/// when fw_cfg has a document). An error reading fw_cfg is not "none": the ESP is not read then.
+fn read_document(
+    fw_cfg: &Path,
+    esp_device: impl FnOnce() -> Result<PathBuf, ProvisionError>,
+) -> Result<Option<Document>, ProvisionError> {
+    if let Some(bytes) = read_fw_cfg(fw_cfg)? {
+        return Ok(Some(Document { source: Source::FwCfg, bytes }));
+    }
+    let device = esp_device()?;
+    Ok(esp::read(&device)?.map(|bytes| Document { source: Source::Esp, bytes }))
 }
 
 /// The fw_cfg item's bytes, `None` when the machine offers none.
@@ -535,41 +601,45 @@ fn read_fw_cfg(raw: &Path) -> Result<Option<Vec<u8>>, ProvisionError> {
     let mut bytes = Vec::new();
     file.take(MAX_DOCUMENT + 1).read_to_end(&mut bytes).map_err(|e| read("reading", e))?;
     if bytes.len() as u64 > MAX_DOCUMENT {
-        return Err(ProvisionError::TooLarge);
+        return Err(ProvisionError::TooLarge(Source::FwCfg));
     }
     Ok(Some(bytes))
 }
 
 /// [`run`] on `root` with the document already read (`Ok(None)`: there is none).
-pub fn run_in(root: &Path, document: Result<Option<Vec<u8>>, ProvisionError>) -> Vec<String> {
+pub fn run_in(root: &Path, document: Result<Option<Document>, ProvisionError>) -> Vec<String> {
     if root.join(MARKER).exists() {
         return vec!["provisioning: already applied on first boot".into()];
     }
-    let bytes = match document {
-        Ok(Some(b)) => b,
-        Ok(None) => return vec!["provisioning: no config in fw_cfg".into()],
+    let Document { source, bytes } = match document {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return vec![format!(
+                "provisioning: no config in fw_cfg ({FW_CFG_NAME}) or on the ESP ({})",
+                esp::ESP_PATH
+            )];
+        }
         Err(e) => return vec![format!("provisioning: {e}; booting with the image's defaults")],
     };
+    let name = source.name();
     let digest = sha256_hex(&bytes);
     if let Some(f) = failed(root).filter(|f| f.digest == digest) {
         return vec![format!(
-            "provisioning: {FW_CFG_NAME} (sha256 {digest}) failed on an earlier boot: {}; not tried again \
+            "provisioning: {name} (sha256 {digest}) failed on an earlier boot: {}; not tried again \
              (to retry it: rm /{FAILED}, then reboot)",
             f.reason
         )];
     }
     let outcome = std::str::from_utf8(&bytes)
-        .map_err(|e| Failure::before(ProvisionError::NotUtf8(e)))
-        .and_then(|text| parse(text).map_err(Failure::before))
+        .map_err(|e| Failure::before(ProvisionError::NotUtf8 { from: source, why: e }))
+        .and_then(|text| parse_from(source, text).map_err(Failure::before))
         .and_then(|config| apply(&config, root));
     let mut lines = Vec::new();
     match outcome {
         Ok(report) => {
             lines.extend(report.actions.iter().map(|a| format!("provisioning: {a}")));
-            match write_state_file(root, MARKER, format!("{digest}\n").as_bytes()) {
-                Ok(()) => {
-                    lines.push(format!("provisioning: applied {FW_CFG_NAME} (sha256 {digest}); marked in /{MARKER}"))
-                }
+            match write_state_file(root, MARKER, format!("{digest}\n{name}\n").as_bytes()) {
+                Ok(()) => lines.push(format!("provisioning: applied {name} (sha256 {digest}); marked in /{MARKER}")),
                 Err(e) => lines.push(format!("provisioning: applied, but {e}: it is applied again on the next boot")),
             }
             if root.join(FAILED).symlink_metadata().is_ok()
@@ -585,7 +655,7 @@ pub fn run_in(root: &Path, document: Result<Option<Vec<u8>>, ProvisionError>) ->
                 "nothing applied, booting with the image's defaults"
             };
             lines.push(format!("provisioning: {}; {what}", f.reason));
-            let record = format!("{digest}\n{}\n", f.reason.to_string().replace(['\n', '\r'], " "));
+            let record = format!("{digest}\n{}\n{name}\n", f.reason.to_string().replace(['\n', '\r'], " "));
             match write_state_file(root, FAILED, record.as_bytes()) {
                 Ok(()) => lines.push(format!(
                     "provisioning: recorded as failed in /{FAILED} (sha256 {digest}): not tried again on later boots; \
@@ -620,39 +690,54 @@ fn write_state_file(root: &Path, rel: &str, data: &[u8]) -> Result<(), FsError> 
 pub struct Failed {
     pub digest: String,
     pub reason: String,
+    /// Where it came from (`None` in a record older than the ESP source).
+    pub source: Option<Source>,
 }
 
-/// What [`FAILED`] says, when it exists.
+/// What [`FAILED`] says, when it exists: the digest, the reason and the source's name, a line each.
 pub fn failed(root: &Path) -> Option<Failed> {
     let text = fs::read_to_string(root.join(FAILED)).ok()?;
-    let (digest, reason) = text.split_once('\n').unwrap_or((&text, ""));
-    Some(Failed { digest: digest.trim().to_string(), reason: reason.trim().to_string() })
+    let mut lines = text.lines().map(str::trim);
+    let digest = lines.next().unwrap_or("").to_string();
+    let reason = lines.next().unwrap_or("").to_string();
+    let source = lines.next().and_then(Source::from_name);
+    Some(Failed { digest, reason, source })
+}
+
+/// The name of a document's source in `berthctl provision-status`: a record older than the
+/// ESP source does not say, and was from fw_cfg (the one source there was).
+fn recorded_name(source: Option<Source>) -> &'static str {
+    source.unwrap_or(Source::FwCfg).name()
 }
 
 /// `berthctl provision-status`: what provisioning did on this machine, from the files it
 /// leaves on STATE, and the exit code (1 when a document failed).
 pub fn status(root: &Path) -> (String, i32) {
     let mut out = String::new();
-    if let Ok(digest) = fs::read_to_string(root.join(MARKER)) {
+    if let Ok(marker) = fs::read_to_string(root.join(MARKER)) {
+        let mut lines = marker.lines().map(str::trim);
+        let digest = lines.next().unwrap_or("");
+        let name = recorded_name(lines.next().and_then(Source::from_name));
         out.push_str(&format!(
-            "applied: {FW_CFG_NAME} with sha256 {} (/{MARKER}); later boots ignore fw_cfg\n",
-            digest.trim()
+            "applied: {name} with sha256 {digest} (/{MARKER}); later boots ignore fw_cfg and the ESP\n"
         ));
     }
     let code = match failed(root) {
         Some(f) => {
             out.push_str(&format!(
-                "failed: {FW_CFG_NAME} with sha256 {}: {}\n\
+                "failed: {} with sha256 {}: {}\n\
                  not tried again while /{FAILED} names it; to retry it: rm /{FAILED}, then reboot \
                  (a changed document is tried on the next boot)\n",
-                f.digest, f.reason
+                recorded_name(f.source),
+                f.digest,
+                f.reason
             ));
             1
         }
         None => 0,
     };
     if out.is_empty() {
-        out.push_str("none applied: no document was offered through fw_cfg, or none could be read\n");
+        out.push_str("none applied: no document was offered through fw_cfg or on the ESP, or none could be read\n");
     }
     (out, code)
 }
@@ -752,7 +837,7 @@ pub fn apply(config: &Config, root: &Path) -> Result<Report, Failure> {
         if let Some(update) = &config.update {
             let text = toml::to_string(&update.0).map_err(ProvisionError::Update)?;
             let body = format!(
-                "# Written by first-boot provisioning ({FW_CFG_NAME}); overrides /usr/lib/berth/update.toml.\n{text}"
+                "# Written by first-boot provisioning ([update]); overrides /usr/lib/berth/update.toml.\n{text}"
             );
             tx.file(&top, Path::new("etc/berth/update.toml"), body.as_bytes(), 0o644, (0, 0))?;
             report.actions.push("wrote /etc/berth/update.toml".into());

@@ -352,13 +352,13 @@ fn enabling_needs_an_install_section() {
 fn runs_once_and_marks_it() {
     let dir = image();
     let r = dir.path();
-    let lines = run_in(r, Ok(Some(b"hostname = \"first\"\n".to_vec())));
+    let lines = run_in(r, fw_cfg(b"hostname = \"first\"\n".to_vec()));
     assert_eq!(lines[0], "provisioning: hostname first");
     let digest: String = Sha256::digest(b"hostname = \"first\"\n").iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(read(r, MARKER), format!("{digest}\n"));
+    assert_eq!(read(r, MARKER), format!("{digest}\nfw_cfg opt/org.berth/config\n"));
     assert!(lines.last().unwrap().contains(&digest), "{lines:?}");
     // The next boot: nothing happens, even with another document.
-    let lines = run_in(r, Ok(Some(b"hostname = \"second\"\n".to_vec())));
+    let lines = run_in(r, fw_cfg(b"hostname = \"second\"\n".to_vec()));
     assert_eq!(lines, ["provisioning: already applied on first boot"]);
     assert_eq!(read(r, "etc/hostname"), "first\n");
 }
@@ -367,7 +367,7 @@ fn runs_once_and_marks_it() {
 fn a_malformed_or_missing_document_changes_nothing() {
     let dir = image();
     let r = dir.path();
-    let lines = run_in(r, Ok(Some(b"hostname = \"x\"\n[[users]]\nname = 7\n".to_vec())));
+    let lines = run_in(r, fw_cfg(b"hostname = \"x\"\n[[users]]\nname = 7\n".to_vec()));
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
         lines[0].starts_with("provisioning: provisioning config opt/org.berth/config:3:8: invalid type"),
@@ -376,8 +376,11 @@ fn a_malformed_or_missing_document_changes_nothing() {
     assert!(lines[0].ends_with("nothing applied, booting with the image's defaults"), "{lines:?}");
     assert!(lines[1].starts_with("provisioning: recorded as failed in /var/lib/berth/provision-failed"), "{lines:?}");
     assert!(!r.join(MARKER).exists() && !r.join("etc/hostname").exists());
-    assert_eq!(run_in(r, Ok(None)), ["provisioning: no config in fw_cfg"]);
-    assert!(run_in(r, Ok(Some(vec![0xff, 0xfe])))[0].contains("not UTF-8"));
+    assert_eq!(
+        run_in(r, Ok(None)),
+        ["provisioning: no config in fw_cfg (opt/org.berth/config) or on the ESP (berth/provision.toml)"]
+    );
+    assert!(run_in(r, fw_cfg(vec![0xff, 0xfe]))[0].contains("not UTF-8"));
     assert!(!r.join(MARKER).exists());
 }
 
@@ -389,7 +392,8 @@ fn reads_fw_cfg_items() {
     assert_eq!(read_fw_cfg(&dir.path().join("raw")).unwrap(), Some(b"hostname = \"a\"\n".to_vec()));
     fs::write(dir.path().join("raw"), vec![b' '; MAX_DOCUMENT as usize + 1]).unwrap();
     let e = read_fw_cfg(&dir.path().join("raw")).unwrap_err();
-    assert!(matches!(e, ProvisionError::TooLarge) && e.to_string().contains("larger than 1024 KiB"), "{e}");
+    assert!(matches!(e, ProvisionError::TooLarge(Source::FwCfg)), "{e}");
+    assert_eq!(e.to_string(), "opt/org.berth/config is larger than 1024 KiB");
 }
 
 #[test]
@@ -437,7 +441,7 @@ fn h1_provisioning_never_writes_through_a_planted_symlink() {
          [[files]]\npath = \"/var/tmp/linked.conf\"\ncontent = \"linked\\n\"\n",
         alice_doc(KEY_A)
     );
-    let first = run_in(r, Ok(Some(doc.clone().into_bytes())));
+    let first = run_in(r, fw_cfg(doc.clone().into_bytes()));
     assert!(first.last().unwrap().contains("marked in /var/lib/berth/provisioned"), "{first:?}");
     let victim = r.join("etc/shadow");
     let before = (read(r, "etc/shadow"), meta(r, "etc/shadow"));
@@ -452,7 +456,7 @@ fn h1_provisioning_never_writes_through_a_planted_symlink() {
 
     // Provisioned again, as the docs say.
     fs::remove_file(r.join(MARKER)).unwrap();
-    let again = run_in(r, Ok(Some(doc.into_bytes())));
+    let again = run_in(r, fw_cfg(doc.into_bytes()));
     assert!(again.iter().any(|l| l.contains("user alice: 1 SSH key(s) added")), "{again:?}");
     assert!(again.last().unwrap().contains("marked in"), "{again:?}");
 
@@ -583,25 +587,25 @@ fn h1_a_failed_document_is_recorded_and_not_run_again() {
     assert!(status(r).0.starts_with("none applied"));
     let bad = b"hostname = \"h\"\n[[users]]\nname = \"b\"\ngroups = [\"docker\"]\n".to_vec();
     let digest: String = Sha256::digest(&bad).iter().map(|b| format!("{b:02x}")).collect();
-    let lines = run_in(r, Ok(Some(bad.clone())));
+    let lines = run_in(r, fw_cfg(bad.clone()));
     assert_eq!(lines[0], "provisioning: user b: no group `docker`; nothing applied, booting with the image's defaults");
     assert!(lines[1].contains(&format!("recorded as failed in /var/lib/berth/provision-failed (sha256 {digest})")));
-    assert_eq!(read(r, FAILED), format!("{digest}\nuser b: no group `docker`\n"));
+    assert_eq!(read(r, FAILED), format!("{digest}\nuser b: no group `docker`\nfw_cfg opt/org.berth/config\n"));
     assert_eq!(meta(r, FAILED), (0o644, 0, 0));
     let (text, code) = status(r);
     assert_eq!(code, 1);
-    assert!(
-        text.starts_with(&format!("failed: opt/org.berth/config with sha256 {digest}: user b: no group `docker`\n"))
-    );
+    assert!(text.starts_with(&format!(
+        "failed: fw_cfg opt/org.berth/config with sha256 {digest}: user b: no group `docker`\n"
+    )));
     assert!(text.contains("to retry it: rm /var/lib/berth/provision-failed, then reboot"), "{text}");
 
     // The next boot: not again, even though the machine now has the group.
     fs::write(r.join("etc/group"), format!("{GROUP}docker:x:999:\n")).unwrap();
-    let lines = run_in(r, Ok(Some(bad.clone())));
+    let lines = run_in(r, fw_cfg(bad.clone()));
     assert_eq!(
         lines,
         [format!(
-            "provisioning: opt/org.berth/config (sha256 {digest}) failed on an earlier boot: user b: no group \
+            "provisioning: fw_cfg opt/org.berth/config (sha256 {digest}) failed on an earlier boot: user b: no group \
              `docker`; not tried again (to retry it: rm /var/lib/berth/provision-failed, then reboot)"
         )]
     );
@@ -609,7 +613,7 @@ fn h1_a_failed_document_is_recorded_and_not_run_again() {
 
     // Retried as the docs say: applied, and the record is gone.
     fs::remove_file(r.join(FAILED)).unwrap();
-    let lines = run_in(r, Ok(Some(bad)));
+    let lines = run_in(r, fw_cfg(bad));
     assert!(lines.last().unwrap().contains("marked in /var/lib/berth/provisioned"), "{lines:?}");
     assert_eq!(read(r, "etc/hostname"), "h\n");
     assert!(!r.join(FAILED).exists());
@@ -617,7 +621,8 @@ fn h1_a_failed_document_is_recorded_and_not_run_again() {
         status(r),
         (
             format!(
-                "applied: opt/org.berth/config with sha256 {digest} (/var/lib/berth/provisioned); later boots ignore fw_cfg\n"
+                "applied: fw_cfg opt/org.berth/config with sha256 {digest} (/var/lib/berth/provisioned); later \
+                 boots ignore fw_cfg and the ESP\n"
             ),
             0
         )
@@ -626,8 +631,8 @@ fn h1_a_failed_document_is_recorded_and_not_run_again() {
     // Another document after a failed one is tried at once.
     let dir = image();
     let r = dir.path();
-    run_in(r, Ok(Some(b"[[users]]\nname = \"b\"\ngroups = [\"docker\"]\n".to_vec())));
-    let lines = run_in(r, Ok(Some(b"hostname = \"fixed\"\n".to_vec())));
+    run_in(r, fw_cfg(b"[[users]]\nname = \"b\"\ngroups = [\"docker\"]\n".to_vec()));
+    let lines = run_in(r, fw_cfg(b"hostname = \"fixed\"\n".to_vec()));
     assert_eq!(lines[0], "provisioning: hostname fixed");
     assert!(!r.join(FAILED).exists());
 }
@@ -650,4 +655,137 @@ fn h1_a_failure_while_staging_leaves_nothing_behind() {
     assert_eq!((read(r, "etc/passwd"), read(r, "etc/shadow")), (PASSWD.to_string(), SHADOW.to_string()));
     assert!(!r.join("etc/app").exists() && !r.join("var/home").exists());
     assert_eq!(leftovers(&r.join("etc")), Vec::<String>::new());
+}
+
+fn fw_cfg(bytes: Vec<u8>) -> Result<Option<Document>, ProvisionError> {
+    Ok(Some(Document { source: Source::FwCfg, bytes }))
+}
+
+/// A FAT volume (an ESP as the builder makes one, small) in a file, holding `files`.
+fn fat_image(files: &[(&str, &[u8])]) -> tempfile::NamedTempFile {
+    let mut image = tempfile::NamedTempFile::new().unwrap();
+    image.as_file().set_len(8 << 20).unwrap();
+    fatfs::format_volume(image.as_file_mut(), fatfs::FormatVolumeOptions::new().volume_label(*b"EFI-SYSTEM ")).unwrap();
+    {
+        let fs = fatfs::FileSystem::new(image.as_file_mut(), fatfs::FsOptions::new()).unwrap();
+        for (path, data) in files {
+            let parts: Vec<&str> = path.split('/').collect();
+            for n in 1..parts.len() {
+                fs.root_dir().create_dir(&parts[..n].join("/")).unwrap();
+            }
+            let mut f = fs.root_dir().create_file(path).unwrap();
+            std::io::Write::write_all(&mut f, data).unwrap();
+        }
+        fs.unmount().unwrap();
+    }
+    image
+}
+
+#[test]
+fn reads_the_document_from_the_esp_without_writing_it() {
+    let doc = b"hostname = \"from-esp\"\n";
+    let image = fat_image(&[("EFI/BOOT/x.txt", b"x"), ("berth/provision.toml", doc), ("berth/platform", b"metal\n")]);
+    let before = fs::read(image.path()).unwrap();
+    assert_eq!(esp::read(image.path()).unwrap(), Some(doc.to_vec()));
+    assert!(fs::read(image.path()).unwrap() == before, "reading the ESP changed it");
+    // No file, no directory: no document.
+    assert_eq!(esp::read(fat_image(&[("berth/platform", b"metal\n")]).path()).unwrap(), None);
+    assert_eq!(esp::read(fat_image(&[]).path()).unwrap(), None);
+    // Not a FAT volume: an error naming the ESP.
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    fs::write(junk.path(), vec![0u8; 1 << 20]).unwrap();
+    let e = esp::read(junk.path()).unwrap_err().to_string();
+    assert!(e.starts_with("ESP berth/provision.toml: ") && e.contains("not a FAT filesystem"), "{e}");
+}
+
+#[test]
+fn the_esp_wrapper_refuses_every_write() {
+    let mut ro = esp::ReadOnly(std::io::Cursor::new(vec![0u8; 16]));
+    let e = std::io::Write::write(&mut ro, b"x").unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+    assert_eq!(ro.0.get_ref(), &vec![0u8; 16]);
+}
+
+#[test]
+fn fw_cfg_wins_over_the_esp_which_is_read_when_fw_cfg_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw");
+    let image = fat_image(&[("berth/provision.toml", b"hostname = \"esp\"\n")]);
+    let esp_at = || Ok(image.path().to_path_buf());
+    // No fw_cfg item: the ESP's.
+    let d = read_document(&raw, esp_at).unwrap().unwrap();
+    assert_eq!(d, Document { source: Source::Esp, bytes: b"hostname = \"esp\"\n".to_vec() });
+    // Both: fw_cfg's, and the ESP is not even looked for.
+    fs::write(&raw, "hostname = \"fw\"\n").unwrap();
+    let never =
+        || -> Result<PathBuf, ProvisionError> { panic!("the ESP was looked for although fw_cfg has a document") };
+    let d = read_document(&raw, never).unwrap().unwrap();
+    assert_eq!(d, Document { source: Source::FwCfg, bytes: b"hostname = \"fw\"\n".to_vec() });
+    // Neither.
+    let empty = fat_image(&[]);
+    fs::remove_file(&raw).unwrap();
+    assert_eq!(read_document(&raw, || Ok(empty.path().to_path_buf())).unwrap(), None);
+    // No ESP to be found: the error says so (the boot goes on with the image's defaults).
+    let e = read_document(&raw, || Err(ProvisionError::Esp { why: "no partition labelled EFI-SYSTEM".into() }))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "ESP berth/provision.toml: no partition labelled EFI-SYSTEM");
+}
+
+#[test]
+fn esp_errors_name_the_esp_file() {
+    let big = vec![b'#'; MAX_DOCUMENT as usize + 1];
+    let fat = fat_image(&[("berth/provision.toml", &big)]);
+    let e = esp::read(fat.path()).unwrap_err();
+    assert!(matches!(e, ProvisionError::TooLarge(Source::Esp)), "{e}");
+    assert_eq!(e.to_string(), "ESP berth/provision.toml is larger than 1024 KiB");
+
+    let dir = image();
+    let r = dir.path();
+    let esp_doc = |bytes: &[u8]| Ok(Some(Document { source: Source::Esp, bytes: bytes.to_vec() }));
+    let lines = run_in(r, esp_doc(&[b'h', 0xff, 0xfe]));
+    assert!(lines[0].starts_with("provisioning: config ESP berth/provision.toml is not UTF-8 ("), "{lines:?}");
+    let lines = run_in(r, esp_doc(b"hostname = \"x\"\n[[users]]\nname = 7\n"));
+    assert!(
+        lines[0].starts_with("provisioning: provisioning config ESP berth/provision.toml:3:8: invalid type"),
+        "{lines:?}"
+    );
+    let lines = run_in(r, esp_doc(b"[[users]]\nname = \"a\"\n[[users]]\nname = \"a\"\n"));
+    assert!(
+        lines[0].starts_with(
+            "provisioning: provisioning config ESP berth/provision.toml: users[1]: user `a` is listed twice"
+        ),
+        "{lines:?}"
+    );
+    // A failed ESP document is recorded with its source, and not tried again.
+    let (text, code) = status(r);
+    assert_eq!(code, 1);
+    assert!(text.starts_with("failed: ESP berth/provision.toml with sha256 "), "{text}");
+    let again = run_in(r, esp_doc(b"[[users]]\nname = \"a\"\n[[users]]\nname = \"a\"\n"));
+    assert!(again[0].starts_with("provisioning: ESP berth/provision.toml (sha256 "), "{again:?}");
+}
+
+/// The same document through the ESP applies as through fw_cfg, once; the marker and the log
+/// name the source.
+#[test]
+fn an_esp_document_is_applied_once_and_named() {
+    let dir = image();
+    let r = dir.path();
+    let doc = alice_doc(KEY_A);
+    let lines = run_in(r, Ok(Some(Document { source: Source::Esp, bytes: doc.clone().into_bytes() })));
+    let digest = sha256_hex(doc.as_bytes());
+    assert_eq!(
+        lines.last().unwrap(),
+        &format!(
+            "provisioning: applied ESP berth/provision.toml (sha256 {digest}); marked in /var/lib/berth/provisioned"
+        )
+    );
+    assert_eq!(read(r, MARKER), format!("{digest}\nESP berth/provision.toml\n"));
+    assert!(read(r, "home/alice/.ssh/authorized_keys").contains(KEY_A));
+    assert!(status(r).0.starts_with(&format!("applied: ESP berth/provision.toml with sha256 {digest} ")));
+    // Once: a later boot (fw_cfg's or the ESP's document) changes nothing.
+    assert_eq!(run_in(r, fw_cfg(b"hostname = \"other\"\n".to_vec())), ["provisioning: already applied on first boot"]);
+    // A marker from before the ESP source (the digest alone) still reads as fw_cfg's.
+    fs::write(r.join(MARKER), format!("{digest}\n")).unwrap();
+    assert!(status(r).0.starts_with(&format!("applied: fw_cfg opt/org.berth/config with sha256 {digest} ")));
 }

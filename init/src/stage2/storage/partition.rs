@@ -33,7 +33,8 @@ use berth_ext4::superblock::{self as ext4sb, Health};
 use berth_fstree::{Metadata, Tree};
 use berth_slot::gpt::{Entry, Gpt, Guid};
 use berth_slot::layout::{
-    PARTITION_ALIGNMENT, SECTOR_SIZE, STATE_LABEL, STATE_MARKER_LEN, STATE_MARKER_OFFSET, STATE_TYPE_GUID, StateMarker,
+    ESP_LABEL, ESP_TYPE_GUID, PARTITION_ALIGNMENT, SECTOR_SIZE, STATE_LABEL, STATE_MARKER_LEN, STATE_MARKER_OFFSET,
+    STATE_TYPE_GUID, StateMarker,
 };
 
 const SYS_BLOCK: &str = "/sys/class/block";
@@ -502,6 +503,36 @@ fn find_state(gpt: &Gpt) -> Result<Entry, StorageError> {
             a.number, b.number
         ))),
     }
+}
+
+/// The ESP (label `EFI-SYSTEM`, the ESP type GUID) on the disk of `root` (the root
+/// partition's device node), as the kernel's device node. Only read, never written or mounted:
+/// first-boot provisioning's ESP source (`stage2::provision::esp`) reads a file from it.
+pub fn esp(root: &Path) -> Result<PathBuf, StorageError> {
+    let disk = Disk::of_partition(root)?;
+    let file = File::open(&disk.node).at(|| format!("opening {}", disk.node.display()))?;
+    let (gpt, _) = disk.read_gpt(&file)?;
+    drop(file);
+    let ty = Guid::parse(ESP_TYPE_GUID).ok_or_else(|| invalid("the ESP type GUID does not parse".into()))?;
+    let mut found = gpt.partitions().filter(|e| e.name == ESP_LABEL && e.type_guid == ty);
+    let entry = match (found.next(), found.next()) {
+        (Some(e), None) => e,
+        (None, _) => {
+            return Err(invalid(format!(
+                "{}: no partition labelled {ESP_LABEL} with type {ESP_TYPE_GUID}",
+                disk.node.display()
+            )));
+        }
+        (Some(a), Some(b)) => {
+            return Err(invalid(format!(
+                "{}: partitions {} and {} are both labelled {ESP_LABEL}: which is the ESP?",
+                disk.node.display(),
+                a.number,
+                b.number
+            )));
+        }
+    };
+    Ok(disk.partition(entry.number)?.node)
 }
 
 fn part_bytes(e: &Entry) -> u64 {
