@@ -789,3 +789,18 @@ fn an_esp_document_is_applied_once_and_named() {
     fs::write(r.join(MARKER), format!("{digest}\n")).unwrap();
     assert!(status(r).0.starts_with(&format!("applied: fw_cfg opt/org.berth/config with sha256 {digest} ")));
 }
+
+/// The Vagrant boxes' own document (builder/src/export/vagrant/provision.toml, put on their
+/// ESP): `core` gets Vagrant's insecure key and a sudoers file, 0440, root's.
+#[test]
+fn the_vagrant_box_document_applies_from_the_esp() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../builder/src/export/vagrant/provision.toml");
+    let doc = fs::read(&path).unwrap();
+    let dir = image();
+    let r = dir.path();
+    let lines = run_in(r, Ok(Some(Document { source: Source::Esp, bytes: doc })));
+    assert!(lines.last().unwrap().starts_with("provisioning: applied ESP berth/provision.toml"), "{lines:?}");
+    assert!(read(r, "home/core/.ssh/authorized_keys").contains("vagrant insecure public key"));
+    assert!(read(r, "etc/sudoers.d/vagrant").contains("core ALL=(ALL:ALL) NOPASSWD: ALL\n"));
+    assert_eq!(meta(r, "etc/sudoers.d/vagrant"), (0o440, 0, 0));
+}
