@@ -151,7 +151,7 @@ pub fn write(
     if len == 0 {
         return Err(VmdkError::Empty);
     }
-    if len % SECTOR != 0 {
+    if !len.is_multiple_of(SECTOR) {
         return Err(VmdkError::Unaligned(len));
     }
     if opts.extent_name.len() > 1024 || opts.extent_name.chars().any(|c| c == '"' || c.is_control()) {
