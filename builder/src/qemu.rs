@@ -60,6 +60,14 @@ pub enum Error {
     BadForward { spec: String, reason: &'static str },
     #[error("disk format {0:?}: expected raw or qcow2")]
     BadFormat(String),
+    #[error("QMP {command} on {socket}: {message}")]
+    Qmp { socket: PathBuf, command: String, message: String },
+    #[error("disk bus {0:?}: expected virtio-blk, virtio-scsi or nvme")]
+    BadDiskBus(String),
+    #[error(
+        "guest forward {spec:?}: {reason}; expected GUESTADDR:PORT=127.0.0.1:HOSTPORT such as 10.0.2.100:80=127.0.0.1:8080"
+    )]
+    BadGuestForward { spec: String, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -184,6 +192,9 @@ pub enum Serial {
     Stdio,
     /// Written to a file (created or truncated).
     File(PathBuf),
+    /// A unix socket QEMU listens on; a client (`socat -,raw,echo=0 UNIX-CONNECT:PATH`) gets the
+    /// console. What the guest prints while no client is connected is lost.
+    Socket(PathBuf),
 }
 
 /// A TCP port on 127.0.0.1 of the host forwarded to a port of the guest.
@@ -267,9 +278,124 @@ impl fmt::Display for DiskBus {
     }
 }
 
+impl FromStr for DiskBus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "virtio-blk" => Ok(DiskBus::VirtioBlk),
+            "virtio-scsi" => Ok(DiskBus::VirtioScsi),
+            "nvme" => Ok(DiskBus::Nvme),
+            _ => Err(Error::BadDiskBus(s.into())),
+        }
+    }
+}
+
+impl DiskBus {
+    /// The disk controller of the machine a platform's artifact is made for (docs/design.md §8),
+    /// so that `berth run --platform` boots the disk as that hypervisor would: VirtualBox's
+    /// VirtioSCSI (the OVA's controller), NVMe for bare metal (a current server's or laptop's
+    /// disk; Debian's cloud kernel has no AHCI), virtio-blk for QEMU and libvirt. The NIC is
+    /// virtio-net everywhere.
+    pub fn for_platform(platform: crate::platform::Platform) -> DiskBus {
+        use crate::platform::Platform;
+        match platform {
+            Platform::Qemu | Platform::VagrantLibvirt => DiskBus::VirtioBlk,
+            Platform::Virtualbox | Platform::VagrantVirtualbox => DiskBus::VirtioScsi,
+            Platform::Metal => DiskBus::Nvme,
+        }
+    }
+}
+
 /// The id of the PCI Express root port [`QemuConfig::hotplug_port`] adds: `device_add
 /// DRIVER,bus=hp0` plugs a device into it while the guest runs (q35's root bus takes none).
 pub const HOTPLUG_PORT_ID: &str = "hp0";
+
+/// QEMU's user network (10.0.2.0/24): the host's gateway and DNS server addresses, and the
+/// address its DHCP server gives the guest; a `guestfwd` may use none of them.
+pub const USER_NET_RESERVED: [(Ipv4Addr, &str); 3] = [
+    (Ipv4Addr::new(10, 0, 2, 2), "the gateway to the host"),
+    (Ipv4Addr::new(10, 0, 2, 3), "the DNS server"),
+    (Ipv4Addr::new(10, 0, 2, 15), "the guest's own address"),
+];
+
+/// `GUESTADDR:PORT=127.0.0.1:HOSTPORT`: connections the guest opens to GUESTADDR:PORT in QEMU's
+/// user network reach a TCP server on this host's loopback at HOSTPORT. Only loopback targets
+/// are accepted, so a forward never lets the guest reach another machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalGuestForward {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub host_port: u16,
+}
+
+impl FromStr for LocalGuestForward {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = |reason: String| Error::BadGuestForward { spec: s.into(), reason };
+        let port = |p: &str, what: &str| match p.parse::<u16>() {
+            Ok(0) => Err(bad(format!("{what} 0 cannot be forwarded"))),
+            Ok(n) => Ok(n),
+            Err(_) => Err(bad(format!("{what} {p:?} is not a number from 1 to 65535"))),
+        };
+        let (guest, host) = s.split_once('=').ok_or_else(|| bad("no '=' between the guest and host sides".into()))?;
+        let (addr, guest_port) = guest.rsplit_once(':').ok_or_else(|| bad("no ':' before the guest port".into()))?;
+        let addr: Ipv4Addr =
+            addr.parse().map_err(|_| bad(format!("the guest address {addr:?} is not an IPv4 address")))?;
+        let (host_addr, host_port) = host.rsplit_once(':').ok_or_else(|| bad("no ':' before the host port".into()))?;
+        if host_addr != "127.0.0.1" && host_addr != "localhost" {
+            return Err(bad(format!(
+                "the host side {host_addr:?} is not 127.0.0.1 or localhost: a guest forward only reaches this \
+                 host's loopback"
+            )));
+        }
+        let in_user_net = addr.octets()[..3] == [10, 0, 2] && !matches!(addr.octets()[3], 0 | 255);
+        if !in_user_net {
+            return Err(bad(format!(
+                "the guest address {addr} is not a host address of QEMU's user network 10.0.2.0/24"
+            )));
+        }
+        if let Some((_, what)) = USER_NET_RESERVED.iter().find(|(a, _)| *a == addr) {
+            return Err(bad(format!("the guest address {addr} is {what} in QEMU's user network; use e.g. 10.0.2.100")));
+        }
+        Ok(LocalGuestForward { addr, port: port(guest_port, "guest port")?, host_port: port(host_port, "host port")? })
+    }
+}
+
+impl fmt::Display for LocalGuestForward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "guest {}:{} -> 127.0.0.1:{}", self.addr, self.port, self.host_port)
+    }
+}
+
+/// Joins this process's stdin and stdout to a TCP connection to 127.0.0.1:`port` until both
+/// directions end: what QEMU's `guestfwd=…-cmd:` starts for each connection the guest opens (a
+/// `guestfwd` to a TCP target would carry one connection only, for QEMU's whole life). When the
+/// server closes, stdout closes and the guest sees the close at once. Nothing is written to
+/// stderr: QEMU connects it to the guest's connection too.
+pub fn relay_stdio(port: u16) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::net::{Shutdown, TcpStream};
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    let mut upstream = stream.try_clone()?;
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut upstream);
+        let _ = upstream.shutdown(Shutdown::Write);
+    });
+    let mut down = stream;
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match down.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                out.write_all(&buf[..n])?;
+                out.flush()?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// Guest networking.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -321,8 +447,11 @@ pub struct QemuConfig {
     pub serial: Serial,
     pub network: Network,
     pub virtio_ports: Vec<VirtioPort>,
-    /// A unix socket QEMU listens on for QMP (the JSON machine protocol).
-    pub qmp_socket: Option<PathBuf>,
+    /// Unix sockets QEMU listens on for QMP (the JSON machine protocol), each a monitor of its
+    /// own (one client at a time on each).
+    pub qmp_sockets: Vec<PathBuf>,
+    /// A unix socket QEMU listens on for its human monitor (`socat - UNIX-CONNECT:PATH`).
+    pub monitor_socket: Option<PathBuf>,
     /// fw_cfg items the guest reads (`name`, file with the contents), e.g. the first-boot
     /// provisioning document as [`PROVISION_FW_CFG`].
     pub fw_cfg: Vec<(String, PathBuf)>,
@@ -356,7 +485,8 @@ impl QemuConfig {
             serial: Serial::Stdio,
             network: Network::None,
             virtio_ports: Vec::new(),
-            qmp_socket: None,
+            qmp_sockets: Vec::new(),
+            monitor_socket: None,
             fw_cfg: Vec::new(),
             devices: Vec::new(),
             hotplug_port: false,
@@ -429,6 +559,10 @@ impl QemuConfig {
             Serial::Stdio => a.push(["-serial", "mon:stdio"]),
             // `file:` takes the rest of the string as the path, so it is not escaped.
             Serial::File(path) => a.opt("-serial", ["file:".into(), path.as_os_str().to_owned()]),
+            Serial::Socket(path) => {
+                a.opt("-chardev", socket_chardev("console", path));
+                a.push(["-serial", "chardev:console"]);
+            }
         }
 
         if !self.virtio_ports.is_empty() {
@@ -441,9 +575,14 @@ impl QemuConfig {
                 [format!("virtserialport,bus=vser0.0,chardev=vport{i},name=").into(), escape(OsStr::new(&port.name))],
             );
         }
-        if let Some(qmp) = &self.qmp_socket {
-            a.opt("-chardev", socket_chardev("qmp", qmp));
-            a.push(["-mon", "chardev=qmp,mode=control"]);
+        for (i, qmp) in self.qmp_sockets.iter().enumerate() {
+            let id = if i == 0 { "qmp".to_string() } else { format!("qmp{i}") };
+            a.opt("-chardev", socket_chardev(&id, qmp));
+            a.opt("-mon", [format!("chardev={id},mode=control").into()]);
+        }
+        if let Some(monitor) = &self.monitor_socket {
+            a.opt("-chardev", socket_chardev("hmp", monitor));
+            a.push(["-mon", "chardev=hmp,mode=readline"]);
         }
         for (name, file) in &self.fw_cfg {
             a.opt("-fw_cfg", ["name=".into(), escape(OsStr::new(name)), ",file=".into(), escape(file)]);
@@ -465,6 +604,41 @@ impl QemuConfig {
         cmd.args(self.args());
         cmd
     }
+}
+
+/// Runs one QMP command (a JSON object such as `{"execute":"system_powerdown"}`) on a fresh
+/// connection to the QMP socket at `socket` and returns the JSON text of its `return` value.
+/// Events QEMU sends meanwhile are skipped; each read waits at most `timeout`.
+pub fn qmp_execute(socket: &Path, command: &str, timeout: std::time::Duration) -> Result<String, Error> {
+    use std::io::{BufRead, BufReader, Write};
+    let fail = |message: String| Error::Qmp { socket: socket.to_path_buf(), command: command.to_string(), message };
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| fail(format!("connecting: {e}")))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| fail(e.to_string()))?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| fail(e.to_string()))?);
+    let mut writer = stream;
+    let mut line = String::new();
+    // The greeting, then capability negotiation, then the command.
+    reader.read_line(&mut line).map_err(|e| fail(format!("reading the greeting: {e}")))?;
+    let mut answer = String::new();
+    for cmd in [r#"{"execute":"qmp_capabilities"}"#, command] {
+        writer.write_all(format!("{cmd}\n").as_bytes()).map_err(|e| fail(e.to_string()))?;
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).map_err(|e| fail(format!("reading the answer: {e}")))?;
+            if n == 0 {
+                return Err(fail("QEMU closed the connection before answering".into()));
+            }
+            let v: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| fail(format!("{e}: {line:?}")))?;
+            if let Some(r) = v.get("return") {
+                answer = r.to_string();
+                break;
+            }
+            if let Some(e) = v.get("error") {
+                return Err(fail(e.to_string()));
+            }
+        }
+    }
+    Ok(answer)
 }
 
 /// A unix socket chardev QEMU listens on without waiting for a client.
@@ -557,7 +731,8 @@ pub fn command_line(cmd: &Command) -> String {
     std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(shell_quote).collect::<Vec<_>>().join(" ")
 }
 
-fn shell_quote(arg: &OsStr) -> String {
+/// One argument as a POSIX shell word: as it is when no character is special, else quoted.
+pub fn shell_quote(arg: &OsStr) -> String {
     let s = arg.to_string_lossy();
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c);
     if !s.is_empty() && s.chars().all(plain) { s.into_owned() } else { format!("'{}'", s.replace('\'', r"'\''")) }
@@ -628,7 +803,7 @@ mod tests {
             VirtioPort { name: "org.berth.agent.0".into(), socket: "/t/a.sock".into() },
             VirtioPort { name: "org.berth.log".into(), socket: "/t/b,c.sock".into() },
         ];
-        c.qmp_socket = Some("/t/qmp.sock".into());
+        c.qmp_sockets = vec!["/t/qmp.sock".into()];
         c.fw_cfg = vec![(PROVISION_FW_CFG.into(), "/t/first,boot.toml".into())];
         c.extra_args = vec!["-no-reboot".into()];
         let args = strings(&c.args());
@@ -712,6 +887,78 @@ mod tests {
             "{line}"
         );
         assert_eq!(HOTPLUG_PORT_ID, "hp0");
+    }
+
+    #[test]
+    fn console_and_monitor_on_unix_sockets() {
+        let mut c = QemuConfig::new(&fw(), "/t/vars.fd", "/t/d.img", DiskFormat::Raw);
+        c.serial = Serial::Socket("/t/con,sole.sock".into());
+        c.monitor_socket = Some("/t/mon.sock".into());
+        c.qmp_sockets = vec!["/t/qmp.sock".into(), "/t/berth.sock".into()];
+        let line = strings(&c.args()).join(" ");
+        assert!(
+            line.contains(
+                " -nic none -chardev socket,id=console,path=/t/con,,sole.sock,server=on,wait=off \
+                 -serial chardev:console "
+            ),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(
+                " -chardev socket,id=qmp,path=/t/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control \
+                 -chardev socket,id=qmp1,path=/t/berth.sock,server=on,wait=off -mon chardev=qmp1,mode=control \
+                 -chardev socket,id=hmp,path=/t/mon.sock,server=on,wait=off -mon chardev=hmp,mode=readline"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("stdio"), "{line}");
+    }
+
+    #[test]
+    fn disk_bus_names_and_the_platforms_device_sets() {
+        use crate::platform::Platform;
+        for bus in [DiskBus::VirtioBlk, DiskBus::VirtioScsi, DiskBus::Nvme] {
+            assert_eq!(bus.as_str().parse::<DiskBus>().unwrap(), bus);
+        }
+        let e = "sata".parse::<DiskBus>().unwrap_err().to_string();
+        assert!(e.contains("\"sata\"") && e.contains("virtio-blk, virtio-scsi or nvme"), "{e}");
+        assert_eq!(DiskBus::for_platform(Platform::Qemu), DiskBus::VirtioBlk);
+        assert_eq!(DiskBus::for_platform(Platform::VagrantLibvirt), DiskBus::VirtioBlk);
+        assert_eq!(DiskBus::for_platform(Platform::Virtualbox), DiskBus::VirtioScsi);
+        assert_eq!(DiskBus::for_platform(Platform::VagrantVirtualbox), DiskBus::VirtioScsi);
+        assert_eq!(DiskBus::for_platform(Platform::Metal), DiskBus::Nvme);
+    }
+
+    #[test]
+    fn guest_forwards_reach_only_loopback_from_the_user_network() {
+        let ok = |s: &str| s.parse::<LocalGuestForward>().unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(
+            ok("10.0.2.100:80=127.0.0.1:8080"),
+            LocalGuestForward { addr: Ipv4Addr::new(10, 0, 2, 100), port: 80, host_port: 8080 }
+        );
+        assert_eq!(ok("10.0.2.4:443=localhost:8443").host_port, 8443);
+        for (bad, why) in [
+            ("10.0.2.100:80=192.168.1.5:8080", "is not 127.0.0.1 or localhost"),
+            ("10.0.2.100:80=0.0.0.0:8080", "is not 127.0.0.1 or localhost"),
+            ("10.0.2.100:80=example.org:80", "is not 127.0.0.1 or localhost"),
+            ("10.0.2.100:80=8080", "no ':' before the host port"),
+            ("10.0.2.100:80", "no '='"),
+            ("10.0.2.100=127.0.0.1:8080", "no ':' before the guest port"),
+            ("10.0.3.1:80=127.0.0.1:8080", "not a host address of QEMU's user network"),
+            ("10.0.2.255:80=127.0.0.1:8080", "not a host address"),
+            ("10.0.2.2:80=127.0.0.1:8080", "the gateway to the host"),
+            ("10.0.2.3:53=127.0.0.1:5353", "the DNS server"),
+            ("10.0.2.15:80=127.0.0.1:8080", "the guest's own address"),
+            ("host:80=127.0.0.1:8080", "not an IPv4 address"),
+            ("10.0.2.100:0=127.0.0.1:8080", "guest port 0"),
+            ("10.0.2.100:80=127.0.0.1:99999", "host port \"99999\" is not a number"),
+        ] {
+            let e = bad.parse::<LocalGuestForward>().unwrap_err().to_string();
+            assert!(
+                e.contains(why) && e.contains(bad) && e.contains("GUESTADDR:PORT=127.0.0.1:HOSTPORT"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

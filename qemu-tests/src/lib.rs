@@ -14,8 +14,7 @@ pub mod http;
 pub mod oci;
 pub mod timing;
 
-use std::io::{BufRead, BufReader, Read, Seek, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -198,7 +197,7 @@ impl Machine {
             .map(|(i, name)| VirtioPort { name: name.clone(), socket: dir.path().join(format!("port{i}.sock")) })
             .collect();
         let qmp = (options.qmp || options.hotplug_port).then(|| dir.path().join("qmp.sock"));
-        config.qmp_socket = qmp.clone();
+        config.qmp_sockets = qmp.iter().cloned().collect();
         if let Some(text) = &options.provision {
             let file = dir.path().join("provision.toml");
             std::fs::write(&file, text).map_err(io(&file))?;
@@ -376,35 +375,11 @@ impl Machine {
     /// [`Error::Qmp`]. Events QEMU sends meanwhile are skipped. Needs [`Options::qmp`].
     pub fn qmp(&mut self, command: &str) -> Result<String, Error> {
         let fail = |message: String| Error::Qmp { command: command.to_string(), message };
-        let path = self.qmp.clone().ok_or_else(|| fail("the machine was started without Options::qmp".into()))?;
-        let stream = UnixStream::connect(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| fail(e.to_string()))?;
-        let mut reader = BufReader::new(stream.try_clone().map_err(|e| fail(e.to_string()))?);
-        let mut writer = stream;
-        let mut line = String::new();
-        // The greeting, then capability negotiation, then the command; events are skipped.
-        reader.read_line(&mut line).map_err(|e| fail(format!("reading the greeting: {e}")))?;
-        let mut answer = String::new();
-        for cmd in [r#"{"execute":"qmp_capabilities"}"#, command] {
-            writer.write_all(format!("{cmd}\n").as_bytes()).map_err(|e| fail(e.to_string()))?;
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).map_err(|e| fail(format!("reading the answer: {e}")))?;
-                if n == 0 {
-                    return Err(fail("QEMU closed the connection before answering".into()));
-                }
-                let v: serde_json::Value =
-                    serde_json::from_str(line.trim()).map_err(|e| fail(format!("{e}: {line:?}")))?;
-                if let Some(r) = v.get("return") {
-                    answer = r.to_string();
-                    break;
-                }
-                if let Some(e) = v.get("error") {
-                    return Err(fail(e.to_string()));
-                }
-            }
-        }
-        Ok(answer)
+        let path = self.qmp.as_deref().ok_or_else(|| fail("the machine was started without Options::qmp".into()))?;
+        qemu::qmp_execute(path, command, Duration::from_secs(30)).map_err(|e| match e {
+            qemu::Error::Qmp { message, .. } => fail(message),
+            other => Error::Qemu(other),
+        })
     }
 
     /// Kills QEMU (a power cut for the guest) and reaps it; nothing happens if it has exited.

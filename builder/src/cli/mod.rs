@@ -50,17 +50,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Boot a disk image in QEMU, with its console on this terminal.
+    /// Boot a disk image in QEMU, with its console on this terminal (or --headless).
     ///
     /// The UEFI firmware (OVMF) is found where distributions install it. Unless --persist, the
-    /// guest writes to a temporary copy-on-write overlay (in TMPDIR, removed when QEMU exits), so
-    /// DISK stays unchanged. The guest gets QEMU's user-mode network: it reaches out through the
-    /// host unless --restrict, and from the host only the ports forwarded with -p are reachable,
-    /// on 127.0.0.1. Emulation (TCG) is the default: it works everywhere but is slow; --kvm uses
-    /// hardware virtualization. Ctrl-A X quits QEMU, Ctrl-A C toggles the QEMU monitor. berth
-    /// exits with QEMU's exit status.
+    /// guest writes to a temporary copy-on-write overlay (in TMPDIR, removed when QEMU exits, or
+    /// in --state-dir), so DISK stays unchanged. The guest gets QEMU's user-mode network: it
+    /// reaches out through the host unless --restrict, from the host only the ports forwarded
+    /// with -p are reachable, on 127.0.0.1, and --guestfwd gives it servers on the host's
+    /// loopback. Emulation (TCG) is the default: it works everywhere but is slow; --kvm uses
+    /// hardware virtualization. On this terminal, Ctrl-A X quits QEMU and Ctrl-A C toggles the
+    /// QEMU monitor; --headless puts the console in a file or on a socket, --monitor the monitor
+    /// on a socket. berth exits with QEMU's exit status.
     #[command(after_help = run::EXAMPLES)]
     Run(run::RunArgs),
+    /// What QEMU runs for each connection of `berth run --guestfwd`: stdin and stdout joined to
+    /// 127.0.0.1:PORT.
+    #[command(name = run::RELAY_COMMAND, hide = true)]
+    GuestfwdRelay { port: u16 },
     /// Make an ed25519 key pair to sign releases or key sets with.
     ///
     /// Writes BASE.key, the secret (64 hex digits, mode 0600, written beside and renamed, never
@@ -100,6 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(a) => build::run(a).map(|()| ExitCode::SUCCESS),
         Command::Fs(cmd) => fs::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Run(a) => run::run(a),
+        Command::GuestfwdRelay { port } => Ok(run::guestfwd_relay(port)),
         Command::Keygen(a) => publish::keygen(a).map(|()| ExitCode::SUCCESS),
         Command::Publish(a) => publish::run(a).map(|()| ExitCode::SUCCESS),
         Command::Keys(c) => keys::run(c).map(|()| ExitCode::SUCCESS),
