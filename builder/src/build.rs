@@ -39,7 +39,7 @@ pub struct BuildOptions {
     pub apt_root: PathBuf,
     /// Build from the cache alone.
     pub offline: bool,
-    /// Directory with `berth-init`, `berth-update`, `berth-timesync`, `berth-netd` and `BOOTX64.EFI`; else built from
+    /// Directory with `berth-init`, `berth-update`, `berth-timesync`, `berth-netd`, `berth-devd` and `BOOTX64.EFI`; else built from
     /// `workspace`.
     pub prebuilt: Option<PathBuf>,
     /// The Berth source tree to build binaries from.
@@ -78,6 +78,7 @@ struct Binaries {
     update: Vec<u8>,
     timesync: Vec<u8>,
     netd: Vec<u8>,
+    devd: Vec<u8>,
     /// Only for a definition with `[debug] guest-agent = true`.
     agent: Option<Vec<u8>>,
     bootmgr: Vec<u8>,
@@ -243,10 +244,12 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
             k.version(),
             ByteSize(initrd.len() as u64),
             mods.len(),
-            if ir.unavailable().is_empty() {
-                String::new()
-            } else {
-                format!(" ({} not in this kernel)", ir.unavailable().join(", "))
+            {
+                // Platform drivers this kernel lacks (initramfs and root-only ones): skipped.
+                let root_only = k.modules().select_with_optional(&[] as &[&str], kernel::ROOT_DEVICE_MODULES)?;
+                let missing: Vec<&str> =
+                    ir.unavailable().iter().chain(root_only.unavailable()).map(String::as_str).collect();
+                if missing.is_empty() { String::new() } else { format!(" ({} not in this kernel)", missing.join(", ")) }
             }
         );
         Ok(((k, initrd, mods), d))
@@ -345,7 +348,8 @@ fn assemble_root(
     let exe = Metadata::root(0o755, epoch);
 
     // Kernel modules: the selection and its closure, with a regenerated modules.dep.
-    let selection = kpkg.select(&def.kernel.modules)?;
+    // The definition's modules and every platform's device drivers (kernel/mod.rs lists them).
+    let selection = kpkg.root_selection(&def.kernel.modules)?;
     let moddir = format!("usr/lib/modules/{}", kpkg.version());
     copy_subtree(kernel_tree, root, kpkg.modules_dir(), Path::new(&moddir), epoch)?;
     // Same paths in both trees, so the kernel tree's index describes the copy.
@@ -372,6 +376,7 @@ fn assemble_root(
     put_file(root, "usr/bin/berth-update", &bins.update, &exe)?;
     put_file(root, "usr/bin/berth-timesync", &bins.timesync, &exe)?;
     put_file(root, "usr/bin/berth-netd", &bins.netd, &exe)?;
+    put_file(root, "usr/bin/berth-devd", &bins.devd, &exe)?;
     // The agent's units, berth-netd's and (test images) the guest agent's, enabled below with the
     // image's own (the overlay may replace them).
     crate::agent_units::install(root, epoch)?;
@@ -480,6 +485,7 @@ pub struct OwnBinaries {
     pub update: PathBuf,
     pub timesync: PathBuf,
     pub netd: PathBuf,
+    pub devd: PathBuf,
     pub agent: PathBuf,
     pub bootmgr: PathBuf,
 }
@@ -492,12 +498,13 @@ impl OwnBinaries {
             update: dir.join("berth-update"),
             timesync: dir.join("berth-timesync"),
             netd: dir.join("berth-netd"),
+            devd: dir.join("berth-devd"),
             agent: dir.join("berth-guest-agent"),
             bootmgr: dir.join("BOOTX64.EFI"),
         }
     }
 
-    /// Builds berth-init, berth-update, berth-timesync, berth-netd and berth-guest-agent (static, musl) and bootmgr (UEFI) with cargo in the
+    /// Builds berth-init, berth-update, berth-timesync, berth-netd, berth-devd and berth-guest-agent (static, musl) and bootmgr (UEFI) with cargo in the
     /// Berth source tree `workspace`, and returns where cargo put them.
     pub fn build(workspace: &Path) -> anyhow::Result<OwnBinaries> {
         const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -518,7 +525,8 @@ impl OwnBinaries {
             }
             Ok(())
         };
-        let packages = ["berth-init", "berth-update", "berth-timesync", "berth-net", "berth-guest-agent"];
+        let packages =
+            ["berth-init", "berth-update", "berth-timesync", "berth-net", "berth-devices", "berth-guest-agent"];
         let musl: Vec<&str> = packages.iter().flat_map(|p| ["-p", p]).collect();
         run(&[&["build", "-q", "--release", "--target", MUSL][..], &musl[..]].concat())?;
         run(&["build", "-q", "--release", "--target", UEFI, "-p", "berth-bootmgr"])?;
@@ -532,6 +540,7 @@ impl OwnBinaries {
             update: t.join(MUSL).join("release/berth-update"),
             timesync: t.join(MUSL).join("release/berth-timesync"),
             netd: t.join(MUSL).join("release/berth-netd"),
+            devd: t.join(MUSL).join("release/berth-devd"),
             agent: t.join(MUSL).join("release/berth-guest-agent"),
             bootmgr: t.join(UEFI).join("release/berth-bootmgr.efi"),
         })
@@ -546,6 +555,7 @@ impl OwnBinaries {
             (&self.update, &to.update),
             (&self.timesync, &to.timesync),
             (&self.netd, &to.netd),
+            (&self.devd, &to.devd),
             (&self.agent, &to.agent),
             (&self.bootmgr, &to.bootmgr),
         ];
@@ -562,8 +572,9 @@ fn binaries(opts: &BuildOptions, with_agent: bool) -> anyhow::Result<Binaries> {
         (Some(dir), _) => OwnBinaries::in_dir(dir),
         (None, Some(ws)) => OwnBinaries::build(ws)?,
         (None, None) => bail!(
-            "no berth sources to build berth-init, berth-update, berth-timesync, berth-netd, berth-guest-agent and bootmgr \
-             from: pass --prebuilt DIR (holding berth-init, berth-update, berth-timesync, berth-netd, berth-guest-agent and \
+            "no berth sources to build berth-init, berth-update, berth-timesync, berth-netd, berth-devd, berth-guest-agent and \
+             bootmgr from: pass --prebuilt DIR (holding berth-init, berth-update, berth-timesync, berth-netd, berth-devd, \
+             berth-guest-agent and \
              BOOTX64.EFI) or --workspace DIR"
         ),
     };
@@ -573,6 +584,7 @@ fn binaries(opts: &BuildOptions, with_agent: bool) -> anyhow::Result<Binaries> {
         update: read(&paths.update)?,
         timesync: read(&paths.timesync)?,
         netd: read(&paths.netd)?,
+        devd: read(&paths.devd)?,
         agent: if with_agent { Some(read(&paths.agent)?) } else { None },
         bootmgr: read(&paths.bootmgr)?,
     })

@@ -1,5 +1,6 @@
-//! Berth's own services besides the update agent's (`agent_units`): `berth-netd.service` in
-//! every image (DHCP; `network-online.target` requires it) and, in test images only
+//! Berth's own services besides the update agent's (`agent_units`): `berth-devd.service`
+//! (devices: modules, `/dev/disk` links, the power button) and `berth-netd.service` (DHCP;
+//! `network-online.target` requires it) in every image and, in test images only
 //! (`[debug] guest-agent = true`), `berth-guest-agent.service`. They go to
 //! `/usr/lib/systemd/system` before the image's overlay (which may replace them) and are enabled
 //! with the image's own `[units] enable` list.
@@ -35,6 +36,30 @@ WantedBy=multi-user.target
 RequiredBy=network-online.target
 ";
 
+/// The devices (berth-devices, docs/design.md §8): loads the modules of the devices present
+/// (`modalias` coldplug from the root's `modules.alias`) and of those that appear later
+/// (uevents), keeps `/dev/disk/by-partuuid` and `/dev/disk/by-label`, and powers off on the
+/// ACPI power button. Started first (`DefaultDependencies=no`) and ready once coldplug is done,
+/// before `sysinit.target`: every unit with default dependencies (berth-netd, which needs the
+/// NIC's module, and whatever mounts a disk by label) starts after the devices' modules are in.
+/// Not stopped by the shutdown before the final SIGTERM, so the power key works to the end.
+pub const DEVD_SERVICE: &str = "\
+[Unit]
+Description=Berth devices (modules for the devices present and appearing, /dev/disk links, the power button)
+DefaultDependencies=no
+Before=sysinit.target
+
+[Service]
+Type=notify
+ExecStart=/usr/bin/berth-devd
+TimeoutStartSec=60s
+Restart=on-failure
+RestartSec=1s
+
+[Install]
+WantedBy=sysinit.target
+";
+
 /// The guest agent: unauthenticated root command execution for whoever reaches the
 /// hypervisor's virtio-serial port `org.berth.agent.0`, so only in test images. Started first
 /// (`DefaultDependencies=no`, wanted by `sysinit.target`) and always again when it ends; skipped
@@ -60,7 +85,7 @@ WantedBy=sysinit.target
 
 /// The units for an image, by name; the guest agent's only `with_agent`.
 pub fn units(with_agent: bool) -> Vec<(&'static str, &'static str)> {
-    let mut units = vec![("berth-netd.service", NETD_SERVICE)];
+    let mut units = vec![("berth-devd.service", DEVD_SERVICE), ("berth-netd.service", NETD_SERVICE)];
     if with_agent {
         units.push(("berth-guest-agent.service", GUEST_AGENT_SERVICE));
     }
@@ -83,7 +108,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn netd_is_enabled_in_every_image_and_the_guest_agent_only_in_test_images() {
+    fn devd_and_netd_are_enabled_in_every_image_and_the_guest_agent_only_in_test_images() {
         assert!(GUEST_AGENT_SERVICE.contains(berth_guest_agent::INSTALL_PATH));
         for with_agent in [false, true] {
             let mut t = Tree::new(Metadata::root(0o755, 0));
@@ -91,6 +116,7 @@ mod tests {
             install(&mut t, 7, with_agent).unwrap();
             let made = crate::enablement::enable(&mut t, &names(with_agent), 7).unwrap();
             assert!(t.lookup("etc/systemd/system/multi-user.target.wants/berth-netd.service").is_some(), "{made:?}");
+            assert!(t.lookup("etc/systemd/system/sysinit.target.wants/berth-devd.service").is_some(), "{made:?}");
             let l = t.lookup("etc/systemd/system/network-online.target.requires/berth-netd.service").unwrap();
             assert_eq!(
                 t.node(l).kind,

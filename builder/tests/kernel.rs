@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use berth_builder::cpio::{Compression, CpioOptions, write_archive};
 use berth_builder::kernel::{
-    CONTAINER_HOST_MODULES, INITRAMFS_MODULES, KernelError, KernelPackage, ModuleIndex, Selection, initramfs_tree,
-    prune_root,
+    ALWAYS_FILE, CONTAINER_HOST_MODULES, INITRAMFS_MODULES, KernelError, KernelPackage, ModuleIndex,
+    ROOT_DEVICE_MODULES, Selection, initramfs_tree, prune_root,
 };
 use berth_fstree::{FileData, LoadOptions, Metadata, Node, NodeKind, Tree};
 
@@ -650,8 +650,16 @@ fn initramfs_tree_carries_init_and_the_storage_closure() {
             "nvme",
             "ahci",
             "ata_piix",
+            "hv_vmbus",
             "hv_storvsc",
+            "hv_netvsc",
+            "pci_hyperv",
+            "mlx5_core",
+            "mana",
             "xen_blkfront",
+            "xen_netfront",
+            "ena",
+            "gve",
             "virtio_console",
             "virtio_net",
             "qemu_fw_cfg"
@@ -669,7 +677,9 @@ fn initramfs_tree_carries_init_and_the_storage_closure() {
     expected.push("usr/lib/modules".into());
     expected.push(m("").trim_end_matches('/').to_owned());
     for p in [
+        "berth-modules.always",
         "kernel",
+        "modules.alias",
         "modules.alias.bin",
         "modules.builtin",
         "modules.builtin.alias.bin",
@@ -764,6 +774,16 @@ fn initramfs_tree_carries_init_and_the_storage_closure() {
     );
     check_orders(&ir.selection);
     assert_eq!(content(&m("modules.builtin")), MODULES_BUILTIN.as_bytes());
+    assert_eq!(String::from_utf8(content(&m("modules.alias"))).unwrap(), ir.selection.modules_alias());
+    // Stage 1 loads these whatever the devices: ext4 and overlay (INITRAMFS_ALWAYS) and the
+    // definition's extra module, with their closure in load order; the device drivers only by
+    // modalias.
+    assert_eq!(
+        String::from_utf8(content(&m(ALWAYS_FILE))).unwrap(),
+        "kernel/arch/x86/crypto/crc32c-intel.ko\nkernel/fs/mbcache.ko\nkernel/crypto/crc32c_generic.ko\n\
+         kernel/fs/jbd2/jbd2.ko\nkernel/fs/ext4/ext4.ko\nkernel/fs/overlayfs/overlay.ko\n\
+         kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko\n"
+    );
 
     // The cpio writer takes the tree as it is; GNU cpio lists what it wrote.
     let archive =
@@ -1259,6 +1279,42 @@ fn real_debian_kernel_matches_depmod() {
             // ext4 as a module brings a crc32c provider through its softdep.
             assert!(ir.selection.modules().iter().any(|m| m.name.starts_with("crc32c")), "no crc32c provider for ext4");
         }
+        // Every platform's storage and network drivers (docs/design.md §8): Debian's kernels
+        // have them all.
+        for required in [
+            "virtio_net",
+            "hv_vmbus",
+            "hv_storvsc",
+            "hv_netvsc",
+            "xen_blkfront",
+            "xen_netfront",
+            "ena",
+            "gve",
+            "mlx5_core",
+            "mana",
+        ] {
+            let builtin = k.modules().is_builtin(required);
+            assert!(ir.selection.contains(required) || builtin, "the initramfs lacks {required}");
+        }
+        let always = ir.tree.lookup(format!("usr/lib/modules/{}/{ALWAYS_FILE}", k.version())).unwrap();
+        let NodeKind::File(always) = &ir.tree.node(always).kind else { panic!("{ALWAYS_FILE} is no file") };
+        let always = String::from_utf8(always.read_all().unwrap()).unwrap();
+        assert!(always.contains("overlay.ko\n"), "{always}");
+        assert!(!always.contains("virtio"), "device drivers load by modalias: {always}");
+        eprintln!("  stage 1 always loads: {:?}", always.lines().map(module_name).collect::<Vec<_>>());
+        // The root's platform drivers beyond the initramfs's: the ones G's coldplug test uses,
+        // and the power button's.
+        let root = k.root_selection(&["softdog"]).unwrap();
+        for required in ["button", "evdev", "virtio_rng", "virtio_balloon", "pvpanic_pci", "virtio_blk", "hv_netvsc"] {
+            assert!(root.contains(required), "the root lacks {required}");
+        }
+        eprintln!(
+            "  root platform drivers (+ softdog): {} modules, {} (not in this kernel: {:?}; of {} root-only names)",
+            root.modules().len(),
+            mib(root.bytes()),
+            root.unavailable(),
+            ROOT_DEVICE_MODULES.len()
+        );
         eprintln!("  storage modules built into this kernel: {:?}", ir.selection.builtin());
         eprintln!(
             "  initramfs load order: {:?}",

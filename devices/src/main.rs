@@ -303,12 +303,8 @@ fn read_keys(path: &Path, file: &mut std::fs::File) {
 
 /// The kernel's uevent multicast group 1, with a receive buffer large enough for a burst.
 fn uevent_socket() -> nix::Result<OwnedFd> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkKObjectUEvent,
-    )?;
+    let fd =
+        socket(AddressFamily::Netlink, SockType::Datagram, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkKObjectUEvent)?;
     // RcvBufForce needs CAP_NET_ADMIN (we are root); fall back to what the limit allows.
     if setsockopt(&fd, sockopt::RcvBufForce, &(4 << 20)).is_err() {
         let _ = setsockopt(&fd, sockopt::RcvBuf, &(4 << 20));

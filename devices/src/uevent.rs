@@ -85,7 +85,8 @@ DEVTYPE=partition\0DISKSEQ=9\0PARTN=1\0PARTNAME=ROOT-A\0SEQNUM=7\0";
 
     #[test]
     fn sysfs_uevent_file() {
-        let v = Uevent::file_vars("MAJOR=254\nMINOR=1\nDEVNAME=vda1\nDEVTYPE=partition\nPARTN=1\nPARTNAME=EFI system\n");
+        let v =
+            Uevent::file_vars("MAJOR=254\nMINOR=1\nDEVNAME=vda1\nDEVTYPE=partition\nPARTN=1\nPARTNAME=EFI system\n");
         assert_eq!(v.get("PARTNAME").map(String::as_str), Some("EFI system"));
         assert_eq!(v.get("PARTN").map(String::as_str), Some("1"));
     }

@@ -22,7 +22,8 @@ pub struct BuildArgs {
     /// Build from the cache alone; fail naming what is missing instead of downloading.
     #[arg(long)]
     offline: bool,
-    /// Directory holding prebuilt berth-init, berth-update, berth-timesync, berth-netd, berth-guest-agent and
+    /// Directory holding prebuilt berth-init, berth-update, berth-timesync, berth-netd, berth-devd,
+    /// berth-guest-agent and
     /// BOOTX64.EFI (else they are built with cargo from the Berth sources this berth was built from, or --workspace).
     #[arg(long, value_name = "DIR")]
     prebuilt: Option<PathBuf>,

@@ -14,9 +14,12 @@
 //!   depmod writes regenerated for the modules left, with depmod's bytes: the text files
 //!   (`modules.dep`, `modules.alias`, `modules.softdep`, `modules.symbols`,
 //!   `modules.devname`) and kmod's binary indexes (below); `modules.order` filtered;
-//! - the initramfs tree ([`initramfs_tree`]): `/init`, the storage modules
-//!   ([`INITRAMFS_MODULES`]) and their closure, their `modules.dep` and kmod's indexes. The
-//!   cpio writer ([`crate::cpio`]) turns that tree into the archive.
+//! - the initramfs tree ([`initramfs_tree`]): `/init`, every platform's storage and network
+//!   drivers ([`INITRAMFS_MODULES`]) and their closure, their `modules.dep`, `modules.alias`,
+//!   the list of modules loaded whatever the devices ([`ALWAYS_FILE`]) and kmod's indexes.
+//!   The cpio writer ([`crate::cpio`]) turns that tree into the archive;
+//! - the per-platform driver lists, in this file only: [`INITRAMFS_MODULES`] and the root's
+//!   extra device drivers [`ROOT_DEVICE_MODULES`] ([`KernelPackage::root_selection`]).
 //!
 //! # Names, dependencies, closure
 //!
@@ -48,16 +51,21 @@
 //! its dependencies and of its `pre:` soft dependencies (and before its `post:` ones). depmod
 //! writes lines in `modules.order` order instead; no consumer depends on line order (modprobe
 //! reads only the binary index, below), so each line is depmod's and the line order is
-//! Berth's. The contract for stage 1 of `berth-init` (docs/design.md §3) is then simply:
+//! Berth's. Loading a module means (stage 1 of `berth-init` and `berth-devd`, docs/design.md
+//! §3, both through `berth_devices::modules`):
 //!
-//! > Read `/usr/lib/modules/<kver>/modules.dep`. For each line in file order: for each path
-//! > in the dependency list from last to first, then for the module's own path, unless
-//! > that path was already loaded, load it (`finit_module`; `EEXIST` counts as loaded).
+//! > Find the module's line in `modules.dep`; for each path in its dependency list from last
+//! > to first, then for the module's own path, unless that path was already loaded, load it
+//! > (`finit_module`; `EEXIST` counts as loaded).
 //!
-//! Because the lines are in load order, the inner loop never finds anything left to load, so
-//! loading every line's module in file order is equivalent; the inner loop only makes the
-//! loader correct for any depmod-written file too. [`Selection::load_order`] gives the same
-//! sequence of paths, and the tests check that the two agree. Modules in the initramfs are
+//! Which modules: stage 1 loads every path of [`ALWAYS_FILE`] (in its order, which is load
+//! order), then the modules whose `modules.alias` patterns match a `modalias` under
+//! `/sys/devices`, again until a round loads nothing new (a bus driver such as `virtio_pci` or
+//! `hv_vmbus` reveals the devices on its bus). `berth-devd` does the same from the root's
+//! `modules.alias`, and then for each device the kernel announces. Loading every line of
+//! `modules.dep` in file order also works (the lines are in load order, so the inner loop never
+//! finds anything left to load), and [`Selection::load_order`] gives that sequence; the tests
+//! check that the two agree. Modules in the initramfs are
 //! stored uncompressed (the archive as a whole is zstd-compressed, and `finit_module` then
 //! needs no decompression support), so its `modules.dep` names `.ko` files only.
 //!
@@ -98,15 +106,19 @@ pub use modinfo::{ModInfo, ModinfoError, ModuleCompression};
 pub use output::{Initramfs, RootReport, initramfs_tree, prune_root};
 pub use select::Selection;
 
-/// The initramfs's modules: the storage drivers stage 1 needs to find and mount an ext4 root on
-/// the disks Berth's targets present, and what stage 2 needs before it could load anything from
-/// the root (overlay for `/etc`, virtio-serial for the guest agent, virtio-net for DHCP, QEMU's
-/// fw_cfg for the provisioning document). Names the kernel lacks are skipped and reported
-/// ([`Initramfs::unavailable`]): Debian 6.1's `linux-image-cloud-amd64` has no `ahci`, and has
-/// `nvme` and `ext4` built in. Dependencies (`scsi_mod`, `libata`, `virtio_ring`, `jbd2`,
-/// `crc32c_*` through ext4's softdep, ...) come by closure. On Debian 6.1 kernels the storage
-/// closure is 16 modules (2.5 MiB, 0.5 MiB in the zstd initramfs) on `-cloud-amd64` and 33 (5.8 MiB,
-/// 1.2 MiB) on `-amd64`.
+/// The initramfs's modules: the storage and network drivers of every platform of docs/design.md
+/// §8 (QEMU, VirtualBox, Vagrant, AWS, GCE, Azure, bare metal: one initramfs for all of them),
+/// and what stage 2 needs before it could load anything from the root ([`INITRAMFS_ALWAYS`]).
+/// Stage 1 loads the device drivers by `modalias` (only those of the devices present; see
+/// "the loading contract" above), so an unused platform's drivers cost archive bytes, not boot
+/// time. Names the kernel lacks are skipped and reported ([`Initramfs::unavailable`]): Debian
+/// 6.1's `linux-image-cloud-amd64` has no `ahci`, and has `nvme` and `ext4` built in.
+/// Dependencies (`scsi_mod`, `libata`, `virtio_ring`, `hv_vmbus`, `jbd2`, `crc32c_*` through
+/// ext4's softdep, ...) come by closure. The same names stay in the root (with
+/// [`ROOT_DEVICE_MODULES`]), so `berth-devd` can load them for a device that appears later.
+/// On Debian 6.1's `linux-image-cloud-amd64` the closure is 31 modules, 6.6 MiB (1.4 MiB in the
+/// zstd initramfs; `mlx5_core` alone is 2.4 MiB), of which stage 1 loads on QEMU only the few
+/// the devices ask for.
 pub const INITRAMFS_MODULES: &[&str] = &[
     // QEMU, GCE, most KVM clouds: virtio-blk and virtio-scsi on virtio-pci.
     "virtio_pci",
@@ -120,20 +132,69 @@ pub const INITRAMFS_MODULES: &[&str] = &[
     "ata_piix",
     // SCSI disks (virtio-scsi, SATA and Hyper-V disks all appear as sd devices).
     "sd_mod",
-    // Azure / Hyper-V synthetic SCSI.
+    // Azure / Hyper-V: the VMBus, synthetic SCSI and the synthetic NIC.
+    "hv_vmbus",
     "hv_storvsc",
+    "hv_netvsc",
+    // Azure accelerated networking: the VF appears on a Hyper-V PCI bus, driven by mlx5 or MANA.
+    "pci_hyperv",
+    "mlx5_core",
+    "mana",
     // AWS Xen instances.
     "xen_blkfront",
+    "xen_netfront",
+    // AWS Nitro's NIC.
+    "ena",
+    // GCE's gVNIC.
+    "gve",
     // The root filesystem.
     "ext4",
     // Stage 2 mounts /etc as an overlay, before anything could load a module from the root.
     "overlay",
     // virtio-serial: the guest agent's channel and hypervisor consoles.
     "virtio_console",
-    // virtio-net: QEMU's and most KVM clouds' NIC, for berth-init's DHCP in stage 2.
+    // virtio-net: QEMU's, VirtualBox's (virtio) and most KVM clouds' NIC.
     "virtio_net",
     // QEMU's fw_cfg in sysfs: stage 2 reads the first-boot provisioning document from it.
     "qemu_fw_cfg",
+];
+
+/// The initramfs modules stage 1 loads whatever the devices: they drive no device (so no
+/// `modalias` brings them) but stage 2 needs them before it could load from the root. With the
+/// initramfs's extra modules (a definition's `initramfs-modules`) and the closure of both, they
+/// are listed in [`ALWAYS_FILE`].
+pub const INITRAMFS_ALWAYS: &[&str] = &["ext4", "overlay"];
+
+/// The initramfs file naming the modules stage 1 loads unconditionally: one path (as in
+/// `modules.dep`) a line, in load order. Every other initramfs module is loaded only when a
+/// device's `modalias` matches one of its `modules.alias` patterns. Its name is the loader's
+/// (`berth_devices`, which stage 1 uses).
+pub use berth_devices::modules::ALWAYS_FILE;
+
+/// Device drivers the root carries beyond [`INITRAMFS_MODULES`] and the definition's modules:
+/// the platforms' other devices, which nothing needs before the root is up, so stage 1 never
+/// loads them and `berth-devd` loads them by `modalias` (present at boot or hot-added). Names the
+/// kernel lacks are skipped (the cloud kernel has no VirtualBox guest drivers).
+pub const ROOT_DEVICE_MODULES: &[&str] = &[
+    // The ACPI power and sleep buttons, and the input devices they appear as: a hypervisor's
+    // or cloud's "shut down" is a press of the power button (berth-devd watches KEY_POWER).
+    "button",
+    "evdev",
+    // QEMU/KVM and GCE paravirtual devices.
+    "virtio_rng",
+    "virtio_balloon",
+    "virtio_input",
+    "virtio_mem",
+    "pvpanic_pci",
+    "pvpanic_mmio",
+    "ptp_kvm",
+    "vmw_vsock_virtio_transport",
+    // Hyper-V / Azure integration services, balloon, keyboard, mouse and vsock.
+    "hv_utils",
+    "hv_balloon",
+    "hyperv_keyboard",
+    "hid_hyperv",
+    "hv_sock",
 ];
 
 /// A proposed default module list for a container host's root: overlay storage, bridge and
@@ -632,6 +693,16 @@ impl KernelPackage {
     /// Shorthand for [`ModuleIndex::select`].
     pub fn select<S: AsRef<str>>(&self, patterns: &[S]) -> Result<Selection, KernelError> {
         self.index.select(patterns)
+    }
+
+    /// The root's modules: `named` (the definition's; each must exist) with every platform's
+    /// drivers, [`INITRAMFS_MODULES`] and [`ROOT_DEVICE_MODULES`] (those this kernel lacks are
+    /// recorded in [`Selection::unavailable`]), and their closure. The root keeps the
+    /// initramfs's drivers too: a device of theirs that appears after boot (a hot-added disk or
+    /// NIC) is loaded from the root.
+    pub fn root_selection<S: AsRef<str>>(&self, named: &[S]) -> Result<Selection, KernelError> {
+        let platform: Vec<&str> = INITRAMFS_MODULES.iter().chain(ROOT_DEVICE_MODULES).copied().collect();
+        self.index.select_with_optional(named, &platform)
     }
 }
 

@@ -7,7 +7,7 @@ use berth_fstree::{FileData, Metadata, Node, NodeId, NodeKind, ROOT, Tree};
 
 use super::index::IndexBuilder;
 use super::select::{alias_key, index_err};
-use super::{INITRAMFS_MODULES, KernelError, KernelPackage, Selection};
+use super::{ALWAYS_FILE, INITRAMFS_ALWAYS, INITRAMFS_MODULES, KernelError, KernelPackage, Selection};
 
 /// What [`prune_root`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +120,8 @@ impl Initramfs {
 /// - `/init`: `init` (berth-init, static), mode 0755;
 /// - `/usr/lib/modules/<kver>/`: the closure of [`INITRAMFS_MODULES`] (those the kernel has)
 ///   and of `extra` (each of which must exist, like the root's selection), stored
-///   uncompressed; `modules.dep` for exactly those (see the module docs for the loading
+///   uncompressed; `modules.dep` and `modules.alias` for exactly those, [`ALWAYS_FILE`] (the
+///   closure of [`INITRAMFS_ALWAYS`] and `extra`; see the module docs for the loading
 ///   contract), the filtered `modules.order`, `modules.builtin` as shipped (so stage 1
 ///   can tell a built-in module from a missing one), and, so that kmod's tools work on the
 ///   initramfs too, kmod's binary indexes as depmod writes them for these files
@@ -139,6 +140,10 @@ pub fn initramfs_tree<S: AsRef<str>>(
     mtime: i64,
 ) -> Result<Initramfs, KernelError> {
     let selection = kernel.modules().select_with_optional(extra, INITRAMFS_MODULES)?.decompressed()?;
+    // What stage 1 loads whatever the devices: the extra modules (the definition named them, so
+    // they are wanted even if no device asks) and the always-needed ones, with their closure.
+    let always = kernel.modules().select_with_optional(extra, INITRAMFS_ALWAYS)?.decompressed()?;
+    let always_text: String = always.load_order().iter().map(|p| format!("{p}\n")).collect();
     let dir_meta = Metadata::root(0o755, mtime);
     let file_meta = Metadata::root(0o644, mtime);
     let mut tree = Tree::new(dir_meta.clone());
@@ -168,10 +173,12 @@ pub fn initramfs_tree<S: AsRef<str>>(
     for (name, bytes) in [
         ("modules.dep", selection.modules_dep().into_bytes()),
         ("modules.dep.bin", selection.modules_dep_bin()?),
+        ("modules.alias", selection.modules_alias().into_bytes()),
         ("modules.alias.bin", selection.modules_alias_bin()?),
         ("modules.softdep", selection.modules_softdep().into_bytes()),
         ("modules.symbols.bin", selection.modules_symbols_bin()?),
         ("modules.order", selection.modules_order().into_bytes()),
+        (ALWAYS_FILE, always_text.into_bytes()),
         ("modules.builtin", kernel.modules_builtin().to_vec()),
         ("modules.builtin.bin", builtin_index(kernel.modules_builtin())?),
         ("modules.builtin.alias.bin", builtin_alias_bin),

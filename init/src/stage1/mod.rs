@@ -38,17 +38,24 @@ pub fn run() -> Result<(), String> {
 
     let kver = nix::sys::utsname::uname().map_err(|e| format!("uname: {e}"))?.release().to_string_lossy().into_owned();
     let started = Instant::now();
-    let s = modules::load_all(&Path::new("/usr/lib/modules").join(&kver));
+    let mods = modules::Modules::open(&Path::new("/usr/lib/modules").join(&kver));
+    let mut loader = mods.loader();
+    let s = mods.load(&mut loader);
     log::line(&format!(
-        "modules for {kver}: {} loaded, {} already present, {} not for this machine, {} failed ({:.0} ms)",
-        s.loaded,
-        s.present,
-        s.not_here,
+        "modules for {kver}: {} always, {} for the {} devices present ({} scans), {} failed ({:.0} ms)",
+        s.always,
+        s.for_devices,
+        s.devices,
+        s.rounds,
         s.failed,
         started.elapsed().as_secs_f64() * 1000.0
     ));
 
-    let device = wait_for_root(&guid, &partuuid, cmdline.root_wait)?;
+    // A disk may appear after its controller's driver loaded (SCSI scans asynchronously): the
+    // devices are scanned again while waiting, so its modules (sd_mod) load then.
+    let device = wait_for_root(&guid, &partuuid, cmdline.root_wait, &mut || {
+        mods.rescan(&mut loader);
+    })?;
     mount(Some(&device), "/sysroot", Some("ext4"), MsFlags::MS_RDONLY, None::<&str>)
         .map_err(|e| format!("mounting {} (ext4, read-only) on /sysroot: {e}", device.display()))?;
     log::line(&format!("mounted {} read-only on /sysroot", device.display()));
@@ -56,7 +63,12 @@ pub fn run() -> Result<(), String> {
 }
 
 /// Polls for the partition every 100 ms until `limit`.
-fn wait_for_root(guid: &Guid, partuuid: &str, limit: Duration) -> Result<std::path::PathBuf, String> {
+fn wait_for_root(
+    guid: &Guid,
+    partuuid: &str,
+    limit: Duration,
+    rescan: &mut dyn FnMut(),
+) -> Result<std::path::PathBuf, String> {
     let started = Instant::now();
     let mut announced = false;
     loop {
@@ -91,6 +103,7 @@ fn wait_for_root(guid: &Guid, partuuid: &str, limit: Duration) -> Result<std::pa
             announced = true;
         }
         std::thread::sleep(POLL);
+        rescan();
     }
 }
 

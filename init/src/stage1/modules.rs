@@ -1,22 +1,23 @@
-//! Loading the initramfs's kernel modules in `modules.dep` order with `finit_module(2)`.
-//!
-//! Each `modules.dep` line is `path.ko: dep1.ko dep2.ko …` (paths relative to the modules
-//! directory, the dependency list being the transitive closure). For each line in order, its
-//! dependencies are loaded from last to first, then the module itself, skipping what is loaded
-//! already (libkmod's order: it prepends each dependency while parsing). EEXIST counts as loaded.
+//! Stage 1's kernel modules, loaded through `berth_devices` (the loader `berth-devd` uses too;
+//! the contract is in `builder/src/kernel/mod.rs`): first the modules the initramfs lists in
+//! `berth-modules.always` (ext4, overlay: needed whatever the devices), then the modules of the
+//! devices present, by `modalias` against the initramfs's `modules.alias`, rescanning until a
+//! bus driver reveals no more devices. The initramfs carries every platform's storage and
+//! network drivers; only those of this machine's devices are loaded. [`Modules::rescan`] runs
+//! again while stage 1 waits for the root (a SCSI host scans its disks after its driver loaded).
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Instant;
 
-use nix::errno::Errno;
-use nix::kmod::{ModuleInitFlags, finit_module};
+use berth_devices::coldplug::coldplug;
+use berth_devices::modules::{ALWAYS_FILE, Loader, ModuleDb, Outcome, name_of};
 
 use crate::sys::log;
 
-/// The load order `modules.dep` text implies (each path once).
+/// The load order `modules.dep` text implies (each path once): dependencies from last to
+/// first, then the module, line by line.
 pub fn load_order(dep: &str) -> Vec<&str> {
-    let mut seen = HashSet::new();
+    let mut seen = std::collections::HashSet::new();
     let mut order = Vec::new();
     for line in dep.lines() {
         let Some((module, deps)) = line.split_once(':') else { continue };
@@ -33,99 +34,92 @@ pub fn load_order(dep: &str) -> Vec<&str> {
     order
 }
 
-/// `kernel/drivers/block/virtio_blk.ko` → `virtio_blk`.
-fn name(path: &str) -> &str {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    file.split('.').next().unwrap_or(file)
-}
-
-/// What [`load_all`] did.
+/// What [`Modules::load`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
-    pub loaded: usize,
-    /// EEXIST: loaded already (or built in).
-    pub present: usize,
-    /// ENODEV (no such hardware here), or a dependency of it was not loaded.
-    pub not_here: usize,
+    /// Modules of the always-list loaded.
+    pub always: usize,
+    /// Module files loaded for devices (dependencies included).
+    pub for_devices: usize,
+    /// Devices with a modalias seen.
+    pub devices: usize,
+    /// Scans of `/sys/devices`.
+    pub rounds: usize,
     pub failed: usize,
 }
 
-/// Loads every module `<dir>/modules.dep` names.
-pub fn load_all(dir: &Path) -> Summary {
-    let mut s = Summary::default();
-    let dep_path = dir.join("modules.dep");
-    let dep = match std::fs::read_to_string(&dep_path) {
-        Ok(d) => d,
-        Err(e) => {
-            log::line(&format!("no modules to load: {}: {e}", dep_path.display()));
-            return s;
-        }
-    };
-    let deps: HashMap<&str, Vec<&str>> = dep
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| (m.trim(), d.split_ascii_whitespace().collect()))
-        .collect();
-    // Modules that are not loaded and will not be: their dependents are skipped.
-    let mut unavailable: HashSet<&str> = HashSet::new();
-    for path in load_order(&dep) {
-        if let Some(missing) = deps.get(path).and_then(|d| d.iter().find(|d| unavailable.contains(*d))) {
-            unavailable.insert(path);
-            s.not_here += 1;
-            log::line(&format!("module {} skipped: needs {}, which is not loaded", name(path), name(missing)));
-            continue;
-        }
-        let started = Instant::now();
-        match load(&dir.join(path)) {
-            Ok(()) => {
-                s.loaded += 1;
-                let ms = started.elapsed().as_secs_f64() * 1000.0;
-                log::line(&format!("module {} loaded ({ms:.1} ms)", name(path)));
-            }
-            Err(Errno::EEXIST) => s.present += 1,
-            Err(Errno::ENODEV) => {
-                unavailable.insert(path);
-                s.not_here += 1;
-                log::line(&format!("module {} not loaded: no such device here", name(path)));
-            }
-            Err(e) => {
-                unavailable.insert(path);
-                s.failed += 1;
-                log::line(&format!("module {} ({path}): failed to load: {e}", name(path)));
-            }
-        }
+/// The initramfs's modules directory, read once.
+pub struct Modules {
+    db: ModuleDb,
+}
+
+impl Modules {
+    pub fn open(dir: &Path) -> Modules {
+        let db = ModuleDb::open(dir).unwrap_or_else(|e| {
+            log::line(&format!("no modules to load: {e}"));
+            ModuleDb::default()
+        });
+        Modules { db }
     }
-    s
+
+    pub fn loader(&self) -> Loader<'_> {
+        Loader::new(&self.db)
+    }
+
+    /// Loads the always-list, then the modules of the devices present.
+    pub fn load(&self, loader: &mut Loader<'_>) -> Summary {
+        let mut s = Summary::default();
+        let always_path = self.db.dir().join(ALWAYS_FILE);
+        let always = match std::fs::read_to_string(&always_path) {
+            Ok(text) => text,
+            Err(e) => {
+                log::line(&format!("{}: {e}; loading every module of the initramfs", always_path.display()));
+                std::fs::read_to_string(self.db.dir().join("modules.dep"))
+                    .map(|dep| load_order(&dep).iter().map(|p| format!("{p}\n")).collect())
+                    .unwrap_or_default()
+            }
+        };
+        for path in always.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let started = Instant::now();
+            match loader.load_paths(&[path]) {
+                Outcome::Loaded(_) => {
+                    s.always += 1;
+                    let ms = started.elapsed().as_secs_f64() * 1000.0;
+                    log::line(&format!("module {} loaded ({ms:.1} ms)", name_of(path)));
+                }
+                Outcome::Failed(p, e) => {
+                    s.failed += 1;
+                    log::line(&format!("module {} ({p}): failed to load: {e}", name_of(path)));
+                }
+                Outcome::AlreadyLoaded | Outcome::Unknown => {}
+            }
+        }
+        let c = self.rescan(loader);
+        s.for_devices = c.loaded;
+        s.devices = c.devices;
+        s.rounds = c.rounds;
+        s.failed += c.failed;
+        s
+    }
+
+    /// The modules of the devices present (again): what a new device wants is loaded.
+    pub fn rescan(&self, loader: &mut Loader<'_>) -> berth_devices::coldplug::Summary {
+        coldplug(loader, Path::new("/sys/devices"), &mut |l: &str| log::line(l))
+    }
 }
 
 /// Loads the module called `module` and its dependencies, as `<dir>/modules.dep` lists them
 /// (stage 2: softdog). Loaded already counts as loaded.
 pub fn load_one(dir: &Path, module: &str) -> Result<(), String> {
-    let dep_path = dir.join("modules.dep");
-    let dep = std::fs::read_to_string(&dep_path).map_err(|e| format!("{}: {e}", dep_path.display()))?;
-    let (path, deps) = dep
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| (m.trim(), d))
-        .find(|(m, _)| name(m) == module)
-        .ok_or_else(|| format!("not in {}", dep_path.display()))?;
-    for p in deps.split_ascii_whitespace().rev().chain([path]) {
-        match load(&dir.join(p)) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(format!("loading {p}: {e}")),
+    let db = ModuleDb::open(dir).map_err(|e| e.to_string())?;
+    match Loader::new(&db).load(module) {
+        Outcome::Loaded(_) | Outcome::AlreadyLoaded => {
+            log::line(&format!("module {module} loaded"));
+            Ok(())
         }
+        Outcome::Unknown => Err(format!("not in {}", dir.join("modules.dep").display())),
+        Outcome::Failed(p, e) => Err(format!("loading {p}: {e}")),
     }
-    log::line(&format!("module {module} loaded"));
-    Ok(())
-}
-
-fn load(path: &Path) -> Result<(), Errno> {
-    let file = std::fs::File::open(path).map_err(|e| e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO))?;
-    // MODULE_INIT_COMPRESSED_FILE: let the kernel decompress (the builder ships them
-    // uncompressed, so this is only a fallback).
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let flags = if matches!(ext, "xz" | "zst" | "gz") { 4 } else { 0 };
-    finit_module(&file, c"", ModuleInitFlags::from_bits_retain(flags))
 }
 
 #[cfg(test)]
@@ -137,7 +131,7 @@ mod tests {
         let dep = "kernel/a.ko:\nkernel/c.ko: kernel/b.ko kernel/a.ko\nkernel/d.ko: kernel/c.ko kernel/b.ko kernel/a.ko\n\
                    kernel/e.ko: kernel/a.ko\n";
         assert_eq!(load_order(dep), ["kernel/a.ko", "kernel/b.ko", "kernel/c.ko", "kernel/d.ko", "kernel/e.ko"]);
-        assert_eq!(name("kernel/drivers/block/virtio_blk.ko"), "virtio_blk");
-        assert_eq!(name("kernel/fs/ext4/ext4.ko.xz"), "ext4");
+        assert_eq!(name_of("kernel/drivers/block/virtio_blk.ko"), "virtio_blk");
+        assert_eq!(name_of("kernel/fs/ext4/ext4.ko.xz"), "ext4");
     }
 }
