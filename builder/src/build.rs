@@ -24,7 +24,9 @@ use crate::cpio::{self, CpioOptions};
 use crate::definition::{Definition, Loaded};
 use crate::disk::{DiskLayout, DiskSize, write_gpt};
 use crate::esp::{EspContents, EspOptions, write_esp};
+use crate::export::{Artifact, ExportOptions};
 use crate::kernel::{self, KernelPackage};
+use crate::platform::Platform;
 use crate::size::ByteSize;
 
 /// Inputs of a build besides the definition.
@@ -48,6 +50,9 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<i64>,
     /// Progress bars and per-stage lines on stderr.
     pub progress: bool,
+    /// Platforms to export the disk for after the build (`export`); `<name>.img` (metal) is
+    /// always written.
+    pub platforms: Vec<Platform>,
 }
 
 impl BuildOptions {
@@ -68,6 +73,7 @@ impl BuildOptions {
             workspace: Some(workspace.to_path_buf()),
             source_date_epoch: None,
             progress: false,
+            platforms: vec![Platform::Metal],
         })
     }
 }
@@ -127,6 +133,8 @@ pub struct BuildReport {
     pub manifest: Manifest,
     pub downloaded: usize,
     pub stages: Vec<(String, f64)>,
+    /// Every artifact: the disk (metal) first, then the exports `BuildOptions::platforms` asked for.
+    pub artifacts: Vec<Artifact>,
 }
 
 /// Times the stages and prints one line per stage.
@@ -281,7 +289,26 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
         let d = format!("{} ({})", r.0.display(), ByteSize(std::fs::metadata(&r.0).map(|m| m.len()).unwrap_or(0)));
         Ok((r, d))
     })?;
-    Ok(BuildReport { disk, manifest_path, manifest, downloaded, stages: st.done })
+    // The disk is the metal artifact; the other platforms are exports of it (docs/platforms.md).
+    let size = std::fs::metadata(&disk).with_context(|| format!("reading {}", disk.display()))?.len();
+    let mut artifacts = vec![Artifact { platform: Platform::Metal, path: disk.clone(), bytes: size }];
+    let others: Vec<Platform> = opts.platforms.iter().copied().filter(|p| *p != Platform::Metal).collect();
+    if !others.is_empty() {
+        let exported = st.run("exporting", || {
+            let eo = ExportOptions {
+                platforms: others.clone(),
+                out_dir: opts.out_dir.clone(),
+                provision: None,
+                source_date_epoch: Some(epoch),
+                progress: opts.progress,
+            };
+            let a = crate::export::export_as(&disk, &def.name, &eo)?;
+            let d = a.iter().map(|a| a.platform.name()).collect::<Vec<_>>().join(", ");
+            Ok((a, d))
+        })?;
+        artifacts.extend(exported);
+    }
+    Ok(BuildReport { disk, manifest_path, manifest, downloaded, stages: st.done, artifacts })
 }
 
 fn names(p: &[berth_debian::PackageRef]) -> String {
@@ -632,6 +659,8 @@ fn write_disk(
     esp.add_file(&format!("{a}/vmlinuz"), vmlinuz.to_vec())?;
     esp.add_file(&format!("{a}/initrd.img"), initrd.to_vec())?;
     esp.add_file(&format!("{a}/cmdline"), format!("{}\n", def.kernel.cmdline).into_bytes())?;
+    // The disk is the metal artifact; exports rewrite this word (docs/platforms.md).
+    esp.add_file(crate::export::esp::PLATFORM_FILE, format!("{}\n", Platform::Metal.name()).into_bytes())?;
     // The update agent writes into berth/b/ in place; fatfs 0.3 would create the directory with
     // malformed dot entries there (see esp::fix_dot_entries), so it exists from the start.
     esp.add_dir(Slot::B.esp_dir())?;

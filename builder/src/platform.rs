@@ -41,18 +41,13 @@ impl Platform {
 
     /// One line: what the platform's artifact is and what it is for.
     pub const fn describe(self) -> &'static str {
+        // Each fits a 100-column --help after the name column.
         match self {
-            Platform::Metal => "<name>.img: the raw GPT disk (dd it to a drive, or any hypervisor taking raw disks)",
+            Platform::Metal => "<name>.img: the raw GPT disk (dd to a drive; hypervisors taking raw disks)",
             Platform::Qemu => "<name>.qcow2: a qcow2 disk for QEMU/KVM and libvirt (UEFI, q35)",
-            Platform::Virtualbox => {
-                "<name>.ova: OVF + streamOptimized VMDK + SHA-256 manifest to import in VirtualBox (EFI, VirtioSCSI)"
-            }
-            Platform::VagrantLibvirt => {
-                "<name>.libvirt.box: a Vagrant box for vagrant-libvirt (qcow2 box.img, metadata.json, Vagrantfile)"
-            }
-            Platform::VagrantVirtualbox => {
-                "<name>.virtualbox.box: a Vagrant box for VirtualBox (box.ovf, VMDK, metadata.json, Vagrantfile)"
-            }
+            Platform::Virtualbox => "<name>.ova: OVF, streamOptimized VMDK, SHA-256 manifest; import in VirtualBox",
+            Platform::VagrantLibvirt => "<name>.libvirt.box: a Vagrant box for vagrant-libvirt (qcow2 box.img)",
+            Platform::VagrantVirtualbox => "<name>.virtualbox.box: a Vagrant box for VirtualBox (box.ovf + VMDK)",
         }
     }
 

@@ -182,10 +182,9 @@ fn split_name(name: &str) -> Option<(&str, &str)> {
     if name.len() <= NAME_LEN {
         return Some(("", name));
     }
-    name.match_indices('/')
+    name.rmatch_indices('/')
         .map(|(i, _)| (&name[..i], &name[i + 1..]))
-        .filter(|(prefix, rest)| prefix.len() <= PREFIX_LEN && !rest.is_empty() && rest.len() <= NAME_LEN)
-        .last()
+        .find(|(prefix, rest)| prefix.len() <= PREFIX_LEN && !rest.is_empty() && rest.len() <= NAME_LEN)
 }
 
 /// Writes `value` as zero-padded octal filling the field but its last byte, which is NUL.

@@ -1,6 +1,5 @@
 //! `berth build`: an image definition to a bootable disk.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -13,9 +12,12 @@ use berth_builder::size::ByteSize;
 pub struct BuildArgs {
     /// Image definition, e.g. images/container-host.toml (see images/README.md).
     definition: PathBuf,
-    /// Directory for <name>.img and <name>.manifest.json.
+    /// Directory for <name>.img, <name>.manifest.json and the other platforms' artifacts.
     #[arg(long, default_value = "out")]
     out: PathBuf,
+    /// Platforms to produce, comma-separated (see below). <name>.img (metal) is always written.
+    #[arg(long, value_name = "LIST", default_value = "metal")]
+    platform: String,
     /// Cache of downloaded packages and verified indexes [default: $XDG_CACHE_HOME/berth or ~/.cache/berth].
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
@@ -40,7 +42,9 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
     // The sources this binary was built from, when they are still there.
     let own_workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let workspace = a.workspace.or_else(|| own_workspace.join("Cargo.toml").is_file().then_some(own_workspace));
+    let platforms = super::export::parse_platforms(&a.platform)?;
     let opts = BuildOptions {
+        platforms,
         definition: a.definition,
         out_dir: a.out,
         cache_dir: match a.cache {
@@ -52,7 +56,7 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
         prebuilt: a.prebuilt,
         workspace,
         source_date_epoch: super::source_date_epoch()?,
-        progress: std::io::stderr().is_terminal() || std::env::var_os("BERTH_PROGRESS").is_some(),
+        progress: super::export::show_progress(),
     };
     let r = build(&opts)?;
     let m = &r.manifest;
@@ -70,5 +74,8 @@ pub fn run(a: BuildArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     eprintln!("manifest: {}", r.manifest_path.display());
+    for line in berth_builder::export::describe(&r.artifacts) {
+        println!("{line}");
+    }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Command-line interface of `berth`.
 
 mod build;
+mod export;
 mod fs;
 mod keys;
 mod publish;
@@ -33,8 +34,26 @@ enum Command {
     /// cached by hash, so a second build downloads nothing. SOURCE_DATE_EPOCH fixes every
     /// timestamp; the same inputs give the same bytes.
     ///
-    /// Example: berth build images/container-host.toml --out out
+    /// With --platform, the disk is also exported for each platform listed (as berth export does);
+    /// OUT/<name>.img, the metal artifact, is always written: berth publish reads it.
+    ///
+    /// Example: berth build images/container-host.toml --out out --platform metal,qemu
+    #[command(after_help = export::platforms_help())]
     Build(build::BuildArgs),
+    /// Export a built disk for other platforms: qcow2, OVA, Vagrant boxes.
+    ///
+    /// Copies DISK once per platform (sparse: holes stay holes), writes the platform's name to
+    /// berth/platform on the copy's ESP (and a provisioning document to berth/provision.toml, for
+    /// Vagrant boxes or with --provision), and wraps it in the platform's container. Nothing else
+    /// changes: every artifact carries DISK's root. DISK is checked first (a GPT with Berth's ESP,
+    /// ROOT-A and STATE); artifacts are written beside their final names and renamed at the end,
+    /// so a failure leaves none. SOURCE_DATE_EPOCH (else the build's time, read from the ESP)
+    /// stamps every timestamp: the same disk gives the same bytes. Prints each artifact and its
+    /// size.
+    ///
+    /// Example: berth export out/container-host.img --platform qemu,vagrant-libvirt --out out
+    #[command(after_help = export::platforms_help())]
+    Export(export::ExportArgs),
     /// Write filesystems directly, without mkfs, mount or root.
     #[command(subcommand)]
     Fs(fs::FsCommand),
@@ -104,6 +123,7 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(a) => build::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Export(a) => export::run(a).map(|()| ExitCode::SUCCESS),
         Command::Fs(cmd) => fs::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Run(a) => run::run(a),
         Command::GuestfwdRelay { port } => Ok(run::guestfwd_relay(port)),

@@ -97,8 +97,12 @@ pub enum ExportError {
         #[source]
         source: crate::tar::TarError,
     },
-    #[error("{path}: {why}")]
-    Ova { path: PathBuf, why: String },
+    #[error("{path}: {source}")]
+    Ova {
+        path: PathBuf,
+        #[source]
+        source: ova::OvaError,
+    },
     #[error("{path}: {source}")]
     Write {
         path: PathBuf,
@@ -237,11 +241,33 @@ impl Ctx<'_> {
             Platform::VagrantLibvirt => {
                 vagrant::write_libvirt_box(self, raw.path(), out.as_file(), final_path)?;
             }
-            Platform::Virtualbox | Platform::VagrantVirtualbox => {
-                return Err(ExportError::Ova {
-                    path: final_path.to_path_buf(),
-                    why: "the OVA writer is not in this build yet".into(),
-                });
+            Platform::Virtualbox => {
+                let bar = self.bar("OVA (streamOptimized VMDK)", self.layout.size);
+                let mut file = out.reopen().map_err(|source| ExportError::Write { path: out.path().into(), source })?;
+                ova::write_ova(raw.as_file(), self.layout.size, &mut file, &self.ova_params(), &|n| {
+                    bar.set_position(n)
+                })
+                .map_err(|source| ExportError::Ova { path: final_path.to_path_buf(), source })?;
+                bar.finish_and_clear();
+            }
+            Platform::VagrantVirtualbox => {
+                let bar = self.bar("box disk (streamOptimized VMDK)", self.layout.size);
+                let mut disk =
+                    ova::vagrant_virtualbox_disk(raw.as_file(), self.layout.size, &self.ova_params(), &|n| {
+                        bar.set_position(n)
+                    })
+                    .map_err(|source| ExportError::Ova { path: final_path.to_path_buf(), source })?;
+                bar.finish_and_clear();
+                let vagrantfile = vagrant::virtualbox_vagrantfile(&disk.base_mac);
+                vagrant::write_virtualbox_box(
+                    self,
+                    &disk.ovf,
+                    ova::BOX_DISK,
+                    &mut disk.disk,
+                    &vagrantfile,
+                    out.as_file(),
+                    final_path,
+                )?;
             }
         }
         Ok(out)
@@ -264,6 +290,14 @@ impl Ctx<'_> {
         esp::put_files(tmp.as_file(), self.layout.esp_offset, self.layout.esp_size, &files, self.epoch)
             .map_err(|source| ExportError::Esp { path: self.disk.to_path_buf(), source })?;
         Ok(tmp)
+    }
+
+    /// The OVA's machine: named after the image, stamped with the epoch, the VMDK staged in the
+    /// output directory (an unnamed file: nothing is left behind).
+    fn ova_params(&self) -> ova::OvaParams {
+        let mut p = ova::OvaParams::new(self.name, self.epoch);
+        p.work_dir = self.opts.out_dir.clone();
+        p
     }
 
     /// A temporary file in the output directory, removed unless persisted.

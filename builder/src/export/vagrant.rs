@@ -43,6 +43,16 @@ pub fn virtualbox_metadata() -> String {
     "{\n  \"provider\": \"virtualbox\"\n}\n".to_string()
 }
 
+/// The VirtualBox box's Vagrantfile: Berth's, and the NIC's MAC from `box.ovf` as
+/// `config.vm.base_mac` (Vagrant's VirtualBox provider sets the imported NIC's MAC to it; the
+/// MAC is derived from the disk, so the box stays the same bytes).
+pub fn virtualbox_vagrantfile(base_mac: &str) -> String {
+    format!(
+        "{VAGRANTFILE}\n# The NIC's MAC as box.ovf has it (derived from the disk by berth export).\n\
+         Vagrant.configure(\"2\") do |config|\n  config.vm.base_mac = \"{base_mac}\"\nend\n"
+    )
+}
+
 /// Writes the libvirt box of the stamped raw disk at `raw` into `out`.
 pub(super) fn write_libvirt_box(ctx: &Ctx<'_>, raw: &Path, out: &File, final_path: &Path) -> Result<(), ExportError> {
     let img = ctx.temp("box.img")?;
@@ -64,8 +74,6 @@ pub(super) fn write_libvirt_box(ctx: &Ctx<'_>, raw: &Path, out: &File, final_pat
 
 /// Writes the VirtualBox box into `out`: the OVF descriptor as `box.ovf` (the name Vagrant
 /// imports) and the streamOptimized VMDK it references, read from `vmdk`.
-// Called once the OVA writer (export/ova.rs) is in the build.
-#[allow(dead_code)]
 pub(super) fn write_virtualbox_box(
     ctx: &Ctx<'_>,
     ovf: &str,
