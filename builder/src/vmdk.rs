@@ -100,7 +100,8 @@ pub struct VmdkInfo {
     pub bytes: u64,
     /// Virtual disk size in bytes.
     pub capacity: u64,
-    /// Bytes of the disk stored in grains (non-zero grains × 64 KiB): OVF's populatedSize.
+    /// Bytes of the disk stored in grains (non-zero grains × 64 KiB, at most the capacity):
+    /// OVF's populatedSize.
     pub populated: u64,
     /// SHA-256 over the capacity and every grain record written; the seed of the derived IDs.
     pub content_digest: [u8; 32],
@@ -256,7 +257,7 @@ pub fn write(
     Ok(VmdkInfo {
         bytes: end_sector * SECTOR,
         capacity: len,
-        populated: populated_grains * GRAIN_BYTES as u64,
+        populated: (populated_grains * GRAIN_BYTES as u64).min(len),
         content_digest,
         cid,
         uuid,

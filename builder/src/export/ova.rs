@@ -67,6 +67,8 @@ pub enum OvaError {
     Staged(#[source] io::Error),
     #[error("writing the OVA archive")]
     Tar(#[from] TarError),
+    #[error("writing the OVA archive")]
+    Write(#[source] io::Error),
 }
 
 /// What [`write_ova`] wrote.
@@ -101,12 +103,13 @@ pub fn write_ova(
     let manifest =
         ovf::manifest(&[(&ovf_name, Sha256::digest(descriptor.as_bytes()).into()), (&disk_name, disk_digest)]);
 
+    let start = out.stream_position().map_err(OvaError::Write)?;
     let mut tar = TarWriter::new(BufWriter::with_capacity(1 << 20, &mut *out), p.source_date_epoch)?;
     tar.append_bytes(&ovf_name, 0o644, descriptor.as_bytes())?;
     tar.append_bytes(&mf_name, 0o644, manifest.as_bytes())?;
     tar.append_file(&disk_name, 0o644, &mut disk, info.bytes)?;
-    let bytes = tar.bytes_written();
     tar.finish()?;
+    let bytes = out.stream_position().map_err(OvaError::Write)? - start;
     Ok(OvaInfo { bytes, members: [ovf_name, mf_name, disk_name], vmdk: info, ovf: params })
 }
 
