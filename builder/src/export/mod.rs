@@ -89,8 +89,12 @@ pub enum ExportError {
         #[source]
         source: esp::EspEditError,
     },
-    #[error(transparent)]
-    Qcow2(#[from] qcow2::Qcow2Error),
+    #[error("{path}: {source}")]
+    Qcow2 {
+        path: PathBuf,
+        #[source]
+        source: qcow2::Qcow2Error,
+    },
     #[error("{path}: {source}")]
     Tar {
         path: PathBuf,
@@ -236,7 +240,8 @@ impl Ctx<'_> {
         match platform {
             Platform::Metal => return Ok(raw),
             Platform::Qemu => {
-                qcow2::convert(raw.path(), out.path(), qcow2::Compression::None, &self.bar("qcow2", 100))?;
+                qcow2::convert(raw.path(), out.path(), qcow2::Compression::None, &self.bar("qcow2", 100))
+                    .map_err(|source| ExportError::Qcow2 { path: final_path.to_path_buf(), source })?;
             }
             Platform::VagrantLibvirt => {
                 vagrant::write_libvirt_box(self, raw.path(), out.as_file(), final_path)?;

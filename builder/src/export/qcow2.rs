@@ -8,7 +8,7 @@
 //! compares).
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use indicatif::ProgressBar;
@@ -30,14 +30,10 @@ pub enum Compression {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Qcow2Error {
-    #[error("running {QEMU_IMG} (from qemu-utils) to write {path}: {source}")]
-    Spawn {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{QEMU_IMG} convert to {path} failed ({status}): {message}")]
-    Failed { path: PathBuf, status: std::process::ExitStatus, message: String },
+    #[error("running {QEMU_IMG} (from qemu-utils): {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("{QEMU_IMG} convert failed ({status}): {message}")]
+    Failed { status: std::process::ExitStatus, message: String },
 }
 
 /// Converts the raw disk `src` to a qcow2 file at `dst` (replaced), advancing `bar` (0–100) as
@@ -49,7 +45,7 @@ pub fn convert(src: &Path, dst: &Path, compression: Compression, bar: &ProgressB
         cmd.arg("-c");
     }
     cmd.arg(src).arg(dst).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let spawn = |source| Qcow2Error::Spawn { path: dst.to_path_buf(), source };
+    let spawn = Qcow2Error::Spawn;
     let mut child = cmd.spawn().map_err(spawn)?;
     let mut stderr = child.stderr.take();
     // stderr is read on its own thread so that neither pipe can fill and stall qemu-img.
@@ -84,7 +80,7 @@ pub fn convert(src: &Path, dst: &Path, compression: Compression, bar: &ProgressB
     let message = err_reader.join().unwrap_or_default();
     if !status.success() {
         let message = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
-        return Err(Qcow2Error::Failed { path: dst.to_path_buf(), status, message });
+        return Err(Qcow2Error::Failed { status, message });
     }
     bar.finish_and_clear();
     Ok(())
