@@ -1,7 +1,7 @@
 //! The image-level configuration of the root after its packages are unpacked: the steps that
 //! replace maintainer scripts (implemented in `berth_debian::deb::setup`, table in
-//! `debian/README.md`) in their documented order, then Berth's own files: `os-release` and the
-//! update agent's `/usr/lib/berth/update.toml`.
+//! `debian/README.md`) in their documented order, then Berth's own files: `os-release`, the
+//! update agent's `/usr/lib/berth/update.toml` and the shutdown commands' links to berth-init.
 
 use anyhow::Context;
 use berth_debian::deb::DebInfo;
@@ -18,6 +18,40 @@ pub const UPDATE_CONFIG: &str = "usr/lib/berth/update.toml";
 pub struct SystemReport {
     /// `update-alternatives` commands that could not be read literally from a `postinst`.
     pub unparsed_alternatives: Vec<String>,
+    /// Shutdown commands a package ships, kept in place of berth-init's links (also printed).
+    pub kept_commands: Vec<String>,
+}
+
+/// `reboot`, `poweroff`, `halt` and `shutdown`: berth-init under those names asks PID 1 (as
+/// `berthctl` does), so that people and Vagrant find the commands they type.
+pub const SHUTDOWN_COMMANDS: [&str; 4] = ["reboot", "poweroff", "halt", "shutdown"];
+
+/// Links `/usr/sbin/{reboot,poweroff,halt,shutdown}` to `berth-init` (beside it), except where a
+/// package ships that name (Debian's systemd-sysv does): that file is kept, never overwritten,
+/// and the returned notes say which wins.
+pub fn shutdown_links(root: &mut Tree, epoch: i64) -> anyhow::Result<Vec<String>> {
+    root.mkdir_all("usr/sbin", &Metadata::root(0o755, epoch))?;
+    let mut kept = Vec::new();
+    for name in SHUTDOWN_COMMANDS {
+        let path = format!("usr/sbin/{name}");
+        match root.lookup(&path).map(|id| &root.node(id).kind) {
+            None => {
+                let link = Node::new(NodeKind::Symlink(b"berth-init".to_vec()), Metadata::root(0o777, epoch));
+                root.insert(&path, link).with_context(|| format!("linking /{path} to berth-init"))?;
+            }
+            Some(NodeKind::Symlink(to)) if to == b"berth-init" => {}
+            Some(NodeKind::Symlink(to)) => kept.push(format!(
+                "/{path} is a package's (a link to {}): kept; berth-init's {name} is not linked there \
+                 (`berthctl` reboot/poweroff/halt do the same)",
+                String::from_utf8_lossy(to)
+            )),
+            Some(_) => kept.push(format!(
+                "/{path} is a package's: kept; berth-init's {name} is not linked there \
+                 (`berthctl` reboot/poweroff/halt do the same)"
+            )),
+        }
+    }
+    Ok(kept)
 }
 
 pub fn configure(root: &mut Tree, def: &Definition, debs: &[DebInfo], epoch: i64) -> anyhow::Result<SystemReport> {
@@ -72,6 +106,10 @@ pub fn configure(root: &mut Tree, def: &Definition, debs: &[DebInfo], epoch: i64
     setup::dpkg_status(root, debs.iter().map(|d| &d.control), epoch).context("writing /var/lib/dpkg/status")?;
 
     home_on_state(root, epoch)?;
+    report.kept_commands = shutdown_links(root, epoch)?;
+    for note in &report.kept_commands {
+        eprintln!("note: {note}");
+    }
 
     let text = update_config(def);
     root.mkdir_all("usr/lib/berth", &Metadata::root(0o755, epoch))?;
@@ -152,6 +190,32 @@ mod tests {
         assert_eq!(c.version.as_deref(), Some("1.2.3"));
         assert_eq!(c.channel, None);
         assert!(c.keys.is_empty());
+    }
+
+    #[test]
+    fn shutdown_commands_link_to_berth_init_unless_a_package_ships_them() {
+        let mut t = Tree::new(Metadata::root(0o755, 0));
+        assert!(shutdown_links(&mut t, 0).unwrap().is_empty());
+        for name in SHUTDOWN_COMMANDS {
+            assert_eq!(link_of(&t, &format!("usr/sbin/{name}")).as_deref(), Some(&b"berth-init"[..]), "{name}");
+        }
+        // Again: unchanged, nothing to say.
+        assert!(shutdown_links(&mut t, 0).unwrap().is_empty());
+        // systemd-sysv's links to systemctl, and a plain file: kept, and said.
+        let mut t = Tree::new(Metadata::root(0o755, 0));
+        t.mkdir_all("usr/sbin", &Metadata::root(0o755, 0)).unwrap();
+        let theirs = Node::new(NodeKind::Symlink(b"../bin/systemctl".to_vec()), Metadata::root(0o777, 0));
+        t.insert("usr/sbin/reboot", theirs).unwrap();
+        t.insert("usr/sbin/halt", Node::new(NodeKind::File(b"#!/bin/sh\n".to_vec().into()), Metadata::root(0o755, 0)))
+            .unwrap();
+        let kept = shutdown_links(&mut t, 0).unwrap();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(kept[0].starts_with("/usr/sbin/reboot is a package's (a link to ../bin/systemctl): kept"), "{kept:?}");
+        assert!(kept[1].starts_with("/usr/sbin/halt is a package's: kept"), "{kept:?}");
+        assert_eq!(link_of(&t, "usr/sbin/reboot").as_deref(), Some(&b"../bin/systemctl"[..]));
+        assert_eq!(link_of(&t, "usr/sbin/halt"), None);
+        assert_eq!(link_of(&t, "usr/sbin/poweroff").as_deref(), Some(&b"berth-init"[..]));
+        assert_eq!(link_of(&t, "usr/sbin/shutdown").as_deref(), Some(&b"berth-init"[..]));
     }
 
     #[test]

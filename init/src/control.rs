@@ -16,8 +16,25 @@ pub const SOCKET: &str = "/run/berth/control.sock";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
+    /// The ordered shutdown now, then restart (`berthctl reboot`, `reboot`, `shutdown -r now`).
     Reboot,
+    /// The same, then switch the machine off.
     Poweroff,
+    /// The same, then halt the CPUs without switching the machine off (`halt`, `shutdown -H now`).
+    Halt,
+    /// `shutdown` with a time: `power` once `after_secs` have passed (PID 1 keeps the deadline,
+    /// on the monotonic clock); replaces one scheduled before. `message` is logged with it.
+    ScheduleShutdown {
+        power: Power,
+        after_secs: u64,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    /// `shutdown -c`: cancel the scheduled shutdown, if any.
+    CancelShutdown {
+        #[serde(default)]
+        message: Option<String>,
+    },
     IsSystemRunning,
     /// `all: false`: the loaded services and targets that are active, activating or failed;
     /// `all: true`: every loaded unit.
@@ -48,6 +65,35 @@ pub enum Request {
         lines: usize,
         follow: bool,
     },
+}
+
+/// What a shutdown ends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Power {
+    Reboot,
+    Poweroff,
+    Halt,
+}
+
+impl Power {
+    /// The request that does it now.
+    pub fn now(self) -> Request {
+        match self {
+            Power::Reboot => Request::Reboot,
+            Power::Poweroff => Request::Poweroff,
+            Power::Halt => Request::Halt,
+        }
+    }
+
+    /// `reboot`, `poweroff`, `halt`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Power::Reboot => "reboot",
+            Power::Poweroff => "poweroff",
+            Power::Halt => "halt",
+        }
+    }
 }
 
 impl Request {
@@ -207,9 +253,22 @@ mod tests {
             serde_json::to_string(&logs).unwrap(),
             r#"{"command":"logs","unit":"a.service","lines":5,"follow":true}"#
         );
+        let schedule = Request::ScheduleShutdown { power: Power::Poweroff, after_secs: 300, message: None };
+        assert_eq!(
+            serde_json::to_string(&schedule).unwrap(),
+            r#"{"command":"schedule-shutdown","power":"poweroff","after_secs":300,"message":null}"#
+        );
+        assert_eq!(serde_json::to_string(&Request::Halt).unwrap(), r#"{"command":"halt"}"#);
+        // What berthctl reboot and poweroff have always sent (berth-devd may send them too).
+        assert_eq!(serde_json::from_str::<Request>(r#"{"command":"poweroff"}"#).unwrap(), Request::Poweroff);
+        assert_eq!(serde_json::from_str::<Request>(r#"{"command":"reboot"}"#).unwrap(), Request::Reboot);
         let all = [
             Request::Reboot,
             Request::Poweroff,
+            Request::Halt,
+            schedule,
+            Request::ScheduleShutdown { power: Power::Halt, after_secs: 60, message: Some("bye".into()) },
+            Request::CancelShutdown { message: None },
             Request::IsSystemRunning,
             Request::List { all: false },
             Request::Status { unit: "s.service".into() },

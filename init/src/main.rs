@@ -3,7 +3,8 @@
 //! As `/init` in the initramfs (stage 1) it loads the storage modules, waits for the root
 //! partition and `switch_root`s into it; as PID 1 of the root (stage 2) it mounts the API
 //! filesystems and STATE, sets up the machine's identity, supervises, reaps and shuts down in
-//! order and runs the units' service manager (docs/design.md §3, §5). Started as `berthctl` it is the control tool.
+//! order and runs the units' service manager (docs/design.md §3, §5). Started as `berthctl` it is the control tool;
+//! as `reboot`, `poweroff`, `halt` or `shutdown`, those commands (`berthctl::power`).
 //! It is built as a static `x86_64-unknown-linux-musl` binary so that it needs nothing from the
 //! image it boots.
 //!
@@ -28,9 +29,14 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn main() {
     let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-    // One binary, two names: `berthctl` is a link to berth-init.
-    if args.first().and_then(|a| Path::new(a).file_name()).is_some_and(|n| n == "berthctl") {
+    // One binary, several names: `berthctl`, `reboot`, `poweroff`, `halt` and `shutdown` are
+    // links to berth-init.
+    let name = args.first().and_then(|a| Path::new(a).file_name()).and_then(|n| n.to_str()).unwrap_or("");
+    if name == "berthctl" {
         std::process::exit(berthctl::main(&args[1..]));
+    }
+    if berthctl::power::NAMES.contains(&name) {
+        std::process::exit(berthctl::power::main(name, &args[1..]));
     }
     if nix::unistd::getpid().as_raw() != 1 {
         std::process::exit(not_pid1(&args));

@@ -34,6 +34,9 @@ units:
 machine:
   reboot                  stop everything in order, unmount, and restart the machine
   poweroff                the same, then switch the machine off
+  halt                    the same, then halt the CPUs (the machine stays on)
+                          (`reboot`, `poweroff`, `halt` and `shutdown [-r|-P|-H|-c] [now|+M|hh:mm]`
+                          are commands of their own too, as on Debian; each has --help)
   is-system-running       print the system state (starting, running, degraded when a unit
                           failed, stopping); exit 0 when running
   provision-status        whether the first-boot provisioning document was applied, or why
@@ -97,6 +100,7 @@ pub(super) enum Command {
     },
     Reboot,
     Poweroff,
+    Halt,
     IsSystemRunning,
     ProvisionStatus,
 }
@@ -154,9 +158,8 @@ pub(super) fn parse(args: &[String]) -> Result<Command, String> {
         "logs" => &["--json", "--lines", "--follow"],
         "enable" | "disable" => &["--now", "--root"],
         "is-enabled" => &["--root"],
-        "start" | "stop" | "restart" | "reload" | "reboot" | "poweroff" | "is-system-running" | "provision-status" => {
-            &[]
-        }
+        "start" | "stop" | "restart" | "reload" | "reboot" | "poweroff" | "halt" | "is-system-running"
+        | "provision-status" => &[],
         other => return Err(format!("unknown command `{other}`")),
     };
     if let Some(bad) = opts.given.iter().find(|o| !allowed.contains(o)) {
@@ -201,6 +204,7 @@ pub(super) fn parse(args: &[String]) -> Result<Command, String> {
         }
         "reboot" => no_args().map(|()| Command::Reboot)?,
         "poweroff" => no_args().map(|()| Command::Poweroff)?,
+        "halt" => no_args().map(|()| Command::Halt)?,
         "provision-status" => no_args().map(|()| Command::ProvisionStatus)?,
         _ => no_args().map(|()| Command::IsSystemRunning)?,
     })

@@ -5,12 +5,14 @@
 //! files offline (`verify`). The same binary as berth-init, started under the name `berthctl`.
 //!
 //! One file per verb family: [`args`] (the command line), [`status`] (list, status), [`logs`],
-//! [`enable`] (enable, disable, is-enabled), [`verify`]. From the server side it uses only the
-//! wire protocol, [`control`].
+//! [`enable`] (enable, disable, is-enabled), [`verify`]; [`power`] is `reboot`, `poweroff`,
+//! `halt` and `shutdown`, the same binary under those names. From the server side it uses only
+//! the wire protocol, [`control`].
 
 mod args;
 mod enable;
 mod logs;
+pub mod power;
 mod status;
 mod verify;
 
@@ -46,6 +48,7 @@ pub fn main(args: &[String]) -> i32 {
         Command::Logs { unit, lines, follow, json } => logs::logs(&unit, lines, follow, json),
         Command::Reboot => simple(&Request::Reboot),
         Command::Poweroff => simple(&Request::Poweroff),
+        Command::Halt => simple(&Request::Halt),
         Command::IsSystemRunning => is_system_running(),
         Command::ProvisionStatus => {
             let (text, code) = crate::stage2::provision::status(Path::new("/"));
@@ -61,7 +64,7 @@ fn ask(request: &Request) -> Result<(Reply, std::io::BufReader<std::os::unix::ne
     if reply.ok { Ok((reply, rest)) } else { Err(reply.message) }
 }
 
-/// reboot, poweroff: print the reply.
+/// reboot, poweroff, halt: print the reply.
 fn simple(request: &Request) -> i32 {
     match ask(request) {
         Ok((reply, _)) => {

@@ -1,11 +1,13 @@
-//! The control socket's server side (`berthctl` talks to it; the wire protocol is
-//! [`crate::control`]): accepting a connection, reading one request from root within a second,
-//! answering it, and keeping the clients of start/stop/restart jobs until their job has finished.
+//! The control socket's server side (`berthctl`, `reboot`, `poweroff`, `halt` and `shutdown`
+//! talk to it; the wire protocol is [`crate::control`]): accepting a connection, reading one
+//! request from root within a second, answering it, keeping the clients of start/stop/restart
+//! jobs until their job has finished; a scheduled shutdown goes to [`super::scheduled`].
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::scheduled::said;
 use super::{Pid1, ShutdownKind};
 use crate::control::{self, Reply, Request};
 use crate::sys::log;
@@ -28,7 +30,7 @@ impl Pid1 {
                 return None;
             }
         };
-        let request = match read_request(&stream) {
+        let (request, pid) = match read_request(&stream) {
             Ok(r) => r,
             Err(e) => {
                 send(&stream, &Reply::error(e));
@@ -44,6 +46,37 @@ impl Pid1 {
             Request::Poweroff => {
                 kind = Some(ShutdownKind::Poweroff);
                 Reply::ok("powering off")
+            }
+            Request::Halt => {
+                kind = Some(ShutdownKind::Halt);
+                Reply::ok("halting")
+            }
+            Request::ScheduleShutdown { .. } | Request::CancelShutdown { .. } if self.shutdown.is_some() => {
+                Reply::error("the system is shutting down")
+            }
+            Request::ScheduleShutdown { power, after_secs: 0, message } => {
+                let k = ShutdownKind::from(power);
+                log::line(&format!("shutdown: {} now{}", k.word(), said(message.as_deref())));
+                kind = Some(k);
+                Reply::ok(k.verb())
+            }
+            Request::ScheduleShutdown { power, after_secs, message } => {
+                let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+                let later = ShutdownKind::from(power);
+                match self.scheduled.set(later, after_secs, message.as_deref(), Instant::now(), now_us) {
+                    Ok(set) => {
+                        log::line(&set.log);
+                        Reply::ok(set.reply)
+                    }
+                    Err(e) => Reply::error(e),
+                }
+            }
+            Request::CancelShutdown { message } => {
+                let (line, reply) = self.scheduled.cancel(message.as_deref());
+                if let Some(line) = line {
+                    log::line(&line);
+                }
+                Reply::ok(reply)
             }
             Request::IsSystemRunning => {
                 let state = self.manager.system_state();
@@ -82,7 +115,8 @@ impl Pid1 {
             }
         };
         if let Some(k) = kind {
-            log::line(&format!("berthctl: {}", k.verb()));
+            // berthctl, reboot/poweroff/halt/shutdown, berth-devd (the power button), the guest agent.
+            log::line(&format!("control socket: {} (asked by pid {pid})", k.verb()));
         }
         send(&stream, &reply);
         kind
@@ -133,18 +167,21 @@ fn send(stream: &UnixStream, reply: &Reply) {
     let _ = (&*stream).write_all(reply.to_line().as_bytes());
 }
 
-/// Reads one request, from root only, within a second (PID 1 must not wait on a client).
-fn read_request(stream: &UnixStream) -> Result<Request, String> {
+/// Reads one request, from root only, within a second (PID 1 must not wait on a client); returns
+/// it with the client's pid.
+fn read_request(stream: &UnixStream) -> Result<(Request, i32), String> {
     let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(|e| format!("reading the peer's credentials: {e}"))?;
     if cred.uid() != 0 {
-        return Err(format!("uid {} may not control init; berthctl needs root", cred.uid()));
+        return Err(format!("uid {} may not control init: must be root", cred.uid()));
     }
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).map_err(|e| format!("reading the request: {e}"))?;
-    serde_json::from_str(line.trim_end()).map_err(|e| format!("bad request {:?}: {e}", line.trim_end()))
+    let request =
+        serde_json::from_str(line.trim_end()).map_err(|e| format!("bad request {:?}: {e}", line.trim_end()))?;
+    Ok((request, cred.pid()))
 }
 
 /// The control socket, root-only.

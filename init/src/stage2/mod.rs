@@ -7,7 +7,8 @@
 //!
 //! Signals PID 1 acts on (busybox init's convention): SIGINT (Ctrl-Alt-Del) and SIGTERM reboot;
 //! SIGUSR2 and SIGPWR power off. All signals it handles arrive through a signalfd, so the main
-//! loop is one `poll`.
+//! loop is one `poll`. `reboot`, `poweroff`, `halt` and `shutdown` ask over the control socket;
+//! a `shutdown` with a time is kept here ([`scheduled`]) until it is due or cancelled.
 
 mod accounts;
 mod control_server;
@@ -15,6 +16,7 @@ mod health;
 mod identity;
 // First-boot provisioning from fw_cfg, run once STATE is up; berthctl reads its status.
 pub(crate) mod provision;
+mod scheduled;
 mod shutdown;
 mod storage;
 mod sysctl;
@@ -112,7 +114,16 @@ pub fn run() -> Result<(), String> {
         manager.journal.record("berth-init", None, &storage::volatile_warning(why));
     }
     manager.boot();
-    let mut pid1 = Pid1 { watchdog, health, signals, control, manager, waiters: Vec::new(), shutdown: None };
+    let mut pid1 = Pid1 {
+        watchdog,
+        health,
+        signals,
+        control,
+        manager,
+        waiters: Vec::new(),
+        shutdown: None,
+        scheduled: Default::default(),
+    };
     pid1.serve()
 }
 
@@ -127,6 +138,8 @@ struct Pid1 {
     waiters: Vec<control_server::Waiter>,
     /// Requested, waiting for the units to stop: the kind and the latest moment to go on.
     shutdown: Option<(ShutdownKind, Instant)>,
+    /// A `shutdown +M` / `shutdown hh:mm` waiting for its time.
+    scheduled: scheduled::Schedule,
 }
 
 /// The longest the units may take to stop before PID 1 goes on with the shutdown anyway
@@ -175,6 +188,10 @@ impl Pid1 {
         if self.shutdown.is_none() && self.health.check(&self.manager).is_some() {
             // As `berthctl reboot`: the ordered shutdown; bootmgr counts the try.
             request = Some(ShutdownKind::Reboot);
+        }
+        if let Some((kind, line)) = self.scheduled.due(Instant::now()) {
+            log::line(&line);
+            request = request.or(Some(kind));
         }
         if let Some(kind) = request
             && self.shutdown.is_none()

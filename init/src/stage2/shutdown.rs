@@ -1,5 +1,5 @@
-//! Ordered reboot and poweroff: stop what runs (SIGTERM, then SIGKILL after a timeout), sync,
-//! unmount or remount read-only, `reboot(2)`. Never returns.
+//! Ordered reboot, poweroff and halt: stop what runs (SIGTERM, then SIGKILL after a timeout),
+//! sync, unmount or remount read-only, `reboot(2)`. Never returns.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,8 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Kind {
     Reboot,
     Poweroff,
+    /// `RB_HALT_SYSTEM`: the CPUs stop, the machine stays on (the watchdog is disarmed first).
+    Halt,
 }
 
 impl Kind {
@@ -28,6 +30,32 @@ impl Kind {
         match self {
             Kind::Reboot => "rebooting",
             Kind::Poweroff => "powering off",
+            Kind::Halt => "halting",
+        }
+    }
+
+    /// `reboot`, `poweroff`, `halt`.
+    pub fn word(self) -> &'static str {
+        self.power().word()
+    }
+
+    pub fn power(self) -> crate::control::Power {
+        use crate::control::Power;
+        match self {
+            Kind::Reboot => Power::Reboot,
+            Kind::Poweroff => Power::Poweroff,
+            Kind::Halt => Power::Halt,
+        }
+    }
+}
+
+impl From<crate::control::Power> for Kind {
+    fn from(p: crate::control::Power) -> Kind {
+        use crate::control::Power;
+        match p {
+            Power::Reboot => Kind::Reboot,
+            Power::Poweroff => Kind::Poweroff,
+            Power::Halt => Kind::Halt,
         }
     }
 }
@@ -59,7 +87,12 @@ pub fn run(kind: Kind, watchdog: &mut Watchdog) -> ! {
     let mode = match kind {
         Kind::Reboot => RebootMode::RB_AUTOBOOT,
         Kind::Poweroff => RebootMode::RB_POWER_OFF,
+        Kind::Halt => RebootMode::RB_HALT_SYSTEM,
     };
+    if kind == Kind::Halt {
+        // Nobody feeds it once the CPUs stop: armed, it would reset the halted machine.
+        log::line(&format!("shutdown: watchdog {}", watchdog.disarm()));
+    }
     // Last: the machine has the whole timeout to get through the firmware's reset.
     watchdog.feed();
     let Err(e) = reboot(mode);

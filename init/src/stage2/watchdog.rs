@@ -32,6 +32,9 @@ struct WatchdogInfo {
 }
 
 nix::ioctl_read!(wdioc_getsupport, b'W', 0, WatchdogInfo);
+nix::ioctl_read!(wdioc_setoptions, b'W', 4, c_int);
+/// `WDIOS_DISABLECARD`: stop the timer.
+const WDIOS_DISABLECARD: c_int = 1;
 nix::ioctl_read!(wdioc_keepalive, b'W', 5, c_int);
 nix::ioctl_readwrite!(wdioc_settimeout, b'W', 6, c_int);
 
@@ -91,6 +94,22 @@ impl Watchdog {
             let _ = device.write_all(b"\0");
         }
         self.fed = Some(Instant::now());
+    }
+
+    /// Stops the timer for good (a halt: nobody feeds it any more): `WDIOS_DISABLECARD`, then the
+    /// magic close (`V`) before closing the device. Says what happened, for the log. A driver
+    /// built with `nowayout` refuses both, and resets the halted machine when the timeout passes.
+    pub fn disarm(&mut self) -> String {
+        let Some(mut device) = self.device.take() else { return "not armed".into() };
+        let mut option = WDIOS_DISABLECARD;
+        // SAFETY: an open watchdog device; the argument is the int the ioctl reads.
+        let stopped = unsafe { wdioc_setoptions(device.as_raw_fd(), &mut option) };
+        let closed = device.write_all(b"V");
+        drop(device);
+        match (stopped, closed) {
+            (Ok(_), _) | (_, Ok(())) => "disarmed".into(),
+            (Err(e), Err(w)) => format!("not disarmed (WDIOS_DISABLECARD: {e}; magic close: {w})"),
+        }
     }
 
     /// Feeds it if a third of the timeout has passed since the last time.
