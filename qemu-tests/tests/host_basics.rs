@@ -8,28 +8,35 @@
 //! - `sysctl.d` is applied: berth-init's defaults, a same-named `/etc/sysctl.d` file hiding the
 //!   image's `/usr/lib/sysctl.d` one;
 //! - `hostname` exists, `sudo` says nothing about resolving the host, and `ctr run --net-host`
-//!   of a local image works (containerd bind-mounts the host's `/etc/hosts`).
+//!   of a local image works (containerd bind-mounts the host's `/etc/hosts`);
+//! - the image boots from an NVMe disk (STATE is an NVMe namespace's partition), and
+//!   `sudo poweroff` typed over SSH by the provisioned user powers the machine off (QEMU exits
+//!   by itself).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use berth_qemu_tests::agent::Agent;
-use berth_qemu_tests::oci;
-use common::SERIAL;
-use common::host::{Host, bash, boot_host, install_unit, run, wait_unit};
+use berth_qemu_tests::{DiskBus, Options, oci};
+use common::host::{
+    Host, bash, boot_host_on, container_host, install_unit, keygen, run, ssh_retry, ssh_spawn, wait_unit,
+};
+use common::{SERIAL, line_with};
 
 const HOSTNAME: &str = "berth-basics";
 const NOTIFY_UNIT: &str = "berth-notify-nobody.service";
 const REFERENCE: &str = "localhost/berth/busybox:basics";
 const TARBALL: &str = "/var/tmp/busybox-basics.tar";
 
-/// The first-boot document: the hostname, and an `/etc/sysctl.d` file named as the one procps
-/// ships in `/usr/lib/sysctl.d` (which sets `fs.protected_regular = 2`), so that it hides it.
-fn provision() -> String {
+/// The first-boot document: the hostname, an `/etc/sysctl.d` file named as the one procps
+/// ships in `/usr/lib/sysctl.d` (which sets `fs.protected_regular = 2`), so that it hides it,
+/// and `core`'s SSH key.
+fn provision(public_key: &str) -> String {
     format!(
         "hostname = \"{HOSTNAME}\"\n\n[[files]]\npath = \"/etc/sysctl.d/99-protect-links.conf\"\n\
-         content = \"fs.protected_fifos = 2\\n\"\n"
+         content = \"fs.protected_fifos = 2\\n\"\n\n\
+         [[users]]\nname = \"core\"\nssh_authorized_keys = [\"{public_key}\"]\n"
     )
 }
 
@@ -49,8 +56,13 @@ fn check(h: &Host, ok: bool, what: impl std::fmt::Display) {
 fn host_basics_for_non_root_users_sysctl_hosts_sudo_and_ctr_net_host() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let image = oci::busybox_image(REFERENCE).unwrap_or_else(|e| panic!("building the busybox image: {e}"));
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("id_ed25519");
+    let public = keygen(&key);
     let started = Instant::now();
-    let mut h = boot_host(Some(provision()), false);
+    let nvme = Options { disk_bus: DiskBus::Nvme, ..Options::default() };
+    let mut h = boot_host_on(container_host(), "raw", Some(provision(&public)), true, nvme);
+    let port = h.ssh_port.expect("an SSH forward");
     h.wait_boot_complete();
     eprintln!("boot-complete.target {:.1} s after power-on", started.elapsed().as_secs_f64());
     let mut a = h.agent();
@@ -73,11 +85,12 @@ fn host_basics_for_non_root_users_sysctl_hosts_sudo_and_ctr_net_host() {
         want.iter().all(|w| modes.contains(w)) && modes.contains("600 root /run/berth/control.sock"),
         format!("modes: {modes}"),
     );
+    // STATE is the 4th partition of the NVMe disk the machine booted from.
     let mounts = a.read("/proc/self/mounts").unwrap_or_default();
     check(
         &h,
-        mounts.lines().any(|l| l.split(' ').nth(1) == Some("/run/berth/private/state")),
-        format!("STATE not on /run/berth/private/state:\n{mounts}"),
+        (mounts.lines()).any(|l| l.split(' ').take(2).eq(["/dev/nvme0n1p4", "/run/berth/private/state"])),
+        format!("STATE not /dev/nvme0n1p4 on /run/berth/private/state:\n{mounts}"),
     );
     let private = as_nobody(&mut a, "ls /run/berth/private/state");
     check(&h, private.status != Some(0), format!("uid 65534 listed STATE's mount: {private:?}"));
@@ -199,5 +212,20 @@ fn host_basics_for_non_root_users_sysctl_hosts_sudo_and_ctr_net_host() {
         format!("ctr run --net-host: {r:?}"),
     );
     eprintln!("/etc/hosts in a --net-host container:\n{}", r.stdout);
+    drop(a);
+
+    // `sudo poweroff` as the provisioned user types it over SSH: QEMU exits by itself.
+    let out = ssh_retry(&key, port, "id -un", Duration::from_secs(180));
+    check(&h, out.status.success(), format!("ssh core@127.0.0.1 -p {port} id -un: {out:?}"));
+    let asked = Instant::now();
+    let mut session = ssh_spawn(&key, port, "sudo poweroff");
+    let exited = h.machine.wait_exit(Duration::from_secs(90));
+    let _ = session.kill();
+    let answer = session.wait_with_output().unwrap();
+    let status = exited.unwrap_or_else(|e| h.fail(format!("{e}\nssh core@ sudo poweroff: {answer:?}")));
+    let console = h.machine.console();
+    assert!(status.success(), "QEMU exited with {status} after sudo poweroff ({answer:?}):\n{console}");
+    line_with(&console, "shutdown: filesystems unmounted; powering off");
+    eprintln!("`sudo poweroff` over SSH to QEMU's exit: {:.1} s", asked.elapsed().as_secs_f64());
     eprintln!("all checks {:.1} s after power-on", started.elapsed().as_secs_f64());
 }

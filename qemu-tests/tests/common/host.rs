@@ -57,12 +57,31 @@ pub struct Partition {
     pub offset: u64,
 }
 
-/// The partitions of [`container_host`], from the manifest `berth build` wrote next to it.
-pub fn container_host_partitions() -> Vec<Partition> {
+/// The build manifest `berth build` wrote next to [`container_host`].
+fn container_host_manifest() -> serde_json::Value {
     let manifest = container_host().with_extension("manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
-    let parts = json["partitions"].as_array().unwrap_or_else(|| panic!("{}: no partitions", manifest.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()))
+}
+
+/// The kernel modules [`container_host`]'s initramfs carries (what stage 1 can load), by name as
+/// `/sys/module` spells it (`kernel/drivers/char/hw_random/virtio-rng.ko` is `virtio_rng`).
+pub fn container_host_initramfs_modules() -> Vec<String> {
+    let json = container_host_manifest();
+    let modules = json["initramfs_modules"].as_array().expect("initramfs_modules in the manifest");
+    (modules.iter())
+        .map(|m| {
+            let path = m.as_str().expect("a module path");
+            let file = path.rsplit('/').next().unwrap_or(path);
+            file.split(".ko").next().unwrap_or(file).replace('-', "_")
+        })
+        .collect()
+}
+
+/// The partitions of [`container_host`], from its build manifest.
+pub fn container_host_partitions() -> Vec<Partition> {
+    let json = container_host_manifest();
+    let parts = json["partitions"].as_array().expect("partitions in the manifest");
     (parts.iter())
         .map(|p| Partition {
             number: p["number"].as_u64().expect("partition number") as u32,
