@@ -82,13 +82,7 @@ pub fn descriptor(p: &OvfParams) -> String {
     let name = xml_escape(&p.name);
     let href = xml_escape(&p.disk_file);
     let disk_uuid = p.disk_uuid.hyphenated();
-    let machine_uuid = p.machine_uuid.hyphenated();
-    let mac = p.mac_hex();
-    let (cpus, mem) = (p.cpus, p.memory_mib);
-    let mut x = String::new();
-    // `write!` into a String cannot fail.
-    let _ = write!(
-        x,
+    format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
 <Envelope ovf:version="1.0" xml:lang="en-US" xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:vbox="http://www.virtualbox.org/ovf/machine">
   <References>
@@ -112,7 +106,26 @@ pub fn descriptor(p: &OvfParams) -> String {
       <Description>{os}</Description>
       <vbox:OSType ovf:required="false">{os}</vbox:OSType>
     </OperatingSystemSection>
-    <VirtualHardwareSection>
+{hardware}{machine}  </VirtualSystem>
+</Envelope>
+"#,
+        size = p.disk_file_size,
+        capacity = p.capacity,
+        populated = p.populated,
+        format = VMDK_STREAM_FORMAT,
+        os = OS_TYPE,
+        hardware = hardware_section(p),
+        machine = vbox_machine(p),
+    )
+}
+
+/// The generic hardware every OVF importer reads: CPUs, memory, the VirtioSCSI controller with
+/// the disk on it, the virtio-net NIC on NAT.
+fn hardware_section(p: &OvfParams) -> String {
+    let name = xml_escape(&p.name);
+    let (cpus, mem) = (p.cpus, p.memory_mib);
+    format!(
+        r#"    <VirtualHardwareSection>
       <Info>Virtual hardware: CPUs, memory, a VirtioSCSI disk and a virtio-net NIC</Info>
       <System>
         <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
@@ -166,7 +179,20 @@ pub fn descriptor(p: &OvfParams) -> String {
         <rasd:ResourceType>10</rasd:ResourceType>
       </Item>
     </VirtualHardwareSection>
-    <vbox:Machine ovf:required="false" version="{vbox_version}" uuid="{{{machine_uuid}}}" name="{name}" OSType="{os}" snapshotFolder="Snapshots">
+"#
+    )
+}
+
+/// VirtualBox's own description of the machine, which it prefers to the generic items: EFI,
+/// ICH9, the NIC's type and MAC, the bootable VirtioSCSI controller with the disk attached.
+fn vbox_machine(p: &OvfParams) -> String {
+    let name = xml_escape(&p.name);
+    let disk_uuid = p.disk_uuid.hyphenated();
+    let machine_uuid = p.machine_uuid.hyphenated();
+    let mac = p.mac_hex();
+    let (cpus, mem) = (p.cpus, p.memory_mib);
+    format!(
+        r#"    <vbox:Machine ovf:required="false" version="{vbox_version}" uuid="{{{machine_uuid}}}" name="{name}" OSType="{os}" snapshotFolder="Snapshots">
       <ovf:Info>The machine in VirtualBox's own settings format</ovf:Info>
       <Hardware>
         <CPU count="{cpus}">
@@ -198,17 +224,10 @@ pub fn descriptor(p: &OvfParams) -> String {
         </StorageControllers>
       </Hardware>
     </vbox:Machine>
-  </VirtualSystem>
-</Envelope>
 "#,
-        size = p.disk_file_size,
-        capacity = p.capacity,
-        populated = p.populated,
-        format = VMDK_STREAM_FORMAT,
         os = OS_TYPE,
         vbox_version = VBOX_SETTINGS_VERSION,
-    );
-    x
+    )
 }
 
 /// The manifest: one `SHA256(<file>)= <hex>` line per file, in the order given.

@@ -149,104 +149,25 @@ pub fn write(
     opts: &VmdkOptions,
     progress: &dyn Fn(u64),
 ) -> Result<VmdkInfo, VmdkError> {
-    if len == 0 {
-        return Err(VmdkError::Empty);
-    }
-    if !len.is_multiple_of(SECTOR) {
-        return Err(VmdkError::Unaligned(len));
-    }
-    if opts.extent_name.len() > 1024 || opts.extent_name.chars().any(|c| c == '"' || c.is_control()) {
-        return Err(VmdkError::BadName(opts.extent_name.clone()));
-    }
+    check(len, opts)?;
     let capacity_sectors = len / SECTOR;
     let grains = capacity_sectors.div_ceil(GRAIN_SECTORS);
-    let tables = grains.div_ceil(GTES_PER_GT);
-
     let start = out.stream_position().map_err(VmdkError::Write)?;
-    // Placeholder IDs: the real ones are derived from the grains and written over these (same
-    // length) at the end.
-    let placeholder = Uuid::nil();
-    let descriptor = descriptor_text(opts, capacity_sectors, 0, opts.uuid.unwrap_or(placeholder));
-    let descriptor_sectors = (descriptor.len() as u64).div_ceil(SECTOR);
-    if 1 + descriptor_sectors > OVERHEAD {
-        return Err(VmdkError::BadName(opts.extent_name.clone()));
-    }
-    let header = header_sector(capacity_sectors, descriptor_sectors, GD_AT_END);
 
-    let mut w = Stream { out: BufWriter::with_capacity(1 << 20, &mut *out), sector: 0 };
-    w.put(&header)?;
-    w.put_padded(descriptor.as_bytes())?;
-    w.put(&vec![0; ((OVERHEAD - w.sector) * SECTOR) as usize])?;
-
-    let mut hasher = Sha256::new();
-    hasher.update(b"berth-vmdk\0");
-    hasher.update(len.to_le_bytes());
-    let mut populated_grains = 0u64;
-    let mut gd = vec![0u32; tables as usize];
-    let mut gt = vec![0u32; GTES_PER_GT as usize];
-    let mut table = 0u64; // the table `gt` is collecting
-
+    let mut stream = GrainStream::begin(&mut *out, opts, len)?;
     let data = DataMap::new(src, len);
     let mut next = 0u64; // first grain not yet looked at
     while next < grains {
-        // Collect the next batch of grains holding data; holes are skipped without reading.
-        let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH_GRAINS);
-        while next < grains && batch.len() < BATCH_GRAINS {
-            let offset = next * GRAIN_BYTES as u64;
-            let Some(data_at) = data.next_data(src, offset) else {
-                next = grains;
-                break;
-            };
-            let grain = data_at / GRAIN_BYTES as u64;
-            if grain >= grains {
-                next = grains;
-                break;
-            }
-            let mut buf = vec![0u8; GRAIN_BYTES];
-            let goff = grain * GRAIN_BYTES as u64;
-            let n = (len - goff).min(GRAIN_BYTES as u64) as usize;
-            src.read_exact_at(&mut buf[..n], goff).map_err(|source| VmdkError::Read { offset: goff, source })?;
-            if !all_zero(&buf) {
-                batch.push((grain, buf));
-            }
-            next = grain + 1;
-        }
+        let batch = read_batch(src, len, &data, &mut next)?;
         let compressed = compress_all(&batch, opts.level, opts.threads.max(1));
         for ((grain, _), z) in batch.iter().zip(compressed) {
-            // Tables fill in grain order: flush each table before the first grain past it.
-            while grain / GTES_PER_GT > table {
-                flush_table(&mut w, &mut gt, &mut gd, table)?;
-                table += 1;
-            }
-            let at = w.sector;
-            if at > u64::from(u32::MAX) {
-                return Err(VmdkError::TooLarge);
-            }
-            gt[(grain % GTES_PER_GT) as usize] = at as u32;
-            let mut record = Vec::with_capacity(12 + z.len());
-            record.extend_from_slice(&(grain * GRAIN_SECTORS).to_le_bytes());
-            record.extend_from_slice(&(z.len() as u32).to_le_bytes());
-            record.extend_from_slice(&z);
-            hasher.update(&record);
-            w.put_padded(&record)?;
-            populated_grains += 1;
+            stream.grain(*grain, &z)?;
         }
         progress((next * GRAIN_BYTES as u64).min(len));
     }
-    flush_table(&mut w, &mut gt, &mut gd, table)?;
+    let (end_sector, populated_grains, content_digest) = stream.finish()?;
 
-    let gd_sector = w.sector + 1;
-    let gd_bytes: Vec<u8> = gd.iter().flat_map(|e| e.to_le_bytes()).collect();
-    w.put(&marker((gd_bytes.len() as u64).div_ceil(SECTOR), MARKER_GD))?;
-    w.put_padded(&gd_bytes)?;
-    w.put(&marker(1, MARKER_FOOTER))?;
-    w.put(&header_sector(capacity_sectors, descriptor_sectors, gd_sector))?;
-    w.put(&marker(0, MARKER_EOS))?;
-    let end_sector = w.sector;
-    w.out.flush().map_err(VmdkError::Write)?;
-    drop(w);
-
-    let content_digest: [u8; 32] = hasher.finalize().into();
+    // The IDs come from the grains, so they are written over the placeholders (same length).
     let cid = u32::from_le_bytes(content_digest[..4].try_into().expect("4 bytes"));
     let uuid = opts.uuid.unwrap_or_else(|| derive_uuid(&content_digest, b"ddb.uuid.image"));
     let descriptor = descriptor_text(opts, capacity_sectors, cid, uuid);
@@ -262,6 +183,45 @@ pub fn write(
         cid,
         uuid,
     })
+}
+
+fn check(len: u64, opts: &VmdkOptions) -> Result<(), VmdkError> {
+    if len == 0 {
+        return Err(VmdkError::Empty);
+    }
+    if !len.is_multiple_of(SECTOR) {
+        return Err(VmdkError::Unaligned(len));
+    }
+    if opts.extent_name.len() > 1024 || opts.extent_name.chars().any(|c| c == '"' || c.is_control()) {
+        return Err(VmdkError::BadName(opts.extent_name.clone()));
+    }
+    Ok(())
+}
+
+/// Reads the next batch of grains holding data, starting at grain `*next`, and moves `*next`
+/// past them. Holes are skipped without reading; grains that read as zeros are dropped.
+fn read_batch(src: &File, len: u64, data: &DataMap, next: &mut u64) -> Result<Vec<(u64, Vec<u8>)>, VmdkError> {
+    let grains = len.div_ceil(GRAIN_BYTES as u64);
+    let mut batch = Vec::with_capacity(BATCH_GRAINS);
+    while *next < grains && batch.len() < BATCH_GRAINS {
+        let grain = match data.next_data(src, *next * GRAIN_BYTES as u64) {
+            Some(at) => at / GRAIN_BYTES as u64,
+            None => grains,
+        };
+        if grain >= grains {
+            *next = grains;
+            break;
+        }
+        let mut buf = vec![0u8; GRAIN_BYTES];
+        let at = grain * GRAIN_BYTES as u64;
+        let n = (len - at).min(GRAIN_BYTES as u64) as usize;
+        src.read_exact_at(&mut buf[..n], at).map_err(|source| VmdkError::Read { offset: at, source })?;
+        if !all_zero(&buf) {
+            batch.push((grain, buf));
+        }
+        *next = grain + 1;
+    }
+    Ok(batch)
 }
 
 /// A name-based UUID (RFC 9562 version 8) from a content digest and a purpose, so different
@@ -299,18 +259,95 @@ impl Stream<'_> {
     }
 }
 
-/// Writes the grain table `gt` (its marker, then the table) unless it is empty, records where in
-/// the directory, and clears it for the next table.
-fn flush_table(w: &mut Stream<'_>, gt: &mut [u32], gd: &mut [u32], table: u64) -> Result<(), VmdkError> {
-    if gt.iter().all(|e| *e == 0) {
-        return Ok(());
+/// The stream being written: grains in ascending order, each grain table after its grains,
+/// the directory and the footer at the end. It hashes every grain record for the derived IDs.
+struct GrainStream<'a> {
+    w: Stream<'a>,
+    capacity_sectors: u64,
+    descriptor_sectors: u64,
+    hasher: Sha256,
+    populated: u64,
+    gd: Vec<u32>,
+    gt: Vec<u32>,
+    /// The table `gt` is collecting.
+    table: u64,
+}
+
+impl<'a> GrainStream<'a> {
+    /// Writes the header (directory at the end) and the descriptor with placeholder IDs.
+    fn begin(out: &'a mut File, opts: &VmdkOptions, len: u64) -> Result<Self, VmdkError> {
+        let capacity_sectors = len / SECTOR;
+        let tables = capacity_sectors.div_ceil(GRAIN_SECTORS).div_ceil(GTES_PER_GT);
+        let descriptor = descriptor_text(opts, capacity_sectors, 0, opts.uuid.unwrap_or(Uuid::nil()));
+        let descriptor_sectors = (descriptor.len() as u64).div_ceil(SECTOR);
+        if 1 + descriptor_sectors > OVERHEAD {
+            return Err(VmdkError::BadName(opts.extent_name.clone()));
+        }
+        let mut w = Stream { out: BufWriter::with_capacity(1 << 20, out), sector: 0 };
+        w.put(&header_sector(capacity_sectors, descriptor_sectors, GD_AT_END))?;
+        w.put_padded(descriptor.as_bytes())?;
+        w.put(&vec![0; ((OVERHEAD - w.sector) * SECTOR) as usize])?;
+        let mut hasher = Sha256::new();
+        hasher.update(b"berth-vmdk\0");
+        hasher.update(len.to_le_bytes());
+        Ok(GrainStream {
+            w,
+            capacity_sectors,
+            descriptor_sectors,
+            hasher,
+            populated: 0,
+            gd: vec![0; tables as usize],
+            gt: vec![0; GTES_PER_GT as usize],
+            table: 0,
+        })
     }
-    let bytes: Vec<u8> = gt.iter().flat_map(|e| e.to_le_bytes()).collect();
-    w.put(&marker(bytes.len() as u64 / SECTOR, MARKER_GT))?;
-    gd[table as usize] = u32::try_from(w.sector).map_err(|_| VmdkError::TooLarge)?;
-    w.put(&bytes)?;
-    gt.fill(0);
-    Ok(())
+
+    /// Appends grain number `grain` (grains come in ascending order) as `zlib` data.
+    fn grain(&mut self, grain: u64, zlib: &[u8]) -> Result<(), VmdkError> {
+        // Tables fill in grain order: write each table before the first grain past it.
+        while grain / GTES_PER_GT > self.table {
+            self.flush_table()?;
+        }
+        let at = u32::try_from(self.w.sector).map_err(|_| VmdkError::TooLarge)?;
+        self.gt[(grain % GTES_PER_GT) as usize] = at;
+        let mut record = Vec::with_capacity(12 + zlib.len());
+        record.extend_from_slice(&(grain * GRAIN_SECTORS).to_le_bytes());
+        record.extend_from_slice(&(zlib.len() as u32).to_le_bytes());
+        record.extend_from_slice(zlib);
+        self.hasher.update(&record);
+        self.w.put_padded(&record)?;
+        self.populated += 1;
+        Ok(())
+    }
+
+    /// Writes the current grain table (its marker, then the table) unless it is empty, records
+    /// it in the directory, and moves on to the next table.
+    fn flush_table(&mut self) -> Result<(), VmdkError> {
+        if self.gt.iter().any(|e| *e != 0) {
+            let bytes: Vec<u8> = self.gt.iter().flat_map(|e| e.to_le_bytes()).collect();
+            self.w.put(&marker(bytes.len() as u64 / SECTOR, MARKER_GT))?;
+            self.gd[self.table as usize] = u32::try_from(self.w.sector).map_err(|_| VmdkError::TooLarge)?;
+            self.w.put(&bytes)?;
+            self.gt.fill(0);
+        }
+        self.table += 1;
+        Ok(())
+    }
+
+    /// Writes the last table, the directory, the footer and the end-of-stream marker; returns
+    /// the stream's length in sectors, the grains stored and the content digest.
+    fn finish(mut self) -> Result<(u64, u64, [u8; 32]), VmdkError> {
+        self.flush_table()?;
+        let gd_sector = self.w.sector + 1;
+        let gd_bytes: Vec<u8> = self.gd.iter().flat_map(|e| e.to_le_bytes()).collect();
+        self.w.put(&marker((gd_bytes.len() as u64).div_ceil(SECTOR), MARKER_GD))?;
+        self.w.put_padded(&gd_bytes)?;
+        self.w.put(&marker(1, MARKER_FOOTER))?;
+        self.w.put(&header_sector(self.capacity_sectors, self.descriptor_sectors, gd_sector))?;
+        self.w.put(&marker(0, MARKER_EOS))?;
+        self.w.out.flush().map_err(VmdkError::Write)?;
+        Ok((self.w.sector, self.populated, self.hasher.finalize().into()))
+    }
 }
 
 /// A metadata marker sector: {numSectors u64, size u32 = 0, type u32, zeros}.
