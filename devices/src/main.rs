@@ -2,7 +2,7 @@
 //! ordered before `sysinit.target`).
 //!
 //! 1. Coldplug: the root's `/usr/lib/modules/<kver>/modules.alias` against every `modalias`
-//!    under `/sys/devices`, loading each match with its `modules.dep` closure, until a round
+//!    in sysfs, loading each match with its `modules.dep` closure, until a round
 //!    loads nothing new; `/dev/disk/by-partuuid` and `/dev/disk/by-label` links for the block
 //!    devices present; the input devices with a power key opened. Then `READY=1`.
 //! 2. Then, from the kernel's uevents (the socket is opened before coldplug, so nothing that
@@ -77,7 +77,7 @@ fn daemon() -> i32 {
         }
     };
     let mut loader = Loader::new(&db);
-    let s = coldplug(&mut loader, Path::new("/sys/devices"), &mut |l: &str| log(l));
+    let s = coldplug(&mut loader, Path::new("/sys"), &mut |l: &str| log(l));
     let ms = started.elapsed().as_millis();
     log(&format!(
         "coldplug: {} devices, {} aliases of kernel {kver}: {} modules loaded, {} failed, {} scans ({ms} ms)",
@@ -125,7 +125,7 @@ fn daemon() -> i32 {
             Err(nix::errno::Errno::ENOBUFS) => {
                 // Events were lost (a burst larger than the buffer): look at everything again.
                 log("uevents lost (ENOBUFS): scanning the devices again");
-                coldplug(&mut loader, Path::new("/sys/devices"), &mut |l: &str| log(l));
+                coldplug(&mut loader, Path::new("/sys"), &mut |l: &str| log(l));
                 for (devname, sys) in block_devices() {
                     block_added(&mut links, &devname, &sys);
                 }

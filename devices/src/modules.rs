@@ -115,20 +115,22 @@ pub enum Outcome {
     Unknown,
     /// A path could not be loaded: which, and the error (`ENODEV`: no device for it here).
     Failed(String, Errno),
+    /// A path failed before ([`Outcome::Failed`] was returned then); not tried again.
+    FailedBefore,
 }
 
 /// What loads one module file (`finit_module`, or a test's stand-in).
 type LoadFn<'a> = dyn FnMut(&Path) -> Result<(), Errno> + 'a;
 
 /// Loads modules with their dependencies, remembering what it loaded and what failed (a
-/// failed module is not tried again).
+/// failed module is not tried again, and its failure is reported once).
 pub struct Loader<'a> {
     db: &'a ModuleDb,
     load: Box<LoadFn<'a>>,
     /// Whether `/sys/module/<name>` tells what is loaded already (off in tests).
     ask_sysfs: bool,
     done: HashSet<String>,
-    failed: HashMap<String, Errno>,
+    failed: HashSet<String>,
 }
 
 impl<'a> Loader<'a> {
@@ -139,7 +141,7 @@ impl<'a> Loader<'a> {
 
     /// A loader calling `load` for each path (tests).
     pub fn with(db: &'a ModuleDb, load: impl FnMut(&Path) -> Result<(), Errno> + 'a) -> Loader<'a> {
-        Loader { db, load: Box::new(load), ask_sysfs: false, done: HashSet::new(), failed: HashMap::new() }
+        Loader { db, load: Box::new(load), ask_sysfs: false, done: HashSet::new(), failed: HashSet::new() }
     }
 
     /// The database this loader loads from.
@@ -160,8 +162,8 @@ impl<'a> Loader<'a> {
             if self.done.contains(p) {
                 continue;
             }
-            if let Some(&e) = self.failed.get(p) {
-                return Outcome::Failed(p.to_owned(), e);
+            if self.failed.contains(p) {
+                return Outcome::FailedBefore;
             }
             // Loaded already (stage 1, the kernel's own request_module, or built in with
             // parameters): no file to read.
@@ -178,7 +180,7 @@ impl<'a> Loader<'a> {
                     self.done.insert(p.to_owned());
                 }
                 Err(e) => {
-                    self.failed.insert(p.to_owned(), e);
+                    self.failed.insert(p.to_owned());
                     return Outcome::Failed(p.to_owned(), e);
                 }
             }
@@ -258,7 +260,7 @@ kernel/drivers/misc/pvpanic/pvpanic.ko:
         assert_eq!(paths.len(), 3);
         let failed = Outcome::Failed("kernel/drivers/misc/pvpanic/pvpanic-pci.ko".into(), Errno::ENODEV);
         assert_eq!(l.load("pvpanic_pci"), failed);
-        assert_eq!(l.load("pvpanic_pci"), failed);
+        assert_eq!(l.load("pvpanic_pci"), Outcome::FailedBefore);
         assert_eq!(l.load("nosuch"), Outcome::Unknown);
         // virtio_ring once (EEXIST), virtio once, pvpanic and pvpanic-pci once each.
         drop(l);

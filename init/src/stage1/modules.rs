@@ -43,7 +43,7 @@ pub struct Summary {
     pub for_devices: usize,
     /// Devices with a modalias seen.
     pub devices: usize,
-    /// Scans of `/sys/devices`.
+    /// Scans of sysfs.
     pub rounds: usize,
     pub failed: usize,
 }
@@ -91,7 +91,7 @@ impl Modules {
                     s.failed += 1;
                     log::line(&format!("module {} ({p}): failed to load: {e}", name_of(path)));
                 }
-                Outcome::AlreadyLoaded | Outcome::Unknown => {}
+                Outcome::AlreadyLoaded | Outcome::FailedBefore | Outcome::Unknown => {}
             }
         }
         let c = self.rescan(loader);
@@ -104,7 +104,7 @@ impl Modules {
 
     /// The modules of the devices present (again): what a new device wants is loaded.
     pub fn rescan(&self, loader: &mut Loader<'_>) -> berth_devices::coldplug::Summary {
-        coldplug(loader, Path::new("/sys/devices"), &mut |l: &str| log::line(l))
+        coldplug(loader, Path::new("/sys"), &mut |l: &str| log::line(l))
     }
 }
 
@@ -119,6 +119,7 @@ pub fn load_one(dir: &Path, module: &str) -> Result<(), String> {
         }
         Outcome::Unknown => Err(format!("not in {}", dir.join("modules.dep").display())),
         Outcome::Failed(p, e) => Err(format!("loading {p}: {e}")),
+        Outcome::FailedBefore => Err("failed before".into()),
     }
 }
 
