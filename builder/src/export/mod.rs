@@ -240,8 +240,13 @@ impl Ctx<'_> {
         match platform {
             Platform::Metal => return Ok(raw),
             Platform::Qemu => {
-                qcow2::convert(raw.path(), out.path(), qcow2::Compression::None, &self.bar("qcow2", 100))
-                    .map_err(|source| ExportError::Qcow2 { path: final_path.to_path_buf(), source })?;
+                qcow2::convert(
+                    raw.path(),
+                    out.path(),
+                    qcow2::Compression::None,
+                    &self.percent_bar("qcow2 (qemu-img convert)"),
+                )
+                .map_err(|source| ExportError::Qcow2 { path: final_path.to_path_buf(), source })?;
             }
             Platform::VagrantLibvirt => {
                 vagrant::write_libvirt_box(self, raw.path(), out.as_file(), final_path)?;
@@ -303,6 +308,17 @@ impl Ctx<'_> {
         let mut p = ova::OvaParams::new(self.name, self.epoch);
         p.work_dir = self.opts.out_dir.clone();
         p
+    }
+
+    /// A progress bar counting percent (qemu-img reports nothing finer).
+    fn percent_bar(&self, msg: &str) -> ProgressBar {
+        let bar = self.bar(msg, 100);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}% {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
     }
 
     /// A temporary file in the output directory, removed unless persisted.

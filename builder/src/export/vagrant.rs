@@ -56,7 +56,7 @@ pub fn virtualbox_vagrantfile(base_mac: &str) -> String {
 /// Writes the libvirt box of the stamped raw disk at `raw` into `out`.
 pub(super) fn write_libvirt_box(ctx: &Ctx<'_>, raw: &Path, out: &File, final_path: &Path) -> Result<(), ExportError> {
     let img = ctx.temp("box.img")?;
-    qcow2::convert(raw, img.path(), qcow2::Compression::Zlib, &ctx.bar("box.img (compressed qcow2)", 100))
+    qcow2::convert(raw, img.path(), qcow2::Compression::Zlib, &ctx.percent_bar("box.img (qemu-img convert -c)"))
         .map_err(|source| ExportError::Qcow2 { path: final_path.to_path_buf(), source })?;
     let terr = |source| ExportError::Tar { path: final_path.to_path_buf(), source };
     let mut img_file =
