@@ -212,6 +212,8 @@ fn read_batch(src: &File, len: u64, data: &DataMap, next: &mut u64) -> Result<Ve
             *next = grains;
             break;
         }
+        // A whole grain even past the disk's end: VirtualBox refuses a grain that inflates to
+        // less than the grain size, so the last, partial one is padded with zeros.
         let mut buf = vec![0u8; GRAIN_BYTES];
         let at = grain * GRAIN_BYTES as u64;
         let n = (len - at).min(GRAIN_BYTES as u64) as usize;
