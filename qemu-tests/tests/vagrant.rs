@@ -288,6 +288,8 @@ fn vagrant_box_up_halt_up_destroy() {
     std::fs::write(lab.dir.path().join("project/Vagrantfile"), project_vagrantfile(&console)).unwrap();
 
     step("vagrant box add", || lab.vagrant(&["box", "add", "--name", "berth-test", boxfile.to_str().unwrap()]));
+    // Disk space: the box is in VAGRANT_HOME now.
+    std::fs::remove_dir_all(work.path().join("export")).unwrap();
     step("vagrant up --provider=libvirt", || lab.vagrant(&["up", "--provider=libvirt"]));
     let domain = lab.domain();
     let xml = check("virsh dumpxml", lab.virsh(&["dumpxml", &domain]));
