@@ -58,7 +58,7 @@ pub enum Error {
     Resize { image: PathBuf, bytes: u64, status: std::process::ExitStatus, message: String },
     #[error("port forward {spec:?}: {reason}; expected HOST:GUEST, two TCP ports such as 2222:22")]
     BadForward { spec: String, reason: &'static str },
-    #[error("disk format {0:?}: expected raw or qcow2")]
+    #[error("disk format {0:?}: expected raw, qcow2 or vmdk")]
     BadFormat(String),
     #[error("QMP {command} on {socket}: {message}")]
     Qmp { socket: PathBuf, command: String, message: String },
@@ -130,15 +130,26 @@ impl Firmware {
 pub enum DiskFormat {
     Raw,
     Qcow2,
+    /// VMware's format, the disk inside an OVA (streamOptimized: QEMU reads it, so it is booted
+    /// through an overlay).
+    Vmdk,
 }
 
 impl DiskFormat {
     /// The first bytes of every qcow2 image.
     pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+    /// The first bytes of every sparse-extent VMDK (monolithicSparse, streamOptimized).
+    pub const VMDK_MAGIC: [u8; 4] = *b"KDMV";
 
-    /// The format of an image that starts with `header`: qcow2 by its magic, else raw.
+    /// The format of an image that starts with `header`: qcow2 or VMDK by its magic, else raw.
     pub fn from_header(header: &[u8]) -> DiskFormat {
-        if header.starts_with(&Self::QCOW2_MAGIC) { DiskFormat::Qcow2 } else { DiskFormat::Raw }
+        if header.starts_with(&Self::QCOW2_MAGIC) {
+            DiskFormat::Qcow2
+        } else if header.starts_with(&Self::VMDK_MAGIC) {
+            DiskFormat::Vmdk
+        } else {
+            DiskFormat::Raw
+        }
     }
 
     /// The format of the image at `path` (a file shorter than the magic is raw).
@@ -154,6 +165,7 @@ impl DiskFormat {
         match self {
             DiskFormat::Raw => "raw",
             DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Vmdk => "vmdk",
         }
     }
 }
@@ -170,6 +182,7 @@ impl FromStr for DiskFormat {
         match s {
             "raw" => Ok(DiskFormat::Raw),
             "qcow2" => Ok(DiskFormat::Qcow2),
+            "vmdk" => Ok(DiskFormat::Vmdk),
             _ => Err(Error::BadFormat(s.into())),
         }
     }
@@ -427,7 +440,7 @@ pub struct VirtioPort {
 /// names outside `opt/`; `org.berth` is Berth's own namespace there).
 pub const PROVISION_FW_CFG: &str = "opt/org.berth/config";
 
-/// One QEMU machine: q35, OVMF, one virtio disk, no display.
+/// One QEMU machine: q35, OVMF, one disk (virtio-blk, virtio-scsi or NVMe), no display.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuConfig {
     /// The emulator [default: `qemu-system-x86_64` from `PATH`].
@@ -1007,7 +1020,9 @@ mod tests {
         assert!(not_file.contains("not a regular file"), "{not_file}");
 
         assert_eq!("qcow2".parse::<DiskFormat>().unwrap(), DiskFormat::Qcow2);
-        assert!("vmdk".parse::<DiskFormat>().unwrap_err().to_string().contains("raw or qcow2"));
+        assert_eq!(DiskFormat::from_header(b"KDMV\x03\0\0\0"), DiskFormat::Vmdk);
+        assert_eq!("vmdk".parse::<DiskFormat>().unwrap(), DiskFormat::Vmdk);
+        assert!("vdi".parse::<DiskFormat>().unwrap_err().to_string().contains("raw, qcow2 or vmdk"));
     }
 
     #[test]

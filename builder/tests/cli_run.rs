@@ -147,6 +147,15 @@ fn dry_run_options_reach_the_command_line() {
     assert!(lines[3].starts_with("qemu-img create -q -f qcow2 -F qcow2 -b "), "{lines:?}");
     let qemu = f.dry_qemu(&["--persist"]);
     assert!(qemu.contains(&format!(" -drive file={},if=virtio,format=qcow2 ", f.disk.display())), "{qemu}");
+
+    // So is a VMDK (the disk inside an OVA), booted only through the overlay.
+    std::fs::write(&f.disk, b"KDMV\x03\0\0\0").unwrap();
+    let lines = f.dry_run(&["--platform", "virtualbox"]);
+    assert!(lines[3].starts_with("qemu-img create -q -f qcow2 -F vmdk -b "), "{lines:?}");
+    let out = f.run(&["--dry-run", "--persist"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is a VMDK, which QEMU boots only through an overlay"), "{err}");
 }
 
 #[test]

@@ -3,8 +3,10 @@
 //! The QEMU command line itself comes from `berth_builder::qemu`, the one place that knows it.
 //! Each [`Machine`] owns a scratch directory with its own copy of the OVMF variable store, its
 //! serial console log, QEMU's stderr, the unix sockets of its virtio-serial ports and, when asked,
-//! a qcow2 overlay over the test's disk. It waits for console markers and for QEMU's exit with
-//! bounded timeouts, and kills its QEMU process when dropped, also when a test fails. Guest
+//! a qcow2 overlay over the test's disk and a QMP socket ([`Machine::qmp`], [`Machine::device_add`],
+//! [`Machine::system_powerdown`]). The disk hangs on the controller [`Options::disk_bus`] names
+//! (virtio-blk, VirtualBox's virtio-scsi, NVMe). It waits for console markers and for QEMU's exit
+//! with bounded timeouts, and kills its QEMU process when dropped, also when a test fails. Guest
 //! networking, when a test adds it, is always `-netdev user,restrict=on` with forwards bound to
 //! 127.0.0.1 only.
 

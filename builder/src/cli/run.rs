@@ -61,7 +61,8 @@ fn parse_console(s: &str) -> Result<Console, String> {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Disk image to boot, raw or qcow2 (told apart by its first bytes).
+    /// Disk image to boot, raw, qcow2 or VMDK (told apart by their first bytes; a VMDK, such as
+    /// the disk inside an OVA, only through the overlay, not with --persist).
     disk: PathBuf,
     /// Let the guest write to DISK itself instead of to a temporary overlay.
     #[arg(long)]
@@ -201,6 +202,13 @@ fn user_path(option: &str, path: &Path, socket: bool) -> anyhow::Result<PathBuf>
 
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let format = DiskFormat::detect(&a.disk)?;
+    if format == DiskFormat::Vmdk && a.persist {
+        bail!(
+            "--persist: {} is a VMDK, which QEMU boots only through an overlay; convert it to write to it \
+             (qemu-img convert -O raw DISK.vmdk DISK.img)",
+            a.disk.display()
+        );
+    }
     let firmware = match (&a.ovmf_code, &a.ovmf_vars) {
         (Some(code), Some(vars)) => Firmware::new(code, vars)?,
         _ => Firmware::find()?,
