@@ -10,6 +10,10 @@
 //! console and by `berthctl provision-status`, changes nothing, and is not tried on the next boot.
 //! The minimal image has no shell: Debian's static busybox (fetched as the container tests fetch
 //! it) is copied in to act as the user.
+//!
+//! The reboots between those boots use the shutdown commands as people type them (`reboot`,
+//! `shutdown -r now`, then `berthctl reboot` and `poweroff`), and a `shutdown -r +5` is scheduled
+//! and cancelled on the way, all asking PID 1 over the control socket.
 
 mod common;
 
@@ -61,10 +65,10 @@ fn stat(a: &mut Agent, path: &str) -> String {
     r.stdout.trim().to_string()
 }
 
-/// Reboots and waits for stage 2 of boot number `count`; the agent of the new boot.
-fn reboot(m: &mut Machine, a: Agent, count: usize) -> Agent {
+/// Reboots with `argv` and waits for stage 2 of boot number `count`; the agent of the new boot.
+fn reboot(m: &mut Machine, a: Agent, argv: &[&str], count: usize) -> Agent {
     let mut a = a;
-    a.spawn(&["berthctl", "reboot"]).unwrap();
+    a.spawn(argv).unwrap();
     drop(a);
     m.wait_for_count(READY, count, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     agent(m)
@@ -144,8 +148,9 @@ mode = "0755"
         ),
     );
     assert_eq!(run(&mut a, &[BUSYBOX, "rm", "/var/lib/berth/provisioned"]).status, Some(0));
-    let mut a = reboot(&mut m, a, 2);
+    let mut a = reboot(&mut m, a, &["/usr/sbin/reboot"], 2);
     let console = m.console();
+    line_with(&console, "control socket: rebooting (asked by pid ");
     assert_eq!(console.matches("provisioning: applied fw_cfg opt/org.berth/config").count(), 2, "{console}");
     assert_eq!(console.matches("1 SSH key(s) added to /home/alice/.ssh/authorized_keys").count(), 2, "{console}");
     assert_eq!(a.read("/etc/shadow").unwrap(), shadow, "/etc/shadow was written through the planted link");
@@ -160,7 +165,21 @@ mode = "0755"
     as_alice(&mut a, &format!("{BUSYBOX} rm -r /home/alice/.ssh && {BUSYBOX} ln -s /etc /home/alice/.ssh"));
     a.write("/etc/hostname", "changed-by-admin\n").unwrap();
     assert_eq!(run(&mut a, &[BUSYBOX, "rm", "/var/lib/berth/provisioned"]).status, Some(0));
-    let mut a = reboot(&mut m, a, 3);
+    // shutdown +M is kept by PID 1 and cancelled; unknown options are usage errors.
+    let r = run(&mut a, &["/usr/sbin/shutdown", "-r", "+5", "provision", "test"]);
+    assert_eq!(r.status, Some(0), "{r:?}");
+    assert!(r.stdout.starts_with("Reboot scheduled for ") && r.stdout.contains("use 'shutdown -c' to cancel"), "{r:?}");
+    let r = run(&mut a, &["/usr/sbin/shutdown", "-c"]);
+    assert_eq!(r.status, Some(0), "{r:?}");
+    assert!(r.stdout.starts_with("The reboot scheduled for ") && r.stdout.ends_with(" cancelled.\n"), "{r:?}");
+    let console = m.console();
+    let line = line_with(&console, "shutdown: reboot scheduled for ");
+    assert!(line.contains(", in 5 min: \"provision test\""), "{line}");
+    line_with(&console, "shutdown: the reboot scheduled for ");
+    let r = run(&mut a, &["/usr/sbin/halt", "--bogus"]);
+    assert_eq!(r.status, Some(2), "{r:?}");
+    assert!(r.stderr.contains("halt: unknown option `--bogus`"), "{r:?}");
+    let mut a = reboot(&mut m, a, &["/usr/sbin/shutdown", "-r", "now"], 3);
     let console = m.console();
     let line = line_with(&console, "provisioning: user alice: /var/home/alice/.ssh is a symbolic link; not followed");
     assert!(line.contains("nothing applied, booting with the image's defaults"), "{line}");
@@ -175,13 +194,13 @@ mode = "0755"
     assert!(r.stdout.contains(": user alice: /var/home/alice/.ssh is a symbolic link; not followed\n"), "{r:?}");
 
     // The next boot does not try it again.
-    let mut a = reboot(&mut m, a, 4);
+    let mut a = reboot(&mut m, a, &["berthctl", "reboot"], 4);
     let console = m.console();
     let line = line_with(&console, "failed on an earlier boot: user alice: /var/home/alice/.ssh is a symbolic link");
     assert!(line.contains("not tried again (to retry it: rm /var/lib/berth/provision-failed, then reboot)"), "{line}");
     assert_eq!(console.matches("provisioning: recorded as failed").count(), 1, "{console}");
     assert_eq!(a.read("/proc/sys/kernel/hostname").unwrap(), "changed-by-admin\n");
-    a.spawn(&["berthctl", "poweroff"]).unwrap();
+    a.spawn(&["/usr/sbin/poweroff"]).unwrap();
     drop(a);
     m.wait_exit(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
     drop(m);
