@@ -804,3 +804,67 @@ fn the_vagrant_box_document_applies_from_the_esp() {
     assert!(read(r, "etc/sudoers.d/vagrant").contains("core ALL=(ALL:ALL) NOPASSWD: ALL\n"));
     assert_eq!(meta(r, "etc/sudoers.d/vagrant"), (0o440, 0, 0));
 }
+
+/// On a real block device (a loop device over a GPT image, as root): the ESP is found on the
+/// disk of the root partition by type and label, and the document read from it; the partition
+/// is byte for byte what it was.
+#[test]
+#[ignore = "needs root: loop devices"]
+fn the_esp_is_found_beside_the_root_partition_and_read() {
+    use std::process::Command;
+    let run = |cmd: &str, args: &[&str]| -> String {
+        let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{cmd} {args:?} failed:\n{text}");
+        text
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    fs::File::create(&img).unwrap().set_len(200 << 20).unwrap();
+    let (esp_type, root_type) = (berth_slot::layout::ESP_TYPE_GUID, berth_slot::layout::ROOT_TYPE_GUID);
+    let t1 = format!("1:{esp_type}");
+    let t2 = format!("2:{root_type}");
+    let t3 = format!("3:{esp_type}");
+    #[rustfmt::skip]
+    run("sgdisk", &[
+        "-o",
+        "-n", "1:2048:+64M", "-t", &t1, "-c", "1:EFI-SYSTEM",
+        "-n", "2:0:+64M", "-t", &t2, "-c", "2:ROOT-A",
+        // Another partition of the ESP type but not the label: not Berth's ESP.
+        "-n", "3:0:+32M", "-t", &t3, "-c", "3:OTHER",
+        &img.to_string_lossy(),
+    ]);
+    let dev = run("losetup", &["-fP", "--show", &img.to_string_lossy()]).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).output();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let part = |n: u32| format!("{dev}p{n}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while !Path::new(&part(3)).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if !Path::new(&part(3)).exists() {
+        run("partx", &["-a", &dev]);
+    }
+    let doc = b"hostname = \"from-a-real-esp\"\n";
+    {
+        let mut esp = fs::OpenOptions::new().read(true).write(true).open(part(1)).unwrap();
+        fatfs::format_volume(&mut esp, fatfs::FormatVolumeOptions::new()).unwrap();
+        let fs = fatfs::FileSystem::new(&mut esp, fatfs::FsOptions::new()).unwrap();
+        fs.root_dir().create_dir("berth").unwrap();
+        let mut f = fs.root_dir().create_file(esp::ESP_PATH).unwrap();
+        std::io::Write::write_all(&mut f, doc).unwrap();
+        drop(f);
+        fs.unmount().unwrap();
+        esp.sync_all().unwrap();
+    }
+    let found = crate::stage2::storage::partition::esp(Path::new(&part(2))).unwrap();
+    assert_eq!(found, PathBuf::from(part(1)));
+    let before = fs::read(part(1)).unwrap();
+    assert_eq!(esp::read(&found).unwrap(), Some(doc.to_vec()));
+    assert!(fs::read(part(1)).unwrap() == before, "reading changed the ESP");
+}
