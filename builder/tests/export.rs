@@ -543,3 +543,33 @@ fn virtualbox_ova_and_box() {
     extract(&boxf, "box-disk1.vmdk", &vmdk);
     check_disk(&vmdk, "vagrant-virtualbox", Some(PROVISION));
 }
+
+/// What `berth build --platform` calls: artifacts named after the image, not the disk's file,
+/// stamped with the given epoch, each reported with its path and size.
+#[test]
+fn library_export_as_names_and_reports() {
+    use berth_builder::export::{ExportOptions, describe, export_as};
+    use berth_builder::platform::Platform;
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, _) = small_disk(&dir.path().join("in"), "disk-file", true);
+    let out_dir = dir.path().join("out");
+    let opts = ExportOptions {
+        platforms: vec![Platform::Qemu, Platform::Metal],
+        out_dir: out_dir.clone(),
+        provision: None,
+        source_date_epoch: Some(EPOCH),
+        progress: false,
+    };
+    let artifacts = export_as(&disk, "image", &opts).unwrap();
+    assert_eq!(entries(&out_dir), ["image.img", "image.qcow2"]);
+    assert_eq!(artifacts.iter().map(|a| a.platform).collect::<Vec<_>>(), [Platform::Qemu, Platform::Metal]);
+    for a in &artifacts {
+        assert_eq!(a.path, out_dir.join(a.platform.artifact_file("image")));
+        assert_eq!(a.bytes, std::fs::metadata(&a.path).unwrap().len());
+    }
+    let lines = describe(&artifacts);
+    assert!(lines[0].starts_with(&format!("qemu: {}", out_dir.join("image.qcow2").display())), "{lines:?}");
+    // No platform at all is an error naming the known ones.
+    let none = ExportOptions { platforms: vec![], ..opts };
+    assert!(export_as(&disk, "image", &none).unwrap_err().to_string().contains("known: metal, qemu"));
+}
