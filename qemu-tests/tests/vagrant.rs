@@ -14,9 +14,11 @@
 //! vagrant-libvirt` (the box with its Vagrantfile and berth/provision.toml on the ESP), `vagrant box
 //! add`, `vagrant up --provider=libvirt` with `libvirt.driver = "qemu"` (TCG: domain type `qemu`)
 //! and a hostname, `vagrant ssh -c 'sudo ctr version && cat /etc/os-release'`, the insecure key
-//! replaced by the machine's own, a file written under `/var`, `vagrant halt` ending with the
-//! domain shut off by the guest (`virsh domstate --reason`: `shutdown`, not `destroyed`), `vagrant
-//! up` again keeping the file and the hostname, `vagrant destroy -f` leaving no domain.
+//! replaced by the machine's own, a private network's static address on eth1, a file written
+//! under `/var`, `vagrant halt` ending with the domain shut off by the guest (`virsh domstate
+//! --reason`: `shutdown`, not `destroyed`), `vagrant up` again keeping the file and the hostname
+//! (and the static address, from the unit the guest capability enabled), `vagrant destroy -f`
+//! leaving no domain.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -31,14 +33,19 @@ use berth_builder::platform::Platform;
 /// too short for an emulated first boot on a busy 2-core host).
 const BOOT_TIMEOUT_SECS: u64 = 900;
 
+/// A static address on a private network (the guest's `configure_networks`); like libvirt's
+/// management network it exists only inside the test's namespace.
+const PRIVATE_IP: &str = "192.168.50.10";
+
 /// The project's Vagrantfile: emulation (no KVM here), one vCPU (a single TCG thread keeps boots
 /// steady on a loaded host, as the other QEMU tests do), the serial console to a file, a hostname
-/// (the guest's `change_host_name`).
+/// (the guest's `change_host_name`) and a private network with a static address.
 fn project_vagrantfile(console: &Path) -> String {
     format!(
         r#"Vagrant.configure("2") do |config|
   config.vm.box = "berth-test"
   config.vm.hostname = "berth-vagrant"
+  config.vm.network :private_network, ip: "{PRIVATE_IP}", libvirt__dhcp_enabled: false
   config.vm.boot_timeout = {BOOT_TIMEOUT_SECS}
   config.vm.graceful_halt_timeout = 300
   config.vm.provider :libvirt do |libvirt|
@@ -307,7 +314,7 @@ fn vagrant_box_up_halt_up_destroy() {
         lab.vagrant(&[
             "ssh",
             "-c",
-            "hostname; cat /etc/hostname; cat ~/.ssh/authorized_keys; \
+            "hostname; cat /etc/hostname; cat ~/.ssh/authorized_keys; ip -4 -o address show; \
              echo berth-vagrant-token | sudo tee /var/lib/berth-vagrant-test >/dev/null; sync",
         ])
     });
@@ -317,6 +324,8 @@ fn vagrant_box_up_halt_up_destroy() {
     assert_eq!(lines.get(1), Some(&"berth-vagrant"), "/etc/hostname:\n{out}");
     assert!(!out.contains(insecure), "the insecure key is still authorised:\n{out}");
     assert!(lines.iter().any(|l| l.starts_with("ssh-")), "no key of the machine's own:\n{out}");
+    let private = format!("inet {PRIVATE_IP}/24 ");
+    assert!(lines.iter().any(|l| l.contains("eth1") && l.contains(&private)), "no {PRIVATE_IP}/24 on eth1:\n{out}");
 
     step("vagrant halt", || lab.vagrant(&["halt"]));
     let state = check("virsh domstate --reason", lab.virsh(&["domstate", "--reason", &domain]));
@@ -325,9 +334,14 @@ fn vagrant_box_up_halt_up_destroy() {
 
     step("vagrant up (again)", || lab.vagrant(&["up", "--provider=libvirt"]));
     let out = step("vagrant ssh: the file and the hostname kept", || {
-        lab.vagrant(&["ssh", "-c", "cat /var/lib/berth-vagrant-test; hostname"])
+        lab.vagrant(&["ssh", "-c", "cat /var/lib/berth-vagrant-test; hostname; ip -4 -o address show dev eth1"])
     });
-    assert_eq!(out.lines().map(str::trim).collect::<Vec<_>>(), ["berth-vagrant-token", "berth-vagrant"], "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines[..2], ["berth-vagrant-token", "berth-vagrant"], "{out}");
+    assert!(
+        lines[2..].iter().any(|l| l.contains(&private)),
+        "the static address is not kept after halt and up:\n{out}"
+    );
 
     step("vagrant destroy -f", || lab.vagrant(&["destroy", "-f"]));
     let left = check("virsh list --all", lab.virsh(&["list", "--all", "--name"]));
