@@ -288,15 +288,21 @@ fn ova_disk_on_virtualbox_devices_ssh_key_from_the_esp_drivers_reboot_and_power_
     let at = |needle: &str| {
         shutdown.find(needle).unwrap_or_else(|| panic!("no {needle:?} after the power button:\n{shutdown}"))
     };
+    // berth-devd (of the second boot) saw KEY_POWER and asked PID 1 to power off.
+    let devd = (console.rsplit_once(&format!("{DEVD}: active (main pid ")))
+        .and_then(|(_, rest)| rest.split(')').next())
+        .unwrap_or_else(|| panic!("berth-devd never active:\n{console}"));
+    eprintln!("{}", line_with(&console, &format!("SIGUSR2 (from pid {devd}): powering off")));
     let off = at("shutdown: powering off");
-    for unit in ["containerd.service", "ssh.service", "berth-timesync.service", "berth-netd.service"] {
+    assert!(at("all units stopped") < off, "the power-off began before every unit stopped:\n{shutdown}");
+    for unit in ["containerd.service", "ssh.service", "berth-update.service", "berth-timesync.service"] {
         assert!(at(&format!("{unit}: stopped")) < off, "{unit} stopped after the power-off began:\n{shutdown}");
     }
-    // In reverse order of start: the clock (after network-online.target, which is after
-    // berth-netd) is down before berth-netd is asked to stop.
+    // In reverse order of start: the update agent (After=berth-timesync.service) is down before
+    // the clock is asked to stop.
     assert!(
-        at("berth-timesync.service: stopped") < at("berth-netd.service: stopping"),
-        "berth-netd stopped before what is ordered after it:\n{shutdown}"
+        at("berth-update.service: stopped") < at("berth-timesync.service: stopping"),
+        "berth-timesync stopped before the update agent, which is ordered after it:\n{shutdown}"
     );
     at("shutdown: filesystems unmounted; powering off");
 
