@@ -5,7 +5,8 @@
 //!   stdio, forwards bound to 127.0.0.1, `restrict=on`, the disk itself only with `--persist`.
 //! - The options for real work reach QEMU's command line: the platforms' disk controllers,
 //!   `--headless`/`--console`, `--monitor`, `--qmp`, `--guestfwd` (loopback only, relayed by
-//!   berth itself), `--qemu-arg` and `--`; a headless run without a real QEMU says where things are.
+//!   berth itself), `--qemu-arg` and `--`; a headless run without a real QEMU says where things are;
+//!   headless, the first Ctrl-C presses the power button over QMP and the second ends QEMU.
 //! - Bad input and missing tools are one-line errors naming what to do, and leave nothing behind.
 //! - One real boot (QEMU, TCG): the minimal image reaches stage 2 on the terminal console; after
 //!   berth is sent SIGTERM, QEMU is gone, the disk is bit-for-bit unchanged and the temporary
@@ -550,6 +551,61 @@ fn headless_run_says_where_everything_is_and_returns_qemus_status() {
     let out = f.run(&["--console", f.dir.path().join("c.log").to_str().unwrap()], Some(&bin_and_system_path(&bin)));
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     f.assert_tmp_empty();
+}
+
+/// Headless, the first Ctrl-C presses the power button through berth's own QMP socket and the
+/// second ends QEMU. A real QEMU running only the firmware (a blank disk boots nothing, and OVMF
+/// ignores the button): a few seconds, no guest.
+#[test]
+fn headless_ctrl_c_presses_the_power_button_then_ends_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("blank.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let state = dir.path().join("state");
+    let err_file = dir.path().join("berth.err");
+    let mut berth = Command::new(BERTH)
+        .arg("run")
+        .arg(&disk)
+        .args(["--no-network", "--cpus", "1", "--memory", "256", "--console"])
+        .arg(dir.path().join("console.log"))
+        .arg("--state-dir")
+        .arg(&state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let stderr = || std::fs::read_to_string(&err_file).unwrap_or_default();
+    let wait_until = |what: &str, ok: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !ok() {
+            assert!(start.elapsed() < Duration::from_secs(30), "waited 30 s for {what}; berth said:\n{}", stderr());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let sock = state.join("berth-qmp.sock");
+    wait_until("QEMU's QMP socket", &|| std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    let pid = rustix::process::Pid::from_child(&berth);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    wait_until("the power button", &|| stderr().contains("berth: pressed the guest's power button"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(berth.try_wait().unwrap().is_none(), "berth ended on the first Ctrl-C: {}", stderr());
+
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = berth.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = berth.kill();
+            panic!("berth still runs 30 s after the second Ctrl-C: {}", stderr());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = stderr();
+    assert!(err.contains("terminating on signal 2"), "QEMU did not get the second Ctrl-C: {err}");
+    assert!(status.code().is_some(), "berth died of a signal ({status}): {err}");
 }
 
 /// `fake_qemu`'s directory and the system's PATH, as one PATH value for [`Fixture::run`].

@@ -77,7 +77,7 @@ pub struct RunArgs {
     #[arg(long)]
     kvm: bool,
     /// Boot with the devices of the machine NAME's artifact is made for (`berth export
-    /// --platform`); the NIC is virtio-net on each [default: qemu]:
+    /// --platform`); --help lists each platform's disk controller [default: qemu].
     #[arg(long, value_name = "NAME", long_help = platform_help())]
     platform: Option<Platform>,
     /// The boot disk's controller, whatever the platform: virtio-blk, virtio-scsi or nvme.
