@@ -161,9 +161,9 @@ fn wait_module(h: &Host, a: &mut Agent, name: &str, timeout: Duration) -> Durati
 /// ESP's `berth/provision.toml`, and only with that key. On the same boot: berth-devd loaded the
 /// driver of a device present at power-on and of one hot-added through QMP, both only in the
 /// root's modules (not the initramfs's); `/dev/disk/by-partuuid` and `/dev/disk/by-label` name
-/// the right partitions; `sudo shutdown -r now` over SSH reboots; after the second boot the
-/// ACPI power button (QMP `system_powerdown`) stops every unit in order and QEMU exits within
-/// 60 s, leaving STATE clean for `e2fsck -fn`.
+/// the right partitions; `sudo shutdown -r now` over SSH reboots (both drivers loaded again, the
+/// key still accepted); after the second boot the ACPI power button (QMP `system_powerdown`)
+/// stops every unit in order and QEMU exits within 60 s, leaving STATE clean for `e2fsck -fn`.
 #[test]
 fn ova_disk_on_virtualbox_devices_ssh_key_from_the_esp_drivers_reboot_and_power_button() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -269,8 +269,14 @@ fn ova_disk_on_virtualbox_devices_ssh_key_from_the_esp_drivers_reboot_and_power_
     );
     let console = h.machine.console();
     line_with(&console, "shutdown: filesystems unmounted; rebooting");
-    let out = ssh_retry(&key, port, "id -un", Duration::from_secs(180));
-    assert!(out.status.success(), "ssh after the reboot: {out:?}");
+    // Still core's key; and both drivers coldplugged again (the hot-added device stays plugged in).
+    let modules = format!("cat /sys/module/{COLDPLUG_MODULE}/initstate /sys/module/{HOTPLUG_MODULE}/initstate");
+    let out = ssh_retry(&key, port, &format!("id -un && {modules}"), Duration::from_secs(180));
+    assert_eq!(
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).as_ref()),
+        (true, "core\nlive\nlive\n"),
+        "ssh after the reboot: {out:?}"
+    );
 
     // The ACPI power button: every unit stopped in order, QEMU gone within 60 s.
     let pressed = Instant::now();
