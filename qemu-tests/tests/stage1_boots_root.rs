@@ -1,6 +1,7 @@
 //! berth-init stage 1 end to end: a minimal image built by `berth build` boots under OVMF;
 //! bootmgr starts the kernel with `root=PARTUUID=<ROOT-A> berth.slot=a`; stage 1 (`/init` in
-//! the initramfs) loads the storage modules in `modules.dep` order, finds ROOT-A by its GPT
+//! the initramfs) loads the modules of the devices present (their `modalias` against the
+//! initramfs's `modules.alias`, each with its `modules.dep` closure), finds ROOT-A by its GPT
 //! unique GUID, mounts it read-only and switches root; stage 2 (`/sbin/init`) says it is ready.
 //!
 //!
@@ -35,7 +36,7 @@ fn stage1_finds_root_by_partuuid_and_switches_to_stage2() {
     assert!(console.contains("berth-init 0.1.0: stage 1 (initramfs)"), "{console}");
     let cmdline = line_with(&console, "berth-init[1]: root=PARTUUID=");
     assert!(cmdline.contains(&format!("root=PARTUUID={} berth.slot=a", image.partuuid(2))), "{cmdline}");
-    // Storage modules were loaded by stage 1 (virtio_blk at least: the cloud kernel builds it
+    // The disk's modules were loaded by stage 1 (virtio_blk at least: the cloud kernel builds it
     // as a module) and none failed.
     line_with(&console, "berth-init[1]: module virtio_blk loaded");
     let summary = line_with(&console, "berth-init[1]: modules for ");
