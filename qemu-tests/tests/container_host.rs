@@ -305,10 +305,15 @@ fn ova_disk_on_virtualbox_devices_ssh_key_from_the_esp_drivers_reboot_and_power_
         assert!(at(&format!("{unit}: stopped")) < off, "{unit} stopped after the power-off began:\n{shutdown}");
     }
     // In reverse order of start: the update agent (After=berth-timesync.service) is down before
-    // the clock is asked to stop.
+    // the clock is asked to stop, and the clock (After=network-online.target, which berth-netd
+    // is Before=) before berth-netd is: an ordering through a target that stops nothing itself.
     assert!(
         at("berth-update.service: stopped") < at("berth-timesync.service: stopping"),
         "berth-timesync stopped before the update agent, which is ordered after it:\n{shutdown}"
+    );
+    assert!(
+        at("berth-timesync.service: stopped") < at("berth-netd.service: stopping"),
+        "berth-netd stopped before the clock, ordered after it through network-online.target:\n{shutdown}"
     );
     at("shutdown: filesystems unmounted; powering off");
 

@@ -275,15 +275,29 @@ pub fn plan(set: &UnitSet, goal: &str, active: &[String]) -> Plan {
 /// The order to stop `names` in: the reverse of a start order. Cycles are broken by ignoring
 /// an ordering edge (nothing can be "not stopped"), and reported.
 pub fn stop_order(set: &UnitSet, names: &[String]) -> (Vec<String>, Vec<Problem>) {
+    let (order, problems) = stop_plan(set, names);
+    (order.into_iter().map(|(unit, _)| unit).collect(), problems)
+}
+
+/// [`stop_order`], each unit with the units before it in that order that must be down before it
+/// is stopped (the ones ordered after it, directly or through units that are not stopped, such
+/// as a target between a service and the services ordered after that target).
+pub fn stop_plan(set: &UnitSet, names: &[String]) -> (Vec<(String, Vec<String>)>, Vec<Problem>) {
     let members: BTreeSet<String> = names.iter().map(|n| set.resolve(n).unwrap_or(n).to_string()).collect();
     let mut ignored: BTreeSet<(String, String)> = BTreeSet::new();
     let mut problems = Vec::new();
     loop {
-        let edges = ordering_edges(set, &members, &ignored);
+        let edges = ordering_edges_through(set, &members, &ignored);
         match toposort(&members, &edges) {
             Ok(mut order) => {
                 order.reverse();
-                return (order, problems);
+                let plan = (order.iter())
+                    .map(|unit| {
+                        let after = edges.succ.get(unit).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+                        (unit.clone(), after)
+                    })
+                    .collect();
+                return (plan, problems);
             }
             Err(cycle) => {
                 let before = cycle.last().cloned().unwrap_or_default();
@@ -365,6 +379,41 @@ fn ordering_edges(set: &UnitSet, members: &BTreeSet<String>, ignored: &BTreeSet<
         }
         for b in &u.deps.before {
             add(m, set.resolve(b).unwrap_or(b));
+        }
+    }
+    edges
+}
+
+/// [`ordering_edges`] between `members`, plus an edge wherever a chain of orderings leads from
+/// one member to another through units that are not members: stopping `a`, a target after it
+/// and `b` after the target, `b` goes before `a` even when the target itself has nothing to stop.
+fn ordering_edges_through(set: &UnitSet, members: &BTreeSet<String>, ignored: &BTreeSet<(String, String)>) -> Edges {
+    // Every unit's direct successors (start order), by canonical name.
+    let mut succ: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for u in set.units() {
+        for a in &u.deps.after {
+            succ.entry(set.resolve(a).unwrap_or(a)).or_default().insert(&u.name);
+        }
+        for b in &u.deps.before {
+            succ.entry(&u.name).or_default().insert(set.resolve(b).unwrap_or(b));
+        }
+    }
+    let mut edges = ordering_edges(set, members, ignored);
+    for m in members {
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut stack: Vec<&str> = vec![m.as_str()];
+        while let Some(x) = stack.pop() {
+            for &y in succ.get(x).into_iter().flatten() {
+                if !seen.insert(y) {
+                    continue;
+                }
+                if !members.contains(y) {
+                    stack.push(y);
+                } else if x != m.as_str() && y != m.as_str() && !ignored.contains(&(m.clone(), y.to_string())) {
+                    edges.succ.entry(m.clone()).or_default().insert(y.to_string());
+                    edges.pred.entry(y.to_string()).or_default().insert(m.clone());
+                }
+            }
         }
     }
     edges

@@ -341,6 +341,12 @@ impl UnitSet {
         graph::stop_order(self, names)
     }
 
+    /// [`UnitSet::stop_order`], each unit with the ones that must be down before it stops; see
+    /// [`graph::stop_plan`].
+    pub fn stop_plan(&self, names: &[String]) -> (Vec<(String, Vec<String>)>, Vec<Problem>) {
+        graph::stop_plan(self, names)
+    }
+
     /// systemd's default dependency of targets: a target is ordered after the units it wants
     /// or requires, unless either side has `DefaultDependencies=no` or the unit is ordered
     /// after the target (which would make a cycle).

@@ -518,6 +518,33 @@ fn start_order_with_cycles() {
 }
 
 #[test]
+fn stop_plan_orders_through_units_that_are_not_stopped() {
+    let root = Root::new();
+    let w = |name: &str, text: &str| root.write(&format!("/etc/systemd/system/{name}"), text);
+    // net before online.target, clock and agent after it; the target itself is not stopped.
+    w("online.target", "[Unit]\nDescription=online\n");
+    w("net.service", "[Unit]\nBefore=online.target\n[Service]\nExecStart=/bin/net\n");
+    w("clock.service", "[Unit]\nAfter=online.target\n[Service]\nExecStart=/bin/clock\n");
+    w("agent.service", "[Unit]\nAfter=online.target clock.service\n[Service]\nExecStart=/bin/agent\n");
+    w("other.service", "[Service]\nExecStart=/bin/other\n");
+    w("all.target", "[Unit]\nWants=net.service clock.service agent.service other.service online.target\n");
+    let set = UnitSet::load(&root.loader(), &["all.target"]);
+    let names: Vec<String> =
+        ["net.service", "clock.service", "agent.service", "other.service"].iter().map(|s| s.to_string()).collect();
+    let (plan, problems) = set.stop_plan(&names);
+    assert!(problems.is_empty(), "{problems:?}");
+    let after = |unit: &str| plan.iter().find(|(u, _)| u == unit).map(|(_, a)| a.clone()).unwrap();
+    let at = |unit: &str| plan.iter().position(|(u, _)| u == unit).unwrap();
+    assert_eq!(after("agent.service"), Vec::<String>::new());
+    assert_eq!(after("clock.service"), vec!["agent.service"]);
+    assert_eq!(after("net.service"), vec!["agent.service", "clock.service"]);
+    assert_eq!(after("other.service"), Vec::<String>::new());
+    assert!(at("agent.service") < at("clock.service") && at("clock.service") < at("net.service"), "{plan:?}");
+    let (order, _) = set.stop_order(&names);
+    assert_eq!(order, plan.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>());
+}
+
+#[test]
 fn conflicts_and_unavailable_units() {
     let root = Root::new();
     let w = |name: &str, text: &str| root.write(&format!("/etc/systemd/system/{name}"), text);

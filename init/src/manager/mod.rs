@@ -359,23 +359,15 @@ impl Manager {
 
     /// Queues stop jobs for `names`: each waits for the units ordered after it.
     fn queue_stops(&mut self, names: &[String]) {
-        let (order, problems) = self.set.stop_order(names);
+        // Units earlier in the stop order that are ordered after this one (directly or through a
+        // target that has nothing to stop) stop first.
+        let (plan, problems) = self.set.stop_plan(names);
         for p in problems {
             log::line(&format!("stopping: {p}"));
         }
-        for (i, unit) in order.iter().enumerate() {
-            // Units earlier in the stop order that are ordered after this one stop first.
-            let after: Vec<String> =
-                order[..i].iter().filter(|other| self.ordered_after(other, unit)).cloned().collect();
-            self.push_job(Job { unit: unit.clone(), kind: JobKind::Stop, after, requires: Vec::new(), running: false });
+        for (unit, after) in plan {
+            self.push_job(Job { unit, kind: JobKind::Stop, after, requires: Vec::new(), running: false });
         }
-    }
-
-    /// Whether `a` starts after `b` (`a` has After=`b`, or `b` has Before=`a`).
-    fn ordered_after(&self, a: &str, b: &str) -> bool {
-        let resolves = |n: &String, to: &str| self.set.resolve(n).unwrap_or(n) == to;
-        self.set.get(a).is_some_and(|u| u.deps.after.iter().any(|x| resolves(x, b)))
-            || self.set.get(b).is_some_and(|u| u.deps.before.iter().any(|x| resolves(x, a)))
     }
 
     /// Begins stopping every unit; [`Manager::stopped`] says when they are all down.
