@@ -46,19 +46,26 @@ fn containerd_active(h: &Host, a: &mut berth_qemu_tests::agent::Agent) -> u32 {
     s.main_pid.unwrap_or_else(|| h.fail(format!("containerd active without a main pid: {}", s.json)))
 }
 
+/// The two checks of a plain boot share it (a container-host boot costs CI minutes under TCG).
 #[test]
-fn boots_to_boot_complete_with_containerd_active_after_ready() {
+fn boots_with_containerd_ready_and_runs_a_busybox_container_in_its_delegated_cgroup() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let image = oci::busybox_image(REFERENCE).unwrap_or_else(|e| panic!("building the busybox image: {e}"));
     let started = Instant::now();
     let mut h = boot_host(None, false);
     h.wait_boot_complete();
     eprintln!("boot-complete.target {:.1} s after power-on", started.elapsed().as_secs_f64());
     let mut a = h.agent();
+    boots_to_boot_complete_with_containerd_active_after_ready(&h, &mut a);
+    busybox_container_runs_in_containerds_delegated_cgroup(&h, &mut a, &image);
+}
 
-    let pid = containerd_active(&h, &mut a);
+fn boots_to_boot_complete_with_containerd_active_after_ready(h: &Host, a: &mut Agent) {
+    eprintln!("--- containerd active only after READY=1");
+    let pid = containerd_active(h, a);
     // Type=notify: "active" only after READY=1, which containerd sends once it serves its API;
     // so the API answers at once, with no retry.
-    let r = run(&mut a, &["ctr", "version"], Duration::from_secs(60));
+    let r = run(a, &["ctr", "version"], Duration::from_secs(60));
     assert!(r.status == Some(0) && r.stdout.contains("Server:"), "ctr version right after active: {r:?}");
     let comm = a.read(&format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "containerd", "main pid {pid} is {comm:?}");
@@ -70,16 +77,16 @@ fn boots_to_boot_complete_with_containerd_active_after_ready() {
     // With Type=simple the unit would be active at fork, before containerd logged a word; with
     // notify the manager's "active" comes after containerd's first line, which it writes long
     // before READY=1 (plugins load in between).
-    let logs = run(&mut a, &["berthctl", "logs", CONTAINERD, "-n", "1000"], Duration::from_secs(30));
+    let logs = run(a, &["berthctl", "logs", CONTAINERD, "-n", "1000"], Duration::from_secs(30));
     let at = |needle: &str| {
         (logs.stdout.lines()).position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?} in {logs:?}"))
     };
     let (starting, active) = (at("msg=\"starting containerd\""), at(&format!("{CONTAINERD}: active (main pid")));
     assert!(starting < active, "containerd was active before it said anything:\n{}", logs.stdout);
 
-    let human = run(&mut a, &["berthctl", "status", CONTAINERD], Duration::from_secs(30));
+    let human = run(a, &["berthctl", "status", CONTAINERD], Duration::from_secs(30));
     assert!(human.stdout.contains("active (running)"), "berthctl status containerd: {human:?}");
-    assert_eq!(unit_status(&mut a, CONTAINERD).main_pid, Some(pid), "containerd's main pid changed");
+    assert_eq!(unit_status(a, CONTAINERD).main_pid, Some(pid), "containerd's main pid changed");
     eprintln!("berthctl status containerd:\n{}", human.stdout);
 }
 
@@ -334,26 +341,20 @@ const RUN_OUTPUT: &str = "/var/tmp/ctr-run.out";
 /// /<namespace>/<id> under the root).
 const CONTAINER_CGROUP: &str = "/system.slice/containerd.service/berth-test";
 
-#[test]
-fn busybox_container_runs_in_containerds_delegated_cgroup() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let image = oci::busybox_image(REFERENCE).unwrap_or_else(|e| panic!("building the busybox image: {e}"));
-    let mut h = boot_host(None, false);
-    h.wait_boot_complete();
-    let mut a = h.agent();
-    containerd_active(&h, &mut a);
+fn busybox_container_runs_in_containerds_delegated_cgroup(h: &Host, a: &mut Agent, image: &oci::OciImage) {
+    eprintln!("--- a busybox container in containerd's delegated cgroup");
 
     // /var/tmp is not in the image (/var is STATE's, and nothing applies tmpfiles.d yet).
-    bash(&mut a, "mkdir -p /var/tmp", Duration::from_secs(30));
+    bash(a, "mkdir -p /var/tmp", Duration::from_secs(30));
     let copied = Instant::now();
     a.write_bytes(TARBALL, &image.archive, Duration::from_secs(120)).unwrap_or_else(|e| h.fail(e));
-    let sum = bash(&mut a, &format!("sha256sum {TARBALL}"), Duration::from_secs(60));
+    let sum = bash(a, &format!("sha256sum {TARBALL}"), Duration::from_secs(60));
     assert_eq!(format!("sha256:{}", sum.split_whitespace().next().unwrap_or("")), oci::digest(&image.archive));
     eprintln!("copied {} KiB into the guest in {:.1} s", image.archive.len() >> 10, copied.elapsed().as_secs_f64());
 
-    let r = run(&mut a, &["ctr", "image", "import", TARBALL], Duration::from_secs(300));
+    let r = run(a, &["ctr", "image", "import", TARBALL], Duration::from_secs(300));
     assert_eq!(r.status, Some(0), "ctr image import: {r:?}");
-    let images = run(&mut a, &["ctr", "image", "ls", "-q"], Duration::from_secs(60));
+    let images = run(a, &["ctr", "image", "ls", "-q"], Duration::from_secs(60));
     assert!(images.stdout.lines().any(|l| l == REFERENCE), "{REFERENCE} not among the images: {images:?}");
 
     let script = "echo hello from busybox; cat /proc/self/cgroup; echo end of cgroup; sleep 30";
@@ -388,11 +389,11 @@ fn busybox_container_runs_in_containerds_delegated_cgroup() {
             // of threaded controllers there makes it "domain threaded", the new child "domain
             // invalid"); the manager has to place them in a sub-cgroup.
             let types = run(
-                &mut a,
+                a,
                 &["/bin/bash", "-c", "grep . /sys/fs/cgroup/system.slice/containerd.service/{,*/}cgroup.{type,procs}"],
                 Duration::from_secs(30),
             );
-            let tasks = run(&mut a, &["ctr", "task", "ls"], Duration::from_secs(30));
+            let tasks = run(a, &["ctr", "task", "ls"], Duration::from_secs(30));
             h.fail(format!(
                 "no container output or process: {output:?}, {procs_file}: {procs:?}; {tasks:?}\n{}",
                 types.stdout
@@ -403,7 +404,7 @@ fn busybox_container_runs_in_containerds_delegated_cgroup() {
     eprintln!("container output:\n{output}");
     assert!(output.lines().any(|l| l.starts_with("0::/")), "no cgroup v2 line in the container's output: {output}");
 
-    let tasks = run(&mut a, &["ctr", "task", "ls"], Duration::from_secs(30));
+    let tasks = run(a, &["ctr", "task", "ls"], Duration::from_secs(30));
     let task_pid: u32 = (tasks.stdout.lines())
         .find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
             ["berth-test", pid, "RUNNING"] => pid.parse().ok(),
@@ -419,15 +420,15 @@ fn busybox_container_runs_in_containerds_delegated_cgroup() {
             "pid {pid} of the container is in {cgroup:?}"
         );
     }
-    let ps = run(&mut a, &["ctr", "task", "ps", "berth-test"], Duration::from_secs(30));
+    let ps = run(a, &["ctr", "task", "ps", "berth-test"], Duration::from_secs(30));
     assert!(ps.stdout.contains(&task_pid.to_string()), "ctr task ps: {ps:?}");
 
     // Killed, the task ends and `--rm` removes the container.
-    let r = run(&mut a, &["ctr", "task", "kill", "-s", "SIGKILL", "berth-test"], Duration::from_secs(30));
+    let r = run(a, &["ctr", "task", "kill", "-s", "SIGKILL", "berth-test"], Duration::from_secs(30));
     assert_eq!(r.status, Some(0), "ctr task kill: {r:?}");
     let started = Instant::now();
     loop {
-        let containers = run(&mut a, &["ctr", "container", "ls", "-q"], Duration::from_secs(30));
+        let containers = run(a, &["ctr", "container", "ls", "-q"], Duration::from_secs(30));
         if !containers.stdout.lines().any(|l| l == "berth-test") {
             break;
         }
