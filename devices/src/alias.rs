@@ -44,7 +44,7 @@ impl AliasTable {
         let alias = normalize(modalias.trim());
         let mut out: Vec<&str> = Vec::new();
         for (pattern, module) in &self.entries {
-            if !out.contains(&module.as_str()) && fnmatch(pattern.as_bytes(), alias.as_bytes()) {
+            if !out.contains(&module.as_str()) && fnmatch(pattern, &alias) {
                 out.push(module);
             }
         }
@@ -71,86 +71,11 @@ pub fn normalize(alias: &str) -> String {
     out
 }
 
-/// fnmatch(3) without flags and without backslash escapes (no alias uses one): `*` any run,
-/// `?` one byte, `[abc]`, `[a-z]`, `[!a]`/`[^a]` one byte of (or not of) a set. An unclosed
-/// `[` matches itself.
-pub fn fnmatch(pattern: &[u8], text: &[u8]) -> bool {
-    // Iterative with one backtrack point: the last `*` and where its run ended.
-    let (mut p, mut t) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() {
-            match pattern[p] {
-                b'*' => {
-                    star = Some((p, t));
-                    p += 1;
-                    continue;
-                }
-                b'?' => {
-                    p += 1;
-                    t += 1;
-                    continue;
-                }
-                b'[' => {
-                    if let Some((matched, len)) = class(&pattern[p..], text[t]) {
-                        if matched {
-                            p += len;
-                            t += 1;
-                            continue;
-                        }
-                    } else if text[t] == b'[' {
-                        p += 1;
-                        t += 1;
-                        continue;
-                    }
-                }
-                c if c == text[t] => {
-                    p += 1;
-                    t += 1;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        match star {
-            // Let the last `*` take one more byte and try again.
-            Some((sp, st)) => {
-                star = Some((sp, st + 1));
-                p = sp + 1;
-                t = st + 1;
-            }
-            None => return false,
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
-
-/// A bracket expression at the start of `pattern`: whether `c` is in it and its length, or
-/// `None` when it is not closed.
-fn class(pattern: &[u8], c: u8) -> Option<(bool, usize)> {
-    let mut i = 1;
-    let negate = matches!(pattern.get(i), Some(b'!' | b'^'));
-    if negate {
-        i += 1;
-    }
-    let mut found = false;
-    let mut first = true;
-    loop {
-        let &lo = pattern.get(i)?;
-        // A `]` first in the set is a member, not the end.
-        if lo == b']' && !first {
-            return Some((found != negate, i + 1));
-        }
-        first = false;
-        if pattern.get(i + 1) == Some(&b'-') && pattern.get(i + 2).is_some_and(|&hi| hi != b']') {
-            let hi = pattern[i + 2];
-            found |= lo <= c && c <= hi;
-            i += 3;
-        } else {
-            found |= lo == c;
-            i += 1;
-        }
-    }
+/// fnmatch(3) without flags, as kmod matches aliases: the one wildcard matcher of the workspace
+/// (`berth_units::condition::glob_match`: `*`, `?`, `[abc]`, `[a-z]`, `[!a]`/`[^a]`, an
+/// unclosed `[` matching itself).
+pub fn fnmatch(pattern: &str, text: &str) -> bool {
+    berth_units::condition::glob_match(pattern, text)
 }
 
 #[cfg(test)]
@@ -159,21 +84,21 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(fnmatch(b"virtio:d00000001v*", b"virtio:d00000001v00001AF4"));
-        assert!(!fnmatch(b"virtio:d00000001v*", b"virtio:d00000002v00001AF4"));
-        assert!(fnmatch(b"a?c", b"abc"));
-        assert!(!fnmatch(b"a?c", b"ac"));
-        assert!(fnmatch(b"*", b""));
-        assert!(fnmatch(b"a*b*c", b"axxbyyc"));
-        assert!(!fnmatch(b"a*b*c", b"axxbyy"));
-        assert!(fnmatch(b"x[0-9]y", b"x5y"));
-        assert!(!fnmatch(b"x[0-9]y", b"xay"));
-        assert!(fnmatch(b"x[!0-9]y", b"xay"));
-        assert!(fnmatch(b"x[^0-9]y", b"xay"));
-        assert!(fnmatch(b"x[]]y", b"x]y"));
-        assert!(fnmatch(b"x[ab-]y", b"x-y"));
-        assert!(fnmatch(b"x[y", b"x[y"));
-        assert!(fnmatch(b"**a", b"bba"));
+        assert!(fnmatch("virtio:d00000001v*", "virtio:d00000001v00001AF4"));
+        assert!(!fnmatch("virtio:d00000001v*", "virtio:d00000002v00001AF4"));
+        assert!(fnmatch("a?c", "abc"));
+        assert!(!fnmatch("a?c", "ac"));
+        assert!(fnmatch("*", ""));
+        assert!(fnmatch("a*b*c", "axxbyyc"));
+        assert!(!fnmatch("a*b*c", "axxbyy"));
+        assert!(fnmatch("x[0-9]y", "x5y"));
+        assert!(!fnmatch("x[0-9]y", "xay"));
+        assert!(fnmatch("x[!0-9]y", "xay"));
+        assert!(fnmatch("x[^0-9]y", "xay"));
+        assert!(fnmatch("x[]]y", "x]y"));
+        assert!(fnmatch("x[ab-]y", "x-y"));
+        assert!(fnmatch("x[y", "x[y"));
+        assert!(fnmatch("**a", "bba"));
     }
 
     /// Lines of the Debian 6.1 cloud kernel's `modules.alias` (depmod's output) and modaliases

@@ -398,7 +398,7 @@ impl ModuleIndex {
             if let Some((module, rest)) = entry.split_once('.')
                 && let Some(alias) = rest.strip_prefix("alias=")
             {
-                builtin_aliases.push((normalize_alias(alias), module.to_owned()));
+                builtin_aliases.push((berth_devices::alias::normalize(alias), module.to_owned()));
             }
         }
         Ok(ModuleIndex {
@@ -537,7 +537,7 @@ impl ModuleIndex {
     /// What a `softdep` name stands for, as modprobe looks it up: a module name, a built-in
     /// module, or every loadable module with a matching alias (built-in aliases satisfy it).
     fn resolve_softdep(&self, name: &str) -> Resolved {
-        let key = normalize_alias(name);
+        let key = berth_devices::alias::normalize(name);
         if let Some(&i) = self.by_name.get(&key) {
             return Resolved::Modules(vec![i]);
         }
@@ -548,7 +548,7 @@ impl ModuleIndex {
             .modules
             .iter()
             .enumerate()
-            .filter(|(_, m)| m.info.aliases.iter().any(|a| glob::matches(&normalize_alias(a), &key)))
+            .filter(|(_, m)| m.info.aliases.iter().any(|a| glob::matches(&berth_devices::alias::normalize(a), &key)))
             .map(|(i, _)| i)
             .collect();
         if !found.is_empty() {
@@ -720,25 +720,6 @@ fn file_data(tree: &Tree, path: &Path) -> Result<FileData, KernelError> {
 /// A module name as the kernel spells it: `-` becomes `_`.
 pub fn normalize(name: &str) -> String {
     name.replace('-', "_")
-}
-
-/// An alias as kmod normalises it before lookups: `-` becomes `_` except inside `[...]`.
-fn normalize_alias(alias: &str) -> String {
-    let mut out = String::with_capacity(alias.len());
-    let mut in_class = false;
-    for c in alias.chars() {
-        match c {
-            '[' => in_class = true,
-            ']' => in_class = false,
-            '-' if !in_class => {
-                out.push('_');
-                continue;
-            }
-            _ => {}
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn strip_compression(path: &str) -> &str {
