@@ -16,80 +16,35 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use berth_builder::disk::{DiskLayout, DiskPlan, DiskSize, create_image, write_gpt};
-use berth_builder::esp::{EspContents, EspOptions, write_esp};
+use berth_builder::disk::DiskPlan;
+use berth_builder::esp::EspContents;
 use berth_builder::export::esp::{PLATFORM_FILE, PROVISION_FILE};
 use berth_builder::export::vagrant::{PROVISION, VAGRANTFILE};
 use berth_slot::Slot;
 
+mod common;
+use common::{EPOCH, ok, pattern, small_berth_disk, text, tool};
+
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-/// The build time stamped on the test disk's ESP.
-const EPOCH: i64 = 1_700_000_000;
-
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
-    for dir in dirs {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("judge tool `{name}` not found: install the Debian package `{package}` (scripts/setup-host)");
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Runs a judge and insists it succeeds.
-fn judge(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}{}", text(&out.stdout), text(&out.stderr));
-    text(&out.stdout)
-}
-
-/// Bytes from a simple generator: zero in parts (holes in the copy), like a filesystem.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|i| {
-            if (i / 65536) % 3 == 0 {
-                0
-            } else {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x % 16) as u8 + b'a'
-            }
-        })
-        .collect()
-}
+/// The filler's runs (common::pattern): every third 64 KiB zeros, so the copies have holes.
+const ZERO_EVERY: usize = 65536;
 
 /// A small disk as `berth build` lays it out: GPT, an ESP with bootmgr, slot A's kernel files,
 /// an empty `berth/b/` (and `berth/platform` when `with_platform`), ROOT-A filled with a pattern.
 fn small_disk(dir: &Path, name: &str, with_platform: bool) -> (PathBuf, DiskPlan) {
-    std::fs::create_dir_all(dir).unwrap();
     let disk = dir.join(format!("{name}.img"));
-    let mut layout = DiskLayout::new(DiskSize::State(8 << 20), b"export test".to_vec());
-    layout.esp_size = 40 << 20;
-    layout.root_size = 16 << 20;
-    let plan = layout.plan().unwrap();
-    let f = create_image(&disk, &plan).unwrap();
-    write_gpt(&f, &plan).unwrap();
     let mut esp = EspContents::new();
-    esp.add_file("EFI/BOOT/BOOTX64.EFI", pattern(70_000, 1)).unwrap();
-    esp.add_file("berth/a/vmlinuz", pattern(300_000, 2)).unwrap();
-    esp.add_file("berth/a/initrd.img", pattern(200_000, 3)).unwrap();
+    esp.add_file("EFI/BOOT/BOOTX64.EFI", pattern(70_000, 1, ZERO_EVERY)).unwrap();
+    esp.add_file("berth/a/vmlinuz", pattern(300_000, 2, ZERO_EVERY)).unwrap();
+    esp.add_file("berth/a/initrd.img", pattern(200_000, 3, ZERO_EVERY)).unwrap();
     esp.add_file("berth/a/cmdline", b"console=ttyS0 quiet\n".to_vec()).unwrap();
     esp.add_dir(Slot::B.esp_dir()).unwrap();
     if with_platform {
         esp.add_file(PLATFORM_FILE, b"metal\n".to_vec()).unwrap();
     }
-    let p = plan.esp();
-    write_esp(&f, p.offset, p.size, &esp, &EspOptions::from_seed(b"t", "EFI-SYSTEM", EPOCH)).unwrap();
+    let (f, plan) = small_berth_disk(&disk, b"export test", &esp);
     let r = plan.root(Slot::A);
-    f.write_all_at(&pattern(r.size as usize, 4), r.offset).unwrap();
+    f.write_all_at(&pattern(r.size as usize, 4, ZERO_EVERY), r.offset).unwrap();
     (disk, plan)
 }
 
@@ -185,17 +140,17 @@ fn differ_only_in(a: &[u8], b: &[u8], from: u64, to: u64, what: &str) {
 
 /// `qemu-img convert` back to raw (QEMU's reading of the file, not Berth's).
 fn to_raw(img: &Path, format: &str, raw: &Path) -> Vec<u8> {
-    judge(Command::new(tool("qemu-img", "qemu-utils")).args(["convert", "-f", format, "-O", "raw"]).arg(img).arg(raw));
+    ok(Command::new(tool("qemu-img", "qemu-utils")).args(["convert", "-f", format, "-O", "raw"]).arg(img).arg(raw));
     std::fs::read(raw).unwrap()
 }
 
 fn qemu_img_check(img: &Path) {
-    let out = judge(Command::new(tool("qemu-img", "qemu-utils")).args(["check", "-f", "qcow2"]).arg(img));
+    let out = ok(Command::new(tool("qemu-img", "qemu-utils")).args(["check", "-f", "qcow2"]).arg(img));
     assert!(out.contains("No errors were found"), "qemu-img check {}: {out}", img.display());
 }
 
 fn qemu_img_info(img: &Path) -> serde_json::Value {
-    let out = judge(Command::new(tool("qemu-img", "qemu-utils")).args(["info", "--output=json"]).arg(img));
+    let out = ok(Command::new(tool("qemu-img", "qemu-utils")).args(["info", "--output=json"]).arg(img));
     serde_json::from_str(&out).unwrap()
 }
 
@@ -250,7 +205,7 @@ fn metal_qemu_and_libvirt_box() {
     fsck_clean(&esp_img);
     assert_eq!(mtype(&esp_img, PLATFORM_FILE), b"metal\n");
     assert!(mtools_lacks(&esp_img, PROVISION_FILE), "metal gets no provisioning document unless asked");
-    assert_eq!(mtype(&esp_img, "berth/a/vmlinuz"), pattern(300_000, 2), "the kernel is untouched");
+    assert_eq!(mtype(&esp_img, "berth/a/vmlinuz"), pattern(300_000, 2, ZERO_EVERY), "the kernel is untouched");
     // Holes stay holes: the copy uses about what the input uses.
     let used = |p: &Path| {
         use std::os::unix::fs::MetadataExt;
@@ -275,7 +230,7 @@ fn metal_qemu_and_libvirt_box() {
 
     // The libvirt box: members and their order (GNU tar), metadata, the Vagrantfile, box.img.
     let boxf = out_dir.join("host.libvirt.box");
-    let listing = judge(Command::new("tar").arg("--utc").arg("-tvf").arg(&boxf));
+    let listing = ok(Command::new("tar").arg("--utc").arg("-tvf").arg(&boxf));
     let members: Vec<&str> = listing.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
     assert_eq!(members, ["metadata.json", "Vagrantfile", "box.img"], "{listing}");
     for l in listing.lines() {
@@ -338,17 +293,15 @@ fn same_disk_same_bytes() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let listing = judge(
-        Command::new(tool("mdir", "mtools"))
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .env("TZ", "UTC")
-            .arg("-i")
-            .arg({
-                extract_esp(&dir.path().join("c/host.img"), &plan, &esp);
-                &esp
-            })
-            .arg("::berth"),
-    );
+    let listing = ok(Command::new(tool("mdir", "mtools"))
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("TZ", "UTC")
+        .arg("-i")
+        .arg({
+            extract_esp(&dir.path().join("c/host.img"), &plan, &esp);
+            &esp
+        })
+        .arg("::berth"));
     let line = listing.lines().find(|l| l.starts_with("PLATFORM")).unwrap_or_else(|| panic!("{listing}"));
     assert!(line.contains("2027-01-15"), "berth/platform's date is SOURCE_DATE_EPOCH's: {line}");
 }
@@ -389,11 +342,11 @@ fn unknown_platform_lists_the_known_ones() {
     );
     assert!(!out_dir.exists());
     // --help lists every platform and what it produces.
-    let help = judge(Command::new(BERTH).args(["export", "--help"]));
+    let help = ok(Command::new(BERTH).args(["export", "--help"]));
     for p in berth_builder::platform::Platform::ALL {
         assert!(help.contains(p.name()) && help.contains(&p.artifact_file("<name>")), "{p} missing: {help}");
     }
-    let help = judge(Command::new(BERTH).args(["build", "--help"]));
+    let help = ok(Command::new(BERTH).args(["build", "--help"]));
     assert!(help.contains("--platform") && help.contains("vagrant-virtualbox"), "{help}");
 }
 
@@ -403,7 +356,7 @@ fn not_a_berth_disk_is_refused() {
     let out_dir = dir.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let junk = dir.path().join("junk.img");
-    std::fs::write(&junk, pattern(3 << 20, 9)).unwrap();
+    std::fs::write(&junk, pattern(3 << 20, 9, ZERO_EVERY)).unwrap();
     let err = one_line_error(&export(&junk, "metal,qemu", &out_dir, &[]));
     assert!(err.contains(&format!("{}: not a Berth disk", junk.display())), "{err}");
     assert!(entries(&out_dir).is_empty(), "{:?}", entries(&out_dir));
@@ -411,7 +364,7 @@ fn not_a_berth_disk_is_refused() {
     // A GPT disk without Berth's partitions (sgdisk, a tool Berth did not write).
     let other = dir.path().join("other.img");
     std::fs::File::create(&other).unwrap().set_len(64 << 20).unwrap();
-    judge(Command::new(tool("sgdisk", "gdisk")).args(["-n", "1:2048:+16M", "-t", "1:8300"]).arg(&other));
+    ok(Command::new(tool("sgdisk", "gdisk")).args(["-n", "1:2048:+16M", "-t", "1:8300"]).arg(&other));
     let err = one_line_error(&export(&other, "metal", &out_dir, &[]));
     assert!(err.contains("other.img: not a Berth disk: no ESP partition"), "{err}");
     assert!(entries(&out_dir).is_empty(), "{:?}", entries(&out_dir));
@@ -487,7 +440,7 @@ fn virtualbox_ova_and_box() {
     }
     let out_dir = dir.path().join("a");
     let members = |archive: &Path| -> Vec<String> {
-        let listing = judge(Command::new("tar").arg("-tvf").arg(archive));
+        let listing = ok(Command::new("tar").arg("-tvf").arg(archive));
         for l in listing.lines() {
             assert!(l.starts_with("-rw-r--r-- root/root "), "{l}");
         }
@@ -500,7 +453,7 @@ fn virtualbox_ova_and_box() {
     };
     // Each disk inside: a VMDK qemu-img accepts, whose content is the disk with the platform's word.
     let check_disk = |vmdk: &Path, word: &str, provision: Option<&str>| {
-        judge(Command::new(tool("qemu-img", "qemu-utils")).args(["check", "-f", "vmdk"]).arg(vmdk));
+        ok(Command::new(tool("qemu-img", "qemu-utils")).args(["check", "-f", "vmdk"]).arg(vmdk));
         let raw_path = vmdk.with_extension("raw");
         let raw = to_raw(vmdk, "vmdk", &raw_path);
         differ_only_in(&metal, &raw, esp.offset, esp.offset + esp.size, word);
@@ -538,7 +491,7 @@ fn virtualbox_ova_and_box() {
     assert!(ovf_text.contains(mac) || ovf_text.to_uppercase().contains(mac), "box.ovf has the MAC {mac}");
     assert!(ovf_text.contains("box-disk1.vmdk"), "box.ovf references the disk");
     // Ruby (what Vagrant evaluates the file with) parses it.
-    judge(Command::new(tool("ruby", "ruby")).arg("-c").arg(&vagrantfile));
+    ok(Command::new(tool("ruby", "ruby")).arg("-c").arg(&vagrantfile));
     let vmdk = dir.path().join("box.vmdk");
     extract(&boxf, "box-disk1.vmdk", &vmdk);
     check_disk(&vmdk, "vagrant-virtualbox", Some(PROVISION));

@@ -9,7 +9,7 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use berth_builder::cpio::{Compression, CpioOptions, write_archive};
 use berth_builder::disk::{DiskError, DiskLayout, DiskPlan, DiskSize, create_image, read_slots};
@@ -18,6 +18,9 @@ use berth_fstree::{Metadata, Node, NodeKind, Tree};
 use berth_slot::layout::DEFAULT_ESP_SIZE;
 use berth_slot::{Slot, SlotAttrs};
 use sha2::{Digest, Sha256};
+
+mod common;
+use common::{noise, run, text, tool};
 
 const MIB: u64 = 1 << 20;
 /// 2023-11-14 22:13:20 UTC, standing in for SOURCE_DATE_EPOCH.
@@ -29,50 +32,11 @@ const DISK_SIZE: u64 = 150 * MIB;
 // ---------------------------------------------------------------------------------------------
 // Judges
 
-/// Finds a judge tool on PATH or in the sbin directories (where `sgdisk` and `fsck.fat` live,
-/// which a non-root PATH often lacks). Fails the test, naming the package, if it is missing.
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
-    for dir in dirs {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "judge tool `{name}` not found on PATH or in /usr/sbin, /sbin: install the Debian package `{package}` \
-         (apt-get install {package}); these format tests need it and do not skip"
-    );
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let shown = format!("{cmd:?}");
-    cmd.output().unwrap_or_else(|e| panic!("running {shown}: {e}"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn sha256(path: &Path) -> String {
     let mut h = Sha256::new();
     let mut f = File::open(path).unwrap();
     std::io::copy(&mut f, &mut h).unwrap();
     format!("{:x}", h.finalize())
-}
-
-/// Deterministic filler bytes (xorshift), so content mismatches cannot hide in zeros.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

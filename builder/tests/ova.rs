@@ -8,57 +8,18 @@ use std::fs::{self, File};
 use std::io::Seek;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use berth_builder::disk::{DiskLayout, DiskSize, create_image};
 use berth_builder::esp::{EspContents, EspOptions, write_esp};
 use berth_builder::export::ova::{BOX_DISK, OvaParams, vagrant_virtualbox_disk, write_ova};
 use berth_builder::vmdk::{self, VmdkError, VmdkOptions};
 
+mod common;
+use common::{noise, ok, tool};
+
 const MIB: u64 = 1 << 20;
 const EPOCH: i64 = 1_700_000_000;
-
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from)) {
-        if dir.join(name).is_file() {
-            return dir.join(name);
-        }
-    }
-    panic!("judge tool `{name}` not found: install the Debian package `{package}` (apt-get install {package})");
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let shown = format!("{cmd:?}");
-    cmd.output().unwrap_or_else(|e| panic!("running {shown}: {e}"))
-}
-
-/// Runs `cmd`, requires success, returns stdout.
-fn ok(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = run(cmd);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{shown} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// Deterministic filler bytes (xorshift), so content mismatches cannot hide in zeros.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Text-like, compressible filler.
 fn words(seed: u64, len: usize) -> Vec<u8> {

@@ -18,13 +18,15 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use berth_builder::disk::{DiskLayout, DiskSize, create_image, write_gpt};
-use berth_builder::esp::{EspContents, EspOptions, write_esp};
+use berth_builder::esp::EspContents;
 use berth_builder::publish::{PublishOptions, PublishReport, generate_key, keygen, publish};
 use berth_release::signature::{parse_secret_key_file, public_key_hex};
 use berth_release::{ArtifactCheck, Index, Timestamp, TrustedKeys, accept};
 use berth_slot::Slot;
 use sha2::{Digest, Sha256};
+
+mod common;
+use common::{key, pattern, small_berth_disk};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 /// 2026-12-06T19:00:00Z
@@ -38,43 +40,21 @@ fn sha256(b: &[u8]) -> String {
     hex(&Sha256::digest(b))
 }
 
-/// Bytes from a simple generator: compressible in parts, like a filesystem.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|i| {
-            if (i / 4096) % 3 == 0 {
-                0
-            } else {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x % 16) as u8 + b'a'
-            }
-        })
-        .collect()
-}
+/// The filler's runs (common::pattern): every third 4 KiB zeros, compressible in parts.
+const ZERO_EVERY: usize = 4096;
 
 /// A small disk as `berth build` lays it out (ESP with slot A's kernel files, ROOT-A filled
 /// with `seed`'s pattern) and its manifest; returns the disk's path and ROOT-A's bytes.
 fn small_disk(dir: &Path, name: &str, version: &str, seed: u8) -> (PathBuf, Vec<u8>) {
-    std::fs::create_dir_all(dir).unwrap();
     let disk = dir.join(format!("{name}.img"));
-    let mut layout = DiskLayout::new(DiskSize::State(8 << 20), b"publish test".to_vec());
-    layout.esp_size = 40 << 20;
-    layout.root_size = 16 << 20;
-    let plan = layout.plan().unwrap();
-    let f = create_image(&disk, &plan).unwrap();
-    write_gpt(&f, &plan).unwrap();
     let mut esp = EspContents::new();
     esp.add_file("EFI/BOOT/BOOTX64.EFI", b"bootmgr".to_vec()).unwrap();
-    esp.add_file("berth/a/vmlinuz", pattern(300_000, seed ^ 0x55)).unwrap();
-    esp.add_file("berth/a/initrd.img", pattern(100_000, seed ^ 0xaa)).unwrap();
+    esp.add_file("berth/a/vmlinuz", pattern(300_000, seed ^ 0x55, ZERO_EVERY)).unwrap();
+    esp.add_file("berth/a/initrd.img", pattern(100_000, seed ^ 0xaa, ZERO_EVERY)).unwrap();
     esp.add_file("berth/a/cmdline", b"console=ttyS0 quiet\n".to_vec()).unwrap();
-    let p = plan.esp();
-    write_esp(&f, p.offset, p.size, &esp, &EspOptions::from_seed(b"t", "EFI-SYSTEM", 1_700_000_000)).unwrap();
+    let (f, plan) = small_berth_disk(&disk, b"publish test", &esp);
     let r = plan.root(Slot::A);
-    let root = pattern(r.size as usize, seed);
+    let root = pattern(r.size as usize, seed, ZERO_EVERY);
     f.write_all_at(&root, r.offset).unwrap();
     let manifest = serde_json::json!({
         "name": name,
@@ -84,12 +64,6 @@ fn small_disk(dir: &Path, name: &str, version: &str, seed: u8) -> (PathBuf, Vec<
     });
     std::fs::write(dir.join(format!("{name}.manifest.json")), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
     (disk, root)
-}
-
-fn key(dir: &Path, name: &str) -> (PathBuf, String) {
-    let base = dir.join(name);
-    let public = keygen(&base).unwrap();
-    (base.with_extension("key"), public)
 }
 
 /// Every file and directory under `dir` with its bytes: to show nothing changed.

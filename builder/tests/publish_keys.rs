@@ -16,41 +16,29 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use berth_builder::disk::{DiskLayout, DiskSize, create_image, write_gpt};
-use berth_builder::esp::{EspContents, EspOptions, write_esp};
+use berth_builder::esp::EspContents;
 use berth_builder::keys::{KeysOptions, sign_keyset};
-use berth_builder::publish::{PublishOptions, keygen, publish};
+use berth_builder::publish::{PublishOptions, publish};
 use berth_release::keyset::{KeySetError, Trust, follow};
 use berth_release::{Floor, Timestamp, TrustedKeys, accept};
 use berth_slot::Slot;
+
+mod common;
+use common::{key, small_berth_disk};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 /// 2026-12-06T19:00:00Z
 const NOW: Timestamp = Timestamp(1_796_583_600);
 
-fn key(dir: &Path, name: &str) -> (PathBuf, String) {
-    let base = dir.join(name);
-    let public = keygen(&base).unwrap();
-    (base.with_extension("key"), public)
-}
-
 /// A small disk whose ROOT-A is ext4 holding `update_toml` (if any) as /usr/lib/berth/update.toml.
 fn disk(dir: &Path, version: &str, update_toml: Option<&str>) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
     let disk = dir.join("t.img");
-    let mut layout = DiskLayout::new(DiskSize::State(8 << 20), b"publish keys test".to_vec());
-    layout.esp_size = 40 << 20;
-    layout.root_size = 16 << 20;
-    let plan = layout.plan().unwrap();
-    let f = create_image(&disk, &plan).unwrap();
-    write_gpt(&f, &plan).unwrap();
     let mut esp = EspContents::new();
     esp.add_file("EFI/BOOT/BOOTX64.EFI", b"bootmgr".to_vec()).unwrap();
     esp.add_file("berth/a/vmlinuz", vec![7u8; 5000]).unwrap();
     esp.add_file("berth/a/initrd.img", vec![8u8; 3000]).unwrap();
     esp.add_file("berth/a/cmdline", b"console=ttyS0\n".to_vec()).unwrap();
-    let p = plan.esp();
-    write_esp(&f, p.offset, p.size, &esp, &EspOptions::from_seed(b"t", "EFI-SYSTEM", 1_700_000_000)).unwrap();
+    let (f, plan) = small_berth_disk(&disk, b"publish keys test", &esp);
     let tree_dir = dir.join("tree");
     std::fs::create_dir_all(tree_dir.join("usr/lib/berth")).unwrap();
     if let Some(t) = update_toml {
