@@ -214,11 +214,19 @@ impl Response {
 pub struct Get<'a> {
     client: &'a Client,
     url: String,
+    headers: Vec<(String, String)>,
     from: u64,
     timeout: Option<Duration>,
 }
 
 impl Get<'_> {
+    /// Sends the header `name: value` too (a metadata service's `Metadata-Flavor`, a token).
+    #[must_use]
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
     /// Asks for the bytes from `from` on (`Range: bytes=from-`); a 206 is then accepted too.
     #[must_use]
     pub fn range_from(mut self, from: u64) -> Self {
@@ -242,10 +250,67 @@ impl Get<'_> {
         if self.from > 0 {
             req = req.header("Range", format!("bytes={}-", self.from));
         }
+        for (name, value) in &self.headers {
+            req = req.header(name, value);
+        }
         let inner = req.call().map_err(classify)?;
         match inner.status().as_u16() {
             200 => Ok(Response { inner }),
             206 if self.from > 0 => Ok(Response { inner }),
+            other => Err(Error::Status(other)),
+        }
+    }
+}
+
+/// A `PUT` or `POST` being built: see [`Client::put`] and [`Client::post`].
+pub struct Upload<'a> {
+    client: &'a Client,
+    post: bool,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Option<(String, Vec<u8>)>,
+    timeout: Option<Duration>,
+}
+
+impl Upload<'_> {
+    /// Sends the header `name: value` too.
+    #[must_use]
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sends `body` as `content_type`; without it the request has an empty body.
+    #[must_use]
+    pub fn body(mut self, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some((content_type.to_string(), body.into()));
+        self
+    }
+
+    /// The whole request, body included, must be done within `timeout`.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// One attempt: the response when its status is 200 (or 201), else [`Error::Status`].
+    pub fn send(self) -> Result<Response, Error> {
+        let agent = &self.client.agent;
+        let mut req = if self.post { agent.post(&self.url) } else { agent.put(&self.url) };
+        if let Some(t) = self.timeout {
+            req = req.config().timeout_global(Some(t)).build();
+        }
+        for (name, value) in &self.headers {
+            req = req.header(name, value);
+        }
+        let sent = match self.body {
+            Some((content_type, body)) => req.content_type(content_type).send(&body[..]),
+            None => req.send_empty(),
+        };
+        let inner = sent.map_err(classify)?;
+        match inner.status().as_u16() {
+            200 | 201 => Ok(Response { inner }),
             other => Err(Error::Status(other)),
         }
     }
@@ -326,7 +391,17 @@ impl Client {
 
     /// A `GET` of `url`, sent by [`Get::send`].
     pub fn get(&self, url: &str) -> Get<'_> {
-        Get { client: self, url: self.resolve(url), from: 0, timeout: None }
+        Get { client: self, url: self.resolve(url), headers: Vec::new(), from: 0, timeout: None }
+    }
+
+    /// A `PUT` of `url` (a token request), sent by [`Upload::send`].
+    pub fn put(&self, url: &str) -> Upload<'_> {
+        Upload { client: self, post: false, url: self.resolve(url), headers: Vec::new(), body: None, timeout: None }
+    }
+
+    /// A `POST` of `url` (a health report), sent by [`Upload::send`].
+    pub fn post(&self, url: &str) -> Upload<'_> {
+        Upload { client: self, post: true, url: self.resolve(url), headers: Vec::new(), body: None, timeout: None }
     }
 
     /// All of `url` (at most `limit` bytes), retried by the client's policy.
@@ -448,6 +523,30 @@ mod tests {
         assert_eq!((status, answer.as_str()), (409, "{\"got\":2}"));
         let seen = server.requests();
         assert_eq!((seen[0].method.as_str(), seen[0].header("a")), ("POST", Some("b")));
+    }
+
+    #[test]
+    fn headers_bodies_and_methods_go_out_as_asked() {
+        let server = Server::start(|r| match (r.method.as_str(), r.path()) {
+            ("PUT", "/token") => Answer::ok("t0k").header("X-Seen", r.header("x-ttl").unwrap_or("none")).into(),
+            ("POST", "/report") => Answer::ok(r.body.clone()).into(),
+            ("GET", "/flavored") if r.header("flavor") == Some("yes") => Answer::ok("ok").into(),
+            _ => Answer::status(403).into(),
+        })
+        .unwrap();
+        let http = client(1);
+        let r = http.put(&format!("{}/token", server.url())).header("x-ttl", "60").send().unwrap();
+        assert_eq!(r.header("x-seen"), Some("60"));
+        assert_eq!(r.read_to_vec(10).unwrap(), b"t0k");
+        let r = http.post(&format!("{}/report", server.url())).body("text/xml; charset=utf-8", "<a/>").send().unwrap();
+        assert_eq!(r.read_to_vec(10).unwrap(), b"<a/>");
+        let e = http.get(&format!("{}/flavored", server.url())).send().unwrap_err();
+        assert!(matches!(e, Error::Status(403)), "{e:?}");
+        let r = http.get(&format!("{}/flavored", server.url())).header("flavor", "yes").send().unwrap();
+        assert_eq!(r.read_to_vec(10).unwrap(), b"ok");
+        let seen = server.requests();
+        assert_eq!((seen[0].method.as_str(), seen[0].body.len()), ("PUT", 0));
+        assert_eq!(seen[1].header("content-type"), Some("text/xml; charset=utf-8"));
     }
 
     #[cfg(feature = "test-base-url")]
