@@ -660,7 +660,7 @@ fn write_disk(
     esp.add_file(&format!("{a}/initrd.img"), initrd.to_vec())?;
     esp.add_file(&format!("{a}/cmdline"), format!("{}\n", def.kernel.cmdline).into_bytes())?;
     // The disk is the metal artifact; exports rewrite this word (docs/platforms.md).
-    esp.add_file(crate::export::esp::PLATFORM_FILE, format!("{}\n", Platform::Metal.name()).into_bytes())?;
+    esp.add_file(crate::platform::PLATFORM_FILE, Platform::Metal.file_contents().into_bytes())?;
     // The update agent writes into berth/b/ in place; fatfs 0.3 would create the directory with
     // malformed dot entries there (see esp::fix_dot_entries), so it exists from the start.
     esp.add_dir(Slot::B.esp_dir())?;

@@ -314,7 +314,10 @@ impl DiskBus {
         match platform {
             Platform::Qemu | Platform::VagrantLibvirt => DiskBus::VirtioBlk,
             Platform::Virtualbox | Platform::VagrantVirtualbox => DiskBus::VirtioScsi,
-            Platform::Metal => DiskBus::Nvme,
+            // EBS volumes on Nitro are NVMe; GCE's default disk interface is virtio-scsi; Azure's
+            // storvsc has no QEMU device, and its newest sizes give NVMe.
+            Platform::Metal | Platform::Aws | Platform::Azure => DiskBus::Nvme,
+            Platform::Gce => DiskBus::VirtioScsi,
         }
     }
 }

@@ -338,11 +338,13 @@ fn unknown_platform_lists_the_known_ones() {
     let err = one_line_error(&export(&disk, "qemu,vmware", &out_dir, &[]));
     assert_eq!(
         err.trim_end(),
-        "berth: error: unknown platform 'vmware'; known: metal, qemu, virtualbox, vagrant-libvirt, vagrant-virtualbox"
+        "berth: error: unknown platform 'vmware'; known: metal, qemu, virtualbox, vagrant-libvirt, vagrant-virtualbox, \
+         aws, gce, azure"
     );
     assert!(!out_dir.exists());
     // --help lists every platform and what it produces.
     let help = ok(Command::new(BERTH).args(["export", "--help"]));
+    use berth_builder::platform::PlatformExt;
     for p in berth_builder::platform::Platform::ALL {
         assert!(help.contains(p.name()) && help.contains(&p.artifact_file("<name>")), "{p} missing: {help}");
     }

@@ -6,6 +6,8 @@
 //! `alloc` so that the UEFI boot manager links the very same logic as the agent and the builder.
 //!
 //! - [`layout`]: partitions, labels, GUIDs, [`Slot`].
+//! - [`platform`]: the platform words (`metal`, `aws`, …) and the ESP files that carry them
+//!   (`berth/platform`) and the provisioning document (`berth/provision.toml`).
 //! - [`cmdline`]: the booted slot from the kernel command line (`berth.slot=`, the last one).
 //! - [`attrs`]: one slot's {priority, tries, successful} and its bits in the attribute word.
 //! - [`Slots`]: both attribute words, kept whole so that other attribute bits survive a write.
@@ -46,6 +48,7 @@ pub mod cmdline;
 pub mod device;
 pub mod gpt;
 pub mod layout;
+pub mod platform;
 mod select;
 mod slots;
 mod transition;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::Args;
 
 use berth_builder::export::{ExportOptions, describe, export};
-use berth_builder::platform::Platform;
+use berth_builder::platform::{Platform, PlatformExt};
 
 /// The platform table `--help` shows (from platform.rs, the one list of platforms).
 pub fn platforms_help() -> String {

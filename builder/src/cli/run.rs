@@ -164,7 +164,7 @@ fn platform_help() -> String {
     for p in Platform::ALL {
         let bus = match DiskBus::for_platform(p) {
             DiskBus::VirtioBlk => "virtio-blk disk",
-            DiskBus::VirtioScsi => "virtio-scsi disk (VirtualBox's VirtioSCSI controller)",
+            DiskBus::VirtioScsi => "virtio-scsi disk (VirtualBox's VirtioSCSI controller; GCE's default)",
             DiskBus::Nvme => "NVMe disk",
         };
         help.push_str(&format!("\n  {:20}{bus}", p.name()));

@@ -15,10 +15,8 @@ use fatfs::{FileSystem, FsOptions};
 
 use crate::disk::FileRange;
 
-/// The platform word: one line, the platform's name.
-pub const PLATFORM_FILE: &str = "berth/platform";
-/// The provisioning document.
-pub const PROVISION_FILE: &str = "berth/provision.toml";
+/// The ESP's files, named where the guest reads them too (`berth_slot::platform`).
+pub use berth_slot::platform::{PLATFORM_FILE, PROVISION_FILE};
 /// The file whose timestamp is the build's epoch (the build stamps every entry with it).
 const EPOCH_REFERENCE: &str = "EFI/BOOT/BOOTX64.EFI";
 

@@ -26,7 +26,7 @@ use berth_slot::layout::{ESP_PARTITION, ESP_TYPE_GUID, ROOT_TYPE_GUID, STATE_PAR
 use indicatif::ProgressBar;
 use tempfile::NamedTempFile;
 
-use crate::platform::Platform;
+use crate::platform::{Platform, PlatformExt};
 use crate::size::ByteSize;
 
 /// What to export, and where.
@@ -73,6 +73,8 @@ pub enum ExportError {
         #[source]
         source: io::Error,
     },
+    #[error("platform {platform}: its artifact is not written yet")]
+    NotYet { platform: Platform },
     #[error("{path} would be replaced by its own export; choose another --out")]
     SameAsInput { path: PathBuf },
     #[error("provisioning document {path}: {why}")]
@@ -260,6 +262,9 @@ impl Ctx<'_> {
                 .map_err(|source| ExportError::Ova { path: final_path.to_path_buf(), source })?;
                 bar.finish_and_clear();
             }
+            Platform::Aws | Platform::Gce | Platform::Azure => {
+                return Err(ExportError::NotYet { platform });
+            }
             Platform::VagrantVirtualbox => {
                 let bar = self.bar("box disk (streamOptimized VMDK)", self.layout.size);
                 let mut disk =
@@ -291,7 +296,7 @@ impl Ctx<'_> {
         copy_disk(self.input, tmp.as_file(), self.layout.size, &bar)
             .map_err(|source| ExportError::Copy { path: self.disk.to_path_buf(), source })?;
         bar.finish_and_clear();
-        let word = format!("{}\n", platform.name());
+        let word = platform.file_contents();
         let mut files: Vec<(&str, &[u8])> = vec![(esp::PLATFORM_FILE, word.as_bytes())];
         let provision = self.provision.or(platform.is_vagrant().then_some(vagrant::PROVISION.as_bytes()));
         if let Some(doc) = provision {
