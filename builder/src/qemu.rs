@@ -431,6 +431,41 @@ pub struct UserNet {
     pub guest_forwards: Vec<GuestForward>,
 }
 
+/// QEMU's user network on another range than its default 10.0.2.0/24 (`net=`, `host=`,
+/// `dhcpstart=`). A `guestfwd` address must lie inside the user network (libslirp refuses any
+/// other), so a guest that must reach a fixed address, such as a cloud's metadata service at
+/// 169.254.169.254, needs a network that covers it. QEMU requires `host` and `dhcp_start` inside
+/// the network and a prefix of 4 to 32 bits; its DNS server stays at the network's `.2.3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserSubnet {
+    /// The network's address (host bits zero).
+    pub net: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The host's address in it: the guest's gateway and DHCP server.
+    pub host: Ipv4Addr,
+    /// The first address QEMU's DHCP server gives (the guest's own).
+    pub dhcp_start: Ipv4Addr,
+}
+
+/// One SMBIOS structure QEMU hands the firmware (`-smbios type=N,KEY=VALUE,...`), which the
+/// guest reads in `/sys/class/dmi/id`: e.g. the manufacturer, product and serial a cloud's
+/// hypervisor reports (type 1) or a chassis asset tag (type 3). Values may hold spaces and
+/// commas (commas are doubled on the command line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Smbios {
+    /// The SMBIOS structure type: 0 (BIOS), 1 (system), 2 (baseboard), 3 (chassis), 11 (OEM strings).
+    pub kind: u8,
+    /// `-smbios` keys and values in order, e.g. (`manufacturer`, `Amazon EC2`).
+    pub fields: Vec<(String, String)>,
+}
+
+impl Smbios {
+    /// A structure of type `kind` with `fields`.
+    pub fn new<K: Into<String>, V: Into<String>>(kind: u8, fields: impl IntoIterator<Item = (K, V)>) -> Smbios {
+        Smbios { kind, fields: fields.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+    }
+}
+
 /// A virtio-serial port (named for the guest, e.g. `org.berth.agent.0`, in
 /// `/dev/virtio-ports/`) whose host end is a unix socket QEMU listens on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -475,6 +510,10 @@ pub struct QemuConfig {
     pub devices: Vec<String>,
     /// An empty PCI Express root port with id [`HOTPLUG_PORT_ID`] for hot-plugging a device.
     pub hotplug_port: bool,
+    /// With [`Network::User`]: the user network's range instead of QEMU's 10.0.2.0/24.
+    pub user_subnet: Option<UserSubnet>,
+    /// SMBIOS structures the firmware passes to the guest (`-smbios`).
+    pub smbios: Vec<Smbios>,
     /// Appended verbatim after everything else.
     pub extra_args: Vec<OsString>,
 }
@@ -506,6 +545,8 @@ impl QemuConfig {
             fw_cfg: Vec::new(),
             devices: Vec::new(),
             hotplug_port: false,
+            user_subnet: None,
+            smbios: Vec::new(),
             extra_args: Vec::new(),
         }
     }
@@ -554,6 +595,11 @@ impl QemuConfig {
                 let mut spec: Vec<OsString> = vec!["user,id=n0".into()];
                 if net.restrict {
                     spec.push(",restrict=on".into());
+                }
+                if let Some(r) = &self.user_subnet {
+                    spec.push(
+                        format!(",net={}/{},host={},dhcpstart={}", r.net, r.prefix_len, r.host, r.dhcp_start).into(),
+                    );
                 }
                 for f in &net.forwards {
                     spec.push(format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest).into());
@@ -609,6 +655,14 @@ impl QemuConfig {
         }
         for spec in &self.devices {
             a.opt("-device", [spec.into()]);
+        }
+        for table in &self.smbios {
+            let mut spec: Vec<OsString> = vec![format!("type={}", table.kind).into()];
+            for (key, value) in &table.fields {
+                spec.push(format!(",{key}=").into());
+                spec.push(escape(OsStr::new(value)));
+            }
+            a.opt("-smbios", spec);
         }
         a.0.extend(self.extra_args.iter().cloned());
         a.0
@@ -903,6 +957,48 @@ mod tests {
             "{line}"
         );
         assert_eq!(HOTPLUG_PORT_ID, "hp0");
+    }
+
+    #[test]
+    fn a_user_network_range_and_smbios_tables_for_a_cloud_machine() {
+        let mut c = QemuConfig::new(&fw(), "/t/vars.fd", "/t/d.img", DiskFormat::Raw);
+        c.network = Network::User(UserNet {
+            restrict: true,
+            forwards: vec![Forward { host: 2222, guest: 22 }],
+            guest_forwards: vec![GuestForward {
+                addr: Ipv4Addr::new(169, 254, 169, 254),
+                port: 80,
+                target: GuestTarget::Cmd("relay 8080".into()),
+            }],
+        });
+        c.user_subnet = Some(UserSubnet {
+            net: Ipv4Addr::new(169, 254, 0, 0),
+            prefix_len: 16,
+            host: Ipv4Addr::new(169, 254, 0, 2),
+            dhcp_start: Ipv4Addr::new(169, 254, 0, 15),
+        });
+        c.smbios = vec![
+            Smbios::new(1, [("manufacturer", "Amazon EC2"), ("product", "m5.large"), ("serial", "ec2a,b")]),
+            Smbios::new(3, [("asset", "7783-7084-3265-9085-8269-3286-77")]),
+        ];
+        let args = strings(&c.args());
+        let netdev = &args[args.iter().position(|a| a == "-netdev").unwrap() + 1];
+        assert_eq!(
+            netdev,
+            "user,id=n0,restrict=on,net=169.254.0.0/16,host=169.254.0.2,dhcpstart=169.254.0.15,\
+             hostfwd=tcp:127.0.0.1:2222-:22,guestfwd=tcp:169.254.169.254:80-cmd:relay 8080"
+        );
+        let line = args.join(" ");
+        assert!(
+            line.ends_with(
+                " -smbios type=1,manufacturer=Amazon EC2,product=m5.large,serial=ec2a,,b \
+                 -smbios type=3,asset=7783-7084-3265-9085-8269-3286-77"
+            ),
+            "{line}"
+        );
+        // Without a user network the range says nothing.
+        c.network = Network::None;
+        assert!(!strings(&c.args()).join(" ").contains("net="));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! 127.0.0.1 only.
 
 pub mod agent;
+pub mod cloud;
 pub mod fleetlock;
 pub mod http;
 pub mod oci;
@@ -22,7 +23,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_builder::qemu::{self, Accel, DiskFormat, Firmware, Network, QemuConfig, Serial, UserNet, VirtioPort};
-pub use berth_builder::qemu::{DiskBus, Forward, GuestForward, GuestTarget, HOTPLUG_PORT_ID};
+pub use berth_builder::qemu::{DiskBus, Forward, GuestForward, GuestTarget, HOTPLUG_PORT_ID, Smbios, UserSubnet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -144,6 +145,11 @@ pub struct Options {
     /// An empty PCI Express root port with id [`HOTPLUG_PORT_ID`] (`hp0`) and a QMP socket, so
     /// that `machine.device_add("virtio-rng-pci,id=rng1,bus=hp0")` hot-adds a device.
     pub hotplug_port: bool,
+    /// The user network's range instead of 10.0.2.0/24 (implies `network`): guest forwards to
+    /// a cloud's fixed addresses must lie inside it ([`cloud`]).
+    pub user_subnet: Option<UserSubnet>,
+    /// SMBIOS structures the guest sees in `/sys/class/dmi/id` (a cloud's hypervisor strings).
+    pub smbios: Vec<Smbios>,
 }
 
 impl Machine {
@@ -182,17 +188,23 @@ impl Machine {
         config.devices = options.devices.clone();
         config.hotplug_port = options.hotplug_port;
         config.read_only = options.read_only;
+        config.smbios = options.smbios.clone();
         // One vCPU: a single TCG thread per guest keeps boots steady on a 2-core host that is
         // also compiling (two vCPUs under load stalled a guest kernel for minutes in CI).
         config.cpus = options.cpus.unwrap_or(1);
         config.accel = Accel::Tcg;
         config.serial = Serial::File(console.clone());
-        if options.network || !options.forwards.is_empty() || !options.guest_forwards.is_empty() {
+        if options.network
+            || !options.forwards.is_empty()
+            || !options.guest_forwards.is_empty()
+            || options.user_subnet.is_some()
+        {
             config.network = Network::User(UserNet {
                 restrict: true,
                 forwards: options.forwards.clone(),
                 guest_forwards: options.guest_forwards.clone(),
             });
+            config.user_subnet = options.user_subnet;
         }
         // Sockets by index: a unix socket path is limited to 108 bytes, port names are not.
         config.virtio_ports = (options.serial_ports.iter().enumerate())
