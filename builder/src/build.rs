@@ -247,17 +247,18 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
         let mods: Vec<String> = ir.selection.load_order().into_iter().map(str::to_string).collect();
         let opts = CpioOptions { mtime: Some(clamp_u32(epoch)), ..Default::default() };
         let initrd = cpio::write_archive(&ir.tree, &opts, Vec::new())?;
+        // Optional platform drivers this kernel lacks (initramfs and root-only ones) are
+        // skipped and said; a missing root-disk or NIC driver failed initramfs_tree.
+        let absent = ir.drivers.absent_text();
         let d = format!(
             "kernel {}, initramfs {} with {} modules{}",
             k.version(),
             ByteSize(initrd.len() as u64),
             mods.len(),
-            {
-                // Platform drivers this kernel lacks (initramfs and root-only ones): skipped.
-                let root_only = k.modules().select_with_optional(&[] as &[&str], kernel::ROOT_DEVICE_MODULES)?;
-                let missing: Vec<&str> =
-                    ir.unavailable().iter().chain(root_only.unavailable()).map(String::as_str).collect();
-                if missing.is_empty() { String::new() } else { format!(" ({} not in this kernel)", missing.join(", ")) }
+            if absent.is_empty() {
+                String::new()
+            } else {
+                format!("; warning: optional drivers not in this kernel: {absent}")
             }
         );
         Ok(((k, initrd, mods), d))
@@ -276,7 +277,7 @@ pub fn build(opts: &BuildOptions) -> anyhow::Result<BuildReport> {
             name: def.name.clone(),
             version: def.version.clone(),
             kernel: kpkg.version().to_string(),
-            cmdline: def.kernel.cmdline.clone(),
+            cmdline: kernel::image_cmdline(&def.kernel.cmdline),
             source_date_epoch: epoch,
             packages: root_debs.iter().chain(&kernel_debs).map(manifest_package).collect(),
             inodes: root.inode_count(),
@@ -658,7 +659,8 @@ fn write_disk(
     let a = Slot::A.esp_dir();
     esp.add_file(&format!("{a}/vmlinuz"), vmlinuz.to_vec())?;
     esp.add_file(&format!("{a}/initrd.img"), initrd.to_vec())?;
-    esp.add_file(&format!("{a}/cmdline"), format!("{}\n", def.kernel.cmdline).into_bytes())?;
+    // The definition's command line with the parameters every image gets (kernel/platforms.rs).
+    esp.add_file(&format!("{a}/cmdline"), format!("{}\n", kernel::image_cmdline(&def.kernel.cmdline)).into_bytes())?;
     // The disk is the metal artifact; exports rewrite this word (docs/platforms.md).
     esp.add_file(crate::platform::PLATFORM_FILE, Platform::Metal.file_contents().into_bytes())?;
     // The update agent writes into berth/b/ in place; fatfs 0.3 would create the directory with

@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 use berth_builder::cpio::{Compression, CpioOptions, write_archive};
 use berth_builder::kernel::{
-    ALWAYS_FILE, CONTAINER_HOST_MODULES, INITRAMFS_MODULES, KernelError, KernelPackage, ModuleIndex,
-    ROOT_DEVICE_MODULES, Selection, initramfs_tree, prune_root,
+    ALWAYS_FILE, CONTAINER_HOST_MODULES, DriverLists, INITRAMFS_ALWAYS, KernelError, KernelPackage, ModuleIndex,
+    PLATFORM_DRIVERS, PlatformDrivers, Role, Selection, check_drivers, image_cmdline, initramfs_tree,
+    initramfs_tree_for, prune_root,
 };
 use berth_fstree::{FileData, LoadOptions, Metadata, Node, NodeKind, Tree};
 
@@ -225,6 +226,20 @@ fn package_tree() -> Tree {
 fn kernel() -> KernelPackage {
     KernelPackage::find(&package_tree()).unwrap()
 }
+
+/// Platform driver lists for the synthetic package: `kvm`'s disk drivers are modules of it, its
+/// optional ones are not; `other`'s required `crc16` stands for a driver the kernel builds in
+/// (`nvme` in Debian's cloud kernel) and its root-only `vboxguest` is absent.
+const TEST_PLATFORMS: &[PlatformDrivers] = &[
+    PlatformDrivers {
+        platform: "kvm",
+        disk: &["virtio_blk", "sd_mod"],
+        nic: &[],
+        initramfs: &["nvme", "virtio-net"],
+        root: &["fuse"],
+    },
+    PlatformDrivers { platform: "other", disk: &["crc16", "sd_mod"], nic: &[], initramfs: &[], root: &["vboxguest"] },
+];
 
 /// Stage 1's loader as the module docs specify it, run on `modules.dep` text: for each line,
 /// its dependencies from last to first, then the module, each path once.
@@ -641,29 +656,14 @@ fn prune_root_keeps_only_the_closure() {
 fn initramfs_tree_carries_init_and_the_storage_closure() {
     let k = kernel();
     let init = FileData::Memory(Arc::from(&b"\x7fELF static berth-init"[..]));
-    let ir = initramfs_tree(&k, &["e1000e"], init, EPOCH).unwrap();
+    let ir = initramfs_tree_for(&k, TEST_PLATFORMS, &["e1000e"], init, EPOCH).unwrap();
+    assert_eq!(ir.unavailable(), ["nvme", "virtio_net"]);
+    assert_eq!(ir.drivers.builtin, ["crc16"]);
+    // The optional drivers the kernel lacks, the root-only ones included (the synthetic package
+    // has no ACPI button driver either).
     assert_eq!(
-        ir.unavailable(),
-        [
-            "virtio_pci",
-            "virtio_scsi",
-            "nvme",
-            "ahci",
-            "ata_piix",
-            "hv_vmbus",
-            "hv_storvsc",
-            "hv_netvsc",
-            "pci_hyperv",
-            "mlx5_core",
-            "mana",
-            "xen_blkfront",
-            "xen_netfront",
-            "ena",
-            "gve",
-            "virtio_console",
-            "virtio_net",
-            "qemu_fw_cfg"
-        ]
+        ir.drivers.absent_text(),
+        "nvme (kvm), virtio_net (kvm), vboxguest (other), button (every platform), evdev (every platform)"
     );
     let t = &ir.tree;
     let walk: Vec<(String, &Node)> =
@@ -809,8 +809,130 @@ fn initramfs_tree_carries_init_and_the_storage_closure() {
 
     // Explicitly requested modules must exist.
     let init = FileData::from(b"x".to_vec());
-    let e = initramfs_tree(&k, &["nosuch"], init, EPOCH).unwrap_err().to_string();
+    let e = initramfs_tree_for(&k, TEST_PLATFORMS, &["nosuch"], init, EPOCH).unwrap_err().to_string();
     assert!(e.contains("\"nosuch\""), "{e}");
+}
+
+/// The platform lists decide what the kernel must have: a root-disk or NIC driver it has
+/// neither as a module nor built in fails the initramfs and the root, naming the driver, its
+/// role and the platforms needing it; a built-in one is recognised (nothing to carry); an
+/// optional one it lacks is reported and skipped.
+#[test]
+fn platform_driver_lists_are_checked_against_the_kernel() {
+    let k = kernel();
+    let init = || FileData::from(b"init".to_vec());
+    let none: &[&str] = &[];
+    let cloud = |platform, nic: &'static [&'static str]| PlatformDrivers {
+        platform,
+        disk: &["virtio_blk"],
+        nic,
+        initramfs: &[],
+        root: &[],
+    };
+    let missing = [cloud("cloud", &["ena"]), cloud("cloud2", &["ena", "virtio-net"])];
+    for e in [
+        initramfs_tree_for(&k, &missing, none, init(), EPOCH).unwrap_err(),
+        k.root_selection_for(&missing, none).unwrap_err(),
+        check_drivers(k.modules(), &missing).unwrap_err(),
+    ] {
+        assert!(matches!(e, KernelError::MissingPlatformDriver { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(e.contains(&format!("kernel {KVER} has no ena, the NIC driver of cloud, cloud2:")), "{e}");
+        assert!(e.contains("nor built in"), "{e}");
+    }
+    // Optional for one platform, required by another: required, and the error names the
+    // platform that needs it.
+    let mixed = [
+        PlatformDrivers { platform: "a", disk: &["virtio_blk"], nic: &[], initramfs: &["mana"], root: &[] },
+        PlatformDrivers { platform: "b", disk: &["mana"], nic: &[], initramfs: &[], root: &[] },
+    ];
+    let e = check_drivers(k.modules(), &mixed).unwrap_err().to_string();
+    assert!(e.contains("has no mana, the root-disk driver of b:"), "{e}");
+    let lists = DriverLists::of(&mixed);
+    assert_eq!(lists.initramfs_required, ["virtio_blk", "mana"]);
+    assert!(lists.initramfs_optional.is_empty());
+
+    // Built in: recognised, not an error, nothing in the initramfs for it.
+    let builtin = [PlatformDrivers { platform: "b", disk: &["crc16"], nic: &[], initramfs: &[], root: &[] }];
+    let ir = initramfs_tree_for(&k, &builtin, none, init(), EPOCH).unwrap();
+    assert_eq!(ir.drivers.builtin, ["crc16"]);
+    assert!(ir.selection.builtin().contains(&"crc16".to_owned()));
+    assert!(!ir.selection.contains("crc16"));
+
+    // The root carries every list (the initramfs's too, for devices added later) and the
+    // modules every boot needs; the optional names the kernel lacks are skipped.
+    let root = k.root_selection_for(TEST_PLATFORMS, &["e1000e"]).unwrap();
+    for m in ["virtio_blk", "sd_mod", "fuse", "e1000e", "ext4", "overlay"] {
+        assert!(root.contains(m), "the root lacks {m}");
+    }
+    assert_eq!(root.unavailable(), ["nvme", "virtio_net", "vboxguest", "button", "evdev"]);
+    let ir = initramfs_tree_for(&k, TEST_PLATFORMS, none, init(), EPOCH).unwrap();
+    assert_eq!(check_drivers(k.modules(), TEST_PLATFORMS).unwrap(), ir.drivers);
+}
+
+/// Issue 18's drivers are on the lists of their platforms, with the roles that put them where
+/// they are needed (root disk and NIC in the initramfs, and required).
+#[test]
+fn cloud_platforms_list_their_drivers() {
+    let role = |platform: &str, name: &str| {
+        let p = PLATFORM_DRIVERS.iter().find(|p| p.platform == platform).unwrap_or_else(|| panic!("no {platform}"));
+        p.entries().find(|(n, _)| n.replace('-', "_") == name).map(|(_, r)| r)
+    };
+    use Role::{Disk, Initramfs, Nic, Root};
+    for (platform, name, want) in [
+        ("aws", "nvme", Disk),
+        ("aws", "ena", Nic),
+        ("aws", "xen_blkfront", Disk),
+        ("aws", "xen_netfront", Nic),
+        ("gce", "virtio_scsi", Disk),
+        ("gce", "nvme", Disk),
+        ("gce", "virtio_net", Nic),
+        ("gce", "gve", Nic),
+        ("azure", "hv_vmbus", Disk),
+        ("azure", "hv_storvsc", Disk),
+        ("azure", "nvme", Disk),
+        ("azure", "hv_netvsc", Nic),
+        ("azure", "pci_hyperv", Initramfs),
+        ("azure", "mlx5_core", Initramfs),
+        ("azure", "mana", Initramfs),
+        ("azure", "mlx4_en", Root),
+        ("azure", "hv_utils", Root),
+        ("azure", "sr_mod", Root),
+        ("azure", "udf", Root),
+        ("azure", "isofs", Root),
+        ("qemu", "virtio_blk", Disk),
+        ("qemu", "virtio_scsi", Disk),
+        ("qemu", "virtio_net", Nic),
+        ("qemu", "qemu_fw_cfg", Initramfs),
+        ("virtualbox", "virtio_scsi", Disk),
+        ("virtualbox", "virtio_net", Nic),
+    ] {
+        assert_eq!(role(platform, name), Some(want), "{platform}: {name}");
+    }
+    assert!(Disk.required() && Nic.required() && !Initramfs.required() && !Root.required());
+    for p in PLATFORM_DRIVERS {
+        let names: Vec<&str> = p.entries().map(|(n, _)| n).collect();
+        let unique: BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "{}: a name listed twice", p.platform);
+        assert!(!p.disk.is_empty() && !p.nic.is_empty(), "{}: no disk or NIC driver", p.platform);
+    }
+}
+
+/// Every image's command line gets `nvme_core.io_timeout` (AWS's EBS volumes) unless its
+/// definition sets it, before any `--`.
+#[test]
+fn image_cmdline_adds_the_defaults_the_definition_lacks() {
+    assert_eq!(image_cmdline("console=ttyS0"), "console=ttyS0 nvme_core.io_timeout=4294967295");
+    assert_eq!(image_cmdline("  console=ttyS0   quiet "), "console=ttyS0 quiet nvme_core.io_timeout=4294967295");
+    assert_eq!(image_cmdline(""), "nvme_core.io_timeout=4294967295");
+    assert_eq!(image_cmdline("quiet nvme_core.io_timeout=30"), "quiet nvme_core.io_timeout=30");
+    assert_eq!(image_cmdline("quiet nvme-core.io_timeout=30"), "quiet nvme-core.io_timeout=30");
+    assert_eq!(image_cmdline("quiet -- single"), "quiet nvme_core.io_timeout=4294967295 -- single");
+    // After `--` it is init's argument, not the kernel's parameter.
+    assert_eq!(
+        image_cmdline("quiet -- nvme_core.io_timeout=30"),
+        "quiet nvme_core.io_timeout=4294967295 -- nvme_core.io_timeout=30"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1005,7 +1127,8 @@ fn judge_initramfs(tree: &Tree, kver: &str, builtin_modinfo: &[u8]) -> (tempfile
 #[test]
 fn initramfs_indexes_are_depmods() {
     let k = kernel();
-    let ir = initramfs_tree(&k, &["e1000e", "fuse"], FileData::from(b"init".to_vec()), EPOCH).unwrap();
+    let ir =
+        initramfs_tree_for(&k, TEST_PLATFORMS, &["e1000e", "fuse"], FileData::from(b"init".to_vec()), EPOCH).unwrap();
     let (ours, theirs) = judge_initramfs(&ir.tree, KVER, BUILTIN_MODINFO);
     let answers = same_answers(
         ours.path(),
@@ -1192,6 +1315,33 @@ fn judge(src_moddir: &Path, sel: &Selection) -> Judged {
     Judged { lines: ours.len(), exact, indexes: elapsed, index_bytes: indexes.iter().map(|(_, b)| b.len()).sum() }
 }
 
+/// Unpacks a kernel package into `<tempdir>/root` with `dpkg-deb -x`, /usr merged as the
+/// image's unpacker does it (bookworm's package ships /lib/modules), and loads it as a tree.
+fn unpack_kernel(deb: &Path) -> (tempfile::TempDir, Tree) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let out = Command::new(tool("dpkg-deb", "dpkg")).arg("-x").arg(deb).arg(&root).output().unwrap();
+    assert!(out.status.success(), "dpkg-deb -x {}: {}", deb.display(), String::from_utf8_lossy(&out.stderr));
+    if root.join("lib").is_dir() && !root.join("lib").is_symlink() {
+        fs::create_dir_all(root.join("usr")).unwrap();
+        if root.join("usr/lib").exists() {
+            let status =
+                Command::new("cp").arg("-a").arg(root.join("lib/.")).arg(root.join("usr/lib")).status().unwrap();
+            assert!(status.success());
+            fs::remove_dir_all(root.join("lib")).unwrap();
+        } else {
+            fs::rename(root.join("lib"), root.join("usr/lib")).unwrap();
+        }
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+    }
+    let tree = Tree::from_dir(&root, &LoadOptions { all_root: true, mtime: Some(0) }).unwrap();
+    (dir, tree)
+}
+
+/// "no package" note shared by the real-kernel tests.
+const NO_KERNEL_DEB: &str = "note: no linux-image-<version>-*.deb in /var/cache/apt/archives or berth's cache, and \
+                             BERTH_TEST_KERNEL_DEBS unset; the real-kernel check is skipped";
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
@@ -1200,32 +1350,12 @@ fn mib(bytes: u64) -> String {
 fn real_debian_kernel_matches_depmod() {
     let debs = kernel_debs();
     if debs.is_empty() {
-        eprintln!(
-            "note: no linux-image-<version>-*.deb in /var/cache/apt/archives or berth's cache, and \
-             BERTH_TEST_KERNEL_DEBS unset; the real-kernel check is skipped"
-        );
+        eprintln!("{NO_KERNEL_DEB}");
         return;
     }
-    let dpkg_deb = tool("dpkg-deb", "dpkg");
     for deb in debs {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, tree) = unpack_kernel(&deb);
         let root = dir.path().join("root");
-        let out = Command::new(&dpkg_deb).arg("-x").arg(&deb).arg(&root).output().unwrap();
-        assert!(out.status.success(), "dpkg-deb -x {}: {}", deb.display(), String::from_utf8_lossy(&out.stderr));
-        // Merge /usr as the image's unpacker does (bookworm's package ships /lib/modules).
-        if root.join("lib").is_dir() && !root.join("lib").is_symlink() {
-            fs::create_dir_all(root.join("usr")).unwrap();
-            if root.join("usr/lib").exists() {
-                let status =
-                    Command::new("cp").arg("-a").arg(root.join("lib/.")).arg(root.join("usr/lib")).status().unwrap();
-                assert!(status.success());
-                fs::remove_dir_all(root.join("lib")).unwrap();
-            } else {
-                fs::rename(root.join("lib"), root.join("usr/lib")).unwrap();
-            }
-            std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
-        }
-        let tree = Tree::from_dir(&root, &LoadOptions { all_root: true, mtime: Some(0) }).unwrap();
         let start = std::time::Instant::now();
         let k = KernelPackage::find(&tree).unwrap();
         let indexed = start.elapsed();
@@ -1259,7 +1389,13 @@ fn real_debian_kernel_matches_depmod() {
 
         // The initramfs storage set.
         let ir = initramfs_tree(&k, &[] as &[&str], FileData::from(b"init".to_vec()), 0).unwrap();
-        let storage = k.modules().select_with_optional(&[] as &[&str], INITRAMFS_MODULES).unwrap();
+        // The initramfs's names, all as optional: the selection's own view of what it carries.
+        let lists = DriverLists::of(PLATFORM_DRIVERS);
+        let initramfs_names: Vec<&str> = (lists.initramfs_required.iter().chain(&lists.initramfs_optional))
+            .map(String::as_str)
+            .chain(INITRAMFS_ALWAYS.iter().copied())
+            .collect();
+        let storage = k.modules().select_with_optional(&[] as &[&str], &initramfs_names).unwrap();
         let j = judge(&host_moddir, &storage);
         eprintln!(
             "  initramfs storage closure: {} modules, {} ({} unavailable: {:?}); depmod agrees on {} lines, {} in identical order",
@@ -1313,7 +1449,7 @@ fn real_debian_kernel_matches_depmod() {
             root.modules().len(),
             mib(root.bytes()),
             root.unavailable(),
-            ROOT_DEVICE_MODULES.len()
+            lists.root_optional.len()
         );
         eprintln!("  storage modules built into this kernel: {:?}", ir.selection.builtin());
         eprintln!(
@@ -1366,7 +1502,7 @@ fn real_debian_kernel_matches_depmod() {
             .iter()
             .copied()
             .filter(|n| !host.unavailable().iter().any(|u| u == n))
-            .chain(INITRAMFS_MODULES.iter().copied().filter(|n| !ir.unavailable().iter().any(|u| u == n)))
+            .chain(initramfs_names.iter().copied().filter(|n| !ir.unavailable().iter().any(|u| u == n)))
             .collect();
         let sel = k.select(&combined).unwrap();
         let start = std::time::Instant::now();
@@ -1406,5 +1542,239 @@ fn real_debian_kernel_matches_depmod() {
         assert_eq!(answers[5], "nft_ct\n");
         assert_eq!(answers[6], "nf_conntrack\n");
         eprintln!("  pruned root: every depmod file matches; modprobe and modinfo agree ({} questions)", answers.len());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every platform's drivers, against a real Debian kernel package
+
+/// Devices of each platform as the kernel announces them (`modalias`), and the driver that must
+/// answer each: (platform, device, modalias, driver). PCI ids are the vendors' (ENA 1d0f:ec20,
+/// EBS NVMe 1d0f:8061, gVNIC 1ae0:0042, MANA 1414:00ba, ConnectX-3/4 Lx VFs 15b3:1004/1016);
+/// virtio ids are the virtio spec's (1 net, 2 block, 3 console, 8 SCSI; transitional PCI
+/// functions 1af4:1001 and 1af4:1004); VMBus devices are `vmbus:` and their class GUID's bytes
+/// in memory order, as the VMBus driver prints them (storvsc ba6163d9-04a1-4d29-b605-…,
+/// netvsc f8615163-df3e-46c5-913f-…, PCI pass-through 44c4f61d-4444-4400-9d52-…, shutdown
+/// 0e0b6031-5213-4934-818b-…).
+const DEVICES: &[(&str, &str, &str, &str)] = &[
+    ("qemu", "virtio-blk PCI function", "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00", "virtio_pci"),
+    ("qemu", "virtio-blk disk", "virtio:d00000002v00001AF4", "virtio_blk"),
+    ("qemu", "PIIX3 IDE", "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80", "ata_piix"),
+    ("qemu", "virtio-serial", "virtio:d00000003v00001AF4", "virtio_console"),
+    ("qemu", "fw_cfg", "acpi:QEMU0002:", "qemu_fw_cfg"),
+    ("qemu", "virtio-net", "virtio:d00000001v00001AF4", "virtio_net"),
+    ("qemu", "virtio-rng", "virtio:d00000004v00001AF4", "virtio_rng"),
+    ("virtualbox", "VirtioSCSI controller", "virtio:d00000008v00001AF4", "virtio_scsi"),
+    ("virtualbox", "PIIX4 IDE", "pci:v00008086d00007111sv00000000sd00000000bc01sc01i8A", "ata_piix"),
+    ("aws", "ENA", "pci:v00001D0Fd0000EC20sv00001D0Fsd0000EC20bc02sc00i00", "ena"),
+    ("aws", "EBS volume (NVMe)", "pci:v00001D0Fd00008061sv00001D0Fsd00008061bc01sc08i02", "nvme"),
+    ("aws", "Xen disk", "xen:vbd", "xen_blkfront"),
+    ("aws", "Xen NIC", "xen:vif", "xen_netfront"),
+    ("gce", "virtio-scsi PCI function", "pci:v00001AF4d00001004sv00001AF4sd00000008bc01sc00i00", "virtio_pci"),
+    ("gce", "virtio-scsi", "virtio:d00000008v00001AF4", "virtio_scsi"),
+    ("gce", "persistent disk", "scsi:t-0x00", "sd_mod"),
+    ("gce", "gVNIC", "pci:v00001AE0d00000042sv00001AE0sd00000058bc02sc00i00", "gve"),
+    ("gce", "virtio-net", "virtio:d00000001v00001AF4", "virtio_net"),
+    ("azure", "VMBus", "acpi:VMBUS:", "hv_vmbus"),
+    ("azure", "synthetic SCSI", "vmbus:d96361baa104294db60572e2ffb1dc7f", "hv_storvsc"),
+    ("azure", "synthetic NIC", "vmbus:635161f83edfc546913ff2d2f965ed0e", "hv_netvsc"),
+    ("azure", "PCI pass-through", "vmbus:1df6c444444400449d52802e27ede19f", "pci_hyperv"),
+    ("azure", "ConnectX-4 Lx VF", "pci:v000015B3d00001016sv000015B3sd00000190bc02sc00i00", "mlx5_core"),
+    ("azure", "MANA VF", "pci:v00001414d000000BAsv00001414sd000000BAbc02sc00i00", "mana"),
+    ("azure", "ConnectX-3 VF", "pci:v000015B3d00001004sv000015B3sd000061B0bc02sc00i00", "mlx4_core"),
+    ("azure", "shutdown service", "vmbus:31600b0e13523449818b38d90ced39db", "hv_utils"),
+    ("azure", "provisioning CD drive", "scsi:t-0x05", "sr_mod"),
+];
+
+/// Runs GNU cpio on an uncompressed archive with `args`, returning its output.
+fn cpio(archive: &[u8], args: &[&str]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new(tool("cpio", "cpio"))
+        .args(args)
+        .arg("--quiet")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = archive.to_vec();
+    // Written from a thread: cpio writes while it reads.
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "cpio {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Every platform's list (docs/design.md §8) against a real kernel package: each name is a
+/// module of the package or built in (`modules.builtin`), a required one (root disk, NIC)
+/// always; the initramfs archive the build writes carries each initramfs driver with its whole
+/// `modules.dep` closure (depmod's, run on the whole package), with the same `modules.dep` line,
+/// and its aliases answer the platform's devices; the root carries every driver with its
+/// closure, and its aliases answer the devices found after boot.
+#[test]
+fn every_platforms_drivers_are_in_the_real_kernel_and_the_initramfs() {
+    let debs = kernel_debs();
+    if debs.is_empty() {
+        eprintln!("{NO_KERNEL_DEB}");
+        return;
+    }
+    for deb in debs {
+        let (dir, tree) = unpack_kernel(&deb);
+        let k = KernelPackage::find(&tree).unwrap();
+        let kver = k.version().to_owned();
+        let host_moddir = dir.path().join("root").join(k.modules_dir().strip_prefix("/").unwrap());
+        eprintln!("{}: kernel {kver}", deb.file_name().unwrap().to_string_lossy());
+
+        // The judges: depmod's modules.dep of the whole package, and modules.builtin as shipped.
+        let all = k.select(&["**"]).unwrap();
+        let depmod = parse_dep(&String::from_utf8(depmod_judge(&host_moddir, &all)["modules.dep"].clone()).unwrap());
+        let module_path: BTreeMap<String, &String> = depmod.keys().map(|p| (module_name(p), p)).collect();
+        let builtin: BTreeSet<String> = fs::read_to_string(host_moddir.join("modules.builtin"))
+            .unwrap_or_default()
+            .lines()
+            .map(module_name)
+            .collect();
+        let plain = |p: &str| p.trim_end_matches(".xz").trim_end_matches(".zst").to_owned();
+
+        // The initramfs as the build makes it: the tree, the zstd cpio archive, read back.
+        let ir = initramfs_tree(&k, &[] as &[&str], FileData::from(b"init".to_vec()), 0).unwrap();
+        let archive =
+            write_archive(&ir.tree, &CpioOptions { mtime: Some(0), ..Default::default() }, Vec::new()).unwrap();
+        let unpacked = zstd::decode_all(archive.as_slice()).expect("the initramfs is one zstd stream");
+        let listing: BTreeSet<String> =
+            String::from_utf8(cpio(&unpacked, &["-it"])).unwrap().lines().map(str::to_owned).collect();
+        let moddir = format!("usr/lib/modules/{kver}");
+        let read =
+            |f: &str| String::from_utf8(cpio(&unpacked, &["-i", "--to-stdout", &format!("{moddir}/{f}")])).unwrap();
+        let (ir_dep_text, ir_alias) = (read("modules.dep"), read("modules.alias"));
+        let ir_dep = parse_dep(&ir_dep_text);
+        let ir_db = berth_devices::modules::ModuleDb::from_text(Path::new(&moddir), &ir_dep_text, &ir_alias);
+        let ir_modules: BTreeSet<&str> = listing.iter().filter(|p| p.ends_with(".ko")).map(String::as_str).collect();
+        assert_eq!(ir_modules.len(), ir_dep.len(), "module files and modules.dep lines of the archive");
+
+        // The root's selection, as the build prunes the root to it.
+        let root = k.root_selection(&[] as &[&str]).unwrap();
+        let root_paths: BTreeSet<&str> = root.modules().iter().map(|m| m.path.as_str()).collect();
+        let root_db =
+            berth_devices::modules::ModuleDb::from_text(Path::new(&moddir), &root.modules_dep(), &root.modules_alias());
+
+        let mut absent: Vec<String> = Vec::new();
+        for p in PLATFORM_DRIVERS {
+            let mut carried = BTreeSet::new();
+            for (name, role) in p.entries() {
+                let name = name.replace('-', "_");
+                let Some(&path) = module_path.get(&name) else {
+                    if builtin.contains(&name) {
+                        assert!(ir.drivers.builtin.contains(&name), "{name} is built in; the report says otherwise");
+                        assert!(!ir_modules.iter().any(|m| module_name(m) == name), "built-in {name} in the initramfs");
+                        continue;
+                    }
+                    assert!(
+                        !role.required(),
+                        "{}: {role:?} driver {name} is neither a module of {kver} nor built in",
+                        p.platform
+                    );
+                    assert!(
+                        ir.drivers.absent.iter().any(|(n, ps)| *n == name && ps.contains(&p.platform)),
+                        "absent {name} of {} not reported: {:?}",
+                        p.platform,
+                        ir.drivers.absent
+                    );
+                    absent.push(format!("{name} ({})", p.platform));
+                    continue;
+                };
+                let closure: Vec<&String> = [path].into_iter().chain(&depmod[path]).collect();
+                for q in &closure {
+                    assert!(root_paths.contains(q.as_str()), "{}: the root lacks {q}, of {name}'s closure", p.platform);
+                }
+                if !role.in_initramfs() {
+                    continue;
+                }
+                for q in &closure {
+                    let want = format!("{moddir}/{}", plain(q));
+                    assert!(listing.contains(&want), "{}: the initramfs lacks {want}, of {name}'s closure", p.platform);
+                    carried.insert(plain(q));
+                }
+                let mut theirs: Vec<String> = depmod[path].iter().map(|q| plain(q)).collect();
+                let mut ours =
+                    ir_dep.get(&plain(path)).unwrap_or_else(|| panic!("no modules.dep line for {path}")).clone();
+                theirs.sort();
+                ours.sort();
+                assert_eq!(ours, theirs, "{}: the initramfs's modules.dep line of {name}", p.platform);
+            }
+            eprintln!(
+                "  {}: disk {:?}, NIC {:?}: the initramfs carries {} modules for it",
+                p.platform,
+                p.disk,
+                p.nic,
+                carried.len()
+            );
+        }
+
+        // The platforms' devices find their drivers: in the initramfs those it carries, in the
+        // root the others; a built-in driver needs nothing.
+        let lists = DriverLists::of(PLATFORM_DRIVERS);
+        for (platform, device, modalias, driver) in DEVICES {
+            if builtin.contains(*driver) {
+                eprintln!("  {platform} {device}: {driver} is built in");
+                continue;
+            }
+            if !module_path.contains_key(*driver) {
+                eprintln!("  {platform} {device}: {driver} is not in this kernel (optional)");
+                continue;
+            }
+            let early = lists.initramfs_required.iter().chain(&lists.initramfs_optional).any(|n| n == driver);
+            let db = if early { &ir_db } else { &root_db };
+            let found = db.modules_for(modalias);
+            assert!(
+                found.contains(driver),
+                "{platform} {device} ({modalias}): the {} offers {found:?}, not {driver}",
+                if early { "initramfs" } else { "root" }
+            );
+            let load = db.closure(driver).unwrap();
+            for q in &load {
+                if early {
+                    assert!(
+                        listing.contains(&format!("{moddir}/{q}")),
+                        "{q} to load for {driver} is not in the archive"
+                    );
+                } else {
+                    assert!(root_paths.contains(q), "{q} to load for {driver} is not in the root");
+                }
+            }
+        }
+        // Issue 18's drivers, by name: present for their platforms (a module or built in).
+        for (platform, name) in [
+            ("aws", "ena"),
+            ("aws", "nvme"),
+            ("gce", "gve"),
+            ("gce", "virtio_scsi"),
+            ("azure", "hv_vmbus"),
+            ("azure", "hv_storvsc"),
+            ("azure", "hv_netvsc"),
+        ] {
+            let listed = PLATFORM_DRIVERS.iter().find(|p| p.platform == platform).unwrap();
+            assert!(listed.entries().any(|(n, _)| n == name), "{platform} does not list {name}");
+            assert!(module_path.contains_key(name) || builtin.contains(name), "{kver} has no {name}");
+            assert!(
+                builtin.contains(name)
+                    || ir_modules.contains(format!("{moddir}/{}", plain(module_path[name])).as_str()),
+                "the initramfs lacks {name}"
+            );
+        }
+        let bytes = ir.selection.bytes();
+        eprintln!(
+            "  initramfs: {} modules, {} uncompressed ({} bytes), archive {} ({} bytes, zstd); built in: {:?}; \
+             optional, not in this kernel: {absent:?}",
+            ir_modules.len(),
+            mib(bytes),
+            bytes,
+            mib(archive.len() as u64),
+            archive.len(),
+            ir.drivers.builtin,
+        );
+        eprintln!("  root: {} modules for the platforms, {}", root.modules().len(), mib(root.bytes()));
     }
 }

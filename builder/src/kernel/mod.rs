@@ -14,12 +14,15 @@
 //!   depmod writes regenerated for the modules left, with depmod's bytes: the text files
 //!   (`modules.dep`, `modules.alias`, `modules.softdep`, `modules.symbols`,
 //!   `modules.devname`) and kmod's binary indexes (below); `modules.order` filtered;
-//! - the initramfs tree ([`initramfs_tree`]): `/init`, every platform's storage and network
-//!   drivers ([`INITRAMFS_MODULES`]) and their closure, their `modules.dep`, `modules.alias`,
-//!   the list of modules loaded whatever the devices ([`ALWAYS_FILE`]) and kmod's indexes.
-//!   The cpio writer ([`crate::cpio`]) turns that tree into the archive;
-//! - the per-platform driver lists, in this file only: [`INITRAMFS_MODULES`] and the root's
-//!   extra device drivers [`ROOT_DEVICE_MODULES`] ([`KernelPackage::root_selection`]).
+//! - the initramfs tree ([`initramfs_tree`]): `/init`, every platform's root-disk and network
+//!   drivers and their closure, their `modules.dep`, `modules.alias`, the list of modules
+//!   loaded whatever the devices ([`ALWAYS_FILE`]) and kmod's indexes. The cpio writer
+//!   ([`crate::cpio`]) turns that tree into the archive;
+//! - the per-platform driver lists, in `platforms.rs` only ([`PLATFORM_DRIVERS`]): which
+//!   drivers go into the initramfs and which only into the root
+//!   ([`KernelPackage::root_selection`]), and which the kernel must have
+//!   ([`check_drivers`]); and the parameters every image's command line gets
+//!   ([`image_cmdline`]).
 //!
 //! # Names, dependencies, closure
 //!
@@ -93,6 +96,7 @@ mod glob;
 mod index;
 mod modinfo;
 mod output;
+mod platforms;
 mod select;
 
 use std::collections::{BTreeSet, HashMap};
@@ -103,61 +107,12 @@ use berth_fstree::{FileData, NodeId, NodeKind, Tree, TreeError};
 
 pub use index::IndexError;
 pub use modinfo::{ModInfo, ModinfoError, ModuleCompression};
-pub use output::{Initramfs, RootReport, initramfs_tree, prune_root};
+pub use output::{Initramfs, RootReport, initramfs_tree, initramfs_tree_for, prune_root};
+pub use platforms::{
+    DEFAULT_CMDLINE, DriverLists, DriverReport, EVERY_PLATFORM_ROOT, PLATFORM_DRIVERS, PlatformDrivers, Role,
+    check_drivers, image_cmdline,
+};
 pub use select::Selection;
-
-/// The initramfs's modules: the storage and network drivers of every platform of docs/design.md
-/// §8 (QEMU, VirtualBox, Vagrant, AWS, GCE, Azure, bare metal: one initramfs for all of them),
-/// and what stage 2 needs before it could load anything from the root ([`INITRAMFS_ALWAYS`]).
-/// Stage 1 loads the device drivers by `modalias` (only those of the devices present; see
-/// "the loading contract" above), so an unused platform's drivers cost archive bytes, not boot
-/// time. Names the kernel lacks are skipped and reported ([`Initramfs::unavailable`]): Debian
-/// 6.1's `linux-image-cloud-amd64` has no `ahci`, and has `nvme` and `ext4` built in.
-/// Dependencies (`scsi_mod`, `libata`, `virtio_ring`, `hv_vmbus`, `jbd2`, `crc32c_*` through
-/// ext4's softdep, ...) come by closure. The same names stay in the root (with
-/// [`ROOT_DEVICE_MODULES`]), so `berth-devd` can load them for a device that appears later.
-/// On Debian 6.1's `linux-image-cloud-amd64` the closure is 31 modules, 6.6 MiB (1.4 MiB in the
-/// zstd initramfs; `mlx5_core` alone is 2.4 MiB), of which stage 1 loads on QEMU only the few
-/// the devices ask for.
-pub const INITRAMFS_MODULES: &[&str] = &[
-    // QEMU, GCE, most KVM clouds: virtio-blk and virtio-scsi on virtio-pci.
-    "virtio_pci",
-    "virtio_blk",
-    "virtio_scsi",
-    // NVMe: AWS Nitro, GCE, Azure v6 sizes, QEMU's nvme device.
-    "nvme",
-    // SATA: VirtualBox's default controller and QEMU q35's; PIIX IDE for QEMU's i440fx and
-    // VirtualBox's IDE controller.
-    "ahci",
-    "ata_piix",
-    // SCSI disks (virtio-scsi, SATA and Hyper-V disks all appear as sd devices).
-    "sd_mod",
-    // Azure / Hyper-V: the VMBus, synthetic SCSI and the synthetic NIC.
-    "hv_vmbus",
-    "hv_storvsc",
-    "hv_netvsc",
-    // Azure accelerated networking: the VF appears on a Hyper-V PCI bus, driven by mlx5 or MANA.
-    "pci_hyperv",
-    "mlx5_core",
-    "mana",
-    // AWS Xen instances.
-    "xen_blkfront",
-    "xen_netfront",
-    // AWS Nitro's NIC.
-    "ena",
-    // GCE's gVNIC.
-    "gve",
-    // The root filesystem.
-    "ext4",
-    // Stage 2 mounts /etc as an overlay, before anything could load a module from the root.
-    "overlay",
-    // virtio-serial: the guest agent's channel and hypervisor consoles.
-    "virtio_console",
-    // virtio-net: QEMU's, VirtualBox's (virtio) and most KVM clouds' NIC.
-    "virtio_net",
-    // QEMU's fw_cfg in sysfs: stage 2 reads the first-boot provisioning document from it.
-    "qemu_fw_cfg",
-];
 
 /// The initramfs modules stage 1 loads whatever the devices: they drive no device (so no
 /// `modalias` brings them) but stage 2 needs them before it could load from the root. With the
@@ -170,32 +125,6 @@ pub const INITRAMFS_ALWAYS: &[&str] = &["ext4", "overlay"];
 /// device's `modalias` matches one of its `modules.alias` patterns. Its name is the loader's
 /// (`berth_devices`, which stage 1 uses).
 pub use berth_devices::modules::ALWAYS_FILE;
-
-/// Device drivers the root carries beyond [`INITRAMFS_MODULES`] and the definition's modules:
-/// the platforms' other devices, which nothing needs before the root is up, so stage 1 never
-/// loads them and `berth-devd` loads them by `modalias` (present at boot or hot-added). Names the
-/// kernel lacks are skipped (the cloud kernel has no VirtualBox guest drivers).
-pub const ROOT_DEVICE_MODULES: &[&str] = &[
-    // The ACPI power and sleep buttons, and the input devices they appear as: a hypervisor's
-    // or cloud's "shut down" is a press of the power button (berth-devd watches KEY_POWER).
-    "button",
-    "evdev",
-    // QEMU/KVM and GCE paravirtual devices.
-    "virtio_rng",
-    "virtio_balloon",
-    "virtio_input",
-    "virtio_mem",
-    "pvpanic_pci",
-    "pvpanic_mmio",
-    "ptp_kvm",
-    "vmw_vsock_virtio_transport",
-    // Hyper-V / Azure integration services, balloon, keyboard, mouse and vsock.
-    "hv_utils",
-    "hv_balloon",
-    "hyperv_keyboard",
-    "hid_hyperv",
-    "hv_sock",
-];
 
 /// A proposed default module list for a container host's root: overlay storage, bridge and
 /// veth networking with netfilter for both iptables back ends, VXLAN and the usual virtual
@@ -275,6 +204,10 @@ pub enum KernelError {
     NotAFile { path: String },
     #[error("kernel {version}: module {pattern:?} is neither a module file of the package nor built into the kernel")]
     UnknownModule { pattern: String, version: String },
+    #[error(
+        "kernel {version} has no {module}, the {role} of {platforms}: neither a module file of the package nor built in (modules.builtin)"
+    )]
+    MissingPlatformDriver { module: String, role: &'static str, platforms: String, version: String },
     #[error("kernel {version}: module glob {pattern:?} matches no module")]
     GlobMatchesNothing { pattern: String, version: String },
     #[error(
@@ -696,13 +629,30 @@ impl KernelPackage {
     }
 
     /// The root's modules: `named` (the definition's; each must exist) with every platform's
-    /// drivers, [`INITRAMFS_MODULES`] and [`ROOT_DEVICE_MODULES`] (those this kernel lacks are
-    /// recorded in [`Selection::unavailable`]), and their closure. The root keeps the
-    /// initramfs's drivers too: a device of theirs that appears after boot (a hot-added disk or
-    /// NIC) is loaded from the root.
+    /// drivers ([`PLATFORM_DRIVERS`]), and their closure. See [`KernelPackage::root_selection_for`].
     pub fn root_selection<S: AsRef<str>>(&self, named: &[S]) -> Result<Selection, KernelError> {
-        let platform: Vec<&str> = INITRAMFS_MODULES.iter().chain(ROOT_DEVICE_MODULES).copied().collect();
-        self.index.select_with_optional(named, &platform)
+        self.root_selection_for(PLATFORM_DRIVERS, named)
+    }
+
+    /// The root's modules: `named` (each must exist) with all of `platforms`' drivers and
+    /// [`INITRAMFS_ALWAYS`], those of the initramfs included (a device of theirs that appears after boot, a hot-added disk or
+    /// NIC, is loaded from the root), and their closure. A root-disk or NIC driver the kernel
+    /// lacks is an error ([`check_drivers`]); optional ones it lacks are recorded in
+    /// [`Selection::unavailable`].
+    pub fn root_selection_for<S: AsRef<str>>(
+        &self,
+        platforms: &[PlatformDrivers],
+        named: &[S],
+    ) -> Result<Selection, KernelError> {
+        check_drivers(&self.index, platforms)?;
+        let lists = DriverLists::of(platforms);
+        let required: Vec<&str> =
+            named.iter().map(AsRef::as_ref).chain(lists.initramfs_required.iter().map(String::as_str)).collect();
+        let optional: Vec<&str> = (lists.initramfs_optional.iter().chain(&lists.root_optional))
+            .map(String::as_str)
+            .chain(INITRAMFS_ALWAYS.iter().copied())
+            .collect();
+        self.index.select_with_optional(&required, &optional)
     }
 }
 

@@ -7,7 +7,10 @@ use berth_fstree::{FileData, Metadata, Node, NodeId, NodeKind, ROOT, Tree};
 
 use super::index::IndexBuilder;
 use super::select::{alias_key, index_err};
-use super::{ALWAYS_FILE, INITRAMFS_ALWAYS, INITRAMFS_MODULES, KernelError, KernelPackage, Selection};
+use super::{
+    ALWAYS_FILE, DriverLists, DriverReport, INITRAMFS_ALWAYS, KernelError, KernelPackage, PLATFORM_DRIVERS,
+    PlatformDrivers, Selection, check_drivers,
+};
 
 /// What [`prune_root`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,24 +108,39 @@ pub struct Initramfs {
     pub tree: Tree,
     /// The modules it carries (paths uncompressed), whose `load_order` is stage 1's.
     pub selection: Selection,
+    /// How the kernel provides every platform's drivers, the root's included: which are built
+    /// in, which optional ones it lacks (the caller reports those).
+    pub drivers: DriverReport,
 }
 
 impl Initramfs {
-    /// Names of [`INITRAMFS_MODULES`] this kernel has neither as a module nor built in; the
-    /// caller reports them (an image built on `linux-image-cloud-amd64` lacks `ahci`).
+    /// The optional initramfs drivers this kernel has neither as a module nor built in (an
+    /// image built on `linux-image-cloud-amd64` lacks `ahci`).
     pub fn unavailable(&self) -> &[String] {
         self.selection.unavailable()
     }
 }
 
-/// Builds the initramfs tree:
+/// Builds the initramfs tree for every platform ([`PLATFORM_DRIVERS`]); see
+/// [`initramfs_tree_for`].
+pub fn initramfs_tree<S: AsRef<str>>(
+    kernel: &KernelPackage,
+    extra: &[S],
+    init: FileData,
+    mtime: i64,
+) -> Result<Initramfs, KernelError> {
+    initramfs_tree_for(kernel, PLATFORM_DRIVERS, extra, init, mtime)
+}
+
+/// Builds the initramfs tree for `platforms`:
 ///
 /// - `/init`: `init` (berth-init, static), mode 0755;
-/// - `/usr/lib/modules/<kver>/`: the closure of [`INITRAMFS_MODULES`] (those the kernel has)
-///   and of `extra` (each of which must exist, like the root's selection), stored
-///   uncompressed; `modules.dep` and `modules.alias` for exactly those, [`ALWAYS_FILE`] (the
-///   closure of [`INITRAMFS_ALWAYS`] and `extra`; see the module docs for the loading
-///   contract), the filtered `modules.order`, `modules.builtin` as shipped (so stage 1
+/// - `/usr/lib/modules/<kver>/`: the closure of `platforms`' root-disk and NIC drivers (each of
+///   which the kernel must have, as a module or built in: [`check_drivers`]), of their other
+///   initramfs drivers and of [`INITRAMFS_ALWAYS`] (those the kernel has), and of `extra` (each
+///   of which must exist, like the root's selection), stored uncompressed; `modules.dep` and
+///   `modules.alias` for exactly those, [`ALWAYS_FILE`] (the closure of [`INITRAMFS_ALWAYS`]
+///   and `extra`; see the module docs for the loading contract), the filtered `modules.order`, `modules.builtin` as shipped (so stage 1
 ///   can tell a built-in module from a missing one), and, so that kmod's tools work on the
 ///   initramfs too, kmod's binary indexes as depmod writes them for these files
 ///   (`modules.dep.bin`, `modules.alias.bin`, `modules.symbols.bin`, `modules.builtin.bin`,
@@ -133,13 +151,20 @@ impl Initramfs {
 ///   `/sysroot` before `switch_root`).
 ///
 /// Everything is root-owned with `mtime`; directories 0755, module files 0644.
-pub fn initramfs_tree<S: AsRef<str>>(
+pub fn initramfs_tree_for<S: AsRef<str>>(
     kernel: &KernelPackage,
+    platforms: &[PlatformDrivers],
     extra: &[S],
     init: FileData,
     mtime: i64,
 ) -> Result<Initramfs, KernelError> {
-    let selection = kernel.modules().select_with_optional(extra, INITRAMFS_MODULES)?.decompressed()?;
+    let drivers = check_drivers(kernel.modules(), platforms)?;
+    let lists = DriverLists::of(platforms);
+    let required: Vec<&str> =
+        extra.iter().map(AsRef::as_ref).chain(lists.initramfs_required.iter().map(String::as_str)).collect();
+    let optional: Vec<&str> =
+        lists.initramfs_optional.iter().map(String::as_str).chain(INITRAMFS_ALWAYS.iter().copied()).collect();
+    let selection = kernel.modules().select_with_optional(&required, &optional)?.decompressed()?;
     // What stage 1 loads whatever the devices: the extra modules (the definition named them, so
     // they are wanted even if no device asks) and the always-needed ones, with their closure.
     let always = kernel.modules().select_with_optional(extra, INITRAMFS_ALWAYS)?.decompressed()?;
@@ -185,7 +210,7 @@ pub fn initramfs_tree<S: AsRef<str>>(
     ] {
         put_file(&mut tree, &dir.join(name), bytes.into(), &file_meta)?;
     }
-    Ok(Initramfs { tree, selection })
+    Ok(Initramfs { tree, selection, drivers })
 }
 
 /// `modules.builtin.bin` from `modules.builtin`, as depmod reads it: one path per line, lines
