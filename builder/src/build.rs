@@ -41,7 +41,7 @@ pub struct BuildOptions {
     pub apt_root: PathBuf,
     /// Build from the cache alone.
     pub offline: bool,
-    /// Directory with `berth-init`, `berth-update`, `berth-timesync`, `berth-netd`, `berth-devd` and `BOOTX64.EFI`; else built from
+    /// Directory with `berth-init`, `berth-update`, `berth-timesync`, `berth-netd`, `berth-devd`, `berth-metadata` and `BOOTX64.EFI`; else built from
     /// `workspace`.
     pub prebuilt: Option<PathBuf>,
     /// The Berth source tree to build binaries from.
@@ -85,6 +85,7 @@ struct Binaries {
     timesync: Vec<u8>,
     netd: Vec<u8>,
     devd: Vec<u8>,
+    metadata: Vec<u8>,
     /// Only for a definition with `[debug] guest-agent = true`.
     agent: Option<Vec<u8>>,
     bootmgr: Vec<u8>,
@@ -405,6 +406,7 @@ fn assemble_root(
     put_file(root, "usr/bin/berth-timesync", &bins.timesync, &exe)?;
     put_file(root, "usr/bin/berth-netd", &bins.netd, &exe)?;
     put_file(root, "usr/bin/berth-devd", &bins.devd, &exe)?;
+    put_file(root, "usr/bin/berth-metadata", &bins.metadata, &exe)?;
     // The agent's units, berth-netd's and (test images) the guest agent's, enabled below with the
     // image's own (the overlay may replace them).
     crate::agent_units::install(root, epoch)?;
@@ -514,6 +516,7 @@ pub struct OwnBinaries {
     pub timesync: PathBuf,
     pub netd: PathBuf,
     pub devd: PathBuf,
+    pub metadata: PathBuf,
     pub agent: PathBuf,
     pub bootmgr: PathBuf,
 }
@@ -527,12 +530,13 @@ impl OwnBinaries {
             timesync: dir.join("berth-timesync"),
             netd: dir.join("berth-netd"),
             devd: dir.join("berth-devd"),
+            metadata: dir.join("berth-metadata"),
             agent: dir.join("berth-guest-agent"),
             bootmgr: dir.join("BOOTX64.EFI"),
         }
     }
 
-    /// Builds berth-init, berth-update, berth-timesync, berth-netd, berth-devd and berth-guest-agent (static, musl) and bootmgr (UEFI) with cargo in the
+    /// Builds berth-init, berth-update, berth-timesync, berth-netd, berth-devd, berth-metadata and berth-guest-agent (static, musl) and bootmgr (UEFI) with cargo in the
     /// Berth source tree `workspace`, and returns where cargo put them.
     pub fn build(workspace: &Path) -> anyhow::Result<OwnBinaries> {
         const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -557,6 +561,9 @@ impl OwnBinaries {
             ["berth-init", "berth-update", "berth-timesync", "berth-net", "berth-devices", "berth-guest-agent"];
         let musl: Vec<&str> = packages.iter().flat_map(|p| ["-p", p]).collect();
         run(&[&["build", "-q", "--release", "--target", MUSL][..], &musl[..]].concat())?;
+        // Apart: built with the others, its default feature (the HTTP clients of the metadata
+        // providers) would be unified into the berth-metadata that berth-init links without it.
+        run(&["build", "-q", "--release", "--target", MUSL, "-p", "berth-metadata"])?;
         run(&["build", "-q", "--release", "--target", UEFI, "-p", "berth-bootmgr"])?;
         // Where cargo put them: CARGO_TARGET_DIR when set (relative to the workspace), as cargo reads it.
         let t = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
@@ -569,6 +576,7 @@ impl OwnBinaries {
             timesync: t.join(MUSL).join("release/berth-timesync"),
             netd: t.join(MUSL).join("release/berth-netd"),
             devd: t.join(MUSL).join("release/berth-devd"),
+            metadata: t.join(MUSL).join("release/berth-metadata"),
             agent: t.join(MUSL).join("release/berth-guest-agent"),
             bootmgr: t.join(UEFI).join("release/berth-bootmgr.efi"),
         })
@@ -584,6 +592,7 @@ impl OwnBinaries {
             (&self.timesync, &to.timesync),
             (&self.netd, &to.netd),
             (&self.devd, &to.devd),
+            (&self.metadata, &to.metadata),
             (&self.agent, &to.agent),
             (&self.bootmgr, &to.bootmgr),
         ];
@@ -600,9 +609,9 @@ fn binaries(opts: &BuildOptions, with_agent: bool) -> anyhow::Result<Binaries> {
         (Some(dir), _) => OwnBinaries::in_dir(dir),
         (None, Some(ws)) => OwnBinaries::build(ws)?,
         (None, None) => bail!(
-            "no berth sources to build berth-init, berth-update, berth-timesync, berth-netd, berth-devd, berth-guest-agent and \
-             bootmgr from: pass --prebuilt DIR (holding berth-init, berth-update, berth-timesync, berth-netd, berth-devd, \
-             berth-guest-agent and \
+            "no berth sources to build berth-init, berth-update, berth-timesync, berth-netd, berth-devd, berth-metadata, \
+             berth-guest-agent and bootmgr from: pass --prebuilt DIR (holding berth-init, berth-update, berth-timesync, \
+             berth-netd, berth-devd, berth-metadata, berth-guest-agent and \
              BOOTX64.EFI) or --workspace DIR"
         ),
     };
@@ -613,6 +622,7 @@ fn binaries(opts: &BuildOptions, with_agent: bool) -> anyhow::Result<Binaries> {
         timesync: read(&paths.timesync)?,
         netd: read(&paths.netd)?,
         devd: read(&paths.devd)?,
+        metadata: read(&paths.metadata)?,
         agent: if with_agent { Some(read(&paths.agent)?) } else { None },
         bootmgr: read(&paths.bootmgr)?,
     })

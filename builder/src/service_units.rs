@@ -68,8 +68,8 @@ WantedBy=sysinit.target
 /// provision-metadata` has PID 1 apply it as the first-boot document, once per instance. In its
 /// own process, as Afterburn is: PID 1 parses no packet from the network. Off the clouds `fetch`
 /// records that there is nothing to ask and PID 1 does nothing. A failure fails this unit only;
-/// the boot goes on with the image's configuration. `fetch` has its own deadline; the start
-/// timeout is a bound above it.
+/// the boot goes on with the image's configuration. `fetch` has its own deadline (a minute); the
+/// start timeout is a bound above it.
 pub const METADATA_SERVICE: &str = "\
 [Unit]
 Description=Berth cloud metadata (hostname, SSH keys and user data of the instance, applied once per instance)
@@ -81,7 +81,7 @@ Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/bin/berth-metadata fetch
 ExecStart=/usr/bin/berthctl provision-metadata
-TimeoutStartSec=10min
+TimeoutStartSec=5min
 
 [Install]
 WantedBy=multi-user.target
@@ -92,7 +92,8 @@ WantedBy=multi-user.target
 /// it requires `boot-complete.target`, the health gate (docs/design.md §3, §5), so a slot that
 /// fails its gate never reports ready, and it comes after provisioning and after the slot is
 /// marked good. Wanted by `boot-complete.target`, as `berth-mark-good.service` is, so that
-/// nothing ordered after `multi-user.target` waits for the report's retries.
+/// nothing ordered after `multi-user.target` waits for the report's retries (within its own
+/// five-minute deadline; the start timeout is a bound above it).
 pub const AZURE_READY_SERVICE: &str = "\
 [Unit]
 Description=Berth: report the instance ready to Azure after a healthy first boot
@@ -103,6 +104,7 @@ After=boot-complete.target berth-mark-good.service berth-metadata.service
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/bin/berth-metadata report-ready
+TimeoutStartSec=10min
 
 [Install]
 WantedBy=boot-complete.target

@@ -195,7 +195,8 @@ fn fails(repo_root: &Path, cache: &Path, def: &Path, out: &Path) -> String {
     let prebuilt = out.parent().unwrap().join("fake-prebuilt");
     std::fs::create_dir_all(&prebuilt).unwrap();
     let names = OwnBinaries::in_dir(&prebuilt);
-    for f in [&names.init, &names.update, &names.timesync, &names.netd, &names.devd, &names.agent, &names.bootmgr] {
+    let all = [&names.init, &names.update, &names.timesync, &names.netd, &names.devd, &names.metadata, &names.agent];
+    for f in all.into_iter().chain([&names.bootmgr]) {
         std::fs::write(f, b"not used: the build stops before").unwrap();
     }
     let o = Command::new(env!("CARGO_BIN_EXE_berth"))

@@ -65,6 +65,11 @@ pub enum Request {
         lines: usize,
         follow: bool,
     },
+    /// Apply the cloud metadata `berth-metadata fetch` recorded as the first-boot provisioning
+    /// document, once per instance (`berthctl provision-metadata`, run by
+    /// `berth-metadata.service`). The reply's message is a one-line summary; `ok: false` when
+    /// it failed.
+    ProvisionMetadata,
 }
 
 /// What a shutdown ends with.
@@ -104,6 +109,8 @@ impl Request {
             Request::Start { .. } | Request::Stop { .. } | Request::Restart { .. } | Request::ReloadUnit { .. } => {
                 Duration::from_secs(600)
             }
+            // Writes users' homes and files and syncs them: seconds on a slow disk.
+            Request::ProvisionMetadata => Duration::from_secs(120),
             _ => Duration::from_secs(30),
         }
     }
@@ -259,6 +266,7 @@ mod tests {
             r#"{"command":"schedule-shutdown","power":"poweroff","after_secs":300,"message":null}"#
         );
         assert_eq!(serde_json::to_string(&Request::Halt).unwrap(), r#"{"command":"halt"}"#);
+        assert_eq!(serde_json::to_string(&Request::ProvisionMetadata).unwrap(), r#"{"command":"provision-metadata"}"#);
         // What berthctl reboot and poweroff have always sent (berth-devd may send them too).
         assert_eq!(serde_json::from_str::<Request>(r#"{"command":"poweroff"}"#).unwrap(), Request::Poweroff);
         assert_eq!(serde_json::from_str::<Request>(r#"{"command":"reboot"}"#).unwrap(), Request::Reboot);
@@ -277,6 +285,7 @@ mod tests {
             Request::Restart { unit: "u.service".into() },
             Request::Reload,
             logs,
+            Request::ProvisionMetadata,
         ];
         for r in all {
             let text = serde_json::to_string(&r).unwrap();

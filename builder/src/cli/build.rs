@@ -25,7 +25,7 @@ pub struct BuildArgs {
     #[arg(long)]
     offline: bool,
     /// Directory holding prebuilt berth-init, berth-update, berth-timesync, berth-netd, berth-devd,
-    /// berth-guest-agent and
+    /// berth-metadata, berth-guest-agent and
     /// BOOTX64.EFI (else they are built with cargo from the Berth sources this berth was built from, or --workspace).
     #[arg(long, value_name = "DIR")]
     prebuilt: Option<PathBuf>,

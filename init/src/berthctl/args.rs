@@ -13,9 +13,10 @@ usage: berthctl COMMAND [OPTIONS] [UNIT...]
 units:
   list [--all]            the services and targets that are active, starting or failed
                           (--all: every loaded unit): UNIT LOAD ACTIVE SUB DESCRIPTION
-  status UNIT...          state, main process, memory, restarts and the last 10 log lines;
+  status [UNIT...]        state, main process, memory, restarts and the last 10 log lines;
                           exit 0 when active, 3 when not, 4 when there is no such unit
-                          (1 when berth-init cannot be reached)
+                          (1 when berth-init cannot be reached). Without a unit: the machine,
+                          its hostname, state and platform (aws, qemu, metal, …)
   start UNIT...           start units (and what they require); wait until they are up
   stop UNIT...            stop units (and what requires them)
   restart UNIT...         stop, then start
@@ -39,9 +40,13 @@ machine:
                           are commands of their own too, as on Debian; each has --help)
   is-system-running       print the system state (starting, running, degraded when a unit
                           failed, stopping); exit 0 when running
-  provision-status        whether the first-boot provisioning document was applied, or why
-                          it failed (exit 1; a failed document is not tried again until
+  provision-status        whether the first-boot provisioning document was applied (from
+                          which source; the cloud instance id), or why it failed (exit 1; a
+                          failed document is not tried again until
                           /var/lib/berth/provision-failed is removed)
+  provision-metadata      apply the cloud metadata that `berth-metadata fetch` recorded in
+                          /run/berth/metadata/instance.toml as the first-boot document, once
+                          per instance (berth-metadata.service runs it); exit 1 when it failed
 
 offline:
   verify [--root DIR] FILE...
@@ -78,6 +83,10 @@ pub(super) enum Command {
         units: Vec<String>,
         json: bool,
     },
+    /// `status` without a unit: the machine.
+    SystemStatus {
+        json: bool,
+    },
     Job {
         verb: Verb,
         units: Vec<String>,
@@ -103,6 +112,7 @@ pub(super) enum Command {
     Halt,
     IsSystemRunning,
     ProvisionStatus,
+    ProvisionMetadata,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +169,7 @@ pub(super) fn parse(args: &[String]) -> Result<Command, String> {
         "enable" | "disable" => &["--now", "--root"],
         "is-enabled" => &["--root"],
         "start" | "stop" | "restart" | "reload" | "reboot" | "poweroff" | "halt" | "is-system-running"
-        | "provision-status" => &[],
+        | "provision-status" | "provision-metadata" => &[],
         other => return Err(format!("unknown command `{other}`")),
     };
     if let Some(bad) = opts.given.iter().find(|o| !allowed.contains(o)) {
@@ -182,6 +192,7 @@ pub(super) fn parse(args: &[String]) -> Result<Command, String> {
             no_args()?;
             Command::List { all: opts.all, json: opts.json }
         }
+        "status" if opts.positional.is_empty() => Command::SystemStatus { json: opts.json },
         "status" => Command::Status { units: units()?, json: opts.json },
         "start" => Command::Job { verb: Verb::Start, units: units()? },
         "stop" => Command::Job { verb: Verb::Stop, units: units()? },
@@ -206,6 +217,7 @@ pub(super) fn parse(args: &[String]) -> Result<Command, String> {
         "poweroff" => no_args().map(|()| Command::Poweroff)?,
         "halt" => no_args().map(|()| Command::Halt)?,
         "provision-status" => no_args().map(|()| Command::ProvisionStatus)?,
+        "provision-metadata" => no_args().map(|()| Command::ProvisionMetadata)?,
         _ => no_args().map(|()| Command::IsSystemRunning)?,
     })
 }

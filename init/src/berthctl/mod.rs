@@ -42,6 +42,7 @@ pub fn main(args: &[String]) -> i32 {
         Command::Verify(args) => verify::verify(&args),
         Command::List { all, json } => status::list(all, json),
         Command::Status { units, json } => status::status(&units, json),
+        Command::SystemStatus { json } => status::system(json),
         Command::Job { verb, units } => jobs(verb, &units),
         Command::Install { enable, units, now, root } => enable::install(enable, &units, now, root.as_deref()),
         Command::IsEnabled { units, root } => enable::is_enabled(&units, root.as_deref()),
@@ -55,6 +56,7 @@ pub fn main(args: &[String]) -> i32 {
             crate::sys::log::out(&text);
             code
         }
+        Command::ProvisionMetadata => simple(&Request::ProvisionMetadata),
     }
 }
 
@@ -64,7 +66,7 @@ fn ask(request: &Request) -> Result<(Reply, std::io::BufReader<std::os::unix::ne
     if reply.ok { Ok((reply, rest)) } else { Err(reply.message) }
 }
 
-/// reboot, poweroff, halt: print the reply.
+/// reboot, poweroff, halt, provision-metadata: print the reply (an error on stderr, exit 1).
 fn simple(request: &Request) -> i32 {
     match ask(request) {
         Ok((reply, _)) => {

@@ -58,6 +58,43 @@ pub(super) fn list_table(units: &[UnitStatus], all: bool) -> String {
     out
 }
 
+/// `status` without a unit: the machine's hostname, state (PID 1's answer) and platform (what
+/// stage 2 recorded). Exit 0 when berth-init answered, 1 when it could not be reached.
+pub(super) fn system(json: bool) -> i32 {
+    let host = nix::unistd::gethostname().map_or_else(|_| "?".to_string(), |h| h.to_string_lossy().into_owned());
+    let (state, code) = match control::round_trip(&Request::IsSystemRunning) {
+        Ok((reply, _)) => (Ok(reply.message), 0),
+        Err(e) => (Err(e), 1),
+    };
+    let run_file = std::path::Path::new(crate::stage2::platform::PLATFORM_RUN_FILE);
+    let platform = match berth_metadata::platform::read_run_file(run_file) {
+        Ok(Some(p)) => Ok(p.name().to_string()),
+        Ok(None) => Err(format!("{} is missing: berth-init did not record it this boot", run_file.display())),
+        Err(e) => Err(e),
+    };
+    if json {
+        let value = serde_json::json!({
+            "hostname": host,
+            "state": state.as_ref().ok(),
+            "platform": platform.as_ref().ok(),
+        });
+        crate::sys::log::out(&format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default()));
+    } else {
+        crate::sys::log::out(&system_text(&host, &state, &platform));
+    }
+    code
+}
+
+/// `status`'s text for the machine: the hostname, then the state and the platform, each its
+/// value or why it is not known.
+pub(super) fn system_text(host: &str, state: &Result<String, String>, platform: &Result<String, String>) -> String {
+    let value = |r: &Result<String, String>| match r {
+        Ok(v) => v.clone(),
+        Err(why) => format!("unknown ({why})"),
+    };
+    format!("● {host}\n{:>11}: {}\n{:>11}: {}\n", "State", value(state), "Platform", value(platform))
+}
+
 /// `status UNIT...`: exit 0 when all are active, 3 when one is not, 4 when one is unknown.
 pub(super) fn status(units: &[String], json: bool) -> i32 {
     let mut code = 0;

@@ -1,5 +1,5 @@
 use super::args::{Command, DEFAULT_LOG_LINES, Verb, parse, unit_name};
-use super::status::{ago, human_bytes, list_table, status_text};
+use super::status::{ago, human_bytes, list_table, status_text, system_text};
 use crate::control::{LogLine, UnitStatus};
 
 fn args(line: &str) -> Vec<String> {
@@ -59,6 +59,10 @@ fn commands_parse() {
     assert_eq!(parsed("poweroff"), Ok(Command::Poweroff));
     assert_eq!(parsed("is-system-running"), Ok(Command::IsSystemRunning));
     assert_eq!(parsed("provision-status"), Ok(Command::ProvisionStatus));
+    assert_eq!(parsed("provision-metadata"), Ok(Command::ProvisionMetadata));
+    // Without a unit, status is the machine's.
+    assert_eq!(parsed("status"), Ok(Command::SystemStatus { json: false }));
+    assert_eq!(parsed("status --json"), Ok(Command::SystemStatus { json: true }));
     assert_eq!(parsed("--help"), Ok(Command::Help));
     assert_eq!(parsed("status --help"), Ok(Command::Help));
     assert_eq!(parsed("-V"), Ok(Command::Version));
@@ -76,7 +80,9 @@ fn usage_errors_say_what_is_wrong() {
     assert!(err("").contains("name a command"));
     assert!(err("frobnicate").contains("unknown command `frobnicate`"));
     assert!(err("start").contains("start: name at least one unit"));
-    assert!(err("status").contains("name at least one unit"));
+    assert!(err("logs").contains("name at least one unit"));
+    assert!(err("provision-metadata now").contains("provision-metadata takes no arguments (got `now`)"));
+    assert!(err("provision-metadata --all").contains("option --all does not apply here"));
     assert!(err("reboot now").contains("reboot takes no arguments (got `now`)"));
     assert!(err("list x").contains("takes no arguments"));
     assert!(err("start --all x").contains("start: option --all does not apply here"));
@@ -193,4 +199,19 @@ fn is_enabled_parses() {
     );
     assert!(parsed("is-enabled --now ssh").unwrap_err().contains("option --now does not apply here"));
     assert!(parsed("is-enabled").unwrap_err().contains("name at least one unit"));
+}
+
+#[test]
+fn status_without_a_unit_shows_the_machine_and_its_platform() {
+    assert_eq!(
+        system_text("node-1", &Ok("running".into()), &Ok("aws".into())),
+        "● node-1\n      State: running\n   Platform: aws\n"
+    );
+    let missing = Err("/run/berth/platform is missing: berth-init did not record it this boot".to_string());
+    let text = system_text("localhost", &Err("cannot reach berth-init".into()), &missing);
+    assert_eq!(
+        text,
+        "● localhost\n      State: unknown (cannot reach berth-init)\n   Platform: unknown (/run/berth/platform is \
+         missing: berth-init did not record it this boot)\n"
+    );
 }

@@ -357,6 +357,15 @@ impl Manager {
         self.set.len()
     }
 
+    /// The units the default target pulls in (all of them, whether they run or not), as the
+    /// unit files now loaded say: compared before and after a [`Manager::reload`], the units
+    /// first-boot provisioning enabled.
+    pub fn default_wants(&mut self) -> BTreeSet<String> {
+        let goal = berth_units::builtin::DEFAULT_TARGET;
+        self.set.load_more(&self.loader, &[goal]);
+        self.set.plan_start(goal, &[]).start.into_iter().collect()
+    }
+
     /// Queues stop jobs for `names`: each waits for the units ordered after it.
     fn queue_stops(&mut self, names: &[String]) {
         // Units earlier in the stop order that are ordered after this one (directly or through a

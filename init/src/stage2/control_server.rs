@@ -103,6 +103,8 @@ impl Pid1 {
                 let n = self.manager.reload();
                 Reply::ok(format!("reloaded {n} units"))
             }
+            Request::ProvisionMetadata if self.shutdown.is_some() => Reply::error("the system is shutting down"),
+            Request::ProvisionMetadata => self.provision_metadata(),
             Request::Logs { unit, lines, follow } => {
                 let name = self.manager.resolve(&unit).unwrap_or(unit);
                 let lines = self.manager.journal.tail(&name, lines);
@@ -120,6 +122,51 @@ impl Pid1 {
         }
         send(&stream, &reply);
         kind
+    }
+
+    /// `berthctl provision-metadata`: applies the record `berth-metadata fetch` wrote (once per
+    /// instance, [`super::provision::metadata`]); when that changed the machine, sets the
+    /// hostname again, re-reads the unit files and starts what the default target wants now
+    /// (the units the document enabled). Answers at once: the started units go on by themselves.
+    fn provision_metadata(&mut self) -> Reply {
+        use super::provision::metadata;
+        let record = match metadata::read_record(std::path::Path::new(metadata::RECORD_PATH)) {
+            Ok(r) => r,
+            Err(e) => {
+                log::line(&format!("provisioning: {e}"));
+                return Reply::error(e);
+            }
+        };
+        let done = metadata::provision(std::path::Path::new("/"), &record);
+        for line in &done.lines {
+            log::line(line);
+        }
+        nix::unistd::sync();
+        let mut summary = done.summary;
+        if done.changed {
+            let host = super::identity::hostname();
+            match super::identity::write_hosts(std::path::Path::new(super::identity::HOSTS), &host) {
+                Ok("written") => log::line(&format!("{} written for {host}", super::identity::HOSTS)),
+                Ok(_) => {}
+                Err(e) => log::line(&e),
+            }
+            log::line(&format!("provisioning: hostname {host}"));
+            let before = self.manager.default_wants();
+            let n = self.manager.reload();
+            log::line(&format!("provisioning: reloaded {n} units"));
+            let mut started = Vec::new();
+            for unit in self.manager.default_wants().difference(&before) {
+                match self.manager.start(unit) {
+                    Ok(name) => started.push(name),
+                    Err(e) => log::line(&format!("provisioning: starting {unit}: {e}")),
+                }
+            }
+            if !started.is_empty() {
+                log::line(&format!("provisioning: starting {}", started.join(", ")));
+                summary.push_str(&format!("; starting {}", started.join(", ")));
+            }
+        }
+        if done.ok { Reply::ok(summary) } else { Reply::error(summary) }
     }
 
     /// Queues a job and keeps the client until it has finished.

@@ -1,5 +1,5 @@
 //! Stage 2, PID 1 of the root: API filesystems and cgroup2, STATE with `/var` and the `/etc`
-//! overlay, machine-id, hostname, loopback (here, before any unit starts: services may bind
+//! overlay, the platform ([`platform`]), first-boot provisioning, machine-id, hostname, loopback (here, before any unit starts: services may bind
 //! to 127.0.0.1 whatever they are ordered after); then it runs the units, serves berthctl
 //! ([`control_server`]), reaps every orphan, and shuts down in order on request (berthctl,
 //! Ctrl-Alt-Del, signals). DHCP is `berth-netd.service` and the guest agent, in test images,
@@ -14,6 +14,8 @@ mod accounts;
 mod control_server;
 mod health;
 mod identity;
+// The platform word (ESP, SMBIOS): recorded in /run/berth/platform; berthctl status reads it.
+pub(crate) mod platform;
 // First-boot provisioning from fw_cfg, run once STATE is up; berthctl reads its status.
 pub(crate) mod provision;
 mod scheduled;
@@ -72,6 +74,10 @@ pub fn run() -> Result<(), String> {
 
     let storage = storage::setup();
     watchdog.feed();
+    // Once /run/berth exists, before any unit starts: berth-metadata.service reads the word.
+    for line in platform::run() {
+        log::line(&line);
+    }
     // First-boot provisioning: after /var and /etc exist, before the hostname is set and units start.
     for line in provision::run() {
         log::line(&line);

@@ -2,8 +2,11 @@
 //! QEMU's fw_cfg as `opt/org.berth/config` (`-fw_cfg name=opt/org.berth/config,file=…`; the
 //! `qemu_fw_cfg` module in the initramfs shows it under `/sys/firmware/qemu_fw_cfg`) or, when
 //! fw_cfg has none (VirtualBox, Vagrant, bare metal), as `berth/provision.toml` on the ESP
-//! ([`esp`], read from the unmounted partition, never written). Stage 2 applies it once, after `/var` and the `/etc` overlay are up and before the hostname is set
-//! and any unit starts; everything it writes lands on STATE, so it survives updates.
+//! ([`esp`], read from the unmounted partition, never written). Stage 2 applies it once, after
+//! `/var` and the `/etc` overlay are up and before the hostname is set and any unit starts;
+//! everything it writes lands on STATE, so it survives updates. On a cloud the third source is
+//! the metadata service, read by `berth-metadata.service` and applied later, at PID 1's
+//! `berthctl provision-metadata`, once per instance ([`metadata`]).
 //!
 //! The document (unknown keys are errors; every key is optional):
 //!
@@ -169,22 +172,27 @@ fn base64_why(e: &base64::DecodeError) -> String {
 pub const FW_CFG_NAME: &str = "opt/org.berth/config";
 
 /// Where a document came from. fw_cfg wins: the ESP is read only when fw_cfg has no document.
+/// The cloud's metadata service is read later, by `berth-metadata.service`, and handed to PID 1
+/// with `berthctl provision-metadata` ([`metadata`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// QEMU's fw_cfg item [`FW_CFG_NAME`].
     FwCfg,
     /// [`esp::ESP_PATH`] on the ESP.
     Esp,
+    /// The user data of the cloud's metadata service, with its hostname and SSH keys.
+    Metadata,
 }
 
 impl Source {
-    pub const ALL: [Source; 2] = [Source::FwCfg, Source::Esp];
+    pub const ALL: [Source; 3] = [Source::FwCfg, Source::Esp, Source::Metadata];
 
     /// The source as the log, the markers and `berthctl provision-status` name it.
     pub fn name(self) -> &'static str {
         match self {
             Source::FwCfg => "fw_cfg opt/org.berth/config",
             Source::Esp => "ESP berth/provision.toml",
+            Source::Metadata => "cloud metadata user data",
         }
     }
 
@@ -193,6 +201,7 @@ impl Source {
         match self {
             Source::FwCfg => FW_CFG_NAME,
             Source::Esp => "ESP berth/provision.toml",
+            Source::Metadata => "cloud metadata user data",
         }
     }
 
@@ -208,13 +217,15 @@ pub struct Document {
     pub bytes: Vec<u8>,
 }
 
-mod esp;
+pub(crate) mod esp;
+pub mod metadata;
 /// Where the `qemu_fw_cfg` module shows the item.
 const FW_CFG_RAW: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.berth/config/raw";
-/// Written (relative to the root) once a document was applied: its SHA-256.
+/// Written (relative to the root) once a document was applied: its SHA-256, its source and, for
+/// the cloud metadata, the instance id and the platform, a line each ([`Marker`]).
 pub const MARKER: &str = "var/lib/berth/provisioned";
 /// Written (relative to the root) when a document failed: its SHA-256 on the first line, why on
-/// the second. Later boots do not try that document again while this names it.
+/// the second, its source on the third (and the instance id for the cloud metadata). Later boots do not try that document again while this names it.
 pub const FAILED: &str = "var/lib/berth/provision-failed";
 /// A bigger `authorized_keys` in a user's home is refused rather than read into PID 1.
 const MAX_AUTHORIZED_KEYS: u64 = 1 << 20;
@@ -570,7 +581,7 @@ pub fn run() -> Vec<String> {
     if root.join(MARKER).exists() {
         return vec!["provisioning: already applied on first boot".into()];
     }
-    let document = read_document(Path::new(FW_CFG_RAW), esp::device);
+    let document = read_document(Path::new(FW_CFG_RAW), || esp::device().map_err(|why| ProvisionError::Esp { why }));
     let lines = run_in(root, document);
     nix::unistd::sync();
     lines
@@ -634,40 +645,80 @@ pub fn run_in(root: &Path, document: Result<Option<Document>, ProvisionError>) -
         .map_err(|e| Failure::before(ProvisionError::NotUtf8 { from: source, why: e }))
         .and_then(|text| parse_from(source, text).map_err(Failure::before))
         .and_then(|config| apply(&config, root));
-    let mut lines = Vec::new();
+    let record = Record { digest, source, instance_id: None, platform: None };
     match outcome {
         Ok(report) => {
-            lines.extend(report.actions.iter().map(|a| format!("provisioning: {a}")));
-            match write_state_file(root, MARKER, format!("{digest}\n{name}\n").as_bytes()) {
-                Ok(()) => lines.push(format!("provisioning: applied {name} (sha256 {digest}); marked in /{MARKER}")),
-                Err(e) => lines.push(format!("provisioning: applied, but {e}: it is applied again on the next boot")),
-            }
-            if root.join(FAILED).symlink_metadata().is_ok()
-                && let Err(e) = fs::remove_file(root.join(FAILED))
-            {
-                lines.push(format!("provisioning: removing /{FAILED}: {e}"));
-            }
+            let mut lines: Vec<String> = report.actions.iter().map(|a| format!("provisioning: {a}")).collect();
+            lines.extend(record.applied(root));
+            lines
         }
-        Err(f) => {
-            let what = if f.partly_applied {
-                "applied only in part (the lines above say what changed)"
-            } else {
-                "nothing applied, booting with the image's defaults"
-            };
-            lines.push(format!("provisioning: {}; {what}", f.reason));
-            let record = format!("{digest}\n{}\n{name}\n", f.reason.to_string().replace(['\n', '\r'], " "));
-            match write_state_file(root, FAILED, record.as_bytes()) {
-                Ok(()) => lines.push(format!(
-                    "provisioning: recorded as failed in /{FAILED} (sha256 {digest}): not tried again on later boots; \
-                     `berthctl provision-status` shows why"
-                )),
-                Err(e) => lines.push(format!(
-                    "provisioning: {e}: the failure is not recorded, it is tried again on the next boot"
-                )),
-            }
+        Err(f) => record.failed(root, &f, "nothing applied, booting with the image's defaults"),
+    }
+}
+
+/// What a document was, as the records on STATE keep it ([`MARKER`], [`FAILED`]).
+pub(crate) struct Record {
+    pub digest: String,
+    pub source: Source,
+    /// The cloud instance it was offered to ([`Source::Metadata`]).
+    pub instance_id: Option<String>,
+    pub platform: Option<String>,
+}
+
+impl Record {
+    /// `aws, instance i-0abc` for the cloud metadata, nothing for the other sources.
+    fn whose(&self) -> String {
+        match (&self.platform, &self.instance_id) {
+            (Some(p), Some(id)) => format!(" ({p}, instance {id})"),
+            (Some(p), None) => format!(" ({p}, no instance id)"),
+            (None, Some(id)) => format!(" (instance {id})"),
+            (None, None) => String::new(),
         }
     }
-    lines
+
+    /// Marks the document applied (and forgets an earlier failure); returns the lines to log.
+    fn applied(&self, root: &Path) -> Vec<String> {
+        let (digest, name) = (&self.digest, self.source.name());
+        let mut text = format!("{digest}\n{name}\n");
+        if self.source == Source::Metadata {
+            let line = |v: &Option<String>| v.as_deref().unwrap_or("").replace(['\n', '\r'], " ");
+            text.push_str(&format!("{}\n{}\n", line(&self.instance_id), line(&self.platform)));
+        }
+        let mut lines = Vec::new();
+        match write_state_file(root, MARKER, text.as_bytes()) {
+            Ok(()) => lines
+                .push(format!("provisioning: applied {name}{} (sha256 {digest}); marked in /{MARKER}", self.whose())),
+            Err(e) => lines.push(format!("provisioning: applied, but {e}: it is applied again on the next boot")),
+        }
+        if root.join(FAILED).symlink_metadata().is_ok()
+            && let Err(e) = fs::remove_file(root.join(FAILED))
+        {
+            lines.push(format!("provisioning: removing /{FAILED}: {e}"));
+        }
+        lines
+    }
+
+    /// Records the document as failed; returns the lines to log. `otherwise` says what the
+    /// machine goes on with when nothing was applied.
+    fn failed(&self, root: &Path, f: &Failure, otherwise: &str) -> Vec<String> {
+        let what = if f.partly_applied { "applied only in part (the lines above say what changed)" } else { otherwise };
+        let digest = &self.digest;
+        let mut lines = vec![format!("provisioning: {}; {what}", f.reason)];
+        let mut record =
+            format!("{digest}\n{}\n{}\n", f.reason.to_string().replace(['\n', '\r'], " "), self.source.name());
+        if let Some(id) = &self.instance_id {
+            record.push_str(&format!("{}\n", id.replace(['\n', '\r'], " ")));
+        }
+        match write_state_file(root, FAILED, record.as_bytes()) {
+            Ok(()) => lines.push(format!(
+                "provisioning: recorded as failed in /{FAILED} (sha256 {digest}): not tried again on later boots; \
+                 `berthctl provision-status` shows why"
+            )),
+            Err(e) => lines
+                .push(format!("provisioning: {e}: the failure is not recorded, it is tried again on the next boot")),
+        }
+        lines
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -692,16 +743,44 @@ pub struct Failed {
     pub reason: String,
     /// Where it came from (`None` in a record older than the ESP source).
     pub source: Option<Source>,
+    /// The cloud instance it was offered to (the cloud metadata only).
+    pub instance_id: Option<String>,
 }
 
-/// What [`FAILED`] says, when it exists: the digest, the reason and the source's name, a line each.
+/// What [`FAILED`] says, when it exists: the digest, the reason, the source's name and the
+/// instance id, a line each.
 pub fn failed(root: &Path) -> Option<Failed> {
     let text = fs::read_to_string(root.join(FAILED)).ok()?;
     let mut lines = text.lines().map(str::trim);
     let digest = lines.next().unwrap_or("").to_string();
     let reason = lines.next().unwrap_or("").to_string();
     let source = lines.next().and_then(Source::from_name);
-    Some(Failed { digest, reason, source })
+    let instance_id = lines.next().filter(|l| !l.is_empty()).map(str::to_string);
+    Some(Failed { digest, reason, source, instance_id })
+}
+
+/// A document that was applied, as [`MARKER`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub digest: String,
+    /// `None` in a marker older than the ESP source (which was fw_cfg's: [`recorded_name`]).
+    pub source: Option<Source>,
+    /// The cloud instance it was applied on (the cloud metadata only).
+    pub instance_id: Option<String>,
+    /// The platform whose metadata it was (the cloud metadata only).
+    pub platform: Option<String>,
+}
+
+/// What [`MARKER`] says, when it exists.
+pub fn marker(root: &Path) -> Option<Marker> {
+    let text = fs::read_to_string(root.join(MARKER)).ok()?;
+    let mut lines = text.lines().map(str::trim);
+    let digest = lines.next().unwrap_or("").to_string();
+    let source = lines.next().and_then(Source::from_name);
+    let mut word = || lines.next().filter(|l| !l.is_empty()).map(str::to_string);
+    let instance_id = word();
+    let platform = word();
+    Some(Marker { digest, source, instance_id, platform })
 }
 
 /// The name of a document's source in `berthctl provision-status`: a record older than the
@@ -714,18 +793,28 @@ fn recorded_name(source: Option<Source>) -> &'static str {
 /// leaves on STATE, and the exit code (1 when a document failed).
 pub fn status(root: &Path) -> (String, i32) {
     let mut out = String::new();
-    if let Ok(marker) = fs::read_to_string(root.join(MARKER)) {
-        let mut lines = marker.lines().map(str::trim);
-        let digest = lines.next().unwrap_or("");
-        let name = recorded_name(lines.next().and_then(Source::from_name));
-        out.push_str(&format!(
-            "applied: {name} with sha256 {digest} (/{MARKER}); later boots ignore fw_cfg and the ESP\n"
-        ));
+    if let Some(m) = marker(root) {
+        let name = recorded_name(m.source);
+        if m.source == Some(Source::Metadata) {
+            let platform = m.platform.as_deref().unwrap_or("cloud");
+            let instance = m.instance_id.as_deref().map_or("no instance id".to_string(), |id| format!("instance {id}"));
+            out.push_str(&format!(
+                "applied: {name} ({platform} metadata service, {instance}) with sha256 {} (/{MARKER}); later boots \
+                 ignore fw_cfg and the ESP, and the metadata of the same instance\n",
+                m.digest
+            ));
+        } else {
+            out.push_str(&format!(
+                "applied: {name} with sha256 {} (/{MARKER}); later boots ignore fw_cfg and the ESP\n",
+                m.digest
+            ));
+        }
     }
     let code = match failed(root) {
         Some(f) => {
+            let instance = f.instance_id.as_ref().map_or(String::new(), |id| format!(" (instance {id})"));
             out.push_str(&format!(
-                "failed: {} with sha256 {}: {}\n\
+                "failed: {}{instance} with sha256 {}: {}\n\
                  not tried again while /{FAILED} names it; to retry it: rm /{FAILED}, then reboot \
                  (a changed document is tried on the next boot)\n",
                 recorded_name(f.source),
@@ -737,7 +826,10 @@ pub fn status(root: &Path) -> (String, i32) {
         None => 0,
     };
     if out.is_empty() {
-        out.push_str("none applied: no document was offered through fw_cfg or on the ESP, or none could be read\n");
+        out.push_str(
+            "none applied: no document was offered through fw_cfg, on the ESP or by a cloud metadata service, or \
+             none could be read\n",
+        );
     }
     (out, code)
 }

@@ -661,25 +661,7 @@ fn fw_cfg(bytes: Vec<u8>) -> Result<Option<Document>, ProvisionError> {
     Ok(Some(Document { source: Source::FwCfg, bytes }))
 }
 
-/// A FAT volume (an ESP as the builder makes one, small) in a file, holding `files`.
-fn fat_image(files: &[(&str, &[u8])]) -> tempfile::NamedTempFile {
-    let mut image = tempfile::NamedTempFile::new().unwrap();
-    image.as_file().set_len(8 << 20).unwrap();
-    fatfs::format_volume(image.as_file_mut(), fatfs::FormatVolumeOptions::new().volume_label(*b"EFI-SYSTEM ")).unwrap();
-    {
-        let fs = fatfs::FileSystem::new(image.as_file_mut(), fatfs::FsOptions::new()).unwrap();
-        for (path, data) in files {
-            let parts: Vec<&str> = path.split('/').collect();
-            for n in 1..parts.len() {
-                fs.root_dir().create_dir(&parts[..n].join("/")).unwrap();
-            }
-            let mut f = fs.root_dir().create_file(path).unwrap();
-            std::io::Write::write_all(&mut f, data).unwrap();
-        }
-        fs.unmount().unwrap();
-    }
-    image
-}
+use esp::fat_image;
 
 #[test]
 fn reads_the_document_from_the_esp_without_writing_it() {
@@ -867,4 +849,291 @@ fn the_esp_is_found_beside_the_root_partition_and_read() {
     let before = fs::read(part(1)).unwrap();
     assert_eq!(esp::read(&found).unwrap(), Some(doc.to_vec()));
     assert!(fs::read(part(1)).unwrap() == before, "reading changed the ESP");
+}
+
+// The cloud metadata source (metadata.rs): the record berth-metadata fetch writes, merged into
+// the one document and applied once per instance.
+
+use berth_metadata::record::{InstanceRecord, Outcome as Fetched, SshKey};
+use metadata::{Decision, decide, merge, provision};
+
+const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBob bob@gce";
+const KEY_M: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMeta ops@cloud";
+
+/// A record as an AWS instance's: its id, hostname, one key for no user and `user_data`.
+fn record(instance: &str, user_data: Option<&str>) -> InstanceRecord {
+    InstanceRecord {
+        platform: "aws".into(),
+        outcome: Fetched::Complete,
+        instance_id: Some(instance.into()),
+        hostname: Some("ip-10-0-0-7.ec2.internal".into()),
+        user_data: user_data.map(|t| t.as_bytes().to_vec()),
+        ssh_keys: vec![SshKey { user: None, key: format!("{KEY_M}\n") }],
+        notes: Vec::new(),
+    }
+}
+
+fn key(user: Option<&str>, key: &str) -> SshKey {
+    SshKey { user: user.map(String::from), key: key.into() }
+}
+
+fn keys_of(config: &Config, user: &str) -> Vec<String> {
+    let u = config.users.iter().find(|u| u.name.0 == user).unwrap_or_else(|| panic!("no user {user}"));
+    u.ssh_authorized_keys.iter().map(|k| k.0.clone()).collect()
+}
+
+#[test]
+fn metadata_keys_go_to_core_unless_they_name_a_user_of_the_document() {
+    let mut r = record("i-1", Some(&alice_doc(KEY_A)));
+    r.ssh_keys = vec![
+        key(Some("alice"), KEY_B),
+        key(None, KEY_M),
+        // GCE `bob:key`, Azure's admin user: not users of the document, so core's.
+        key(Some("bob"), KEY_C),
+        key(Some("azureuser"), KEY_C),
+        // Already the document's key for alice: not twice.
+        key(Some("alice"), KEY_A),
+        key(Some("core"), "two\nlines"),
+    ];
+    let (config, notes) = merge(&r).unwrap();
+    assert_eq!(keys_of(&config, "alice"), [KEY_A, KEY_B]);
+    assert_eq!(keys_of(&config, "core"), [KEY_M, KEY_C]);
+    assert_eq!(config.users.len(), 2, "core added once, bob and azureuser not created");
+    assert!(notes.contains(&"SSH keys of azureuser, bob go to core (the user data lists no such user)".to_string()));
+    assert!(notes.contains(&"SSH key 5 of the metadata is not one non-empty line; not used".to_string()));
+    // The document's own core entry takes the metadata's keys after its own.
+    let doc = format!("[[users]]\nname = \"core\"\ngroups = [\"sudo\"]\nssh_authorized_keys = [\"{KEY_C}\"]\n");
+    let (config, _) = merge(&record("i-1", Some(&doc))).unwrap();
+    assert_eq!(keys_of(&config, "core"), [KEY_C, KEY_M]);
+    assert_eq!(config.users[0].groups, [Name("sudo".into())]);
+    // No user data: the keys and the hostname alone make the document.
+    let (config, _) = merge(&record("i-1", None)).unwrap();
+    assert_eq!(keys_of(&config, "core"), [KEY_M]);
+    assert!(config.files.is_empty() && config.units.is_empty());
+
+    // Applied: each key in its user's authorized_keys.
+    let dir = image();
+    let root = dir.path();
+    let mut r = record("i-1", Some(&alice_doc(KEY_A)));
+    r.ssh_keys.push(key(Some("alice"), KEY_B));
+    let done = provision(root, &r);
+    assert!(done.ok && done.changed, "{done:?}");
+    assert_eq!(read(root, "home/core/.ssh/authorized_keys"), format!("{KEY_M}\n"));
+    assert_eq!(read(root, "home/alice/.ssh/authorized_keys"), format!("{KEY_A}\n{KEY_B}\n"));
+    assert_eq!(meta(root, "home/core/.ssh/authorized_keys"), (0o600, 1000, 1000));
+}
+
+#[test]
+fn the_metadata_hostname_applies_unless_the_document_sets_one() {
+    let (config, notes) = merge(&record("i-1", None)).unwrap();
+    assert_eq!(config.hostname, Some(Hostname("ip-10-0-0-7.ec2.internal".into())));
+    assert!(notes.contains(&"hostname ip-10-0-0-7.ec2.internal from the metadata".to_string()), "{notes:?}");
+    let (config, notes) = merge(&record("i-1", Some("hostname = \"web-1\"\n"))).unwrap();
+    assert_eq!(config.hostname, Some(Hostname("web-1".into())));
+    assert!(
+        notes.contains(
+            &"hostname web-1 from the user data (the metadata's ip-10-0-0-7.ec2.internal is not used)".into()
+        )
+    );
+    // A GCE FQDN longer than a hostname may be: its first label.
+    let mut r = record("i-1", None);
+    r.hostname = Some(format!("node-1.{}.c.project.internal", "z".repeat(60)));
+    assert_eq!(merge(&r).unwrap().0.hostname, Some(Hostname("node-1".into())));
+    // Not a hostname at all: not used, said, and the rest still applies.
+    r.hostname = Some("bad_name".into());
+    let (config, notes) = merge(&r).unwrap();
+    assert_eq!(config.hostname, None);
+    assert!(notes.contains(&"the metadata's hostname `bad_name` is not a valid hostname; not used".into()));
+
+    let dir = image();
+    let root = dir.path();
+    assert!(provision(root, &record("i-1", None)).ok);
+    assert_eq!(read(root, "etc/hostname"), "ip-10-0-0-7.ec2.internal\n");
+}
+
+#[test]
+fn the_instance_id_decides_first_boot() {
+    let m = |source: Source, instance: Option<&str>, digest: &str| Marker {
+        digest: digest.into(),
+        source: Some(source),
+        instance_id: instance.map(String::from),
+        platform: Some("aws".into()),
+    };
+    let apply = |d: Decision| matches!(d, Decision::Apply(_));
+    assert!(apply(decide(None, Some("i-1"), "d")));
+    assert_eq!(
+        decide(Some(&m(Source::Metadata, Some("i-1"), "d")), Some("i-1"), "e"),
+        Decision::Done("already applied on instance i-1".into())
+    );
+    assert_eq!(
+        decide(Some(&m(Source::Metadata, Some("i-1"), "d")), Some("i-2"), "d"),
+        Decision::Apply("a new instance i-2 (applied before on instance i-1)".into())
+    );
+    // Another source's marker does not stand for the metadata.
+    assert!(apply(decide(Some(&m(Source::Esp, None, "d")), Some("i-1"), "d")));
+    assert!(apply(decide(Some(&m(Source::FwCfg, None, "d")), None, "d")));
+    // No instance id to compare: the user data's digest decides.
+    assert!(!apply(decide(Some(&m(Source::Metadata, None, "d")), None, "d")));
+    assert!(!apply(decide(Some(&m(Source::Metadata, Some("i-1"), "d")), None, "d")));
+    assert!(apply(decide(Some(&m(Source::Metadata, None, "d")), Some("i-1"), "e")));
+
+    let dir = image();
+    let root = dir.path();
+    let doc = "[[files]]\npath = \"/etc/app.conf\"\ncontent = \"one\\n\"\n";
+    let first = provision(root, &record("i-1", Some(doc)));
+    assert!(first.ok && first.changed, "{first:?}");
+    let digest = sha256_hex(doc.as_bytes());
+    assert_eq!(read(root, MARKER), format!("{digest}\ncloud metadata user data\ni-1\naws\n"));
+    assert!(
+        first
+            .summary
+            .starts_with(&format!("applied the cloud metadata user data (aws, instance i-1) (sha256 {digest}): ")),
+        "{}",
+        first.summary
+    );
+    assert!(first.lines.contains(&"provisioning: aws metadata: first boot".to_string()), "{:?}", first.lines);
+    // A reboot: the same instance applies nothing, even with the file changed by hand since.
+    fs::write(root.join("etc/app.conf"), "edited\n").unwrap();
+    let reboot = provision(root, &record("i-1", Some(doc)));
+    assert!(reboot.ok && !reboot.changed, "{reboot:?}");
+    assert_eq!(reboot.summary, "aws metadata: already applied on instance i-1");
+    assert_eq!(read(root, "etc/app.conf"), "edited\n");
+    // A new instance from the same image (or a snapshot of this one) provisions again.
+    let mut again = record("i-2", Some(doc));
+    again.hostname = Some("ip-10-0-0-8".into());
+    let new = provision(root, &again);
+    assert!(new.ok && new.changed, "{new:?}");
+    assert!(
+        new.lines.contains(&"provisioning: aws metadata: a new instance i-2 (applied before on instance i-1)".into())
+    );
+    assert_eq!(read(root, "etc/app.conf"), "one\n");
+    assert_eq!(read(root, "etc/hostname"), "ip-10-0-0-8\n");
+    assert_eq!(read(root, MARKER), format!("{digest}\ncloud metadata user data\ni-2\naws\n"));
+    // provision-status names the source and the instance.
+    let (text, code) = status(root);
+    assert_eq!(code, 0);
+    assert!(
+        text.starts_with(&format!(
+            "applied: cloud metadata user data (aws metadata service, instance i-2) with sha256 {digest} "
+        )),
+        "{text}"
+    );
+    // Stage 2, on the next boot, offered fw_cfg's document: the machine was provisioned.
+    assert_eq!(run_in(root, fw_cfg(b"hostname = \"x\"\n".to_vec())), ["provisioning: already applied on first boot"]);
+}
+
+#[test]
+fn malformed_user_data_applies_nothing_from_the_record() {
+    let dir = image();
+    let root = dir.path();
+    // Valid keys and hostname in the metadata, a document that is not one.
+    let bad = "[[files]]\npath = \"/etc/app.conf\"\ncontent = \"x\"\nhostname = 5\n";
+    let done = provision(root, &record("i-1", Some(bad)));
+    assert!(!done.ok && !done.changed, "{done:?}");
+    assert!(
+        done.summary.starts_with("provisioning config cloud metadata user data:4:1: unknown field `hostname`")
+            && done.summary.ends_with("; nothing applied"),
+        "{}",
+        done.summary
+    );
+    assert!(
+        done.lines.iter().any(|l| l.starts_with("provisioning: provisioning config cloud metadata user data:4:1: ")
+            && l.ends_with("; nothing applied from the metadata, going on with the image's configuration")),
+        "{:?}",
+        done.lines
+    );
+    assert!(!root.join("etc/hostname").exists() && !root.join("etc/app.conf").exists());
+    assert!(!root.join("var/home").exists(), "no key of the metadata went to core");
+    assert!(!root.join(MARKER).exists());
+    let digest = sha256_hex(bad.as_bytes());
+    let f = failed(root).unwrap();
+    assert_eq!(
+        (f.digest.as_str(), f.source, f.instance_id.as_deref()),
+        (digest.as_str(), Some(Source::Metadata), Some("i-1"))
+    );
+    let (text, code) = status(root);
+    assert_eq!(code, 1);
+    assert!(
+        text.starts_with(&format!("failed: cloud metadata user data (instance i-1) with sha256 {digest}: ")),
+        "{text}"
+    );
+    // Not UTF-8: the same, naming the source.
+    let mut r = record("i-9", None);
+    r.user_data = Some(vec![b'h', 0xff]);
+    let done = provision(root, &r);
+    assert!(!done.ok && done.summary.starts_with("config cloud metadata user data is not UTF-8"), "{}", done.summary);
+
+    // The same instance on its next boot: not tried again, and the unit fails again.
+    let dir = image();
+    let root = dir.path();
+    assert!(!provision(root, &record("i-1", Some(bad))).ok);
+    let again = provision(root, &record("i-1", Some(bad)));
+    assert!(!again.ok && !again.changed);
+    assert!(
+        again.summary.contains("failed on an earlier boot") && again.summary.contains("not tried again"),
+        "{}",
+        again.summary
+    );
+    // Fixed user data (AWS lets it change while the instance is stopped) is tried, and applies.
+    let good = "hostname = \"fixed\"\n";
+    let fixed = provision(root, &record("i-1", Some(good)));
+    assert!(fixed.ok && fixed.changed, "{fixed:?}");
+    assert_eq!(read(root, "etc/hostname"), "fixed\n");
+    assert!(failed(root).is_none(), "a success forgets the failure");
+}
+
+#[test]
+fn no_metadata_service_or_no_answer_changes_nothing() {
+    let dir = image();
+    let root = dir.path();
+    let mut r = InstanceRecord::empty("qemu", Fetched::NotACloud);
+    let done = provision(root, &r);
+    assert!(done.ok && !done.changed);
+    assert_eq!(done.summary, "platform qemu has no metadata service: nothing to provision");
+    r = InstanceRecord::empty("gce", Fetched::Unreachable);
+    r.notes.push("no answer within 60s".into());
+    let done = provision(root, &r);
+    assert!(done.ok && !done.changed);
+    assert_eq!(done.summary, "gce metadata service did not answer; going on with the image's configuration");
+    assert_eq!(
+        done.lines,
+        [
+            "provisioning: gce metadata: no answer within 60s",
+            "provisioning: gce metadata service did not answer; going on with the image's configuration"
+        ]
+    );
+    // Answered, with nothing to give.
+    let done = provision(root, &InstanceRecord::empty("azure", Fetched::Complete));
+    assert!(done.ok && !done.changed && done.summary.contains("no user data, hostname or SSH key"), "{done:?}");
+    assert!(!root.join(MARKER).exists() && !root.join(FAILED).exists());
+    // Partial: what is there applies, the notes are logged.
+    let mut partial = record("i-1", None);
+    partial.outcome = Fetched::Partial;
+    partial.notes.push("meta-data/public-keys: the server answered 500".into());
+    let done = provision(root, &partial);
+    assert!(done.ok && done.changed);
+    assert_eq!(done.lines[0], "provisioning: aws metadata: meta-data/public-keys: the server answered 500");
+}
+
+#[test]
+fn the_record_is_read_only_as_roots_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("instance.toml");
+    record("i-1", Some("hostname = \"a\"\n")).write_atomic(&path).unwrap();
+    assert_eq!(metadata::read_record(&path).unwrap(), record("i-1", Some("hostname = \"a\"\n")));
+    let link = dir.path().join("link.toml");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let e = metadata::read_record(&link).unwrap_err();
+    assert!(e.ends_with("link.toml is a symbolic link; not followed"), "{e}");
+    // A FIFO would hang PID 1 on open: refused at once.
+    let fifo = dir.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    assert!(metadata::read_record(&fifo).unwrap_err().contains("not a regular file of root's"));
+    std::os::unix::fs::chown(&path, Some(1000), None).unwrap();
+    assert!(metadata::read_record(&path).unwrap_err().contains("not a regular file of root's"));
+    let e = metadata::read_record(&dir.path().join("absent.toml")).unwrap_err();
+    assert!(e.contains("no record"), "{e}");
+    fs::write(&path, "platform = \"aws\"\n").unwrap();
+    std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+    assert!(metadata::read_record(&path).unwrap_err().contains("missing field `outcome`"));
 }
