@@ -44,7 +44,10 @@ pub struct PlatformDrivers {
 /// Every platform's drivers. Debian's `linux-image-cloud-amd64` (6.1) has all the required
 /// ones; it builds `nvme` in (and `ext4`), and lacks `ahci` and `vboxguest` (VirtualBox's SATA
 /// controller and guest device: use `linux-image-amd64` there, or the VirtioSCSI controller
-/// Berth's OVA declares).
+/// Berth's OVA declares). On `6.1.0-57-cloud-amd64` the initramfs's closure is 31 modules,
+/// 6.6 MiB (1.4 MiB in the zstd archive; `mlx5_core` alone is 2.4 MiB), of which stage 1 loads
+/// only those the devices present ask for; the root's share for the platforms is 57 modules,
+/// 9.3 MiB.
 pub const PLATFORM_DRIVERS: &[PlatformDrivers] = &[
     PlatformDrivers {
         platform: "qemu",
