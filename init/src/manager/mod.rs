@@ -347,7 +347,8 @@ impl Manager {
     /// `berthctl daemon-reload` (after enable/disable): unit files are read again; running
     /// units keep running with what they were started with.
     pub fn reload(&mut self) -> usize {
-        self.loader = Loader::new("/", HostInfo::detect(std::path::Path::new("/")));
+        let root = self.loader.root().to_path_buf();
+        self.loader = Loader::new(&root, HostInfo::detect(&root));
         let names: Vec<String> = self.set.units().map(|u| u.name.clone()).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         self.set = UnitSet::new();

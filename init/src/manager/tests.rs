@@ -207,3 +207,32 @@ fn the_shutdown_stops_what_conflicts_with_it_and_leaves_default_dependencies_no_
     assert_eq!(state(&m, "early.target"), "active");
     assert!(m.stopped(), "the ordered stop waits for a unit it does not stop");
 }
+
+/// What first-boot provisioning from the cloud metadata does after applying a document: the
+/// units the default target wants after the reload, less those it wanted before, are the ones
+/// the document enabled; started, they run although the boot is under way.
+#[test]
+fn a_reload_shows_the_units_a_document_enabled_and_they_start() {
+    let dir = root();
+    let r = dir.path();
+    write(r, "image.target", "[Unit]\nDescription=in the image\n[Install]\nWantedBy=multi-user.target\n");
+    link(r, "multi-user.target.wants", "image.target");
+    let mut m = manager(r);
+    m.boot();
+    m.tick();
+    let before = m.default_wants();
+    assert!(before.contains("image.target") && before.contains("multi-user.target"), "{before:?}");
+    // What provisioning writes: the unit in /etc/systemd/system and its .wants link.
+    let etc = r.join("etc/systemd/system");
+    std::fs::create_dir_all(etc.join("multi-user.target.wants")).unwrap();
+    std::fs::write(etc.join("doc.target"), "[Unit]\nDescription=from the document\n").unwrap();
+    std::os::unix::fs::symlink("../doc.target", etc.join("multi-user.target.wants/doc.target")).unwrap();
+    assert!(!m.default_wants().contains("doc.target"), "seen before the reload");
+    m.reload();
+    let new: Vec<String> = m.default_wants().difference(&before).cloned().collect();
+    assert_eq!(new, ["doc.target"]);
+    assert_eq!(m.start("doc.target").unwrap(), "doc.target");
+    m.tick();
+    assert_eq!(state(&m, "doc.target"), "active");
+    assert_eq!(state(&m, "image.target"), "active");
+}
