@@ -154,7 +154,7 @@ pub fn image_cmdline(definition: &str) -> String {
     out.join(" ")
 }
 
-/// A driver's role on the platforms that list it, for messages.
+/// What a driver is for on a platform: decides where it goes and whether the kernel must have it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     /// Root-disk driver (required, initramfs).
@@ -213,6 +213,7 @@ pub struct DriverLists {
 }
 
 impl DriverLists {
+    /// The lists of `platforms`.
     pub fn of(platforms: &[PlatformDrivers]) -> DriverLists {
         let roles = roles(platforms);
         let pick = |want: Role| -> Vec<String> {
