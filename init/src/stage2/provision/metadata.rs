@@ -94,6 +94,7 @@ pub fn merge(record: &InstanceRecord) -> Result<(Config, Vec<String>), Provision
     let mut notes = Vec::new();
     match (&config.hostname, record.hostname.as_deref()) {
         (Some(doc), Some(offered)) => {
+            let offered = offered.escape_default();
             notes.push(format!("hostname {} from the user data (the metadata's {offered} is not used)", doc.0))
         }
         (None, Some(offered)) => match hostname(offered) {
@@ -102,7 +103,8 @@ pub fn merge(record: &InstanceRecord) -> Result<(Config, Vec<String>), Provision
                 config.hostname = Some(h);
             }
             None => {
-                notes.push(format!("the metadata's hostname `{}` is not a valid hostname; not used", offered.trim()))
+                let offered = offered.trim().escape_default();
+                notes.push(format!("the metadata's hostname `{offered}` is not a valid hostname; not used"))
             }
         },
         (_, None) => {}
@@ -142,7 +144,8 @@ pub fn merge(record: &InstanceRecord) -> Result<(Config, Vec<String>), Provision
         }
     }
     if !unlisted.is_empty() {
-        let names: Vec<&str> = unlisted.iter().map(String::as_str).collect();
+        // Names the cloud gave: escaped, so that none can start a console line of its own.
+        let names: Vec<String> = unlisted.iter().map(|n| n.escape_default().to_string()).collect();
         notes.push(format!("SSH keys of {} go to {DEFAULT_USER} (the user data lists no such user)", names.join(", ")));
     }
     let keyed: Vec<String> = config
