@@ -79,8 +79,12 @@ fn open_dir(dir: &Path, how: Dir) -> io::Result<OwnedFd> {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(e.into()),
     }
-    let fd = match openat(&above, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-    {
+    let fd = match openat(
+        &above,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
         Ok(fd) => fd,
         Err(Errno::ELOOP | Errno::ENOTDIR) => return Err(not_a_directory(name)),
         Err(e) => return Err(e.into()),
@@ -117,7 +121,8 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
         assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o7777, 0o700);
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["instance.toml"], "no temporary file is left");
 
         // A directory more open than 0700 is closed; a shared one is left alone.

@@ -71,7 +71,13 @@ impl Aws {
     fn get(&self, s: &Session, token: &RefCell<String>, path: &str, limit: u64) -> Result<Option<Vec<u8>>, Failed> {
         let url = format!("{BASE}{path}");
         let get = |t: Duration, token: &str| {
-            self.common.client.get(&url).header(TOKEN_HEADER, token).timeout(t).send().and_then(|r| r.read_to_vec(limit))
+            self.common
+                .client
+                .get(&url)
+                .header(TOKEN_HEADER, token)
+                .timeout(t)
+                .send()
+                .and_then(|r| r.read_to_vec(limit))
         };
         s.run(path, |t| {
             let first = get(t, &token.borrow());

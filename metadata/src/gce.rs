@@ -67,7 +67,10 @@ impl Gce {
 
     /// A text attribute: `Some` when set and not empty.
     fn text(&self, s: &Session, path: &str) -> Result<Option<String>, Failed> {
-        Ok(self.get(s, path, MAX_FIELD)?.map(|b| String::from_utf8_lossy(&b).into_owned()).filter(|t| !t.trim().is_empty()))
+        Ok(self
+            .get(s, path, MAX_FIELD)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .filter(|t| !t.trim().is_empty()))
     }
 
     fn keys(&self, s: &Session, record: &mut InstanceRecord) {
@@ -137,7 +140,10 @@ fn parse_keys(s: &Session, path: &str, text: &str) -> Vec<SshKey> {
                 let user = (!user.is_empty()).then(|| user.to_string());
                 out.push(SshKey { user, key: key.trim().to_string() });
             }
-            _ => s.fail(format!("{path}: the line {:?} is not `user:key`; skipped", line.chars().take(60).collect::<String>())),
+            _ => s.fail(format!(
+                "{path}: the line {:?} is not `user:key`; skipped",
+                line.chars().take(60).collect::<String>()
+            )),
         }
     }
     out

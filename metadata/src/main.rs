@@ -104,7 +104,7 @@ fn platform(run_file: &Path, dmi_dir: &Path) -> anyhow::Result<Detected> {
 
 fn describe(d: &Detected, run_file: &Path) -> String {
     match d.how {
-        How::EspWord => format!("{} (berth-init at boot, {}: the ESP's berth/platform)", d.platform, run_file.display()),
+        How::EspWord => format!("{} (as berth-init decided at boot: {})", d.platform, run_file.display()),
         _ => format!("{} (from {}; {} does not exist)", d.platform, d.how, run_file.display()),
     }
 }

@@ -89,7 +89,9 @@ pub fn detect(esp_word: Option<&str>, dmi_dir: &Path) -> Detected {
 /// The platform the SMBIOS strings under `dmi_dir` name, if any.
 pub fn smbios_platform(dmi_dir: &Path) -> Option<Platform> {
     let read = |name: &str| {
-        std::fs::read(dmi_dir.join(name)).map(|b| String::from_utf8_lossy(b.trim_ascii()).into_owned()).unwrap_or_default()
+        std::fs::read(dmi_dir.join(name))
+            .map(|b| String::from_utf8_lossy(b.trim_ascii()).into_owned())
+            .unwrap_or_default()
     };
     let starts_ec2 = |s: &str| s.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("ec2"));
     let (vendor, product) = (read("sys_vendor"), read("product_name"));
@@ -136,13 +138,17 @@ mod tests {
 
     #[test]
     fn smbios_names_each_cloud_and_hypervisor() {
-        let cases: &[(&[(&str, &str)], Option<Platform>)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<Platform>);
+        let cases: &[Case] = &[
             (&[("chassis_asset_tag", AZURE_ASSET_TAG), ("sys_vendor", "Microsoft Corporation")], Some(Platform::Azure)),
             (&[("sys_vendor", "Microsoft Corporation"), ("product_name", "Virtual Machine")], None),
             (&[("product_name", "Google Compute Engine"), ("sys_vendor", "Google")], Some(Platform::Gce)),
             (&[("product_serial", "GoogleCloud-5F0D3F"), ("sys_vendor", "QEMU")], Some(Platform::Gce)),
             (&[("sys_vendor", "Amazon EC2"), ("product_name", "m5.large")], Some(Platform::Aws)),
-            (&[("product_uuid", "EC2E1916-9099-7CAF-FD21-012345ABCDEF"), ("product_serial", "ec2e1916-9099")], Some(Platform::Aws)),
+            (
+                &[("product_uuid", "EC2E1916-9099-7CAF-FD21-012345ABCDEF"), ("product_serial", "ec2e1916-9099")],
+                Some(Platform::Aws),
+            ),
             (&[("product_uuid", "EC2E1916-9099-7CAF-FD21-012345ABCDEF"), ("sys_vendor", "Xen")], None),
             (&[("product_name", "VirtualBox"), ("sys_vendor", "innotek GmbH")], Some(Platform::Virtualbox)),
             (&[("sys_vendor", "QEMU"), ("product_name", "Standard PC (Q35 + ICH9, 2009)")], Some(Platform::Qemu)),

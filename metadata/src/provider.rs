@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use berth_http::{Client, Retry};
 use berth_slot::platform::Platform;
 
-pub use crate::{aws, azure, gce};
 use crate::record::{InstanceRecord, Outcome};
 use crate::session::Session;
+pub use crate::{aws, azure, gce};
 
 /// The overall deadline `berth-metadata fetch` gives a provider unless told otherwise.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);

@@ -162,7 +162,10 @@ impl InstanceRecord {
         let mut text = String::new();
         file.take(MAX_RECORD + 1).read_to_string(&mut text).map_err(read_error)?;
         if text.len() as u64 > MAX_RECORD {
-            return Err(RecordError::Parse { path: path.to_path_buf(), why: format!("larger than {MAX_RECORD} bytes") });
+            return Err(RecordError::Parse {
+                path: path.to_path_buf(),
+                why: format!("larger than {MAX_RECORD} bytes"),
+            });
         }
         InstanceRecord::parse(&text).map_err(|why| RecordError::Parse { path: path.to_path_buf(), why })
     }
@@ -240,9 +243,15 @@ mod tests {
 
         let bare = InstanceRecord::empty("metal", Outcome::NotACloud);
         bare.write_atomic(&path).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "platform = \"metal\"\noutcome = \"notacloud\"\nssh_keys = []\nnotes = []\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "platform = \"metal\"\noutcome = \"notacloud\"\nssh_keys = []\nnotes = []\n"
+        );
         assert_eq!(InstanceRecord::read(&path).unwrap(), bare);
-        assert_eq!(InstanceRecord::parse("platform = \"aws\"\noutcome = \"unreachable\"\n").unwrap().outcome, Outcome::Unreachable);
+        assert_eq!(
+            InstanceRecord::parse("platform = \"aws\"\noutcome = \"unreachable\"\n").unwrap().outcome,
+            Outcome::Unreachable
+        );
     }
 
     #[test]

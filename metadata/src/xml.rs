@@ -110,7 +110,10 @@ impl<'a> Parser<'a> {
         let name = &self.rest()[..len];
         let valid = |c: char| c.is_alphanumeric() || matches!(c, '_' | ':' | '-' | '.');
         if name.is_empty() || !name.chars().all(valid) || name.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
-            return Err(self.error(&format!("`{}` is not an element or attribute name", name.chars().take(40).collect::<String>())));
+            return Err(self.error(&format!(
+                "`{}` is not an element or attribute name",
+                name.chars().take(40).collect::<String>()
+            )));
         }
         self.at += len;
         Ok(name.to_string())
@@ -160,7 +163,9 @@ impl<'a> Parser<'a> {
                     return Err(self.error(&format!("</{closing}> closes <{qname}>")));
                 }
                 let r = self.rest().trim_start();
-                let Some(r) = r.strip_prefix('>') else { return Err(self.error(&format!("</{closing} is not closed"))) };
+                let Some(r) = r.strip_prefix('>') else {
+                    return Err(self.error(&format!("</{closing} is not closed")));
+                };
                 self.at = self.s.len() - r.len();
                 return Ok(element);
             } else if rest.starts_with("<!--") {

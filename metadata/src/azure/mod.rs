@@ -82,7 +82,14 @@ impl Azure {
         let url = format!("{IMDS}{path}");
         let what = path.split('?').next().unwrap_or(path);
         s.run(what, |t| {
-            match self.common.client.get(&url).header(METADATA_HEADER, "true").timeout(t).send().and_then(|r| r.read_to_vec(limit))
+            match self
+                .common
+                .client
+                .get(&url)
+                .header(METADATA_HEADER, "true")
+                .timeout(t)
+                .send()
+                .and_then(|r| r.read_to_vec(limit))
             {
                 Ok(body) => {
                     s.heard();

@@ -208,7 +208,10 @@ impl WireServer {
             Some(id) => {
                 atomic::write(&self.marker, format!("{id}\n").as_bytes(), 0o644, atomic::Dir::Shared)
                     .map_err(|source| ReadyError::Marker { path: self.marker.clone(), source })?;
-                (self.log)(&format!("azure: reported ready for instance {id}; remembered in {}", self.marker.display()));
+                (self.log)(&format!(
+                    "azure: reported ready for instance {id}; remembered in {}",
+                    self.marker.display()
+                ));
                 true
             }
             None => {
@@ -305,7 +308,11 @@ mod tests {
                         </Preferred><Supported><Version>2015-04-05</Version><Version>2012-11-30</Version></Supported>\
                         </Versions>";
         assert_eq!(supported_versions(versions.as_bytes()).unwrap(), ["2015-04-05", "2012-11-30"]);
-        assert!(parse_goal_state(b"<GoalState><Incarnation>1</Incarnation></GoalState>").unwrap_err().contains("no Container/ContainerId"));
+        assert!(
+            parse_goal_state(b"<GoalState><Incarnation>1</Incarnation></GoalState>")
+                .unwrap_err()
+                .contains("no Container/ContainerId")
+        );
     }
 
     /// The shape of Afterburn's fixture (providers/microsoft/azure mock tests).
