@@ -182,10 +182,10 @@ mod tests {
         let argv: Vec<&Vec<String>> = s.exec_start.iter().map(|c| &c.argv).collect();
         assert_eq!(
             argv,
-            [&vec!["/usr/bin/berth-metadata".to_string(), "fetch".into()], &vec![
-                "/usr/bin/berthctl".to_string(),
-                "provision-metadata".into()
-            ]]
+            [
+                &vec!["/usr/bin/berth-metadata".to_string(), "fetch".into()],
+                &vec!["/usr/bin/berthctl".to_string(), "provision-metadata".into()]
+            ]
         );
         assert_eq!(s.service_type, berth_units::service::ServiceType::Oneshot);
         assert!(s.remain_after_exit);
@@ -209,7 +209,10 @@ mod tests {
             let made = crate::enablement::enable(&mut t, &names(with_agent), 7).unwrap();
             assert!(t.lookup("etc/systemd/system/multi-user.target.wants/berth-netd.service").is_some(), "{made:?}");
             assert!(t.lookup("etc/systemd/system/sysinit.target.wants/berth-devd.service").is_some(), "{made:?}");
-            assert!(t.lookup("etc/systemd/system/multi-user.target.wants/berth-metadata.service").is_some(), "{made:?}");
+            assert!(
+                t.lookup("etc/systemd/system/multi-user.target.wants/berth-metadata.service").is_some(),
+                "{made:?}"
+            );
             let ready = "etc/systemd/system/boot-complete.target.wants/berth-azure-ready.service";
             assert!(t.lookup(ready).is_some(), "{made:?}");
             let l = t.lookup("etc/systemd/system/network-online.target.requires/berth-netd.service").unwrap();
