@@ -88,13 +88,14 @@ impl<'a> Session<'a> {
     }
 
     /// What an attempt that failed with `e` comes to: a 404 is a missing field; other statuses
-    /// mean the service is there; 5xx, 429 and connection failures are worth retrying.
+    /// mean the service is there; 5xx, 429, 410 (Azure IMDS's "not ready yet, retry for up to
+    /// 70 s" at boot) and connection failures are worth retrying.
     pub fn step_of<T>(&self, e: Error) -> Step<T> {
         if let Error::Status(status) = e {
             self.heard();
             return match status {
                 404 => Step::Missing,
-                429 | 500.. => Step::Retry(e.to_string()),
+                410 | 429 | 500.. => Step::Retry(e.to_string()),
                 _ => Step::Final(e.to_string()),
             };
         }

@@ -172,9 +172,13 @@ fn imds_unreachable_with_and_without_the_cd() {
 fn server_errors_are_retried_and_bad_user_data_is_a_failure() {
     let (server, fake) = imds(Some("x = 1\n"));
     fake.faults.set("/metadata/instance/compute/vmId", 500, 2);
+    // 410 Gone: IMDS is not ready yet early in boot; Azure says to retry.
+    fake.faults.set("/metadata/instance/compute/userData", 410, 1);
     let record = azure(&server, CdSource::None).fetch(deadline(10)).unwrap();
     assert_eq!((record.outcome, record.instance_id.as_deref()), (Outcome::Complete, Some(VM_ID)));
+    assert_eq!(record.user_data.as_deref(), Some(&b"x = 1\n"[..]));
     assert_eq!(server.requests().iter().filter(|r| r.path().ends_with("/vmId")).count(), 3);
+    assert_eq!(server.requests().iter().filter(|r| r.path().ends_with("/userData")).count(), 2);
 
     let bad = Server::start(|r| {
         if r.path().ends_with("/userData") {
