@@ -21,7 +21,7 @@
 pub use berth_slot::platform::{PLATFORM_FILE, PROVISION_FILE, Platform, UnknownPlatform};
 
 /// What the builder knows of a platform beyond its name: its artifact and `--help` line.
-pub trait PlatformExt: Sized {
+pub trait PlatformExt: Copy {
     /// One line: what the platform's artifact is and what it is for.
     fn describe(self) -> &'static str;
     /// The artifact's file name for an image called `image_name`.
@@ -42,8 +42,8 @@ impl PlatformExt for Platform {
             Platform::Virtualbox => "<name>.ova: OVF, streamOptimized VMDK, SHA-256 manifest; import in VirtualBox",
             Platform::VagrantLibvirt => "<name>.libvirt.box: a Vagrant box for vagrant-libvirt (qcow2 box.img)",
             Platform::VagrantVirtualbox => "<name>.virtualbox.box: a Vagrant box for VirtualBox (box.ovf + VMDK)",
-            Platform::Aws => "<name>.aws.raw: the raw disk in whole GiB, for an EBS snapshot and an AMI (UEFI)",
-            Platform::Gce => "<name>.gce.tar.gz: disk.raw (whole GiB, GNU sparse) in a gzip'd tar, for a GCE image",
+            Platform::Aws => "<name>.aws.raw: the raw disk, whole GiB, for an EBS snapshot and an AMI (UEFI)",
+            Platform::Gce => "<name>.gce.tar.gz: disk.raw (whole GiB, sparse) in a gzip'd tar, a GCE image",
             Platform::Azure => "<name>.azure.vhd: a fixed VHD (whole MiB) for an Azure Generation 2 image",
         }
     }

@@ -20,6 +20,7 @@ use berth_builder::disk::DiskPlan;
 use berth_builder::esp::EspContents;
 use berth_builder::export::esp::{PLATFORM_FILE, PROVISION_FILE};
 use berth_builder::export::vagrant::{PROVISION, VAGRANTFILE};
+use berth_builder::platform::PlatformExt;
 use berth_slot::Slot;
 
 mod common;
@@ -344,7 +345,6 @@ fn unknown_platform_lists_the_known_ones() {
     assert!(!out_dir.exists());
     // --help lists every platform and what it produces.
     let help = ok(Command::new(BERTH).args(["export", "--help"]));
-    use berth_builder::platform::PlatformExt;
     for p in berth_builder::platform::Platform::ALL {
         assert!(help.contains(p.name()) && help.contains(&p.artifact_file("<name>")), "{p} missing: {help}");
     }

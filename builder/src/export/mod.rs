@@ -4,17 +4,21 @@
 //! This module owns the orchestration: checking that the input is a Berth disk, copying it per
 //! platform (reflink, else only its data, so holes stay holes), putting the platform word (and a
 //! provisioning document) on the copy's ESP ([`esp`]), wrapping it in the platform's container
-//! (qcow2 through `qemu-img` in [`qcow2`], boxes in [`vagrant`], the OVA in [`ova`]), and writing
+//! (qcow2 through `qemu-img` in [`qcow2`], boxes in [`vagrant`], the OVA in [`ova`], the clouds'
+//! raw disk, tarball and VHD in [`cloud`]), and writing
 //! every artifact beside its final name so that a failure leaves none. The root, and everything
 //! on the disk outside the ESP, is the input's bytes on every platform.
 //!
 //! Same input, same bytes: every time stamped anywhere is the build's epoch (given, else read
 //! back from the ESP's bootmgr entry, which the build stamped), and nothing random is used.
 
+pub mod cloud;
 pub mod esp;
+pub mod gzip;
 pub mod ova;
 pub mod qcow2;
 pub mod vagrant;
+pub mod vhd;
 
 use std::fs::File;
 use std::io;
@@ -73,8 +77,6 @@ pub enum ExportError {
         #[source]
         source: io::Error,
     },
-    #[error("platform {platform}: its artifact is not written yet")]
-    NotYet { platform: Platform },
     #[error("{path} would be replaced by its own export; choose another --out")]
     SameAsInput { path: PathBuf },
     #[error("provisioning document {path}: {why}")]
@@ -108,6 +110,12 @@ pub enum ExportError {
         path: PathBuf,
         #[source]
         source: ova::OvaError,
+    },
+    #[error("{path}: {source}")]
+    Cloud {
+        path: PathBuf,
+        #[source]
+        source: cloud::CloudError,
     },
     #[error("{path}: {source}")]
     Write {
@@ -262,9 +270,15 @@ impl Ctx<'_> {
                 .map_err(|source| ExportError::Ova { path: final_path.to_path_buf(), source })?;
                 bar.finish_and_clear();
             }
-            Platform::Aws | Platform::Gce | Platform::Azure => {
-                return Err(ExportError::NotYet { platform });
+            Platform::Aws => {
+                self.write_aws(raw.as_file(), final_path)?;
+                return Ok(raw);
             }
+            Platform::Azure => {
+                self.write_azure(raw.as_file(), final_path)?;
+                return Ok(raw);
+            }
+            Platform::Gce => self.write_gce(raw.as_file(), out.as_file(), final_path)?,
             Platform::VagrantVirtualbox => {
                 let bar = self.bar("box disk (streamOptimized VMDK)", self.layout.size);
                 let mut disk =
