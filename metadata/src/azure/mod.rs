@@ -114,7 +114,7 @@ impl Provider for Azure {
     fn fetch(&self, deadline: Instant) -> Result<InstanceRecord, MetadataError> {
         let s = self.common.session(deadline);
         let mut record = InstanceRecord::empty(self.name(), Outcome::Complete);
-        let cd = match self.cd.read(&|l| s.log(l)) {
+        let cd = match self.cd.read(deadline, &|l| s.log(l), &|n| s.note(n)) {
             Ok(cd) => cd.unwrap_or_default(),
             Err(e) => {
                 s.fail(format!("provisioning CD: {e}"));

@@ -3,12 +3,21 @@
 //! hosts, `CustomData.bin` (the custom data as given). The CD is a UDF (older hosts: ISO 9660)
 //! volume on an `sr` drive; it is mounted read-only, `nosuid,nodev,noexec`, on a directory under
 //! `/run/berth/metadata` that only root can reach, read, and unmounted.
+//!
+//! A Berth image has no `/sbin/modprobe`, so the kernel cannot load a filesystem `mount(2)` asks
+//! for (`fs-udf`): the filesystems' modules ([`FS_MODULES`]) are loaded first with berth-devd's
+//! loader (`berth_devices::modules`). The drive may appear a little after boot (its bus scanned
+//! late, or berth-devd not yet at its uevent): without one, the drive's driver
+//! ([`DRIVE_MODULE`]) is loaded and `/sys/block/sr*` polled for [`DRIVE_WAIT`], within the
+//! fetch's deadline.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use berth_devices::modules::{Loader, ModuleDb, Outcome};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
@@ -21,6 +30,24 @@ pub const CUSTOM_DATA_BIN: &str = "CustomData.bin";
 
 /// Most of either file read (Azure's custom data is at most 64 KiB, 88 KiB in base64).
 const MAX_FILE: u64 = 1 << 20;
+
+/// The CD's filesystems as modules, in the order they are loaded (and mounts tried): UDF, then
+/// ISO 9660 (older hosts). Either may be built in or loaded already.
+pub const FS_MODULES: [&str; 2] = ["udf", "isofs"];
+
+/// The CD drive's driver (its `modules.dep` closure brings `cdrom`). berth-devd loads it from the
+/// drive's `modalias` (`scsi:t-0x05`); it is loaded here too when no drive is there yet, in case
+/// the device is there and berth-devd has not got to it.
+pub const DRIVE_MODULE: &str = "sr_mod";
+
+/// The longest a missing CD drive is waited for (never past the fetch's deadline).
+pub const DRIVE_WAIT: Duration = Duration::from_secs(5);
+
+/// How often `/sys/block` is looked at while waiting.
+const DRIVE_POLL: Duration = Duration::from_millis(100);
+
+/// Where the running kernel's modules are (`<release>/modules.dep`), as berth-devd reads them.
+pub const MODULES_BASE: &str = "/usr/lib/modules";
 
 /// What the CD says.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -104,6 +131,11 @@ pub enum CdSource {
         dev: PathBuf,
         /// `/run/berth/metadata`: the mount point is made in it (0700).
         mount_base: PathBuf,
+        /// [`MODULES_BASE`]: the drive's and the filesystems' modules are loaded from its
+        /// `<uname -r>` directory; `None`: no module is loaded (tests).
+        modules: Option<PathBuf>,
+        /// How long a missing drive is waited for ([`DRIVE_WAIT`]).
+        wait: Duration,
     },
     /// A directory with the CD's files (tests).
     Dir(PathBuf),
@@ -117,39 +149,129 @@ impl Default for CdSource {
             sys_block: PathBuf::from("/sys/block"),
             dev: PathBuf::from("/dev"),
             mount_base: PathBuf::from("/run/berth/metadata"),
+            modules: Some(PathBuf::from(MODULES_BASE)),
+            wait: DRIVE_WAIT,
         }
     }
 }
 
 impl CdSource {
     /// What the CD says; `Ok(None)` without a CD (no drive, no medium, no `ovf-env.xml`), which
-    /// is not an error: a VM made from a specialised image has none.
-    pub fn read(&self, log: &dyn Fn(&str)) -> Result<Option<Provisioning>, String> {
+    /// is not an error: a VM made from a specialised image has none. A missing drive is waited
+    /// for until `deadline` at the latest; `note` hears what the record's reader should know
+    /// (no drive appeared), `log` the rest.
+    pub fn read(
+        &self,
+        deadline: Instant,
+        log: &dyn Fn(&str),
+        note: &dyn Fn(String),
+    ) -> Result<Option<Provisioning>, String> {
         match self {
             CdSource::None => Ok(None),
             CdSource::Dir(dir) => read_dir(dir),
-            CdSource::Probe { sys_block, dev, mount_base } => probe(sys_block, dev, mount_base, log),
+            CdSource::Probe { sys_block, dev, mount_base, modules, wait } => {
+                let db = modules.as_deref().and_then(|base| module_db(base, log));
+                let mut loader = db.as_ref().map(Loader::new);
+                let mut load = |name: &str| loader.as_mut().map_or(Outcome::AlreadyLoaded, |l| l.load(name));
+                let until = deadline.min(Instant::now() + *wait);
+                let drives = find_drives(sys_block, until, &mut load, log, note)?;
+                mount_and_read(&drives, dev, mount_base, log)
+            }
         }
     }
 }
 
-fn probe(sys_block: &Path, dev: &Path, mount_base: &Path, log: &dyn Fn(&str)) -> Result<Option<Provisioning>, String> {
-    let mut drives: Vec<String> = match std::fs::read_dir(sys_block) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.len() > 2 && n.starts_with("sr") && n[2..].bytes().all(|b| b.is_ascii_digit()))
-            .collect(),
-        Err(e) => return Err(format!("{}: {e}", sys_block.display())),
+/// The running kernel's module tables, `None` (logged) when they cannot be read: the modules
+/// then must be built in or loaded already.
+fn module_db(base: &Path, log: &dyn Fn(&str)) -> Option<ModuleDb> {
+    let release = match nix::sys::utsname::uname() {
+        Ok(u) => u.release().to_owned(),
+        Err(e) => {
+            log(&format!("azure: uname: {e}; no module loaded for the CD"));
+            return None;
+        }
     };
+    match ModuleDb::open(&base.join(release)) {
+        Ok(db) => Some(db),
+        Err(e) => {
+            log(&format!("azure: {e}; no module loaded for the CD"));
+            None
+        }
+    }
+}
+
+/// Loads each of `names` with its dependencies, logging what was done or failed (a module the
+/// kernel has built in, or loaded already, is fine).
+fn load_modules(load: &mut dyn FnMut(&str) -> Outcome, names: &[&str], log: &dyn Fn(&str)) {
+    for &name in names {
+        match load(name) {
+            Outcome::Loaded(paths) => log(&format!("azure: loaded {name} ({})", paths.join(", "))),
+            Outcome::AlreadyLoaded | Outcome::FailedBefore => {}
+            Outcome::Unknown => log(&format!("azure: no module {name} (built in, or not in this kernel)")),
+            Outcome::Failed(path, e) => log(&format!("azure: loading {path} for {name}: {e}")),
+        }
+    }
+}
+
+/// The `sr*` drives in `sys_block`, sorted.
+fn cd_drives(sys_block: &Path) -> Result<Vec<String>, String> {
+    let mut drives: Vec<String> = std::fs::read_dir(sys_block)
+        .map_err(|e| format!("{}: {e}", sys_block.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.len() > 2 && n.starts_with("sr") && n[2..].bytes().all(|b| b.is_ascii_digit()))
+        .collect();
     drives.sort();
+    Ok(drives)
+}
+
+/// The CD drives. Without one yet, the drive's driver is loaded and `sys_block` looked at again
+/// until `until`; with one, the filesystems' modules are loaded, ready for the mount.
+fn find_drives(
+    sys_block: &Path,
+    until: Instant,
+    load: &mut dyn FnMut(&str) -> Outcome,
+    log: &dyn Fn(&str),
+    note: &dyn Fn(String),
+) -> Result<Vec<String>, String> {
+    let start = Instant::now();
+    let mut drives = cd_drives(sys_block)?;
     if drives.is_empty() {
-        log("azure: no CD drive (/sys/block/sr*): no provisioning CD");
+        load_modules(load, &[DRIVE_MODULE], log);
+        loop {
+            drives = cd_drives(sys_block)?;
+            if !drives.is_empty() {
+                log(&format!("azure: CD drive {} appeared after {} ms", drives[0], start.elapsed().as_millis()));
+                break;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                note(format!(
+                    "no CD drive ({}/sr*) appeared within {:.1} s: no provisioning CD",
+                    sys_block.display(),
+                    start.elapsed().as_secs_f64()
+                ));
+                return Ok(drives);
+            }
+            std::thread::sleep(left.min(DRIVE_POLL));
+        }
+    }
+    load_modules(load, &FS_MODULES, log);
+    Ok(drives)
+}
+
+fn mount_and_read(
+    drives: &[String],
+    dev: &Path,
+    mount_base: &Path,
+    log: &dyn Fn(&str),
+) -> Result<Option<Provisioning>, String> {
+    if drives.is_empty() {
         return Ok(None);
     }
     // Only root may reach the mount point: the CD's files are the instance's secrets.
     crate::atomic::private_dir(mount_base).map_err(|e| format!("{}: {e}", mount_base.display()))?;
     for name in drives {
-        let device = dev.join(&name);
+        let device = dev.join(name);
         let target = mount_base.join(format!("cd-{name}"));
         match std::fs::create_dir(&target) {
             Ok(()) => {}
@@ -261,7 +383,141 @@ mod tests {
             sys_block: none.path().to_path_buf(),
             dev: none.path().to_path_buf(),
             mount_base: none.path().join("m"),
+            modules: None,
+            wait: Duration::ZERO,
         };
-        assert_eq!(probe.read(&|_| {}), Ok(None), "no sr drive: no CD, no error");
+        let notes = std::cell::RefCell::new(Vec::new());
+        let read = probe.read(Instant::now() + Duration::from_secs(5), &|_| {}, &|n| notes.borrow_mut().push(n));
+        assert_eq!(read, Ok(None), "no sr drive: no CD, no error");
+        assert_eq!(notes.borrow().len(), 1);
+        assert!(notes.borrow()[0].starts_with("no CD drive ("), "{:?}", notes.borrow());
+        assert!(!none.path().join("m").exists(), "no drive: no mount point made");
+    }
+
+    // Depmod's lines for the CD's modules as Fedora's kernel has them.
+    const DEP: &str = "\
+kernel/fs/udf/udf.ko.xz: kernel/lib/crc-itu-t.ko.xz
+kernel/lib/crc-itu-t.ko.xz:
+kernel/fs/isofs/isofs.ko.xz:
+kernel/drivers/scsi/sr_mod.ko.xz: kernel/drivers/cdrom/cdrom.ko.xz
+kernel/drivers/cdrom/cdrom.ko.xz:
+";
+
+    /// Runs [`find_drives`] on `sys` until `until` with a loader over [`DEP`] that records the
+    /// paths it loads: the drives, the paths, the notes, how long it took.
+    fn find(sys: &Path, until: Instant) -> (Vec<String>, Vec<String>, Vec<String>, Duration) {
+        let db = ModuleDb::from_text(Path::new("/m"), DEP, "");
+        let paths = std::cell::RefCell::new(Vec::new());
+        let mut loader = Loader::with(&db, |p: &Path| {
+            paths.borrow_mut().push(p.strip_prefix("/m").unwrap().to_string_lossy().into_owned());
+            Ok(())
+        });
+        let notes = std::cell::RefCell::new(Vec::new());
+        let start = Instant::now();
+        let drives =
+            find_drives(sys, until, &mut |name: &str| loader.load(name), &|_| {}, &|n| notes.borrow_mut().push(n))
+                .unwrap();
+        let took = start.elapsed();
+        drop(loader);
+        (drives, paths.into_inner(), notes.into_inner(), took)
+    }
+
+    #[test]
+    fn with_a_drive_the_filesystems_are_loaded_udf_first_with_their_dependencies() {
+        let sys = tempfile::tempdir().unwrap();
+        for d in ["sr1", "loop0", "sr0", "sda", "srx"] {
+            std::fs::create_dir(sys.path().join(d)).unwrap();
+        }
+        let (drives, paths, notes, took) = find(sys.path(), Instant::now() + Duration::from_secs(30));
+        assert_eq!(drives, ["sr0", "sr1"]);
+        assert_eq!(paths, ["kernel/lib/crc-itu-t.ko.xz", "kernel/fs/udf/udf.ko.xz", "kernel/fs/isofs/isofs.ko.xz"]);
+        assert!(notes.is_empty(), "{notes:?}");
+        assert!(took < Duration::from_secs(2), "a drive present is not waited for: {took:?}");
+    }
+
+    #[test]
+    fn a_missing_drive_loads_sr_mod_and_is_waited_for_until_the_bound_and_noted() {
+        let sys = tempfile::tempdir().unwrap();
+        let bound = Duration::from_millis(400);
+        let (drives, paths, notes, took) = find(sys.path(), Instant::now() + bound);
+        assert!(drives.is_empty());
+        assert_eq!(paths, ["kernel/drivers/cdrom/cdrom.ko.xz", "kernel/drivers/scsi/sr_mod.ko.xz"], "no drive: no fs");
+        assert!(took >= bound && took < bound + Duration::from_secs(1), "{took:?}");
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].starts_with(&format!("no CD drive ({}/sr*) appeared within 0.", sys.path().display())));
+
+        // A bound already passed: one look, no wait.
+        let (drives, _, notes, took) = find(sys.path(), Instant::now() - Duration::from_secs(1));
+        assert!(drives.is_empty() && notes.len() == 1);
+        assert!(took < Duration::from_millis(300), "{took:?}");
+    }
+
+    #[test]
+    fn a_drive_that_appears_while_waiting_is_found() {
+        let sys = tempfile::tempdir().unwrap();
+        let late = sys.path().join("sr0");
+        let maker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::create_dir(late).unwrap();
+        });
+        let (drives, paths, notes, took) = find(sys.path(), Instant::now() + Duration::from_secs(10));
+        maker.join().unwrap();
+        assert_eq!(drives, ["sr0"]);
+        assert_eq!(
+            paths,
+            [
+                "kernel/drivers/cdrom/cdrom.ko.xz",
+                "kernel/drivers/scsi/sr_mod.ko.xz",
+                "kernel/lib/crc-itu-t.ko.xz",
+                "kernel/fs/udf/udf.ko.xz",
+                "kernel/fs/isofs/isofs.ko.xz",
+            ]
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+    }
+
+    #[test]
+    fn the_wait_for_a_drive_ends_at_the_fetch_deadline() {
+        let none = tempfile::tempdir().unwrap();
+        let probe = CdSource::Probe {
+            sys_block: none.path().to_path_buf(),
+            dev: none.path().to_path_buf(),
+            mount_base: none.path().join("m"),
+            modules: None,
+            wait: Duration::from_secs(30),
+        };
+        let start = Instant::now();
+        let notes = std::cell::RefCell::new(Vec::new());
+        let read = probe.read(start + Duration::from_millis(300), &|_| {}, &|n| notes.borrow_mut().push(n));
+        assert_eq!(read, Ok(None));
+        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+        assert_eq!(notes.borrow().len(), 1, "{:?}", notes.borrow());
+        // A sys dir that cannot be read is an error, not "no CD".
+        let gone = CdSource::Probe {
+            sys_block: none.path().join("nosuch"),
+            dev: none.path().to_path_buf(),
+            mount_base: none.path().join("m"),
+            modules: None,
+            wait: Duration::ZERO,
+        };
+        assert!(gone.read(start, &|_| {}, &|_| {}).unwrap_err().contains("nosuch"));
+    }
+
+    #[test]
+    fn module_outcomes_are_logged_and_none_is_fatal() {
+        let lines = std::cell::RefCell::new(Vec::new());
+        let mut load = |name: &str| match name {
+            "udf" => Outcome::Unknown,
+            _ => Outcome::Failed("kernel/fs/isofs/isofs.ko.xz".into(), Errno::ENOEXEC),
+        };
+        load_modules(&mut load, &FS_MODULES, &|l| lines.borrow_mut().push(l.to_string()));
+        assert_eq!(
+            lines.into_inner(),
+            [
+                "azure: no module udf (built in, or not in this kernel)",
+                "azure: loading kernel/fs/isofs/isofs.ko.xz for isofs: ENOEXEC: Exec format error",
+            ]
+        );
     }
 }
