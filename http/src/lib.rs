@@ -5,6 +5,10 @@
 //! ([`ClientBuilder::test_base_url`], feature `test-base-url`) so tests point a client whose
 //! URLs are fixed at 127.0.0.1.
 //!
+//! A client uses the proxy the environment names (`ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY`,
+//! their lower-case forms, and `NO_PROXY`) unless built with [`ClientBuilder::no_proxy`], as
+//! every request to a link-local metadata service must be.
+//!
 //! What a caller does with a response (the update agent's deadlines and `Range` resumption,
 //! the archive client's size and hash checks) stays with the caller; this crate answers "what is
 //! one attempt, is it worth another, and how long to wait".
@@ -330,6 +334,7 @@ pub struct ClientBuilder {
     user_agent: String,
     retry: Retry,
     base: Option<String>,
+    proxy_from_env: bool,
 }
 
 impl ClientBuilder {
@@ -350,15 +355,28 @@ impl ClientBuilder {
         self
     }
 
+    /// Ignores any proxy the environment names: every request goes straight to its host. For a
+    /// machine's own metadata services (AWS, GCE, Azure IMDS, Azure's WireServer), which answer
+    /// only the instance itself (Azure documents that IMDS must bypass proxies), and whose
+    /// tokens and user data no proxy may see.
+    #[must_use]
+    pub fn no_proxy(mut self) -> Self {
+        self.proxy_from_env = false;
+        self
+    }
+
     pub fn build(self) -> Client {
-        let config = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_recv_response(Some(RESPONSE_TIMEOUT))
             .timeout_per_read(Some(READ_TIMEOUT))
             .http_status_as_error(false)
-            .user_agent(self.user_agent.as_str())
-            .build();
-        Client { agent: config.into(), retry: self.retry, base: self.base }
+            .user_agent(self.user_agent.as_str());
+        // ureq's default configuration has read the environment's proxy (`Proxy::try_from_env`).
+        if !self.proxy_from_env {
+            config = config.proxy(None);
+        }
+        Client { agent: config.build().into(), retry: self.retry, base: self.base, proxy_from_env: self.proxy_from_env }
     }
 }
 
@@ -367,18 +385,24 @@ pub struct Client {
     agent: ureq::Agent,
     retry: Retry,
     base: Option<String>,
+    proxy_from_env: bool,
 }
 
 impl Client {
     /// A client that says `user_agent` (`berth-update/0.1.0`), with [`Retry::new`] until told
     /// otherwise.
     pub fn builder(user_agent: &str) -> ClientBuilder {
-        ClientBuilder { user_agent: user_agent.to_string(), retry: Retry::new(), base: None }
+        ClientBuilder { user_agent: user_agent.to_string(), retry: Retry::new(), base: None, proxy_from_env: true }
     }
 
     /// The client's retry policy.
     pub fn retry(&self) -> Retry {
         self.retry
+    }
+
+    /// Whether the client was built with [`ClientBuilder::no_proxy`].
+    pub fn ignores_env_proxy(&self) -> bool {
+        !self.proxy_from_env
     }
 
     /// `url` as the request goes out (see [`ClientBuilder::test_base_url`]).
@@ -547,6 +571,69 @@ mod tests {
         let seen = server.requests();
         assert_eq!((seen[0].method.as_str(), seen[0].body.len()), ("PUT", 0));
         assert_eq!(seen[1].header("content-type"), Some("text/xml; charset=utf-8"));
+    }
+
+    /// Set in the child process [`no_proxy_ignores_the_environment_s_proxy`] starts.
+    const PROXY_CHILD: &str = "BERTH_HTTP_TEST_PROXY_CHILD";
+
+    /// Every variable ureq reads a proxy from.
+    const PROXY_VARS: [&str; 8] =
+        ["ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"];
+
+    #[test]
+    fn no_proxy_ignores_the_environment_s_proxy() {
+        // The environment is the process's: setting it here would race the other tests (and is
+        // unsafe in edition 2024), so the checks run in a child process of this test binary
+        // whose environment names a proxy: a fake on 127.0.0.1, like the target.
+        if std::env::var_os(PROXY_CHILD).is_some() {
+            return proxy_child();
+        }
+        let proxy = Server::start(|_| Answer::status(502).into()).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let mut child = std::process::Command::new(exe);
+        child.args(["--exact", "tests::no_proxy_ignores_the_environment_s_proxy", "--nocapture", "--test-threads=1"]);
+        for var in PROXY_VARS {
+            child.env_remove(var);
+        }
+        let out =
+            child.env("HTTP_PROXY", proxy.url()).env("http_proxy", proxy.url()).env(PROXY_CHILD, "1").output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("1 passed"), "the child ran the test: {stdout}");
+        assert!(stdout.contains("child: the proxy was used by default and not with no_proxy"), "{stdout}");
+        // The default client's request went to the proxy, the no_proxy client's did not.
+        assert_eq!(proxy.requests().len(), 1, "{:?}", proxy.requests());
+    }
+
+    /// In the child: the environment names a proxy on 127.0.0.1 (answering 502).
+    fn proxy_child() {
+        let target = Server::start(|_| Answer::ok("direct").into()).unwrap();
+        let url = format!("{}/latest/meta-data", target.url());
+
+        let default = client(1);
+        let from_env = default.agent.config().proxy().expect("ureq reads the environment's proxy");
+        assert!(from_env.is_from_env());
+        let e = default.get(&url).send().unwrap_err();
+        assert!(target.requests().is_empty(), "the default client went through the proxy: {e}");
+
+        assert!(!default.ignores_env_proxy());
+        let direct = Client::builder("berth-test/1").no_proxy().build();
+        assert!(direct.agent.config().proxy().is_none() && direct.ignores_env_proxy());
+        assert_eq!(direct.get(&url).send().unwrap().read_to_vec(100).unwrap(), b"direct");
+        let seen = target.requests();
+        assert_eq!((seen.len(), seen[0].target.as_str()), (1, "/latest/meta-data"));
+        // Per-request settings (the timeout) keep the agent's: still no proxy.
+        let r = direct.put(&url).timeout(Duration::from_secs(5)).send().unwrap();
+        assert_eq!(r.read_to_vec(100).unwrap(), b"direct");
+        assert_eq!(target.requests().len(), 2);
+        println!("child: the proxy was used by default and not with no_proxy");
+    }
+
+    #[test]
+    fn no_proxy_keeps_the_other_settings() {
+        let c = Client::builder("t").no_proxy().build();
+        assert!(c.agent.config().proxy().is_none() && c.ignores_env_proxy());
+        assert_eq!(c.agent.config().timeouts().connect, Some(CONNECT_TIMEOUT), "the other settings stay");
     }
 
     #[cfg(feature = "test-base-url")]

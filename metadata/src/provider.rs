@@ -36,9 +36,11 @@ pub fn default_retry() -> Retry {
     Retry::new().attempts(11).backoff(Duration::from_secs(1)).max_backoff(Duration::from_secs(5))
 }
 
-/// The client the providers use (Berth's settings, [`USER_AGENT`]).
+/// The client the providers and the ready report use (Berth's settings, [`USER_AGENT`]). It
+/// ignores the environment's proxy: the services answer only the instance itself (Azure
+/// documents that IMDS must bypass proxies), and no proxy may see their tokens and user data.
 pub fn client() -> Client {
-    Client::builder(USER_AGENT).retry(default_retry()).build()
+    Client::builder(USER_AGENT).retry(default_retry()).no_proxy().build()
 }
 
 /// A cloud's metadata service.
@@ -209,5 +211,10 @@ mod tests {
         }
         assert_eq!(default_retry().delay(1), Duration::from_secs(1));
         assert_eq!(default_retry().delay(4), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_client_never_goes_through_the_environment_s_proxy() {
+        assert!(client().ignores_env_proxy(), "metadata and WireServer requests bypass proxies");
     }
 }

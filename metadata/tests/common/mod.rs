@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use berth_http::{Client, Retry};
 
-/// A client sending every request to `base` (a fake on 127.0.0.1).
+/// A client sending every request to `base` (a fake on 127.0.0.1), never through a proxy the
+/// environment names (as [`berth_metadata::provider::client`]).
 pub fn client(base: &str) -> Client {
-    Client::builder("berth-metadata-test").test_base_url(base).build()
+    Client::builder("berth-metadata-test").test_base_url(base).no_proxy().build()
 }
 
 /// Afterburn's policy shape (doubling, capped) with short waits: 4 attempts, 10, 20, 40 ms.
