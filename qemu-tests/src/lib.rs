@@ -8,7 +8,9 @@
 //! (virtio-blk, VirtualBox's virtio-scsi, NVMe). It waits for console markers and for QEMU's exit
 //! with bounded timeouts, and kills its QEMU process when dropped, also when a test fails. Guest
 //! networking, when a test adds it, is always `-netdev user,restrict=on` with forwards bound to
-//! 127.0.0.1 only.
+//! 127.0.0.1 only. A test can play a cloud's machine: its SMBIOS strings ([`Options::smbios`])
+//! and a user network covering its metadata addresses ([`Options::user_subnet`]), answered by
+//! the strict fakes of [`cloud`].
 
 pub mod agent;
 pub mod cloud;

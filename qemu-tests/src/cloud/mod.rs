@@ -16,7 +16,7 @@
 //!
 //! Guests reach them at the clouds' own addresses: [`Cloud::subnet`] is a QEMU user network
 //! that covers 169.254.169.254 (and the WireServer's 168.63.129.16 for Azure) and
-//! [`Cloud::guest_forwards`] joins those addresses' port 80 to the fakes through the
+//! [`guest_forwards`] joins those addresses' port 80 to the fakes through the
 //! `berth-guestfwd-relay` binary, so nothing leaves this machine. [`Cloud::smbios`] gives the
 //! SMBIOS strings each cloud's hypervisor reports, from which the guest detects the platform.
 
