@@ -1,9 +1,11 @@
 //! Which platform this machine is (docs/design.md §8): the word the artifact put in
 //! `berth/platform` on the ESP wins (it is what the image was exported for); without one, the
 //! firmware's SMBIOS strings in `/sys/class/dmi/id` (the tests cloud-init's `ds-identify` makes);
-//! else `metal`. The ESP word is trusted, but a cloud's SMBIOS contradicting it (a `qemu` image
-//! uploaded to Azure, an `aws` image on GCE) is reported in [`Detected::mismatch`] for the caller
-//! to log loudly: the metadata service the word implies will not answer.
+//! else `metal`. One exception: when the SMBIOS names a cloud and the ESP word is not that
+//! cloud (`berth build`'s own `metal` image, a `qemu` image uploaded to Azure, an `aws` image on
+//! GCE), the cloud wins: only its metadata service can answer there, and on Azure a machine that
+//! never reports ready fails its creation. [`Detected::mismatch`] says so, for the caller to log
+//! loudly.
 //!
 //! PID 1 decides at boot and writes the word to [`PLATFORM_RUN_FILE`]; `berth-metadata` reads it
 //! from there.
@@ -70,10 +72,12 @@ pub fn detect(esp_word: Option<&str>, dmi_dir: &Path) -> Detected {
         match Platform::parse_file(word.as_bytes()) {
             Ok(platform) => {
                 if let Some(found) = smbios.filter(|p| p.is_cloud() && *p != platform) {
-                    mismatch = Some(format!(
+                    let mismatch = format!(
                         "the ESP's berth/platform says {platform} but SMBIOS says this machine is on {found}; \
-                         going by the ESP ({platform}), whose metadata service may not answer here"
-                    ));
+                         going by SMBIOS ({found}), whose metadata service is the one here \
+                         (`berth export --platform {found}` makes this cloud's artifact)"
+                    );
+                    return Detected { platform: found, how: How::Smbios, mismatch: Some(mismatch) };
                 }
                 return Detected { platform, how: How::EspWord, mismatch };
             }
@@ -162,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn the_esp_word_wins_and_a_cloud_contradicting_it_is_reported() {
+    fn the_esp_word_wins_but_a_cloud_contradicting_it_wins_over_it_and_is_reported() {
         let gce = dmi(&[("product_name", "Google Compute Engine")]);
         let qemu = dmi(&[("sys_vendor", "QEMU")]);
         let none = dmi(&[]);
@@ -170,16 +174,21 @@ mod tests {
         let d = detect(Some("aws\n"), qemu.path());
         assert_eq!((d.platform, d.how, d.mismatch), (Platform::Aws, How::EspWord, None));
         let d = detect(Some("aws"), gce.path());
-        assert_eq!((d.platform, d.how), (Platform::Aws, How::EspWord));
+        assert_eq!((d.platform, d.how), (Platform::Gce, How::Smbios));
         assert_eq!(
             d.mismatch.as_deref(),
             Some(
-                "the ESP's berth/platform says aws but SMBIOS says this machine is on gce; going by the ESP (aws), \
-                 whose metadata service may not answer here"
+                "the ESP's berth/platform says aws but SMBIOS says this machine is on gce; going by SMBIOS (gce), \
+                 whose metadata service is the one here (`berth export --platform gce` makes this cloud's artifact)"
             )
         );
         let d = detect(Some("qemu"), gce.path());
-        assert!(d.platform == Platform::Qemu && d.mismatch.is_some(), "a hypervisor image on a cloud: {d:?}");
+        assert!(d.platform == Platform::Gce && d.mismatch.is_some(), "a hypervisor image on a cloud: {d:?}");
+        let d = detect(Some("metal\n"), gce.path());
+        assert!(d.platform == Platform::Gce && d.mismatch.is_some(), "berth build's own image on a cloud: {d:?}");
+        // A hypervisor's SMBIOS does not override the word (vagrant-libvirt runs on QEMU).
+        let d = detect(Some("vagrant-libvirt"), qemu.path());
+        assert_eq!((d.platform, d.how, d.mismatch), (Platform::VagrantLibvirt, How::EspWord, None));
         assert_eq!(detect(Some("gce"), gce.path()).mismatch, None);
 
         let d = detect(None, gce.path());
