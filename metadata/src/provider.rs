@@ -152,12 +152,13 @@ pub fn hostname(raw: &str) -> Result<String, String> {
     if name.len() > HOSTNAME_MAX {
         name = name.split('.').next().unwrap_or(name);
     }
-    let name = &name[..name.len().min(HOSTNAME_MAX)];
-    if name.is_empty() {
-        return Err("empty".into());
-    }
+    // Checked before the cut: only ASCII is left, so the cut is on a character boundary.
     if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))) {
         return Err(format!("{:?} has {c:?}, which a hostname cannot have", raw.trim()));
+    }
+    let name = name.get(..HOSTNAME_MAX).unwrap_or(name);
+    if name.is_empty() {
+        return Err("empty".into());
     }
     Ok(name.to_string())
 }
@@ -201,6 +202,9 @@ mod tests {
         assert_eq!(hostname(" ip-10-0-0-1.ec2.internal\n").unwrap(), "ip-10-0-0-1.ec2.internal");
         assert_eq!(hostname("  ").unwrap_err(), "empty");
         assert!(hostname("a b").unwrap_err().contains("which a hostname cannot have"));
+        // A multi-byte character across byte 63 is refused, not cut inside (which panicked).
+        let wide = format!("{}é{}", "a".repeat(62), "b".repeat(10));
+        assert!(hostname(&wide).unwrap_err().contains("'é'"), "{:?}", hostname(&wide));
     }
 
     #[test]
