@@ -128,9 +128,24 @@ impl WireServer {
         self
     }
 
-    /// The instance the marker names, if any.
+    /// The instance the marker names, if any. A link in the marker's place is not followed (an
+    /// error), nor is anything but a regular file read (a FIFO would hang the unit).
     pub fn reported_for(&self) -> Result<Option<String>, ReadyError> {
-        match std::fs::read_to_string(&self.marker) {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let read = || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+                .open(&self.marker)?;
+            if !file.metadata()?.is_file() {
+                return Err(std::io::Error::other("not a regular file; not read"));
+            }
+            let mut text = String::new();
+            file.take(4096).read_to_string(&mut text)?;
+            Ok(text)
+        };
+        match read() {
             Ok(text) => Ok(text.lines().next().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(ReadyError::Marker { path: self.marker.clone(), source }),
@@ -283,6 +298,25 @@ pub fn health_report(goal: &GoalState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_marker_is_read_only_as_a_regular_file_not_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = |path: &std::path::Path| WireServer::new(crate::provider::client(), Retry::new()).marker(path);
+        let marker = tmp.path().join("azure-ready");
+        assert_eq!(ws(&marker).reported_for().unwrap(), None, "no marker: not reported");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::write(&elsewhere, "vm-1\n").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &marker).unwrap();
+        let e = ws(&marker).reported_for().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: ", marker.display())), "{e}");
+        std::fs::remove_file(&marker).unwrap();
+        nix::unistd::mkfifo(&marker, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(ws(&marker).reported_for().unwrap_err().to_string().contains("not a regular file"));
+        std::fs::remove_file(&marker).unwrap();
+        std::fs::write(&marker, "vm-1\n").unwrap();
+        assert_eq!(ws(&marker).reported_for().unwrap().as_deref(), Some("vm-1"));
+    }
 
     #[test]
     fn goal_state_versions_and_the_report() {
