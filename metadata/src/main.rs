@@ -1,5 +1,5 @@
 //! `berth-metadata`: the cloud metadata client, run once per boot as `berth-metadata.service`
-//! (and `berth-metadata-ready.service` on Azure). See the library's documentation for the parts.
+//! (and `berth-azure-ready.service` on Azure). See the library's documentation for the parts.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
