@@ -29,11 +29,22 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::atomic;
 
-/// Where `berth-metadata fetch` leaves the record; its directory is 0700, root's.
-pub const RECORD_PATH: &str = "/run/berth/metadata/instance.toml";
+/// The directory `RECORD_DIR` and `RECORD_PATH` are built from (`concat!` takes literals only).
+macro_rules! record_dir {
+    () => {
+        "/run/berth/metadata"
+    };
+}
+
+/// `berth-metadata`'s run directory, 0700, root's: the record, and the provisioning CD's mount
+/// point while it is read.
+pub const RECORD_DIR: &str = record_dir!();
+
+/// Where `berth-metadata fetch` leaves the record, in [`RECORD_DIR`].
+pub const RECORD_PATH: &str = concat!(record_dir!(), "/instance.toml");
 
 /// The most of a record that is read (user data is at most 1 MiB, as a provisioning document).
-const MAX_RECORD: u64 = 4 << 20;
+pub const MAX_RECORD: u64 = 4 << 20;
 
 /// What the metadata service said about this instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

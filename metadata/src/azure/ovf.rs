@@ -129,7 +129,7 @@ pub enum CdSource {
         sys_block: PathBuf,
         /// `/dev`.
         dev: PathBuf,
-        /// `/run/berth/metadata`: the mount point is made in it (0700).
+        /// [`crate::record::RECORD_DIR`]: the mount point is made in it (0700).
         mount_base: PathBuf,
         /// [`MODULES_BASE`]: the drive's and the filesystems' modules are loaded from its
         /// `<uname -r>` directory; `None`: no module is loaded (tests).
@@ -148,7 +148,7 @@ impl Default for CdSource {
         CdSource::Probe {
             sys_block: PathBuf::from("/sys/block"),
             dev: PathBuf::from("/dev"),
-            mount_base: PathBuf::from("/run/berth/metadata"),
+            mount_base: PathBuf::from(crate::record::RECORD_DIR),
             modules: Some(PathBuf::from(MODULES_BASE)),
             wait: DRIVE_WAIT,
         }

@@ -20,8 +20,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-pub use berth_metadata::record::RECORD_PATH;
 use berth_metadata::record::{InstanceRecord, Outcome};
+pub use berth_metadata::record::{MAX_RECORD, RECORD_PATH};
 
 use super::{
     Config, Failure, Hostname, MAX_DOCUMENT, Marker, Name, OneLine, ProvisionError, Record, Source, User, apply,
@@ -30,10 +30,6 @@ use super::{
 
 /// Who gets the SSH keys that name no user of the document: the image's login user.
 pub const DEFAULT_USER: &str = "core";
-
-/// A record larger than this is not read into PID 1 (user data is at most 1 MiB, keys and
-/// the rest are small).
-pub const MAX_RECORD: u64 = 4 << 20;
 
 /// Whether the metadata is applied on this boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
