@@ -53,7 +53,7 @@ fn format_machine_id(mut b: [u8; 16]) -> String {
 }
 
 /// Replaces `path` (world-readable, 0644) through a new file and a rename.
-fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("berth-tmp");
     let _ = std::fs::remove_file(&tmp);

@@ -5,8 +5,6 @@
 //! reader, logs the answer once (a declared word that SMBIOS contradicts, loudly) and writes the
 //! word to [`PLATFORM_RUN_FILE`], where `berth-metadata fetch` and `berthctl status` find it.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub use berth_metadata::platform::PLATFORM_RUN_FILE;
@@ -68,19 +66,7 @@ pub fn esp_word(device: &Path) -> Result<Option<String>, String> {
 /// Replaces `path` with `word` and a newline, 0644, through a temporary file and a rename.
 /// Nothing but PID 1 writes its directory (`/run/berth`, root's, 0755), and nothing runs yet.
 pub fn write_word(path: &Path, word: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("berth-tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&tmp)?;
-    // The umask must not take the bits others read it by.
-    f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    f.write_all(format!("{word}\n").as_bytes())?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    super::identity::write_atomically(path, format!("{word}\n").as_bytes())
 }
 
 #[cfg(test)]
