@@ -58,14 +58,20 @@ fn without_an_esp_word_smbios_decides_else_metal() {
 }
 
 #[test]
-fn smbios_contradicting_the_esp_word_is_said_loudly_and_the_word_stays() {
+fn a_cloud_s_smbios_wins_over_a_word_that_is_not_that_cloud_loudly() {
     let run = tempfile::tempdir().unwrap();
     let file = run.path().join("platform");
+    // A qemu image on Azure: only Azure's services answer there, and it must report ready.
     let esp = fat_image(&[("berth/platform", b"qemu\n")]);
     let lines = detect_in(Ok(esp.path().to_path_buf()), dmi(&AZURE).path(), &file);
-    assert_eq!(lines[0], "platform: qemu (ESP berth/platform)");
-    assert!(lines[1].starts_with("platform: WARNING: ") && lines[1].contains("azure"), "{lines:?}");
-    assert_eq!(recorded(&file), "qemu\n");
+    assert_eq!(lines[0], "platform: azure (SMBIOS)");
+    assert!(lines[1].starts_with("platform: WARNING: ") && lines[1].contains("says qemu"), "{lines:?}");
+    assert_eq!(recorded(&file), "azure\n");
+    // SMBIOS that names no cloud (QEMU's) leaves the word as it is, without a warning.
+    let esp = fat_image(&[("berth/platform", b"aws\n")]);
+    let lines = detect_in(Ok(esp.path().to_path_buf()), dmi(&[("sys_vendor", "QEMU")]).path(), &file);
+    assert_eq!(lines, ["platform: aws (ESP berth/platform)"]);
+    assert_eq!(recorded(&file), "aws\n");
     // A word that is no platform: said, and SMBIOS decides.
     let esp = fat_image(&[("berth/platform", b"openstack\n")]);
     let lines = detect_in(Ok(esp.path().to_path_buf()), dmi(&GCE).path(), &file);
