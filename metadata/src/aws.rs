@@ -110,7 +110,7 @@ impl Aws {
 
 impl Provider for Aws {
     fn name(&self) -> &'static str {
-        "aws"
+        berth_slot::platform::Platform::Aws.name()
     }
 
     fn fetch(&self, deadline: Instant) -> Result<InstanceRecord, MetadataError> {

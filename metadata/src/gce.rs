@@ -98,7 +98,7 @@ impl Gce {
 
 impl Provider for Gce {
     fn name(&self) -> &'static str {
-        "gce"
+        berth_slot::platform::Platform::Gce.name()
     }
 
     fn fetch(&self, deadline: Instant) -> Result<InstanceRecord, MetadataError> {

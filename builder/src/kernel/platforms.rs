@@ -21,6 +21,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::platform::Platform;
+
 use super::{KernelError, ModuleIndex, normalize};
 
 /// One platform's drivers, by module name (`_` or `-`, as the kernel spells them).
@@ -50,7 +52,7 @@ pub struct PlatformDrivers {
 /// 9.3 MiB.
 pub const PLATFORM_DRIVERS: &[PlatformDrivers] = &[
     PlatformDrivers {
-        platform: "qemu",
+        platform: Platform::Qemu.name(),
         // virtio-blk and virtio-scsi on virtio-pci; QEMU's NVMe device.
         disk: &["virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "nvme"],
         nic: &["virtio_net"],
@@ -69,7 +71,7 @@ pub const PLATFORM_DRIVERS: &[PlatformDrivers] = &[
         ],
     },
     PlatformDrivers {
-        platform: "virtualbox",
+        platform: Platform::Virtualbox.name(),
         // The OVA's VirtioSCSI controller.
         disk: &["virtio_pci", "virtio_scsi", "sd_mod"],
         nic: &["virtio_net"],
@@ -79,7 +81,7 @@ pub const PLATFORM_DRIVERS: &[PlatformDrivers] = &[
         root: &["vboxguest"],
     },
     PlatformDrivers {
-        platform: "aws",
+        platform: Platform::Aws.name(),
         // Nitro: EBS volumes are NVMe. Xen instances: blkfront and netfront.
         disk: &["nvme", "xen_blkfront"],
         nic: &["ena", "xen_netfront"],
@@ -87,7 +89,7 @@ pub const PLATFORM_DRIVERS: &[PlatformDrivers] = &[
         root: &[],
     },
     PlatformDrivers {
-        platform: "gce",
+        platform: Platform::Gce.name(),
         // Persistent disks on virtio-scsi, NVMe on the newer machine series.
         disk: &["virtio_pci", "virtio_scsi", "sd_mod", "nvme"],
         // virtio-net, or gVNIC.
@@ -96,7 +98,7 @@ pub const PLATFORM_DRIVERS: &[PlatformDrivers] = &[
         root: &[],
     },
     PlatformDrivers {
-        platform: "azure",
+        platform: Platform::Azure.name(),
         // The VMBus, its synthetic SCSI controller; NVMe on the newest sizes.
         disk: &["hv_vmbus", "hv_storvsc", "sd_mod", "nvme"],
         nic: &["hv_netvsc"],

@@ -108,7 +108,7 @@ impl Azure {
 
 impl Provider for Azure {
     fn name(&self) -> &'static str {
-        "azure"
+        berth_slot::platform::Platform::Azure.name()
     }
 
     fn fetch(&self, deadline: Instant) -> Result<InstanceRecord, MetadataError> {
