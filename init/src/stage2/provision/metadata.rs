@@ -120,21 +120,18 @@ pub fn merge(record: &InstanceRecord) -> Result<(Config, Vec<String>), Provision
             }
             _ => DEFAULT_USER.to_string(),
         };
-        let at = match config.users.iter().position(|u| u.name.0 == to) {
-            Some(at) => at,
-            None => {
-                config.users.push(User {
-                    name: Name(to),
-                    uid: None,
-                    groups: Vec::new(),
-                    shell: None,
-                    ssh_authorized_keys: Vec::new(),
-                    password_hash: None,
-                });
-                config.users.len() - 1
-            }
-        };
-        let keys = &mut config.users[at].ssh_authorized_keys;
+        if !config.users.iter().any(|u| u.name.0 == to) {
+            config.users.push(User {
+                name: Name(to.clone()),
+                uid: None,
+                groups: Vec::new(),
+                shell: None,
+                ssh_authorized_keys: Vec::new(),
+                password_hash: None,
+            });
+        }
+        let Some(user) = config.users.iter_mut().find(|u| u.name.0 == to) else { continue };
+        let keys = &mut user.ssh_authorized_keys;
         if !keys.iter().any(|have| have.0.trim() == key.0) {
             keys.push(key);
         }
