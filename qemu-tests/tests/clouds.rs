@@ -82,21 +82,30 @@ WantedBy=multi-user.target
     .into_bytes()
 }
 
-/// [`container_host`] with no `berth/platform` on its ESP (this test binary's own copy): a disk
-/// that declares no platform, so the guest decides it from SMBIOS. (The built image's ESP says
-/// `metal`; a cloud's SMBIOS wins over that, with a warning: the Azure test boots it as built.)
+/// A copy of [`container_host`] with no `berth/platform` on its ESP: a disk that declares no
+/// platform, so the guest decides it from SMBIOS. A copy beside it, not the disk itself: other
+/// tests of this binary boot the built image at the same time, its ESP saying `metal` (a
+/// cloud's SMBIOS wins over that, with a warning: the Azure test boots it as built).
 fn wordless() -> &'static Path {
-    static DONE: OnceLock<()> = OnceLock::new();
-    let disk = container_host();
-    DONE.get_or_init(|| {
+    static DISK: OnceLock<PathBuf> = OnceLock::new();
+    DISK.get_or_init(|| {
+        let built = container_host();
+        let disk = built.with_file_name("container-host-wordless.img");
+        let cp = std::process::Command::new("cp").arg("--sparse=always").arg(built).arg(&disk).status();
+        assert!(cp.expect("running cp").success(), "copying {} to {}", built.display(), disk.display());
         let esp = container_host_partitions().into_iter().find(|p| p.number == 1).expect("the ESP in the manifest");
         let target = format!("{}@@{}", disk.display(), esp.offset);
         let del = std::process::Command::new("mdel").args(["-i", &target, "::/berth/platform"]).output();
         let del = del.expect("running mdel (install mtools)");
         let left = std::process::Command::new("mtype").args(["-i", &target, "::/berth/platform"]).output().unwrap();
         assert!(!left.status.success(), "berth/platform still on the ESP: {del:?} {left:?}");
-    });
-    disk
+        let kept = std::process::Command::new("mtype")
+            .args(["-i", &format!("{}@@{}", built.display(), esp.offset), "::/berth/platform"])
+            .output()
+            .unwrap();
+        assert!(kept.status.success(), "the built image lost its berth/platform");
+        disk
+    })
 }
 
 /// `berth export --platform aws` of [`container_host`] into `dir`: the raw disk (whole GiB)
