@@ -2,6 +2,9 @@
 //! built by `berth build` boots under OVMF; bootmgr picks a slot from the GPT attributes, spends
 //! a trial's try on disk *before* the kernel starts, and starts the slot's kernel with the right
 //! command line (the kernel echoes it) and the initrd (berth-init, from the initramfs, runs).
+//!
+//! The image is built once and copied for each test, so the tests run two at a time, one
+//! single-vCPU QEMU on each of the CI machine's two cores.
 
 mod common;
 
@@ -13,7 +16,7 @@ use berth_builder::disk::read_slots;
 use berth_qemu_tests::{Boot, Machine};
 use berth_slot::gpt::{Gpt, Header};
 use berth_slot::{Slot, SlotAttrs};
-use common::{BOOT_TIMEOUT, Image, SERIAL, build_minimal, line_with, mtools, put_cmdline};
+use common::{BOOT_TIMEOUT, Image, line_with, minimal_template, mtools, put_cmdline};
 
 const SECTOR: u64 = 512;
 
@@ -35,8 +38,7 @@ fn boot_to_init(disk: &Path) -> String {
 
 #[test]
 fn bootmgr_boots_slot_a_kernel_with_initrd() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let image = build_minimal();
+    let image = minimal_template().copy();
     put_cmdline(&image, Slot::A, "console=ttyS0\n");
     let partuuid = image.partuuid(2).to_string();
 
@@ -82,7 +84,7 @@ fn set_slot(disk: &Path, slot: Slot, attrs: SlotAttrs) {
 /// Builds an image whose slot B is a trial `{2, tries 1, not successful}` holding A's kernel
 /// files (copied on the ESP with mtools) and a `cmdline` the kernel echoes.
 fn image_with_b_trial() -> Image {
-    let image = build_minimal();
+    let image = minimal_template().copy();
     let trial = SlotAttrs { priority: 2, tries: 1, successful: false };
     set_slot(&image.disk, Slot::B, trial);
     sgdisk_verify(&image.disk);
@@ -124,7 +126,6 @@ fn check_b_trial(image: &Image, console: &str) {
 
 #[test]
 fn bootmgr_boots_slot_b_trial_and_spends_its_try_first() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let image = image_with_b_trial();
     let console = boot_to_init(&image.disk);
     check_b_trial(&image, &console);
@@ -133,7 +134,6 @@ fn bootmgr_boots_slot_b_trial_and_spends_its_try_first() {
 #[test]
 fn damaged_primary_gpt_still_boots_the_trial_and_ends_with_both_copies_valid() {
     use std::os::unix::fs::FileExt;
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let image = image_with_b_trial();
     // Damage the primary entry array (STATE's name): its CRC no longer matches.
     let file = std::fs::OpenOptions::new().write(true).open(&image.disk).unwrap();
@@ -150,8 +150,7 @@ fn damaged_primary_gpt_still_boots_the_trial_and_ends_with_both_copies_valid() {
 
 #[test]
 fn no_bootable_slot_says_why_and_resets() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let image = build_minimal();
+    let image = minimal_template().copy();
     // A spent its tries without being marked good; B is empty.
     set_slot(&image.disk, Slot::A, SlotAttrs { priority: 1, tries: 0, successful: false });
     let mut m = Machine::start(&Boot { disk: &image.disk, format: "raw", memory_mib: 512 }).unwrap();
