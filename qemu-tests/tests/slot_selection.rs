@@ -4,6 +4,9 @@
 //! nothing marks it) runs out of tries, and bootmgr goes back to A by itself, whether B booted,
 //! its kernel could not be started, or its stage 1 could not find its root. Power cycles are a
 //! new QEMU process on the same disk file; resets within one run are the guest's own.
+//!
+//! The disk is built once and copied for each test (only the boot state differs), so the tests
+//! run two at a time, one single-vCPU QEMU on each of the CI machine's two cores.
 
 mod common;
 
@@ -12,7 +15,7 @@ use std::time::Instant;
 use berth_qemu_tests::{Boot, Machine, Options};
 use berth_slot::{Slot, SlotAttrs};
 use common::slots::{image_with_b_copy, lines_with, power_on, put_b_kernel, sgdisk_verify, slots_after};
-use common::{BOOT_TIMEOUT, SERIAL, line_with, put_cmdline};
+use common::{BOOT_TIMEOUT, line_with, put_cmdline};
 
 const GOOD_A: SlotAttrs = SlotAttrs { priority: 1, tries: 0, successful: true };
 /// B after its last try was spent without being marked successful.
@@ -23,7 +26,6 @@ const BOOTING_B: &str = "berth-bootmgr: -> booting B ";
 
 #[test]
 fn boots_b_once_then_a() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let trial = SlotAttrs { priority: 2, tries: 1, successful: false };
     let image = image_with_b_copy(GOOD_A, trial);
     // The writer leaves tables sgdisk accepts.
@@ -70,7 +72,6 @@ fn boots_b_once_then_a() {
 
 #[test]
 fn corrupt_b_kernel_falls_back_to_a() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let image = image_with_b_copy(GOOD_A, SlotAttrs { priority: 2, tries: 1, successful: false });
     // Not a PE image at all: the firmware's LoadImage must refuse it.
     put_b_kernel(&image, &vec![0x5a; 1 << 20]);
@@ -105,7 +106,6 @@ fn corrupt_b_kernel_falls_back_to_a() {
 
 #[test]
 fn b_without_root_falls_back_after_tries() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let image = image_with_b_copy(GOOD_A, SlotAttrs { priority: 2, tries: 2, successful: false });
     // B's kernel cannot load the disk driver, so its stage 1 never sees ROOT-B.
     put_cmdline(&image, Slot::B, "console=ttyS0 module_blacklist=virtio_blk berth.rootwait=3\n");
@@ -159,7 +159,6 @@ fn b_without_root_falls_back_after_tries() {
 /// loop. Stage 2 then finds STATE unwritable and goes on with /var and /etc on tmpfs.
 #[test]
 fn unwritable_gpt_boots_the_successful_slot_instead_of_the_trial() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let trial = SlotAttrs { priority: 2, tries: 1, successful: false };
     let image = image_with_b_copy(GOOD_A, trial);
     let boot = Boot { disk: &image.disk, format: "raw", memory_mib: 768 };

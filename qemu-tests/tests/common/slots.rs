@@ -4,6 +4,7 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use berth_builder::disk::{read_slots, write_slots};
 use berth_qemu_tests::{Boot, Machine};
@@ -11,7 +12,7 @@ use berth_slot::gpt::{Gpt, Header};
 use berth_slot::layout::SECTOR_SIZE;
 use berth_slot::{Slot, SlotAttrs};
 
-use super::{Image, mtools, put_cmdline};
+use super::{Image, Template, mtools, put_cmdline};
 
 /// The primary GPT of `disk`, with the backup header checked against it.
 fn read_gpt(disk: &Path) -> Gpt {
@@ -82,12 +83,18 @@ pub fn put_b_kernel(image: &Image, bytes: &[u8]) {
 
 /// The minimal image with slot B holding a copy of A (root and kernel files), both slots'
 /// cmdlines `console=ttyS0` (the kernel echoes its command line), and the given boot state.
+/// A copy of one such disk made once per test binary: only the boot state differs.
 pub fn image_with_b_copy(a: SlotAttrs, b: SlotAttrs) -> Image {
-    let image = super::build_minimal();
-    put_cmdline(&image, Slot::A, "console=ttyS0\n");
-    copy_root_a_to_b(&image);
-    copy_kernel_a_to_b(&image);
-    put_cmdline(&image, Slot::B, "console=ttyS0\n");
+    static B_COPY: OnceLock<Template> = OnceLock::new();
+    let template = B_COPY.get_or_init(|| {
+        super::minimal_template().derive("b-copy", |image| {
+            put_cmdline(image, Slot::A, "console=ttyS0\n");
+            copy_root_a_to_b(image);
+            copy_kernel_a_to_b(image);
+            put_cmdline(image, Slot::B, "console=ttyS0\n");
+        })
+    });
+    let image = template.copy();
     set_slots(&image.disk, a, b);
     image
 }
