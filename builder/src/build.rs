@@ -521,6 +521,20 @@ pub struct OwnBinaries {
     pub bootmgr: PathBuf,
 }
 
+/// The variables cargo sets for the one crate it builds, runs or tests, as opposed to its
+/// configuration (`CARGO_HOME`, `CARGO_TARGET_DIR`, `CARGO_BUILD_*`, …), which is the user's.
+fn set_by_cargo_for_a_crate(name: &str) -> bool {
+    ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"].iter().any(|p| name.starts_with(p))
+        || matches!(
+            name,
+            "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
+}
+
 impl OwnBinaries {
     /// The layout of a `--prebuilt` directory.
     pub fn in_dir(dir: &Path) -> OwnBinaries {
@@ -543,11 +557,18 @@ impl OwnBinaries {
         const UEFI: &str = "x86_64-unknown-uefi";
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let run = |args: &[&str]| -> anyhow::Result<()> {
-            let status = Command::new(&cargo)
-                .current_dir(workspace)
-                .args(args)
-                .status()
-                .with_context(|| format!("running cargo in {}", workspace.display()))?;
+            let mut command = Command::new(&cargo);
+            command.current_dir(workspace).args(args);
+            // Not what cargo set for the crate whose test or build script runs this: a build
+            // script that is rerun when one changes (ring's reads CARGO_MANIFEST_DIR) would
+            // otherwise see another value than a `cargo build` from a shell, and every binary
+            // that links it would be rebuilt.
+            for (name, _) in std::env::vars_os() {
+                if name.to_str().is_some_and(set_by_cargo_for_a_crate) {
+                    command.env_remove(&name);
+                }
+            }
+            let status = command.status().with_context(|| format!("running cargo in {}", workspace.display()))?;
             if !status.success() {
                 bail!(
                     "cargo {} failed in {} (a missing target is added with: rustup target add {MUSL} {UEFI})",
