@@ -728,7 +728,8 @@ fn digest(h: Sha256) -> Digest {
     Digest(h.finalize().into())
 }
 
-pub(crate) fn progress_bar(show: bool, len: u64, msg: String) -> indicatif::ProgressBar {
+/// A bar of `len` bytes with throughput and ETA on stderr, or drawn nowhere unless `show`.
+pub fn progress_bar(show: bool, len: u64, msg: String) -> indicatif::ProgressBar {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     let bar = ProgressBar::with_draw_target(
         Some(len),

@@ -61,7 +61,8 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connection(_) | Error::Read(_) | Error::TooSlow { .. } => true,
-            Error::Status(s) => *s >= 500,
+            // 408 and 429 say "later", as a 5xx does.
+            Error::Status(s) => *s >= 500 || *s == 408 || *s == 429,
             Error::Request(_) | Error::TooLarge(_) => false,
         }
     }
@@ -320,6 +321,101 @@ impl Upload<'_> {
     }
 }
 
+/// A request of any method whose answer is read whatever its status: for APIs that say why in
+/// the body (a cloud's XML or JSON error), so that the caller can name the cause. See
+/// [`Client::call`].
+pub struct Call<'a> {
+    client: &'a Client,
+    method: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+    timeout: Option<Duration>,
+    limit: u64,
+}
+
+impl Call<'_> {
+    /// Sends the header `name: value` too.
+    #[must_use]
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sends `body` (its `Content-Length` is set; a `Content-Type` is a [`Call::header`]).
+    #[must_use]
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
+    /// The whole request, answer included, must be done within `timeout`.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Reads at most `limit` bytes of the answer (16 MiB unless told).
+    #[must_use]
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// One attempt: the answer, whatever its status. Only no answer at all (or one cut short,
+    /// or too long) is an [`Error`].
+    pub fn send(self) -> Result<Reply, Error> {
+        let mut builder = ureq::http::Request::builder().method(self.method.as_str()).uri(self.url.as_str());
+        for (name, value) in &self.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let body = self.body.unwrap_or_default();
+        let req = builder.body(body).map_err(|e| Error::Request(ureq::Error::Http(e)))?;
+        let agent = &self.client.agent;
+        let req = match self.timeout {
+            Some(t) => agent.configure_request(req).timeout_global(Some(t)).build(),
+            None => req,
+        };
+        let inner = agent.run(req).map_err(classify)?;
+        let status = inner.status().as_u16();
+        let headers = inner
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let body = Response { inner }.read_to_vec(self.limit)?;
+        Ok(Reply { status, headers, body })
+    }
+}
+
+/// A whole answer to a [`Call`].
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The HTTP status.
+    pub status: u16,
+    headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// Whether the status is a 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
 fn classify(e: ureq::Error) -> Error {
     match e {
         ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl | ureq::Error::RedirectFailed => {
@@ -426,6 +522,19 @@ impl Client {
     /// A `POST` of `url` (a health report), sent by [`Upload::send`].
     pub fn post(&self, url: &str) -> Upload<'_> {
         Upload { client: self, post: true, url: self.resolve(url), headers: Vec::new(), body: None, timeout: None }
+    }
+
+    /// A `method` request of `url`, sent by [`Call::send`], its answer read whatever the status.
+    pub fn call(&self, method: &str, url: &str) -> Call<'_> {
+        Call {
+            client: self,
+            method: method.to_string(),
+            url: self.resolve(url),
+            headers: Vec::new(),
+            body: None,
+            timeout: None,
+            limit: 16 << 20,
+        }
     }
 
     /// All of `url` (at most `limit` bytes), retried by the client's policy.

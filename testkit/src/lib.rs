@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// The most of a request body that is read (the tests' bodies are small JSON documents).
-const MAX_BODY: usize = 1 << 20;
+/// The most of a request body that is read (JSON documents, and the cloud fakes' 512 KiB EBS blocks
+/// and Azure pages, which the fake must see to refuse one over 4 MiB).
+const MAX_BODY: usize = 16 << 20;
 
 /// A request as the server read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +31,7 @@ pub struct Request {
     pub target: String,
     /// Header names as sent, values trimmed, in order.
     pub headers: Vec<(String, String)>,
-    /// The body (`Content-Length` bytes, at most 1 MiB).
+    /// The body (`Content-Length` bytes, at most 16 MiB).
     pub body: Vec<u8>,
     /// The connection's number, from 0, in the order they were accepted.
     pub index: usize,

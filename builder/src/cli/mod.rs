@@ -6,6 +6,7 @@ mod fs;
 mod keys;
 mod publish;
 mod run;
+mod upload;
 
 use std::process::ExitCode;
 
@@ -117,6 +118,16 @@ enum Command {
     /// set the root keys they trust signed and refuse indexes signed by a key it left out.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Upload a built image to a cloud and register it there: an AMI, a GCE image, an Azure image.
+    ///
+    /// Each cloud's own API, from this host: no cloud CLI needed. The artifact is the one
+    /// `berth build --platform aws|gce|azure` (or `berth export`) wrote; only its data is sent
+    /// (holes and zero blocks are skipped), many requests in flight, each retried on throttling,
+    /// server errors and dropped connections. Run again after an interruption, an upload finishes
+    /// what it started and finds the image it registered: never two. Prints the resulting ids
+    /// (--json for a document).
+    #[command(subcommand)]
+    Upload(upload::UploadCommand),
 }
 
 /// Runs the command; its exit code is berth's (QEMU's for `berth run`).
@@ -130,6 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen(a) => publish::keygen(a).map(|()| ExitCode::SUCCESS),
         Command::Publish(a) => publish::run(a).map(|()| ExitCode::SUCCESS),
         Command::Keys(c) => keys::run(c).map(|()| ExitCode::SUCCESS),
+        Command::Upload(c) => upload::run(c).map(|()| ExitCode::SUCCESS),
         Command::Inspect { disk, json } => {
             let info = berth_builder::inspect::inspect(&disk)?;
             if json {

@@ -1,0 +1,2 @@
+//! Placeholder: the EBS upload benchmark (issue 19).
+fn main() {}
