@@ -361,3 +361,218 @@ impl Ini {
         s.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A home with `.aws/credentials` and `.aws/config` (each written when given) and an
+    /// environment of `vars` plus HOME.
+    struct Home {
+        dir: tempfile::TempDir,
+        vars: HashMap<String, String>,
+    }
+
+    impl Home {
+        fn new(credentials: Option<&str>, config: Option<&str>) -> Home {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join(".aws")).unwrap();
+            if let Some(c) = credentials {
+                std::fs::write(dir.path().join(".aws/credentials"), c).unwrap();
+            }
+            if let Some(c) = config {
+                std::fs::write(dir.path().join(".aws/config"), c).unwrap();
+            }
+            let vars = HashMap::from([("HOME".to_string(), dir.path().display().to_string())]);
+            Home { dir, vars }
+        }
+        fn var(mut self, k: &str, v: &str) -> Home {
+            self.vars.insert(k.to_string(), v.to_string());
+            self
+        }
+        fn path(&self, rel: &str) -> String {
+            self.dir.path().join(rel).display().to_string()
+        }
+        fn find(&self, profile: Option<&str>, region: Option<&str>) -> Result<Found, Error> {
+            find(profile, region, &|k| self.vars.get(k).cloned())
+        }
+    }
+
+    const CREDS: &str = "\
+# comment
+[default]
+aws_access_key_id = AKIDDEFAULT
+aws_secret_access_key = secret-default
+
+[prod]
+aws_access_key_id=AKIDPROD
+aws_secret_access_key=secret-prod
+aws_session_token = token-prod
+";
+    const CONFIG: &str = "\
+[default]
+region = eu-west-1
+
+[profile prod]
+region = us-west-2
+s3 =
+  max_concurrent_requests = 20
+
+[profile onlyconfig]
+aws_access_key_id = AKIDCONF
+aws_secret_access_key = secret-conf
+region = ap-south-1
+
+[profile sso]
+sso_session = corp
+sso_account_id = 123456789012
+";
+
+    fn env_keys(h: Home) -> Home {
+        h.var("AWS_ACCESS_KEY_ID", "AKIDENV").var("AWS_SECRET_ACCESS_KEY", "secret-env")
+    }
+
+    #[test]
+    fn environment_wins_without_profile() {
+        let h = env_keys(Home::new(Some(CREDS), Some(CONFIG))).var("AWS_PROFILE", "prod");
+        let f = h.find(None, None).unwrap();
+        assert_eq!(f.credentials.access_key_id, "AKIDENV");
+        assert_eq!(f.credentials.secret_access_key, "secret-env");
+        assert_eq!(f.credentials.session_token, None);
+        assert_eq!(f.credentials.source, "environment (AWS_ACCESS_KEY_ID)");
+        // The region still comes from the profile AWS_PROFILE names, as the CLI does.
+        assert_eq!(f.region.as_deref(), Some("us-west-2"));
+        assert_eq!(f.region_source, Some(format!("{} [profile prod]", h.path(".aws/config"))));
+    }
+
+    #[test]
+    fn explicit_profile_reads_the_files_not_the_environment() {
+        let h = env_keys(Home::new(Some(CREDS), Some(CONFIG)));
+        let f = h.find(Some("prod"), None).unwrap();
+        assert_eq!(f.credentials.access_key_id, "AKIDPROD");
+        assert_eq!(f.credentials.session_token.as_deref(), Some("token-prod"));
+        assert_eq!(f.credentials.source, format!("{} [prod]", h.path(".aws/credentials")));
+        // Then the config file, `[profile name]`, when the credentials file lacks the profile.
+        let f = h.find(Some("onlyconfig"), None).unwrap();
+        assert_eq!(f.credentials.access_key_id, "AKIDCONF");
+        assert_eq!(f.credentials.source, format!("{} [profile onlyconfig]", h.path(".aws/config")));
+        assert_eq!(f.region.as_deref(), Some("ap-south-1"));
+    }
+
+    #[test]
+    fn aws_profile_and_default() {
+        let h = Home::new(Some(CREDS), Some(CONFIG)).var("AWS_PROFILE", "prod");
+        let f = h.find(None, None).unwrap();
+        assert_eq!(f.credentials.access_key_id, "AKIDPROD");
+        let h = Home::new(Some(CREDS), Some(CONFIG));
+        let f = h.find(None, None).unwrap();
+        assert_eq!(f.credentials.access_key_id, "AKIDDEFAULT");
+        assert_eq!(f.credentials.source, format!("{} [default]", h.path(".aws/credentials")));
+        assert_eq!(f.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(f.region_source, Some(format!("{} [default]", h.path(".aws/config"))));
+    }
+
+    #[test]
+    fn file_locations_from_the_environment() {
+        let h = Home::new(None, None);
+        std::fs::write(h.dir.path().join("c"), "[x]\naws_access_key_id=A\naws_secret_access_key=S\n").unwrap();
+        std::fs::write(h.dir.path().join("k"), "[profile x]\nregion=sa-east-1\n").unwrap();
+        let k = h.path("k");
+        let h = h.var("AWS_SHARED_CREDENTIALS_FILE", "~/c").var("AWS_CONFIG_FILE", &k);
+        let f = h.find(Some("x"), None).unwrap();
+        assert_eq!(f.credentials.source, format!("{} [x]", h.path("c")));
+        assert_eq!(f.region.as_deref(), Some("sa-east-1"));
+    }
+
+    #[test]
+    fn missing_profile_names_the_files_and_the_profile() {
+        let h = Home::new(Some(CREDS), Some(CONFIG));
+        let e = h.find(Some("nope"), None).unwrap_err();
+        let Error::Credentials { source_name, reason } = &e else { panic!("{e:?}") };
+        assert_eq!(source_name, "profile nope (--profile)");
+        assert!(reason.contains(&format!("{} [nope]", h.path(".aws/credentials"))), "{reason}");
+        assert!(reason.contains(&format!("{} [profile nope]", h.path(".aws/config"))), "{reason}");
+        // No files at all and nothing in the environment: the default profile, the same message.
+        let h = Home::new(None, None);
+        let e = h.find(None, None).unwrap_err().to_string();
+        assert!(e.starts_with("credentials from profile default: no AWS_ACCESS_KEY_ID in the environment"), "{e}");
+        assert!(e.contains(&h.path(".aws/credentials")), "{e}");
+    }
+
+    #[test]
+    fn profiles_without_keys() {
+        let h = Home::new(Some(CREDS), Some(CONFIG));
+        let e = h.find(Some("sso"), None).unwrap_err().to_string();
+        assert!(e.contains("[profile sso]") && e.contains("sso_session") && e.contains("export-credentials"), "{e}");
+        let h = Home::new(Some("[half]\naws_access_key_id = A\n"), None);
+        let e = h.find(Some("half"), None).unwrap_err().to_string();
+        assert!(e.contains("[half]") && e.contains("without aws_secret_access_key"), "{e}");
+        let h = Home::new(None, None).var("AWS_ACCESS_KEY_ID", "A");
+        let e = h.find(None, None).unwrap_err().to_string();
+        assert!(e.contains("environment (AWS_ACCESS_KEY_ID)") && e.contains("AWS_SECRET_ACCESS_KEY is not"), "{e}");
+    }
+
+    #[test]
+    fn malformed_file_names_file_and_line() {
+        for (text, line, why) in [
+            ("[default]\naws_access_key_id = A\nthis is not ini\n", 3, "neither [section] nor key = value"),
+            ("aws_access_key_id = A\n", 1, "before any [section]"),
+            ("[default\n", 1, "without ']'"),
+            ("[a]\nk=1\n\n[a]\n", 4, "appears twice"),
+            ("[a]\nk=1\nk=2\n", 3, "key k appears twice"),
+        ] {
+            let h = Home::new(Some(text), None);
+            let e = h.find(Some("a"), None).unwrap_err();
+            let Error::Credentials { source_name, reason } = &e else { panic!("{e:?}") };
+            assert_eq!(*source_name, h.path(".aws/credentials"), "{text:?}");
+            assert!(reason.starts_with(&format!("line {line}: ")) && reason.contains(why), "{text:?}: {reason}");
+        }
+        // A broken file is not read when the environment has keys and a region.
+        let h = env_keys(Home::new(Some("garbage\n"), None)).var("AWS_REGION", "eu-north-1");
+        assert_eq!(h.find(None, None).unwrap().credentials.access_key_id, "AKIDENV");
+    }
+
+    #[test]
+    fn region_precedence() {
+        let h = env_keys(Home::new(Some(CREDS), Some(CONFIG)));
+        let region = |h: &Home, r: Option<&str>| {
+            let f = h.find(None, r).unwrap();
+            (f.region.unwrap(), f.region_source.unwrap())
+        };
+        assert_eq!(region(&h, None), ("eu-west-1".to_string(), format!("{} [default]", h.path(".aws/config"))));
+        let h = h.var("AWS_DEFAULT_REGION", "us-east-2");
+        assert_eq!(region(&h, None), ("us-east-2".to_string(), "environment (AWS_DEFAULT_REGION)".to_string()));
+        let h = h.var("AWS_REGION", "ca-central-1");
+        assert_eq!(region(&h, None), ("ca-central-1".to_string(), "environment (AWS_REGION)".to_string()));
+        assert_eq!(region(&h, Some("me-south-1")), ("me-south-1".to_string(), "--region".to_string()));
+        // None anywhere: no region (the caller asks for --region).
+        let h = env_keys(Home::new(None, None));
+        assert_eq!(h.find(None, None).unwrap().region, None);
+    }
+
+    #[test]
+    fn session_token_from_the_environment() {
+        let h = env_keys(Home::new(None, None)).var("AWS_SESSION_TOKEN", "tok");
+        assert_eq!(h.find(None, None).unwrap().credentials.session_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let h = env_keys(Home::new(None, None)).var("AWS_SESSION_TOKEN", "tok-secret");
+        let f = h.find(None, None).unwrap();
+        let shown = format!("{f:?}");
+        assert!(shown.contains("AKIDENV"), "{shown}");
+        assert!(!shown.contains("secret-env") && !shown.contains("tok-secret"), "{shown}");
+    }
+
+    #[test]
+    fn ini_dialect() {
+        let ini = Ini::parse("[ profile  a ]\r\nk : v\n; c\n# c\nnested =\n\tx = 1\nempty =\n").unwrap();
+        assert!(ini.has("profile a"));
+        assert_eq!(ini.get("profile a", "k"), Some("v"));
+        assert_eq!(ini.get("profile a", "empty"), None);
+        assert_eq!(ini.get("profile a", "x"), None);
+    }
+}
