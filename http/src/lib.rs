@@ -431,6 +431,7 @@ pub struct ClientBuilder {
     retry: Retry,
     base: Option<String>,
     proxy_from_env: bool,
+    follow_redirects: bool,
 }
 
 impl ClientBuilder {
@@ -461,6 +462,15 @@ impl ClientBuilder {
         self
     }
 
+    /// Hands every 3xx answer to the caller instead of following it: for APIs whose 3xx is no
+    /// redirect (GCS's resumable upload answers `308 Resume Incomplete` without a `Location`,
+    /// which a redirect-following client turns into an error).
+    #[must_use]
+    pub fn no_redirects(mut self) -> Self {
+        self.follow_redirects = false;
+        self
+    }
+
     pub fn build(self) -> Client {
         let mut config = ureq::Agent::config_builder()
             .timeout_connect(Some(CONNECT_TIMEOUT))
@@ -471,6 +481,9 @@ impl ClientBuilder {
         // ureq's default configuration has read the environment's proxy (`Proxy::try_from_env`).
         if !self.proxy_from_env {
             config = config.proxy(None);
+        }
+        if !self.follow_redirects {
+            config = config.max_redirects(0);
         }
         Client { agent: config.build().into(), retry: self.retry, base: self.base, proxy_from_env: self.proxy_from_env }
     }
@@ -488,7 +501,13 @@ impl Client {
     /// A client that says `user_agent` (`berth-update/0.1.0`), with [`Retry::new`] until told
     /// otherwise.
     pub fn builder(user_agent: &str) -> ClientBuilder {
-        ClientBuilder { user_agent: user_agent.to_string(), retry: Retry::new(), base: None, proxy_from_env: true }
+        ClientBuilder {
+            user_agent: user_agent.to_string(),
+            retry: Retry::new(),
+            base: None,
+            proxy_from_env: true,
+            follow_redirects: true,
+        }
     }
 
     /// The client's retry policy.
