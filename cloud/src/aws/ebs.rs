@@ -1,7 +1,6 @@
 //! The EBS direct APIs (REST + JSON, SigV4 service `ebs`, API 2019-11-02): the three calls that
 //! write a snapshot, and the two that read one back (to verify an upload).
 
-use std::cell::RefCell;
 use std::time::SystemTime;
 
 use berth_http::{Client, Reply};
@@ -66,25 +65,18 @@ impl<'a> Ebs<'a> {
     ) -> Result<Reply, Error> {
         let url = format!("{}{path}", self.endpoint);
         let signer = Signer { credentials: self.credentials, region: self.region, service: "ebs" };
-        // Signing errors (a malformed endpoint) come out of the first attempt.
-        let sign_error = RefCell::new(None);
+        let payload = || if unsigned { Payload::Unsigned } else { Payload::Bytes(body) };
+        let sign = || signer.sign(method, &url, headers, payload(), SystemTime::now());
+        // What cannot be signed (a malformed endpoint) is not sent at all.
+        sign()?;
         let reply = api::send(self.client, call, &url, self.progress, || {
-            let payload = if unsigned { Payload::Unsigned } else { Payload::Bytes(body) };
             let mut c = self.client.call(method, &url);
-            match signer.sign(method, &url, headers, payload, SystemTime::now()) {
-                Ok(added) => {
-                    for (n, v) in headers.iter().chain(added.iter()) {
-                        c = c.header(n, v);
-                    }
-                }
-                Err(e) => *sign_error.borrow_mut() = Some(e),
+            // Signed anew for each attempt, so that its date is fresh.
+            for (n, v) in headers.iter().chain(sign().unwrap_or_default().iter()) {
+                c = c.header(n, v);
             }
             if body.is_empty() { c } else { c.body(body.to_vec()) }
-        });
-        if let Some(e) = sign_error.into_inner() {
-            return Err(e);
-        }
-        let reply = reply?;
+        })?;
         if reply.is_success() {
             return Ok(reply);
         }

@@ -1,7 +1,6 @@
 //! EC2's Query API (form-encoded `POST /`, `Version=2016-11-15`, SigV4 service `ec2`, XML
 //! answers): the images and snapshots an upload looks for, and `RegisterImage`.
 
-use std::cell::RefCell;
 use std::time::{Duration, Instant, SystemTime};
 
 use berth_http::{Client, Reply};
@@ -80,23 +79,17 @@ impl<'a> Ec2<'a> {
         let headers =
             vec![("content-type".to_string(), "application/x-www-form-urlencoded; charset=utf-8".to_string())];
         let signer = Signer { credentials: self.credentials, region: self.region, service: "ec2" };
-        let sign_error = RefCell::new(None);
+        let sign = || signer.sign("POST", &url, &headers, Payload::Bytes(body.as_bytes()), SystemTime::now());
+        // What cannot be signed (a malformed endpoint) is not sent at all.
+        sign()?;
         let reply = api::send(self.client, action, &url, self.progress, || {
             let mut c = self.client.call("POST", &url);
-            match signer.sign("POST", &url, &headers, Payload::Bytes(body.as_bytes()), SystemTime::now()) {
-                Ok(added) => {
-                    for (n, v) in headers.iter().chain(added.iter()) {
-                        c = c.header(n, v);
-                    }
-                }
-                Err(e) => *sign_error.borrow_mut() = Some(e),
+            // Signed anew for each attempt, so that its date is fresh.
+            for (n, v) in headers.iter().chain(sign().unwrap_or_default().iter()) {
+                c = c.header(n, v);
             }
             c.body(body.as_bytes().to_vec())
-        });
-        if let Some(e) = sign_error.into_inner() {
-            return Err(e);
-        }
-        let reply = reply?;
+        })?;
         let doc = xml::parse(&reply.text());
         if !reply.is_success() {
             return Err(failure(action, &url, &reply, said(&reply, doc.as_ref().ok()), self.credentials));
@@ -129,9 +122,14 @@ impl<'a> Ec2<'a> {
         Ok(doc.items("snapshotSet").map(snapshot).find(|s| s.status == "completed").map(|s| s.snapshot_id))
     }
 
-    /// The snapshot `id` as EC2 sees it (`None` while EC2 does not list it yet).
+    /// The snapshot `id` as EC2 sees it (`None` while EC2 does not list it yet: EC2 is
+    /// eventually consistent with EBS, and says `InvalidSnapshot.NotFound` meanwhile).
     pub fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, Error> {
-        let doc = self.call("DescribeSnapshots", &pairs(&[("SnapshotId.1", id)]))?;
+        let doc = match self.call("DescribeSnapshots", &pairs(&[("SnapshotId.1", id)])) {
+            Ok(doc) => doc,
+            Err(Error::Api { message, .. }) if message.starts_with("InvalidSnapshot.NotFound") => return Ok(None),
+            Err(e) => return Err(e),
+        };
         Ok(doc.items("snapshotSet").map(snapshot).find(|s| s.snapshot_id == id))
     }
 

@@ -23,15 +23,16 @@
 //!
 //! Faults are injected per action: an error status N times, or the answer dropped (the
 //! connection closed mid-answer after the work was done, as a lost answer is) N times.
+//!
+//! It needs only sha2, serde_json and berth-testkit (HMAC and base64 are written out here), so
+//! that the builder's CLI test and the benchmark include it with `#[path]`.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use base64::Engine as _;
 use berth_testkit::{Reply, Request, Response, Server};
-use ring::hmac;
 use sha2::{Digest, Sha256};
 
 /// EBS's block.
@@ -237,8 +238,41 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(b)
+/// Base64 (standard, padded), written out so that the fake needs only sha2 and serde_json (the
+/// builder's CLI test includes it too).
+pub fn b64(b: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for chunk in b.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// HMAC-SHA256 (RFC 2104) on sha2.
+fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(message);
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
 }
 
 fn uri_encode(s: &str, keep_slash: bool) -> String {
@@ -375,11 +409,11 @@ fn check_auth(st: &State, r: &Request, api: Api) -> Result<(), Refused> {
         "AWS4-HMAC-SHA256\n{amz_date}\n{date}/{region}/{service}/aws4_request\n{}",
         hex(&Sha256::digest(canonical.as_bytes()))
     );
-    let mut k = hmac::Key::new(hmac::HMAC_SHA256, format!("AWS4{SECRET}").as_bytes());
-    for part in [*date, *region, *service, "aws4_request"] {
-        k = hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&k, part.as_bytes()).as_ref());
+    let mut k = hmac(format!("AWS4{SECRET}").as_bytes(), date.as_bytes()).to_vec();
+    for part in [*region, *service, "aws4_request"] {
+        k = hmac(&k, part.as_bytes()).to_vec();
     }
-    let want = hex(hmac::sign(&k, string_to_sign.as_bytes()).as_ref());
+    let want = hex(&hmac(&k, string_to_sign.as_bytes()));
     if want != signature {
         return Err(refused(
             sig_status,
