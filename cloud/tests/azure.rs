@@ -346,6 +346,7 @@ fn fake_refuses_what_azure_refuses() {
     let fake = Fake::start();
     let client = fast_client();
     let blob = fake_blob(&fake, azure_fake::KEY, "test");
+    assert_eq!(base64::engine::general_purpose::STANDARD.encode(azure_fake::KEY), azure_fake::KEY_BASE64);
     pageblob::create(&client, &blob, (8 << 20) + 512, &[], &Silent).unwrap();
     // Raw calls the client never makes: over 4 MiB, misaligned, a range ≠ the body.
     let raw = |range: &str, len: usize| {

@@ -111,16 +111,7 @@ pub fn create_image(
 ) -> Result<ImageOutcome, Error> {
     spec.check()?;
     if let Some(image) = get(client, spec, progress)? {
-        let found = image_blob(&image);
-        if !found.eq_ignore_ascii_case(blob_uri) {
-            return Err(Error::Operation {
-                what: format!("image {}", spec.id()),
-                message: format!(
-                    "exists, made from {found}, not {blob_uri}; berth never replaces an image: choose another \
-                     --image-name or delete it (az image delete)"
-                ),
-            });
-        }
+        same_blob(spec, &image, blob_uri)?;
         let image = match state(&image).as_str() {
             "Succeeded" => image,
             "Failed" | "Canceled" => {
@@ -141,6 +132,31 @@ pub fn create_image(
         return Ok(ImageOutcome { id: image_id(&image, spec), reused: true });
     }
     put_and_wait(client, spec, blob_uri, progress)
+}
+
+/// What can be known before the upload: that the token is taken and that the image's name is
+/// free or already this blob's, so that a long upload does not end in a refusal.
+pub fn preflight(client: &Client, spec: &ImageSpec, blob_uri: &str, progress: &dyn Progress) -> Result<(), Error> {
+    spec.check()?;
+    match get(client, spec, progress)? {
+        Some(image) => same_blob(spec, &image, blob_uri),
+        None => Ok(()),
+    }
+}
+
+/// An existing image must have been made from `blob_uri`: Berth never replaces one.
+fn same_blob(spec: &ImageSpec, image: &Value, blob_uri: &str) -> Result<(), Error> {
+    let found = image_blob(image);
+    if found.eq_ignore_ascii_case(blob_uri) {
+        return Ok(());
+    }
+    Err(Error::Operation {
+        what: format!("image {}", spec.id()),
+        message: format!(
+            "exists, made from {found}, not {blob_uri}; berth never replaces an image: choose another \
+             --image-name or delete it (az image delete)"
+        ),
+    })
 }
 
 fn put_and_wait(

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use berth_http::Client;
 use sha2::{Digest, Sha256};
 
-pub use arm::{ImageOutcome, ImageSpec, create_image};
+pub use arm::{ImageOutcome, ImageSpec, create_image, preflight};
 pub use auth::{Auth, Blob, BlobOptions, Credentials, resolve};
 
 use crate::blocks::DataRuns;

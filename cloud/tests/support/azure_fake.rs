@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 pub const ACCOUNT: &str = "devstoreaccount1";
 /// Its key.
 pub const KEY: &[u8] = b"the fake's account key";
+/// [`KEY`] in base64, as a key file or AZURE_STORAGE_KEY holds it.
+pub const KEY_BASE64: &str = "dGhlIGZha2UncyBhY2NvdW50IGtleQ==";
 /// The container that exists.
 pub const CONTAINER: &str = "images";
 /// The access token Resource Manager takes.
@@ -424,7 +426,8 @@ fn arm(state: &Mutex<State>, r: &Request) -> Reply {
         let Some(img) = s.images.get_mut(parts[8]) else { return arm_error(404, "NotFound", "no such operation") };
         advance(img);
         return match img.state.as_str() {
-            "Creating" => Response::json(200, json!({"status": "InProgress"}).to_string()).into(),
+            // Resource Manager says when to ask again; the fake says "now".
+            "Creating" => Response::json(200, json!({"status": "InProgress"}).to_string()).header("Retry-After", "0").into(),
             "Succeeded" => Response::json(200, json!({"status": "Succeeded"}).to_string()).into(),
             _ => Response::json(
                 200,
