@@ -21,7 +21,8 @@ use azure_fake::{Fake, Fault};
 
 /// A client retrying fast: the policy's shape, not its minutes.
 fn fast_client() -> Client {
-    Client::builder("berth-test").retry(Retry::new().attempts(4).backoff(Duration::from_millis(20))).build()
+    let retry = Retry::new().attempts(8).backoff(Duration::from_millis(20)).max_backoff(Duration::from_millis(100));
+    Client::builder("berth-test").retry(retry).build()
 }
 
 /// A fixed VHD of `mib` MiB (sparse) with data at the given (offset, length, byte) places and a
@@ -385,6 +386,7 @@ fn fake_faults_are_retried_and_the_upload_completes() {
     fake.fault(Fault::Status(503), 1);
     fake.fault(Fault::Status(429), 1);
     fake.fault(Fault::Drop, 2);
+    fake.fault(Fault::Cut, 1);
     let out = azure::upload_vhd(&client, &blob, &vhd, 4, false, &Silent).unwrap();
     assert_eq!(fake.faults_left(), 0, "every fault was hit");
     assert_eq!(out.ranges, expected_ranges(&vhd));

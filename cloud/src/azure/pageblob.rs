@@ -27,7 +27,7 @@ struct Request<'a> {
 impl Request<'_> {
     fn send(&self, client: &Client, credentials: &Credentials, progress: &dyn Progress) -> Result<Reply, Error> {
         let shown = if self.query.is_empty() { self.url.clone() } else { format!("{}?{}", self.url, self.query) };
-        api::send(client, self.call, &shown, progress, || {
+        let sent = api::send(client, self.call, &shown, progress, || {
             let mut headers = self.headers.clone();
             headers.push(("x-ms-date".to_string(), time::rfc1123(time::now())));
             headers.push(("x-ms-version".to_string(), auth::VERSION.to_string()));
@@ -47,7 +47,23 @@ impl Request<'_> {
             }
             // An empty PUT still says `Content-Length: 0` (Put Blob of a page blob requires it).
             call.body(self.body.to_vec())
-        })
+        });
+        // The HTTP client's own errors may quote the URL it was given: never with the SAS.
+        match (sent, &credentials.auth) {
+            (Err(e), Auth::Sas { query }) => {
+                let text = e.to_string();
+                match auth::query_value(query, "sig").filter(|sig| !sig.is_empty()) {
+                    Some(sig) if text.contains(query.as_str()) || text.contains(&sig) => Err(Error::Operation {
+                        what: format!("{} ({shown})", self.call),
+                        message: text
+                            .replace(query.as_str(), &auth::redact(&format!("?{query}"))[1..])
+                            .replace(&sig, "REDACTED"),
+                    }),
+                    _ => Err(e),
+                }
+            }
+            (sent, _) => sent,
+        }
     }
 }
 
@@ -123,8 +139,9 @@ pub fn properties(client: &Client, blob: &Blob, progress: &dyn Progress) -> Resu
             let metadata = reply_metadata(&reply);
             Ok(Some(Properties { length, blob_type, metadata }))
         }
-        // A HEAD has no body: the error's code is only in x-ms-error-code.
-        404 if reply.header("x-ms-error-code") != Some("ContainerNotFound") => Ok(None),
+        // A HEAD has no body: the error's code is only in x-ms-error-code. A missing container
+        // is for Put Blob to report, with what to do.
+        404 => Ok(None),
         _ => Err(error(req.call, &blob.url, &reply, &blob.credentials)),
     }
 }

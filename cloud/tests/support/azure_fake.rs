@@ -36,6 +36,8 @@ pub enum Fault {
     Status(u16),
     /// The request is read, then the connection closed without an answer.
     Drop,
+    /// A 201 announcing a body, cut short: the connection drops during the answer.
+    Cut,
 }
 
 struct Blob {
@@ -337,6 +339,7 @@ fn put_page(state: &Mutex<State>, r: &Request, path: &str) -> Reply {
                 "The server encountered an internal error. Please retry the request.",
             ),
             Fault::Drop => Reply::Raw(Vec::new()),
+            Fault::Cut => Reply::Raw(b"HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\npartial".to_vec()),
         };
     }
     if s.fail_pages_after.is_some_and(|n| s.pages_ok >= n) {

@@ -110,7 +110,7 @@ pub struct AzureArgs {
 
 /// What `--json` prints.
 #[derive(Debug, serde::Serialize)]
-struct Result {
+struct Uploaded {
     blob_url: String,
     pages_sent: u64,
     bytes_sent: u64,
@@ -164,7 +164,7 @@ pub fn run(args: AzureArgs) -> anyhow::Result<()> {
     if let Some(i) = &image {
         summary += &format!("\nimage {}{}", i.id, if i.reused { " (from an earlier run)" } else { "" });
     }
-    let result = Result {
+    let result = Uploaded {
         blob_url: out.blob_url,
         pages_sent: out.pages_sent,
         bytes_sent: out.bytes_sent,
