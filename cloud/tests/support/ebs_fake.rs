@@ -177,6 +177,8 @@ fn handle(state: &Mutex<State>, r: &Request) -> Reply {
         Api::Ebs => ebs_action(r).to_string(),
         Api::Ec2 => form.get("Action").cloned().unwrap_or_default(),
     };
+    // A block's digest is taken before the lock, so that blocks in flight are hashed at once.
+    let digest: Option<[u8; 32]> = (action == "PutSnapshotBlock").then(|| Sha256::digest(&r.body).into());
     let mut st = lock(state);
     st.calls.push(action.clone());
     let outcome = check_auth(&st, r, api).and_then(|()| {
@@ -188,7 +190,7 @@ fn handle(state: &Mutex<State>, r: &Request) -> Reply {
             return Err(refused(*status, code, "injected fault"));
         }
         let answer = match api {
-            Api::Ebs => ebs(&mut st, r, &action),
+            Api::Ebs => ebs(&mut st, r, &action, digest),
             Api::Ec2 => ec2(&mut st, &form, &action),
         }?;
         Ok((answer, matches!(fault, Some(Fault::Drop))))
@@ -447,11 +449,11 @@ fn validation(message: impl Into<String>) -> Refused {
     refused(400, "ValidationException", message)
 }
 
-fn ebs(st: &mut State, r: &Request, action: &str) -> Result<Response, Refused> {
+fn ebs(st: &mut State, r: &Request, action: &str, digest: Option<[u8; 32]>) -> Result<Response, Refused> {
     let parts: Vec<&str> = r.path().trim_matches('/').split('/').collect();
     match action {
         "StartSnapshot" => start_snapshot(st, r),
-        "PutSnapshotBlock" => put_block(st, r, parts[1], parts[3]),
+        "PutSnapshotBlock" => put_block(st, r, parts[1], parts[3], digest.unwrap_or_default()),
         "CompleteSnapshot" => complete(st, r, parts[2]),
         "ListSnapshotBlocks" => {
             let s = snapshot(st, parts[1])?;
@@ -547,7 +549,7 @@ fn started(s: &Snapshot) -> Response {
     Response::json(201, body.to_string())
 }
 
-fn put_block(st: &mut State, r: &Request, id: &str, index: &str) -> Result<Response, Refused> {
+fn put_block(st: &mut State, r: &Request, id: &str, index: &str, digest: [u8; 32]) -> Result<Response, Refused> {
     let s = snapshot(st, id)?;
     if s.status != "pending" {
         return Err(validation(format!("The snapshot '{id}' is {}, not pending", s.status)));
@@ -573,7 +575,6 @@ fn put_block(st: &mut State, r: &Request, id: &str, index: &str) -> Result<Respo
     if r.header("x-amz-checksum-algorithm") != Some("SHA256") {
         return Err(validation("x-amz-Checksum-Algorithm must be SHA256"));
     }
-    let digest: [u8; 32] = Sha256::digest(&r.body).into();
     if checksum != b64(&digest) {
         return Err(validation("The checksum does not match the block data (reason INVALID_CHECKSUM)"));
     }
