@@ -495,3 +495,85 @@ impl berth_cloud::Progress for Notes {
         self.0.lock().unwrap().push(line.to_string());
     }
 }
+
+/// A TCP relay to `upstream` that cuts the first `cuts` connections carrying a PUT after
+/// `after` bytes of the request, in the middle of the block's body.
+struct CuttingRelay {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl CuttingRelay {
+    fn start(upstream: u16, cuts: u32, after: usize) -> CuttingRelay {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let done = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+                    let (mut from_server, mut to_client) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from_server, &mut to_client);
+                        let _ = to_client.shutdown(Shutdown::Write);
+                    });
+                    let mut buf = vec![0; 64 << 10];
+                    let mut sent = 0;
+                    let mut cutting = None;
+                    loop {
+                        let n = match client.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let cutting = *cutting.get_or_insert_with(|| {
+                            buf.starts_with(b"PUT ")
+                                && done
+                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| (c < cuts).then_some(c + 1))
+                                    .is_ok()
+                        });
+                        if cutting && sent + n >= after {
+                            let _ = server.write_all(&buf[..after.saturating_sub(sent)]);
+                            let _ = server.shutdown(Shutdown::Both);
+                            let _ = client.shutdown(Shutdown::Both);
+                            return;
+                        }
+                        if server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n;
+                    }
+                    let _ = server.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        CuttingRelay { port, cut }
+    }
+}
+
+#[test]
+fn a_connection_dropped_in_the_middle_of_a_block_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data_blocks) = image(dir.path(), 1);
+    let fake = EbsFake::start();
+    // Three PutSnapshotBlock connections cut after 200 KB of their 512 KiB block.
+    let relay = CuttingRelay::start(fake.server.port(), 3, 200_000);
+    let creds = creds(ebs_fake::SECRET);
+    let url = format!("http://127.0.0.1:{}", relay.port);
+    let out = aws::upload(&client(), &upload_to(&url, &path, "berth-cut", &creds), &Silent).unwrap();
+    assert_eq!(relay.cut.load(std::sync::atomic::Ordering::SeqCst), 3, "three blocks were cut");
+    assert_eq!(out.blocks_sent, data_blocks.len() as u64);
+    let snaps = fake.snapshots();
+    assert_eq!(snaps[0].blocks.keys().copied().collect::<Vec<_>>(), data_blocks);
+    for (i, data) in &snaps[0].blocks {
+        assert!(*data == block_of(&path, *i), "block {i} differs");
+    }
+    assert_eq!(fake.calls("PutSnapshotBlock"), data_blocks.len(), "a cut block never reached the fake");
+    assert!(fake.refusals().is_empty(), "{:?}", fake.refusals());
+    assert_eq!(fake.images().len(), 1);
+}

@@ -239,6 +239,13 @@ pub fn scan(file: &Path, progress: &dyn Progress) -> Result<Scan, Error> {
 /// this was done already.
 pub fn upload(client: &Client, up: &Upload<'_>, progress: &dyn Progress) -> Result<Outcome, Error> {
     check_name(up.name)?;
+    // StartSnapshot's and RegisterImage's limit.
+    if up.description.len() > 255 {
+        return Err(Error::Invalid(format!(
+            "the description is {} bytes; EC2 takes at most 255",
+            up.description.len()
+        )));
+    }
     let gib = volume_gib(up.file)?;
     let ec2 = ec2::Ec2::new(client, &up.endpoints.ec2, up.region, up.credentials, progress);
     let ebs = ebs::Ebs::new(client, &up.endpoints.ebs, up.region, up.credentials, progress);
