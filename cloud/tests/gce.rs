@@ -504,3 +504,100 @@ fn a_file_that_is_not_a_gzip_tarball_is_refused_before_anything_is_sent() {
     assert!(e.to_string().contains("256 KiB"), "{e}");
     assert!(s.fake.requests().is_empty());
 }
+
+#[test]
+fn an_image_of_the_name_from_other_bytes_of_the_same_object_is_refused() {
+    let s = setup();
+    let opts = options(&s.fake.url(), GRANULE as u64);
+    let file = tarball(s.dir.path(), "same.gce.tar.gz", 1, 20);
+    let first = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &Recorder::default()).unwrap();
+    let label = &s.fake.stats().inserts[0]["labels"]["berth-crc32c"];
+    assert_eq!(label.as_str().unwrap().len(), 8, "the CRC32C label: {label}");
+    // Rebuilt: same name, same size, other bytes. The object is replaced, but the image made
+    // of the old bytes is not taken for this one's.
+    let mut bytes = std::fs::read(&file).unwrap();
+    for b in &mut bytes[4096..8192] {
+        *b = !*b;
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(bytes.len() as u64, first.size, "same size, so only the CRC32C tells them apart");
+    let progress = Recorder::default();
+    let e = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &progress).unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)) && e.to_string().contains("CRC32C"), "{e}");
+    assert!(progress.notes().iter().any(|n| n.contains("exists with other contents")), "{:?}", progress.notes());
+    assert_eq!(s.fake.object(BUCKET, "same.gce.tar.gz").as_deref(), Some(&bytes[..]), "the object is the new file");
+    assert_eq!(s.fake.stats().inserts.len(), 1);
+}
+
+#[test]
+fn the_fake_refuses_what_the_services_refuse() {
+    let s = setup();
+    let http = berth_http::Client::builder("test").no_redirects().build();
+    let url = s.fake.url();
+    let bearer = format!("Bearer {}", s.fake.issue_token());
+    let total = 4 * GRANULE;
+    let init_url = format!("{url}/upload/storage/v1/b/{BUCKET}/o?uploadType=resumable&name=t.tar.gz");
+    let init = |auth: Option<&str>| {
+        let mut c = http.call("POST", &init_url).header("X-Upload-Content-Length", &total.to_string());
+        if let Some(a) = auth {
+            c = c.header("Authorization", a);
+        }
+        c.send().unwrap()
+    };
+    assert_eq!(init(None).status, 401, "no token");
+    assert_eq!(init(Some("Bearer ya29.unknown")).status, 401, "a token it did not issue");
+    let session = init(Some(&bearer)).header("location").unwrap().to_string();
+    let put = |range: &str, body: Vec<u8>| {
+        http.call("PUT", &session)
+            .header("Authorization", &bearer)
+            .header("Content-Range", range)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let r = put(&format!("bytes */{total}"), Vec::new());
+    assert_eq!((r.status, r.header("range")), (308, None), "nothing persisted: no Range");
+    let r = put(&format!("bytes 0-299999/{total}"), vec![1; 300_000]);
+    assert_eq!(r.status, 400, "an intermediate chunk not a multiple of 256 KiB");
+    assert!(r.text().contains("262144"), "{}", r.text());
+    let r = put(&format!("bytes 0-{}/{total}", GRANULE - 1), vec![1; GRANULE]);
+    assert_eq!((r.status, r.header("range")), (308, Some(format!("bytes=0-{}", GRANULE - 1)).as_deref()));
+    assert_eq!(
+        put(&format!("bytes 0-{}/{total}", GRANULE - 1), vec![1; GRANULE]).status,
+        400,
+        "not at the persisted offset"
+    );
+    let r = put(&format!("bytes {}-{}/{total}", 2 * GRANULE, 3 * GRANULE - 1), vec![1; GRANULE]);
+    assert_eq!(r.status, 400, "a gap");
+    assert_eq!(put(&format!("bytes {GRANULE}-{}/{total}", 2 * GRANULE - 1), vec![1; 10]).status, 400, "body ≠ range");
+
+    let token = |assertion: &str| {
+        http.call("POST", &s.fake.token_uri())
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(
+                format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}")
+                    .into_bytes(),
+            )
+            .send()
+            .unwrap()
+    };
+    let r = token("eyJhbGciOiJSUzI1NiJ9.e30.AAAA");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("invalid_grant"), "{}", r.text());
+
+    let images = format!("{url}/compute/v1/projects/{PROJECT}/global/images");
+    let insert = |body: serde_json::Value| {
+        http.call("POST", &images).header("Authorization", &bearer).body(body.to_string().into_bytes()).send().unwrap()
+    };
+    let r = insert(
+        serde_json::json!({"name": "x", "rawDisk": {"source": format!("https://storage.googleapis.com/{BUCKET}/none")}}),
+    );
+    assert_eq!(r.status, 400, "rawDisk.source names no object: {}", r.text());
+    s.fake.put_object(BUCKET, "t.tar.gz", vec![0x1f, 0x8b]);
+    let good = |name: &str| serde_json::json!({"name": name, "rawDisk": {"source": format!("https://storage.googleapis.com/{BUCKET}/t.tar.gz")}});
+    assert_eq!(insert(good("Bad_Name")).status, 400, "an invalid name");
+    assert_eq!(insert(good("ok")).status, 200);
+    let r = insert(good("ok"));
+    assert_eq!(r.status, 409);
+    assert!(r.text().contains("alreadyExists"), "{}", r.text());
+}

@@ -32,6 +32,22 @@ pub struct ImageSpec {
     pub source: String,
     /// The tarball's size (what GCE reports as `archiveSizeBytes`).
     pub archive_size: u64,
+    /// The tarball's CRC32C (as GCS writes it), kept in the image's label [`CRC32C_LABEL`], so
+    /// that a later run knows the image was made of these bytes.
+    pub crc32c: String,
+}
+
+/// The image label holding the tarball's CRC32C, in hex (label values are lowercase letters,
+/// digits, `-` and `_`).
+pub const CRC32C_LABEL: &str = "berth-crc32c";
+
+/// A CRC32C as GCS writes it (base64 of the big-endian value) → lowercase hex, for a label.
+fn crc32c_hex(b64: &str) -> String {
+    use base64::Engine;
+    match base64::engine::general_purpose::STANDARD.decode(b64) {
+        Ok(bytes) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        Err(_) => String::new(),
+    }
 }
 
 /// An image as `images.get` describes it.
@@ -45,6 +61,7 @@ pub struct ImageInfo {
     pub status: String,
     source: Option<String>,
     archive_size: Option<u64>,
+    crc32c_label: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +77,8 @@ struct ImageJson {
     // A 64-bit integer, written as a string.
     #[serde(default)]
     archive_size_bytes: Option<String>,
+    #[serde(default)]
+    labels: std::collections::HashMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +165,7 @@ impl Compute<'_> {
                     status: i.status,
                     source: i.raw_disk.and_then(|r| r.source),
                     archive_size: i.archive_size_bytes.and_then(|s| s.parse().ok()),
+                    crc32c_label: i.labels.get(CRC32C_LABEL).cloned(),
                 }))
             }
             404 => Ok(None),
@@ -167,6 +187,7 @@ impl Compute<'_> {
             "architecture": "X86_64",
             "rawDisk": {"source": spec.source},
             "guestOsFeatures": GUEST_OS_FEATURES.iter().map(|f| serde_json::json!({"type": f})).collect::<Vec<_>>(),
+            "labels": {CRC32C_LABEL: crc32c_hex(&spec.crc32c)},
         });
         if let Some(family) = &spec.family {
             body["family"] = family.as_str().into();
@@ -236,6 +257,14 @@ impl Compute<'_> {
             && size != spec.archive_size
         {
             return Err(other(format!("a tarball of {size} bytes, not this one of {}", spec.archive_size)));
+        }
+        if let Some(label) = &found.crc32c_label
+            && *label != crc32c_hex(&spec.crc32c)
+        {
+            return Err(other(format!(
+                "a tarball of CRC32C {label} (hex), not this one's {}",
+                crc32c_hex(&spec.crc32c)
+            )));
         }
         self.progress.note(&format!("image {} exists already ({}): not made again", spec.name, found.status));
         self.until_settled(found)
@@ -394,5 +423,6 @@ mod tests {
         assert_ne!(id, request_id());
         assert!(same_object("gs://b/x.tar.gz", "https://storage.googleapis.com/b/x.tar.gz"));
         assert!(!same_object("gs://b/y.tar.gz", "https://storage.googleapis.com/b/x.tar.gz"));
+        assert_eq!(crc32c_hex("4waSgw=="), "e3069283");
     }
 }

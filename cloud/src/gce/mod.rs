@@ -179,6 +179,7 @@ pub fn upload(
         description: opts.description.clone().unwrap_or_else(|| format!("Berth image from {gs} (CRC32C {})", o.crc32c)),
         source: format!("{OBJECT_URL_BASE}/{}/{}", encode(&o.bucket), encode_path(&o.object)),
         archive_size: o.size,
+        crc32c: o.crc32c.clone(),
     };
     let (made, reused_image) = compute.ensure_image(&spec)?;
     Ok(Outcome {

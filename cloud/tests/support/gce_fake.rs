@@ -739,8 +739,10 @@ fn insert_image(s: &mut State, r: &Request) -> Reply {
         "architecture": body["architecture"],
         "description": body["description"],
     });
-    if let Some(f) = body.get("family") {
-        image["family"] = f.clone();
+    for field in ["family", "labels"] {
+        if let Some(v) = body.get(field) {
+            image[field] = v.clone();
+        }
     }
     s.images.insert(name.clone(), image);
     s.stats.inserts.push(body);
