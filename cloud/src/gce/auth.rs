@@ -370,6 +370,14 @@ mod tests {
         let e = Credentials::find(&none, &env_of(&[])).unwrap_err().to_string();
         assert!(e.contains("--key") && e.contains(KEY_ENV) && e.contains(TOKEN_ENV), "{e}");
 
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "ya29.fromfile\n").unwrap();
+        let opts = CredentialOptions { access_token_file: Some(file.clone()), ..Default::default() };
+        let c = Credentials::find(&opts, &env_of(&[(TOKEN_ENV, "t2")])).unwrap();
+        assert!(matches!(&c, Credentials::Token { token, .. } if token == "ya29.fromfile"));
+        assert_eq!(c.source(), format!("token file {} (--access-token-file)", file.display()));
+
         let both =
             CredentialOptions { key: Some("k".into()), access_token_env: Some("V".into()), ..Default::default() };
         assert!(matches!(Credentials::find(&both, &env_of(&[])), Err(Error::Invalid(_))));
