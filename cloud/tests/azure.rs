@@ -473,3 +473,41 @@ fn fake_interrupted_upload_run_again_finishes_with_one_image() {
     assert!(azure::create_image(&client, &spec, &again.blob_url, &Silent).unwrap().reused);
     assert_eq!(fake.image_put_bodies().len(), 1, "exactly one image");
 }
+
+#[test]
+fn a_sas_never_appears_in_a_client_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let vhd = make_vhd(dir.path(), "s.vhd", 1, &[(0, 512, 1)]);
+    let expiry = azure::time::iso8601(azure::time::now() + 3600);
+    // A URL the HTTP client cannot use at all (a port out of range): its own error.
+    let options = BlobOptions {
+        sas_url: Some(format!("http://127.0.0.1:99999/acct/images?sv=2021-08-06&se={expiry}&sr=c&sp=rw&sig=TOPSECRET")),
+        blob_name: "s.vhd".into(),
+        ..BlobOptions::default()
+    };
+    let blob = azure::resolve(&options, &|_| None).unwrap();
+    let e = azure::upload_vhd(&fast_client(), &blob, &vhd, 1, false, &Silent).unwrap_err().to_string();
+    assert!(!e.contains("TOPSECRET"), "{e}");
+    assert!(e.contains("Get Blob Properties"), "{e}");
+}
+
+#[test]
+fn fake_image_through_a_location_header_and_a_token_kept_home() {
+    let fake = Fake::start();
+    let dir = tempfile::tempdir().unwrap();
+    let vhd = scattered(dir.path(), "disk.azure.vhd");
+    let client = fast_client();
+    let blob = fake_blob(&fake, azure_fake::KEY, "test");
+    let out = azure::upload_vhd(&client, &blob, &vhd, 4, false, &Silent).unwrap();
+    fake.answer_with_location();
+    let image = azure::create_image(&client, &spec(&fake, azure_fake::TOKEN, "loc"), &out.blob_url, &Silent).unwrap();
+    assert!(!image.reused && image.id.ends_with("/images/loc"));
+    let polled = fake.requests().iter().filter(|r| r.path().contains("/operationresults/")).count();
+    assert!(polled >= 2, "the Location was polled until done: {polled}");
+    // A token is never sent to another host than the Resource Manager endpoint.
+    let mut other = spec(&fake, azure_fake::TOKEN, "loc2");
+    other.endpoint = format!("http://localhost:{}", fake.url().rsplit(':').next().unwrap());
+    let e = azure::create_image(&client, &other, &out.blob_url, &Silent).unwrap_err().to_string();
+    assert!(e.contains("not followed with the token"), "{e}");
+    assert!(fake.requests().iter().all(|r| !r.path().ends_with("/operationresults/loc2")), "never polled");
+}

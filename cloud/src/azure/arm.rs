@@ -359,7 +359,10 @@ fn same_endpoint(spec: &ImageSpec, url: &str) -> Result<(), Error> {
         Err(Error::Protocol {
             call: "images.createOrUpdate".to_string(),
             url: spec.url(),
-            message: format!("an operation to poll at {url}, outside {base}: not followed with the token"),
+            message: format!(
+                "an operation to poll at {url}, outside {base}: not followed with the token; the image may \
+                 still appear: check it with az image show"
+            ),
         })
     }
 }

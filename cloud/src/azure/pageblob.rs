@@ -50,21 +50,29 @@ impl Request<'_> {
         });
         // The HTTP client's own errors may quote the URL it was given: never with the SAS.
         match (sent, &credentials.auth) {
-            (Err(e), Auth::Sas { query }) => {
-                let text = e.to_string();
-                match auth::query_value(query, "sig").filter(|sig| !sig.is_empty()) {
-                    Some(sig) if text.contains(query.as_str()) || text.contains(&sig) => Err(Error::Operation {
-                        what: format!("{} ({shown})", self.call),
-                        message: text
-                            .replace(query.as_str(), &auth::redact(&format!("?{query}"))[1..])
-                            .replace(&sig, "REDACTED"),
-                    }),
-                    _ => Err(e),
-                }
-            }
+            (Err(e), Auth::Sas { query }) => Err(scrub(e, query, &format!("{} ({shown})", self.call))),
             (sent, _) => sent,
         }
     }
+}
+
+/// `e` without the SAS `query` or its signature in its text: an [`Error::Operation`] of `what`
+/// with the text redacted when it quoted them, else `e` as it is.
+fn scrub(e: Error, query: &str, what: &str) -> Error {
+    let text = e.to_string();
+    let sig = auth::query_value(query, "sig").filter(|sig| !sig.is_empty());
+    let raw_sig = query.split('&').find_map(|p| p.strip_prefix("sig=")).filter(|s| !s.is_empty());
+    let leaks = text.contains(query)
+        || sig.as_ref().is_some_and(|s| text.contains(s.as_str()))
+        || raw_sig.is_some_and(|s| text.contains(s));
+    if !leaks {
+        return e;
+    }
+    let mut message = text.replace(query, &auth::redact(&format!("?{query}"))[1..]);
+    for s in [sig.as_deref(), raw_sig].into_iter().flatten() {
+        message = message.replace(s, "REDACTED");
+    }
+    Error::Operation { what: what.to_string(), message }
 }
 
 /// An error answer of the Blob service as a [`crate::Error`]: refused credentials (403
@@ -295,5 +303,26 @@ pub fn create_container(
         201 => Ok(true),
         409 if reply.header("x-ms-error-code") == Some("ContainerAlreadyExists") => Ok(false),
         _ => Err(error(req.call, container_url, &reply, credentials)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sas_is_scrubbed_from_errors() {
+        let query = "sv=2021-08-06&sr=c&sig=AB%2Bcd";
+        let e = Error::Protocol { call: "x".into(), url: format!("http://h/c/b?{query}"), message: "bad".into() };
+        let text = scrub(e, query, "Put Page (http://h/c/b)").to_string();
+        assert_eq!(
+            text,
+            "Put Page (http://h/c/b): x (http://h/c/b?sv=2021-08-06&sr=c&sig=REDACTED): unexpected answer: bad"
+        );
+        let e = Error::Invalid("decoded AB+cd and raw AB%2Bcd".into());
+        let text = scrub(e, query, "w").to_string();
+        assert!(!text.contains("AB+cd") && !text.contains("AB%2Bcd"), "{text}");
+        let e = Error::Invalid("nothing secret".into());
+        assert!(matches!(scrub(e, query, "w"), Error::Invalid(_)));
     }
 }

@@ -64,6 +64,7 @@ struct State {
     pages_ok: u64,
     max_page: usize,
     fail_next_image: Option<String>,
+    location_mode: bool,
     port: u16,
 }
 
@@ -134,6 +135,12 @@ impl Fake {
     /// The next image created ends `Failed` with `message`.
     pub fn fail_next_image(&self, message: &str) {
         lock(&self.state).fail_next_image = Some(message.to_string());
+    }
+
+    /// Image PUTs answer 202 with a `Location` to poll (the other long-running pattern) instead
+    /// of 201 with `Azure-AsyncOperation`.
+    pub fn answer_with_location(&self) {
+        lock(&self.state).location_mode = true;
     }
 
     /// The bodies of every image PUT accepted.
@@ -439,6 +446,16 @@ fn arm(state: &Mutex<State>, r: &Request) -> Reply {
             .into(),
         };
     }
+    // /subscriptions/S/providers/Microsoft.Compute/locations/L/operationresults/NAME: 202 until done.
+    if parts.len() == 9 && parts[5] == "locations" && parts[7] == "operationresults" {
+        let mut s = lock(state);
+        let Some(img) = s.images.get_mut(parts[8]) else { return arm_error(404, "NotFound", "no such operation") };
+        advance(img);
+        return match img.state.as_str() {
+            "Creating" => Response::status(202).header("Retry-After", "0").into(),
+            _ => Response::status(200).into(),
+        };
+    }
     // /subscriptions/S/resourceGroups/G/providers/Microsoft.Compute/images/NAME
     if parts.len() != 9
         || parts[3] != "resourceGroups"
@@ -517,6 +534,10 @@ fn arm(state: &Mutex<State>, r: &Request) -> Reply {
             let op = format!(
                 "{prefix}/subscriptions/{sub}/providers/Microsoft.Compute/locations/{location}/operations/{name}?api-version=2023-09-01"
             );
+            if s.location_mode {
+                let results = op.replace("/operations/", "/operationresults/");
+                return Response::status(202).header("Location", results).into();
+            }
             Response::json(201, json.to_string()).header("Azure-AsyncOperation", op).into()
         }
         _ => arm_error(405, "MethodNotAllowed", "not served"),
