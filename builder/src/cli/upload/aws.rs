@@ -13,40 +13,42 @@ use super::{Bars, print_result};
 /// Printed after `--help`.
 pub const AFTER_HELP: &str = "\
 Credentials, found as the AWS CLI finds them (the first that applies wins):
-  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   keys from the environment (with AWS_SESSION_TOKEN for
-                                             temporary ones); not used when --profile is given
-  --profile NAME, else AWS_PROFILE,          that profile's aws_access_key_id/aws_secret_access_key
-  else the profile \"default\"                 (and aws_session_token) from
-                                               AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials, [NAME]
-                                               then AWS_CONFIG_FILE, else ~/.aws/config, [profile NAME]
-  Profiles that use SSO, role_arn or credential_process are not followed: export the keys they give
-  (aws configure export-credentials --format env) and run again.
-Region: --region, else AWS_REGION, else AWS_DEFAULT_REGION, else the profile's region in ~/.aws/config.
-Endpoints: https://ebs.REGION.amazonaws.com and https://ec2.REGION.amazonaws.com unless --endpoint (both
-  APIs at one URL, as moto's server serves them) or --ebs-endpoint / --ec2-endpoint.
-The identity needs ebs:StartSnapshot, ebs:PutSnapshotBlock, ebs:CompleteSnapshot, ec2:DescribeSnapshots,
-  ec2:DescribeImages, ec2:RegisterImage and ec2:CreateTags. Refused credentials are one line naming
-  where they came from.
+  AWS_ACCESS_KEY_ID and           keys from the environment (AWS_SESSION_TOKEN too for temporary
+  AWS_SECRET_ACCESS_KEY           keys); not used when --profile is given
+  --profile NAME, else            the profile's aws_access_key_id, aws_secret_access_key (and
+  AWS_PROFILE, else \"default\"     aws_session_token) from AWS_SHARED_CREDENTIALS_FILE, else
+                                  ~/.aws/credentials [NAME]; then from AWS_CONFIG_FILE, else
+                                  ~/.aws/config [profile NAME]
+  Profiles that use SSO, role_arn or credential_process are not followed: export the keys
+  they give (aws configure export-credentials --format env) and run again.
+Region: --region, else AWS_REGION, else AWS_DEFAULT_REGION, else the profile's region.
+Endpoints: https://ebs.REGION.amazonaws.com and https://ec2.REGION.amazonaws.com, unless
+  --endpoint (both APIs at one URL, as moto's server serves them), --ebs-endpoint, --ec2-endpoint.
+Permissions: ebs:StartSnapshot, ebs:PutSnapshotBlock, ebs:CompleteSnapshot, ec2:DescribeImages,
+  ec2:DescribeSnapshots, ec2:RegisterImage, ec2:CreateTags. Refused credentials give one error
+  line naming where they came from.
 
 What is checked and sent:
-  The file must be a whole number of GiB (EBS snapshots are): checked before anything is sent. It is read
-  once for the SHA-256 of every 512 KiB block that is not all zeros (holes are not read); only those blocks
-  are sent, each with its checksum, --jobs at a time; CompleteSnapshot carries their count and the linear
-  checksum over them, and the snapshot is awaited until EC2 says completed. The AMI: x86_64, UEFI boot,
-  ENA, IMDSv2 required, root /dev/xvda on the snapshot (gp3, deleted with the instance); the snapshot and
-  the AMI are tagged Name=NAME and berth:content-sha256=<the image's content hash>.
+  The file must be a whole number of GiB (EBS snapshots are): checked before anything is sent.
+  It is read once for the SHA-256 of every 512 KiB block that is not all zeros (holes are not
+  read); only those blocks are sent, each with its checksum, --jobs at a time. CompleteSnapshot
+  carries their count and the linear checksum over them; the snapshot is awaited until EC2 says
+  completed. The AMI: x86_64, UEFI boot, ENA, IMDSv2 required, root /dev/xvda on the snapshot
+  (gp3, deleted with the instance). Snapshot and AMI are tagged Name=NAME and
+  berth:content-sha256=HASH (the image's content hash).
 
-Re-runs (run the same command again after any interruption):
-  An AMI of that name already there is reported and nothing is sent (an error if its content tag says it
-  is another image). A completed snapshot of the same content is reused. An interrupted upload is picked
-  up by the same StartSnapshot client token and finished. A registration that failed after the snapshot
-  completed says which snapshot is kept; the next run registers it. Never two AMIs.
+Re-runs (the same command again, after any interruption):
+  An AMI of that name is reported and nothing is sent (an error if its content tag names other
+  content). A completed snapshot of the same content is reused. An interrupted upload is picked
+  up through the same StartSnapshot client token and finished. A registration that failed after
+  the snapshot completed names the snapshot kept; the next run registers it. Never two AMIs.
 
 Examples:
   AWS_PROFILE=prod berth upload aws out/berth.aws.raw --region eu-west-1 --name berth-1.4.0
   berth upload aws out/berth.aws.raw --profile build --jobs 64 --json
-  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \\
-    berth upload aws disk.aws.raw --region us-east-1 --endpoint http://127.0.0.1:5000   # moto's server";
+  # moto's server on this host:
+  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test berth upload aws disk.aws.raw \\
+    --region us-east-1 --endpoint http://127.0.0.1:5000";
 
 /// Options of `berth upload aws`.
 #[derive(Debug, clap::Args)]
