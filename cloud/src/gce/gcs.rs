@@ -296,30 +296,29 @@ impl Storage<'_> {
         let range = format!("bytes {offset}-{end}/{total}");
         // Time for the chunk at 64 KiB/s, over the usual allowance.
         let timeout = api::CALL_TIMEOUT + Duration::from_secs(data.len() as u64 / (64 << 10));
-        let bearer = self.auth.bearer(self.progress)?;
-        let sent = self
-            .client
-            .call("PUT", uri)
-            .header("Authorization", &bearer)
-            .header("Content-Range", &range)
-            .body(data)
-            .timeout(timeout)
-            .send();
+        let sent = self.session_call(uri)?.header("Content-Range", &range).body(data).timeout(timeout).send();
         self.step("upload chunk", uri, sent)
     }
 
     /// Asks the session how many bytes it has.
     fn status(&self, uri: &str, total: u64) -> Result<Step, Error> {
-        let bearer = self.auth.bearer(self.progress)?;
         let sent = self
-            .client
-            .call("PUT", uri)
-            .header("Authorization", &bearer)
+            .session_call(uri)?
             .header("Content-Range", &format!("bytes */{total}"))
             .body(Vec::new())
             .timeout(api::CALL_TIMEOUT)
             .send();
         self.step("upload status query", uri, sent)
+    }
+
+    /// A `PUT` to the session. The session URI authorizes the upload by itself; the token goes
+    /// along only to the storage endpoint's own origin, never to another host a `Location` names.
+    fn session_call(&self, uri: &str) -> Result<berth_http::Call<'_>, Error> {
+        let call = self.client.call("PUT", uri);
+        if origin(uri) == origin(&self.endpoint) {
+            return Ok(call.header("Authorization", &self.auth.bearer(self.progress)?));
+        }
+        Ok(call)
     }
 
     fn step(&self, call: &str, uri: &str, sent: Result<Reply, berth_http::Error>) -> Result<Step, Error> {
@@ -348,6 +347,13 @@ impl Storage<'_> {
             _ => Err(api::api_error(call, uri, &reply, super::auth::google_error(&reply))),
         }
     }
+}
+
+/// `scheme://host[:port]` of a URL, lowercase.
+fn origin(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    format!("{scheme}://{host}").to_ascii_lowercase()
 }
 
 /// `bytes=0-N` → N + 1 bytes persisted.
@@ -437,6 +443,9 @@ mod tests {
         assert_eq!(parse_range("bytes=0-262143"), Some(262144));
         assert_eq!(parse_range("bytes=5-9"), None);
         assert_eq!(parse_range("0-1"), None);
+        assert_eq!(origin("https://Storage.googleapis.com/upload/x?y"), "https://storage.googleapis.com");
+        assert_eq!(origin("http://127.0.0.1:9/a"), origin("http://127.0.0.1:9"));
+        assert_ne!(origin("http://127.0.0.1:9/a"), origin("http://127.0.0.1:10"));
         // RFC 3720's CRC32C check value: "123456789" → 0xE3069283.
         assert_eq!(crc32c_base64(crc32c::crc32c(b"123456789")), "4waSgw==");
         assert_eq!(state_path(Path::new("/o/x.gce.tar.gz")), Path::new("/o/.x.gce.tar.gz.gce-upload"));
