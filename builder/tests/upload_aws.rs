@@ -1,9 +1,12 @@
 //! `berth upload aws` end to end: the binary against the strict EBS/EC2 fake of berth-cloud's
 //! tests (SigV4 verified with the secret it knows), credentials from the environment or from a
-//! profile under a temporary HOME, the `--json` result parsed; a bad file fails on one line.
+//! profile under a temporary HOME, the `--json` result parsed; a bad file fails on one line; and
+//! against moto's server, which serves EBS and EC2 on one port.
 
 #[path = "../../cloud/tests/support/ebs_fake.rs"]
 mod ebs_fake;
+#[path = "../../cloud/tests/support/mod.rs"]
+mod support;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -165,4 +168,29 @@ fn help_names_every_credential_source() {
     ] {
         assert!(help.contains(word), "--help does not name {word}:\n{help}");
     }
+}
+
+#[test]
+fn the_cli_uploads_to_moto() {
+    let program = support::emulator_program("venv/bin/moto_server");
+    let moto = support::Emulator::start("moto", &program, &["-H", "127.0.0.1", "-p", "{port}"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(dir.path());
+    let env =
+        [("AWS_ACCESS_KEY_ID", "AKIDMOTO"), ("AWS_SECRET_ACCESS_KEY", "moto"), ("AWS_DEFAULT_REGION", "us-east-1")];
+    let args = ["--endpoint", moto.url.as_str(), "--json", "--name", "berth-cli-moto", path.to_str().unwrap()];
+    let o = berth(dir.path(), &args, &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["image_id"].as_str().unwrap().starts_with("ami-"), "{v}");
+    assert!(v["snapshot_id"].as_str().unwrap().starts_with("snap-"), "{v}");
+    assert_eq!(
+        (&v["region"], &v["blocks_sent"], &v["reused"]),
+        (&serde_json::json!("us-east-1"), &serde_json::json!(3), &serde_json::json!(false))
+    );
+    // moto answers BlockSize 512: said on stderr, 512 KiB blocks sent all the same.
+    assert!(stderr(&o).contains("BlockSize 512"), "{}", stderr(&o));
+    let o = berth(dir.path(), &args, &env);
+    let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((&again["image_id"], &again["reused"]), (&v["image_id"], &serde_json::json!(true)));
 }
