@@ -387,8 +387,12 @@ fn fake_faults_are_retried_and_the_upload_completes() {
     fake.fault(Fault::Status(429), 1);
     fake.fault(Fault::Drop, 2);
     fake.fault(Fault::Cut, 1);
+    // And the page list comes in answers of two ranges, each after the marker of the last.
+    fake.page_ranges_per_answer(2);
     let out = azure::upload_vhd(&client, &blob, &vhd, 4, false, &Silent).unwrap();
     assert_eq!(fake.faults_left(), 0, "every fault was hit");
+    let lists = fake.requests().iter().filter(|r| r.target.contains("comp=pagelist")).count();
+    assert!(lists >= 3, "{lists} Get Page Ranges calls");
     assert_eq!(out.ranges, expected_ranges(&vhd));
     assert_eq!(fake.blob_bytes("/devstoreaccount1/images/disk.azure.vhd").unwrap(), std::fs::read(&vhd).unwrap());
 }

@@ -65,6 +65,7 @@ struct State {
     max_page: usize,
     fail_next_image: Option<String>,
     location_mode: bool,
+    ranges_per_answer: Option<usize>,
     port: u16,
 }
 
@@ -135,6 +136,11 @@ impl Fake {
     /// The next image created ends `Failed` with `message`.
     pub fn fail_next_image(&self, message: &str) {
         lock(&self.state).fail_next_image = Some(message.to_string());
+    }
+
+    /// Get Page Ranges answers at most `n` ranges at a time, with a `NextMarker` for the rest.
+    pub fn page_ranges_per_answer(&self, n: usize) {
+        lock(&self.state).ranges_per_answer = Some(n);
     }
 
     /// Image PUTs answer 202 with a `Location` to poll (the other long-running pattern) instead
@@ -296,7 +302,7 @@ fn blob_service(state: &Mutex<State>, r: &Request) -> Reply {
             let Some(b) = s.blobs.get(&path) else {
                 return storage_error(404, "BlobNotFound", "The specified blob does not exist.");
             };
-            let mut xml = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList>");
+            let mut ranges = Vec::new();
             let mut i = 0;
             while i < b.written.len() {
                 if b.written[i] {
@@ -304,10 +310,29 @@ fn blob_service(state: &Mutex<State>, r: &Request) -> Reply {
                     while i < b.written.len() && b.written[i] {
                         i += 1;
                     }
-                    xml += &format!("<PageRange><Start>{}</Start><End>{}</End></PageRange>", start * 512, i * 512 - 1);
+                    ranges.push((start * 512, i * 512 - 1));
                 } else {
                     i += 1;
                 }
+            }
+            // An opaque marker, as the service's are: "1!N!" then the index of the next range.
+            let from = match query(r, "marker").map(berth_cloud::azure::auth::percent_decode) {
+                Some(m) => match m.strip_prefix("1!N!").and_then(|n| n.parse::<usize>().ok()) {
+                    Some(n) => n,
+                    None => return storage_error(400, "InvalidQueryParameterValue", "The marker is not valid."),
+                },
+                None => 0,
+            };
+            let per = s.ranges_per_answer.unwrap_or(usize::MAX);
+            let to = from.saturating_add(per).min(ranges.len());
+            let mut xml = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList>");
+            for (a, b) in &ranges[from.min(to)..to] {
+                xml += &format!("<PageRange><Start>{a}</Start><End>{b}</End></PageRange>");
+            }
+            if to < ranges.len() {
+                xml += &format!("<NextMarker>1!N!{to}</NextMarker>");
+            } else {
+                xml += "<NextMarker />";
             }
             xml += "</PageList>";
             Response::ok(xml).header("Content-Type", "application/xml").into()
