@@ -322,6 +322,7 @@ fn an_interrupted_run_run_again_finishes_the_same_session_and_makes_one_image() 
     let e = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &Recorder::default()).unwrap_err();
     assert!(matches!(e, Error::GaveUp { .. }), "{e}");
     assert!(e.to_string().contains("503"), "{e}");
+    assert!(!e.to_string().contains("upload_id"), "the session URI is a secret: {e}");
     let state = gce::gcs::state_path(&file);
     assert!(state.exists(), "the session is kept for the next run");
     assert!(s.fake.images().is_empty() && s.fake.stats().inserts.is_empty(), "no image from a failed upload");

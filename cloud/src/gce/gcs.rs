@@ -185,7 +185,7 @@ impl Storage<'_> {
                 Step::Persisted(n) if n > total => {
                     return Err(Error::Protocol {
                         call: "resumable upload".into(),
-                        url: uri,
+                        url: redact(&uri),
                         message: format!("the server has {n} bytes of {total}"),
                     });
                 }
@@ -218,7 +218,7 @@ impl Storage<'_> {
                 Step::Gone => {
                     return Err(Error::Protocol {
                         call: "resumable upload".into(),
-                        url: uri,
+                        url: redact(&uri),
                         message: "a new upload session was gone at once".into(),
                     });
                 }
@@ -232,7 +232,7 @@ impl Storage<'_> {
                 if failures >= retry.max_attempts() {
                     return Err(Error::GaveUp {
                         call: "resumable upload".into(),
-                        url: uri,
+                        url: redact(&uri),
                         attempts: failures,
                         last: why,
                     });
@@ -325,7 +325,7 @@ impl Storage<'_> {
         let reply = match sent {
             Ok(r) => r,
             Err(e) if e.is_retryable() => return Ok(Step::Transient(e.to_string())),
-            Err(source) => return Err(Error::Request { call: call.into(), url: uri.into(), source }),
+            Err(source) => return Err(Error::Request { call: call.into(), url: redact(uri), source }),
         };
         match reply.status {
             200 | 201 => Ok(Step::Done(reply.body)),
@@ -334,18 +334,27 @@ impl Storage<'_> {
                 None => Ok(Step::Persisted(0)),
                 Some(r) => parse_range(r).map(Step::Persisted).ok_or_else(|| Error::Protocol {
                     call: call.into(),
-                    url: uri.into(),
+                    url: redact(uri),
                     message: format!("308 with a Range that is not bytes=0-N: {r:?}"),
                 }),
             },
             404 | 410 => Ok(Step::Gone),
-            401 | 403 => Err(self.auth.refused_by(call, uri, &reply)),
+            401 | 403 => Err(self.auth.refused_by(call, &redact(uri), &reply)),
             s if api::retryable_status(s) => {
                 let said = super::auth::google_error(&reply).unwrap_or_else(|| api::one_line(&reply.text(), 200));
                 Ok(Step::Transient(format!("the server answered {s}: {said}")))
             }
-            _ => Err(api::api_error(call, uri, &reply, super::auth::google_error(&reply))),
+            _ => Err(api::api_error(call, &redact(uri), &reply, super::auth::google_error(&reply))),
         }
+    }
+}
+
+/// A session URI as errors show it: without its query, whose `upload_id` lets anyone who has
+/// it write the object.
+fn redact(uri: &str) -> String {
+    match uri.split_once('?') {
+        Some((path, _)) => format!("{path}?(upload session)"),
+        None => uri.to_string(),
     }
 }
 
@@ -446,6 +455,10 @@ mod tests {
         assert_eq!(origin("https://Storage.googleapis.com/upload/x?y"), "https://storage.googleapis.com");
         assert_eq!(origin("http://127.0.0.1:9/a"), origin("http://127.0.0.1:9"));
         assert_ne!(origin("http://127.0.0.1:9/a"), origin("http://127.0.0.1:10"));
+        assert_eq!(
+            redact("http://h/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=SECRET"),
+            "http://h/upload/storage/v1/b/b/o?(upload session)"
+        );
         // RFC 3720's CRC32C check value: "123456789" → 0xE3069283.
         assert_eq!(crc32c_base64(crc32c::crc32c(b"123456789")), "4waSgw==");
         assert_eq!(state_path(Path::new("/o/x.gce.tar.gz")), Path::new("/o/.x.gce.tar.gz.gce-upload"));
