@@ -176,3 +176,62 @@ fn base64_crc(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(bytes).to_be_bytes())
 }
+
+#[test]
+fn a_run_killed_mid_upload_run_again_finishes_the_same_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::generate(dir.path());
+    let fake = GceFake::start(&key.public_der, &[BUCKET]);
+    let key_file = key.write_key_file(&dir.path().join("sa.json"), &fake.token_uri());
+    let file = tarball(dir.path(), "killed.gce.tar.gz");
+    let bytes = std::fs::read(&file).unwrap();
+    let url = fake.url();
+    let args = [
+        file.to_str().unwrap(),
+        "--key",
+        key_file.to_str().unwrap(),
+        "--bucket",
+        BUCKET,
+        "--storage-endpoint",
+        &url,
+        "--compute-endpoint",
+        &url,
+        "--chunk-size",
+        "256K",
+        "--json",
+    ];
+    // The third chunk reaches the server, its answer never comes, and the process is killed.
+    fake.faults(|f| f.stall_chunk = Some(3));
+    let mut child = Command::new(BERTH)
+        .arg("upload")
+        .arg("gce")
+        .args(args)
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env_remove("CLOUDSDK_AUTH_ACCESS_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while fake.stats().chunks < 3 {
+        assert!(start.elapsed().as_secs() < 60, "the upload never reached its third chunk");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let state = dir.path().join(".killed.gce.tar.gz.gce-upload");
+    assert!(state.exists(), "the session is kept for the next run");
+    assert!(fake.images().is_empty());
+
+    fake.faults(|f| f.stall_chunk = None);
+    let v = json(&berth(&args, &[]));
+    assert_eq!((v["reused_object"].as_bool(), v["reused_image"].as_bool()), (Some(false), Some(false)));
+    assert_eq!(fake.object(BUCKET, "killed.gce.tar.gz").as_deref(), Some(&bytes[..]));
+    let stats = fake.stats();
+    assert_eq!(stats.sessions_started, 1, "the killed run's session, taken up again");
+    assert_eq!(stats.status_queries, 1);
+    assert_eq!(stats.chunk_bytes, bytes.len() as u64, "the three chunks the server had were not sent again");
+    assert_eq!(stats.inserts.len(), 1);
+    assert_eq!(fake.images().len(), 1);
+    assert!(!state.exists());
+}

@@ -103,6 +103,9 @@ pub struct Faults {
     /// The Nth chunk (from 1): its first `keep` bytes are persisted and the connection is then
     /// closed without an answer.
     pub drop_chunk: Option<(usize, usize)>,
+    /// The Nth chunk (from 1) is persisted, but its answer never comes (the connection stays
+    /// silent for a minute): the client process can be killed mid-upload.
+    pub stall_chunk: Option<usize>,
     /// The images.insert operation ends with this error.
     pub insert_error: Option<String>,
     /// A failed insert leaves its image in FAILED (else it leaves none).
@@ -635,6 +638,9 @@ fn session_put(s: &mut State, r: &Request, id: &str) -> Reply {
         return Reply::Raw(Vec::new());
     }
     session.data.extend_from_slice(&r.body);
+    if s.faults.stall_chunk == Some(chunk_number) {
+        return Reply::stream(|_| std::thread::sleep(std::time::Duration::from_secs(60)));
+    }
     if !last {
         return incomplete(session.data.len());
     }
