@@ -346,6 +346,26 @@ fn an_interrupted_run_run_again_finishes_the_same_session_and_makes_one_image() 
 }
 
 #[test]
+fn a_kept_session_the_server_has_forgotten_is_replaced_by_a_new_one() {
+    let s = setup();
+    let file = tarball(s.dir.path(), "old.gce.tar.gz", 1, 14);
+    let bytes = std::fs::read(&file).unwrap();
+    let opts = options(&s.fake.url(), GRANULE as u64);
+    s.fake.faults(|f| f.fail_uploads_after_chunks = Some(1));
+    gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &Recorder::default()).unwrap_err();
+    assert!(gce::gcs::state_path(&file).exists());
+    s.fake.faults(|f| f.fail_uploads_after_chunks = None);
+    s.fake.forget_sessions();
+    let progress = Recorder::default();
+    let out = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &progress).unwrap();
+    assert!(!out.reused_object);
+    assert!(progress.notes().iter().any(|n| n.contains("session is gone")), "{:?}", progress.notes());
+    assert_eq!(s.fake.object(BUCKET, "old.gce.tar.gz").as_deref(), Some(&bytes[..]));
+    assert_eq!(s.fake.stats().sessions_started, 2);
+    assert_eq!(s.fake.images().len(), 1);
+}
+
+#[test]
 fn a_run_interrupted_while_the_image_is_made_waits_for_it_when_run_again() {
     let s = setup();
     let file = tarball(s.dir.path(), "slow.gce.tar.gz", 1, 5);

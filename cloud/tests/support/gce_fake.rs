@@ -233,6 +233,11 @@ impl GceFake {
         t
     }
 
+    /// Every upload session is forgotten (as GCS forgets one after a week): asked, it is 404.
+    pub fn forget_sessions(&self) {
+        lock(&self.state).sessions.clear();
+    }
+
     /// Every token issued so far stops being accepted.
     pub fn expire_tokens(&self) {
         lock(&self.state).tokens.clear();
