@@ -366,6 +366,30 @@ fn a_kept_session_the_server_has_forgotten_is_replaced_by_a_new_one() {
 }
 
 #[test]
+fn a_token_about_to_expire_is_renewed() {
+    let s = setup();
+    let file = tarball(s.dir.path(), "renew.gce.tar.gz", 1, 15);
+    // Tokens that live 4 minutes are within the 5 minutes before expiry at once: each call gets
+    // a fresh one (a long upload renews its token the same way).
+    s.fake.faults(|f| f.token_lifetime = Some(240));
+    gce::upload(
+        &fast_client(),
+        &file,
+        key_credentials(&s.key),
+        &options(&s.fake.url(), GRANULE as u64),
+        &Recorder::default(),
+    )
+    .unwrap();
+    let stats = s.fake.stats();
+    assert!(
+        stats.tokens_issued > stats.chunks,
+        "a token per call: {} tokens, {} chunks",
+        stats.tokens_issued,
+        stats.chunks
+    );
+}
+
+#[test]
 fn a_run_interrupted_while_the_image_is_made_waits_for_it_when_run_again() {
     let s = setup();
     let file = tarball(s.dir.path(), "slow.gce.tar.gz", 1, 5);

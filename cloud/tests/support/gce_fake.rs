@@ -112,6 +112,8 @@ pub struct Faults {
     pub failed_image_stays: bool,
     /// The finished object is reported with a wrong CRC32C.
     pub lie_crc32c: bool,
+    /// The lifetime (`expires_in`) of the tokens issued; 3599 s without it.
+    pub token_lifetime: Option<u64>,
     /// The token endpoint's clock is this many seconds ahead.
     pub clock_skew: i64,
 }
@@ -509,7 +511,9 @@ fn token(s: &mut State, r: &Request) -> Reply {
     let token = format!("ya29.fake-{}", s.serial);
     s.tokens.insert(token.clone());
     s.stats.tokens_issued += 1;
-    Response::json(200, json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"}).to_string()).into()
+    let lifetime = s.faults.token_lifetime.unwrap_or(3599);
+    Response::json(200, json!({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}).to_string())
+        .into()
 }
 
 fn start_session(s: &mut State, r: &Request, bucket: &str, q: &HashMap<String, String>) -> Reply {
