@@ -29,6 +29,7 @@ mod error;
 pub mod gce;
 pub mod parallel;
 mod progress;
+pub mod time;
 
 pub use error::Error;
 pub use progress::{Progress, Silent};

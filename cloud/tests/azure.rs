@@ -111,7 +111,7 @@ fn azurite_blob(emu: &support::Emulator, name: &str) -> Blob {
 fn download(client: &Client, blob: &Blob) -> Vec<u8> {
     let Auth::SharedKey { account, key } = &blob.credentials.auth else { panic!("shared key expected") };
     let headers = vec![
-        ("x-ms-date".to_string(), azure::time::rfc1123(azure::time::now())),
+        ("x-ms-date".to_string(), berth_cloud::time::rfc1123(berth_cloud::time::now())),
         ("x-ms-version".to_string(), auth::VERSION.to_string()),
     ];
     let a = auth::shared_key_authorization(account, key, "GET", &blob.url, &headers, 0);
@@ -206,7 +206,7 @@ fn azurite_takes_an_upload_with_an_account_sas() {
     let client = fast_client();
     let keyed = azurite_blob(&emu, "sas.vhd");
     pageblob::create_container(&client, &keyed.container_url("sas.vhd"), &keyed.credentials, &Silent).unwrap();
-    let expiry = azure::time::iso8601(azure::time::now() + 3600);
+    let expiry = berth_cloud::time::iso8601(berth_cloud::time::now() + 3600);
     let options = BlobOptions {
         sas_url: Some(format!("{}/{}/images?{}", emu.url, auth::DEV_ACCOUNT, account_sas(&expiry))),
         blob_name: "sas.vhd".into(),
@@ -352,7 +352,7 @@ fn fake_refuses_what_azure_refuses() {
     // Raw calls the client never makes: over 4 MiB, misaligned, a range ≠ the body.
     let raw = |range: &str, len: usize| {
         let headers = vec![
-            ("x-ms-date".to_string(), azure::time::rfc1123(azure::time::now())),
+            ("x-ms-date".to_string(), berth_cloud::time::rfc1123(berth_cloud::time::now())),
             ("x-ms-version".to_string(), auth::VERSION.to_string()),
             ("x-ms-page-write".to_string(), "update".to_string()),
             ("x-ms-range".to_string(), range.to_string()),
@@ -482,7 +482,7 @@ fn fake_interrupted_upload_run_again_finishes_with_one_image() {
 fn a_sas_never_appears_in_a_client_error() {
     let dir = tempfile::tempdir().unwrap();
     let vhd = make_vhd(dir.path(), "s.vhd", 1, &[(0, 512, 1)]);
-    let expiry = azure::time::iso8601(azure::time::now() + 3600);
+    let expiry = berth_cloud::time::iso8601(berth_cloud::time::now() + 3600);
     // A URL the HTTP client cannot use at all (a port out of range): its own error.
     let options = BlobOptions {
         sas_url: Some(format!("http://127.0.0.1:99999/acct/images?sv=2021-08-06&se={expiry}&sr=c&sp=rw&sig=TOPSECRET")),

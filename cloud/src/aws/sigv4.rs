@@ -7,13 +7,13 @@
 //! (the port only when not the scheme's default, as ureq does).
 
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use ring::hmac;
 use sha2::{Digest, Sha256};
 
 use super::credentials::Credentials;
-use crate::Error;
+use crate::{Error, time};
 
 /// The algorithm name of the string to sign and the `Authorization` header.
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -294,33 +294,14 @@ fn hex(bytes: &[u8]) -> String {
 
 /// `(YYYYMMDD, YYYYMMDDTHHMMSSZ)` of `now` in UTC.
 fn amz_dates(now: SystemTime) -> Result<(String, String), String> {
-    let secs = now.duration_since(UNIX_EPOCH).map_err(|_| "the clock is before 1970".to_string())?.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    let date = format!("{y:04}{m:02}{d:02}");
-    let datetime = format!("{date}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60);
-    Ok((date, datetime))
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (Howard
-/// Hinnant's `civil_from_days`), so that no date crate is needed for one timestamp.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let t = time::unix_seconds(now).ok_or_else(|| "the clock is before 1970".to_string())?;
+    Ok((time::amz_date(t), time::amz_datetime(t)))
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
 

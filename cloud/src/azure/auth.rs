@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::time;
 use crate::Error;
+use crate::time;
 
 /// The Blob service version every request asks for (`x-ms-version`).
 pub const VERSION: &str = "2021-08-06";

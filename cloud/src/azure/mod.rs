@@ -17,7 +17,6 @@
 pub mod arm;
 pub mod auth;
 pub mod pageblob;
-pub mod time;
 pub mod vhd;
 
 use std::path::Path;

@@ -5,8 +5,8 @@
 use berth_http::{Client, Reply};
 
 use super::auth::{self, Auth, Blob, Credentials};
-use super::time;
 use crate::api::{self, one_line};
+use crate::time;
 use crate::{Error, Progress};
 
 /// The most one Put Page may write.

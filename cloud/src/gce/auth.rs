@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -211,11 +211,6 @@ fn pem_body(pem: &str) -> Option<(String, Vec<u8>)> {
     Some((label, STANDARD.decode(body).ok()?))
 }
 
-/// Seconds since the epoch.
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// The signed assertion (RFC 7523 §2.1) for `key`, issued at `iat`.
 pub fn assertion(key: &ServiceAccountKey, iat: u64) -> Result<String, String> {
     let pair = signing_key(&key.private_key)?;
@@ -287,7 +282,7 @@ impl<'c> Auth<'c> {
 
     /// The key's assertion exchanged for an access token and its lifetime.
     fn exchange(&self, key: &ServiceAccountKey, progress: &dyn Progress) -> Result<(String, Duration), Error> {
-        let jwt = assertion(key, now_secs()).map_err(|r| self.refused(r))?;
+        let jwt = assertion(key, crate::time::now().max(0) as u64).map_err(|r| self.refused(r))?;
         let body = format!("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={jwt}");
         let url = key.token_uri.as_str();
         let reply = api::send(self.client, "token exchange", url, progress, || {

@@ -207,8 +207,8 @@ fn authorize(state: &Mutex<State>, r: &Request) -> Result<(), Reply> {
     if account != ACCOUNT {
         return Err(fail());
     }
-    let date = r.header("x-ms-date").and_then(parse_rfc1123);
-    let now = berth_cloud::azure::time::now();
+    let date = r.header("x-ms-date").and_then(berth_cloud::time::parse_rfc1123);
+    let now = berth_cloud::time::now();
     if date.is_none_or(|d| (d - now).abs() > 15 * 60) {
         return Err(fail());
     }
@@ -217,17 +217,6 @@ fn authorize(state: &Mutex<State>, r: &Request) -> Result<(), Reply> {
     let length = r.body.len();
     let want = berth_cloud::azure::auth::shared_key_authorization(ACCOUNT, KEY, &r.method, &url, &r.headers, length);
     if want != auth { Err(fail()) } else { Ok(()) }
-}
-
-fn parse_rfc1123(s: &str) -> Option<i64> {
-    // "Mon, 07 Dec 2026 15:47:20 GMT"
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let p: Vec<&str> = s.split_whitespace().collect();
-    if p.len() != 6 || p[5] != "GMT" {
-        return None;
-    }
-    let m = MONTHS.iter().position(|m| *m == p[2])? + 1;
-    berth_cloud::azure::time::parse_iso8601(&format!("{}-{m:02}-{:0>2}T{}Z", p[3], p[1], p[4]))
 }
 
 fn blob_service(state: &Mutex<State>, r: &Request) -> Reply {
