@@ -1,14 +1,11 @@
 //! The EBS direct APIs (REST + JSON, SigV4 service `ebs`, API 2019-11-02): the three calls that
 //! write a snapshot, and the two that read one back (to verify an upload).
 
-use std::time::SystemTime;
-
 use berth_http::{Client, Reply};
 use serde_json::Value;
 
 use super::credentials::Credentials;
-use super::sigv4::{Payload, Signer};
-use super::{BLOCK, Said, failure};
+use super::{BLOCK, Said, Service, failure};
 use crate::{Error, Progress, api};
 
 /// A snapshot as `StartSnapshot` answered.
@@ -33,11 +30,7 @@ pub struct ListedBlock {
 
 /// An EBS direct API client for one endpoint, region and set of credentials.
 pub struct Ebs<'a> {
-    client: &'a Client,
-    endpoint: String,
-    region: &'a str,
-    credentials: &'a Credentials,
-    progress: &'a dyn Progress,
+    aws: Service<'a>,
 }
 
 impl<'a> Ebs<'a> {
@@ -49,7 +42,7 @@ impl<'a> Ebs<'a> {
         credentials: &'a Credentials,
         progress: &'a dyn Progress,
     ) -> Ebs<'a> {
-        Ebs { client, endpoint: endpoint.trim_end_matches('/').to_string(), region, credentials, progress }
+        Ebs { aws: Service::new(client, endpoint, region, "ebs", credentials, progress) }
     }
 
     /// One signed call, retried by the one policy; the answer if its status is 2xx, else the
@@ -63,24 +56,12 @@ impl<'a> Ebs<'a> {
         body: &[u8],
         unsigned: bool,
     ) -> Result<Reply, Error> {
-        let url = format!("{}{path}", self.endpoint);
-        let signer = Signer { credentials: self.credentials, region: self.region, service: "ebs" };
-        let payload = || if unsigned { Payload::Unsigned } else { Payload::Bytes(body) };
-        let sign = || signer.sign(method, &url, headers, payload(), SystemTime::now());
-        // What cannot be signed (a malformed endpoint) is not sent at all.
-        sign()?;
-        let reply = api::send(self.client, call, &url, self.progress, || {
-            let mut c = self.client.call(method, &url);
-            // Signed anew for each attempt, so that its date is fresh.
-            for (n, v) in headers.iter().chain(sign().unwrap_or_default().iter()) {
-                c = c.header(n, v);
-            }
-            if body.is_empty() { c } else { c.body(body.to_vec()) }
-        })?;
+        let url = format!("{}{path}", self.aws.endpoint);
+        let reply = self.aws.send(call, method, &url, headers, body, unsigned)?;
         if reply.is_success() {
             return Ok(reply);
         }
-        Err(failure(call, &url, &reply, said(&reply), self.credentials))
+        Err(failure(call, &url, &reply, said(&reply), self.aws.credentials))
     }
 
     /// `StartSnapshot`: a pending snapshot of `gib` GiB, tagged, cancelled by EBS after an hour
@@ -103,10 +84,10 @@ impl<'a> Ebs<'a> {
         .to_string();
         let headers = vec![("content-type".to_string(), "application/json".to_string())];
         let reply = self.call("StartSnapshot", "POST", "/snapshots", &headers, body.as_bytes(), false)?;
-        let v = json(&reply, "StartSnapshot", &self.endpoint)?;
+        let v = json(&reply, "StartSnapshot", &self.aws.endpoint)?;
         let snapshot_id = v["SnapshotId"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| Error::Protocol {
             call: "StartSnapshot".into(),
-            url: format!("{}/snapshots", self.endpoint),
+            url: format!("{}/snapshots", self.aws.endpoint),
             message: format!("no SnapshotId in {}", api::one_line(&reply.text(), 200)),
         })?;
         Ok(Started {
@@ -143,7 +124,7 @@ impl<'a> Ebs<'a> {
         match reply.header("x-amz-checksum") {
             Some(echo) if echo != checksum => Err(Error::Protocol {
                 call: "PutSnapshotBlock".into(),
-                url: format!("{}{path}", self.endpoint),
+                url: format!("{}{path}", self.aws.endpoint),
                 message: format!("block {index}: EBS has checksum {echo}, sent {checksum}"),
             }),
             _ => Ok(()),
@@ -161,7 +142,7 @@ impl<'a> Ebs<'a> {
         ];
         let path = format!("/snapshots/completion/{snapshot_id}");
         let reply = self.call("CompleteSnapshot", "POST", &path, &headers, b"", false)?;
-        let v = json(&reply, "CompleteSnapshot", &self.endpoint)?;
+        let v = json(&reply, "CompleteSnapshot", &self.aws.endpoint)?;
         Ok(v["Status"].as_str().unwrap_or("pending").to_string())
     }
 
@@ -177,7 +158,7 @@ impl<'a> Ebs<'a> {
                 path += &format!("&pageToken={}", super::ec2::encode(t));
             }
             let reply = self.call("ListSnapshotBlocks", "GET", &path, &[], b"", false)?;
-            let v = json(&reply, "ListSnapshotBlocks", &self.endpoint)?;
+            let v = json(&reply, "ListSnapshotBlocks", &self.aws.endpoint)?;
             block_size = block_size.or(v["BlockSize"].as_u64());
             for b in v["Blocks"].as_array().into_iter().flatten() {
                 if let (Some(index), Some(token)) = (b["BlockIndex"].as_u64(), b["BlockToken"].as_str()) {

@@ -1,14 +1,13 @@
 //! EC2's Query API (form-encoded `POST /`, `Version=2016-11-15`, SigV4 service `ec2`, XML
 //! answers): the images and snapshots an upload looks for, and `RegisterImage`.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use berth_http::{Client, Reply};
 
 use super::credentials::Credentials;
-use super::sigv4::{Payload, Signer};
 use super::xml::{self, Node};
-use super::{Said, failure};
+use super::{Said, Service, failure};
 use crate::{Error, Progress, api};
 
 /// The Query API version every call names.
@@ -49,11 +48,7 @@ pub struct Snapshot {
 
 /// An EC2 Query API client for one endpoint, region and set of credentials.
 pub struct Ec2<'a> {
-    client: &'a Client,
-    endpoint: String,
-    region: &'a str,
-    credentials: &'a Credentials,
-    progress: &'a dyn Progress,
+    aws: Service<'a>,
 }
 
 impl<'a> Ec2<'a> {
@@ -65,34 +60,23 @@ impl<'a> Ec2<'a> {
         credentials: &'a Credentials,
         progress: &'a dyn Progress,
     ) -> Ec2<'a> {
-        Ec2 { client, endpoint: endpoint.trim_end_matches('/').to_string(), region, credentials, progress }
+        Ec2 { aws: Service::new(client, endpoint, region, "ec2", credentials, progress) }
     }
 
     /// One action with `params`, signed and retried; the parsed answer, or the API's error
     /// (`Code: Message`; credentials named when they were refused).
     pub fn call(&self, action: &str, params: &[(String, String)]) -> Result<Node, Error> {
-        let url = format!("{}/", self.endpoint);
+        let url = format!("{}/", self.aws.endpoint);
         let mut body = format!("Action={}&Version={VERSION}", encode(action));
         for (k, v) in params {
             body += &format!("&{}={}", encode(k), encode(v));
         }
         let headers =
             vec![("content-type".to_string(), "application/x-www-form-urlencoded; charset=utf-8".to_string())];
-        let signer = Signer { credentials: self.credentials, region: self.region, service: "ec2" };
-        let sign = || signer.sign("POST", &url, &headers, Payload::Bytes(body.as_bytes()), SystemTime::now());
-        // What cannot be signed (a malformed endpoint) is not sent at all.
-        sign()?;
-        let reply = api::send(self.client, action, &url, self.progress, || {
-            let mut c = self.client.call("POST", &url);
-            // Signed anew for each attempt, so that its date is fresh.
-            for (n, v) in headers.iter().chain(sign().unwrap_or_default().iter()) {
-                c = c.header(n, v);
-            }
-            c.body(body.as_bytes().to_vec())
-        })?;
+        let reply = self.aws.send(action, "POST", &url, &headers, body.as_bytes(), false)?;
         let doc = xml::parse(&reply.text());
         if !reply.is_success() {
-            return Err(failure(action, &url, &reply, said(&reply, doc.as_ref().ok()), self.credentials));
+            return Err(failure(action, &url, &reply, said(&reply, doc.as_ref().ok()), self.aws.credentials));
         }
         doc.map_err(|why| Error::Protocol {
             call: action.to_string(),
@@ -174,7 +158,7 @@ impl<'a> Ec2<'a> {
         let doc = self.call("RegisterImage", &params)?;
         doc.find("imageId").map(|n| n.text.clone()).filter(|id| !id.is_empty()).ok_or_else(|| Error::Protocol {
             call: "RegisterImage".into(),
-            url: format!("{}/", self.endpoint),
+            url: format!("{}/", self.aws.endpoint),
             message: "no imageId in the answer".into(),
         })
     }

@@ -28,13 +28,14 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use berth_http::{Client, Reply};
 use sha2::{Digest, Sha256};
 
 use self::credentials::Credentials;
+use self::sigv4::{Payload, Signer};
 use crate::{Error, Progress};
 
 /// The EBS direct APIs' block: PutSnapshotBlock's only valid `DataLength`.
@@ -460,6 +461,58 @@ pub(crate) fn failure(call: &str, url: &str, reply: &Reply, said: Said, credenti
         (false, false) => format!("{}: {}", said.code, said.message),
     };
     crate::api::api_error(call, url, reply, Some(crate::api::one_line(&message, 300)))
+}
+
+/// One AWS API endpoint as [`ebs::Ebs`] and [`ec2::Ec2`] call it: where, which SigV4 service
+/// and region, as whom.
+pub(crate) struct Service<'a> {
+    pub client: &'a Client,
+    /// Without a trailing `/`.
+    pub endpoint: String,
+    pub region: &'a str,
+    /// SigV4's service name (`ebs`, `ec2`).
+    pub service: &'static str,
+    pub credentials: &'a Credentials,
+    pub progress: &'a dyn Progress,
+}
+
+impl<'a> Service<'a> {
+    pub fn new(
+        client: &'a Client,
+        endpoint: &str,
+        region: &'a str,
+        service: &'static str,
+        credentials: &'a Credentials,
+        progress: &'a dyn Progress,
+    ) -> Service<'a> {
+        Service { client, endpoint: endpoint.trim_end_matches('/').to_string(), region, service, credentials, progress }
+    }
+
+    /// `method url` with `headers` and `body`, signed (the body too unless `unsigned`) and sent
+    /// through the one retry policy; the reply whatever its status.
+    pub fn send(
+        &self,
+        call: &str,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        unsigned: bool,
+    ) -> Result<Reply, Error> {
+        let signer = Signer { credentials: self.credentials, region: self.region, service: self.service };
+        let payload = || if unsigned { Payload::Unsigned } else { Payload::Bytes(body) };
+        let sign = || signer.sign(method, url, headers, payload(), SystemTime::now());
+        // What cannot be signed (a malformed endpoint) is not sent at all.
+        sign()?;
+        crate::api::send(self.client, call, url, self.progress, || {
+            let mut c = self.client.call(method, url);
+            // Signed anew for each attempt, so that its date is fresh.
+            for (n, v) in headers.iter().chain(sign().unwrap_or_default().iter()) {
+                c = c.header(n, v);
+            }
+            if body.is_empty() { c } else { c.body(body.to_vec()) }
+        })
+    }
 }
 
 /// Base64 (standard, padded), as EBS's checksums are.
