@@ -90,6 +90,17 @@ fn azurite() -> support::Emulator {
     )
 }
 
+/// A fresh Azurite with container `images`, a fast client, a scratch folder and the blob `name`
+/// (Shared Key, the well-known account).
+fn azurite_with_container(name: &str) -> (support::Emulator, tempfile::TempDir, Client, Blob) {
+    let emu = azurite();
+    let client = fast_client();
+    let blob = azurite_blob(&emu, name);
+    // A fresh Azurite: the container is created, not found.
+    assert!(pageblob::create_container(&client, &blob.container_url(name), &blob.credentials, &Silent).unwrap());
+    (emu, tempfile::tempdir().unwrap(), client, blob)
+}
+
 fn dev_key() -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(auth::DEV_KEY).unwrap()
 }
@@ -107,33 +118,41 @@ fn azurite_blob(emu: &support::Emulator, name: &str) -> Blob {
     azure::resolve(&options, &|k| (k == "AZURE_STORAGE_CONNECTION_STRING").then(|| cs.clone())).unwrap()
 }
 
-/// The whole blob, read with Get Blob (signed with the well-known key).
-fn download(client: &Client, blob: &Blob) -> Vec<u8> {
-    let Auth::SharedKey { account, key } = &blob.credentials.auth else { panic!("shared key expected") };
-    let headers = vec![
+/// A raw call the test makes itself, signed with Shared Key as the client signs: `x-ms-date`,
+/// `x-ms-version`, then `extra`; `len` the body's length.
+fn shared_key_call<'c>(
+    client: &'c Client,
+    (account, key): (&str, &[u8]),
+    method: &str,
+    url: &str,
+    extra: &[(&str, &str)],
+    len: usize,
+) -> berth_http::Call<'c> {
+    let mut headers = vec![
         ("x-ms-date".to_string(), berth_cloud::time::rfc1123(berth_cloud::time::now())),
         ("x-ms-version".to_string(), auth::VERSION.to_string()),
     ];
-    let a = auth::shared_key_authorization(account, key, "GET", &blob.url, &headers, 0);
-    let mut call = client.call("GET", &blob.url).limit(1 << 30).header("Authorization", &a);
+    headers.extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+    let a = auth::shared_key_authorization(account, key, method, url, &headers, len);
+    let mut call = client.call(method, url).header("Authorization", &a);
     for (n, v) in &headers {
         call = call.header(n, v);
     }
-    let reply = call.send().unwrap();
+    call
+}
+
+/// The whole blob, read with Get Blob (signed with the well-known key).
+fn download(client: &Client, blob: &Blob) -> Vec<u8> {
+    let Auth::SharedKey { account, key } = &blob.credentials.auth else { panic!("shared key expected") };
+    let reply = shared_key_call(client, (account, key), "GET", &blob.url, &[], 0).limit(1 << 30).send().unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
     reply.body
 }
 
 #[test]
 fn azurite_takes_the_data_pages_and_nothing_else() {
-    let emu = azurite();
-    let dir = tempfile::tempdir().unwrap();
+    let (emu, dir, client, blob) = azurite_with_container("disk.azure.vhd");
     let vhd = scattered(dir.path(), "disk.azure.vhd");
-    let client = fast_client();
-    let blob = azurite_blob(&emu, "disk.azure.vhd");
-    assert!(
-        pageblob::create_container(&client, &blob.container_url("disk.azure.vhd"), &blob.credentials, &Silent).unwrap()
-    );
 
     let out = azure::upload_vhd(&client, &blob, &vhd, 8, false, &Silent).unwrap();
     let want = expected_ranges(&vhd);
@@ -161,12 +180,8 @@ fn azurite_takes_the_data_pages_and_nothing_else() {
 
 #[test]
 fn azurite_checks_the_shared_key_and_a_wrong_one_names_its_source() {
-    let emu = azurite();
-    let dir = tempfile::tempdir().unwrap();
+    let (emu, dir, client, _good) = azurite_with_container("k.vhd");
     let vhd = make_vhd(dir.path(), "k.vhd", 2, &[(0, 512, 1)]);
-    let client = fast_client();
-    let good = azurite_blob(&emu, "k.vhd");
-    pageblob::create_container(&client, &good.container_url("k.vhd"), &good.credentials, &Silent).unwrap();
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, base64::engine::general_purpose::STANDARD.encode(b"not the key")).unwrap();
     let options = BlobOptions {
@@ -178,9 +193,7 @@ fn azurite_checks_the_shared_key_and_a_wrong_one_names_its_source() {
         ..BlobOptions::default()
     };
     let bad = azure::resolve(&options, &|_| None).unwrap();
-    let e = azure::upload_vhd(&client, &bad, &vhd, 2, false, &Silent).unwrap_err();
-    let text = e.to_string();
-    assert!(matches!(e, Error::Credentials { .. }), "{text}");
+    let text = credentials_error(azure::upload_vhd(&client, &bad, &vhd, 2, false, &Silent).unwrap_err());
     assert!(text.contains(&format!("--account-key-file {}", key_file.display())) && text.contains("403"), "{text}");
     assert!(!text.contains('\n'), "one line: {text}");
 }
@@ -200,12 +213,8 @@ fn account_sas(expiry: &str) -> String {
 
 #[test]
 fn azurite_takes_an_upload_with_an_account_sas() {
-    let emu = azurite();
-    let dir = tempfile::tempdir().unwrap();
+    let (emu, dir, client, keyed) = azurite_with_container("sas.vhd");
     let vhd = scattered(dir.path(), "sas.vhd");
-    let client = fast_client();
-    let keyed = azurite_blob(&emu, "sas.vhd");
-    pageblob::create_container(&client, &keyed.container_url("sas.vhd"), &keyed.credentials, &Silent).unwrap();
     let expiry = berth_cloud::time::iso8601(berth_cloud::time::now() + 3600);
     let options = BlobOptions {
         sas_url: Some(format!("{}/{}/images?{}", emu.url, auth::DEV_ACCOUNT, account_sas(&expiry))),
@@ -240,8 +249,7 @@ fn azurite_takes_a_vhd_qemu_img_made() {
         eprintln!("qemu-img is not installed: skipped");
         return;
     };
-    let emu = azurite();
-    let dir = tempfile::tempdir().unwrap();
+    let (emu, dir, client, blob) = azurite_with_container("qemu.vhd");
     let raw = dir.path().join("disk.raw");
     let f = File::create(&raw).unwrap();
     f.set_len(24 << 20).unwrap();
@@ -255,11 +263,8 @@ fn azurite_takes_a_vhd_qemu_img_made() {
         .status()
         .unwrap();
     assert!(st.success());
-    let client = fast_client();
-    let blob = azurite_blob(&emu, "qemu.vhd");
-    pageblob::create_container(&client, &blob.container_url("qemu.vhd"), &blob.credentials, &Silent).unwrap();
     let out = azure::upload_vhd(&client, &blob, &vhd, 4, false, &Silent).unwrap();
-    assert_eq!(out.ranges, expected_ranges(&vhd));
+    assert_eq!(out.ranges, expected_ranges(&vhd), "{}", emu.log_text());
     assert_eq!(download(&client, &blob), std::fs::read(&vhd).unwrap());
 }
 
@@ -294,6 +299,44 @@ fn fake_blob(fake: &Fake, key: &[u8], source: &str) -> Blob {
     }
 }
 
+/// What the strict-fake tests start from: the fake, the scattered VHD (in `_dir`), a fast
+/// client and the blob `disk.azure.vhd` under the fake's key.
+struct FakeRun {
+    fake: Fake,
+    _dir: tempfile::TempDir,
+    vhd: PathBuf,
+    client: Client,
+    blob: Blob,
+}
+
+fn fake_run() -> FakeRun {
+    let fake = Fake::start();
+    let dir = tempfile::tempdir().unwrap();
+    let vhd = scattered(dir.path(), "disk.azure.vhd");
+    let blob = fake_blob(&fake, azure_fake::KEY, "test");
+    FakeRun { fake, _dir: dir, vhd, client: fast_client(), blob }
+}
+
+impl FakeRun {
+    /// The blob in the fake equals the VHD byte for byte.
+    fn assert_blob_is_the_vhd(&self) {
+        let blob = self.fake.blob_bytes("/devstoreaccount1/images/disk.azure.vhd").unwrap();
+        assert!(blob == std::fs::read(&self.vhd).unwrap(), "the blob differs from the VHD");
+    }
+
+    /// The image `name` from `blob_url`, with the fake's good token.
+    fn image(&self, name: &str, blob_url: &str) -> Result<azure::ImageOutcome, Error> {
+        azure::create_image(&self.client, &spec(&self.fake, azure_fake::TOKEN, name), blob_url, &Silent)
+    }
+}
+
+/// `e` is an [`Error::Credentials`]; its text.
+fn credentials_error(e: Error) -> String {
+    let text = e.to_string();
+    assert!(matches!(e, Error::Credentials { .. }), "{text}");
+    text
+}
+
 fn spec(fake: &Fake, token: &str, name: &str) -> ImageSpec {
     ImageSpec {
         endpoint: fake.url(),
@@ -310,60 +353,44 @@ fn spec(fake: &Fake, token: &str, name: &str) -> ImageSpec {
 
 #[test]
 fn fake_upload_then_image_then_rerun_reuses_both() {
-    let fake = Fake::start();
-    let dir = tempfile::tempdir().unwrap();
-    let vhd = scattered(dir.path(), "disk.azure.vhd");
-    let client = fast_client();
-    let blob = fake_blob(&fake, azure_fake::KEY, "AZURE_STORAGE_KEY");
-    let out = azure::upload_vhd(&client, &blob, &vhd, 16, false, &Silent).unwrap();
-    assert_eq!(out.ranges, expected_ranges(&vhd));
-    assert_eq!(fake.blob_bytes("/devstoreaccount1/images/disk.azure.vhd").unwrap(), std::fs::read(&vhd).unwrap());
+    let run = fake_run();
+    let FakeRun { fake, vhd, client, .. } = &run;
+    let blob = fake_blob(fake, azure_fake::KEY, "AZURE_STORAGE_KEY");
+    let out = azure::upload_vhd(client, &blob, vhd, 16, false, &Silent).unwrap();
+    assert_eq!(out.ranges, expected_ranges(vhd));
+    run.assert_blob_is_the_vhd();
     assert!(fake.max_page_write() <= 4 << 20);
-    let image =
-        azure::create_image(&client, &spec(&fake, azure_fake::TOKEN, "berth-1"), &out.blob_url, &Silent).unwrap();
+    let image = run.image("berth-1", &out.blob_url).unwrap();
     assert!(!image.reused && image.id.ends_with("/providers/Microsoft.Compute/images/berth-1"), "{image:?}");
     let body = fake.image_put_bodies();
     assert_eq!(body.len(), 1);
     assert_eq!(body[0]["properties"]["hyperVGeneration"], "V2");
     assert_eq!(body[0]["properties"]["storageProfile"]["osDisk"]["blobUri"], out.blob_url.as_str());
 
-    let again = azure::upload_vhd(&client, &blob, &vhd, 16, false, &Silent).unwrap();
+    let again = azure::upload_vhd(client, &blob, vhd, 16, false, &Silent).unwrap();
     assert!(again.reused);
-    let image2 =
-        azure::create_image(&client, &spec(&fake, azure_fake::TOKEN, "berth-1"), &again.blob_url, &Silent).unwrap();
+    let image2 = run.image("berth-1", &again.blob_url).unwrap();
     assert!(image2.reused && image2.id == image.id);
     assert_eq!(fake.image_put_bodies().len(), 1, "one image, never two");
 
     // The same name from another blob: refused, never replaced.
     let other = format!("{}/{}/images/other.vhd", fake.url(), azure_fake::ACCOUNT);
-    let e = azure::create_image(&client, &spec(&fake, azure_fake::TOKEN, "berth-1"), &other, &Silent)
-        .unwrap_err()
-        .to_string();
+    let e = run.image("berth-1", &other).unwrap_err().to_string();
     assert!(e.contains("never replaces"), "{e}");
 }
 
 #[test]
 fn fake_refuses_what_azure_refuses() {
-    let fake = Fake::start();
-    let client = fast_client();
-    let blob = fake_blob(&fake, azure_fake::KEY, "test");
+    let run = fake_run();
+    let FakeRun { client, blob, .. } = &run;
     assert_eq!(base64::engine::general_purpose::STANDARD.encode(azure_fake::KEY), azure_fake::KEY_BASE64);
-    pageblob::create(&client, &blob, (8 << 20) + 512, &[], &Silent).unwrap();
+    pageblob::create(client, blob, (8 << 20) + 512, &[], &Silent).unwrap();
     // Raw calls the client never makes: over 4 MiB, misaligned, a range ≠ the body.
     let raw = |range: &str, len: usize| {
-        let headers = vec![
-            ("x-ms-date".to_string(), berth_cloud::time::rfc1123(berth_cloud::time::now())),
-            ("x-ms-version".to_string(), auth::VERSION.to_string()),
-            ("x-ms-page-write".to_string(), "update".to_string()),
-            ("x-ms-range".to_string(), range.to_string()),
-        ];
         let url = format!("{}?comp=page", blob.url);
-        let a = auth::shared_key_authorization(azure_fake::ACCOUNT, azure_fake::KEY, "PUT", &url, &headers, len);
-        let mut call = client.call("PUT", &url).header("Authorization", &a).body(vec![1u8; len]);
-        for (n, v) in &headers {
-            call = call.header(n, v);
-        }
-        let r = call.send().unwrap();
+        let extra = [("x-ms-page-write", "update"), ("x-ms-range", range)];
+        let call = shared_key_call(client, (azure_fake::ACCOUNT, azure_fake::KEY), "PUT", &url, &extra, len);
+        let r = call.body(vec![1u8; len]).send().unwrap();
         (r.status, r.header("x-ms-error-code").unwrap_or("").to_string())
     };
     let big = (4 << 20) + 512;
@@ -372,16 +399,13 @@ fn fake_refuses_what_azure_refuses() {
     assert_eq!(raw("bytes=0-1023", 512), (400, "InvalidHeaderValue".to_string()));
     assert_eq!(raw("bytes=0-511", 512).0, 201);
     // And the library refuses to make such a call at all.
-    assert!(matches!(pageblob::put_page(&client, &blob, 0, &vec![1; big], &Silent), Err(Error::Invalid(_))));
+    assert!(matches!(pageblob::put_page(client, blob, 0, &vec![1; big], &Silent), Err(Error::Invalid(_))));
 }
 
 #[test]
 fn fake_faults_are_retried_and_the_upload_completes() {
-    let fake = Fake::start();
-    let dir = tempfile::tempdir().unwrap();
-    let vhd = scattered(dir.path(), "disk.azure.vhd");
-    let client = fast_client();
-    let blob = fake_blob(&fake, azure_fake::KEY, "test");
+    let run = fake_run();
+    let FakeRun { fake, vhd, client, blob, .. } = &run;
     fake.fault(Fault::Status(500), 2);
     fake.fault(Fault::Status(503), 1);
     fake.fault(Fault::Status(429), 1);
@@ -389,24 +413,20 @@ fn fake_faults_are_retried_and_the_upload_completes() {
     fake.fault(Fault::Cut, 1);
     // And the page list comes in answers of two ranges, each after the marker of the last.
     fake.page_ranges_per_answer(2);
-    let out = azure::upload_vhd(&client, &blob, &vhd, 4, false, &Silent).unwrap();
+    let out = azure::upload_vhd(client, blob, vhd, 4, false, &Silent).unwrap();
     assert_eq!(fake.faults_left(), 0, "every fault was hit");
     let lists = fake.requests().iter().filter(|r| r.target.contains("comp=pagelist")).count();
     assert!(lists >= 3, "{lists} Get Page Ranges calls");
-    assert_eq!(out.ranges, expected_ranges(&vhd));
-    assert_eq!(fake.blob_bytes("/devstoreaccount1/images/disk.azure.vhd").unwrap(), std::fs::read(&vhd).unwrap());
+    assert_eq!(out.ranges, expected_ranges(vhd));
+    run.assert_blob_is_the_vhd();
 }
 
 #[test]
 fn fake_wrong_key_and_expired_token_give_one_line_naming_the_source() {
-    let fake = Fake::start();
-    let dir = tempfile::tempdir().unwrap();
-    let vhd = scattered(dir.path(), "disk.azure.vhd");
-    let client = fast_client();
-    let bad = fake_blob(&fake, b"wrong key", "--account-key-file /keys/azure");
-    let e = azure::upload_vhd(&client, &bad, &vhd, 4, false, &Silent).unwrap_err();
-    let text = e.to_string();
-    assert!(matches!(e, Error::Credentials { .. }), "{text}");
+    let run = fake_run();
+    let FakeRun { fake, vhd, client, blob: good, .. } = &run;
+    let bad = fake_blob(fake, b"wrong key", "--account-key-file /keys/azure");
+    let text = credentials_error(azure::upload_vhd(client, &bad, vhd, 4, false, &Silent).unwrap_err());
     assert!(
         text.starts_with("credentials from --account-key-file /keys/azure") && text.contains("AuthenticationFailed"),
         "{text}"
@@ -414,12 +434,9 @@ fn fake_wrong_key_and_expired_token_give_one_line_naming_the_source() {
     assert!(!text.contains('\n'));
     assert!(fake.image_put_bodies().is_empty());
 
-    let good = fake_blob(&fake, azure_fake::KEY, "test");
-    let out = azure::upload_vhd(&client, &good, &vhd, 4, false, &Silent).unwrap();
-    let e = azure::create_image(&client, &spec(&fake, azure_fake::EXPIRED_TOKEN, "img"), &out.blob_url, &Silent)
-        .unwrap_err();
-    let text = e.to_string();
-    assert!(matches!(e, Error::Credentials { .. }), "{text}");
+    let out = azure::upload_vhd(client, good, vhd, 4, false, &Silent).unwrap();
+    let e = azure::create_image(client, &spec(fake, azure_fake::EXPIRED_TOKEN, "img"), &out.blob_url, &Silent);
+    let text = credentials_error(e.unwrap_err());
     assert!(
         text.contains("AZURE_ACCESS_TOKEN") && text.contains("ExpiredAuthenticationToken") && !text.contains('\n'),
         "{text}"
@@ -429,52 +446,42 @@ fn fake_wrong_key_and_expired_token_give_one_line_naming_the_source() {
 
 #[test]
 fn fake_failed_provisioning_is_reported_and_the_image_deleted() {
-    let fake = Fake::start();
-    let dir = tempfile::tempdir().unwrap();
-    let vhd = scattered(dir.path(), "disk.azure.vhd");
-    let client = fast_client();
-    let blob = fake_blob(&fake, azure_fake::KEY, "test");
-    let out = azure::upload_vhd(&client, &blob, &vhd, 4, false, &Silent).unwrap();
+    let run = fake_run();
+    let FakeRun { fake, vhd, client, blob, .. } = &run;
+    let out = azure::upload_vhd(client, blob, vhd, 4, false, &Silent).unwrap();
     fake.fail_next_image("the VHD is corrupt");
-    let e = azure::create_image(&client, &spec(&fake, azure_fake::TOKEN, "img"), &out.blob_url, &Silent)
-        .unwrap_err()
-        .to_string();
+    let e = run.image("img", &out.blob_url).unwrap_err().to_string();
     assert!(e.contains("Failed") && e.contains("the VHD is corrupt") && e.contains("deleted"), "{e}");
     assert!(!fake.image_exists("img"), "nothing half-registered");
     // A blob that does not exist is refused by Resource Manager.
     let missing = format!("{}/{}/images/none.vhd", fake.url(), azure_fake::ACCOUNT);
-    let e = azure::create_image(&client, &spec(&fake, azure_fake::TOKEN, "img2"), &missing, &Silent)
-        .unwrap_err()
-        .to_string();
+    let e = run.image("img2", &missing).unwrap_err().to_string();
     assert!(e.contains("400") && e.contains("InvalidParameter"), "{e}");
     // Then it works.
-    let ok = azure::create_image(&client, &spec(&fake, azure_fake::TOKEN, "img"), &out.blob_url, &Silent).unwrap();
+    let ok = run.image("img", &out.blob_url).unwrap();
     assert!(!ok.reused);
     assert_eq!(fake.image_put_bodies().len(), 2, "the failed one, then the good one");
 }
 
 #[test]
 fn fake_interrupted_upload_run_again_finishes_with_one_image() {
-    let fake = Fake::start();
-    let dir = tempfile::tempdir().unwrap();
-    let vhd = scattered(dir.path(), "disk.azure.vhd");
-    let client = fast_client();
-    let blob = fake_blob(&fake, azure_fake::KEY, "test");
-    let spec = spec(&fake, azure_fake::TOKEN, "berth-1");
+    let run = fake_run();
+    let FakeRun { fake, vhd, client, blob, .. } = &run;
+    let spec = spec(fake, azure_fake::TOKEN, "berth-1");
     fake.fail_pages_after(3);
-    let e = azure::upload_vhd(&client, &blob, &vhd, 2, false, &Silent).unwrap_err();
+    let e = azure::upload_vhd(client, blob, vhd, 2, false, &Silent).unwrap_err();
     assert!(matches!(e, Error::GaveUp { .. }), "{e}");
     assert!(fake.pages_written() >= 3);
     assert!(fake.image_put_bodies().is_empty());
 
     fake.fail_pages_after(u64::MAX);
-    let out = azure::upload_vhd(&client, &blob, &vhd, 2, false, &Silent).unwrap();
+    let out = azure::upload_vhd(client, blob, vhd, 2, false, &Silent).unwrap();
     assert!(!out.reused, "the unfinished blob is completed, not taken as done");
-    assert_eq!(fake.blob_bytes("/devstoreaccount1/images/disk.azure.vhd").unwrap(), std::fs::read(&vhd).unwrap());
-    azure::create_image(&client, &spec, &out.blob_url, &Silent).unwrap();
-    let again = azure::upload_vhd(&client, &blob, &vhd, 2, false, &Silent).unwrap();
+    run.assert_blob_is_the_vhd();
+    azure::create_image(client, &spec, &out.blob_url, &Silent).unwrap();
+    let again = azure::upload_vhd(client, blob, vhd, 2, false, &Silent).unwrap();
     assert!(again.reused);
-    assert!(azure::create_image(&client, &spec, &again.blob_url, &Silent).unwrap().reused);
+    assert!(azure::create_image(client, &spec, &again.blob_url, &Silent).unwrap().reused);
     assert_eq!(fake.image_put_bodies().len(), 1, "exactly one image");
 }
 
@@ -497,21 +504,18 @@ fn a_sas_never_appears_in_a_client_error() {
 
 #[test]
 fn fake_image_through_a_location_header_and_a_token_kept_home() {
-    let fake = Fake::start();
-    let dir = tempfile::tempdir().unwrap();
-    let vhd = scattered(dir.path(), "disk.azure.vhd");
-    let client = fast_client();
-    let blob = fake_blob(&fake, azure_fake::KEY, "test");
-    let out = azure::upload_vhd(&client, &blob, &vhd, 4, false, &Silent).unwrap();
+    let run = fake_run();
+    let FakeRun { fake, vhd, client, blob, .. } = &run;
+    let out = azure::upload_vhd(client, blob, vhd, 4, false, &Silent).unwrap();
     fake.answer_with_location();
-    let image = azure::create_image(&client, &spec(&fake, azure_fake::TOKEN, "loc"), &out.blob_url, &Silent).unwrap();
+    let image = run.image("loc", &out.blob_url).unwrap();
     assert!(!image.reused && image.id.ends_with("/images/loc"));
     let polled = fake.requests().iter().filter(|r| r.path().contains("/operationresults/")).count();
     assert!(polled >= 2, "the Location was polled until done: {polled}");
     // A token is never sent to another host than the Resource Manager endpoint.
-    let mut other = spec(&fake, azure_fake::TOKEN, "loc2");
+    let mut other = spec(fake, azure_fake::TOKEN, "loc2");
     other.endpoint = format!("http://localhost:{}", fake.url().rsplit(':').next().unwrap());
-    let e = azure::create_image(&client, &other, &out.blob_url, &Silent).unwrap_err().to_string();
+    let e = azure::create_image(client, &other, &out.blob_url, &Silent).unwrap_err().to_string();
     assert!(e.contains("not followed with the token"), "{e}");
     assert!(fake.requests().iter().all(|r| !r.path().ends_with("/operationresults/loc2")), "never polled");
 }
