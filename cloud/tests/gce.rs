@@ -71,6 +71,18 @@ fn setup() -> Setup {
     Setup { fake, dir, key }
 }
 
+impl Setup {
+    /// Options against this fake, `chunk` bytes a chunk.
+    fn options(&self, chunk: u64) -> Options {
+        options(&self.fake.url(), chunk)
+    }
+
+    /// `file` uploaded with the good key (through the token endpoint) and a fast client.
+    fn upload(&self, file: &Path, opts: &Options, progress: &Recorder) -> Result<gce::Outcome, Error> {
+        gce::upload(&fast_client(), file, key_credentials(&self.key), opts, progress)
+    }
+}
+
 /// Retries without the program's waits.
 fn fast_client() -> berth_http::Client {
     gce::client(Retry::new().attempts(4).backoff(Duration::from_millis(10)).max_backoff(Duration::from_millis(40)))
@@ -199,10 +211,10 @@ fn a_tarball_becomes_an_image_with_a_key_and_a_second_run_makes_nothing_new() {
     let s = setup();
     let file = tarball(s.dir.path(), "berth-1.gce.tar.gz", 1, 1);
     let bytes = std::fs::read(&file).unwrap();
-    let mut opts = options(&s.fake.url(), GRANULE as u64);
+    let mut opts = s.options(GRANULE as u64);
     opts.family = Some("berth".into());
     let progress = Recorder::default();
-    let out = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &progress).unwrap();
+    let out = s.upload(&file, &opts, &progress).unwrap();
 
     assert_eq!(s.fake.object(BUCKET, "berth-1.gce.tar.gz").as_deref(), Some(&bytes[..]), "the object is the file");
     assert_eq!(out.crc32c, gce::gcs::crc32c_base64(crc32c::crc32c(&bytes)));
@@ -237,7 +249,7 @@ fn a_tarball_becomes_an_image_with_a_key_and_a_second_run_makes_nothing_new() {
     assert!(s.fake.requests().iter().all(|r| r.target.starts_with("/token") || r.header("authorization").is_some()));
 
     // Run again: the object and the image are there; nothing is uploaded or made.
-    let again = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &progress).unwrap();
+    let again = s.upload(&file, &opts, &progress).unwrap();
     assert!(again.reused_object && again.reused_image);
     assert_eq!(
         (again.image_self_link.as_str(), again.crc32c.as_str()),
@@ -268,9 +280,7 @@ fn answers_500_and_429_are_retried_everywhere() {
         }
     });
     let progress = Recorder::default();
-    let out =
-        gce::upload(&fast_client(), &file, key_credentials(&s.key), &options(&s.fake.url(), GRANULE as u64), &progress)
-            .unwrap();
+    let out = s.upload(&file, &s.options(GRANULE as u64), &progress).unwrap();
     assert!(!out.reused_image);
     assert_eq!(s.fake.object(BUCKET, "retry.gce.tar.gz").as_deref(), Some(&bytes[..]));
     let stats = s.fake.stats();
@@ -295,8 +305,7 @@ fn a_connection_dropped_mid_chunk_resumes_from_the_offset_the_server_reports() {
     // The second chunk: a quarter of it reaches the session, then the connection goes.
     s.fake.faults(|f| f.drop_chunk = Some((2, GRANULE)));
     let progress = Recorder::default();
-    gce::upload(&fast_client(), &file, key_credentials(&s.key), &options(&s.fake.url(), chunk as u64), &progress)
-        .unwrap();
+    s.upload(&file, &s.options(chunk as u64), &progress).unwrap();
     assert_eq!(s.fake.object(BUCKET, "drop.gce.tar.gz").as_deref(), Some(&bytes[..]));
     let stats = s.fake.stats();
     assert_eq!(stats.status_queries, 1);
@@ -317,9 +326,9 @@ fn an_interrupted_run_run_again_finishes_the_same_session_and_makes_one_image() 
     let s = setup();
     let file = tarball(s.dir.path(), "cut.gce.tar.gz", 2, 4);
     let bytes = std::fs::read(&file).unwrap();
-    let opts = options(&s.fake.url(), 2 * GRANULE as u64);
+    let opts = s.options(2 * GRANULE as u64);
     s.fake.faults(|f| f.fail_uploads_after_chunks = Some(2));
-    let e = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &Recorder::default()).unwrap_err();
+    let e = s.upload(&file, &opts, &Recorder::default()).unwrap_err();
     assert!(matches!(e, Error::GaveUp { .. }), "{e}");
     assert!(e.to_string().contains("503"), "{e}");
     assert!(!e.to_string().contains("upload_id"), "the session URI is a secret: {e}");
@@ -329,7 +338,7 @@ fn an_interrupted_run_run_again_finishes_the_same_session_and_makes_one_image() 
 
     s.fake.faults(|f| f.fail_uploads_after_chunks = None);
     let progress = Recorder::default();
-    let out = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &progress).unwrap();
+    let out = s.upload(&file, &opts, &progress).unwrap();
     assert!(!out.reused_object && !out.reused_image);
     assert_eq!(s.fake.object(BUCKET, "cut.gce.tar.gz").as_deref(), Some(&bytes[..]));
     let stats = s.fake.stats();
@@ -350,14 +359,14 @@ fn a_kept_session_the_server_has_forgotten_is_replaced_by_a_new_one() {
     let s = setup();
     let file = tarball(s.dir.path(), "old.gce.tar.gz", 1, 14);
     let bytes = std::fs::read(&file).unwrap();
-    let opts = options(&s.fake.url(), GRANULE as u64);
+    let opts = s.options(GRANULE as u64);
     s.fake.faults(|f| f.fail_uploads_after_chunks = Some(1));
-    gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &Recorder::default()).unwrap_err();
+    s.upload(&file, &opts, &Recorder::default()).unwrap_err();
     assert!(gce::gcs::state_path(&file).exists());
     s.fake.faults(|f| f.fail_uploads_after_chunks = None);
     s.fake.forget_sessions();
     let progress = Recorder::default();
-    let out = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &progress).unwrap();
+    let out = s.upload(&file, &opts, &progress).unwrap();
     assert!(!out.reused_object);
     assert!(progress.notes().iter().any(|n| n.contains("session is gone")), "{:?}", progress.notes());
     assert_eq!(s.fake.object(BUCKET, "old.gce.tar.gz").as_deref(), Some(&bytes[..]));
@@ -372,14 +381,7 @@ fn a_token_about_to_expire_is_renewed() {
     // Tokens that live 4 minutes are within the 5 minutes before expiry at once: each call gets
     // a fresh one (a long upload renews its token the same way).
     s.fake.faults(|f| f.token_lifetime = Some(240));
-    gce::upload(
-        &fast_client(),
-        &file,
-        key_credentials(&s.key),
-        &options(&s.fake.url(), GRANULE as u64),
-        &Recorder::default(),
-    )
-    .unwrap();
+    s.upload(&file, &s.options(GRANULE as u64), &Recorder::default()).unwrap();
     let stats = s.fake.stats();
     assert!(
         stats.tokens_issued > stats.chunks,
@@ -393,16 +395,16 @@ fn a_token_about_to_expire_is_renewed() {
 fn a_run_interrupted_while_the_image_is_made_waits_for_it_when_run_again() {
     let s = setup();
     let file = tarball(s.dir.path(), "slow.gce.tar.gz", 1, 5);
-    let mut opts = options(&s.fake.url(), GRANULE as u64);
+    let mut opts = s.options(GRANULE as u64);
     s.fake.set_op_polls(10_000);
     opts.operation_timeout = Duration::from_millis(300);
-    let e = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &Recorder::default()).unwrap_err();
+    let e = s.upload(&file, &opts, &Recorder::default()).unwrap_err();
     assert!(matches!(e, Error::Operation { .. }) && e.to_string().contains("run again"), "{e}");
     assert_eq!(s.fake.images()["slow"]["status"], "PENDING");
 
     s.fake.finish_operations_within(3);
     opts.operation_timeout = Duration::from_secs(30);
-    let out = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &Recorder::default()).unwrap();
+    let out = s.upload(&file, &opts, &Recorder::default()).unwrap();
     assert!(out.reused_object && out.reused_image);
     assert_eq!(s.fake.images()["slow"]["status"], "READY");
     assert_eq!(s.fake.stats().inserts.len(), 1);
@@ -412,12 +414,12 @@ fn a_run_interrupted_while_the_image_is_made_waits_for_it_when_run_again() {
 fn an_image_made_meanwhile_is_reported_and_one_from_another_object_refused() {
     let s = setup();
     let file = tarball(s.dir.path(), "race.gce.tar.gz", 1, 6);
-    let opts = options(&s.fake.url(), GRANULE as u64);
-    gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &Recorder::default()).unwrap();
+    let opts = s.options(GRANULE as u64);
+    s.upload(&file, &opts, &Recorder::default()).unwrap();
     // images.get misses it (404) as if another run made it meanwhile: the insert is refused
     // 409 alreadyExists, and that image is the one reported.
     s.fake.faults(|f| f.fail.push(("GET".into(), "/global/images/".into(), 404, 1)));
-    let out = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &Recorder::default()).unwrap();
+    let out = s.upload(&file, &opts, &Recorder::default()).unwrap();
     assert!(out.reused_image);
     assert_eq!(s.fake.stats().inserts_refused, 1);
     assert_eq!(s.fake.images().len(), 1);
@@ -426,7 +428,7 @@ fn an_image_made_meanwhile_is_reported_and_one_from_another_object_refused() {
     let other = tarball(s.dir.path(), "other.gce.tar.gz", 1, 8);
     let mut o2 = opts.clone();
     o2.image = Some("race".into());
-    let e = gce::upload(&fast_client(), &other, key_credentials(&s.key), &o2, &Recorder::default()).unwrap_err();
+    let e = s.upload(&other, &o2, &Recorder::default()).unwrap_err();
     assert!(matches!(e, Error::Invalid(_)) && e.to_string().contains("image race exists already"), "{e}");
 }
 
@@ -439,14 +441,7 @@ fn a_failed_image_operation_is_an_error_and_leaves_no_image() {
             f.insert_error = Some("The image file is not a valid disk image".into());
             f.failed_image_stays = stays;
         });
-        let e = gce::upload(
-            &fast_client(),
-            &file,
-            key_credentials(&s.key),
-            &options(&s.fake.url(), GRANULE as u64),
-            &Recorder::default(),
-        )
-        .unwrap_err();
+        let e = s.upload(&file, &s.options(GRANULE as u64), &Recorder::default()).unwrap_err();
         let text = e.to_string();
         assert!(matches!(e, Error::Operation { .. }), "{text}");
         assert!(text.contains("images.insert bad") && text.contains("not a valid disk image"), "{text}");
@@ -461,14 +456,7 @@ fn an_object_whose_crc32c_is_not_the_files_makes_no_image() {
     let s = setup();
     let file = tarball(s.dir.path(), "lie.gce.tar.gz", 1, 11);
     s.fake.faults(|f| f.lie_crc32c = true);
-    let e = gce::upload(
-        &fast_client(),
-        &file,
-        key_credentials(&s.key),
-        &options(&s.fake.url(), GRANULE as u64),
-        &Recorder::default(),
-    )
-    .unwrap_err();
+    let e = s.upload(&file, &s.options(GRANULE as u64), &Recorder::default()).unwrap_err();
     assert!(e.to_string().contains("CRC32C") && e.to_string().contains("no image made"), "{e}");
     assert!(s.fake.stats().inserts.is_empty() && s.fake.images().is_empty());
 }
@@ -477,7 +465,7 @@ fn an_object_whose_crc32c_is_not_the_files_makes_no_image() {
 fn refused_credentials_are_one_line_naming_their_source() {
     let s = setup();
     let file = tarball(s.dir.path(), "cred.gce.tar.gz", 1, 12);
-    let opts = options(&s.fake.url(), GRANULE as u64);
+    let opts = s.options(GRANULE as u64);
     let one_line = |e: &Error| {
         let t = e.to_string();
         assert!(!t.contains('\n'), "one line: {t}");
@@ -497,7 +485,7 @@ fn refused_credentials_are_one_line_naming_their_source() {
 
     // The clock two hours off: the assertion is expired as the service sees it.
     s.fake.faults(|f| f.clock_skew = 7200);
-    let e = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &Recorder::default()).unwrap_err();
+    let e = s.upload(&file, &opts, &Recorder::default()).unwrap_err();
     let t = one_line(&e);
     assert!(t.contains(&s.key.display().to_string()) && t.contains("short-lived"), "{t}");
     s.fake.faults(|f| f.clock_skew = 0);
@@ -526,26 +514,12 @@ fn a_file_that_is_not_a_gzip_tarball_is_refused_before_anything_is_sent() {
     let s = setup();
     let file = s.dir.path().join("raw.gce.tar.gz");
     std::fs::write(&file, vec![0u8; 4096]).unwrap();
-    let e = gce::upload(
-        &fast_client(),
-        &file,
-        key_credentials(&s.key),
-        &options(&s.fake.url(), GRANULE as u64),
-        &Recorder::default(),
-    )
-    .unwrap_err();
+    let e = s.upload(&file, &s.options(GRANULE as u64), &Recorder::default()).unwrap_err();
     assert!(matches!(e, Error::Invalid(_)) && e.to_string().contains(&file.display().to_string()), "{e}");
     assert!(s.fake.requests().is_empty());
     // A chunk size that is not a multiple of 256 KiB, too.
     let good = tarball(s.dir.path(), "ok.gce.tar.gz", 1, 13);
-    let e = gce::upload(
-        &fast_client(),
-        &good,
-        key_credentials(&s.key),
-        &options(&s.fake.url(), 300_000),
-        &Recorder::default(),
-    )
-    .unwrap_err();
+    let e = s.upload(&good, &s.options(300_000), &Recorder::default()).unwrap_err();
     assert!(e.to_string().contains("256 KiB"), "{e}");
     assert!(s.fake.requests().is_empty());
 }
@@ -553,9 +527,9 @@ fn a_file_that_is_not_a_gzip_tarball_is_refused_before_anything_is_sent() {
 #[test]
 fn an_image_of_the_name_from_other_bytes_of_the_same_object_is_refused() {
     let s = setup();
-    let opts = options(&s.fake.url(), GRANULE as u64);
+    let opts = s.options(GRANULE as u64);
     let file = tarball(s.dir.path(), "same.gce.tar.gz", 1, 20);
-    let first = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &Recorder::default()).unwrap();
+    let first = s.upload(&file, &opts, &Recorder::default()).unwrap();
     let label = &s.fake.stats().inserts[0]["labels"]["berth-crc32c"];
     assert_eq!(label.as_str().unwrap().len(), 8, "the CRC32C label: {label}");
     // Rebuilt: same name, same size, other bytes. The object is replaced, but the image made
@@ -567,7 +541,7 @@ fn an_image_of_the_name_from_other_bytes_of_the_same_object_is_refused() {
     std::fs::write(&file, &bytes).unwrap();
     assert_eq!(bytes.len() as u64, first.size, "same size, so only the CRC32C tells them apart");
     let progress = Recorder::default();
-    let e = gce::upload(&fast_client(), &file, key_credentials(&s.key), &opts, &progress).unwrap_err();
+    let e = s.upload(&file, &opts, &progress).unwrap_err();
     assert!(matches!(e, Error::Invalid(_)) && e.to_string().contains("CRC32C"), "{e}");
     assert!(progress.notes().iter().any(|n| n.contains("exists with other contents")), "{:?}", progress.notes());
     assert_eq!(s.fake.object(BUCKET, "same.gce.tar.gz").as_deref(), Some(&bytes[..]), "the object is the new file");
