@@ -9,6 +9,8 @@
 
 #[path = "../tests/support/ebs_fake.rs"]
 mod ebs_fake;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

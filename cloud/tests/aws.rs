@@ -372,32 +372,12 @@ fn recorded(moto: &support::Emulator, action: &str) -> Vec<std::collections::BTr
         } else {
             body.to_string()
         };
-        let form: std::collections::BTreeMap<String, String> =
-            body.split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect();
+        let form: std::collections::BTreeMap<String, String> = support::form(&body);
         if form.get("Action").map(String::as_str) == Some(action) {
             out.push(form);
         }
     }
     out
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
 }
 
 #[test]

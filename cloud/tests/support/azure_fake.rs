@@ -11,10 +11,12 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use berth_testkit::{Reply, Request, Response, Server};
 use serde_json::{Value, json};
+
+use crate::support::lock;
 
 /// The account the fake serves (path-style URLs: `/devstoreaccount1/CONTAINER/BLOB`).
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -73,10 +75,6 @@ struct State {
 pub struct Fake {
     server: Server,
     state: Arc<Mutex<State>>,
-}
-
-fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Fake {

@@ -35,6 +35,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use berth_testkit::{Reply, Request, Response, Server};
 use sha2::{Digest, Sha256};
 
+use crate::support::{form, lock, percent_decode};
+
 /// EBS's block.
 pub const BLOCK: usize = 512 << 10;
 
@@ -115,7 +117,7 @@ impl EbsFake {
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// The next `times` calls of `action` meet `fault`.
@@ -149,10 +151,6 @@ impl EbsFake {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// An API error: which API shapes it.
 struct Refused {
     status: u16,
@@ -172,7 +170,7 @@ enum Api {
 
 fn handle(state: &Mutex<State>, r: &Request) -> Reply {
     let api = if r.path().starts_with("/snapshots") { Api::Ebs } else { Api::Ec2 };
-    let form = if api == Api::Ec2 { parse_form(&String::from_utf8_lossy(&r.body)) } else { BTreeMap::new() };
+    let form = if api == Api::Ec2 { form(&String::from_utf8_lossy(&r.body)) } else { BTreeMap::new() };
     let action = match api {
         Api::Ebs => ebs_action(r).to_string(),
         Api::Ec2 => form.get("Action").cloned().unwrap_or_default(),
@@ -289,25 +287,6 @@ fn uri_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
-fn uri_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn check_auth(st: &State, r: &Request, api: Api) -> Result<(), Refused> {
     let (bad_sig, sig_status, unknown_key) = match api {
         Api::Ebs => ("InvalidSignatureException", 403, "UnrecognizedClientException"),
@@ -378,7 +357,7 @@ fn check_auth(st: &State, r: &Request, api: Api) -> Result<(), Refused> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (uri_encode(&uri_decode(k), false), uri_encode(&uri_decode(v), false))
+            (uri_encode(&percent_decode(k), false), uri_encode(&percent_decode(v), false))
         })
         .collect();
     q.sort();
@@ -619,16 +598,6 @@ fn complete(st: &mut State, r: &Request, id: &str) -> Result<Response, Refused> 
 
 // ---------------------------------------------------------------------------------------------
 // EC2.
-
-fn parse_form(body: &str) -> BTreeMap<String, String> {
-    body.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (uri_decode(k), uri_decode(v))
-        })
-        .collect()
-}
 
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")

@@ -25,13 +25,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use berth_testkit::{Reply, Request, Response, Server};
 use serde_json::{Value, json};
+
+use crate::support::{form, lock, percent_decode};
 
 /// The project the fake knows.
 pub const PROJECT: &str = "berth-test";
@@ -199,10 +201,6 @@ pub struct GceFake {
     state: Arc<Mutex<State>>,
 }
 
-fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl GceFake {
     /// A fake that trusts `public_der` (a [`TestKey`]'s) for [`CLIENT_EMAIL`], with `buckets`.
     pub fn start(public_der: &[u8], buckets: &[&str]) -> GceFake {
@@ -308,52 +306,10 @@ fn google_error(status: u16, reason: &str, message: &str) -> Reply {
     .into()
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The query's parameters, decoded.
 fn query(target: &str) -> HashMap<String, String> {
     let q = target.split_once('?').map_or("", |(_, q)| q);
     form(q)
-}
-
-fn form(s: &str) -> HashMap<String, String> {
-    s.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
 }
 
 fn crc32c_b64(data: &[u8]) -> String {
@@ -459,7 +415,7 @@ fn token(s: &mut State, r: &Request) -> Reply {
     if !r.header("content-type").is_some_and(|c| c.starts_with("application/x-www-form-urlencoded")) {
         return Response::json(400, json!({"error": "invalid_request"}).to_string()).into();
     }
-    let f = form(&String::from_utf8_lossy(&r.body));
+    let f: HashMap<String, String> = form(&String::from_utf8_lossy(&r.body));
     if f.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
         return Response::json(
             400,

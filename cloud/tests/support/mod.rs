@@ -1,6 +1,9 @@
 //! What the upload tests share: the local emulators, started on 127.0.0.1 (a free port each) and
 //! stopped when dropped, and the strict in-tree fakes for what no emulator covers.
 //!
+//! The fakes include this file as `crate::support` for what they share (their state locked,
+//! forms decoded); every test crate that includes a fake includes this file too.
+//!
 //! Emulators come from `scripts/setup-emulators` (target/emulators, or `$BERTH_EMULATORS`).
 
 #![allow(dead_code)]
@@ -8,6 +11,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Where `scripts/setup-emulators` installed the emulators.
@@ -92,4 +96,43 @@ impl Drop for Emulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A fake's state, also after a handler panicked while holding it (the test reports that panic,
+/// not a poisoned lock).
+pub fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `s` with its `%XX` escapes decoded and `+` as a space (form and query encoding); a `%` not
+/// followed by two hex digits stays as it is, bytes that are not UTF-8 are replaced.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `key=value&…` pairs of a form body or a query, decoded.
+pub fn form<C: FromIterator<(String, String)>>(s: &str) -> C {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
 }
