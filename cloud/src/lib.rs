@@ -28,6 +28,7 @@ pub mod blocks;
 mod error;
 pub mod gce;
 pub mod parallel;
+pub mod percent;
 mod progress;
 pub mod time;
 

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::credentials::Credentials;
 use super::{BLOCK, Said, Service, failure};
-use crate::{Error, Progress, api};
+use crate::{Error, Progress, api, percent};
 
 /// A snapshot as `StartSnapshot` answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,7 +155,7 @@ impl<'a> Ebs<'a> {
         loop {
             let mut path = format!("/snapshots/{snapshot_id}/blocks?maxResults=10000");
             if let Some(t) = &next {
-                path += &format!("&pageToken={}", super::ec2::encode(t));
+                path += &format!("&pageToken={}", percent::encode(t));
             }
             let reply = self.call("ListSnapshotBlocks", "GET", &path, &[], b"", false)?;
             let v = json(&reply, "ListSnapshotBlocks", &self.aws.endpoint)?;
@@ -177,7 +177,7 @@ impl<'a> Ebs<'a> {
     /// `GetSnapshotBlock`: a block's data and the checksum EBS keeps for it.
     pub fn get_block(&self, snapshot_id: &str, block: &ListedBlock) -> Result<(Vec<u8>, Option<String>), Error> {
         let path =
-            format!("/snapshots/{snapshot_id}/blocks/{}?blockToken={}", block.index, super::ec2::encode(&block.token));
+            format!("/snapshots/{snapshot_id}/blocks/{}?blockToken={}", block.index, percent::encode(&block.token));
         let reply = self.call("GetSnapshotBlock", "GET", &path, &[], b"", false)?;
         let checksum = reply.header("x-amz-checksum").map(str::to_string);
         Ok((reply.body, checksum))

@@ -8,6 +8,7 @@ use berth_http::{Client, Reply};
 use super::credentials::Credentials;
 use super::xml::{self, Node};
 use super::{Said, Service, failure};
+use crate::percent::encode;
 use crate::{Error, Progress, api};
 
 /// The Query API version every call names.
@@ -228,19 +229,6 @@ fn said(reply: &Reply, doc: Option<&Node>) -> Said {
         },
         None => Said { code: String::new(), message: api::one_line(&reply.text(), 200) },
     }
-}
-
-/// Percent-encoding as SigV4 and the Query API want it: everything but `A-Z a-z 0-9 - _ . ~`.
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out += &format!("%{b:02X}");
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use ring::hmac;
 use sha2::{Digest, Sha256};
 
 use super::credentials::Credentials;
-use crate::{Error, time};
+use crate::{Error, percent, time};
 
 /// The algorithm name of the string to sign and the `Authorization` header.
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -219,7 +219,11 @@ fn canonical_path(path: &str, rules: PathRules) -> String {
     let mut out = String::with_capacity(path.len() + 8);
     for seg in &segments {
         out.push('/');
-        if rules.double { uri_encode(seg.as_bytes(), &mut out) } else { uri_encode(&percent_decode(seg), &mut out) }
+        if rules.double {
+            percent::encode_into(seg.as_bytes(), b"", &mut out)
+        } else {
+            percent::encode_into(&percent::decode(seg), b"", &mut out)
+        }
     }
     let trailing = rules.normalize && path.ends_with('/') && !segments.is_empty();
     if out.is_empty() || trailing {
@@ -238,45 +242,13 @@ fn canonical_query(query: &str) -> String {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             let mut ke = String::new();
             let mut ve = String::new();
-            uri_encode(&percent_decode(k), &mut ke);
-            uri_encode(&percent_decode(v), &mut ve);
+            percent::encode_into(&percent::decode(k), b"", &mut ke);
+            percent::encode_into(&percent::decode(v), b"", &mut ve);
             (ke, ve)
         })
         .collect();
     pairs.sort();
     pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
-}
-
-/// SigV4's URI encoding: every byte but the unreserved `A-Za-z0-9-._~` as `%XX` (uppercase).
-fn uri_encode(bytes: &[u8], out: &mut String) {
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-}
-
-/// `%XX` decoded; anything else (a stray `%`, `+`) kept as it is.
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hexval = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hexval(b[i + 1]), hexval(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// A header value trimmed, inner runs of spaces made one.

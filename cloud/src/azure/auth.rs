@@ -14,6 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::Error;
+use crate::percent::{self, encode_path};
 use crate::time;
 
 /// The Blob service version every request asks for (`x-ms-version`).
@@ -308,50 +309,11 @@ pub fn redact(url: &str) -> String {
 pub fn query_value(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|p| {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        k.eq_ignore_ascii_case(name).then(|| percent_decode(v))
+        k.eq_ignore_ascii_case(name).then(|| percent::decode_query(v))
     })
 }
 
 /// Percent-decoding (`+` is a space in a query).
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
-}
-
-/// A blob name as a URL path: every byte but unreserved characters and `/` percent-encoded.
-pub fn encode_path(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The Shared Key `Authorization` header of a Blob service request: `SharedKey ACCOUNT:SIG`,
 /// `SIG` = base64(HMAC-SHA256(key, string-to-sign)). `headers` are all the request's headers
 /// (`x-ms-date` and `x-ms-version` among them), `content_length` the body's length.
@@ -415,7 +377,7 @@ pub fn string_to_sign(
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k).to_ascii_lowercase(), percent_decode(v))
+            (percent::decode_query(k).to_ascii_lowercase(), percent::decode_query(v))
         })
         .collect();
     params.sort();
@@ -516,8 +478,8 @@ mod tests {
 
     #[test]
     fn percent_decoding_and_redaction() {
-        assert_eq!(percent_decode("a%2Bb+c%zz"), "a+b c%zz");
-        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent::decode_query("a%2Bb+c%zz"), "a+b c%zz");
+        assert_eq!(percent::decode_query("%4"), "%4");
         assert_eq!(redact("http://h/c?a=1&sig=xyz&b=2"), "http://h/c?a=1&sig=REDACTED&b=2");
         assert_eq!(encode_path("dir/a b+é"), "dir/a%20b%2B%C3%A9");
     }

@@ -7,7 +7,7 @@ use berth_http::{Client, Reply};
 use super::auth::{self, Auth, Blob, Credentials};
 use crate::api::{self, one_line};
 use crate::time;
-use crate::{Error, Progress};
+use crate::{Error, Progress, percent};
 
 /// The most one Put Page may write.
 pub const MAX_PAGE_WRITE: usize = 4 << 20;
@@ -223,7 +223,7 @@ pub fn page_ranges(client: &Client, blob: &Blob, progress: &dyn Progress) -> Res
         let query = if marker.is_empty() {
             "comp=pagelist".to_string()
         } else {
-            format!("comp=pagelist&marker={}", auth::encode_path(&marker).replace('/', "%2F"))
+            format!("comp=pagelist&marker={}", percent::encode(&marker))
         };
         let req = Request {
             call: "Get Page Ranges",

@@ -21,6 +21,7 @@ use std::time::Duration;
 use berth_http::{Client, Retry};
 use serde::Serialize;
 
+use crate::percent::{encode, encode_path};
 use crate::{Error, Progress};
 pub use auth::{CredentialOptions, Credentials};
 
@@ -365,24 +366,6 @@ fn endpoint(option: &str, url: &str) -> Result<String, Error> {
         Some(host) if !host.is_empty() && !host.contains(['?', '#', ' ']) => Ok(u.to_string()),
         _ => Err(Error::Invalid(format!("{option} {url:?}: an http:// or https:// URL"))),
     }
-}
-
-/// `s` percent-encoded as one path segment or query value (RFC 3986 unreserved kept).
-pub(crate) fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// `s` percent-encoded as a path, its `/` kept (an object in a public URL).
-fn encode_path(s: &str) -> String {
-    s.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
 #[cfg(test)]

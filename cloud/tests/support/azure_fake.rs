@@ -303,7 +303,7 @@ fn blob_service(state: &Mutex<State>, r: &Request) -> Reply {
                 }
             }
             // An opaque marker, as the service's are: "1!N!" then the index of the next range.
-            let from = match query(r, "marker").map(berth_cloud::azure::auth::percent_decode) {
+            let from = match query(r, "marker").map(berth_cloud::percent::decode_query) {
                 Some(m) => match m.strip_prefix("1!N!").and_then(|n| n.parse::<usize>().ok()) {
                     Some(n) => n,
                     None => return storage_error(400, "InvalidQueryParameterValue", "The marker is not valid."),
