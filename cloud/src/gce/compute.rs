@@ -8,8 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use berth_http::Client;
+use berth_http::{Client, Reply};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::auth::{Auth, google_error};
 use super::encode;
@@ -140,6 +141,18 @@ pub struct Compute<'a> {
 }
 
 impl Compute<'_> {
+    /// `method url` with the bearer token (and `json` as the body), through the one retry policy.
+    fn send(&self, call: &str, method: &str, url: &str, json: Option<&str>) -> Result<Reply, Error> {
+        let bearer = self.auth.bearer(self.progress)?;
+        api::send(self.client, call, url, self.progress, || {
+            let c = self.client.call(method, url).header("Authorization", &bearer);
+            match json {
+                Some(body) => c.header("Content-Type", "application/json").body(body.as_bytes().to_vec()),
+                None => c,
+            }
+        })
+    }
+
     fn images_url(&self) -> String {
         format!("{}/compute/v1/projects/{}/global/images", self.endpoint, encode(&self.project))
     }
@@ -148,17 +161,10 @@ impl Compute<'_> {
     pub fn image(&self, name: &str) -> Result<Option<ImageInfo>, Error> {
         let url = format!("{}/{}", self.images_url(), encode(name));
         let call = "images.get";
-        let bearer = self.auth.bearer(self.progress)?;
-        let reply = api::send(self.client, call, &url, self.progress, || {
-            self.client.call("GET", &url).header("Authorization", &bearer)
-        })?;
+        let reply = self.send(call, "GET", &url, None)?;
         match reply.status {
             200 => {
-                let i: ImageJson = serde_json::from_slice(&reply.body).map_err(|e| Error::Protocol {
-                    call: call.into(),
-                    url: url.clone(),
-                    message: format!("not an image: {e}"),
-                })?;
+                let i: ImageJson = parse(call, &url, &reply, "an image")?;
                 Ok(Some(ImageInfo {
                     name: i.name,
                     self_link: i.self_link,
@@ -193,20 +199,9 @@ impl Compute<'_> {
             body["family"] = family.as_str().into();
         }
         let body = body.to_string();
-        let bearer = self.auth.bearer(self.progress)?;
-        let reply = api::send(self.client, call, &url, self.progress, || {
-            self.client
-                .call("POST", &url)
-                .header("Authorization", &bearer)
-                .header("Content-Type", "application/json")
-                .body(body.clone().into_bytes())
-        })?;
+        let reply = self.send(call, "POST", &url, Some(&body))?;
         let op: Operation = match reply.status {
-            200 | 201 => serde_json::from_slice(&reply.body).map_err(|e| Error::Protocol {
-                call: call.into(),
-                url: url.clone(),
-                message: format!("not an operation: {e}"),
-            })?,
+            200 | 201 => parse(call, &url, &reply, "an operation")?,
             // Made meanwhile (another run): that one is the image.
             409 => {
                 let found = self.image(&spec.name)?.ok_or_else(|| {
@@ -324,16 +319,9 @@ impl Compute<'_> {
         }
         loop {
             std::thread::sleep(wait);
-            let bearer = self.auth.bearer(self.progress)?;
-            let reply = api::send(self.client, call, &url, self.progress, || {
-                self.client.call("GET", &url).header("Authorization", &bearer)
-            })?;
+            let reply = self.send(call, "GET", &url, None)?;
             let now: Operation = match reply.status {
-                200 => serde_json::from_slice(&reply.body).map_err(|e| Error::Protocol {
-                    call: call.into(),
-                    url: url.clone(),
-                    message: format!("not an operation: {e}"),
-                })?,
+                200 => parse(call, &url, &reply, "an operation")?,
                 401 | 403 => return Err(self.auth.refused_by(call, &url, &reply)),
                 _ => return Err(api::api_error(call, &url, &reply, google_error(&reply))),
             };
@@ -358,16 +346,9 @@ impl Compute<'_> {
     fn delete(&self, name: &str) -> Result<(), Error> {
         let url = format!("{}/{}", self.images_url(), encode(name));
         let call = "images.delete";
-        let bearer = self.auth.bearer(self.progress)?;
-        let reply = api::send(self.client, call, &url, self.progress, || {
-            self.client.call("DELETE", &url).header("Authorization", &bearer)
-        })?;
+        let reply = self.send(call, "DELETE", &url, None)?;
         let op: Operation = match reply.status {
-            200 | 201 => serde_json::from_slice(&reply.body).map_err(|e| Error::Protocol {
-                call: call.into(),
-                url: url.clone(),
-                message: format!("not an operation: {e}"),
-            })?,
+            200 | 201 => parse(call, &url, &reply, "an operation")?,
             404 => return Ok(()),
             401 | 403 => return Err(self.auth.refused_by(call, &url, &reply)),
             _ => return Err(api::api_error(call, &url, &reply, google_error(&reply))),
@@ -393,6 +374,15 @@ fn same_object(a: &str, b: &str) -> bool {
         u
     }
     path(a) == path(b)
+}
+
+/// `reply`'s JSON body as `what` (`an image`), or the error naming the call.
+fn parse<T: DeserializeOwned>(call: &str, url: &str, reply: &Reply, what: &str) -> Result<T, Error> {
+    serde_json::from_slice(&reply.body).map_err(|e| Error::Protocol {
+        call: call.into(),
+        url: url.to_string(),
+        message: format!("not {what}: {e}"),
+    })
 }
 
 /// A random UUID (version 4): `images.insert`'s `requestId`, so that a retried insert is not a
