@@ -54,7 +54,7 @@ pub fn parse(text: &str) -> Result<Node, String> {
         };
         append_text(&mut stack, &rest[..lt])?;
         rest = &rest[lt..];
-        let close = |end: &str| rest.find(end).ok_or_else(|| format!("unterminated {}", &rest[..rest.len().min(20)]));
+        let close = |end: &str| rest.find(end).ok_or_else(|| format!("unterminated {}", start_of(rest, 20)));
         if rest.starts_with("<?") {
             rest = &rest[close("?>")? + 2..];
         } else if rest.starts_with("<!--") {
@@ -107,6 +107,15 @@ fn append_text(stack: &mut [Node], raw: &str) -> Result<(), String> {
     let node = stack.last_mut().ok_or("text outside any element")?;
     node.text.push_str(&decode(raw));
     Ok(())
+}
+
+/// The first `n` bytes of `s` or fewer, cut where a character ends (an error shows no more).
+fn start_of(s: &str, n: usize) -> &str {
+    let mut end = s.len().min(n);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// `raw` with its entities decoded (an unknown one kept as written).
@@ -183,5 +192,8 @@ mod tests {
         assert!(parse("<a/><b/>").is_err());
         assert!(parse("plain text").is_err());
         assert_eq!(decode("1 &lt; 2 &unknown; &"), "1 < 2 &unknown; &");
+        // An unterminated tag of non-ASCII text: refused, not a panic cutting a character.
+        let e = parse("<!--xéééééééééééé").unwrap_err();
+        assert_eq!(e, "unterminated <!--xééééééé");
     }
 }

@@ -204,6 +204,7 @@ pub fn put_page(client: &Client, blob: &Blob, offset: u64, data: &[u8], progress
         )));
     }
     let range = format!("bytes={offset}-{}", offset + data.len() as u64 - 1);
+    let shown = format!("{} {range}", blob.url);
     let headers = vec![("x-ms-page-write".to_string(), "update".to_string()), ("x-ms-range".to_string(), range)];
     let req =
         Request { call: "Put Page", method: "PUT", url: blob.url.clone(), query: "comp=page", headers, body: data };
@@ -211,7 +212,7 @@ pub fn put_page(client: &Client, blob: &Blob, offset: u64, data: &[u8], progress
     if reply.status == 201 {
         return Ok(());
     }
-    Err(error(req.call, &format!("{} {}", blob.url, req.headers[1].1), &reply, &blob.credentials))
+    Err(error(req.call, &shown, &reply, &blob.credentials))
 }
 
 /// Get Page Ranges: the blob's written ranges `[start, end]` (inclusive), in order, following
