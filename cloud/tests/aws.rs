@@ -347,15 +347,6 @@ fn the_fake_refuses_what_ebs_refuses() {
 // ---------------------------------------------------------------------------------------------
 // moto: the real-world emulator, a second opinion on the flow and the wire format.
 
-/// moto's server with its recorder on (it keeps only Name and Description of RegisterImage;
-/// the recorder shows what was sent). Started through `env` so the variable is the child's only.
-fn moto() -> support::Emulator {
-    let program = support::emulator_program("venv/bin/moto_server");
-    let program = program.to_str().unwrap();
-    let args = ["MOTO_ENABLE_RECORDING=True", program, "-H", "127.0.0.1", "-p", "{port}"];
-    support::Emulator::start("moto", Path::new("/usr/bin/env"), &args)
-}
-
 /// The form parameters of every recorded EC2 call named `action`.
 fn recorded(moto: &support::Emulator, action: &str) -> Vec<std::collections::BTreeMap<String, String>> {
     let text = String::from_utf8(
@@ -382,7 +373,9 @@ fn recorded(moto: &support::Emulator, action: &str) -> Vec<std::collections::BTr
 
 #[test]
 fn moto_takes_the_upload_and_reads_it_back_block_by_block() {
-    let moto = moto();
+    // The recorder on: moto keeps only Name and Description of RegisterImage; the recording shows
+    // what was sent.
+    let moto = support::moto(&["MOTO_ENABLE_RECORDING=True"]);
     let http = client();
     // MOTO_ENABLE_RECORDING records from the start: off until the calls to record.
     let recorder = |what: &str| http.post_json(&format!("{}/moto-api/recorder/{what}", moto.url), &[], "").unwrap().0;

@@ -72,28 +72,10 @@ fn expected_ranges(path: &Path) -> Vec<(u64, u64)> {
     azure::merge(r)
 }
 
-fn azurite() -> support::Emulator {
-    let program = support::emulator_program("node/node_modules/.bin/azurite-blob");
-    support::Emulator::start(
-        "azurite",
-        &program,
-        &[
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            "{port}",
-            "--inMemoryPersistence",
-            "--disableTelemetry",
-            "--skipApiVersionCheck",
-            "--loose",
-        ],
-    )
-}
-
 /// A fresh Azurite with container `images`, a fast client, a scratch folder and the blob `name`
 /// (Shared Key, the well-known account).
 fn azurite_with_container(name: &str) -> (support::Emulator, tempfile::TempDir, Client, Blob) {
-    let emu = azurite();
+    let emu = support::azurite();
     let client = fast_client();
     let blob = azurite_blob(&emu, name);
     // A fresh Azurite: the container is created, not found.

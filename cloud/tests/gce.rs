@@ -16,7 +16,6 @@ use berth_cloud::gce::{self, Credentials, Options};
 use berth_cloud::{Error, Progress};
 use berth_http::Retry;
 use gce_fake::{GRANULE, GceFake, PROJECT, TestKey};
-use support::{Emulator, emulator_program};
 
 const BUCKET: &str = "berth-images";
 
@@ -124,16 +123,8 @@ fn key_credentials(key: &Path) -> Credentials {
 
 #[test]
 fn the_emulator_stores_the_tarball_in_chunks_and_a_kept_session_goes_on_from_its_status() {
-    let emu = Emulator::start(
-        "gcp-storage-emulator",
-        &emulator_program("venv/bin/gcp-storage-emulator"),
-        &["start", "--host", "127.0.0.1", "--port", "{port}", "--in-memory"],
-    );
+    let emu = support::gcs_emulator(BUCKET);
     let http = berth_http::Client::builder("test").no_redirects().build();
-    let (status, _) = http
-        .post_json(&format!("{}/storage/v1/b?project=p", emu.url), &[], &format!(r#"{{"name":"{BUCKET}"}}"#))
-        .unwrap();
-    assert_eq!(status, 200, "bucket created");
     let dir = tempfile::tempdir().unwrap();
     let file = tarball(dir.path(), "emu.gce.tar.gz", 3, 7);
     let bytes = std::fs::read(&file).unwrap();

@@ -34,6 +34,46 @@ pub fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// moto's server (EC2 and the EBS direct APIs), with `env` (`NAME=VALUE`, such as
+/// `MOTO_ENABLE_RECORDING=True`) in its environment.
+pub fn moto(env: &[&str]) -> Emulator {
+    let program = emulator_program("venv/bin/moto_server");
+    let program = program.to_str().expect("a UTF-8 path");
+    let args: Vec<&str> = env.iter().copied().chain([program, "-H", "127.0.0.1", "-p", "{port}"]).collect();
+    Emulator::start("moto", std::path::Path::new("/usr/bin/env"), &args)
+}
+
+/// Azurite's blob service, in memory.
+pub fn azurite() -> Emulator {
+    let program = emulator_program("node/node_modules/.bin/azurite-blob");
+    let args = [
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        "{port}",
+        "--inMemoryPersistence",
+        "--disableTelemetry",
+        "--skipApiVersionCheck",
+        "--loose",
+    ];
+    Emulator::start("azurite", &program, &args)
+}
+
+/// gcp-storage-emulator, in memory, with the bucket `bucket` made.
+pub fn gcs_emulator(bucket: &str) -> Emulator {
+    let program = emulator_program("venv/bin/gcp-storage-emulator");
+    let emu = Emulator::start(
+        "gcp-storage-emulator",
+        &program,
+        &["start", "--host", "127.0.0.1", "--port", "{port}", "--in-memory"],
+    );
+    let body = format!(r#"{{"name":"{bucket}"}}"#);
+    let (status, _) =
+        berth_cloud::api::client().post_json(&format!("{}/storage/v1/b?project=p", emu.url), &[], &body).unwrap();
+    assert_eq!(status, 200, "bucket {bucket} created: {}", emu.log_text());
+    emu
+}
+
 /// A running emulator process; killed when dropped. Its output goes to a log file under the
 /// test's temporary directory, printed if it never starts.
 pub struct Emulator {
