@@ -324,8 +324,17 @@ impl Storage<'_> {
     fn step(&self, call: &str, uri: &str, sent: Result<Reply, berth_http::Error>) -> Result<Step, Error> {
         let reply = match sent {
             Ok(r) => r,
-            Err(e) if e.is_retryable() => return Ok(Step::Transient(e.to_string())),
-            Err(source) => return Err(Error::Request { call: call.into(), url: redact(uri), source }),
+            Err(e) if e.is_retryable() => return Ok(Step::Transient(hide_session(&e.to_string(), uri))),
+            Err(source) => {
+                // The client's own words may quote the URL (a malformed one): never with its session.
+                let (text, url) = (source.to_string(), redact(uri));
+                let hidden = hide_session(&text, uri);
+                return Err(if hidden == text {
+                    Error::Request { call: call.into(), url, source }
+                } else {
+                    Error::Operation { what: format!("{call} ({url})"), message: hidden }
+                });
+            }
         };
         match reply.status {
             200 | 201 => Ok(Step::Done(reply.body)),
@@ -355,6 +364,14 @@ fn redact(uri: &str) -> String {
     match uri.split_once('?') {
         Some((path, _)) => format!("{path}?(upload session)"),
         None => uri.to_string(),
+    }
+}
+
+/// `text` with the session URI's query (its `upload_id`) replaced, wherever it appears.
+fn hide_session(text: &str, uri: &str) -> String {
+    match uri.split_once('?') {
+        Some((_, query)) if !query.is_empty() => text.replace(query, "(upload session)"),
+        _ => text.to_string(),
     }
 }
 
@@ -480,5 +497,14 @@ mod tests {
         assert_eq!(read_state(&p), Some(s));
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn an_error_quoting_the_session_uri_hides_its_upload_id() {
+        let uri = "http://h/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=SECRET";
+        let hidden = hide_session(&format!("bad uri {uri}: something"), uri);
+        assert!(!hidden.contains("SECRET"), "{hidden}");
+        assert!(hidden.contains("http://h/upload/storage/v1/b/b/o?(upload session)"), "{hidden}");
+        assert_eq!(hide_session("connection refused", uri), "connection refused");
     }
 }
