@@ -21,6 +21,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use support::{azurite, gcs_emulator};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 const GIB: u64 = 1 << 30;
@@ -78,31 +79,14 @@ fn help_names(cloud: &str, words: &[&str]) {
     }
 }
 
-/// moto's server: EBS direct and EC2 on one port.
+/// moto's server (EBS and EC2 on one port).
 fn moto() -> support::Emulator {
-    let program = support::emulator_program("venv/bin/moto_server");
-    support::Emulator::start("moto", &program, &["-H", "127.0.0.1", "-p", "{port}"])
+    support::moto(&[])
 }
 
 /// The keys and region moto is given (it takes any).
 const MOTO_ENV: [(&str, &str); 3] =
     [("AWS_ACCESS_KEY_ID", "AKIDMOTO"), ("AWS_SECRET_ACCESS_KEY", "moto"), ("AWS_DEFAULT_REGION", "us-east-1")];
-
-/// Azurite's blob service, in memory.
-fn azurite() -> support::Emulator {
-    let program = support::emulator_program("node/node_modules/.bin/azurite-blob");
-    let args = [
-        "--blobHost",
-        "127.0.0.1",
-        "--blobPort",
-        "{port}",
-        "--inMemoryPersistence",
-        "--disableTelemetry",
-        "--skipApiVersionCheck",
-        "--loose",
-    ];
-    support::Emulator::start("azurite", &program, &args)
-}
 
 /// Azurite's connection string for its development account (what a user of Azurite sets).
 fn azurite_connection_string(emu: &support::Emulator) -> String {
@@ -122,21 +106,6 @@ fn azurite_blob(cs: &str, container: &str, name: &str) -> berth_cloud::azure::Bl
     let client = berth_cloud::api::client();
     pageblob::create_container(&client, &blob.container_url(name), &blob.credentials, &berth_cloud::Silent).unwrap();
     blob
-}
-
-/// gcp-storage-emulator, in memory, with the bucket `bucket`.
-fn gcs_emulator(bucket: &str) -> support::Emulator {
-    let program = support::emulator_program("venv/bin/gcp-storage-emulator");
-    let emu = support::Emulator::start(
-        "gcp-storage-emulator",
-        &program,
-        &["start", "--host", "127.0.0.1", "--port", "{port}", "--in-memory"],
-    );
-    let body = format!(r#"{{"name":"{bucket}"}}"#);
-    let (status, _) =
-        berth_cloud::api::client().post_json(&format!("{}/storage/v1/b?project=p", emu.url), &[], &body).unwrap();
-    assert_eq!(status, 200, "bucket {bucket} created: {}", emu.log_text());
-    emu
 }
 
 mod aws {
