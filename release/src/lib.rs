@@ -19,6 +19,7 @@
 //! - [`artifact`]: the size and SHA-256 check of a downloaded artifact, fed as bytes arrive;
 //! - [`rollout`]: a host's position in a staged rollout;
 //! - [`config`]: `update.toml`, the agent's configuration (and the boot health deadline);
+//! - [`fleet`]: the fleet's wire contract: FleetLock requests and errors, host reports, host ids;
 //! - [`time`]: the RFC 3339 timestamps and durations the index and configuration use.
 
 #![warn(missing_docs)]
@@ -26,6 +27,7 @@
 pub mod accept;
 pub mod artifact;
 pub mod config;
+pub mod fleet;
 mod hex;
 pub mod index;
 pub mod keyset;

@@ -2,6 +2,7 @@
 
 mod build;
 mod export;
+mod fleet;
 mod fs;
 mod keys;
 mod publish;
@@ -128,6 +129,9 @@ enum Command {
     /// (--json for a document).
     #[command(subcommand)]
     Upload(upload::UploadCommand),
+    /// Run and inspect a fleet: the FleetLock server (reboot slots kept in etcd), the fleet view.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 /// Runs the command; its exit code is berth's (QEMU's for `berth run`).
@@ -142,6 +146,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(a) => publish::run(a).map(|()| ExitCode::SUCCESS),
         Command::Keys(c) => keys::run(c).map(|()| ExitCode::SUCCESS),
         Command::Upload(c) => upload::run(c).map(|()| ExitCode::SUCCESS),
+        Command::Fleet(c) => fleet::run(c).map(|()| ExitCode::SUCCESS),
         Command::Inspect { disk, json } => {
             let info = berth_builder::inspect::inspect(&disk)?;
             if json {
