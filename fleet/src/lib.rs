@@ -16,8 +16,10 @@
 
 #![warn(missing_docs)]
 
+mod http1;
 pub mod memory;
 pub mod semaphore;
+pub mod server;
 
 use berth_release::fleet::{ClientParams, HostReport};
 use berth_release::time::Timestamp;
