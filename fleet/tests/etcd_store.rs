@@ -126,26 +126,34 @@ fn transactions_create_if_absent_answer_conflicts_from_the_failure_branch_and_fa
     }
 }
 
+/// What a client was answered for one hold: the revisions that took and freed its slot (`None`
+/// where the answer was lost to etcd's crash and the retry found the change made already).
+type Answers = BTreeMap<String, Vec<(Option<u64>, Option<u64>)>>;
+
 /// One client's loop: take a slot, hold it a while, give it back; counted by a shared counter,
 /// every grant and release revision recorded. Unavailable and conflicts are retried as the
-/// server's clients retry a 503.
+/// server's clients retry a 503; after an unanswered attempt, "already held" (or "not held")
+/// means that attempt went through.
 fn race(
     s: &EtcdStore,
     id: &str,
     rounds: usize,
     inside: &AtomicUsize,
     most: &AtomicUsize,
-    log: &Mutex<BTreeMap<String, Vec<(u64, u64)>>>,
+    log: &Mutex<Answers>,
     unavailable: &AtomicUsize,
 ) {
     for round in 0..rounds {
+        let mut unanswered = false;
         let taken = loop {
             match s.pre_reboot("race", id, 2, Timestamp::now()) {
-                Ok(g) if !g.already_held => break g.revision,
+                Ok(g) if !g.already_held => break Some(g.revision),
+                Ok(_) if unanswered => break None,
                 Ok(g) => panic!("{id} round {round}: already held at {} before asking", g.revision),
                 Err(StoreError::Full { .. }) => std::thread::sleep(Duration::from_millis(10)),
                 Err(StoreError::Conflict(_)) => {}
                 Err(StoreError::Unavailable(_)) => {
+                    unanswered = true;
                     unavailable.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -156,12 +164,15 @@ fn race(
         most.fetch_max(n, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(20 + (id.len() as u64 * 7 + round as u64 * 13) % 30));
         inside.fetch_sub(1, Ordering::SeqCst);
+        let mut unanswered = false;
         let freed = loop {
             match s.steady_state("race", id) {
-                Ok(r) if r.was_held => break r.revision,
+                Ok(r) if r.was_held => break Some(r.revision),
+                Ok(_) if unanswered => break None,
                 Ok(r) => panic!("{id} round {round}: not holding at {}", r.revision),
                 Err(StoreError::Conflict(_)) => {}
                 Err(StoreError::Unavailable(_)) => {
+                    unanswered = true;
                     unavailable.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -173,19 +184,26 @@ fn race(
 }
 
 /// From etcd's history: no version over 2 holders, and each client's intervals are exactly the
-/// grants and releases it was answered.
-fn check_history(s: &EtcdStore, log: &BTreeMap<String, Vec<(u64, u64)>>, rounds: usize) {
+/// grants and releases it was answered (no holder lost, none freed by someone else).
+fn check_history(s: &EtcdStore, log: &Answers, rounds: usize) {
     let versions = history::versions(s.etcd(), &s.semaphore_key("race")).unwrap();
     assert!(history::overfull(&versions).is_empty(), "{:?}", history::overfull(&versions));
     let (most, at) = history::max_holders(&versions);
     assert!(most <= 2, "{most} holders at revision {at}");
     assert_eq!(most, 2, "the race filled both slots at some point");
     let held = history::holds(&versions);
-    for (id, intervals) in log {
-        let from_etcd: Vec<(u64, u64)> =
-            held.iter().filter(|h| &h.id == id).map(|h| (h.taken, h.freed.unwrap_or(0))).collect();
-        assert_eq!(from_etcd.len(), rounds, "{id}");
-        assert_eq!(&from_etcd, intervals, "{id}: etcd's history and the answers agree");
+    for (id, answers) in log {
+        let from_etcd: Vec<(u64, Option<u64>)> =
+            held.iter().filter(|h| &h.id == id).map(|h| (h.taken, h.freed)).collect();
+        assert_eq!(from_etcd.len(), rounds, "{id}: {from_etcd:?}");
+        for ((taken, freed), (answered_taken, answered_freed)) in from_etcd.iter().zip(answers) {
+            assert!(freed.is_some(), "{id} still holds at {taken}");
+            assert!(answered_taken.is_none_or(|a| a == *taken), "{id}: taken at {taken}, answered {answered_taken:?}");
+            assert!(
+                answered_freed.is_none_or(|a| Some(a) == *freed),
+                "{id}: freed at {freed:?}, answered {answered_freed:?}"
+            );
+        }
     }
     assert!(versions.last().unwrap().semaphore.holders.is_empty());
 }
