@@ -22,6 +22,18 @@ use crate::agent::Agent;
 /// within this costs the agent no more.
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most characters of an error a report carries, so that a long error chain cannot push the
+/// report over what a server takes (berth_release::fleet::MAX_REPORT).
+pub const MAX_ERROR_CHARS: usize = 2000;
+
+/// `s`, cut to [`MAX_ERROR_CHARS`] characters (marked with `…`).
+fn cut(s: &str) -> String {
+    match s.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// The report of a host named `hostname` whose agent shows `status`, sent at `sent`.
 pub fn build(status: &Status, config: &UpdateConfig, hostname: &str, sent: Timestamp) -> HostReport {
     let running = &status.running;
@@ -36,7 +48,7 @@ pub fn build(status: &Status, config: &UpdateConfig, hostname: &str, sent: Times
         staged: status.staged.as_ref().map(|s| s.version.clone()),
         available: status.available.clone(),
         last_check: status.last_check,
-        last_error: status.last_error.clone(),
+        last_error: status.last_error.as_deref().map(cut),
         rolled_back: status.rolled_back[skip..]
             .iter()
             .map(|r| fleet::RolledBack {
@@ -46,7 +58,7 @@ pub fn build(status: &Status, config: &UpdateConfig, hostname: &str, sent: Times
                 manual: r.manual,
             })
             .collect(),
-        fleetlock: status.fleetlock.as_ref().map(|f| ErrorDoc { kind: f.kind.clone(), value: f.message.clone() }),
+        fleetlock: status.fleetlock.as_ref().map(|f| ErrorDoc { kind: f.kind.clone(), value: cut(&f.message) }),
         interval_seconds: config.interval.as_secs(),
         jitter_seconds: config.jitter.as_secs(),
         sent,
@@ -197,6 +209,25 @@ mod tests {
                 "interval_seconds": 3600, "jitter_seconds": 600, "sent": "2026-12-07T16:30:01Z"
             })
         );
+    }
+
+    /// The longest errors and 16 rollbacks still make a report a server takes.
+    #[test]
+    fn long_errors_are_cut_so_the_report_fits() {
+        let mut st = status();
+        st.last_error = Some("é".repeat(20_000));
+        st.fleetlock.as_mut().unwrap().message = "x".repeat(20_000);
+        for r in &mut st.rolled_back {
+            r.version = "9".repeat(64);
+        }
+        let r = build(&st, &UpdateConfig::default(), &"h".repeat(64), Timestamp(0));
+        let e = r.last_error.clone().unwrap();
+        assert_eq!(e.chars().count(), MAX_ERROR_CHARS + 1);
+        assert!(e.ends_with("é…"), "cut at a character");
+        let request =
+            ReportRequest { client_params: ClientParams { id: "x".repeat(128), group: "g".repeat(64) }, report: r };
+        let size = serde_json::to_vec(&request).unwrap().len();
+        assert!(size <= fleet::MAX_REPORT, "{size} bytes");
     }
 
     fn fleet(url: &str, token_file: Option<std::path::PathBuf>) -> FleetLock {
