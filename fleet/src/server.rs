@@ -60,7 +60,7 @@ pub struct Config {
     pub read_timeout: Duration,
     /// How long [`Running::stop`] waits for requests in flight.
     pub grace: Duration,
-    /// One line per request on stderr.
+    /// One line per request on stderr (answers of 500 and above are logged regardless).
     pub log: bool,
 }
 
@@ -452,7 +452,8 @@ impl Ctx {
         };
         let head_only = head.as_ref().is_some_and(|h| h.method == "HEAD");
         let written = answer.response.write_to(s, head_only);
-        if self.config.log {
+        // Store failures are the operator's business even when requests are not logged.
+        if self.config.log || answer.response.status >= 500 {
             let request = head.as_ref().map_or("-".to_string(), |h| format!("{} {}", h.method, h.path));
             let who = answer.who.as_ref().map_or(String::new(), |w| format!(" {}/{}", w.group, w.id));
             let outcome = match serde_json::from_slice::<ErrorDoc>(&answer.response.body) {
@@ -460,11 +461,11 @@ impl Ctx {
                 Err(_) => answer.response.headers.iter().map(|(n, v)| format!(" {n}={v}")).collect::<String>(),
             };
             let failed = written.err().map_or(String::new(), |e| format!(" (answer not sent: {e})"));
-            self.log(format_args!(
-                "{peer} {request}{who} -> {}{outcome} ({} ms){failed}",
+            eprintln!(
+                "berth fleet: {peer} {request}{who} -> {}{outcome} ({} ms){failed}",
                 answer.response.status,
                 started.elapsed().as_millis()
-            ));
+            );
         }
     }
 
