@@ -58,6 +58,8 @@ pub struct Config {
     /// How long a connection may be silent while the server reads a request (and how long a
     /// write of the answer may block).
     pub read_timeout: Duration,
+    /// How long reading a whole request may take, however it trickles in.
+    pub request_timeout: Duration,
     /// How long [`Running::stop`] waits for requests in flight.
     pub grace: Duration,
     /// One line per request on stderr (answers of 500 and above are logged regardless).
@@ -75,6 +77,7 @@ impl Config {
             default_slots: 1,
             max_connections: 256,
             read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
             grace: Duration::from_secs(30),
             log: false,
         }
@@ -397,14 +400,18 @@ fn revision(status: u16, revision: u64) -> Response {
 
 impl Ctx {
     fn serve(&self, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_read_timeout(Some(self.config.read_timeout));
-        let _ = stream.set_write_timeout(Some(self.config.read_timeout));
         let _ = stream.set_nodelay(true);
+        let stream = Timed {
+            sock: stream,
+            per_call: self.config.read_timeout,
+            read_deadline: Instant::now() + self.config.request_timeout,
+        };
         match &self.config.tls {
             None => {
                 let mut stream = stream;
-                self.exchange(&mut stream, peer);
-                linger(&stream);
+                if self.exchange(&mut stream, peer) {
+                    linger(&stream.sock);
+                }
             }
             Some(tls) => {
                 let conn = match rustls::ServerConnection::new(tls.0.clone()) {
@@ -415,14 +422,16 @@ impl Ctx {
                     }
                 };
                 let mut tls = rustls::StreamOwned::new(conn, stream);
-                self.exchange(&mut tls, peer);
+                if !self.exchange(&mut tls, peer) {
+                    return;
+                }
                 tls.conn.send_close_notify();
                 while tls.conn.wants_write() {
                     if tls.conn.write_tls(&mut tls.sock).is_err() {
                         break;
                     }
                 }
-                linger(&tls.sock);
+                linger(&tls.sock.sock);
             }
         }
     }
@@ -433,25 +442,27 @@ impl Ctx {
         }
     }
 
-    /// One request, one answer.
-    fn exchange<S: Read + Write>(&self, s: &mut S, peer: SocketAddr) {
+    /// One request, one answer; whether there was one (not when the client went away or timed
+    /// out: nothing is left to say, and the connection just closes).
+    fn exchange<S: Read + Write>(&self, s: &mut S, peer: SocketAddr) -> bool {
         let started = Instant::now();
         let mut buf = Vec::new();
         let (answer, head) = match http1::read_head(s, &mut buf) {
             Ok(head) => match self.handle(&head, s, buf) {
                 Some(answer) => (answer, Some(head)),
-                None => return,
+                None => return false,
             },
-            Err(ReadError::Closed) => return,
+            Err(ReadError::Closed) => return false,
             Err(ReadError::Io(e)) => {
                 self.log(format_args!("{peer}: no request: {e}"));
-                return;
+                return false;
             }
             Err(ReadError::Malformed(why)) => (invalid(why).into(), None),
             Err(ReadError::TooLarge(why)) => (error(413, kind::REQUEST_TOO_LARGE, why).into(), None),
         };
         let head_only = head.as_ref().is_some_and(|h| h.method == "HEAD");
         let written = answer.response.write_to(s, head_only);
+        let sent = written.is_ok();
         // Store failures are the operator's business even when requests are not logged.
         if self.config.log || answer.response.status >= 500 {
             let request = head.as_ref().map_or("-".to_string(), |h| format!("{} {}", h.method, h.path));
@@ -467,6 +478,7 @@ impl Ctx {
                 started.elapsed().as_millis()
             );
         }
+        sent
     }
 
     /// The answer to a request whose head was read; `None` when the body could not be read
@@ -598,6 +610,37 @@ fn lock_request(body: &[u8]) -> Result<ClientParams, Response> {
     let who = request.client_params;
     check_id(&who.id).and_then(|()| check_group(&who.group)).map_err(invalid)?;
     Ok(who)
+}
+
+/// A connection whose every read and write waits at most the read timeout, and whose reads
+/// end at a deadline: a client trickling a byte at a time cannot hold a connection (and its
+/// thread) for long. Writes have no deadline: an answer after a slow store call still goes out.
+struct Timed {
+    sock: TcpStream,
+    per_call: Duration,
+    read_deadline: Instant,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.read_deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the request took too long to arrive"));
+        }
+        self.sock.set_read_timeout(Some(left.min(self.per_call)))?;
+        self.sock.read(buf)
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.set_write_timeout(Some(self.per_call))?;
+        self.sock.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
+    }
 }
 
 /// Closes a connection so the answer arrives: a client still sending a body the server did

@@ -498,6 +498,31 @@ fn connections_beyond_the_cap_wait_and_silent_ones_time_out() {
 }
 
 #[test]
+fn a_request_trickling_in_is_cut_off_at_the_request_timeout() {
+    let (srv, _store) = server(|c| {
+        c.read_timeout = Duration::from_millis(300);
+        c.request_timeout = Duration::from_millis(800);
+    });
+    let mut s = TcpStream::connect(srv.local_addr()).unwrap();
+    let started = Instant::now();
+    // A byte every 100 ms: each read is quick, the whole never arrives.
+    let mut cut = None;
+    for b in b"POST /v1/pre-reboot HTTP/1.1\r\nx-slow: ".iter().chain(std::iter::repeat_n(&b'a', 100)) {
+        if s.write_all(&[*b]).is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cut = cut.expect("the server never cut the connection");
+    assert!(cut >= Duration::from_millis(700) && cut < Duration::from_secs(3), "cut after {cut:?}");
+    while srv.in_flight() > 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the connection's thread lives on");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
 fn tls_serves_with_a_pem_certificate_and_refuses_plain_http() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
