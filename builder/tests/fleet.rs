@@ -328,11 +328,13 @@ fn two_replicas_twenty_clients_two_slots_through_kills() {
     wait_for(8);
     one.kill();
     let replica_killed_at = grants.load(Ordering::SeqCst);
+    let held_at_replica_kill = holding.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(500));
     one.launch();
     wait_for(25);
     etcd.kill();
     let etcd_killed_at = grants.load(Ordering::SeqCst);
+    let held_at_etcd_kill = holding.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(1));
     etcd.restart();
     let etcd_back_at = grants.load(Ordering::SeqCst);
@@ -392,7 +394,8 @@ fn two_replicas_twenty_clients_two_slots_through_kills() {
     assert!(two.log().contains("berth fleet: stopped"), "{}", two.log());
     eprintln!(
         "{CLIENTS} clients x {ROUNDS} rounds in {run_time:?}: {} versions, most holders {max}; replica killed at grant \
-         {replica_killed_at}, etcd killed at {etcd_killed_at} and back at {etcd_back_at}; {} transport errors, {} \
+         {replica_killed_at} ({held_at_replica_kill} holding), etcd killed at {etcd_killed_at} ({held_at_etcd_kill} \
+         holding) and back at {etcd_back_at}; {} transport errors, {} \
          503s, {} 409s, {lost_answers} lost answers",
         versions.len(),
         tally.transport_errors.load(Ordering::SeqCst),
