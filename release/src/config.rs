@@ -19,9 +19,11 @@
 //! start = "02:00"
 //! length = "3h"
 //!
-//! [fleetlock]                       # strategy = "fleetlock": a reboot takes a fleet-wide lock
-//! url = "http://fleetlock.example:8080"
+//! [fleetlock]                       # the fleet server: with strategy = "fleetlock" a reboot takes
+//! url = "http://fleetlock.example:8080" # one of its group's reboot slots; any strategy reports to it
 //! group = "default"                 # hosts of one group share the lock's slots
+//! token-file = "/etc/berth/fleet.token" # optional: its first line is sent as `Authorization: Bearer`
+//! report = true                     # report this host's state (berth_release::fleet); default true
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -61,13 +63,20 @@ impl Strategy {
     }
 }
 
-/// A FleetLock server (docs/design.md §4: `POST /v1/pre-reboot`, `POST /v1/steady-state`).
+/// The fleet server of `[fleetlock]` (docs/design.md §4, §9): a FleetLock server
+/// (`POST /v1/pre-reboot`, `POST /v1/steady-state`) that may also take host reports
+/// (`POST /berth/v1/report`, crate::fleet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetLock {
     /// The server's base URL (the protocol's paths are under it).
     pub url: String,
     /// The group whose hosts share the lock.
     pub group: String,
+    /// A file whose first line is the bearer token every request carries; `None`: no token.
+    /// Read at each request, so a rotated token needs no restart.
+    pub token_file: Option<PathBuf>,
+    /// Whether the agent reports its state to the server (`report`, default true).
+    pub report: bool,
 }
 
 /// A weekly maintenance window, UTC.
@@ -143,6 +152,8 @@ pub struct UpdateConfig {
     pub tries: u8,
     /// boot-complete.target must be reached within this on a slot on trial.
     pub health_timeout: Duration,
+    /// The fleet server (`[fleetlock]`), whatever the strategy: reports go to it.
+    pub fleet: Option<FleetLock>,
     /// The files read, in order.
     pub sources: Vec<PathBuf>,
 }
@@ -159,6 +170,7 @@ impl Default for UpdateConfig {
             jitter: Duration::from_secs(600),
             tries: 3,
             health_timeout: Duration::from_secs(600),
+            fleet: None,
             sources: Vec::new(),
         }
     }
@@ -192,10 +204,12 @@ struct Layer {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FleetLockLayer {
     url: String,
     group: Option<String>,
+    token_file: Option<String>,
+    report: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,18 +308,22 @@ impl UpdateConfig {
             }
             c.sources.push(path.clone());
         }
+        // The table is checked whatever the strategy: reports use it too.
+        if let Some((ffrom, f)) = fleetlock {
+            c.fleet = Some(parse_fleetlock(f).map_err(|why| ConfigError { path: ffrom, why })?);
+        }
         let (from, s) = strategy;
         c.strategy = match s.as_str() {
             "immediate" => Strategy::Immediate,
             "off" => Strategy::Off,
             "fleetlock" => {
-                let Some((ffrom, f)) = fleetlock else {
+                let Some(f) = c.fleet.clone() else {
                     return Err(ConfigError {
                         path: from,
                         why: "strategy \"fleetlock\" needs a [fleetlock] table".into(),
                     });
                 };
-                Strategy::FleetLock(parse_fleetlock(f).map_err(|why| ConfigError { path: ffrom, why })?)
+                Strategy::FleetLock(f)
             }
             "window" => {
                 let Some((wfrom, w)) = window else {
@@ -337,13 +355,13 @@ fn parse_fleetlock(f: FleetLockLayer) -> Result<FleetLock, String> {
         return Err(format!("fleetlock.url {:?} is not an http(s) URL", f.url));
     }
     let group = f.group.unwrap_or_else(|| "default".into());
-    if group.is_empty()
-        || group.len() > 64
-        || !group.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(format!("fleetlock.group {group:?} must be 1 to 64 letters, digits, '-' or '_'"));
-    }
-    Ok(FleetLock { url, group })
+    crate::fleet::check_group(&group).map_err(|why| format!("fleetlock.group: {why}"))?;
+    let token_file = match f.token_file {
+        None => None,
+        Some(t) if t.starts_with('/') && !t.ends_with('/') => Some(PathBuf::from(t)),
+        Some(t) => return Err(format!("fleetlock.token-file {t:?} must be an absolute path to a file")),
+    };
+    Ok(FleetLock { url, group, token_file, report: f.report.unwrap_or(true) })
 }
 
 fn parse_window(w: &WindowLayer) -> Result<Window, String> {
@@ -413,19 +431,51 @@ mod tests {
     #[test]
     fn fleetlock() {
         let c = load(&["strategy = \"fleetlock\"\n[fleetlock]\nurl = \"http://10.0.2.101/\"\n"]).unwrap();
-        assert_eq!(
-            c.strategy,
-            Strategy::FleetLock(FleetLock { url: "http://10.0.2.101".into(), group: "default".into() })
-        );
+        let fl =
+            |url: &str, group: &str| FleetLock { url: url.into(), group: group.into(), token_file: None, report: true };
+        assert_eq!(c.strategy, Strategy::FleetLock(fl("http://10.0.2.101", "default")));
+        assert_eq!(c.fleet, Some(fl("http://10.0.2.101", "default")));
         // The table may come from the operator's file, the strategy from the image's.
         let c =
             load(&["strategy = \"fleetlock\"", "[fleetlock]\nurl = \"https://fl\"\ngroup = \"workers\"\n"]).unwrap();
-        assert_eq!(c.strategy, Strategy::FleetLock(FleetLock { url: "https://fl".into(), group: "workers".into() }));
+        assert_eq!(c.strategy, Strategy::FleetLock(fl("https://fl", "workers")));
         let e = load(&["strategy = \"fleetlock\""]).unwrap_err();
         assert!(e.to_string().contains("needs a [fleetlock] table"), "{e}");
         let e = load(&["strategy = \"fleetlock\"\n[fleetlock]\nurl = \"fl:8080\"\n"]).unwrap_err();
         assert!(e.to_string().contains("fleetlock.url \"fl:8080\""), "{e}");
         let e = load(&["strategy = \"fleetlock\"\n[fleetlock]\nurl = \"http://fl\"\ngroup = \"a b\"\n"]).unwrap_err();
+        assert!(e.to_string().contains("fleetlock.group: group \"a b\" must be"), "{e}");
+        // The protocol's '.' is a group name's too.
+        let c = load(&["strategy = \"fleetlock\"\n[fleetlock]\nurl = \"http://fl\"\ngroup = \"eu-west.1\"\n"]).unwrap();
+        assert_eq!(c.fleet.map(|f| f.group).as_deref(), Some("eu-west.1"));
+    }
+
+    #[test]
+    fn the_fleet_server_takes_a_token_file_and_reports_by_default() {
+        // Any strategy: the table is the fleet server reports go to.
+        let c = load(&[
+            "strategy = \"window\"\n[window]\ndays = [\"sat\"]\nstart = \"02:00\"\nlength = \"1h\"\n",
+            "[fleetlock]\nurl = \"https://fleet:8080/\"\ngroup = \"workers\"\ntoken-file = \"/etc/berth/fleet.token\"\n",
+        ])
+        .unwrap();
+        assert_eq!(c.strategy.name(), "window");
+        let f = c.fleet.unwrap();
+        assert_eq!(f.url, "https://fleet:8080");
+        assert_eq!(f.token_file.as_deref(), Some(Path::new("/etc/berth/fleet.token")));
+        assert!(f.report, "report defaults to true");
+        let c = load(&["[fleetlock]\nurl = \"http://fl\"\nreport = false\n"]).unwrap();
+        assert_eq!((c.strategy, c.fleet.map(|f| (f.report, f.token_file))), (Strategy::Immediate, Some((false, None))));
+        assert_eq!(load(&["strategy = \"off\""]).unwrap().fleet, None, "no table, no reports");
+
+        // Clear errors, naming the file and the key.
+        let e = load(&["[fleetlock]\nurl = \"http://fl\"\ntoken-file = \"fleet.token\"\n"]).unwrap_err();
+        assert_eq!(e.to_string(), "/f0: fleetlock.token-file \"fleet.token\" must be an absolute path to a file");
+        let e = load(&["[fleetlock]\nurl = \"http://fl\"\nreport = \"yes\"\n"]).unwrap_err();
+        assert!(e.path.starts_with("/f0:3:") && e.why.contains("bool"), "{e}");
+        let e = load(&["[fleetlock]\nurl = \"http://fl\"\ntoken = \"abc\"\n"]).unwrap_err();
+        assert!(e.path.starts_with("/f0:3:") && e.why.contains("unknown field `token`"), "{e}");
+        // A bad table is refused even when the strategy is not fleetlock.
+        let e = load(&["strategy = \"off\"\n[fleetlock]\nurl = \"http://fl\"\ngroup = \"a/b\"\n"]).unwrap_err();
         assert!(e.to_string().contains("fleetlock.group"), "{e}");
     }
 

@@ -11,6 +11,8 @@
 //! It owns the HTTP/1.1 plumbing the tests used to write five times; what a server answers
 //! (files, faults, the FleetLock protocol) stays in the test that needs it.
 
+pub mod etcd;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};

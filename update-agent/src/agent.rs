@@ -12,8 +12,8 @@ use anyhow::{Context, anyhow, bail};
 use berth_release::artifact::Sha256;
 use berth_release::config::{Strategy, UpdateConfig};
 use berth_release::index::{FrameList, Index, MAX_INDEX_BYTES, Release, compare_versions};
-use berth_release::keyset::{self, MAX_KEYSET_BYTES};
-use berth_release::repo::{artifact_url, keyset_path, signature_url, split_index_url};
+use berth_release::keyset;
+use berth_release::repo::{artifact_url, signature_url, split_index_url};
 use berth_release::signature::MAX_SIGNATURE_BYTES;
 use berth_release::{ArtifactCheck, Floor, Rejected, Timestamp, TrustedKeys, accept, rollout};
 use berth_slot::TransitionError;
@@ -159,16 +159,7 @@ impl Agent {
         let anchor = TrustedKeys::new(&self.config.keys, self.config.threshold)
             .context("the root keys of update.toml (keys, threshold)")?;
         let start = trust::load_trust(&self.state_dir, &anchor);
-        let fetch = |version: u64| -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
-            let url = artifact_url(base, &keyset_path(version));
-            let bytes = match self.http.get_small(&url, MAX_KEYSET_BYTES as u64) {
-                Ok(b) => b,
-                Err(e) if trust::not_found(&e) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            let sig = self.http.get_small(&signature_url(&url), MAX_SIGNATURE_BYTES as u64)?;
-            Ok(Some((bytes, sig)))
-        };
+        let fetch = |version: u64| trust::fetch_keyset(&self.http, base, version);
         let followed = keyset::follow(start, fetch).map_err(|e| anyhow!("{base}/keys: refused: {e:#}"))?;
         for e in &followed.skipped {
             println!("{base}/keys: skipped: {e}");
@@ -293,6 +284,7 @@ impl Agent {
             image_size: release.root.image_size,
         })?;
         self.save();
+        crate::fleet_report::send(self);
 
         let started = Instant::now();
         let figures = self.stream_root(&dev, &node, base, release, frames)?;
@@ -530,6 +522,8 @@ impl Agent {
         }
         self.state.begin_reboot()?;
         self.save();
+        // The fleet hears of it before the host goes quiet (best effort: never stops the reboot).
+        crate::fleet_report::send(self);
         println!("rebooting into {} ({})", staged.version, staged.slot.name());
         let command = self.reboot_command.join(" ");
         let status = std::process::Command::new(&self.reboot_command[0])
@@ -780,6 +774,9 @@ impl Agent {
 
 #[cfg(test)]
 mod policy_tests;
+
+#[cfg(test)]
+mod fleet_tests;
 
 #[cfg(test)]
 pub mod tests {

@@ -1,7 +1,9 @@
 //! The long-running agent (`berth-update daemon`, docs/design.md §4): settle what a cut-short run
 //! left, then every interval (plus jitter) notice a rollback, give the fleet's reboot lock back
 //! once, check, stage and reboot as the strategy allows; and [`apply`], the one check-stage-
-//! reboot step the daemon and `berth-update apply` share.
+//! reboot step the daemon and `berth-update apply` share. With a fleet server configured, the
+//! daemon reports to it at its start and at the end of every cycle, and [`apply`] when an update
+//! is staged (crate::fleet_report; best effort).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -36,6 +38,7 @@ pub fn apply(agent: &mut Agent, force: bool, reboot: bool) -> anyhow::Result<Str
     if force || !agent.already_staged(&release) {
         let url = agent.config.channel.clone().unwrap_or_default();
         agent.stage(&url, &release, force)?;
+        crate::fleet_report::send(agent);
     } else {
         // It waits in the passive slot already: back to staged.
         agent.state.rest();
@@ -81,14 +84,23 @@ impl Daemon {
             }
             agent.save();
         }
+        crate::fleet_report::send(agent);
         loop {
             let wait = self.cycle();
             std::thread::sleep(wait);
         }
     }
 
-    /// One check (and stage, and reboot); returns how long to sleep.
+    /// One check (and stage, and reboot), then the periodic report (whatever the cycle did: a
+    /// host that stops reporting is shown as silent); returns how long to sleep.
     fn cycle(&mut self) -> Duration {
+        let wait = self.check_cycle();
+        crate::fleet_report::send(&self.agent);
+        wait
+    }
+
+    /// One check (and stage, and reboot); returns how long to sleep.
+    fn check_cycle(&mut self) -> Duration {
         let agent = &mut self.agent;
         let jitter = rand::random_range(0..=agent.config.jitter.as_millis().min(u128::from(u64::MAX)) as u64);
         let mut wait = agent.config.interval + Duration::from_millis(jitter);
@@ -146,5 +158,57 @@ impl Daemon {
         }
         agent.save();
         wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use berth_release::config::FleetLock;
+    use berth_release::fleet::ReportRequest;
+    use berth_slot::{Slot, Slots};
+    use berth_testkit::{Response, Server};
+
+    use super::*;
+    use crate::disk::{BootDisk, MemorySlots};
+    use crate::state::RolledBack;
+
+    /// Every cycle ends with a report, whatever it did (here: no channel, nothing to check), so
+    /// the server can tell a live host from a silent one; what changed in between is in the next.
+    #[test]
+    fn every_cycle_reports_and_carries_what_changed() {
+        let server = Server::start(|_| Response::status(200).into()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Box::new(MemorySlots(Cell::new(Slots::FRESH.mark_good(Slot::A).unwrap())));
+        let disk = BootDisk::image(dir.path().join("no-disk.img"), Slot::A);
+        let mut agent = Agent::for_test_with(store, disk, "1.0.0", &dir.path().join("state"));
+        agent.config.interval = Duration::from_secs(5);
+        agent.config.jitter = Duration::ZERO;
+        agent.config.fleet =
+            Some(FleetLock { url: server.url(), group: "workers".into(), token_file: None, report: true });
+        let mut daemon = Daemon::new(agent);
+        assert_eq!(daemon.cycle(), Duration::from_secs(5));
+        daemon.agent.state.rolled_back.push(RolledBack {
+            version: "1.1.0".into(),
+            slot: Slot::B,
+            at: Timestamp(1_796_000_000),
+            manual: false,
+        });
+        daemon.cycle();
+        let reports: Vec<ReportRequest> =
+            server.requests().iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+        assert_eq!(reports.len(), 2, "one per cycle");
+        for r in &reports {
+            assert_eq!((r.report.state.as_str(), r.report.version.as_str()), ("idle", "1.0.0"));
+            assert_eq!((r.report.interval_seconds, r.report.jitter_seconds), (5, 0));
+        }
+        assert!(reports[0].report.rolled_back.is_empty());
+        let rb = &reports[1].report.rolled_back;
+        assert_eq!((rb.len(), rb[0].version.as_str(), rb[0].slot.as_str()), (1, "1.1.0", "b"));
+
+        // A fleet server that is gone costs the cycle nothing but a log line.
+        daemon.agent.config.fleet.as_mut().unwrap().url = format!("http://127.0.0.1:{}", berth_testkit::dead_port());
+        assert_eq!(daemon.cycle(), Duration::from_secs(5));
     }
 }

@@ -4,10 +4,12 @@
 //! server (for example airlock, with its semaphore in etcd) decides how many hosts of a group
 //! may reboot at once. Requests carry the `fleet-lock-protocol: true` header and
 //! `{"client_params": {"id": …, "group": …}}`; 200 grants, any other answer refuses, with a
-//! `{"kind": …, "value": …}` body saying why.
+//! `{"kind": …, "value": …}` body saying why. The bodies are the contract's types
+//! (berth_release::fleet); with `token-file` set, each request carries
+//! `Authorization: Bearer <its first line>`.
 
-use berth_release::artifact::Sha256;
 use berth_release::config::FleetLock;
+use berth_release::fleet::{self, ClientParams, LockRequest};
 
 use crate::http::Http;
 
@@ -69,36 +71,51 @@ pub struct Client<'a> {
     id: String,
 }
 
-/// The id a host gives the server: derived from its machine-id (so it is stable across reboots
-/// and updates) without disclosing it.
-pub fn node_id(machine_id: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"berth fleetlock v1\0");
-    h.update(machine_id.trim().as_bytes());
-    berth_release::encode_hex(&h.finish().0[..16])
+/// The headers of every request to `server`: the protocol's, and `Authorization: Bearer …` from
+/// the first line of its `token-file` when one is set (read each time: a rotated token needs
+/// no restart). An unreadable or empty token file is an error naming it.
+pub fn headers(server: &FleetLock) -> Result<Vec<(&'static str, String)>, String> {
+    let mut h = vec![(fleet::PROTOCOL_HEADER, "true".to_string())];
+    if let Some(path) = &server.token_file {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("fleetlock.token-file {}: {e}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim();
+        if token.is_empty() {
+            return Err(format!(
+                "fleetlock.token-file {}: the first line is empty (it holds the token)",
+                path.display()
+            ));
+        }
+        h.push(("authorization", format!("Bearer {token}")));
+    }
+    Ok(h)
 }
 
 impl<'a> Client<'a> {
     /// For the host with `machine_id`.
     pub fn new(http: &'a Http, server: &'a FleetLock, machine_id: &str) -> Client<'a> {
-        Client { http, server, id: node_id(machine_id) }
+        Client { http, server, id: fleet::node_id(machine_id) }
     }
 
     /// Asks for the reboot lock; `Err` says why it was not given.
     pub fn pre_reboot(&self) -> Result<(), FleetLockError> {
-        self.call("pre-reboot")
+        self.call(fleet::PRE_REBOOT_PATH)
     }
 
     /// Gives back any lock this host holds.
     pub fn steady_state(&self) -> Result<(), FleetLockError> {
-        self.call("steady-state")
+        self.call(fleet::STEADY_STATE_PATH)
     }
 
-    fn call(&self, operation: &str) -> Result<(), FleetLockError> {
-        let url = format!("{}/v1/{operation}", self.server.url);
-        let body = serde_json::json!({"client_params": {"id": self.id, "group": self.server.group}}).to_string();
-        let (status, answer) =
-            self.http.post_json(&url, &[("fleet-lock-protocol", "true")], &body).map_err(FleetLockError::Transport)?;
+    fn call(&self, path: &str) -> Result<(), FleetLockError> {
+        let url = format!("{}{path}", self.server.url);
+        let request =
+            LockRequest { client_params: ClientParams { id: self.id.clone(), group: self.server.group.clone() } };
+        let body =
+            serde_json::to_string(&request).map_err(|e| FleetLockError::Transport(format!("POST {url}: {e}")))?;
+        let headers = headers(self.server).map_err(|e| FleetLockError::Transport(format!("POST {url}: {e}")))?;
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let (status, answer) = self.http.post_json(&url, &headers, &body).map_err(FleetLockError::Transport)?;
         if status == 200 {
             return Ok(());
         }
@@ -119,8 +136,14 @@ mod tests {
 
     use super::*;
 
+    use berth_release::fleet::node_id;
+
     /// A request the test server saw: path, whether the protocol header was there, body.
     type Seen = (String, bool, serde_json::Value);
+
+    fn fleet(url: &str, group: &str) -> FleetLock {
+        FleetLock { url: url.into(), group: group.into(), token_file: None, report: true }
+    }
 
     /// A FleetLock server on 127.0.0.1 with one reboot slot: a lock held by another id is
     /// refused; steady-state frees the holder's.
@@ -166,7 +189,7 @@ mod tests {
         let http = Http::new();
         let lock = lock_server(Some("someone else"));
         let url = lock.url();
-        let server = FleetLock { url: url.clone(), group: "workers".into() };
+        let server = fleet(&url, "workers");
         let c = Client::new(&http, &server, "0123456789abcdef0123456789abcdef\n");
         let e = c.pre_reboot().unwrap_err();
         assert_eq!((e.error_kind().as_str(), e.status_code()), ("failed_lock", Some(409)), "{e:?}");
@@ -184,7 +207,7 @@ mod tests {
         // A free lock is given; the same host asking again keeps it; another host waits until
         // steady-state gives it back.
         let lock = lock_server(None);
-        let server = FleetLock { url: lock.url(), group: "default".into() };
+        let server = fleet(&lock.url(), "default");
         let (a, b) = (Client::new(&http, &server, "aaaa"), Client::new(&http, &server, "bbbb"));
         assert_ne!(a.id, b.id);
         assert_eq!(a.id.len(), 32);
@@ -199,9 +222,49 @@ mod tests {
     fn an_unreachable_server_is_an_error_that_names_it() {
         let http = Http::new();
         let port = berth_testkit::dead_port();
-        let server = FleetLock { url: format!("http://127.0.0.1:{port}"), group: "default".into() };
+        let server = fleet(&format!("http://127.0.0.1:{port}"), "default");
         let e = Client::new(&http, &server, "m").pre_reboot().unwrap_err();
         assert_eq!((e.error_kind().as_str(), e.status_code()), ("transport", None), "{e:?}");
         assert!(e.to_string().starts_with(&format!("POST http://127.0.0.1:{port}/v1/pre-reboot: ")), "{e}");
+    }
+
+    /// With `token-file`, both operations carry `Authorization: Bearer <first line>` (the line
+    /// read at each request); without it, no Authorization header at all. A token file that
+    /// cannot be read is an error naming it, and nothing is sent.
+    #[test]
+    fn the_token_file_s_first_line_is_the_bearer_token() {
+        let http = Http::new();
+        let lock = lock_server(None);
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("fleet.token");
+        std::fs::write(&token, "s3cret-1\nsecond line is not sent\n").unwrap();
+        let mut with = fleet(&lock.url(), "workers");
+        with.token_file = Some(token.clone());
+        let c = Client::new(&http, &with, "m");
+        c.pre_reboot().unwrap();
+        std::fs::write(&token, "  s3cret-2  \n").unwrap();
+        c.steady_state().unwrap();
+        let seen = lock.take_requests();
+        let auth: Vec<_> = seen.iter().map(|r| r.header("authorization").map(String::from)).collect();
+        assert_eq!(auth, [Some("Bearer s3cret-1".to_string()), Some("Bearer s3cret-2".to_string())]);
+        assert!(seen.iter().all(|r| r.header("fleet-lock-protocol") == Some("true")));
+
+        let without = fleet(&lock.url(), "workers");
+        Client::new(&http, &without, "m").pre_reboot().unwrap();
+        let seen = lock.take_requests();
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].headers.iter().all(|(n, _)| !n.eq_ignore_ascii_case("authorization")), "{:?}", seen[0]);
+
+        std::fs::write(&token, "\n").unwrap();
+        let e = Client::new(&http, &with, "m").pre_reboot().unwrap_err();
+        assert_eq!(e.error_kind(), "transport");
+        assert!(
+            e.to_string().contains(&format!("fleetlock.token-file {}: the first line is empty", token.display())),
+            "{e}"
+        );
+        std::fs::remove_file(&token).unwrap();
+        let e = Client::new(&http, &with, "m").pre_reboot().unwrap_err();
+        assert!(e.to_string().contains(&format!("fleetlock.token-file {}: ", token.display())), "{e}");
+        assert!(lock.requests().is_empty(), "sent without its token");
     }
 }

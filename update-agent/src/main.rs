@@ -14,6 +14,7 @@ mod disk;
 mod esp;
 #[cfg(feature = "failpoints")]
 mod failpoints;
+mod fleet_report;
 mod fleetlock;
 mod http;
 mod pipeline;

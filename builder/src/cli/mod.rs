@@ -130,6 +130,13 @@ enum Command {
     #[command(subcommand)]
     Upload(upload::UploadCommand),
     /// Run and inspect a fleet: the FleetLock server (reboot slots kept in etcd), the fleet view.
+    ///
+    /// berth fleet serve answers hosts that update with strategy = "fleetlock" (and any other
+    /// FleetLock client, such as Fedora CoreOS's Zincati) before they reboot, keeping each group's
+    /// reboot slots in etcd so several replicas serve one fleet, and takes the reports Berth hosts
+    /// send. status shows the fleet (versions, states, slot holders, rollbacks, silent hosts);
+    /// unlock frees a slot a host never gave back; slots sets a group's slots; forget drops a
+    /// decommissioned host's reports.
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
 }

@@ -375,7 +375,7 @@ fn strategy_fleetlock_reboots_only_with_the_lock_and_records_why_not() {
         }
     })
     .unwrap();
-    let f = FleetLock { url: server.url(), group: "workers".into() };
+    let f = FleetLock { url: server.url(), group: "workers".into(), token_file: None, report: false };
     let (mut agent, _d, marker) = staged_host(Strategy::FleetLock(f));
     let e = agent.maybe_reboot(NOW).unwrap_err();
     assert!(format!("{e:#}").contains("reboot lock was not given"), "{e:#}");

@@ -1,0 +1,292 @@
+//! Reports to the fleet server (docs/design.md §9, the contract in berth_release::fleet): what
+//! this host runs and what its agent is doing, built from the agent's own status, sent as
+//! `POST <[fleetlock] url>/berth/v1/report` when `[fleetlock]` is configured with `report`
+//! on (the default). The daemon reports at its start and at the end of every cycle (so a host
+//! that stops is shown as silent); the agent reports each phase an update stays in: downloading,
+//! staged, and rebooting just before it reboots.
+//!
+//! Best effort: one attempt with a short deadline, a failure is one log line, and nothing the
+//! agent does waits for or depends on the answer.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use berth_release::Timestamp;
+use berth_release::config::{FleetLock, UpdateConfig};
+use berth_release::fleet::{self, ClientParams, ErrorDoc, HostReport, ReportRequest};
+use berth_update::report::Status;
+
+use crate::agent::Agent;
+
+/// The whole of one report's request, answer included: a fleet server that does not answer
+/// within this costs the agent no more.
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most characters of an error a report carries, so that a long error chain cannot push the
+/// report over what a server takes (berth_release::fleet::MAX_REPORT).
+pub const MAX_ERROR_CHARS: usize = 2000;
+
+/// `s`, cut to [`MAX_ERROR_CHARS`] characters (marked with `…`).
+fn cut(s: &str) -> String {
+    match s.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// The report of a host named `hostname` whose agent shows `status`, sent at `sent`.
+pub fn build(status: &Status, config: &UpdateConfig, hostname: &str, sent: Timestamp) -> HostReport {
+    let running = &status.running;
+    // The newest ones: the server keeps at most this many.
+    let skip = status.rolled_back.len().saturating_sub(fleet::MAX_ROLLED_BACK);
+    HostReport {
+        schema: fleet::REPORT_SCHEMA,
+        hostname: hostname.to_string(),
+        version: running.version.clone().unwrap_or_default(),
+        slot: running.slot.name().to_string(),
+        state: status.state.name().to_string(),
+        staged: status.staged.as_ref().map(|s| s.version.clone()),
+        available: status.available.clone(),
+        last_check: status.last_check,
+        last_error: status.last_error.as_deref().map(cut),
+        rolled_back: status.rolled_back[skip..]
+            .iter()
+            .map(|r| fleet::RolledBack {
+                version: r.version.clone(),
+                slot: r.slot.name().to_string(),
+                at: r.at,
+                manual: r.manual,
+            })
+            .collect(),
+        fleetlock: status.fleetlock.as_ref().map(|f| ErrorDoc { kind: f.kind.clone(), value: cut(&f.message) }),
+        interval_seconds: config.interval.as_secs(),
+        jitter_seconds: config.jitter.as_secs(),
+        sent,
+    }
+}
+
+/// This host's name (the kernel's), or its id's form when it has none.
+pub fn hostname() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() { "(none)".to_string() } else { name.to_string() }
+}
+
+/// The server reports go to, when the configuration asks for reports.
+fn server(config: &UpdateConfig) -> Option<&FleetLock> {
+    config.fleet.as_ref().filter(|f| f.report)
+}
+
+/// The request `agent` sends now, when it reports at all.
+pub fn request(agent: &Agent) -> Option<ReportRequest> {
+    let server = server(&agent.config)?;
+    let status = crate::status::status(agent, None);
+    Some(ReportRequest {
+        client_params: ClientParams { id: fleet::node_id(&agent.machine_id), group: server.group.clone() },
+        report: build(&status, &agent.config, &hostname(), Timestamp::now()),
+    })
+}
+
+/// Sends `agent`'s report, if it reports; a failure is printed (one line) and otherwise ignored.
+pub fn send(agent: &Agent) {
+    let (Some(server), Some(request)) = (server(&agent.config), request(agent)) else { return };
+    if let Err(why) = post(server, &request) {
+        println!("fleet report: {why} (not retried until the next report; updates go on)");
+    }
+}
+
+/// One `POST` of `request` to `server`'s report path.
+fn post(server: &FleetLock, request: &ReportRequest) -> Result<(), String> {
+    static CLIENT: OnceLock<berth_http::Client> = OnceLock::new();
+    let url = format!("{}{}", server.url, fleet::REPORT_PATH);
+    let body = serde_json::to_vec(request).map_err(|e| format!("POST {url}: {e}"))?;
+    if body.len() > fleet::MAX_REPORT {
+        return Err(format!(
+            "POST {url}: the report is {} bytes, more than a server takes ({})",
+            body.len(),
+            fleet::MAX_REPORT
+        ));
+    }
+    let headers = crate::fleetlock::headers(server).map_err(|e| format!("POST {url}: {e}"))?;
+    let client =
+        CLIENT.get_or_init(|| berth_http::Client::builder(concat!("berth-update/", env!("CARGO_PKG_VERSION"))).build());
+    let mut call = client
+        .call("POST", &url)
+        .header("content-type", "application/json")
+        .body(body)
+        .timeout(REPORT_TIMEOUT)
+        .limit(64 << 10);
+    for (name, value) in &headers {
+        call = call.header(name, value);
+    }
+    let reply = call.send().map_err(|e| format!("POST {url}: {e}"))?;
+    if reply.is_success() {
+        return Ok(());
+    }
+    let why = match serde_json::from_slice::<ErrorDoc>(&reply.body) {
+        Ok(doc) => format!("{}: {}", doc.kind, doc.value),
+        Err(_) => reply.text().trim().chars().take(200).collect(),
+    };
+    Err(format!("POST {url}: {}: {why}", reply.status))
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_slot::Slot;
+    use berth_testkit::{Response, Server};
+    use berth_update::report::{FleetLockRefusal, Phase, RolledBack, SlotStatus, Staged};
+
+    use super::*;
+
+    fn slot(slot: Slot, version: Option<&str>) -> SlotStatus {
+        SlotStatus {
+            slot,
+            label: slot.label().into(),
+            device: "/dev/vda3".into(),
+            version: version.map(String::from),
+            priority: Some(2),
+            tries: Some(0),
+            successful: Some(true),
+        }
+    }
+
+    fn status() -> Status {
+        Status {
+            state: Phase::Staged,
+            running: slot(Slot::B, Some("1.1.0")),
+            other: slot(Slot::A, Some("1.2.0")),
+            channel: Some("http://h/channels/stable.json".into()),
+            strategy: "fleetlock".into(),
+            last_check: Timestamp::parse("2026-12-07T16:30:00Z"),
+            last_error: Some("fleetlock: held".into()),
+            available: Some("1.2.0".into()),
+            staged: Some(Staged { slot: Slot::A, version: "1.2.0".into(), at: Timestamp(0) }),
+            rolled_back: (0..20)
+                .map(|i| RolledBack { version: format!("1.0.{i}"), slot: Slot::A, at: Timestamp(i), manual: i == 19 })
+                .collect(),
+            busy: None,
+            sequence: Some(7),
+            download: None,
+            paused: None,
+            last_staging: None,
+            gpt_error: None,
+            fleetlock: Some(FleetLockRefusal {
+                kind: "failed_lock".into(),
+                status: Some(409),
+                message: "POST x: 409: failed_lock: held".into(),
+            }),
+        }
+    }
+
+    /// Every field of the report comes from the status and the configuration; at most the 16
+    /// newest rollbacks go.
+    #[test]
+    fn the_report_says_what_the_status_says() {
+        let config = UpdateConfig {
+            interval: Duration::from_secs(3600),
+            jitter: Duration::from_secs(600),
+            ..UpdateConfig::default()
+        };
+        let r = build(&status(), &config, "node-2", Timestamp::parse("2026-12-07T16:30:01Z").unwrap());
+        let json = serde_json::to_value(&r).unwrap();
+        let rolled: Vec<_> = (4..20)
+            .map(|i| {
+                let mut v = serde_json::json!({"version": format!("1.0.{i}"), "slot": "a",
+                    "at": Timestamp(i).to_string()});
+                if i == 19 {
+                    v["manual"] = true.into();
+                }
+                v
+            })
+            .collect();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "schema": 1, "hostname": "node-2", "version": "1.1.0", "slot": "b", "state": "staged",
+                "staged": "1.2.0", "available": "1.2.0", "last_check": "2026-12-07T16:30:00Z",
+                "last_error": "fleetlock: held", "rolled_back": rolled,
+                "fleetlock": {"kind": "failed_lock", "value": "POST x: 409: failed_lock: held"},
+                "interval_seconds": 3600, "jitter_seconds": 600, "sent": "2026-12-07T16:30:01Z"
+            })
+        );
+    }
+
+    /// The longest errors and 16 rollbacks still make a report a server takes.
+    #[test]
+    fn long_errors_are_cut_so_the_report_fits() {
+        let mut st = status();
+        st.last_error = Some("é".repeat(20_000));
+        st.fleetlock.as_mut().unwrap().message = "x".repeat(20_000);
+        for r in &mut st.rolled_back {
+            r.version = "9".repeat(64);
+        }
+        let r = build(&st, &UpdateConfig::default(), &"h".repeat(64), Timestamp(0));
+        let e = r.last_error.clone().unwrap();
+        assert_eq!(e.chars().count(), MAX_ERROR_CHARS + 1);
+        assert!(e.ends_with("é…"), "cut at a character");
+        let request =
+            ReportRequest { client_params: ClientParams { id: "x".repeat(128), group: "g".repeat(64) }, report: r };
+        let size = serde_json::to_vec(&request).unwrap().len();
+        assert!(size <= fleet::MAX_REPORT, "{size} bytes");
+    }
+
+    fn fleet(url: &str, token_file: Option<std::path::PathBuf>) -> FleetLock {
+        FleetLock { url: url.into(), group: "workers".into(), token_file, report: true }
+    }
+
+    /// The server receives the contract's request, with the protocol header and the bearer
+    /// token; without a token file there is no Authorization header.
+    #[test]
+    fn the_server_receives_the_contract_s_request_with_the_token() {
+        let server = Server::start(|_| Response::status(200).into()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0ken\n").unwrap();
+        let request = ReportRequest {
+            client_params: ClientParams { id: fleet::node_id("m"), group: "workers".into() },
+            report: build(&status(), &UpdateConfig::default(), "node-2", Timestamp(1_796_000_000)),
+        };
+        post(&fleet(&server.url(), Some(token)), &request).unwrap();
+        post(&fleet(&server.url(), None), &request).unwrap();
+        let seen = server.requests();
+        assert_eq!(seen.len(), 2);
+        for r in &seen {
+            assert_eq!((r.method.as_str(), r.path()), ("POST", "/berth/v1/report"));
+            assert_eq!(r.header("fleet-lock-protocol"), Some("true"));
+            assert_eq!(r.header("content-type"), Some("application/json"));
+            let got: ReportRequest = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(got, request);
+        }
+        assert_eq!(seen[0].header("authorization"), Some("Bearer t0ken"));
+        assert_eq!(seen[1].header("authorization"), None);
+    }
+
+    /// A server that refuses (500, with or without the error document) or is not there is an
+    /// error saying so, soon.
+    #[test]
+    fn a_failed_report_says_why() {
+        let request = ReportRequest {
+            client_params: ClientParams { id: "x".into(), group: "workers".into() },
+            report: build(&status(), &UpdateConfig::default(), "n", Timestamp(0)),
+        };
+        let s = Server::start(|r| {
+            if r.header("authorization").is_some() {
+                Response::status(500).body("boom").into()
+            } else {
+                Response::json(401, r#"{"kind":"unauthorized","value":"a bearer token is required"}"#).into()
+            }
+        })
+        .unwrap();
+        let e = post(&fleet(&s.url(), None), &request).unwrap_err();
+        assert_eq!(e, format!("POST {}/berth/v1/report: 401: unauthorized: a bearer token is required", s.url()));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t"), "t").unwrap();
+        let e = post(&fleet(&s.url(), Some(dir.path().join("t"))), &request).unwrap_err();
+        assert_eq!(e, format!("POST {}/berth/v1/report: 500: boom", s.url()));
+        let started = std::time::Instant::now();
+        let dead = format!("http://127.0.0.1:{}", berth_testkit::dead_port());
+        let e = post(&fleet(&dead, None), &request).unwrap_err();
+        assert!(e.starts_with(&format!("POST {dead}/berth/v1/report: ")), "{e}");
+        assert!(started.elapsed() < REPORT_TIMEOUT, "not retried");
+    }
+}
