@@ -20,6 +20,7 @@ pub mod keys;
 pub mod ovf;
 pub mod platform;
 pub mod publish;
+pub mod publish_s3;
 pub mod qemu;
 pub mod service_units;
 pub mod size;

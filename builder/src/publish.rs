@@ -235,6 +235,16 @@ impl PublishReport {
 
 /// Publishes (see the module documentation).
 pub fn publish(o: &PublishOptions) -> anyhow::Result<PublishReport> {
+    publish_with(o, None)
+}
+
+/// Checks that a release's artifact is where the index says, with its bytes: a repository whose
+/// releases are elsewhere than `o.repo` (`publish_s3`'s local shadow: HEAD on the bucket).
+pub(crate) type ArtifactCheck<'c> = &'c dyn Fn(&Artifact) -> anyhow::Result<()>;
+
+/// [`publish`], with the artifacts of releases already in the index checked by `remote` instead
+/// of read from `o.repo` when given.
+pub(crate) fn publish_with(o: &PublishOptions, remote: Option<ArtifactCheck<'_>>) -> anyhow::Result<PublishReport> {
     let started = Instant::now();
     let now = o.now.unwrap_or_else(Timestamp::now);
     check_name("--channel", &o.channel).map_err(|e| anyhow!("channel {:?}: {e}", o.channel))?;
@@ -355,7 +365,10 @@ pub fn publish(o: &PublishOptions) -> anyhow::Result<PublishReport> {
                     );
                 }
                 // Same bytes: the release (rollout, pulled) stays as it is; only re-signed.
-                check_files(&o.repo, existing)?;
+                match remote {
+                    Some(check) => artifacts_of(existing).into_iter().try_for_each(check)?,
+                    None => check_files(&o.repo, existing)?,
+                }
                 unchanged = true;
             }
             None => {
@@ -860,7 +873,7 @@ fn differs(a: &Release, b: &Release) -> Option<&'static str> {
     }
 }
 
-fn artifacts_of(r: &Release) -> Vec<&Artifact> {
+pub(crate) fn artifacts_of(r: &Release) -> Vec<&Artifact> {
     [&r.root.file, &r.vmlinuz, &r.initrd].into_iter().chain(r.root.frames.as_ref()).collect()
 }
 

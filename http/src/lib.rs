@@ -330,11 +330,13 @@ pub struct Call<'a> {
     url: String,
     headers: Vec<(String, String)>,
     body: Option<Vec<u8>>,
+    /// A streamed body and its length (see [`Call::body_reader`]).
+    reader: Option<(Box<dyn Read + Send + 'a>, u64)>,
     timeout: Option<Duration>,
     limit: u64,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
     /// Sends the header `name: value` too.
     #[must_use]
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -346,6 +348,15 @@ impl Call<'_> {
     #[must_use]
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = Some(body.into());
+        self
+    }
+
+    /// Streams `len` bytes from `reader` as the body (a large file, never held in memory), sent
+    /// with `Content-Length: len` (object stores refuse chunked uploads). Replaces [`Call::body`].
+    #[must_use]
+    pub fn body_reader(mut self, reader: impl Read + Send + 'a, len: u64) -> Self {
+        self.reader = Some((Box::new(reader), len));
+        self.body = None;
         self
     }
 
@@ -370,14 +381,14 @@ impl Call<'_> {
         for (name, value) in &self.headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
-        let body = self.body.unwrap_or_default();
-        let req = builder.body(body).map_err(|e| Error::Request(ureq::Error::Http(e)))?;
         let agent = &self.client.agent;
-        let req = match self.timeout {
-            Some(t) => agent.configure_request(req).timeout_global(Some(t)).build(),
-            None => req,
+        let inner = match self.reader {
+            Some((mut reader, len)) => {
+                builder = builder.header("content-length", len.to_string());
+                run(agent, builder, ureq::SendBody::from_reader(&mut *reader), self.timeout)?
+            }
+            None => run(agent, builder, self.body.unwrap_or_default(), self.timeout)?,
         };
-        let inner = agent.run(req).map_err(classify)?;
         let status = inner.status().as_u16();
         let headers = inner
             .headers()
@@ -387,6 +398,21 @@ impl Call<'_> {
         let body = Response { inner }.read_to_vec(self.limit)?;
         Ok(Reply { status, headers, body })
     }
+}
+
+/// Sends one request of `builder` with `body` (a [`Call`]'s, in memory or streamed).
+fn run(
+    agent: &ureq::Agent,
+    builder: ureq::http::request::Builder,
+    body: impl ureq::AsSendBody,
+    timeout: Option<Duration>,
+) -> Result<ureq::http::Response<ureq::Body>, Error> {
+    let req = builder.body(body).map_err(|e| Error::Request(ureq::Error::Http(e)))?;
+    let req = match timeout {
+        Some(t) => agent.configure_request(req).timeout_global(Some(t)).build(),
+        None => req,
+    };
+    agent.run(req).map_err(classify)
 }
 
 /// A whole answer to a [`Call`].
@@ -551,6 +577,7 @@ impl Client {
             url: self.resolve(url),
             headers: Vec::new(),
             body: None,
+            reader: None,
             timeout: None,
             limit: 16 << 20,
         }
@@ -699,6 +726,21 @@ mod tests {
         let seen = server.requests();
         assert_eq!((seen[0].method.as_str(), seen[0].body.len()), ("PUT", 0));
         assert_eq!(seen[1].header("content-type"), Some("text/xml; charset=utf-8"));
+    }
+
+    #[test]
+    fn a_streamed_body_goes_out_with_its_length_not_chunked() {
+        let server = Server::start(|r| Answer::ok(r.body.clone()).into()).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let r = client(1)
+            .call("PUT", &format!("{}/object", server.url()))
+            .body_reader(std::io::Cursor::new(data.clone()), data.len() as u64)
+            .send()
+            .unwrap();
+        assert_eq!((r.status, r.body == data), (200, true));
+        let seen = server.requests();
+        assert_eq!(seen[0].header("content-length"), Some("300000"));
+        assert_eq!(seen[0].header("transfer-encoding"), None);
     }
 
     /// Set in the child process [`no_proxy_ignores_the_environment_s_proxy`] starts.

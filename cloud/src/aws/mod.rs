@@ -20,6 +20,7 @@
 pub mod credentials;
 pub mod ebs;
 pub mod ec2;
+pub mod s3;
 pub mod sigv4;
 pub mod xml;
 

@@ -25,6 +25,9 @@ pub enum Payload<'a> {
     /// PutSnapshotBlock: the body is not signed ("UNSIGNED-PAYLOAD"); EBS checks the block
     /// with its own SHA-256 checksum header instead.
     Unsigned,
+    /// A body whose SHA-256 (hex) is known already (S3 PutObject of a file hashed when it was
+    /// written): signed as `Bytes` would sign it, without reading it again.
+    Sha256Hex(&'a str),
 }
 
 /// Signs requests with one set of credentials for one region and service.
@@ -96,6 +99,7 @@ impl Signer<'_> {
         let payload_hash = match payload {
             Payload::Bytes(b) => hex(&Sha256::digest(b)),
             Payload::Unsigned => "UNSIGNED-PAYLOAD".to_string(),
+            Payload::Sha256Hex(h) => h.to_ascii_lowercase(),
         };
 
         // The signer owns these; a caller's copy would be sent twice or disagree.
