@@ -413,3 +413,51 @@ fn publishing_the_same_disk_again_puts_only_the_index_pair() {
     let index = accepted(&format!("{}/{BUCKET}/again", moto.url), &public);
     assert_eq!((index.sequence, index.releases.len()), (2, 1));
 }
+
+#[test]
+fn help_names_every_credential_source_and_the_s3_flags_need_an_s3_repo() {
+    let out = Command::new(BERTH).args(["publish", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "s3://BUCKET/PREFIX",
+        "--endpoint",
+        "--region",
+        "--profile",
+        "--acl",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "If-Match",
+        "s3:ListBucket",
+    ] {
+        assert!(help.contains(word), "`berth publish --help` does not name {word}:\n{help}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BERTH)
+        .args(["publish", "--repo"])
+        .arg(dir.path())
+        .args(["--endpoint", "http://127.0.0.1:1", "--key", "k.key"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--endpoint applies to an s3://BUCKET/PREFIX repository"), "{err}");
+    // No region anywhere: one line saying where to give it, naming the credentials' source.
+    let out = Command::new(BERTH)
+        .args(["publish", "--repo", "s3://some-bucket/x", "--endpoint", "http://127.0.0.1:1", "--key", "k.key"])
+        .env("HOME", dir.path())
+        .env("AWS_ACCESS_KEY_ID", "AKID")
+        .env("AWS_SECRET_ACCESS_KEY", "s")
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no region: give --region"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
