@@ -191,7 +191,7 @@ impl<'a> S3<'a> {
                 Body::Bytes(b) => c.body(b.to_vec()),
                 Body::File { path, len, .. } => match File::open(path) {
                     // A retry starts the bar again: what it shows is this attempt's.
-                    Ok(f) => c.body_reader(Counted { inner: f.take(*len), progress, sent: 0 }, *len),
+                    Ok(f) => c.body_reader(Counted { inner: f.take(*len), progress }, *len),
                     // Vanished since the check above: an empty read makes the store refuse the
                     // short body, and the error names the file below.
                     Err(_) => c.body_reader(std::io::empty(), *len),
@@ -312,13 +312,11 @@ fn said(reply: &Reply) -> Said {
 struct Counted<'p, R> {
     inner: R,
     progress: &'p dyn Progress,
-    sent: u64,
 }
 
 impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.sent += n as u64;
         self.progress.advance(n as u64);
         Ok(n)
     }
