@@ -347,4 +347,32 @@ mod tests {
             assert!(S3::new(&client, None, "r", bad, &c, &crate::Silent).is_err(), "{bad}");
         }
     }
+    /// What moto does not do: S3's 409 `ConditionalRequestConflict` (asked again) and a 403
+    /// `AccessDenied` (refused credentials, named; never "absent").
+    #[test]
+    fn a_conflict_is_asked_again_and_a_403_names_the_credentials() {
+        use berth_testkit::{Response as Answer, Server};
+        let conflict =
+            b"<Error><Code>ConditionalRequestConflict</Code><Message>A conflicting operation</Message></Error>";
+        let denied = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+        let server = Server::start(move |r| match (r.method.as_str(), r.path()) {
+            ("PUT", "/b-1/k") if r.index == 0 => Answer::status(409).body(&conflict[..]).into(),
+            ("PUT", "/b-1/k") => Answer::ok("").header("ETag", "\"e2\"").into(),
+            _ => Answer::status(403).body(&denied[..]).into(),
+        })
+        .unwrap();
+        let client = berth_http::Client::builder("t").build();
+        let c = creds();
+        let s3 = S3::new(&client, Some(&server.url()), "us-east-1", "b-1", &c, &crate::Silent).unwrap();
+        let put = s3.put("k", Body::Bytes(b"x"), &Condition::Absent, &PutHeaders::default()).unwrap();
+        assert_eq!(put, Put::Written { etag: "\"e2\"".into() });
+        let seen = server.requests();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].header("if-none-match"), Some("*"));
+        assert_eq!(seen[1].header(SHA256_META), Some(hex(&Sha256::digest(b"x")).as_str()));
+        let signed = seen[1].header("authorization").unwrap();
+        assert!(signed.contains("if-none-match") && signed.contains("x-amz-meta-sha256"), "{signed}");
+        let e = s3.get("missing", 100).unwrap_err().to_string();
+        assert_eq!(e, "credentials from test: AccessDenied: Access Denied");
+    }
 }
