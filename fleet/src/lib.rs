@@ -16,14 +16,14 @@
 
 #![warn(missing_docs)]
 
-mod http1;
 pub mod etcd;
 pub mod history;
+mod http1;
 pub mod memory;
 pub mod semaphore;
+pub mod server;
 pub mod status;
 pub mod store;
-pub mod server;
 
 use berth_release::fleet::{ClientParams, HostReport};
 use berth_release::time::Timestamp;
