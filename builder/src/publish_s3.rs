@@ -18,6 +18,9 @@
 //!    there first makes it 412: the old `.sig` is put back and the error says "run again";
 //! 4. `channels/C.json.sig` with the new signatures alone.
 //!
+//! A PUT of steps 2–4 that S3 carried out but whose answer was lost is retried and comes back
+//! 412; the key is then read, and holding this run's bytes it counts as written.
+//!
 //! Re-publishing the same bytes uploads only the index pair (steps 2–4).
 
 use std::path::Path;
@@ -244,14 +247,23 @@ pub fn publish_s3_with(
         Some(r) => Condition::Matches(r.etag.clone()),
         None => Condition::Absent,
     };
+    // A PUT that went through but whose answer was lost is sent again and then fails its own
+    // precondition (412): the key holding exactly what this run wrote is this run's write, its
+    // ETag read back. Bytes are compared, not ETags (an ETag is not the MD5 under SSE-KMS).
+    let ours = |key: &str, bytes: &[u8]| -> anyhow::Result<Option<String>> {
+        Ok(s3.get(key, SMALL)?.filter(|o| o.body == bytes).map(|o| o.etag))
+    };
     let both_etag = match s3.put(&sig_key, Body::Bytes(&both), &sig_condition, &channel_headers)? {
         Put::Written { etag } => etag,
-        Put::PreconditionFailed => bail!(
-            "another publish is writing channel {} ({} changed since this one read it); the channel is as it was: \
-             run again",
-            o.channel,
-            repo.url(&sig_rel)
-        ),
+        Put::PreconditionFailed => match ours(&sig_key, &both)? {
+            Some(etag) => etag,
+            None => bail!(
+                "another publish is writing channel {} ({} changed since this one read it); the channel is as it \
+                 was: run again",
+                o.channel,
+                repo.url(&sig_rel)
+            ),
+        },
     };
     uploaded.push((sig_key.clone(), both.len() as u64));
 
@@ -264,6 +276,9 @@ pub fn publish_s3_with(
     };
     match s3.put(&index_key, Body::Bytes(&new_index), &index_condition, &channel_headers)? {
         Put::Written { .. } => uploaded.push((index_key, new_index.len() as u64)),
+        Put::PreconditionFailed if ours(&index_key, &new_index)?.is_some() => {
+            uploaded.push((index_key, new_index.len() as u64))
+        }
         Put::PreconditionFailed => {
             // Put the old .sig back, unless someone has replaced ours meanwhile.
             let restored = match &old_sig {
@@ -286,6 +301,9 @@ pub fn publish_s3_with(
     if both != new_sig {
         match s3.put(&sig_key, Body::Bytes(&new_sig), &Condition::Matches(both_etag), &channel_headers)? {
             Put::Written { .. } => uploaded.push((sig_key, new_sig.len() as u64)),
+            Put::PreconditionFailed if ours(&sig_key, &new_sig)?.is_some() => {
+                uploaded.push((sig_key, new_sig.len() as u64))
+            }
             // A later publish has written its own (new and old) signatures over ours: they verify
             // this index too.
             Put::PreconditionFailed => {

@@ -9,7 +9,11 @@
 //!   sees a pair that does not verify nor an artifact missing;
 //! - two publishes racing for one channel: one wins, the other is refused ("run again"), and the
 //!   channel is the winner's, its pair valid;
-//! - publishing the same disk again PUTs only the index and its `.sig` (moto's request recorder).
+//! - publishing the same disk again PUTs only the index and its `.sig` (moto's request recorder);
+//! - a PUT of the index or its `.sig` that moto carried out but whose answer was lost (a proxy
+//!   in front of moto answers 500 after forwarding it) is retried, comes back 412, and is taken
+//!   as written because the key holds this run's bytes: the publish succeeds and the channel
+//!   verifies (moto cannot lose an answer; the proxy is the one fake part).
 
 mod common;
 #[path = "../../cloud/tests/support/mod.rs"]
@@ -460,4 +464,96 @@ fn help_names_every_credential_source_and_the_s3_flags_need_an_s3_repo() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no region: give --region"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+/// A proxy to moto on 127.0.0.1 that forwards every request and passes the answer on, except
+/// that the first PUT of each distinct body to a `channels/` key is carried out by moto and then
+/// answered 500, as if the answer were lost: the client's retry meets its own write. Returns the
+/// server and the keys whose answers it lost.
+fn lossy_proxy(moto: &str) -> (berth_testkit::Server, Arc<Mutex<Vec<String>>>) {
+    use berth_testkit::{Response as Answer, Server};
+    let lost = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::new(Mutex::new(std::collections::HashSet::<(String, String)>::new()));
+    let (moto, lost2) = (moto.to_string(), lost.clone());
+    let server = Server::start(move |r| {
+        let http = berth_cloud::api::client();
+        let mut call = http.call(&r.method, &format!("{moto}{}", r.target)).limit(64 << 20);
+        for (n, v) in &r.headers {
+            if !["host", "content-length", "connection", "transfer-encoding"].contains(&n.to_ascii_lowercase().as_str())
+            {
+                call = call.header(n, v);
+            }
+        }
+        if r.method == "PUT" {
+            call = call.body(r.body.clone());
+        }
+        let reply = call.send().unwrap();
+        let sha = r.header("x-amz-meta-sha256").unwrap_or_default().to_string();
+        if r.method == "PUT" && r.path().contains("/channels/") && seen.lock().unwrap().insert((r.path().into(), sha)) {
+            assert!(reply.is_success(), "moto refused {}: {}", r.path(), reply.text());
+            lost2.lock().unwrap().push(r.path().to_string());
+            return Answer::status(500).body("<Error><Code>InternalError</Code></Error>").into();
+        }
+        let mut a = Answer::status(reply.status).body(reply.body.clone());
+        for h in ["etag", "x-amz-meta-sha256", "cache-control", "content-type"] {
+            if let Some(v) = reply.header(h) {
+                a = a.header(h, v);
+            }
+        }
+        if r.method == "HEAD"
+            && let Some(len) = reply.header("content-length").and_then(|l| l.parse().ok())
+        {
+            a = a.announce(len);
+        }
+        a.into()
+    })
+    .unwrap();
+    (server, lost)
+}
+
+#[test]
+fn a_put_whose_answer_was_lost_counts_as_written_when_the_key_holds_its_bytes() {
+    let moto = moto_with_bucket(&[]);
+    let (proxy, lost) = lossy_proxy(&moto.url);
+    let dir = tempfile::tempdir().unwrap();
+    let (k, public) = key(dir.path(), "release");
+    let one = small_disk(&dir.path().join("in1"), "host", "1.0.0", 11);
+    let two = small_disk(&dir.path().join("in2"), "host", "1.1.0", 22);
+    let mut t = target(&moto, "lossy");
+    t.endpoint = Some(proxy.url());
+    let base = format!("{}/{BUCKET}/lossy", moto.url);
+    let none = Path::new("/nonexistent");
+
+    // A new channel: the .sig and the index are written If-None-Match: *, each answer lost.
+    let first = publish_s3(&options(none, &one, &k, NOW), &t, &env, &Silent).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(accepted(&base, &public).sequence, 1);
+    assert_eq!(
+        *lost.lock().unwrap(),
+        ["/berth-releases/lossy/channels/stable.json.sig", "/berth-releases/lossy/channels/stable.json"]
+    );
+    assert_eq!(first.uploaded.len(), 6, "{first:?}");
+
+    // An existing channel: steps 2, 3 and 4 (If-Match) each lose their answer once.
+    lost.lock().unwrap().clear();
+    let second = publish_s3(&options(none, &two, &k, Timestamp(NOW.0 + 60)), &t, &env, &Silent)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        *lost.lock().unwrap(),
+        [
+            "/berth-releases/lossy/channels/stable.json.sig",
+            "/berth-releases/lossy/channels/stable.json",
+            "/berth-releases/lossy/channels/stable.json.sig"
+        ]
+    );
+    let order: Vec<&str> = second.uploaded.iter().rev().take(3).map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        order,
+        ["lossy/channels/stable.json.sig", "lossy/channels/stable.json", "lossy/channels/stable.json.sig"]
+    );
+    let index = accepted(&base, &public);
+    assert_eq!((index.sequence, index.releases.len()), (2, 2));
+    // The .sig holds the new signatures alone (step 4 was taken as done, not skipped).
+    let sig = fetch(&format!("{base}/channels/stable.json.sig")).unwrap();
+    let sigs: berth_release::Signatures = serde_json::from_slice(&sig).unwrap();
+    assert_eq!(sigs.signatures.len(), 1, "{}", String::from_utf8_lossy(&sig));
 }

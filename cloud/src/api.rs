@@ -18,6 +18,12 @@ pub const RETRY: Retry = Retry::new().attempts(8).backoff(Duration::from_secs(1)
 /// How long one call may take, body included (a 4 MiB page on a slow link included).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long one call carrying `len` body bytes may take: [`CALL_TIMEOUT`] plus a second per
+/// 64 KiB (so a 300 MB file has over an hour on a link as slow as 64 KiB/s), as GCS's chunks have.
+pub fn timeout_for(len: u64) -> Duration {
+    CALL_TIMEOUT + Duration::from_secs(len / (64 << 10))
+}
+
 /// The client `berth upload` uses: `berth/VERSION`, [`RETRY`], the environment's proxy.
 pub fn client() -> Client {
     Client::builder(concat!("berth/", env!("CARGO_PKG_VERSION"))).retry(RETRY).build()
@@ -26,7 +32,7 @@ pub fn client() -> Client {
 /// Sends the request `make` builds (anew for each attempt, so that a signature and its date are
 /// fresh) by `client`'s retry policy. Returns the first answer that is not worth retrying, success
 /// or not; [`Error::GaveUp`] when every attempt failed, [`Error::Request`] when the request
-/// cannot be made. Each retry is told to `progress`.
+/// cannot be made. Each retry is told to `progress`. Each attempt may take [`CALL_TIMEOUT`].
 pub fn send<'c>(
     client: &'c Client,
     call: &str,
@@ -34,11 +40,23 @@ pub fn send<'c>(
     progress: &dyn Progress,
     make: impl Fn() -> Call<'c>,
 ) -> Result<Reply, Error> {
+    send_timed(client, call, url, progress, CALL_TIMEOUT, make)
+}
+
+/// [`send`], each attempt given `timeout` (a large body's: [`timeout_for`]).
+pub fn send_timed<'c>(
+    client: &'c Client,
+    call: &str,
+    url: &str,
+    progress: &dyn Progress,
+    timeout: Duration,
+    make: impl Fn() -> Call<'c>,
+) -> Result<Reply, Error> {
     let retry = client.retry();
     // What the cloud said with its last retryable status, for the error when all attempts fail.
     let mut said = String::new();
     let outcome = retry.run(
-        |_| match make().timeout(CALL_TIMEOUT).send() {
+        |_| match make().timeout(timeout).send() {
             Ok(reply) if retryable_status(reply.status) => {
                 said = one_line(&reply.text(), 200);
                 Attempt::Retry(berth_http::Error::Status(reply.status))
@@ -79,5 +97,42 @@ pub fn one_line(text: &str, max: usize) -> String {
     match line.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &line[..i]),
         None => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_body_gets_time_for_its_size() {
+        assert_eq!(timeout_for(0), CALL_TIMEOUT);
+        assert_eq!(timeout_for(64 << 10), CALL_TIMEOUT + Duration::from_secs(1));
+        // 300 MB: over an hour and a quarter besides the 120 s.
+        assert_eq!(timeout_for(300_000_000), CALL_TIMEOUT + Duration::from_secs(4577));
+    }
+
+    /// The timeout given is each attempt's: an answer slower than it is no answer, a longer one
+    /// waits for it.
+    #[test]
+    fn each_attempt_has_the_timeout_given() {
+        use berth_testkit::{Reply as Answer, Server};
+        let server = Server::start(|_| {
+            Answer::stream(|s| {
+                std::thread::sleep(Duration::from_millis(1500));
+                let _ = std::io::Write::write_all(
+                    s,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            })
+        })
+        .unwrap();
+        let client = Client::builder("t").retry(Retry::new().attempts(1)).build();
+        let url = server.url();
+        let short =
+            send_timed(&client, "c", &url, &crate::Silent, Duration::from_millis(300), || client.call("GET", &url));
+        assert!(short.is_err(), "{short:?}");
+        let long = send_timed(&client, "c", &url, &crate::Silent, Duration::from_secs(10), || client.call("GET", &url));
+        assert_eq!(long.unwrap().body, b"ok");
     }
 }

@@ -180,7 +180,12 @@ impl<'a> S3<'a> {
             self.aws.progress.start(&format!("uploading {key}"), *len);
         }
         let progress = self.aws.progress;
-        let reply = crate::api::send(self.aws.client, call, &url, progress, || {
+        // A streamed file gets time for its size, not the 120 s of a small call.
+        let timeout = match body {
+            Body::Bytes(b) => crate::api::timeout_for(b.len() as u64),
+            Body::File { len, .. } => crate::api::timeout_for(*len),
+        };
+        let reply = crate::api::send_timed(self.aws.client, call, &url, progress, timeout, || {
             // An error document is read whole, however small the object asked for.
             let mut c = self.aws.client.call(method, &url).limit(limit.max(64 << 10));
             for (n, v) in headers.iter().chain(sign().unwrap_or_default().iter()) {
