@@ -222,29 +222,39 @@ impl Repo {
 
     /// `berth publish … --key KEY` (with a key set in the repository, its signing keys sign).
     pub fn publish_signed(&self, image: &Path, key: &Path) {
-        self.publish_as(image, None, key);
+        self.publish_as(Some(image), None, key);
     }
 
     fn publish_with(&self, image: &Path, expires: Option<Duration>) {
         let (key, _) = signing_key();
-        self.publish_as(image, expires, key);
+        self.publish_as(Some(image), expires, key);
     }
 
-    fn publish_as(&self, image: &Path, expires: Option<Duration>, key: &Path) {
+    /// `berth publish --repo DIR --channel stable --key KEY [--expires EXPIRES]` without an
+    /// image: the index refreshed, a new sequence and expiry over the same releases, signed by
+    /// `key` (the test binary's key when `None`). What re-publishing the same image gives the
+    /// hosts, without compressing its root again.
+    pub fn refresh(&self, key: Option<&Path>, expires: Option<&str>) {
+        let (own, _) = signing_key();
+        let expires = expires.map(|e| berth_release::time::parse_duration(e).expect("a duration"));
+        self.publish_as(None, expires, key.unwrap_or(own));
+    }
+
+    fn publish_as(&self, image: Option<&Path>, expires: Option<Duration>, key: &Path) {
         let started = Instant::now();
         let mut options = berth_builder::publish::PublishOptions {
             repo: self.dir.path().to_path_buf(),
             channel: CHANNEL.to_string(),
-            image: Some(image.to_path_buf()),
+            image: image.map(Path::to_path_buf),
             keys: vec![key.to_path_buf()],
             ..berth_builder::publish::PublishOptions::default()
         };
         if let Some(e) = expires {
             options.expires = e;
         }
-        berth_builder::publish::publish(&options)
-            .unwrap_or_else(|e| panic!("berth publish {}: {e:#}", image.display()));
-        eprintln!("published {} in {:.1} s", image.display(), started.elapsed().as_secs_f64());
+        let what = image.map_or("(the index refreshed)".into(), |i| i.display().to_string());
+        berth_builder::publish::publish(&options).unwrap_or_else(|e| panic!("berth publish {what}: {e:#}"));
+        eprintln!("published {what} in {:.1} s", started.elapsed().as_secs_f64());
     }
 
     /// `berth keys sign --root-key <the images' key> --signing-key …`: the next key set, whose
