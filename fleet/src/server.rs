@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use berth_release::artifact::Sha256;
 use berth_release::fleet::{
     ClientParams, ErrorDoc, LockRequest, MAX_REPORT, PRE_REBOOT_PATH, PROTOCOL_HEADER, REPORT_PATH, ReportRequest,
-    STEADY_STATE_PATH, check_group, check_id, kind,
+    STEADY_STATE_PATH, check_group, check_id, check_report, kind, printable,
 };
 use berth_release::time::Timestamp;
 
@@ -578,12 +578,21 @@ impl Ctx {
         if let Err(why) = check_id(&who.id).and_then(|()| check_group(&who.group)) {
             return Answer { response: invalid(why), who: Some(who) };
         }
-        let size = serde_json::to_vec(&request.report).map_or(usize::MAX, |v| v.len());
+        // What `berth fleet status` prints: nothing that reaches a terminal as an escape or a line.
+        if let Err(why) = check_report(&request.report) {
+            return Answer { response: invalid(why), who: Some(who) };
+        }
+        let mut report = request.report;
+        report.last_error = report.last_error.as_deref().map(printable);
+        if let Some(f) = &mut report.fleetlock {
+            f.value = printable(&f.value);
+        }
+        let size = serde_json::to_vec(&report).map_or(usize::MAX, |v| v.len());
         if size > MAX_REPORT {
             let why = format!("a report of {size} bytes (at most {MAX_REPORT})");
             return Answer { response: error(413, kind::REQUEST_TOO_LARGE, why), who: Some(who) };
         }
-        let response = match self.store.report(&who, &request.report, Timestamp::now()) {
+        let response = match self.store.report(&who, &report, Timestamp::now()) {
             Ok(rev) => revision(200, rev),
             Err(e) => store_error(&e),
         };

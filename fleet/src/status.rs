@@ -210,7 +210,82 @@ impl FleetStatus {
     /// ROLLED BACK
     /// node-3 (c3d4…) 1.2.0 in slot b at 2026-12-07T16:30:00Z, running 1.1.0
     /// ```
+    ///
+    /// Control characters a host put in its report (an old server's store may hold some) are
+    /// shown escaped (`\u{1b}`, `\n`): they can neither drive the terminal nor forge a line.
     pub fn human(&self) -> String {
+        self.escaped().render()
+    }
+
+    /// This view with every control character of its text escaped.
+    fn escaped(&self) -> FleetStatus {
+        let opt = |s: &Option<String>| s.as_deref().map(shown);
+        FleetStatus {
+            revision: self.revision,
+            at: self.at,
+            groups: self
+                .groups
+                .iter()
+                .map(|g| GroupStatus {
+                    group: shown(&g.group),
+                    total_slots: g.total_slots,
+                    holders: g
+                        .holders
+                        .iter()
+                        .map(|h| HolderStatus {
+                            id: shown(&h.id),
+                            hostname: opt(&h.hostname),
+                            since: h.since,
+                            version: opt(&h.version),
+                            state: opt(&h.state),
+                            silent: h.silent,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            versions: self
+                .versions
+                .iter()
+                .map(|(v, states)| (shown(v), states.iter().map(|(s, n)| (shown(s), *n)).collect()))
+                .collect(),
+            hosts: self
+                .hosts
+                .iter()
+                .map(|h| HostStatus {
+                    id: shown(&h.id),
+                    group: shown(&h.group),
+                    hostname: shown(&h.hostname),
+                    version: shown(&h.version),
+                    slot: shown(&h.slot),
+                    state: shown(&h.state),
+                    staged: opt(&h.staged),
+                    available: opt(&h.available),
+                    last_error: opt(&h.last_error),
+                    fleetlock: h.fleetlock.as_ref().map(|f| ErrorDoc { kind: shown(&f.kind), value: shown(&f.value) }),
+                    rolled_back: h
+                        .rolled_back
+                        .iter()
+                        .map(|r| RolledBack { version: shown(&r.version), slot: shown(&r.slot), ..r.clone() })
+                        .collect(),
+                    ..h.clone()
+                })
+                .collect(),
+            rolled_back: self
+                .rolled_back
+                .iter()
+                .map(|r| RollbackStatus {
+                    id: shown(&r.id),
+                    hostname: shown(&r.hostname),
+                    version: shown(&r.version),
+                    slot: shown(&r.slot),
+                    running: shown(&r.running),
+                    ..r.clone()
+                })
+                .collect(),
+        }
+    }
+
+    fn render(&self) -> String {
         let mut out = String::new();
         let silent = self.silent().count();
         let _ = writeln!(
@@ -298,6 +373,11 @@ impl FleetStatus {
         }
         out.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
     }
+}
+
+/// `s` with its control characters escaped (`\u{1b}`, `\n`), everything else as it is.
+fn shown(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// A version's dotted parts, numbers compared as numbers.
@@ -420,6 +500,27 @@ ROLLED BACK
 node-3 (c3d4e5f6…) 1.2.0 in slot b at 2026-12-07T16:30:01Z, running 1.1.0
 ";
         assert_eq!(text, expected, "{text}");
+    }
+
+    /// Whatever a store holds, a report cannot write an escape to the terminal nor a line of
+    /// its own.
+    #[test]
+    fn control_characters_are_printed_escaped() {
+        let at = Timestamp::parse("2026-12-07T16:25:01Z").unwrap();
+        let mut snap = snapshot();
+        snap.hosts[0].report.hostname = "node-2\u{1b}]0;owned\u{7}".into();
+        snap.hosts[1].report.rolled_back[0].version = "1.2.0\nREBOOT SLOTS".into();
+        snap.hosts[2].report.state = "idle\u{1b}[2J\r".into();
+        snap.hosts[2].report.version = "1.0.0\u{9b}".into();
+        let text = FleetStatus::new(&snap, at).human();
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert_eq!(text.matches("REBOOT SLOTS").count(), 2, "{text}");
+        assert!(text.contains("node-2\\u{1b}]0;owned\\u{7} (3f2a1b2c3d4e5f60)"), "{text}");
+        assert!(text.contains("1.2.0\\nREBOOT SLOTS in slot b"), "{text}");
+        assert!(text.contains("1.0.0\\u{9b} idle\\u{1b}[2J\\r, last report"), "{text}");
+        // --json keeps the text as stored (JSON escapes it).
+        let json = serde_json::to_string(&FleetStatus::new(&snap, at)).unwrap();
+        assert!(json.contains(r#""hostname":"node-2\u001b]0;owned\u0007""#), "{json}");
     }
 
     #[test]

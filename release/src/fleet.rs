@@ -9,7 +9,8 @@
 //!   [`HostReport`]: what the host runs and what its agent is doing, so the fleet view can show
 //!   hosts per version and state, who rolled back and who went silent;
 //! - the id a host gives (derived from its machine-id, [`node_id`]) and the checks on ids and
-//!   group names both sides apply ([`check_id`], [`check_group`]).
+//!   group names both sides apply ([`check_id`], [`check_group`]), and on a report's text
+//!   ([`check_report`], [`printable`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -169,6 +170,64 @@ pub fn check_id(id: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("id {id:?} must be 1 to 128 letters, digits, '.', '_', ':' or '-'")) }
 }
 
+/// The most bytes of a report's short fields (version, slot, state, a rolled-back version…).
+pub const MAX_FIELD: usize = 128;
+
+/// A reported hostname: 1 to 253 letters, digits, `.` or `-` (what DNS takes), so that it can
+/// neither hide a terminal escape nor pose as a line of `berth fleet status`.
+pub fn check_hostname(hostname: &str) -> Result<(), String> {
+    let ok = !hostname.is_empty()
+        && hostname.len() <= 253
+        && hostname.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("hostname {:?} must be 1 to 253 letters, digits, '.' or '-'", cut_for_message(hostname)))
+    }
+}
+
+/// What a server takes of a report's text (both sides check it): the hostname as
+/// [`check_hostname`]; version, slot, state, the staged and available versions, the FleetLock
+/// refusal's kind and each rolled-back version and slot at most [`MAX_FIELD`] bytes of printable
+/// ASCII. The free text (`last_error`, the refusal's `value`) is not checked here: the server
+/// stores it with control characters replaced ([`printable`]).
+pub fn check_report(report: &HostReport) -> Result<(), String> {
+    check_hostname(&report.hostname)?;
+    let mut fields = vec![("version", &report.version), ("slot", &report.slot), ("state", &report.state)];
+    fields.extend(report.staged.iter().map(|v| ("staged", v)));
+    fields.extend(report.available.iter().map(|v| ("available", v)));
+    fields.extend(report.fleetlock.iter().map(|f| ("fleetlock.kind", &f.kind)));
+    for r in &report.rolled_back {
+        fields.extend([("rolled_back.version", &r.version), ("rolled_back.slot", &r.slot)]);
+    }
+    for (name, value) in fields {
+        if value.len() > MAX_FIELD || !value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+            return Err(format!(
+                "{name} {:?} must be at most {MAX_FIELD} printable ASCII characters",
+                cut_for_message(value)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `text` with every control character (a terminal escape, a newline that would forge a line)
+/// replaced: tabs and line ends by a space, the others by U+FFFD.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\t' | '\n' | '\r' => ' ',
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .collect()
+}
+
+/// The start of a refused value, for the error that names it.
+fn cut_for_message(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +253,53 @@ mod tests {
         }
         check_id("node-2:a.b_c").unwrap();
         assert!(check_id("a/b").is_err() && check_id("").is_err() && check_id(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn report_text_is_checked_and_control_characters_replaced() {
+        let good = || HostReport {
+            schema: REPORT_SCHEMA,
+            hostname: "node-2.example".into(),
+            version: "1.1.0".into(),
+            slot: "b".into(),
+            state: "idle".into(),
+            staged: None,
+            available: Some("1.2.0+build.7".into()),
+            last_check: None,
+            last_error: Some("anything\u{1b}[31m goes here, replaced when stored".into()),
+            rolled_back: vec![RolledBack {
+                version: "1.0.5".into(),
+                slot: "a".into(),
+                at: Timestamp(0),
+                manual: false,
+            }],
+            fleetlock: Some(ErrorDoc { kind: "failed_lock".into(), value: "held\nREBOOT SLOTS".into() }),
+            interval_seconds: 60,
+            jitter_seconds: 0,
+            sent: Timestamp(0),
+        };
+        check_report(&good()).unwrap();
+        check_hostname(&"a".repeat(253)).unwrap();
+        for bad in ["", "a b", "node_2", "n\u{1b}]0;x\u{7}", "a\nb", "ü", &"a".repeat(254)] {
+            assert!(check_hostname(bad).is_err(), "{bad:?}");
+            assert!(check_report(&HostReport { hostname: bad.into(), ..good() }).is_err(), "{bad:?}");
+        }
+        let bad_text = ["1.0\u{1b}[2J", "idle\nSILENT", "é", &"9".repeat(129)];
+        for bad in bad_text {
+            let e = check_report(&HostReport { version: bad.into(), ..good() }).unwrap_err();
+            assert!(e.starts_with("version "), "{e}");
+            assert!(check_report(&HostReport { state: bad.into(), ..good() }).is_err());
+            assert!(check_report(&HostReport { slot: bad.into(), ..good() }).is_err());
+            assert!(check_report(&HostReport { staged: Some(bad.into()), ..good() }).is_err());
+            let mut r = good();
+            r.rolled_back[0].version = bad.into();
+            assert!(check_report(&r).is_err());
+            let mut r = good();
+            r.fleetlock.as_mut().unwrap().kind = bad.into();
+            assert!(check_report(&r).is_err());
+        }
+        check_report(&HostReport { version: String::new(), ..good() }).unwrap();
+        assert_eq!(printable("a\u{1b}[31mb\nc\td\u{9b}é"), "a\u{fffd}[31mb c d\u{fffd}é");
     }
 
     #[test]

@@ -22,15 +22,59 @@ use crate::agent::Agent;
 /// within this costs the agent no more.
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The most characters of an error a report carries, so that a long error chain cannot push the
+/// The most bytes of an error a report carries, so that a long error chain cannot push the
 /// report over what a server takes (berth_release::fleet::MAX_REPORT).
-pub const MAX_ERROR_CHARS: usize = 2000;
+pub const MAX_ERROR_BYTES: usize = 2000;
 
-/// `s`, cut to [`MAX_ERROR_CHARS`] characters (marked with `…`).
+/// `s` with its control characters replaced ([`fleet::printable`]: the server would replace them,
+/// and JSON writes each as 6 bytes), cut to at most [`MAX_ERROR_BYTES`] bytes at a character
+/// boundary (marked with `…`).
 fn cut(s: &str) -> String {
-    match s.char_indices().nth(MAX_ERROR_CHARS) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
+    let s = fleet::printable(s);
+    if s.len() <= MAX_ERROR_BYTES {
+        return s;
+    }
+    let mut end = MAX_ERROR_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// A short field as the server takes it ([`fleet::check_report`]): printable ASCII, anything
+/// else `?`, at most [`fleet::MAX_FIELD`] bytes.
+fn ascii(s: &str) -> String {
+    s.chars().map(|c| if (' '..='~').contains(&c) { c } else { '?' }).take(fleet::MAX_FIELD).collect()
+}
+
+/// `name` as a hostname the server takes ([`fleet::check_hostname`]): other characters become
+/// `-`, at most 253; `none` when empty.
+fn clean_hostname(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+        .take(253)
+        .collect();
+    if name.is_empty() { "none".to_string() } else { name }
+}
+
+/// `request` made to fit in [`fleet::MAX_REPORT`] bytes when its errors alone do not: the last
+/// error goes first, then the FleetLock refusal's message, then the oldest rollbacks, so that the
+/// host is still seen rather than refused whole (and shown silent).
+pub fn fit(request: &mut ReportRequest) {
+    let size = |r: &ReportRequest| serde_json::to_vec(r).map_or(usize::MAX, |v| v.len());
+    if size(request) <= fleet::MAX_REPORT {
+        return;
+    }
+    request.report.last_error = None;
+    if size(request) <= fleet::MAX_REPORT {
+        return;
+    }
+    if let Some(f) = &mut request.report.fleetlock {
+        f.value.clear();
+    }
+    while size(request) > fleet::MAX_REPORT && !request.report.rolled_back.is_empty() {
+        request.report.rolled_back.remove(0);
     }
 }
 
@@ -41,35 +85,35 @@ pub fn build(status: &Status, config: &UpdateConfig, hostname: &str, sent: Times
     let skip = status.rolled_back.len().saturating_sub(fleet::MAX_ROLLED_BACK);
     HostReport {
         schema: fleet::REPORT_SCHEMA,
-        hostname: hostname.to_string(),
-        version: running.version.clone().unwrap_or_default(),
-        slot: running.slot.name().to_string(),
-        state: status.state.name().to_string(),
-        staged: status.staged.as_ref().map(|s| s.version.clone()),
-        available: status.available.clone(),
+        hostname: clean_hostname(hostname),
+        version: ascii(running.version.as_deref().unwrap_or_default()),
+        slot: ascii(running.slot.name()),
+        state: ascii(status.state.name()),
+        staged: status.staged.as_ref().map(|s| ascii(&s.version)),
+        available: status.available.as_deref().map(ascii),
         last_check: status.last_check,
         last_error: status.last_error.as_deref().map(cut),
         rolled_back: status.rolled_back[skip..]
             .iter()
             .map(|r| fleet::RolledBack {
-                version: r.version.clone(),
-                slot: r.slot.name().to_string(),
+                version: ascii(&r.version),
+                slot: ascii(r.slot.name()),
                 at: r.at,
                 manual: r.manual,
             })
             .collect(),
-        fleetlock: status.fleetlock.as_ref().map(|f| ErrorDoc { kind: f.kind.clone(), value: cut(&f.message) }),
+        fleetlock: status.fleetlock.as_ref().map(|f| ErrorDoc { kind: ascii(&f.kind), value: cut(&f.message) }),
         interval_seconds: config.interval.as_secs(),
         jitter_seconds: config.jitter.as_secs(),
         sent,
     }
 }
 
-/// This host's name (the kernel's), or its id's form when it has none.
+/// This host's name (the kernel's) as a server takes it, `none` when it has none.
 pub fn hostname() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let name = name.trim();
-    if name.is_empty() { "(none)".to_string() } else { name.to_string() }
+    // The kernel's word for "no name set".
+    clean_hostname(name.trim().trim_start_matches("(none)"))
 }
 
 /// The server reports go to, when the configuration asks for reports.
@@ -81,10 +125,12 @@ fn server(config: &UpdateConfig) -> Option<&FleetLock> {
 pub fn request(agent: &Agent) -> Option<ReportRequest> {
     let server = server(&agent.config)?;
     let status = crate::status::status(agent, None);
-    Some(ReportRequest {
+    let mut request = ReportRequest {
         client_params: ClientParams { id: fleet::node_id(&agent.machine_id), group: server.group.clone() },
         report: build(&status, &agent.config, &hostname(), Timestamp::now()),
-    })
+    };
+    fit(&mut request);
+    Some(request)
 }
 
 /// Sends `agent`'s report, if it reports; a failure is printed (one line) and otherwise ignored.
@@ -211,23 +257,67 @@ mod tests {
         );
     }
 
-    /// The longest errors and 16 rollbacks still make a report a server takes.
+    /// The longest errors and 16 rollbacks still make a report a server takes: errors are cut
+    /// by bytes, whatever their characters (control characters, which JSON writes as 6 bytes,
+    /// are replaced; 4-byte characters are not split).
     #[test]
     fn long_errors_are_cut_so_the_report_fits() {
-        let mut st = status();
-        st.last_error = Some("é".repeat(20_000));
-        st.fleetlock.as_mut().unwrap().message = "x".repeat(20_000);
-        for r in &mut st.rolled_back {
-            r.version = "9".repeat(64);
+        for (error, message) in [
+            ("é".repeat(20_000), "x".repeat(20_000)),
+            ("\u{1b}".repeat(20_000), "\u{1}".repeat(20_000)),
+            ("🦀".repeat(20_000), "a🦀".repeat(20_000)),
+        ] {
+            let mut st = status();
+            st.last_error = Some(error);
+            st.fleetlock.as_mut().unwrap().message = message;
+            for r in &mut st.rolled_back {
+                r.version = "9".repeat(128);
+            }
+            let r = build(&st, &UpdateConfig::default(), &"h".repeat(253), Timestamp(0));
+            fleet::check_report(&r).unwrap();
+            for e in [r.last_error.clone().unwrap(), r.fleetlock.clone().unwrap().value] {
+                assert!(e.len() <= MAX_ERROR_BYTES + '…'.len_utf8() && e.len() > MAX_ERROR_BYTES - 4, "{}", e.len());
+                assert!(e.ends_with('…') && !e.chars().any(char::is_control), "{e:?}");
+            }
+            let mut request =
+                ReportRequest { client_params: ClientParams { id: "x".repeat(128), group: "g".repeat(64) }, report: r };
+            let before = request.clone();
+            fit(&mut request);
+            assert_eq!(request, before, "it fits as it is");
+            let size = serde_json::to_vec(&request).unwrap().len();
+            assert!(size <= fleet::MAX_REPORT, "{size} bytes");
         }
-        let r = build(&st, &UpdateConfig::default(), &"h".repeat(64), Timestamp(0));
-        let e = r.last_error.clone().unwrap();
-        assert_eq!(e.chars().count(), MAX_ERROR_CHARS + 1);
-        assert!(e.ends_with("é…"), "cut at a character");
-        let request =
-            ReportRequest { client_params: ClientParams { id: "x".repeat(128), group: "g".repeat(64) }, report: r };
-        let size = serde_json::to_vec(&request).unwrap().len();
-        assert!(size <= fleet::MAX_REPORT, "{size} bytes");
+        assert!(build(&status(), &UpdateConfig::default(), "a\u{1b}b c_d", Timestamp(0)).hostname == "a-b-c-d");
+    }
+
+    /// A report still over the limit loses its last error, then the refusal's message, then its
+    /// oldest rollbacks, rather than being refused whole.
+    #[test]
+    fn a_report_too_large_sheds_errors_then_old_rollbacks() {
+        let mut st = status();
+        st.last_error = Some("e".repeat(1000));
+        let report = build(&st, &UpdateConfig::default(), "node-2", Timestamp(0));
+        let request = ReportRequest { client_params: ClientParams { id: "x".into(), group: "g".into() }, report };
+        let size = |r: &ReportRequest| serde_json::to_vec(r).unwrap().len();
+
+        // Over by less than the last error: only it goes.
+        let mut r = request.clone();
+        r.report.fleetlock.as_mut().unwrap().value = "f".repeat(fleet::MAX_REPORT - size(&request) + 500);
+        fit(&mut r);
+        assert!(size(&r) <= fleet::MAX_REPORT && r.report.last_error.is_none());
+        assert!(!r.report.fleetlock.as_ref().unwrap().value.is_empty() && r.report.rolled_back.len() == 16);
+
+        // Over by more than both errors: the oldest rollbacks go, the newest stay.
+        let mut r = request.clone();
+        for rb in &mut r.report.rolled_back {
+            rb.version = "9".repeat(1100);
+        }
+        fit(&mut r);
+        assert!(size(&r) <= fleet::MAX_REPORT, "{}", size(&r));
+        assert!(r.report.last_error.is_none() && r.report.fleetlock.as_ref().unwrap().value.is_empty());
+        let kept: Vec<_> = r.report.rolled_back.iter().map(|rb| rb.at).collect();
+        assert!(!kept.is_empty() && kept.len() < 16, "{kept:?}");
+        assert_eq!(kept.last(), Some(&Timestamp(19)), "the newest kept");
     }
 
     fn fleet(url: &str, token_file: Option<std::path::PathBuf>) -> FleetLock {

@@ -332,6 +332,37 @@ fn reports_are_kept_and_oversized_ones_refused() {
     assert_eq!(store.snapshot(Timestamp::now()).unwrap().hosts.len(), 1);
 }
 
+/// A report whose hostname or short fields could carry a terminal escape or a forged line is
+/// refused; control characters in its free text are replaced before it is stored.
+#[test]
+fn report_text_that_would_reach_a_terminal_raw_is_refused_or_replaced() {
+    let (srv, store) = server(|_| {});
+    let addr = srv.local_addr();
+    let who = ClientParams { id: "h1".into(), group: "workers".into() };
+    let post = |report: HostReport| {
+        let r = ReportRequest { client_params: who.clone(), report };
+        send(addr, &request(REPORT_PATH, "", &serde_json::to_string(&r).unwrap()))
+    };
+    for bad in [
+        HostReport { hostname: "node\u{1b}]0;owned\u{7}".into(), ..report("x") },
+        HostReport { hostname: "node-1\nREBOOT SLOTS".into(), ..report("x") },
+        HostReport { version: "1.0\u{1b}[2J".into(), ..report("node-1") },
+        HostReport { state: "idle\nSILENT".into(), ..report("node-1") },
+        HostReport { slot: "b".repeat(129), ..report("node-1") },
+    ] {
+        let got = post(bad);
+        assert_eq!((got.status, got.doc().kind.as_str()), (400, "invalid_client_identity"), "{got:?}");
+    }
+    assert!(store.snapshot(Timestamp::now()).unwrap().hosts.is_empty());
+    let mut r = report("node-1");
+    r.last_error = Some("failed\u{1b}[31m\nREBOOT SLOTS".into());
+    r.fleetlock = Some(ErrorDoc { kind: "failed_lock".into(), value: "held\u{9b}2J".into() });
+    assert_eq!(post(r).status, 200);
+    let kept = store.snapshot(Timestamp::now()).unwrap().hosts[0].report.clone();
+    assert_eq!(kept.last_error.as_deref(), Some("failed\u{fffd}[31m REBOOT SLOTS"));
+    assert_eq!(kept.fleetlock.map(|f| f.value), Some("held\u{fffd}2J".into()));
+}
+
 /// A store that fails every call as told.
 struct Failing(StoreError);
 
