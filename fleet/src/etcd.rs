@@ -450,26 +450,27 @@ impl Etcd {
     }
 
     fn call_raw(&self, path: &str, body: &Value) -> Result<(String, Vec<u8>), EtcdError> {
-        match self.call_once(path, body, false) {
-            Err(e) if self.credentials.is_some() && (e.code() == Some(code::UNAUTHENTICATED) || is_bad_token(&e)) => {
-                // A simple token lives 5 minutes; fetch another and try once more.
-                self.call_once(path, body, true)
+        let Some(c) = &self.credentials else { return self.send(path, body, None) };
+        let token = self.token(c, None)?;
+        match self.send(path, body, Some(&token)) {
+            Err(e) if e.code() == Some(code::UNAUTHENTICATED) || is_bad_token(&e) => {
+                // A simple token lives 5 minutes; fetch another (unless a call in flight at the
+                // same time already did) and try once more.
+                let fresh = self.token(c, Some(&token))?;
+                self.send(path, body, Some(&fresh))
             }
             other => other,
         }
     }
 
-    fn call_once(&self, path: &str, body: &Value, fresh_token: bool) -> Result<(String, Vec<u8>), EtcdError> {
-        let token = match &self.credentials {
-            Some(c) => Some(self.token(c, fresh_token)?),
-            None => None,
-        };
-        self.send(path, body, token.as_deref())
-    }
-
-    fn token(&self, c: &Credentials, fresh: bool) -> Result<String, EtcdError> {
+    /// The token held, or a new one when none is held or the one held is `failed` (refused by
+    /// etcd): of the calls that find an expired token at once, only the first authenticates,
+    /// the others take its token.
+    fn token(&self, c: &Credentials, failed: Option<&str>) -> Result<String, EtcdError> {
         let mut held = self.token.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(t), false) = (held.as_ref(), fresh) {
+        if let Some(t) = held.as_ref()
+            && Some(t.as_str()) != failed
+        {
             return Ok(t.clone());
         }
         #[derive(Deserialize, Default)]
@@ -725,6 +726,53 @@ mod tests {
         assert_eq!(prefix_end(b"berth.fleet/v1/hosts/"), b"berth.fleet/v1/hosts0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b""), [0]);
+    }
+
+    /// When the token expires under calls in flight, each of them is refused, and only the first
+    /// to ask for a new one authenticates; the others take its token.
+    #[test]
+    fn an_expired_token_is_fetched_again_once_not_once_per_call() {
+        use std::sync::Arc;
+        // (tokens issued, the one etcd takes now)
+        let state = Arc::new(Mutex::new((0u32, None::<String>)));
+        let st = state.clone();
+        let server = Server::start(move |req| match req.path() {
+            "/v3/auth/authenticate" => {
+                let mut s = st.lock().unwrap();
+                s.0 += 1;
+                let t = format!("token-{}", s.0);
+                s.1 = Some(t.clone());
+                // Etcd 3.4's authentication is a raft proposal: not instant.
+                std::thread::sleep(Duration::from_millis(50));
+                Response::json(200, format!(r#"{{"header":{{"revision":"1"}},"token":"{t}"}}"#)).into()
+            }
+            _ if req.header("authorization") == st.lock().unwrap().1.as_deref() => {
+                Response::json(200, r#"{"header":{"revision":"5"}}"#).into()
+            }
+            _ => {
+                // Slow enough that every thread below is refused before any of them retries.
+                std::thread::sleep(Duration::from_millis(300));
+                Response::json(
+                    401,
+                    r#"{"error":"etcdserver: invalid auth token","message":"etcdserver: invalid auth token","code":16}"#,
+                )
+                .into()
+            }
+        })
+        .unwrap();
+        let etcd = Etcd::new(&[server.url()])
+            .unwrap()
+            .with_credentials(Credentials { user: "berth".into(), password: "pw".into() });
+        assert_eq!(etcd.get(b"k").unwrap().1, 5);
+        assert_eq!(state.lock().unwrap().0, 1);
+        state.lock().unwrap().1 = None; // token-1 expires
+        std::thread::scope(|s| {
+            let calls: Vec<_> = (0..8).map(|_| s.spawn(|| etcd.get(b"k"))).collect();
+            for c in calls {
+                assert_eq!(c.join().unwrap().unwrap().1, 5);
+            }
+        });
+        assert_eq!(state.lock().unwrap().0, 2, "one authentication for the eight calls refused at once");
     }
 
     #[test]

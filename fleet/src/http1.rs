@@ -190,14 +190,14 @@ impl<R: Read> Chunks<'_, R> {
         Ok(self.buf[self.pos - 1])
     }
 
-    /// A line without its CRLF, of at most 1 KiB.
+    /// A line without its CRLF, of at most 1 KiB; a bare LF is refused.
     fn line(&mut self) -> Result<Vec<u8>, ReadError> {
         let mut line = Vec::new();
         loop {
             match self.byte()? {
                 b'\n' => {
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
+                    if line.pop() != Some(b'\r') {
+                        return Err(ReadError::Malformed("a chunk line ending in a bare LF".into()));
                     }
                     return Ok(line);
                 }
@@ -213,12 +213,17 @@ impl<R: Read> Chunks<'_, R> {
         let mut body = Vec::new();
         loop {
             let line = self.line()?;
-            let size = line.split(|&b| b == b';').next().unwrap_or_default();
-            let size = std::str::from_utf8(size)
-                .ok()
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && s.len() <= 16)
-                .and_then(|s| usize::from_str_radix(s, 16).ok())
+            // Hex digits only (no sign, no spaces but before a `;` extension): a proxy in front
+            // must not read another size than this server.
+            let mut size = line.split(|&b| b == b';').next().unwrap_or_default();
+            if size.len() < line.len() {
+                while let [rest @ .., b' ' | b'\t'] = size {
+                    size = rest;
+                }
+            }
+            let size = Some(size)
+                .filter(|s| !s.is_empty() && s.len() <= 16 && s.iter().all(u8::is_ascii_hexdigit))
+                .and_then(|s| usize::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok())
                 .ok_or_else(|| ReadError::Malformed(format!("chunk size {:?}", String::from_utf8_lossy(&line))))?;
             if size == 0 {
                 // Trailers, up to the empty line; ignored.
@@ -367,6 +372,33 @@ mod tests {
         assert!(matches!(parse(b"", 64), Err(ReadError::Closed)));
         assert!(matches!(parse(b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc", 64), Err(ReadError::Io(_))));
         assert!(matches!(parse(b"POST / HTT", 64), Err(ReadError::Io(_))));
+    }
+
+    /// Chunk sizes as RFC 9112 writes them and nothing looser: a front proxy that parses them
+    /// strictly cannot frame the body otherwise than this server.
+    #[test]
+    fn chunk_sizes_are_hex_digits_only_and_lines_end_in_crlf() {
+        let chunked = |chunks: &[u8]| {
+            let mut raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            raw.extend_from_slice(chunks);
+            parse(&raw, 64).map(|(_, body)| body)
+        };
+        assert_eq!(chunked(b"5 ;ext=1\r\nhello\r\n0\r\n\r\n").unwrap(), b"hello");
+        assert_eq!(chunked(b"0005\r\nhello\r\n0\r\n\r\n").unwrap(), b"hello");
+        for bad in [
+            b"+5\r\nhello\r\n0\r\n\r\n".as_slice(),
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"-0\r\n\r\n",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\n\r\n",
+            b"5\r\nhello\r\n0\r\n\n",
+        ] {
+            let r = chunked(bad);
+            assert!(matches!(r, Err(ReadError::Malformed(_))), "{:?}: {r:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

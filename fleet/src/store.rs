@@ -169,8 +169,16 @@ impl EtcdStore {
         // Hostnames come from the group's reports.
         let (hosts, _) = self.hosts_of(Some(group), 0)?;
         let hostname_of = |id: &str| hosts.iter().find(|h| h.id == id).map(|h| h.report.hostname.clone());
-        let mut found = None;
+        let mut found: Option<(String, Option<Timestamp>)> = None;
         let (revision, ()) = self.change_semaphore(group, |sem| {
+            // An earlier attempt chose a holder to free and it no longer holds: that attempt's
+            // write went through though its answer was lost (or the holder let go meanwhile).
+            // Freed either way, by this call as far as the operator can tell.
+            if let Some((id, _)) = &found
+                && !sem.is_some_and(|s| s.holders.iter().any(|h| h == id))
+            {
+                return Ok((None, ()));
+            }
             let Some(sem) = sem else {
                 return Err(StoreError::Invalid(format!("group {group} has no semaphore: nobody holds a slot")));
             };
@@ -255,15 +263,16 @@ impl EtcdStore {
         Ok((hosts, rev))
     }
 
-    fn lease_for(&self, old: Option<&HostEntry>, ttl: u64) -> Result<i64, StoreError> {
+    /// The lease of the stored entry `old`, kept alive, when it has the TTL wanted and is still
+    /// there.
+    fn live_lease(&self, old: Option<&HostEntry>, ttl: u64) -> Result<Option<i64>, StoreError> {
         if let Some(old) = old.filter(|o| o.ttl == ttl)
             && let Ok(id) = old.lease.parse::<i64>()
             && self.etcd.lease_keepalive(id).map_err(store_error)?.is_some()
         {
-            return Ok(id);
+            return Ok(Some(id));
         }
-        let (id, _) = self.etcd.lease_grant(ttl).map_err(store_error)?;
-        Ok(id)
+        Ok(None)
     }
 }
 
@@ -363,57 +372,79 @@ impl Store for EtcdStore {
         let key = self.host_key(&who.group, &who.id);
         let alive = self.alive_key(&who.group, &who.id);
         let (mut current, _) = self.etcd.get(key.as_bytes()).map_err(store_error)?;
-        for attempt in 1..=CAS_ATTEMPTS {
-            // A record that cannot be read is replaced: the host's new word supersedes it.
-            let old: Option<HostEntry> = current.as_ref().and_then(|kv| serde_json::from_slice(&kv.value).ok());
-            let lease = self.lease_for(old.as_ref(), ttl)?;
-            let entry = HostEntry {
-                schema: 1,
-                id: who.id.clone(),
-                group: who.group.clone(),
-                received: now,
-                deadline: now.plus(Duration::from_secs(ttl)),
-                lease: lease.to_string(),
-                ttl,
-                report: report.clone(),
-            };
-            let value = serde_json::to_vec(&entry).map_err(|e| StoreError::Invalid(e.to_string()))?;
-            let compare = match &current {
-                Some(kv) => Compare::ModRevision(key.as_bytes().to_vec(), kv.mod_revision),
-                None => Compare::Absent(key.as_bytes().to_vec()),
-            };
-            let alive_value = format!("{{\"received\":\"{now}\"}}").into_bytes();
-            let txn = Txn {
-                compare: vec![compare],
-                success: vec![
-                    Op::Put { key: key.as_bytes().to_vec(), value, lease: 0 },
-                    Op::Put { key: alive.as_bytes().to_vec(), value: alive_value, lease },
-                ],
-                failure: vec![Op::Get(key.as_bytes().to_vec())],
-            };
-            match self.etcd.txn(&txn) {
-                Ok(a) if a.succeeded => {
-                    if let Some(old_lease) = old.and_then(|o| o.lease.parse::<i64>().ok()).filter(|l| *l != lease) {
-                        // Nothing is attached to it any more.
-                        let _ = self.etcd.lease_revoke(old_lease);
+        // A lease this call granted: every attempt that needs a new one takes it, and it is
+        // revoked at the end unless the write that went through holds it (no lease is left with
+        // nothing attached for its whole TTL).
+        let mut granted: Option<i64> = None;
+        let mut kept = None;
+        let outcome = (|| {
+            for attempt in 1..=CAS_ATTEMPTS {
+                // A record that cannot be read is replaced: the host's new word supersedes it.
+                let old: Option<HostEntry> = current.as_ref().and_then(|kv| serde_json::from_slice(&kv.value).ok());
+                let lease = match (self.live_lease(old.as_ref(), ttl)?, granted) {
+                    (Some(id), _) | (None, Some(id)) => id,
+                    (None, None) => {
+                        let (id, _) = self.etcd.lease_grant(ttl).map_err(store_error)?;
+                        granted = Some(id);
+                        id
                     }
-                    return Ok(a.header.revision);
+                };
+                let entry = HostEntry {
+                    schema: 1,
+                    id: who.id.clone(),
+                    group: who.group.clone(),
+                    received: now,
+                    deadline: now.plus(Duration::from_secs(ttl)),
+                    lease: lease.to_string(),
+                    ttl,
+                    report: report.clone(),
+                };
+                let value = serde_json::to_vec(&entry).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                let compare = match &current {
+                    Some(kv) => Compare::ModRevision(key.as_bytes().to_vec(), kv.mod_revision),
+                    None => Compare::Absent(key.as_bytes().to_vec()),
+                };
+                let alive_value = format!("{{\"received\":\"{now}\"}}").into_bytes();
+                let txn = Txn {
+                    compare: vec![compare],
+                    success: vec![
+                        Op::Put { key: key.as_bytes().to_vec(), value, lease: 0 },
+                        Op::Put { key: alive.as_bytes().to_vec(), value: alive_value, lease },
+                    ],
+                    failure: vec![Op::Get(key.as_bytes().to_vec())],
+                };
+                match self.etcd.txn(&txn) {
+                    Ok(a) if a.succeeded => {
+                        kept = Some(lease);
+                        if let Some(old_lease) = old.and_then(|o| o.lease.parse::<i64>().ok()).filter(|l| *l != lease) {
+                            // Nothing is attached to it any more.
+                            let _ = self.etcd.lease_revoke(old_lease);
+                        }
+                        return Ok(a.header.revision);
+                    }
+                    Ok(a) => current = a.first_read().cloned(),
+                    // The lease ran out between the keepalive (or the grant) and the write.
+                    Err(e) if e.code() == Some(code::NOT_FOUND) => {
+                        if granted == Some(lease) {
+                            granted = None;
+                        }
+                        current = current.map(|mut kv| {
+                            kv.value.clear();
+                            kv
+                        })
+                    }
+                    Err(e) => return Err(store_error(e)),
                 }
-                Ok(a) => current = a.first_read().cloned(),
-                // The lease ran out between the keepalive and the write: grant another.
-                Err(e) if e.code() == Some(code::NOT_FOUND) => {
-                    current = current.map(|mut kv| {
-                        kv.value.clear();
-                        kv
-                    })
+                if attempt < CAS_ATTEMPTS {
+                    std::thread::sleep(jitter(attempt));
                 }
-                Err(e) => return Err(store_error(e)),
             }
-            if attempt < CAS_ATTEMPTS {
-                std::thread::sleep(jitter(attempt));
-            }
+            Err(StoreError::Conflict(format!("{key} changed under each of {CAS_ATTEMPTS} attempts")))
+        })();
+        if let Some(unused) = granted.filter(|g| kept != Some(*g)) {
+            let _ = self.etcd.lease_revoke(unused);
         }
-        Err(StoreError::Conflict(format!("{key} changed under each of {CAS_ATTEMPTS} attempts")))
+        outcome
     }
 
     fn health(&self) -> Result<u64, StoreError> {

@@ -432,3 +432,101 @@ fn etcd_with_auth_is_used_with_a_user_and_password() {
         other => panic!("{other:?}"),
     }
 }
+
+/// What the proxy in front of etcd does to the next transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// etcd carries it out; its answer is lost (the connection closed without one).
+    LoseAnswer,
+    /// Another writer rewrites this key (same value, new mod_revision) just before it: it loses.
+    RaceOn(String),
+}
+
+/// A proxy on 127.0.0.1 in front of `etcd` that passes every call through except the next
+/// transaction, which suffers `fault` (etcd cannot lose an answer on demand; the proxy is the
+/// one fake part, etcd does the rest).
+fn faulty_proxy(etcd: &Etcd, fault: Arc<Mutex<Fault>>) -> berth_testkit::Server {
+    use berth_testkit::{Reply, Response, Server};
+    let url = etcd.url();
+    Server::start(move |r| {
+        let direct = Client::new(std::slice::from_ref(&url)).unwrap();
+        let f = if r.path() == "/v3/kv/txn" {
+            std::mem::replace(&mut *fault.lock().unwrap(), Fault::None)
+        } else {
+            Fault::None
+        };
+        if let Fault::RaceOn(key) = &f {
+            let kv = direct.get(key.as_bytes()).unwrap().0.unwrap();
+            direct.put(key.as_bytes(), &kv.value, 0).unwrap();
+        }
+        let http = berth_http::Client::builder("proxy").no_proxy().build();
+        let reply = http
+            .call("POST", &format!("{url}{}", r.target))
+            .header("content-type", "application/json")
+            .body(r.body.clone())
+            .send()
+            .unwrap();
+        if f == Fault::LoseAnswer {
+            assert!(reply.is_success(), "{}", reply.text());
+            return Reply::Raw(Vec::new());
+        }
+        Response::json(reply.status, reply.text()).into()
+    })
+    .unwrap()
+}
+
+/// The lease ids etcd holds.
+fn leases(c: &Client) -> Vec<i64> {
+    let v: serde_json::Value = c.call("/v3/lease/leases", &serde_json::json!({})).unwrap();
+    let mut ids: Vec<i64> = v["leases"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|l| l["ID"].as_str().map_or_else(|| l["ID"].as_i64().unwrap(), |s| s.parse().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// An unlock whose transaction committed but whose answer was lost is retried, and the retry
+/// finds the slot free: the operator is told it was freed, not that nobody held it. A report
+/// whose transaction lost a race leaves no lease behind it.
+#[test]
+fn a_retried_unlock_says_freed_and_a_lost_report_race_leaks_no_lease() {
+    let etcd = Etcd::start();
+    // Leases long enough to outlive the test.
+    let s = store(&etcd).with_silent_after(Duration::from_secs(30));
+    let fault = Arc::new(Mutex::new(Fault::None));
+    let proxy = faulty_proxy(&etcd, fault.clone());
+    let p = EtcdStore::new(Client::new(&[proxy.url()]).unwrap(), "berth.fleet/v1").unwrap();
+
+    s.pre_reboot("workers", "h1", 1, Timestamp(100)).unwrap();
+    s.report(&who("h1", "workers"), &report("node-1", "1.0.0", "rebooting"), Timestamp::now()).unwrap();
+    *fault.lock().unwrap() = Fault::LoseAnswer;
+    let freed = p.unlock("workers", "node-1").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(*fault.lock().unwrap(), Fault::None, "the answer was lost");
+    assert_eq!((freed.id.as_str(), freed.hostname.as_deref()), ("h1", Some("node-1")));
+    let snap = s.snapshot(Timestamp::now()).unwrap();
+    assert_eq!(snap.groups[0].1.holders, Vec::<String>::new());
+
+    // A report with another TTL than the stored one needs a new lease; its first transaction
+    // loses to another writer, the second wins: one lease per host, none left over.
+    let s3 = &s;
+    let p5 = EtcdStore::new(Client::new(&[proxy.url()]).unwrap(), "berth.fleet/v1")
+        .unwrap()
+        .with_silent_after(Duration::from_secs(50));
+    s3.report(&who("h2", "workers"), &report("node-2", "1.0.0", "idle"), Timestamp::now()).unwrap();
+    *fault.lock().unwrap() = Fault::RaceOn(s.host_key("workers", "h2"));
+    p5.report(&who("h2", "workers"), &report("node-2", "1.0.0", "idle"), Timestamp::now()).unwrap();
+    assert_eq!(*fault.lock().unwrap(), Fault::None, "the race happened");
+    let entry = |id: &str| -> HostEntry {
+        serde_json::from_slice(&s.etcd().get(s.host_key("workers", id).as_bytes()).unwrap().0.unwrap().value).unwrap()
+    };
+    assert_eq!(entry("h2").ttl, 50);
+    let mut held: Vec<i64> = ["h1", "h2"].iter().map(|id| entry(id).lease.parse().unwrap()).collect();
+    held.sort();
+    assert_eq!(leases(s.etcd()), held, "each host's lease, nothing else");
+}
