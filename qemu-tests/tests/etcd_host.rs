@@ -178,8 +178,8 @@ fn random_hex() -> String {
 
 #[test]
 fn etcd_answers_and_keeps_its_data() {
-    // Three boots and an update under TCG: ~10 minutes on the two shared cores, too long for
-    // every CI run.
+    // Two builds, three boots and an update under TCG: 4.3 minutes on two quiet cores, 10 under
+    // load; too long for every CI run.
     if !berth_qemu_tests::slow_enabled("etcd_host::etcd_answers_and_keeps_its_data") {
         return;
     }
