@@ -733,20 +733,21 @@ mod tests {
     #[test]
     fn an_expired_token_is_fetched_again_once_not_once_per_call() {
         use std::sync::Arc;
-        // (tokens issued, the one etcd takes now)
-        let state = Arc::new(Mutex::new((0u32, None::<String>)));
+        // (tokens issued, the ones etcd takes now: every simple token until it expires)
+        let state = Arc::new(Mutex::new((0u32, Vec::<String>::new())));
         let st = state.clone();
         let server = Server::start(move |req| match req.path() {
             "/v3/auth/authenticate" => {
                 let mut s = st.lock().unwrap();
                 s.0 += 1;
                 let t = format!("token-{}", s.0);
-                s.1 = Some(t.clone());
+                s.1.push(t.clone());
+                drop(s);
                 // Etcd 3.4's authentication is a raft proposal: not instant.
                 std::thread::sleep(Duration::from_millis(50));
                 Response::json(200, format!(r#"{{"header":{{"revision":"1"}},"token":"{t}"}}"#)).into()
             }
-            _ if req.header("authorization") == st.lock().unwrap().1.as_deref() => {
+            _ if st.lock().unwrap().1.iter().any(|t| req.header("authorization") == Some(t)) => {
                 Response::json(200, r#"{"header":{"revision":"5"}}"#).into()
             }
             _ => {
@@ -765,7 +766,7 @@ mod tests {
             .with_credentials(Credentials { user: "berth".into(), password: "pw".into() });
         assert_eq!(etcd.get(b"k").unwrap().1, 5);
         assert_eq!(state.lock().unwrap().0, 1);
-        state.lock().unwrap().1 = None; // token-1 expires
+        state.lock().unwrap().1.clear(); // token-1 expires
         std::thread::scope(|s| {
             let calls: Vec<_> = (0..8).map(|_| s.spawn(|| etcd.get(b"k"))).collect();
             for c in calls {
