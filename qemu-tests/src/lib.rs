@@ -16,6 +16,7 @@ pub mod agent;
 pub mod cloud;
 pub mod fleetlock;
 pub mod http;
+pub mod moto;
 pub mod oci;
 pub mod timing;
 
