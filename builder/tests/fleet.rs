@@ -579,6 +579,9 @@ fn help_names_every_option_and_file() {
                 "--prefix",
                 "--etcd-user",
                 "--etcd-password-file",
+                "--etcd-ca",
+                "--etcd-cert",
+                "--etcd-key",
                 "--silent-after",
                 "--token-file",
                 "--tls-cert",
@@ -610,4 +613,99 @@ fn help_names_every_option_and_file() {
     for command in ["serve", "status", "unlock", "slots", "forget"] {
         assert!(top.contains(command), "`berth fleet --help` does not name {command}:\n{top}");
     }
+}
+
+/// `openssl` with `args`, which must succeed.
+fn openssl(args: &[&str]) {
+    common::ok(Command::new(common::tool("openssl", "openssl")).args(args));
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by the CA, and
+/// a second CA that signed neither; PEM files in `dir`.
+fn private_pki(dir: &Path) {
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    for ca in ["ca", "other-ca"] {
+        let (key, crt, subj) = (p(&format!("{ca}.key")), p(&format!("{ca}.crt")), format!("/CN=berth test {ca}"));
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend(["-days", "2", "-subj", &subj, "-keyout", &key, "-out", &crt]);
+        openssl(&args);
+    }
+    for (who, ext) in [("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")] {
+        let (key, csr, crt) = (p(&format!("{who}.key")), p(&format!("{who}.csr")), p(&format!("{who}.crt")));
+        let subj = format!("/CN=berth-{who}");
+        let mut args = vec!["req", "-new"];
+        args.extend(ec);
+        args.extend(["-subj", &subj, "-keyout", &key, "-out", &csr]);
+        openssl(&args);
+        let extfile = p(&format!("{who}.ext"));
+        std::fs::write(&extfile, format!("{ext}\n")).unwrap();
+        let (ca_crt, ca_key) = (p("ca.crt"), p("ca.key"));
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &extfile,
+            "-out",
+            &crt,
+        ]);
+    }
+}
+
+/// An etcd that serves TLS with a private CA's certificate and wants client certificates: berth
+/// fleet reaches it with --etcd-ca, --etcd-cert and --etcd-key, and is refused, naming why,
+/// without the client certificate or with the wrong CA.
+#[test]
+fn etcd_over_tls_with_a_private_ca_and_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    private_pki(dir.path());
+    let f = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let etcd = Etcd::start_tls(berth_testkit::etcd::TlsFiles {
+        cert: f("server.crt").into(),
+        key: f("server.key").into(),
+        client_ca: f("ca.crt").into(),
+    });
+    let url = etcd.url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let (ca, cert, key) = (f("ca.crt"), f("client.crt"), f("client.key"));
+    let tls = ["--etcd", &url, "--etcd-ca", &ca, "--etcd-cert", &cert, "--etcd-key", &key];
+    let with = |args: &[&str]| -> Vec<String> { args.iter().chain(tls.iter()).map(|s| s.to_string()).collect() };
+
+    let set = berth_ok(&with(&["fleet", "slots", "--group", "tls-group", "3"]));
+    assert!(set.contains("tls-group") && set.contains('3'), "{set}");
+    let status: FleetStatus = serde_json::from_str(&berth_ok(&with(&["fleet", "status", "--json"]))).unwrap();
+    let json = serde_json::to_string(&status).unwrap();
+    assert!(json.contains("tls-group"), "{json}");
+
+    // No client certificate: etcd refuses the handshake. A CA that did not sign etcd's
+    // certificate: berth refuses etcd. Plain http with TLS files: refused before any call.
+    let other = f("other-ca.crt");
+    let cases: [(&[&str], &str); 3] = [
+        // (TLS 1.3: etcd's refusal comes after the handshake, as a closed connection.)
+        (&["--etcd", &url, "--etcd-ca", &ca], "did not answer"),
+        (&["--etcd", &url, "--etcd-ca", &other, "--etcd-cert", &cert, "--etcd-key", &key], "UnknownIssuer"),
+        (&["--etcd", "http://127.0.0.1:9", "--etcd-ca", &ca], "plain HTTP"),
+    ];
+    for (flags, needle) in cases {
+        let mut args = vec!["fleet", "status", "--json"];
+        args.extend(flags);
+        let out = berth(&args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded: {}", text(&out.stdout));
+        assert!(err.contains(needle), "{args:?}: {needle:?} not in:\n{err}");
+    }
+    // A key file where the certificate belongs: named.
+    let out = berth(&["fleet", "status", "--etcd", &url, "--etcd-ca", &ca, "--etcd-cert", &key, "--etcd-key", &key]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("client.key") && err.contains("no CERTIFICATE"), "{err}");
 }

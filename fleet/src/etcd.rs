@@ -419,6 +419,15 @@ impl Etcd {
         })
     }
 
+    /// Trusts and presents what `tls` says on `https://` endpoints: etcd's own CA instead of the
+    /// public roots, and a client certificate for an etcd run with `--client-cert-auth`.
+    #[must_use]
+    pub fn with_tls(mut self, tls: berth_http::Tls) -> Etcd {
+        self.http =
+            berth_http::Client::builder(concat!("berth-fleet/", env!("CARGO_PKG_VERSION"))).no_proxy().tls(tls).build();
+        self
+    }
+
     /// Authenticates as `credentials` (etcd with `auth enable`).
     #[must_use]
     pub fn with_credentials(mut self, credentials: Credentials) -> Etcd {

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 /// A response body as a reader.
 pub use ureq::BodyReader;
 
+mod tls;
+pub use tls::{Tls, TlsError};
+
 /// Connecting may take this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The response's head must arrive within this.
@@ -458,9 +461,18 @@ pub struct ClientBuilder {
     base: Option<String>,
     proxy_from_env: bool,
     follow_redirects: bool,
+    tls: Tls,
 }
 
 impl ClientBuilder {
+    /// Trusts and presents what `tls` says instead of the public roots alone (a private CA, a
+    /// client certificate).
+    #[must_use]
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// The policy [`Client::retry`] hands to the client's callers.
     #[must_use]
     pub fn retry(mut self, retry: Retry) -> Self {
@@ -511,6 +523,9 @@ impl ClientBuilder {
         if !self.follow_redirects {
             config = config.max_redirects(0);
         }
+        if !self.tls.is_default() {
+            config = config.tls_config(self.tls.config());
+        }
         Client { agent: config.build().into(), retry: self.retry, base: self.base, proxy_from_env: self.proxy_from_env }
     }
 }
@@ -533,6 +548,7 @@ impl Client {
             base: None,
             proxy_from_env: true,
             follow_redirects: true,
+            tls: Tls::default(),
         }
     }
 

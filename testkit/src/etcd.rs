@@ -1,8 +1,9 @@
 //! A test etcd: Debian's `/usr/bin/etcd` (package `etcd-server`, installed by
 //! `scripts/setup-host`) started on 127.0.0.1 with free client and peer ports and a data dir of
-//! its own, ready once `GET /health` says `{"health":"true"}`. It can be killed with SIGKILL and
-//! started again on the same ports and data dir (its history survives, as a real restart's
-//! does); it is killed and its directory removed when dropped.
+//! its own, ready once `GET /health` says `{"health":"true"}` (asked on a plain-HTTP metrics port,
+//! so that an etcd serving TLS to certificate-holding clients is asked the same way). It can be
+//! killed with SIGKILL and started again on the same ports and data dir (its history survives, as a
+//! real restart's does); it is killed and its directory removed when dropped.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,8 +24,22 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     extra: Vec<String>,
+    tls: Option<TlsFiles>,
+    /// Plain-HTTP `/health` (etcd's metrics listener), for a TLS etcd that wants client certificates.
+    metrics_port: u16,
     child: Option<Child>,
     starts: u32,
+}
+
+/// PEM files for an etcd that serves its clients over TLS and asks each for a certificate.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The server's certificate (its names must cover 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA whose client certificates etcd accepts (`--client-cert-auth`).
+    pub client_ca: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -40,6 +55,16 @@ impl Etcd {
 
     /// [`Etcd::start`] with extra flags (`--auto-compaction-retention=1`, …).
     pub fn start_with(extra: &[&str]) -> Etcd {
+        Etcd::start_inner(extra, None)
+    }
+
+    /// An etcd whose client URL is `https://127.0.0.1:PORT`, with `tls`'s certificate, refusing
+    /// clients without a certificate `tls.client_ca` signed.
+    pub fn start_tls(tls: TlsFiles) -> Etcd {
+        Etcd::start_inner(&[], Some(tls))
+    }
+
+    fn start_inner(extra: &[&str], tls: Option<TlsFiles>) -> Etcd {
         assert!(
             Path::new(ETCD).exists(),
             "{ETCD} is missing: install Debian's etcd-server and etcd-client with scripts/setup-host (as root)"
@@ -57,6 +82,8 @@ impl Etcd {
             client_port: 0,
             peer_port: 0,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
+            metrics_port: 0,
             child: None,
             starts: 0,
         };
@@ -64,6 +91,7 @@ impl Etcd {
         for attempt in 0..3 {
             etcd.client_port = free_port();
             etcd.peer_port = free_port();
+            etcd.metrics_port = free_port();
             match etcd.launch() {
                 Ok(()) => return etcd,
                 Err(e) if attempt == 2 => panic!("{e}"),
@@ -75,9 +103,10 @@ impl Etcd {
         unreachable!()
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https://` for [`Etcd::start_tls`]).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The client port.
@@ -124,8 +153,14 @@ impl Etcd {
             .open(self.dir.join("etcd.log"))
             .map_err(|e| format!("etcd's log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("etcd's log: {e}"))?;
-        let (c, p) = (format!("http://127.0.0.1:{}", self.client_port), format!("http://127.0.0.1:{}", self.peer_port));
-        let child = Command::new(ETCD)
+        let (c, p) = (self.url(), format!("http://127.0.0.1:{}", self.peer_port));
+        let mut cmd = Command::new(ETCD);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file").arg(&t.cert).arg("--key-file").arg(&t.key);
+            cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(&t.client_ca);
+        }
+        let child = cmd
+            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", self.metrics_port)])
             .args(["--name", "berth-test", "--data-dir"])
             .arg(self.data_dir())
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
@@ -146,7 +181,7 @@ impl Etcd {
                 self.child = None;
                 return Err(format!("etcd (start {}) exited early; its log:\n{}", self.starts, self.log()));
             }
-            if healthy(self.client_port) {
+            if healthy(self.metrics_port) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -23,10 +23,10 @@ const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
 
 const STORE_HELP: &str = "\
 etcd:
-  --etcd takes the client URLs of one cluster's members (http:// or https://; an https endpoint
-  needs a certificate from a public CA: berth trusts its built-in Mozilla roots, not a private
-  CA, and sends no client certificate). A call that cannot reach one member goes to
-  the next. etcd 3.4 or later, its v3 API through the JSON gateway it serves by default. With
+  --etcd takes the client URLs of one cluster's members (http:// or https://). On https, berth
+  trusts its built-in Mozilla roots, or with --etcd-ca FILE etcd's own CA instead of them; an
+  etcd run with --client-cert-auth gets --etcd-cert FILE --etcd-key FILE (PEM). A call that
+  cannot reach one member goes to the next. etcd 3.4 or later, its v3 API through the JSON gateway it serves by default. With
   etcd's auth enabled, --etcd-user and --etcd-password-file (the password alone in the file, a
   final newline ignored; keep it mode 0600). The fleet's keys live under --prefix:
     PREFIX/groups/GROUP/semaphore   a group's slots and holders (airlock's field names)
@@ -156,6 +156,16 @@ pub struct EtcdArgs {
     /// File holding the etcd user's password.
     #[arg(long, value_name = "FILE", requires = "etcd_user")]
     etcd_password_file: Option<PathBuf>,
+    /// CA certificate(s), PEM, that signed etcd's server certificate: trusted instead of the
+    /// public roots on https:// endpoints.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate, PEM, presented to an etcd run with --client-cert-auth (with --etcd-key).
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key, PEM (with --etcd-cert).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// Show every host as silent this long after its last report, whatever its interval
     /// (e.g. 10m) [default: two of the host's check intervals with jitter, and a minute].
     #[arg(long, value_name = "DURATION", value_parser = duration)]
@@ -277,6 +287,19 @@ pub fn run(cmd: FleetCommand) -> anyhow::Result<()> {
 impl EtcdArgs {
     fn store(&self) -> anyhow::Result<EtcdStore> {
         let mut etcd = Etcd::new(&self.etcd).map_err(anyhow::Error::msg)?;
+        let mut tls = berth_http::Tls::default();
+        if let Some(ca) = &self.etcd_ca {
+            tls = tls.with_ca_file(ca).context("--etcd-ca")?;
+        }
+        if let (Some(cert), Some(key)) = (&self.etcd_cert, &self.etcd_key) {
+            tls = tls.with_client_cert(cert, key).context("--etcd-cert/--etcd-key")?;
+        }
+        if !tls.is_default() {
+            if let Some(plain) = self.etcd.iter().find(|e| e.starts_with("http://")) {
+                bail!("--etcd-ca/--etcd-cert are for https:// endpoints; {plain} is plain HTTP");
+            }
+            etcd = etcd.with_tls(tls);
+        }
         if let (Some(user), Some(file)) = (&self.etcd_user, &self.etcd_password_file) {
             etcd = etcd.with_credentials(Credentials { user: user.clone(), password: read_secret(file)? });
         }
