@@ -467,10 +467,10 @@ fn help_names_every_credential_source_and_the_s3_flags_need_an_s3_repo() {
 }
 
 /// A proxy to moto on 127.0.0.1 that forwards every request and passes the answer on, except
-/// that the first PUT of each distinct body to a `channels/` key is carried out by moto and then
+/// that the first PUT of each distinct body to a key `lose` picks is carried out by moto and then
 /// answered 500, as if the answer were lost: the client's retry meets its own write. Returns the
 /// server and the keys whose answers it lost.
-fn lossy_proxy(moto: &str) -> (berth_testkit::Server, Arc<Mutex<Vec<String>>>) {
+fn lossy_proxy(moto: &str, lose: fn(&str) -> bool) -> (berth_testkit::Server, Arc<Mutex<Vec<String>>>) {
     use berth_testkit::{Response as Answer, Server};
     let lost = Arc::new(Mutex::new(Vec::<String>::new()));
     let seen = Arc::new(Mutex::new(std::collections::HashSet::<(String, String)>::new()));
@@ -489,7 +489,7 @@ fn lossy_proxy(moto: &str) -> (berth_testkit::Server, Arc<Mutex<Vec<String>>>) {
         }
         let reply = call.send().unwrap();
         let sha = r.header("x-amz-meta-sha256").unwrap_or_default().to_string();
-        if r.method == "PUT" && r.path().contains("/channels/") && seen.lock().unwrap().insert((r.path().into(), sha)) {
+        if r.method == "PUT" && lose(r.path()) && seen.lock().unwrap().insert((r.path().into(), sha)) {
             assert!(reply.is_success(), "moto refused {}: {}", r.path(), reply.text());
             lost2.lock().unwrap().push(r.path().to_string());
             return Answer::status(500).body("<Error><Code>InternalError</Code></Error>").into();
@@ -514,7 +514,7 @@ fn lossy_proxy(moto: &str) -> (berth_testkit::Server, Arc<Mutex<Vec<String>>>) {
 #[test]
 fn a_put_whose_answer_was_lost_counts_as_written_when_the_key_holds_its_bytes() {
     let moto = moto_with_bucket(&[]);
-    let (proxy, lost) = lossy_proxy(&moto.url);
+    let (proxy, lost) = lossy_proxy(&moto.url, |path| path.contains("/channels/"));
     let dir = tempfile::tempdir().unwrap();
     let (k, public) = key(dir.path(), "release");
     let one = small_disk(&dir.path().join("in1"), "host", "1.0.0", 11);
@@ -556,4 +556,27 @@ fn a_put_whose_answer_was_lost_counts_as_written_when_the_key_holds_its_bytes() 
     let sig = fetch(&format!("{base}/channels/stable.json.sig")).unwrap();
     let sigs: berth_release::Signatures = serde_json::from_slice(&sig).unwrap();
     assert_eq!(sigs.signatures.len(), 1, "{}", String::from_utf8_lossy(&sig));
+}
+
+/// Step 3 alone: only the index's answer is lost. Before, the 412 of the retry was taken for
+/// another publish, the old `.sig` was put back over the new index, and no agent took the channel.
+#[test]
+fn a_lost_answer_to_the_index_put_alone_leaves_a_channel_that_verifies() {
+    let moto = moto_with_bucket(&[]);
+    let (proxy, lost) = lossy_proxy(&moto.url, |path| path.ends_with("/channels/stable.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let (k, public) = key(dir.path(), "release");
+    let one = small_disk(&dir.path().join("in1"), "host", "1.0.0", 11);
+    let mut t = target(&moto, "index");
+    let base = format!("{}/{BUCKET}/index", moto.url);
+    let none = Path::new("/nonexistent");
+    publish_s3(&options(none, &one, &k, NOW), &t, &env, &Silent).unwrap();
+
+    t.endpoint = Some(proxy.url());
+    let now = Timestamp(NOW.0 + 60);
+    let refresh = PublishOptions { image: None, now: Some(now), ..options(none, &one, &k, now) };
+    publish_s3(&refresh, &t, &env, &Silent).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(*lost.lock().unwrap(), ["/berth-releases/index/channels/stable.json"]);
+    let index = accepted(&base, &public);
+    assert_eq!((index.sequence, index.issued), (2, now));
 }
