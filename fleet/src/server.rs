@@ -383,15 +383,20 @@ fn invalid(value: impl Into<String>) -> Response {
 }
 
 fn store_error(e: &StoreError) -> Response {
-    let (status, kind) = match e {
+    let (status, kind) = store_status(e);
+    let response = error(status, kind, e.to_string());
+    if status == 503 { response.with("retry-after", "1") } else { response }
+}
+
+/// The status and kind a store failure is answered with.
+fn store_status(e: &StoreError) -> (u16, &'static str) {
+    match e {
         StoreError::Full { .. } => (409, kind::FAILED_LOCK),
         StoreError::Unavailable(_) => (503, kind::ETCD_UNAVAILABLE),
         StoreError::Conflict(_) => (503, kind::ETCD_CONFLICT),
         StoreError::Corrupt(_) => (500, kind::CORRUPT_SEMAPHORE),
         StoreError::Invalid(_) => (400, kind::INVALID_CLIENT_IDENTITY),
-    };
-    let response = error(status, kind, e.to_string());
-    if status == 503 { response.with("retry-after", "1") } else { response }
+    }
 }
 
 fn revision(status: u16, revision: u64) -> Response {
@@ -606,7 +611,14 @@ impl Ctx {
                 Response::json(200, serde_json::to_vec(&body).unwrap_or_default())
                     .with(REVISION_HEADER, rev.to_string())
             }
-            Err(e) => store_error(&e),
+            // The health path needs no token: its answer names no etcd endpoint and repeats
+            // no etcd message (the log has them).
+            Err(e) => {
+                eprintln!("berth fleet: health: {e}");
+                let (status, kind) = store_status(&e);
+                let response = error(status, kind, "the fleet's store does not answer (the server's log says why)");
+                if status == 503 { response.with("retry-after", "1") } else { response }
+            }
         }
     }
 }

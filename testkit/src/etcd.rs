@@ -145,7 +145,15 @@ impl Etcd {
         }
     }
 
+    /// Lines of the log saying that this etcd serves clients on its client port: a healthy answer
+    /// alone could come from another test's etcd that took a port found free here first.
+    fn serving_lines(&self) -> usize {
+        let port = format!("\"address\":\"127.0.0.1:{}\"", self.client_port);
+        self.log().lines().filter(|l| l.contains("\"serving client traffic") && l.contains(&port)).count()
+    }
+
     fn launch(&mut self) -> Result<(), String> {
+        let serving_before = self.serving_lines();
         self.starts += 1;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -181,7 +189,7 @@ impl Etcd {
                 self.child = None;
                 return Err(format!("etcd (start {}) exited early; its log:\n{}", self.starts, self.log()));
             }
-            if healthy(self.metrics_port) {
+            if healthy(self.metrics_port) && self.is_running() && self.serving_lines() > serving_before {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
