@@ -38,6 +38,14 @@ fn last_error(s: &Status) -> &str {
     s.last_error.as_deref().unwrap_or("")
 }
 
+/// Prints `what` with the seconds since this test binary's first note: where the time of a
+/// run goes (both tests' steps on one clock, as they run side by side).
+fn note(what: &str) {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    eprintln!("[{:7.1} s] {what}", start.elapsed().as_secs_f64());
+}
+
 /// `cmd` in bash, run again while the daemon holds the agent's lock (a check every 5 s here):
 /// commands say "busy" instead of waiting for it.
 fn busy_retry(cmd: &str) -> String {
@@ -58,6 +66,7 @@ const BOOTING_B: &str = "berth-bootmgr: -> booting B ";
 /// root (1.5.0), then a userspace whose health check fails (1.6.0).
 #[test]
 fn a_bad_kernel_then_an_unhealthy_userspace_are_rolled_back() {
+    note("rollbacks: start");
     let v1 = image("1.0.0", Flavour::Good);
     let repo = Repo::new();
     let mut m = boot(&v1, &repo, Some(format!("{}tries = {TRIES}\n", provision("immediate"))));
@@ -67,6 +76,7 @@ fn a_bad_kernel_then_an_unhealthy_userspace_are_rolled_back() {
     let mut a = agent(&m);
     wait_status(&mut a, Duration::from_secs(60), "slot a marked good", marked_good);
     drop(a);
+    note("rollbacks: 1.0.0 booted");
     let why = "root partition PARTUUID=";
     // 1.6.0 is built while 1.5.0 is tried.
     let next = || {
@@ -120,6 +130,7 @@ fn rolls_back(
         last = s.last_check;
     }
     assert_eq!(m.console().matches("berth.slot=").count(), booted, "{case}: the machine rebooted again");
+    note(&format!("rollbacks: {version} rolled back"));
 }
 
 /// Slow (five cuts, each a TCG boot): behind `BERTH_TEST_SLOW=1`.
@@ -247,6 +258,7 @@ fn refused(a: &mut Agent, verb: &str, needle: &str, unchanged: &Unchanged, case:
 /// `rollback: …`.
 #[test]
 fn bad_releases_are_refused_then_a_to_b_to_a_with_the_fleets_lock() {
+    note("a to b to a: start");
     let lock = FleetLockServer::start().expect("FleetLock server");
     let v1 = image("1.0.0", Flavour::Good);
     let repo = Repo::new();
@@ -263,6 +275,7 @@ fn bad_releases_are_refused_then_a_to_b_to_a_with_the_fleets_lock() {
     let s = wait_status(&mut a, Duration::from_secs(60), "slot a marked good", marked_good);
     assert_eq!(slot(&s.running), ("a", "1.0.0", Some((2, 0, true))), "1.0.0: {s:#?}");
     let marker = write_var_marker(&mut a, "before-updates");
+    note("a to b to a: 1.0.0 booted");
 
     let signer = refuse_bad_releases(&mut a, &repo, &v2);
     // And after all that, the good release still goes in.
@@ -271,6 +284,7 @@ fn bad_releases_are_refused_then_a_to_b_to_a_with_the_fleets_lock() {
     let s = status(&mut a);
     assert_eq!(s.state, Phase::Staged, "bad releases: the good 2.0.0 after them: {s:#?}");
     assert_eq!(s.other.priority, Some(2), "bad releases: the good 2.0.0 after them: {s:#?}");
+    note("a to b to a: bad releases refused, 2.0.0 staged");
 
     // Strategy immediate from now on: the restarted daemon finds the staged 2.0.0 on its first
     // check and reboots into it.
@@ -489,6 +503,7 @@ fn a_to_b_to_a(m: &mut Machine, repo: &Repo, lock: &FleetLockServer, booted: usi
     m.wait_for_count(BOOT_COMPLETE, booted + 1, BOOT).unwrap_or_else(|e| panic!("2.0.0 on b: {e}"));
     let mut a = agent(m);
     updated(&mut a, "2.0.0", "b", marker);
+    note("a to b to a: 2.0.0 booted in b");
 
     // Staged, but the slot is taken: no reboot, and status says why (the protocol's kind).
     lock.hold("workers", "another-host");
@@ -511,10 +526,12 @@ fn a_to_b_to_a(m: &mut Machine, repo: &Repo, lock: &FleetLockServer, booted: usi
 
     // The other host is done: this one takes the slot, reboots into a, and once a is marked
     // good gives the slot back.
+    note("a to b to a: 3.0.0 staged, waiting for the lock");
     lock.free("workers");
     m.wait_for_count(BOOT_COMPLETE, booted + 1, BOOT).unwrap_or_else(|e| panic!("3.0.0 on a: {e}"));
     let mut a = agent(m);
     let s = updated(&mut a, "3.0.0", "a", marker);
+    note("a to b to a: 3.0.0 booted in a");
     assert_eq!(s.fleetlock, None, "fleetlock: the refusal is cleared once the lock was given: {s:#?}");
     let start = std::time::Instant::now();
     while lock.holder("workers").is_some() && start.elapsed() < Duration::from_secs(120) {
@@ -540,6 +557,7 @@ fn a_to_b_to_a(m: &mut Machine, repo: &Repo, lock: &FleetLockServer, booted: usi
     bash(&mut a, "berthctl reboot", Duration::from_secs(30));
     drop(a);
     wait_next_boot_complete(m, BOOT);
+    note("a to b to a: rolled back to 2.0.0 in b");
     let mut a = agent(m);
     let first = wait_status(&mut a, Duration::from_secs(120), "rollback: a check on b", |s| {
         s.running.slot.name() == "b" && s.last_check.is_some()
@@ -563,4 +581,5 @@ fn a_to_b_to_a(m: &mut Machine, repo: &Repo, lock: &FleetLockServer, booted: usi
     assert!(human.contains("Held back: 3.0.0"), "rollback: {human}");
     let reqs = repo.server.requests();
     assert!(!reqs[asked..].iter().any(|r| r.path.ends_with("root.img.zst")), "rollback: downloaded again: {reqs:?}");
+    note("a to b to a: done");
 }
