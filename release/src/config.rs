@@ -13,6 +13,8 @@
 //! jitter = "10m"                    # a random delay added to each, so a fleet does not ask at once
 //! tries = 3                         # trial boots of a new slot before bootmgr returns to the old one
 //! health-timeout = "10m"            # boot-complete.target must be reached within this
+//! tls-ca = "/etc/berth/ca.pem"      # optional: the CA certificate(s) (PEM) trusted instead of the
+//!                                   # public roots for all the agent's HTTPS (a company CA)
 //!
 //! [window]                          # strategy = "window": when reboots may happen (UTC)
 //! days = ["sat", "sun"]
@@ -154,6 +156,11 @@ pub struct UpdateConfig {
     pub health_timeout: Duration,
     /// The fleet server (`[fleetlock]`), whatever the strategy: reports go to it.
     pub fleet: Option<FleetLock>,
+    /// `tls-ca`: a PEM file of the CA certificates the agent trusts **instead of** the public
+    /// roots for every HTTPS request (channel, artifacts, key sets, the fleet server); `None`:
+    /// the public roots. Only the path is checked here (absolute); the agent reads the file
+    /// when it starts and refuses to run without a certificate from it.
+    pub tls_ca: Option<PathBuf>,
     /// The files read, in order.
     pub sources: Vec<PathBuf>,
 }
@@ -171,6 +178,7 @@ impl Default for UpdateConfig {
             tries: 3,
             health_timeout: Duration::from_secs(600),
             fleet: None,
+            tls_ca: None,
             sources: Vec::new(),
         }
     }
@@ -199,6 +207,7 @@ struct Layer {
     jitter: Option<String>,
     tries: Option<u8>,
     health_timeout: Option<String>,
+    tls_ca: Option<String>,
     window: Option<WindowLayer>,
     fleetlock: Option<FleetLockLayer>,
 }
@@ -299,6 +308,12 @@ impl UpdateConfig {
             }
             if let Some(v) = l.health_timeout {
                 c.health_timeout = duration("health-timeout", &v)?;
+            }
+            if let Some(t) = l.tls_ca {
+                if !t.starts_with('/') || t.ends_with('/') {
+                    return Err(err(format!("tls-ca {t:?} must be an absolute path to a PEM file")));
+                }
+                c.tls_ca = Some(PathBuf::from(t));
             }
             if let Some(w) = l.window {
                 window = Some((name.clone(), w));
@@ -477,6 +492,23 @@ mod tests {
         // A bad table is refused even when the strategy is not fleetlock.
         let e = load(&["strategy = \"off\"\n[fleetlock]\nurl = \"http://fl\"\ngroup = \"a/b\"\n"]).unwrap_err();
         assert!(e.to_string().contains("fleetlock.group"), "{e}");
+    }
+
+    #[test]
+    fn a_private_ca_is_a_path_overridden_key_by_key() {
+        assert_eq!(load(&[""]).unwrap().tls_ca, None, "the public roots unless told");
+        let c = load(&["tls-ca = \"/usr/lib/berth/ca.pem\"\n"]).unwrap();
+        assert_eq!(c.tls_ca.as_deref(), Some(Path::new("/usr/lib/berth/ca.pem")));
+        // The operator's file overrides the image's; a file without the key keeps it.
+        let c = load(&["tls-ca = \"/usr/lib/berth/ca.pem\"", "tls-ca = \"/etc/berth/ca.pem\""]).unwrap();
+        assert_eq!(c.tls_ca.as_deref(), Some(Path::new("/etc/berth/ca.pem")));
+        let c = load(&["tls-ca = \"/usr/lib/berth/ca.pem\"", "strategy = \"off\""]).unwrap();
+        assert_eq!(c.tls_ca.as_deref(), Some(Path::new("/usr/lib/berth/ca.pem")));
+        let e = load(&["", "tls-ca = \"ca.pem\""]).unwrap_err();
+        assert_eq!(e.to_string(), "/f1: tls-ca \"ca.pem\" must be an absolute path to a PEM file");
+        assert!(load(&["tls-ca = \"/etc/berth/\""]).is_err());
+        let e = load(&["tls-ca = [\"/a.pem\"]"]).unwrap_err();
+        assert!(e.path.starts_with("/f0:1:"), "{e}");
     }
 
     #[test]

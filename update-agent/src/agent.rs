@@ -69,9 +69,11 @@ pub enum Found {
 }
 
 impl Agent {
-    /// Reads the configuration and finds the disk.
+    /// Reads the configuration (and `tls-ca`'s file: a bad one is an error now, not at the first
+    /// request) and finds the disk.
     pub fn open() -> anyhow::Result<Agent> {
         let config = UpdateConfig::load(Path::new("/"))?;
+        let http = Http::new(crate::http::tls(&config).map_err(|e| anyhow!(e))?);
         let disk = BootDisk::find()?;
         let version = match &config.version {
             Some(v) => v.clone(),
@@ -88,8 +90,13 @@ impl Agent {
             state: State::load(&state_dir),
             state_dir,
             reboot_command: vec!["berthctl".into(), "reboot".into()],
-            http: Http::new(),
+            http,
         })
+    }
+
+    /// The agent's client (its TLS settings are the configuration's).
+    pub fn http(&self) -> &Http {
+        &self.http
     }
 
     /// Reads the state again, as the holder of the agent's lock: a phase left in progress is

@@ -8,7 +8,6 @@
 //! Best effort: one attempt with a short deadline, a failure is one log line, and nothing the
 //! agent does waits for or depends on the answer.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use berth_release::Timestamp;
@@ -136,14 +135,14 @@ pub fn request(agent: &Agent) -> Option<ReportRequest> {
 /// Sends `agent`'s report, if it reports; a failure is printed (one line) and otherwise ignored.
 pub fn send(agent: &Agent) {
     let (Some(server), Some(request)) = (server(&agent.config), request(agent)) else { return };
-    if let Err(why) = post(server, &request) {
+    if let Err(why) = post(agent.http().client(), server, &request) {
         println!("fleet report: {why} (not retried until the next report; updates go on)");
     }
 }
 
-/// One `POST` of `request` to `server`'s report path.
-fn post(server: &FleetLock, request: &ReportRequest) -> Result<(), String> {
-    static CLIENT: OnceLock<berth_http::Client> = OnceLock::new();
+/// One `POST` of `request` to `server`'s report path with `client` (the agent's: it trusts what
+/// `tls-ca` says).
+fn post(client: &berth_http::Client, server: &FleetLock, request: &ReportRequest) -> Result<(), String> {
     let url = format!("{}{}", server.url, fleet::REPORT_PATH);
     let body = serde_json::to_vec(request).map_err(|e| format!("POST {url}: {e}"))?;
     if body.len() > fleet::MAX_REPORT {
@@ -154,8 +153,6 @@ fn post(server: &FleetLock, request: &ReportRequest) -> Result<(), String> {
         ));
     }
     let headers = crate::fleetlock::headers(server).map_err(|e| format!("POST {url}: {e}"))?;
-    let client =
-        CLIENT.get_or_init(|| berth_http::Client::builder(concat!("berth-update/", env!("CARGO_PKG_VERSION"))).build());
     let mut call = client
         .call("POST", &url)
         .header("content-type", "application/json")
@@ -320,6 +317,10 @@ mod tests {
         assert_eq!(kept.last(), Some(&Timestamp(19)), "the newest kept");
     }
 
+    fn client() -> berth_http::Client {
+        berth_http::Client::builder("berth-update-test").build()
+    }
+
     fn fleet(url: &str, token_file: Option<std::path::PathBuf>) -> FleetLock {
         FleetLock { url: url.into(), group: "workers".into(), token_file, report: true }
     }
@@ -336,8 +337,8 @@ mod tests {
             client_params: ClientParams { id: fleet::node_id("m"), group: "workers".into() },
             report: build(&status(), &UpdateConfig::default(), "node-2", Timestamp(1_796_000_000)),
         };
-        post(&fleet(&server.url(), Some(token)), &request).unwrap();
-        post(&fleet(&server.url(), None), &request).unwrap();
+        post(&client(), &fleet(&server.url(), Some(token)), &request).unwrap();
+        post(&client(), &fleet(&server.url(), None), &request).unwrap();
         let seen = server.requests();
         assert_eq!(seen.len(), 2);
         for r in &seen {
@@ -367,16 +368,45 @@ mod tests {
             }
         })
         .unwrap();
-        let e = post(&fleet(&s.url(), None), &request).unwrap_err();
+        let e = post(&client(), &fleet(&s.url(), None), &request).unwrap_err();
         assert_eq!(e, format!("POST {}/berth/v1/report: 401: unauthorized: a bearer token is required", s.url()));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("t"), "t").unwrap();
-        let e = post(&fleet(&s.url(), Some(dir.path().join("t"))), &request).unwrap_err();
+        let e = post(&client(), &fleet(&s.url(), Some(dir.path().join("t"))), &request).unwrap_err();
         assert_eq!(e, format!("POST {}/berth/v1/report: 500: boom", s.url()));
         let started = std::time::Instant::now();
         let dead = format!("http://127.0.0.1:{}", berth_testkit::dead_port());
-        let e = post(&fleet(&dead, None), &request).unwrap_err();
+        let e = post(&client(), &fleet(&dead, None), &request).unwrap_err();
         assert!(e.starts_with(&format!("POST {dead}/berth/v1/report: ")), "{e}");
         assert!(started.elapsed() < REPORT_TIMEOUT, "not retried");
+    }
+
+    /// With `tls-ca`, the report goes to a fleet server of the private CA through the agent's
+    /// client (a real TLS server: openssl s_server), and is refused by one with public roots.
+    #[test]
+    fn a_report_reaches_a_fleet_server_of_a_private_ca() {
+        use crate::http::tests::{private_ca, s_server};
+        let certs = tempfile::tempdir().unwrap();
+        private_ca(certs.path());
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        let server = s_server(certs.path(), certs.path(), Some(answer));
+        let url = format!("https://127.0.0.1:{}", server.port);
+        let request = ReportRequest {
+            client_params: ClientParams { id: "x".into(), group: "workers".into() },
+            report: build(&status(), &UpdateConfig::default(), "n", Timestamp(0)),
+        };
+        let config = UpdateConfig::from_texts(&[(
+            "/etc/berth/update.toml".into(),
+            format!("tls-ca = {:?}\n", certs.path().join("ca.pem").to_str().unwrap()),
+        )])
+        .unwrap();
+        let http = crate::http::Http::new(crate::http::tls(&config).unwrap());
+        post(http.client(), &fleet(&url, None), &request).unwrap();
+        assert!(server.printed("POST /berth/v1/report HTTP/1.1"), "{}", server.output());
+        // That s_server has given its one answer: another, the same certificate; the handshake fails before any answer is needed.
+        let server = s_server(certs.path(), certs.path(), None);
+        let url = format!("https://127.0.0.1:{}", server.port);
+        let e = post(&client(), &fleet(&url, None), &request).unwrap_err();
+        assert!(e.contains("UnknownIssuer"), "{e}");
     }
 }

@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn the_lock_is_asked_for_refused_while_taken_and_given_back() {
-        let http = Http::new();
+        let http = Http::new(berth_http::Tls::default());
         let lock = lock_server(Some("someone else"));
         let url = lock.url();
         let server = fleet(&url, "workers");
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn an_unreachable_server_is_an_error_that_names_it() {
-        let http = Http::new();
+        let http = Http::new(berth_http::Tls::default());
         let port = berth_testkit::dead_port();
         let server = fleet(&format!("http://127.0.0.1:{port}"), "default");
         let e = Client::new(&http, &server, "m").pre_reboot().unwrap_err();
@@ -233,7 +233,7 @@ mod tests {
     /// cannot be read is an error naming it, and nothing is sent.
     #[test]
     fn the_token_file_s_first_line_is_the_bearer_token() {
-        let http = Http::new();
+        let http = Http::new(berth_http::Tls::default());
         let lock = lock_server(None);
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("fleet.token");

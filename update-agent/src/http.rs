@@ -9,12 +9,15 @@
 //! and a connection that averages less than 1 KiB/s over a minute is dropped and retried.
 //!
 //! The client, its settings and the retry policy are Berth's one ([`berth_http`]); this module
-//! sets the agent's attempts and backoff and adds the deadlines and the resumption.
+//! sets the agent's attempts and backoff and adds the deadlines and the resumption. With
+//! `tls-ca` in update.toml ([`tls`]) the client trusts that CA instead of the public roots, for
+//! every request the agent makes (the fleet server's too: crate::fleet_report uses this client).
 
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use berth_http::{Attempt, BodyReader, Client, Failed, Retry};
+use berth_http::{Attempt, BodyReader, Client, Failed, Retry, Tls};
+use berth_release::config::UpdateConfig;
 use berth_release::{ArtifactCheck, ArtifactError};
 
 /// Attempts per request (the first and the retries).
@@ -136,27 +139,42 @@ pub enum FetchError {
     },
 }
 
-impl Default for Http {
-    fn default() -> Self {
-        Http::new()
+/// What the agent trusts over TLS: the CA file of `tls-ca` instead of the public roots, or the
+/// public roots without it. A missing file or one without a certificate is an error naming the
+/// key and the file: the agent must not fall back to the public roots when told otherwise.
+pub fn tls(config: &UpdateConfig) -> Result<Tls, String> {
+    match &config.tls_ca {
+        None => Ok(Tls::default()),
+        Some(ca) => Tls::default().with_ca_file(ca).map_err(|e| format!("update.toml tls-ca: {e}")),
     }
 }
 
 impl Http {
-    /// A client with Berth's timeouts and the agent's retry policy.
-    pub fn new() -> Http {
-        Http::with_retry(Retry::new().attempts(ATTEMPTS).backoff(BACKOFF).max_backoff(MAX_BACKOFF))
+    /// A client with Berth's timeouts and the agent's retry policy, trusting what `tls` says.
+    pub fn new(tls: Tls) -> Http {
+        Http::with_retry(Retry::new().attempts(ATTEMPTS).backoff(BACKOFF).max_backoff(MAX_BACKOFF), tls)
     }
 
-    fn with_retry(retry: Retry) -> Http {
-        let client = Client::builder(concat!("berth-update/", env!("CARGO_PKG_VERSION"))).retry(retry).build();
+    fn with_retry(retry: Retry, tls: Tls) -> Http {
+        let client = Client::builder(concat!("berth-update/", env!("CARGO_PKG_VERSION"))).retry(retry).tls(tls).build();
         Http { client, pace: Pace::DEFAULT }
     }
 
     /// The same client with another retry policy (tests).
     #[cfg(test)]
     pub fn with_retries(attempts: u32, backoff: Duration) -> Http {
-        Http::with_retry(Retry::new().attempts(attempts).backoff(backoff).max_backoff(MAX_BACKOFF))
+        Http::with_retries_tls(attempts, backoff, Tls::default())
+    }
+
+    /// [`Http::with_retries`] trusting what `tls` says (tests).
+    #[cfg(test)]
+    pub fn with_retries_tls(attempts: u32, backoff: Duration, tls: Tls) -> Http {
+        Http::with_retry(Retry::new().attempts(attempts).backoff(backoff).max_backoff(MAX_BACKOFF), tls)
+    }
+
+    /// The underlying client (one request of any method: the fleet server's reports).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The same client with another pace (tests).
@@ -431,7 +449,7 @@ impl ArtifactReader<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use berth_testkit::{Reply, Response, Server};
     use std::io::Write;
@@ -647,5 +665,211 @@ mod tests {
                 assert!(calls >= 2);
             }
         }
+    }
+
+    /// A real TLS server (`openssl s_server`) on a free loopback port, with a certificate for
+    /// 127.0.0.1; stopped (killed) when dropped. What it prints (a client's request, in the
+    /// plain mode) is kept.
+    pub(crate) struct TlsServer {
+        child: std::process::Child,
+        pub(crate) port: u16,
+        out: std::sync::Arc<std::sync::Mutex<String>>,
+        /// Held open: at its end s_server would close the connection, perhaps before it
+        /// printed the request.
+        _stdin: Option<std::process::ChildStdin>,
+    }
+
+    impl TlsServer {
+        /// Whether s_server prints `needle` within 10 s (it prints a request as it reads it,
+        /// perhaps after the client had its answer).
+        pub(crate) fn printed(&self, needle: &str) -> bool {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
+                if self.out.lock().unwrap().contains(needle) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        }
+
+        /// What s_server printed so far.
+        pub(crate) fn output(&self) -> String {
+            self.out.lock().unwrap().clone()
+        }
+    }
+
+    impl Drop for TlsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    pub(crate) fn openssl(dir: &std::path::Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A private CA (ca.pem) and a server certificate it signed for IP 127.0.0.1 (server.pem,
+    /// server.key), made by openssl in `dir`.
+    pub(crate) fn private_ca(dir: &std::path::Path) {
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend(["-subj", "/CN=Berth test CA", "-days", "1", "-keyout", "ca.key", "-out", "ca.pem"]);
+        openssl(dir, &ca);
+        let mut csr = vec!["req", "-new"];
+        csr.extend(ec);
+        csr.extend(["-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"]);
+        openssl(dir, &csr);
+        std::fs::write(dir.join("san.ext"), "subjectAltName = IP:127.0.0.1\n").unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "san.ext",
+                "-out",
+                "server.pem",
+            ],
+        );
+    }
+
+    /// Starts s_server in `root` with `certs`' server certificate: with `answer` None in `-WWW`
+    /// mode (files of `root` for `GET`s), else sending `answer` (a whole HTTP response) to its
+    /// first client and printing what the client sent. Ready once it says `ACCEPT`.
+    pub(crate) fn s_server(root: &std::path::Path, certs: &std::path::Path, answer: Option<&[u8]>) -> TlsServer {
+        use std::io::BufRead;
+        let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
+        for _ in 0..5 {
+            let port = berth_testkit::dead_port();
+            let mut cmd = std::process::Command::new("openssl");
+            cmd.current_dir(root)
+                .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+                .args(["-cert".as_ref(), cert.as_os_str(), "-key".as_ref(), key.as_os_str()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null());
+            match answer {
+                None => cmd.arg("-WWW").stdin(std::process::Stdio::null()),
+                Some(_) => cmd.stdin(std::process::Stdio::piped()),
+            };
+            let mut child = cmd.spawn().expect("openssl s_server starts");
+            let mut stdin = child.stdin.take();
+            if let (Some(pipe), Some(a)) = (stdin.as_mut(), answer) {
+                pipe.write_all(a).unwrap();
+            }
+            let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+            let (ready_tx, ready) = std::sync::mpsc::channel();
+            let (stdout, sink) = (child.stdout.take().unwrap(), out.clone());
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line == "ACCEPT" {
+                        let _ = ready_tx.send(());
+                    }
+                    let mut o = sink.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+            // No ACCEPT: the port was taken meanwhile (s_server exits); another one.
+            if ready.recv_timeout(Duration::from_secs(20)).is_ok() {
+                return TlsServer { child, port, out, _stdin: stdin };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("openssl s_server did not start");
+    }
+
+    fn config(text: &str) -> UpdateConfig {
+        UpdateConfig::from_texts(&[("/etc/berth/update.toml".into(), text.to_string())]).unwrap()
+    }
+
+    /// With `tls-ca` the agent reads from a server of a private CA; without it the same request
+    /// fails on the certificate (the public roots do not know the CA), and an artifact is
+    /// streamed and checked through the same client.
+    #[test]
+    fn tls_ca_is_trusted_instead_of_the_public_roots() {
+        let certs = tempfile::tempdir().unwrap();
+        private_ca(certs.path());
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("channels")).unwrap();
+        let index = b"{\"the\": \"index\"}\n".repeat(100);
+        std::fs::write(root.path().join("channels/stable.json"), &index).unwrap();
+        let server = s_server(root.path(), certs.path(), None);
+        let url = format!("https://127.0.0.1:{}/channels/stable.json", server.port);
+
+        let ca = certs.path().join("ca.pem");
+        let with = config(&format!("tls-ca = {:?}\n", ca.to_str().unwrap()));
+        let http = Http::with_retries_tls(2, Duration::from_millis(10), tls(&with).unwrap());
+        assert_eq!(http.get_small(&url, 1 << 20).unwrap(), index);
+        let check = ArtifactCheck::new("stable.json", index.len() as u64, berth_release::artifact::sha256(&index));
+        assert_eq!(http.artifact(&url, check).read_all().unwrap(), index);
+
+        // The fleet server's FleetLock request goes through the same client.
+        let answer =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+        let fleet_server = s_server(root.path(), certs.path(), Some(answer));
+        let fleet = berth_release::config::FleetLock {
+            url: format!("https://127.0.0.1:{}", fleet_server.port),
+            group: "workers".into(),
+            token_file: None,
+            report: true,
+        };
+        crate::fleetlock::Client::new(&http, &fleet, "m").pre_reboot().unwrap();
+        assert!(fleet_server.printed("POST /v1/pre-reboot HTTP/1.1"), "{}", fleet_server.output());
+
+        // The default: public roots only. A certificate error is a connection error to the
+        // client (retried, then given up on).
+        let without = config("");
+        let http = Http::with_retries_tls(2, Duration::from_millis(10), tls(&without).unwrap());
+        let e = http.get_small(&url, 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("invalid peer certificate: UnknownIssuer") && e.contains("gave up after 2 attempts"), "{e}");
+        assert!(e.starts_with(&format!("GET {url}: ")), "{e}");
+
+        // Another CA's certificate in tls-ca: refused too (not the public roots' fallback).
+        let other = tempfile::tempdir().unwrap();
+        private_ca(other.path());
+        let http = Http::with_retries_tls(
+            1,
+            Duration::from_millis(10),
+            Tls::default().with_ca_file(&other.path().join("ca.pem")).unwrap(),
+        );
+        let e = http.get_small(&url, 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("UnknownIssuer") || e.contains("BadSignature"), "{e}");
+    }
+
+    /// A `tls-ca` file that is missing or holds no certificate stops the agent with an error
+    /// naming the key and the file.
+    #[test]
+    fn a_missing_or_empty_tls_ca_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let absent = dir.path().join("ca.pem");
+        let e = tls(&config(&format!("tls-ca = {:?}", absent.to_str().unwrap()))).unwrap_err();
+        assert!(
+            e.starts_with(&format!("update.toml tls-ca: {}: ", absent.display())) && e.contains("No such file"),
+            "{e}"
+        );
+        std::fs::write(&absent, "").unwrap();
+        let e = tls(&config(&format!("tls-ca = {:?}", absent.to_str().unwrap()))).unwrap_err();
+        assert!(
+            e.starts_with(&format!("update.toml tls-ca: {}: ", absent.display())) && e.contains("no PEM block"),
+            "{e}"
+        );
+        openssl(dir.path(), &["genpkey", "-algorithm", "ed25519", "-out", "ca.pem"]);
+        let e = tls(&config(&format!("tls-ca = {:?}", absent.to_str().unwrap()))).unwrap_err();
+        assert!(e.contains("no CERTIFICATE block"), "{e}");
+        assert!(tls(&config("")).unwrap().is_default());
     }
 }
