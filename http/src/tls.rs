@@ -86,6 +86,12 @@ impl Tls {
         Ok(self)
     }
 
+    /// Trusts no server at all: every HTTPS request fails. For a program whose configured trust
+    /// cannot be read but whose work needs no request: it must not fall back to the public roots.
+    pub fn trust_nothing() -> Tls {
+        Tls { roots: Some(Vec::new()), identity: None }
+    }
+
     /// Whether anything differs from the default.
     pub fn is_default(&self) -> bool {
         self.roots.is_none() && self.identity.is_none()
@@ -146,6 +152,7 @@ mod tests {
         let tls = Tls::default().with_ca_file(&cert).unwrap().with_client_cert(&cert, &key).unwrap();
         assert!(!tls.is_default());
         assert!(Tls::default().is_default());
+        assert!(!Tls::trust_nothing().is_default());
         let _ = tls.config();
 
         // A key where a certificate belongs, a certificate where a key belongs, junk, nothing.

@@ -69,11 +69,21 @@ pub enum Found {
 }
 
 impl Agent {
-    /// Reads the configuration (and `tls-ca`'s file: a bad one is an error now, not at the first
-    /// request) and finds the disk.
-    pub fn open() -> anyhow::Result<Agent> {
+    /// Reads the configuration and finds the disk. For a command that makes requests
+    /// (`network`), a bad `tls-ca` file is an error now, not at the first request; the others
+    /// (mark-good, status, rollback) only warn: a CA file on /etc cannot be mended by a rollback,
+    /// so it must not keep a good slot from being marked good. Their client trusts no server.
+    pub fn open(network: bool) -> anyhow::Result<Agent> {
         let config = UpdateConfig::load(Path::new("/"))?;
-        let http = Http::new(crate::http::tls(&config).map_err(|e| anyhow!(e))?);
+        let tls = match crate::http::tls(&config) {
+            Ok(tls) => tls,
+            Err(e) if !network => {
+                eprintln!("berth-update: warning: {e}");
+                berth_http::Tls::trust_nothing()
+            }
+            Err(e) => return Err(anyhow!(e)),
+        };
+        let http = Http::new(tls);
         let disk = BootDisk::find()?;
         let version = match &config.version {
             Some(v) => v.clone(),

@@ -123,7 +123,8 @@ fn busy(agent: &mut Agent) -> String {
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let mut agent = Agent::open()?;
+    let network = matches!(command, Command::Check | Command::Apply { .. } | Command::Daemon);
+    let mut agent = Agent::open(network)?;
     match command {
         Command::Status { json } => {
             // No lock: the state file is replaced whole (rename), so it reads consistently.
