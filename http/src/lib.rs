@@ -450,8 +450,21 @@ fn classify(e: ureq::Error) -> Error {
         ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl | ureq::Error::RedirectFailed => {
             Error::Request(e)
         }
+        // A certificate this client does not trust (unknown issuer, wrong name, expired) will
+        // not be trusted on the next attempt either.
+        e if refused_certificate(&e) => Error::Request(e),
         e => Error::Connection(e),
     }
+}
+
+/// Whether rustls refused the server's certificate (as itself, or inside an I/O error).
+fn refused_certificate(e: &ureq::Error) -> bool {
+    let tls = match e {
+        ureq::Error::Rustls(t) => Some(t),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(tls, Some(rustls::Error::InvalidCertificate(_)))
 }
 
 /// Builds a [`Client`].
