@@ -135,6 +135,15 @@ impl<'a> S3<'a> {
         check_bucket(bucket)?;
         let (endpoint, path_style) = match endpoint {
             Some(e) => (e.to_string(), true),
+            // AWS's certificate is `*.s3.REGION.amazonaws.com`: one label, so a dotted bucket's
+            // virtual host fails TLS with words that do not say why. Say it now.
+            None if bucket.contains('.') => {
+                return Err(Error::Invalid(format!(
+                    "bucket {bucket:?}: a bucket name with dots does not match AWS's TLS certificate in \
+                     virtual-hosted URLs: use a bucket without dots (a bucket made before September 2020 can \
+                     also be reached path-style with --endpoint https://s3.{region}.amazonaws.com)"
+                )));
+            }
             None => (format!("https://{bucket}.s3.{region}.amazonaws.com"), false),
         };
         Ok(S3 {
@@ -351,6 +360,12 @@ mod tests {
         for bad in ["ab", "My-Bucket", "-bucket", "bucket-", "a_b_c"] {
             assert!(S3::new(&client, None, "r", bad, &c, &crate::Silent).is_err(), "{bad}");
         }
+        // Dots: refused on AWS's virtual hosts (naming the way out), path-style at an endpoint.
+        let e = S3::new(&client, None, "eu-west-1", "releases.example.com", &c, &crate::Silent).err().unwrap();
+        assert!(e.to_string().contains("--endpoint https://s3.eu-west-1.amazonaws.com"), "{e}");
+        let s = S3::new(&client, Some("https://s3.eu-west-1.amazonaws.com"), "eu-west-1", "a.b", &c, &crate::Silent)
+            .unwrap();
+        assert_eq!(s.url("k"), "https://s3.eu-west-1.amazonaws.com/a.b/k");
     }
     /// What moto does not do: S3's 409 `ConditionalRequestConflict` (asked again) and a 403
     /// `AccessDenied` (refused credentials, named; never "absent").
