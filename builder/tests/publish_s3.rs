@@ -580,3 +580,44 @@ fn a_lost_answer_to_the_index_put_alone_leaves_a_channel_that_verifies() {
     let index = accepted(&base, &public);
     assert_eq!((index.sequence, index.issued), (2, now));
 }
+
+/// The restore path: another writer replaces the index alone (a plain PUT, no `.sig`) between
+/// this publish's `.sig` and its index. The index PUT meets 412, the key holds other bytes, so
+/// the `.sig` this publish wrote is put back to what it was, and the error says so.
+#[test]
+fn an_index_replaced_alone_mid_publish_gets_its_old_sig_back() {
+    let moto = moto_with_bucket(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (k, _public) = key(dir.path(), "release");
+    let one = small_disk(&dir.path().join("in1"), "host", "1.0.0", 11);
+    let t = target(&moto, "restore");
+    let base = format!("{}/{BUCKET}/restore", moto.url);
+    let none = Path::new("/nonexistent");
+    publish_s3(&options(none, &one, &k, NOW), &t, &env, &Silent).unwrap();
+    let (index_url, sig_url) = (format!("{base}/channels/stable.json"), format!("{base}/channels/stable.json.sig"));
+    let old_sig = fetch(&sig_url).unwrap();
+
+    let foreign = b"{\"not\":\"an index this publish wrote\"}".to_vec();
+    let refresh = PublishOptions { image: None, now: Some(Timestamp(NOW.0 + 60)), ..options(none, &one, &k, NOW) };
+    let e = publish_s3_with(&refresh, &t, &env, &Silent, &|| {
+        // Between the .sig with both signatures and the index: the index alone replaced.
+        assert_ne!(fetch(&sig_url).unwrap(), old_sig, "the .sig with both signatures was not written first");
+        let c = creds();
+        let signer = Signer { credentials: &c, region: "us-east-1", service: "s3" };
+        let added = signer.sign("PUT", &index_url, &[], Payload::Bytes(&foreign), SystemTime::now()).unwrap();
+        let http = berth_cloud::api::client();
+        let mut call = http.call("PUT", &index_url).body(foreign.clone());
+        for (n, v) in &added {
+            call = call.header(n, v);
+        }
+        let reply = call.send().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("another publish changed channel stable") && e.contains("its old .sig was put back"), "{e}");
+    assert_eq!(fetch(&sig_url).unwrap(), old_sig, "the .sig is not the one from before this publish");
+    // (The other writer's object is private: read it signed.)
+    let (status, text) = signed("GET", &index_url);
+    assert_eq!((status, text.into_bytes()), (200, foreign), "the other writer's index was overwritten");
+}
