@@ -144,3 +144,30 @@ pub fn silence_deadline(report: &HostReport) -> std::time::Duration {
     let secs = report.interval_seconds.saturating_add(report.jitter_seconds).saturating_mul(2).saturating_add(60);
     std::time::Duration::from_secs(secs.clamp(10, 7 * 24 * 3600))
 }
+
+/// A group and a client id as every store takes them (the contract's checks).
+pub(crate) fn valid(group: &str, id: &str) -> Result<(), StoreError> {
+    berth_release::fleet::check_group(group)
+        .and_then(|()| berth_release::fleet::check_id(id))
+        .map_err(StoreError::Invalid)
+}
+
+/// A report as every store keeps it: its sender checked, at most
+/// [`MAX_REPORT`](berth_release::fleet::MAX_REPORT) bytes, the newest
+/// [`MAX_ROLLED_BACK`](berth_release::fleet::MAX_ROLLED_BACK) rollbacks.
+pub(crate) fn admit_report(who: &ClientParams, report: &HostReport) -> Result<HostReport, StoreError> {
+    use berth_release::fleet::{MAX_REPORT, MAX_ROLLED_BACK};
+    valid(&who.group, &who.id)?;
+    let size = serde_json::to_vec(report).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > MAX_REPORT {
+        return Err(StoreError::Invalid(format!(
+            "the report of {} is {size} bytes, over the {MAX_REPORT} allowed",
+            who.id
+        )));
+    }
+    let mut report = report.clone();
+    if report.rolled_back.len() > MAX_ROLLED_BACK {
+        report.rolled_back.drain(..report.rolled_back.len() - MAX_ROLLED_BACK);
+    }
+    Ok(report)
+}

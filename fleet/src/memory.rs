@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use berth_release::fleet::{ClientParams, HostReport, MAX_REPORT, check_group, check_id};
+use berth_release::fleet::{ClientParams, HostReport, check_group};
 use berth_release::time::Timestamp;
 
 use crate::semaphore::Semaphore;
-use crate::{Grant, HostRecord, Released, Snapshot, Store, StoreError, silence_deadline};
+use crate::{Grant, HostRecord, Released, Snapshot, Store, StoreError, silence_deadline, valid};
 
 #[derive(Default)]
 struct State {
@@ -32,10 +32,6 @@ impl MemoryStore {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn valid(group: &str, id: &str) -> Result<(), StoreError> {
-    check_group(group).and_then(|()| check_id(id)).map_err(StoreError::Invalid)
 }
 
 impl Store for MemoryStore {
@@ -66,14 +62,10 @@ impl Store for MemoryStore {
     }
 
     fn report(&self, who: &ClientParams, report: &HostReport, now: Timestamp) -> Result<u64, StoreError> {
-        valid(&who.group, &who.id)?;
-        let size = serde_json::to_vec(report).map(|v| v.len()).unwrap_or(usize::MAX);
-        if size > MAX_REPORT {
-            return Err(StoreError::Invalid(format!("a report of {size} bytes is over the {MAX_REPORT} allowed")));
-        }
+        let report = crate::admit_report(who, report)?;
         let mut st = self.state();
         st.revision += 1;
-        st.hosts.insert((who.group.clone(), who.id.clone()), (who.clone(), report.clone(), now));
+        st.hosts.insert((who.group.clone(), who.id.clone()), (who.clone(), report, now));
         Ok(st.revision)
     }
 

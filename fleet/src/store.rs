@@ -18,13 +18,13 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use berth_release::fleet::{ClientParams, HostReport, MAX_REPORT, MAX_ROLLED_BACK, check_group, check_id};
+use berth_release::fleet::{ClientParams, HostReport, check_group, check_id};
 use berth_release::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::etcd::{Compare, Etcd, EtcdError, KeyValue, Op, Txn, code};
 use crate::semaphore::Semaphore;
-use crate::{Grant, HostRecord, Released, Snapshot, Store, StoreError, silence_deadline};
+use crate::{Grant, HostRecord, Released, Snapshot, Store, StoreError, silence_deadline, valid};
 
 /// The key prefix unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "berth.fleet/v1";
@@ -312,10 +312,6 @@ fn jitter(attempt: u32) -> Duration {
     Duration::from_millis(5 + h.finish() % 46)
 }
 
-fn valid(group: &str, id: &str) -> Result<(), StoreError> {
-    check_group(group).and_then(|()| check_id(id)).map_err(StoreError::Invalid)
-}
-
 impl Store for EtcdStore {
     fn pre_reboot(&self, group: &str, id: &str, default_slots: u32, now: Timestamp) -> Result<Grant, StoreError> {
         valid(group, id)?;
@@ -355,18 +351,7 @@ impl Store for EtcdStore {
     }
 
     fn report(&self, who: &ClientParams, report: &HostReport, now: Timestamp) -> Result<u64, StoreError> {
-        valid(&who.group, &who.id)?;
-        let size = serde_json::to_vec(report).map(|v| v.len()).unwrap_or(usize::MAX);
-        if size > MAX_REPORT {
-            return Err(StoreError::Invalid(format!(
-                "the report of {} is {size} bytes, over the {MAX_REPORT} allowed",
-                who.id
-            )));
-        }
-        let mut report = report.clone();
-        if report.rolled_back.len() > MAX_ROLLED_BACK {
-            report.rolled_back.drain(..report.rolled_back.len() - MAX_ROLLED_BACK);
-        }
+        let report = crate::admit_report(who, report)?;
         let ttl_d = self.silent_after.unwrap_or_else(|| silence_deadline(&report));
         let ttl = ttl_d.as_secs().max(2);
         let key = self.host_key(&who.group, &who.id);
