@@ -173,12 +173,34 @@ pub fn check_id(id: &str) -> Result<(), String> {
 /// The most bytes of a report's short fields (version, slot, state, a rolled-back version…).
 pub const MAX_FIELD: usize = 128;
 
+/// The longest reported hostname (DNS's limit).
+pub const MAX_HOSTNAME: usize = 253;
+
+fn hostname_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-')
+}
+
+fn field_char(c: char) -> bool {
+    (' '..='~').contains(&c)
+}
+
+/// `name` made a hostname [`check_hostname`] takes (what an agent sends): other characters
+/// become `-`, at most [`MAX_HOSTNAME`]; `none` when empty.
+pub fn as_hostname(name: &str) -> String {
+    let name: String = name.chars().map(|c| if hostname_char(c) { c } else { '-' }).take(MAX_HOSTNAME).collect();
+    if name.is_empty() { "none".to_string() } else { name }
+}
+
+/// `s` made a short field [`check_report`] takes: printable ASCII, anything else `?`, at most
+/// [`MAX_FIELD`] bytes.
+pub fn as_field(s: &str) -> String {
+    s.chars().map(|c| if field_char(c) { c } else { '?' }).take(MAX_FIELD).collect()
+}
+
 /// A reported hostname: 1 to 253 letters, digits, `.` or `-` (what DNS takes), so that it can
 /// neither hide a terminal escape nor pose as a line of `berth fleet status`.
 pub fn check_hostname(hostname: &str) -> Result<(), String> {
-    let ok = !hostname.is_empty()
-        && hostname.len() <= 253
-        && hostname.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    let ok = !hostname.is_empty() && hostname.len() <= MAX_HOSTNAME && hostname.chars().all(hostname_char);
     if ok {
         Ok(())
     } else {
@@ -201,7 +223,7 @@ pub fn check_report(report: &HostReport) -> Result<(), String> {
         fields.extend([("rolled_back.version", &r.version), ("rolled_back.slot", &r.slot)]);
     }
     for (name, value) in fields {
-        if value.len() > MAX_FIELD || !value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        if value.len() > MAX_FIELD || !value.chars().all(field_char) {
             return Err(format!(
                 "{name} {:?} must be at most {MAX_FIELD} printable ASCII characters",
                 cut_for_message(value)
@@ -231,6 +253,18 @@ fn cut_for_message(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_an_agent_sends_is_what_the_server_takes() {
+        for raw in ["", "web-1.example", "a b\u{1b}[31m\nc", &"x".repeat(300), "é—\u{7f}"] {
+            let h = as_hostname(raw);
+            assert!(check_hostname(&h).is_ok(), "{raw:?} -> {h:?}");
+            let f = as_field(raw);
+            assert!(f.len() <= MAX_FIELD && f.chars().all(field_char), "{raw:?} -> {f:?}");
+        }
+        assert_eq!((as_hostname(""), as_hostname("a_b")), ("none".to_string(), "a-b".to_string()));
+        assert_eq!(as_field("1.0\u{1b}"), "1.0?");
+    }
 
     #[test]
     fn node_ids_are_stable_hex_and_hide_the_machine_id() {

@@ -40,23 +40,6 @@ fn cut(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
-/// A short field as the server takes it ([`fleet::check_report`]): printable ASCII, anything
-/// else `?`, at most [`fleet::MAX_FIELD`] bytes.
-fn ascii(s: &str) -> String {
-    s.chars().map(|c| if (' '..='~').contains(&c) { c } else { '?' }).take(fleet::MAX_FIELD).collect()
-}
-
-/// `name` as a hostname the server takes ([`fleet::check_hostname`]): other characters become
-/// `-`, at most 253; `none` when empty.
-fn clean_hostname(name: &str) -> String {
-    let name: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
-        .take(253)
-        .collect();
-    if name.is_empty() { "none".to_string() } else { name }
-}
-
 /// `request` made to fit in [`fleet::MAX_REPORT`] bytes when its errors alone do not: the last
 /// error goes first, then the FleetLock refusal's message, then the oldest rollbacks, so that the
 /// host is still seen rather than refused whole (and shown silent).
@@ -84,24 +67,27 @@ pub fn build(status: &Status, config: &UpdateConfig, hostname: &str, sent: Times
     let skip = status.rolled_back.len().saturating_sub(fleet::MAX_ROLLED_BACK);
     HostReport {
         schema: fleet::REPORT_SCHEMA,
-        hostname: clean_hostname(hostname),
-        version: ascii(running.version.as_deref().unwrap_or_default()),
-        slot: ascii(running.slot.name()),
-        state: ascii(status.state.name()),
-        staged: status.staged.as_ref().map(|s| ascii(&s.version)),
-        available: status.available.as_deref().map(ascii),
+        hostname: fleet::as_hostname(hostname),
+        version: fleet::as_field(running.version.as_deref().unwrap_or_default()),
+        slot: fleet::as_field(running.slot.name()),
+        state: fleet::as_field(status.state.name()),
+        staged: status.staged.as_ref().map(|s| fleet::as_field(&s.version)),
+        available: status.available.as_deref().map(fleet::as_field),
         last_check: status.last_check,
         last_error: status.last_error.as_deref().map(cut),
         rolled_back: status.rolled_back[skip..]
             .iter()
             .map(|r| fleet::RolledBack {
-                version: ascii(&r.version),
-                slot: ascii(r.slot.name()),
+                version: fleet::as_field(&r.version),
+                slot: fleet::as_field(r.slot.name()),
                 at: r.at,
                 manual: r.manual,
             })
             .collect(),
-        fleetlock: status.fleetlock.as_ref().map(|f| ErrorDoc { kind: ascii(&f.kind), value: cut(&f.message) }),
+        fleetlock: status
+            .fleetlock
+            .as_ref()
+            .map(|f| ErrorDoc { kind: fleet::as_field(&f.kind), value: cut(&f.message) }),
         interval_seconds: config.interval.as_secs(),
         jitter_seconds: config.jitter.as_secs(),
         sent,
@@ -112,7 +98,7 @@ pub fn build(status: &Status, config: &UpdateConfig, hostname: &str, sent: Times
 pub fn hostname() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     // The kernel's word for "no name set".
-    clean_hostname(name.trim().trim_start_matches("(none)"))
+    fleet::as_hostname(name.trim().trim_start_matches("(none)"))
 }
 
 /// The server reports go to, when the configuration asks for reports.
