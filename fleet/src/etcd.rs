@@ -380,6 +380,11 @@ struct ErrorAnswer {
     code: i64,
 }
 
+/// The client etcd is asked through: no proxy (etcd is the fleet's own, near it), `tls`'s trust.
+fn http_client(tls: berth_http::Tls) -> berth_http::Client {
+    berth_http::Client::builder(concat!("berth-fleet/", env!("CARGO_PKG_VERSION"))).no_proxy().tls(tls).build()
+}
+
 /// A client of one etcd cluster.
 pub struct Etcd {
     http: berth_http::Client,
@@ -408,9 +413,8 @@ impl Etcd {
         if let Some(bad) = endpoints.iter().find(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
             return Err(format!("etcd endpoint {bad:?} must start with http:// or https://"));
         }
-        let http = berth_http::Client::builder(concat!("berth-fleet/", env!("CARGO_PKG_VERSION"))).no_proxy().build();
         Ok(Etcd {
-            http,
+            http: http_client(berth_http::Tls::default()),
             endpoints,
             current: AtomicUsize::new(0),
             credentials: None,
@@ -423,8 +427,7 @@ impl Etcd {
     /// public roots, and a client certificate for an etcd run with `--client-cert-auth`.
     #[must_use]
     pub fn with_tls(mut self, tls: berth_http::Tls) -> Etcd {
-        self.http =
-            berth_http::Client::builder(concat!("berth-fleet/", env!("CARGO_PKG_VERSION"))).no_proxy().tls(tls).build();
+        self.http = http_client(tls);
         self
     }
 
